@@ -1,0 +1,34 @@
+# tokenadmin: `make run` serves the demo, `make test` runs lint, types and every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test lint types pytest clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/tokenadmin migrate
+	$(BIN)/tokenadmin demo --if-empty
+	$(BIN)/tokenadmin serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check tokenadmin tests migrations
+	$(BIN)/ruff format --check tokenadmin tests migrations
+
+types: $(STAMP)
+	$(BIN)/mypy tokenadmin tests
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint types pytest
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

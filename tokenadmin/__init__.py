@@ -1,0 +1,3 @@
+"""tokenadmin: token administration for enterprise AI platforms."""
+
+__version__ = "0.1.0"

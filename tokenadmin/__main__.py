@@ -1,0 +1,3 @@
+from tokenadmin.cli import main
+
+main()

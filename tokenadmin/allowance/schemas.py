@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, StrictBool, StrictInt, model_validator
+
+from tokenadmin.schemas import Amount, Input
+
+
+class AllowanceRow(Input):
+    user: str = Field(min_length=1, max_length=320, description="User id or email.")
+    max_tokens: Amount | None = None
+    max_train_tokens: Amount | None = None
+    expected_version: StrictInt | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> AllowanceRow:
+        if self.max_tokens is None and self.max_train_tokens is None:
+            raise ValueError("each row needs max_tokens, max_train_tokens or both")
+        return self
+
+
+class AllowanceChange(Input):
+    changes: list[AllowanceRow] = Field(min_length=1, max_length=100_000)
+    dry_run: StrictBool = False
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class ChangeOut(BaseModel):
+    user_id: str
+    email: str
+    kind: str
+    field: str
+    before: int
+    after: int
+
+
+class KindAfterOut(BaseModel):
+    capacity: int
+    allocated: int
+    balance: int
+
+
+class AllowancePreview(BaseModel):
+    applied: bool
+    dry_run: bool
+    accepted: bool
+    changes: list[ChangeOut]
+    refused: list[dict[str, object]]
+    balance_after: dict[str, KindAfterOut]

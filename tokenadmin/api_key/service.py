@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Sequence
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.act import Act
+from tokenadmin.auth.principal import SCOPES, Principal
+from tokenadmin.errors import InvalidRequest, NotFound, Unauthenticated
+from tokenadmin.models import ApiKey
+
+KEY_PREFIX = "ta_"
+
+
+def hash_key(secret: str) -> str:
+    # Keys are 256 random bits, so a fast hash is enough; passwords use argon2 instead.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def create(
+    session: AsyncSession,
+    act: Act,
+    *,
+    org_id: uuid.UUID | None,
+    name: str,
+    scopes: Sequence[str],
+) -> tuple[ApiKey, str]:
+    """Create a key and return it with its secret, which is never stored or shown again."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown or not scopes:
+        raise InvalidRequest(
+            f"Scopes must be chosen from {', '.join(SCOPES)}.", details={"unknown": unknown}
+        )
+    secret = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(
+        id=uuid.uuid4(),
+        org_id=org_id,
+        name=name,
+        prefix=secret[:10],
+        key_hash=hash_key(secret),
+        scopes=" ".join(s for s in SCOPES if s in scopes),
+        created_at=act.now,
+        created_by=act.actor,
+    )
+    session.add(key)
+    return key, secret
+
+
+async def authenticate(session: AsyncSession, secret: str) -> Principal:
+    key = await session.scalar(
+        select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
+    )
+    if key is None:
+        raise Unauthenticated("The API key is not valid or was revoked.")
+    label = "operator" if key.org_id is None else "key"
+    return Principal(
+        actor=f"{label}:{key.name}",
+        org_id=key.org_id,
+        scopes=key.scope_set,
+        key_id=key.id,
+    )
+
+
+async def list_keys(session: AsyncSession, org_id: uuid.UUID) -> Sequence[ApiKey]:
+    statement = select(ApiKey).where(ApiKey.org_id == org_id).order_by(ApiKey.created_at)
+    return (await session.scalars(statement)).all()
+
+
+async def revoke(session: AsyncSession, act: Act, org_id: uuid.UUID, key_id: uuid.UUID) -> ApiKey:
+    key = await session.get(ApiKey, key_id)
+    if key is None or key.org_id != org_id:
+        raise NotFound("API key not found.")
+    if key.revoked_at is None:
+        key.revoked_at = act.now
+    return key

@@ -1,0 +1,187 @@
+"""create_app(): the REST API, health, and the background sweeper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tokenadmin import __version__, sweeper
+from tokenadmin.allowance.endpoints import router as allowance_router
+from tokenadmin.clock import Clock, SystemClock
+from tokenadmin.config import Settings, get_settings
+from tokenadmin.database import Database
+from tokenadmin.errors import TokenAdminError
+from tokenadmin.journal.endpoints import router as journal_router
+from tokenadmin.organization.endpoints import router as organization_router
+from tokenadmin.usage.endpoints import router as usage_router
+from tokenadmin.user.endpoints import org_router as org_user_router
+from tokenadmin.user.endpoints import router as user_router
+
+log = logging.getLogger("tokenadmin")
+
+
+def _error(
+    status: int, code: str, message: str, details: dict[str, Any] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return JSONResponse(body, status_code=status)
+
+
+class BodyLimit:
+    """Refuse bodies over the configured size before anything reads them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = _error(
+            413, "request_too_large", f"Request bodies are limited to {self.max_bytes:,} bytes."
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _validation_details(error: RequestValidationError) -> tuple[str, str, list[dict[str, Any]]]:
+    problems = []
+    for item in error.errors():
+        location = [str(part) for part in item.get("loc", ()) if part != "body"]
+        problems.append({"field": ".".join(location), "message": item.get("msg", "invalid")})
+        if item.get("type") == "json_invalid":
+            return "malformed_json", "The request body is not valid JSON.", problems
+        if item.get("loc") == ("body",) and item.get("type") in {
+            "model_attributes_type",
+            "dict_type",
+        }:
+            return (
+                "malformed_json",
+                "The request body must be a JSON object, sent as application/json.",
+                problems,
+            )
+    first = problems[0] if problems else {"field": "", "message": "invalid"}
+    where = f"{first['field']}: " if first["field"] else ""
+    return "invalid_request", f"{where}{first['message']}", problems
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    database: Database | None = None,
+    run_sweeper: bool = True,
+) -> FastAPI:
+    settings = settings or get_settings()
+    clock = clock or SystemClock()
+    db = database or Database(settings.database_url, pool_size=settings.db_pool_size)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        task = None
+        if run_sweeper:
+            task = asyncio.create_task(
+                sweeper.run_forever(
+                    db,
+                    clock,
+                    interval=settings.sweep_interval_seconds,
+                    idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
+                )
+            )
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if database is None:
+                await db.dispose()
+
+    app = FastAPI(
+        title="tokenadmin",
+        version=__version__,
+        summary="Token allowances, exact metering and an append-only journal.",
+        lifespan=lifespan,
+    )
+    app.state.db = db
+    app.state.clock = clock
+    app.state.settings = settings
+
+    @app.exception_handler(TokenAdminError)
+    async def _refusal(_request: Request, error: TokenAdminError) -> JSONResponse:
+        return JSONResponse(error.to_dict(), status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        code, message, problems = _validation_details(error)
+        status = 400 if code == "malformed_json" else 422
+        return _error(status, code, message, {"errors": problems})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        return _error(
+            error.status_code, codes.get(error.status_code, "http_error"), str(error.detail)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=error)
+        return _error(
+            500, "internal_error", "Something went wrong on our side; nothing was changed."
+        )
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        """Whether the service and its database answer."""
+        await db.read(lambda session: session.execute(text("SELECT 1")))
+        return {"status": "ok", "database": db.dialect, "version": __version__}
+
+    for router in (
+        organization_router,
+        org_user_router,
+        user_router,
+        allowance_router,
+        journal_router,
+        usage_router,
+    ):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,5 @@
+"""The tokenadmin command."""
+
+from tokenadmin.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+
+def main() -> None:
+    raise SystemExit("the CLI is being written")

@@ -1,0 +1,66 @@
+"""Settings, read from TOKENADMIN_* environment variables and an optional .env file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOKENADMIN_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///tokenadmin.db",
+        description="Database URL: a SQLite file (the default) or any postgresql:// URL.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `tokenadmin serve` listens on.")
+    port: int = Field(
+        default=8000, ge=1, le=65535, description="Port `tokenadmin serve` listens on."
+    )
+    workers: int = Field(
+        default=1, ge=1, le=64, description="Server processes started by `tokenadmin serve`."
+    )
+    db_pool_size: int = Field(
+        default=10, ge=1, le=200, description="Database connections per process (PostgreSQL)."
+    )
+    log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
+    idempotency_ttl_hours: int = Field(
+        default=48, ge=24, description="How long idempotency keys are kept, in hours (at least 24)."
+    )
+    reservation_ttl_seconds: int = Field(
+        default=300, ge=1, le=86400, description="Time to live of a reservation that names none."
+    )
+    sweep_interval_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often a server releases expired reservations, expires purchases and "
+        "starts new periods.",
+    )
+    max_body_bytes: int = Field(
+        default=2_000_000, ge=1024, description="Largest request body accepted, in bytes."
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("log_level must be debug, info, warning or error")
+        return value.lower()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        if not self.is_sqlite:
+            return None
+        return Path(self.database_url.split("///", 1)[1])
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,153 @@
+"""Engines, sessions and the one commit point.
+
+Every change runs inside `Database.write(fn)`: `fn` gets a session inside a transaction,
+services do their work without committing, and the transaction commits once when `fn`
+returns (or rolls back when it raises). Transient failures (deadlocks, serialization
+failures, a busy SQLite file) are retried here, so they never reach a caller.
+
+SQLite: one writer connection per process (`BEGIN IMMEDIATE`, so writers queue instead of
+failing), WAL journal with `synchronous=FULL`: an acknowledged write is on disk.
+PostgreSQL: READ COMMITTED, row locks, and per-organization advisory locks (see
+`lock_organization`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+T = TypeVar("T")
+log = logging.getLogger("tokenadmin.database")
+
+TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}
+MAX_ATTEMPTS = 12
+
+
+def async_url(url: str) -> str:
+    """Accept the URLs people write (sqlite:///file.db, postgresql://...) and pick async drivers."""
+    if url.startswith(("postgres://", "postgresql://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url.split("://", 1)[1]
+    return url
+
+
+def _sqlstate(error: DBAPIError) -> str | None:
+    orig = error.orig
+    for attribute in ("sqlstate", "pgcode"):
+        value = getattr(orig, attribute, None)
+        if isinstance(value, str):
+            return value
+    cause = getattr(orig, "__cause__", None)
+    value = getattr(cause, "sqlstate", None)
+    return value if isinstance(value, str) else None
+
+
+def is_transient(error: DBAPIError) -> bool:
+    if _sqlstate(error) in TRANSIENT_SQLSTATES:
+        return True
+    return isinstance(error, OperationalError) and "database is locked" in str(error.orig)
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = async_url(url)
+        self.is_sqlite = self.url.startswith("sqlite")
+        if self.is_sqlite:
+            self.engine = self._sqlite_engine(write=True)
+            self.read_engine = self._sqlite_engine(write=False)
+        else:
+            self.engine = create_async_engine(
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+            )
+            self.read_engine = self.engine
+        self._write_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
+
+    def _sqlite_engine(self, *, write: bool) -> AsyncEngine:
+        options: dict[str, Any] = {"connect_args": {"timeout": 30}}
+        if write:
+            # One connection: writers in this process queue for it instead of for the file lock.
+            options.update(pool_size=1, max_overflow=0, pool_timeout=120)
+        engine = create_async_engine(self.url, **options)
+        begin = "BEGIN IMMEDIATE" if write else "BEGIN"
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(connection: Any) -> None:
+            connection.exec_driver_sql(begin)
+
+        return engine
+
+    @property
+    def dialect(self) -> str:
+        return "sqlite" if self.is_sqlite else "postgresql"
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+        if self.read_engine is not self.engine:
+            await self.read_engine.dispose()
+
+    async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Run `work` in one transaction and commit once; retry it on transient failures."""
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                async with self._write_sessions() as session, session.begin():
+                    return await work(session)
+            except DBAPIError as error:
+                if not is_transient(error) or attempt == MAX_ATTEMPTS:
+                    raise
+                log.info("retrying transaction after %s (attempt %d)", error.orig, attempt)
+                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        async with self._read_sessions() as session, session.begin():
+            return await work(session)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """A bare session for scripts and tests that manage their own transaction."""
+        async with self._write_sessions() as session:
+            yield session
+
+
+def _lock_key(org_id: uuid.UUID) -> int:
+    return int.from_bytes(org_id.bytes[8:], "big", signed=True)
+
+
+async def lock_organization(session: AsyncSession, org_id: uuid.UUID, *, shared: bool) -> None:
+    """Serialize changes of an organization's token state against its metering.
+
+    Metering takes the lock shared, so requests of one organization never wait for each
+    other here; changes of allowances, purchases and policy take it exclusive, so the
+    metering that decided whether the organization's capacity binds (SPEC rule 3) always
+    saw the state it commits against. On SQLite the writer lock already serializes.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+    await session.execute(text(f"SELECT {function}(:key)"), {"key": _lock_key(org_id)})

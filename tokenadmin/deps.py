@@ -1,0 +1,137 @@
+"""FastAPI dependencies: the database, the clock, the caller, and the idempotent write."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.act import Act
+from tokenadmin.api_key import service as api_key_service
+from tokenadmin.auth.principal import Principal
+from tokenadmin.clock import Clock
+from tokenadmin.config import Settings
+from tokenadmin.database import Database
+from tokenadmin.errors import TokenAdminError, Unauthenticated
+from tokenadmin.idempotency import service as idempotency
+
+
+def get_db(request: Request) -> Database:
+    db: Database = request.app.state.db
+    return db
+
+
+def get_clock(request: Request) -> Clock:
+    clock: Clock = request.app.state.clock
+    return clock
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+DatabaseDep = Annotated[Database, Depends(get_db)]
+ClockDep = Annotated[Clock, Depends(get_clock)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def get_principal(request: Request, db: DatabaseDep) -> Principal:
+    header = request.headers.get("authorization", "")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthenticated(
+            "Send an API key as 'Authorization: Bearer <key>'.",
+            details={"hint": "Operators create keys with `tokenadmin operator-key --name NAME`."},
+        )
+    return await db.read(lambda session: api_key_service.authenticate(session, secret.strip()))
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def act_of(principal: Principal, clock: Clock) -> Act:
+    return Act(principal.actor, clock.now())
+
+
+def _jsonable(result: Any) -> Any:
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    return result
+
+
+async def _body_print(request: Request) -> str:
+    raw = await request.body()
+    try:
+        body: Any = json.loads(raw) if raw else None
+    except ValueError:
+        body = raw.decode("utf-8", "replace")
+    return idempotency.fingerprint(
+        request.method, request.url.path, str(request.query_params), body
+    )
+
+
+async def idempotent_write(
+    request: Request,
+    principal: Principal,
+    work: Callable[[AsyncSession, Act], Awaitable[Any]],
+    *,
+    status_code: int = 200,
+) -> JSONResponse:
+    """Run a write in one transaction; with an Idempotency-Key, answer replays the same."""
+    db = get_db(request)
+    clock = get_clock(request)
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        act = act_of(principal, clock)
+        result = await db.write(lambda session: work(session, act))
+        return JSONResponse(_jsonable(result), status_code=status_code)
+
+    idempotency.check_key(key)
+    scope = principal.idempotency_scope
+    print_ = await _body_print(request)
+    ttl = timedelta(hours=get_settings(request).idempotency_ttl_hours)
+
+    async def attempt(session: AsyncSession) -> idempotency.Answer:
+        stored = await idempotency.find(session, scope, [key])
+        if key in stored:
+            return idempotency.replay(stored[key], print_)
+        act = act_of(principal, clock)
+        answer = idempotency.Answer(status_code, _jsonable(await work(session, act)))
+        idempotency.remember(session, scope, key, print_, answer, act.now, ttl)
+        return answer
+
+    async def remember_refusal(session: AsyncSession, error: TokenAdminError) -> idempotency.Answer:
+        stored = await idempotency.find(session, scope, [key])
+        if key in stored:
+            return idempotency.replay(stored[key], print_)
+        answer = idempotency.Answer(error.status_code, error.to_dict())
+        idempotency.remember(session, scope, key, print_, answer, clock.now(), ttl)
+        return answer
+
+    for _attempt in range(3):
+        try:
+            answer = await db.write(attempt)
+        except IntegrityError:
+            continue  # the same key committed meanwhile: the next attempt replays it
+        except TokenAdminError as error:
+            if error.code in {"idempotency_key_reused", "invalid_idempotency_key"}:
+                raise
+            answer = await db.write(partial(remember_refusal, error=error))
+        return answer_response(answer)
+    raise TokenAdminError(
+        "Please retry with the same idempotency key.", code="retry", status_code=409
+    )
+
+
+def answer_response(answer: idempotency.Answer) -> JSONResponse:
+    headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
+    return JSONResponse(answer.body, status_code=answer.status_code, headers=headers)

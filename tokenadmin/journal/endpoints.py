@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.deps import DatabaseDep, PrincipalDep
+from tokenadmin.journal import repository
+from tokenadmin.journal.schemas import JournalEntryOut, JournalPage
+from tokenadmin.journal.service import JournalFilter
+from tokenadmin.organization import service as organization_service
+from tokenadmin.tokens import Kind
+
+router = APIRouter(prefix="/v1/organizations/{org_id}/journal", tags=["journal"])
+
+
+@router.get("", response_model=JournalPage)
+async def list_journal(
+    org_id: uuid.UUID,
+    principal: PrincipalDep,
+    db: DatabaseDep,
+    user: uuid.UUID | None = None,
+    kind: Kind | None = None,
+    action: Annotated[str | None, Query(max_length=32)] = None,
+    actor: Annotated[str | None, Query(max_length=200)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    before_id: Annotated[int | None, Query(ge=1)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> JournalPage:
+    """Read the journal, newest first; filter by user, kind, action, actor and time."""
+    principal.require(org_id, "read")
+    query = JournalFilter(
+        org_id=org_id,
+        user_id=user,
+        kind=kind,
+        action=action,
+        actor=actor,
+        since=since,
+        until=until,
+        before_id=before_id,
+        limit=limit,
+    )
+
+    async def work(session: AsyncSession) -> JournalPage:
+        await organization_service.get(session, org_id)
+        entries = await repository.list_entries(session, query)
+        next_id = entries[-1].id if len(entries) == limit else None
+        return JournalPage(entries=[JournalEntryOut.of(e) for e in entries], next_before_id=next_id)
+
+    return await db.read(work)

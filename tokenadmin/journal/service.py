@@ -1,0 +1,220 @@
+"""The journal: the only way balances change, and the proof that they are right.
+
+`record` applies a change to the stored balances and appends the entry that describes it,
+in the caller's transaction, so a balance never moves without its entry. `verify` replays
+every entry and compares the result with every stored balance.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.act import Act
+from tokenadmin.journal import repository
+from tokenadmin.models import JournalEntry, Organization, User
+from tokenadmin.tokens import Kind
+
+
+def record(
+    session: AsyncSession,
+    act: Act,
+    org: Organization,
+    action: str,
+    *,
+    kind: Kind | None = None,
+    user: User | None = None,
+    amount: int = 0,
+    capacity: int = 0,
+    allocated: int = 0,
+    allowance: int = 0,
+    used: int = 0,
+    reserved: int = 0,
+    reason: str | None = None,
+    purchase_id: uuid.UUID | None = None,
+    reservation_id: uuid.UUID | None = None,
+    details: dict[str, Any] | None = None,
+) -> JournalEntry:
+    """Apply the deltas to `org` and `user` and append the journal entry for them."""
+    if (capacity or allocated or allowance or used or reserved) and kind is None:
+        raise ValueError("a change of tokens needs a kind")
+    if kind is not None:
+        org.add_capacity(kind, capacity)
+        org.add_allocated(kind, allocated)
+    if user is not None and kind is not None:
+        user.set_allowance(kind, user.allowance(kind) + allowance)
+        user.add_used(kind, used)
+        user.add_reserved(kind, reserved)
+    elif allowance or used or reserved:
+        raise ValueError("a change of a user's balances needs the user")
+    org_level = kind is not None and (capacity or allocated or user is None)
+    entry = JournalEntry(
+        org_id=org.id,
+        user_id=user.id if user is not None else None,
+        purchase_id=purchase_id,
+        reservation_id=reservation_id,
+        created_at=act.now,
+        actor=act.actor,
+        action=action,
+        kind=kind.value if kind is not None else None,
+        amount=amount,
+        reason=reason,
+        capacity_delta=capacity,
+        allocated_delta=allocated,
+        allowance_delta=allowance,
+        used_delta=used,
+        reserved_delta=reserved,
+        capacity_after=org.capacity(kind) if org_level and kind is not None else None,
+        allocated_after=org.allocated(kind) if org_level and kind is not None else None,
+        allowance_after=user.allowance(kind) if user is not None and kind else None,
+        used_after=user.used(kind) if user is not None and kind else None,
+        reserved_after=user.reserved(kind) if user is not None and kind else None,
+        details=details,
+    )
+    session.add(entry)
+    return entry
+
+
+# --- verify -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Totals:
+    capacity: int = 0
+    allocated: int = 0
+
+
+@dataclass
+class _UserTotals:
+    allowance: int = 0
+    used: int = 0
+    reserved: int = 0
+
+
+@dataclass
+class VerifyReport:
+    organizations: int = 0
+    users: int = 0
+    entries: int = 0
+    differences: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.differences
+
+
+async def verify(
+    session: AsyncSession, *, progress: Callable[[int], None] | None = None
+) -> VerifyReport:
+    """Replay the whole journal and compare it with every stored balance.
+
+    Checks, for every organization and kind: capacity (= sum of unexpired purchases) and
+    allocated (= sum of its users' allowances); for every user and kind: allowance, used
+    and reserved (= sum of open reservations); and that every entry's balances-after equal
+    the replay at that entry.
+    """
+    report = VerifyReport()
+    orgs: dict[uuid.UUID, dict[Kind, _Totals]] = defaultdict(lambda: {k: _Totals() for k in Kind})
+    users: dict[uuid.UUID, dict[Kind, _UserTotals]] = defaultdict(
+        lambda: {k: _UserTotals() for k in Kind}
+    )
+    differ = report.differences.append
+    async for row in repository.stream_entries(session):
+        report.entries += 1
+        if progress is not None and report.entries % 10_000 == 0:
+            progress(report.entries)
+        if row.kind is None:
+            continue
+        kind = Kind(row.kind)
+        org_totals = orgs[row.org_id][kind]
+        org_totals.capacity += row.capacity_delta
+        org_totals.allocated += row.allocated_delta
+        if row.capacity_after is not None and row.capacity_after != org_totals.capacity:
+            differ(
+                f"entry {row.id}: capacity_after {row.capacity_after}"
+                f" != replay {org_totals.capacity}"
+            )
+        if row.allocated_after is not None and row.allocated_after != org_totals.allocated:
+            differ(
+                f"entry {row.id}: allocated_after {row.allocated_after}"
+                f" != replay {org_totals.allocated}"
+            )
+        if row.user_id is None:
+            continue
+        user_totals = users[row.user_id][kind]
+        user_totals.allowance += row.allowance_delta
+        user_totals.used += row.used_delta
+        user_totals.reserved += row.reserved_delta
+        for name in ("allowance", "used", "reserved"):
+            after = getattr(row, f"{name}_after")
+            if after is not None and after != getattr(user_totals, name):
+                differ(
+                    f"entry {row.id}: {name}_after {after}"
+                    f" != replay {getattr(user_totals, name)} (user {row.user_id}, {kind})"
+                )
+    if progress is not None:
+        progress(report.entries)
+
+    for org in await repository.all_organizations(session):
+        report.organizations += 1
+        totals = orgs.pop(org.id, {k: _Totals() for k in Kind})
+        sums = await repository.organization_sums(session, org.id)
+        for kind in Kind:
+            label = f"organization {org.id} ({org.name}) {kind}"
+            _compare(differ, f"{label} capacity", org.capacity(kind), totals[kind].capacity)
+            _compare(differ, f"{label} allocated", org.allocated(kind), totals[kind].allocated)
+            _compare(
+                differ, f"{label} capacity vs purchases", org.capacity(kind), sums.capacity[kind]
+            )
+            _compare(
+                differ,
+                f"{label} allocated vs allowances",
+                org.allocated(kind),
+                sums.allowances[kind],
+            )
+    for org_id in orgs:
+        differ(f"journal names organization {org_id}, which is not stored")
+
+    reserved = await repository.open_reservation_sums(session)
+    async for user in repository.stream_users(session):
+        report.users += 1
+        totals_by_kind = users.pop(user.id, {k: _UserTotals() for k in Kind})
+        for kind in Kind:
+            label = f"user {user.id} ({user.email}) {kind}"
+            replay = totals_by_kind[kind]
+            _compare(differ, f"{label} allowance", user.allowance(kind), replay.allowance)
+            _compare(differ, f"{label} used", user.used(kind), replay.used)
+            _compare(differ, f"{label} reserved", user.reserved(kind), replay.reserved)
+            _compare(
+                differ,
+                f"{label} reserved vs open reservations",
+                user.reserved(kind),
+                reserved.get((user.id, kind), 0),
+            )
+    for user_id in users:
+        differ(f"journal names user {user_id}, who is not stored")
+    return report
+
+
+def _compare(differ: Callable[[str], None], label: str, stored: int, expected: int) -> None:
+    if stored != expected:
+        differ(f"{label}: stored {stored:,}, expected {expected:,}")
+
+
+@dataclass
+class JournalFilter:
+    org_id: uuid.UUID
+    user_id: uuid.UUID | None = None
+    kind: Kind | None = None
+    action: str | None = None
+    actor: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    before_id: int | None = None
+    limit: int = 100

@@ -1,0 +1,21 @@
+"""The tables. Importing this package registers every model on Base.metadata."""
+
+from tokenadmin.models.api_key import ApiKey
+from tokenadmin.models.base import Base
+from tokenadmin.models.idempotency import IdempotencyRecord
+from tokenadmin.models.journal import JournalEntry
+from tokenadmin.models.organization import Organization
+from tokenadmin.models.purchase import Purchase
+from tokenadmin.models.reservation import Reservation
+from tokenadmin.models.user import User
+
+__all__ = [
+    "ApiKey",
+    "Base",
+    "IdempotencyRecord",
+    "JournalEntry",
+    "Organization",
+    "Purchase",
+    "Reservation",
+    "User",
+]

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, Integer, String, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+from uuid6 import uuid7
+
+from tokenadmin.models.base import Base, UTCDateTime
+from tokenadmin.tokens import Kind
+
+
+class Organization(Base):
+    """An enterprise account with its policy and its two stored balances per kind.
+
+    `capacity_*` is the sum of its purchases not yet expired; `allocated_*` the sum of its
+    users' allowances (a deactivated user keeps an allowance equal to what they used until
+    the period ends). Both only change together with a journal entry.
+    """
+
+    __tablename__ = "organizations"
+    __table_args__ = (
+        CheckConstraint("period IN ('monthly', 'none')", name="period"),
+        CheckConstraint("min_inference >= 0 AND min_training >= 0", name="minimums"),
+        CheckConstraint("capacity_inference >= 0 AND capacity_training >= 0", name="capacity"),
+        CheckConstraint("allocated_inference >= 0 AND allocated_training >= 0", name="allocated"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
+    name: Mapped[str] = mapped_column(String(200))
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    period: Mapped[str] = mapped_column(String(16), default="monthly")
+    min_inference: Mapped[int] = mapped_column(BigInteger, default=200_000)
+    min_training: Mapped[int] = mapped_column(BigInteger, default=0)
+    overallocation: Mapped[bool] = mapped_column(Boolean, default=False)
+    capacity_inference: Mapped[int] = mapped_column(BigInteger, default=0)
+    capacity_training: Mapped[int] = mapped_column(BigInteger, default=0)
+    allocated_inference: Mapped[int] = mapped_column(BigInteger, default=0)
+    allocated_training: Mapped[int] = mapped_column(BigInteger, default=0)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    next_expiry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    def capacity(self, kind: Kind) -> int:
+        return self.capacity_inference if kind is Kind.inference else self.capacity_training
+
+    def allocated(self, kind: Kind) -> int:
+        return self.allocated_inference if kind is Kind.inference else self.allocated_training
+
+    def minimum(self, kind: Kind) -> int:
+        return self.min_inference if kind is Kind.inference else self.min_training
+
+    def add_capacity(self, kind: Kind, delta: int) -> None:
+        if kind is Kind.inference:
+            self.capacity_inference += delta
+        else:
+            self.capacity_training += delta
+
+    def add_allocated(self, kind: Kind, delta: int) -> None:
+        if kind is Kind.inference:
+            self.allocated_inference += delta
+        else:
+            self.allocated_training += delta
+
+    def over_allocated(self, kind: Kind) -> bool:
+        """Whether rule 3 binds: usage must then also fit the organization's capacity."""
+        return self.allocated(kind) > self.capacity(kind)

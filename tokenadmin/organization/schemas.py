@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+
+from pydantic import BaseModel, Field, StrictBool
+
+from tokenadmin.models import ApiKey, Organization, Purchase
+from tokenadmin.organization.service import Balance
+from tokenadmin.schemas import Amount, Input, Name
+from tokenadmin.tokens import Period
+
+
+class OrganizationCreate(Input):
+    name: Name
+    time_zone: str = Field(default="UTC", max_length=64, examples=["Europe/Berlin"])
+    period: Period = Period.monthly
+    min_inference: Amount = 200_000
+    min_training: Amount = 0
+    overallocation: StrictBool = False
+
+
+class OrganizationUpdate(Input):
+    name: Name | None = None
+    time_zone: str | None = Field(default=None, max_length=64)
+    period: Period | None = None
+    min_inference: Amount | None = None
+    min_training: Amount | None = None
+    overallocation: StrictBool | None = None
+
+
+class OrganizationOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    time_zone: str
+    period: Period
+    min_inference: int
+    min_training: int
+    overallocation: bool
+    version: int
+    created_at: datetime
+
+    @classmethod
+    def of(cls, org: Organization) -> OrganizationOut:
+        return cls.model_validate(org, from_attributes=True)
+
+
+class PurchaseCreate(Input):
+    inference_amount: Amount = 0
+    training_amount: Amount = 0
+    purchased_on: date | None = None
+    expires_at: datetime | None = Field(
+        default=None,
+        description="When the purchase stops counting. A date or a time without an offset"
+        " is read in the organization's time zone.",
+    )
+    payer: str = Field(default="", max_length=200)
+    note: str = Field(default="", max_length=2000)
+
+
+class PurchaseUpdate(Input):
+    expires_at: datetime | None
+
+
+class PurchaseOut(BaseModel):
+    id: uuid.UUID
+    inference_amount: int
+    training_amount: int
+    purchased_on: date
+    expires_at: datetime | None
+    expired: bool
+    payer: str
+    note: str
+    created_at: datetime
+
+    @classmethod
+    def of(cls, purchase: Purchase) -> PurchaseOut:
+        return cls(
+            id=purchase.id,
+            inference_amount=purchase.inference_amount,
+            training_amount=purchase.training_amount,
+            purchased_on=purchase.purchased_on,
+            expires_at=purchase.expires_at,
+            expired=purchase.expired_at is not None,
+            payer=purchase.payer,
+            note=purchase.note,
+            created_at=purchase.created_at,
+        )
+
+
+class KindBalanceOut(BaseModel):
+    capacity: int
+    allocated: int
+    balance: int = Field(description="capacity − allocated: what is left to hand out.")
+    shortfall: int = Field(description="How far allocated exceeds capacity (0 when it doesn't).")
+    used: int
+    reserved: int
+
+
+class BalanceOut(BaseModel):
+    organization_id: uuid.UUID
+    period_start: datetime | None
+    period_end: datetime | None
+    inference: KindBalanceOut
+    training: KindBalanceOut
+    over_allocated: bool
+    expiring_purchases: list[PurchaseOut]
+
+    @classmethod
+    def of(cls, balance: Balance) -> BalanceOut:
+        kinds = {
+            kind.value: KindBalanceOut(
+                capacity=b.capacity,
+                allocated=b.allocated,
+                balance=b.balance,
+                shortfall=b.shortfall,
+                used=b.used,
+                reserved=b.reserved,
+            )
+            for kind, b in balance.kinds.items()
+        }
+        return cls(
+            organization_id=balance.org.id,
+            period_start=balance.period_start,
+            period_end=balance.period_end,
+            inference=kinds["inference"],
+            training=kinds["training"],
+            over_allocated=any(b.shortfall for b in balance.kinds.values()),
+            expiring_purchases=[PurchaseOut.of(p) for p in balance.expiring],
+        )
+
+
+class ApiKeyCreate(Input):
+    name: Name
+    scopes: list[str] = Field(min_length=1, examples=[["usage"]])
+
+
+class ApiKeyOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> ApiKeyOut:
+        return cls(
+            id=key.id,
+            name=key.name,
+            prefix=key.prefix,
+            scopes=key.scopes.split(),
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+        )
+
+
+class ApiKeyCreated(ApiKeyOut):
+    key: str = Field(description="The key itself. It is shown only this once.")

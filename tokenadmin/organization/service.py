@@ -1,0 +1,348 @@
+"""Organizations: policy, purchases (capacity), period starts and the token balance."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.act import Act
+from tokenadmin.database import lock_organization
+from tokenadmin.errors import InvalidRequest, NotFound, RuleRefused
+from tokenadmin.journal.service import record
+from tokenadmin.models import Organization, Purchase
+from tokenadmin.organization import repository
+from tokenadmin.tokens import MAX_AMOUNT, Kind, Period, fmt, period_end, period_start
+
+EXPIRY_WARNING = timedelta(days=30)
+
+
+def check_time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as error:
+        raise InvalidRequest(
+            f"Unknown time zone '{name}'. Use an IANA name such as Europe/Berlin or UTC.",
+            code="invalid_time_zone",
+            details={"time_zone": name},
+        ) from error
+    return name
+
+
+def current_period(org: Organization, now: datetime) -> datetime:
+    return period_start(org.period, org.time_zone, now)
+
+
+async def create(
+    session: AsyncSession,
+    act: Act,
+    *,
+    name: str,
+    time_zone: str = "UTC",
+    period: Period = Period.monthly,
+    min_inference: int = 200_000,
+    min_training: int = 0,
+    overallocation: bool = False,
+) -> Organization:
+    check_time_zone(time_zone)
+    org = Organization(
+        id=uuid.uuid4(),
+        name=name,
+        time_zone=time_zone,
+        period=period.value,
+        min_inference=min_inference,
+        min_training=min_training,
+        overallocation=overallocation,
+        capacity_inference=0,
+        capacity_training=0,
+        allocated_inference=0,
+        allocated_training=0,
+        period_start=period_start(period, time_zone, act.now),
+        version=1,
+        created_at=act.now,
+        updated_at=act.now,
+    )
+    session.add(org)
+    record(session, act, org, "organization_created", details={"name": name})
+    return org
+
+
+async def get(session: AsyncSession, org_id: uuid.UUID) -> Organization:
+    org = await repository.get(session, org_id)
+    if org is None:
+        raise NotFound("Organization not found.")
+    return org
+
+
+async def lock_for_change(session: AsyncSession, act: Act, org_id: uuid.UUID) -> Organization:
+    """Take the organization for a change of its token state, brought up to `act.now`."""
+    await lock_organization(session, org_id, shared=False)
+    org = await repository.get(session, org_id, fresh=True)
+    if org is None:
+        raise NotFound("Organization not found.")
+    await bring_up_to_date(session, act, org)
+    return org
+
+
+def maintenance_due(org: Organization, now: datetime) -> bool:
+    """Whether a purchase has expired or a period has begun since the last change."""
+    if org.next_expiry_at is not None and org.next_expiry_at <= now:
+        return True
+    return org.period_start != current_period(org, now)
+
+
+async def bring_up_to_date(session: AsyncSession, act: Act, org: Organization) -> None:
+    """Record expired purchases and the start of a new period. Needs the exclusive lock."""
+    if org.next_expiry_at is not None and org.next_expiry_at <= act.now:
+        for purchase in await repository.due_purchases(session, org.id, act.now):
+            for kind in Kind:
+                amount = purchase.amount(kind)
+                if amount:
+                    record(
+                        session,
+                        act,
+                        org,
+                        "purchase_expired",
+                        kind=kind,
+                        amount=amount,
+                        capacity=-amount,
+                        purchase_id=purchase.id,
+                    )
+            purchase.expired_at = act.now
+        await session.flush()
+        org.next_expiry_at = await repository.next_expiry(session, org.id)
+    start = current_period(org, act.now)
+    if org.period_start != start:
+        await _start_period(session, act, org, start)
+
+
+async def _start_period(
+    session: AsyncSession, act: Act, org: Organization, start: datetime
+) -> None:
+    """A new period: deactivated users give back what they used. Active users' counters
+    restart lazily, each with its own journal entry, the next time they are written."""
+    for user in await repository.users_with_retained_allowance(session, org.id):
+        for kind in Kind:
+            retained = user.allowance(kind)
+            if retained or user.used(kind):
+                record(
+                    session,
+                    act,
+                    org,
+                    "period_reset",
+                    kind=kind,
+                    user=user,
+                    amount=retained,
+                    allowance=-retained,
+                    allocated=-retained,
+                    used=-user.used(kind),
+                    reason="period started; a deactivated user's usage returns to the balance",
+                )
+        user.period_start = start
+    record(
+        session,
+        act,
+        org,
+        "period_started",
+        details={"period_start": start.isoformat(), "previous": org.period_start.isoformat()},
+    )
+    org.period_start = start
+
+
+_POLICY_FIELDS = ("name", "time_zone", "period", "min_inference", "min_training", "overallocation")
+
+
+async def update_policy(
+    session: AsyncSession, act: Act, org: Organization, changes: dict[str, Any]
+) -> Organization:
+    """Change name and policy. A minimum can't rise above what active users already have."""
+    if "time_zone" in changes:
+        check_time_zone(changes["time_zone"])
+    for kind, field in ((Kind.inference, "min_inference"), (Kind.training, "min_training")):
+        new_minimum = changes.get(field)
+        if new_minimum is not None and new_minimum > org.minimum(kind):
+            below = await repository.count_below_minimum(session, org.id, kind, new_minimum)
+            if below:
+                raise RuleRefused(
+                    f"{below:,} active users have less than {fmt(new_minimum)} {kind} tokens;"
+                    " raise their allowances before raising the minimum.",
+                    code="below_minimum",
+                    details={"kind": kind.value, "minimum": new_minimum, "users_below": below},
+                )
+    changed = {}
+    for field in _POLICY_FIELDS:
+        if field in changes and changes[field] is not None:
+            value = changes[field]
+            value = value.value if isinstance(value, Period) else value
+            if getattr(org, field) != value:
+                changed[field] = [getattr(org, field), value]
+                setattr(org, field, value)
+    if changed:
+        org.version += 1
+        org.updated_at = act.now
+        record(session, act, org, "policy_changed", details=changed)
+        start = current_period(org, act.now)
+        if start != org.period_start:
+            await _start_period(session, act, org, start)
+    return org
+
+
+async def record_purchase(
+    session: AsyncSession,
+    act: Act,
+    org: Organization,
+    *,
+    inference_amount: int,
+    training_amount: int,
+    purchased_on: date | None,
+    expires_at: datetime | None,
+    payer: str,
+    note: str,
+) -> Purchase:
+    if inference_amount <= 0 and training_amount <= 0:
+        raise InvalidRequest(
+            "A purchase needs a positive inference or training amount.", code="invalid_amount"
+        )
+    for amount in (inference_amount, training_amount):
+        if amount < 0 or amount > MAX_AMOUNT:
+            raise InvalidRequest(
+                f"Amounts must be whole numbers from 0 to {fmt(MAX_AMOUNT)}.", code="invalid_amount"
+            )
+    if expires_at is not None and expires_at <= act.now:
+        raise InvalidRequest(
+            "The expiry must be in the future.",
+            code="invalid_expiry",
+            details={"expires_at": expires_at.isoformat()},
+        )
+    local_today = act.now.astimezone(ZoneInfo(org.time_zone)).date()
+    purchase = Purchase(
+        id=uuid.uuid4(),
+        org_id=org.id,
+        inference_amount=inference_amount,
+        training_amount=training_amount,
+        purchased_on=purchased_on or local_today,
+        expires_at=expires_at,
+        payer=payer,
+        note=note,
+        created_at=act.now,
+        created_by=act.actor,
+    )
+    session.add(purchase)
+    for kind in Kind:
+        amount = purchase.amount(kind)
+        if amount:
+            record(
+                session,
+                act,
+                org,
+                "purchase",
+                kind=kind,
+                amount=amount,
+                capacity=amount,
+                purchase_id=purchase.id,
+                reason=note or None,
+                details={"payer": payer} if payer else None,
+            )
+    if expires_at is not None and (org.next_expiry_at is None or expires_at < org.next_expiry_at):
+        org.next_expiry_at = expires_at
+    org.updated_at = act.now
+    return purchase
+
+
+async def change_purchase_expiry(
+    session: AsyncSession,
+    act: Act,
+    org: Organization,
+    purchase_id: uuid.UUID,
+    expires_at: datetime | None,
+) -> Purchase:
+    """Set or clear a purchase's expiry; an expiry at or before now expires it at once."""
+    purchase = await repository.get_purchase(session, purchase_id)
+    if purchase is None or purchase.org_id != org.id:
+        raise NotFound("Purchase not found.")
+    if purchase.expired_at is not None:
+        raise RuleRefused(
+            "This purchase has already expired.",
+            code="purchase_expired",
+            details={"expired_at": purchase.expired_at.isoformat()},
+        )
+    before = purchase.expires_at
+    purchase.expires_at = expires_at
+    record(
+        session,
+        act,
+        org,
+        "purchase_expiry_changed",
+        purchase_id=purchase.id,
+        details={
+            "before": before.isoformat() if before else None,
+            "after": expires_at.isoformat() if expires_at else None,
+        },
+    )
+    await session.flush()
+    org.next_expiry_at = await repository.next_expiry(session, org.id)
+    await bring_up_to_date(session, act, org)
+    return purchase
+
+
+async def list_purchases(session: AsyncSession, org: Organization) -> Sequence[Purchase]:
+    return await repository.purchases(session, org.id)
+
+
+@dataclass(frozen=True)
+class KindBalance:
+    capacity: int
+    allocated: int
+    used: int
+    reserved: int
+
+    @property
+    def balance(self) -> int:
+        """What is left to hand out: negative when over-allocated."""
+        return self.capacity - self.allocated
+
+    @property
+    def shortfall(self) -> int:
+        return max(0, self.allocated - self.capacity)
+
+
+@dataclass(frozen=True)
+class Balance:
+    org: Organization
+    period_start: datetime | None
+    period_end: datetime | None
+    kinds: dict[Kind, KindBalance]
+    expiring: Sequence[Purchase]
+
+
+async def balance(session: AsyncSession, org: Organization, now: datetime) -> Balance:
+    start = current_period(org, now)
+    usage = await repository.period_usage(session, org.id, start)
+    kinds = {
+        kind: KindBalance(
+            capacity=org.capacity(kind),
+            allocated=org.allocated(kind),
+            used=usage[kind][0],
+            reserved=usage[kind][1],
+        )
+        for kind in Kind
+    }
+    expiring = [
+        p
+        for p in await repository.purchases(session, org.id)
+        if p.expired_at is None
+        and p.expires_at is not None
+        and p.expires_at <= now + EXPIRY_WARNING
+    ]
+    return Balance(
+        org=org,
+        period_start=None if org.period == Period.none else start,
+        period_end=period_end(org.period, org.time_zone, now),
+        kinds=kinds,
+        expiring=expiring,
+    )

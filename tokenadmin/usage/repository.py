@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.models import JournalEntry, Organization, Reservation, User
+
+
+async def open_reservations_of(session: AsyncSession, user_id: uuid.UUID) -> Sequence[Reservation]:
+    statement = select(Reservation).where(
+        Reservation.user_id == user_id, Reservation.status == "open"
+    )
+    return (await session.scalars(statement.with_for_update())).all()
+
+
+async def reservations(
+    session: AsyncSession, ids: Sequence[uuid.UUID], *, lock: bool
+) -> list[Reservation]:
+    statement = select(Reservation).where(Reservation.id.in_(ids)).order_by(Reservation.id)
+    if lock:
+        statement = statement.with_for_update()
+    return list((await session.scalars(statement.execution_options(populate_existing=True))).all())
+
+
+async def users_for_refs(
+    session: AsyncSession,
+    *,
+    org_id: uuid.UUID | None,
+    ids: Sequence[uuid.UUID],
+    emails: Sequence[str],
+) -> list[User]:
+    """Users named by id or email, limited to one organization unless `org_id` is None."""
+    if not ids and not emails:
+        return []
+    condition = User.id.in_(ids) | User.email.in_(emails)
+    statement = select(User).where(condition)
+    if org_id is not None:
+        statement = statement.where(User.org_id == org_id)
+    return list((await session.scalars(statement)).all())
+
+
+async def lock_users(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[User]:
+    """Lock users in id order, so concurrent batches never wait on each other in a cycle."""
+    statement = (
+        select(User)
+        .where(User.id.in_(sorted(ids)))
+        .order_by(User.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list((await session.scalars(statement)).all())
+
+
+async def organizations(
+    session: AsyncSession, ids: Sequence[uuid.UUID], *, lock: bool = False
+) -> list[Organization]:
+    statement = (
+        select(Organization)
+        .where(Organization.id.in_(sorted(ids)))
+        .order_by(Organization.id)
+        .execution_options(populate_existing=True)
+    )
+    if lock:
+        statement = statement.with_for_update()
+    return list((await session.scalars(statement)).all())
+
+
+async def expired_reservations(
+    session: AsyncSession, now: datetime, limit: int
+) -> Sequence[tuple[uuid.UUID, uuid.UUID]]:
+    statement = (
+        select(Reservation.id, Reservation.org_id)
+        .where(Reservation.status == "open", Reservation.expires_at <= now)
+        .order_by(Reservation.expires_at)
+        .limit(limit)
+    )
+    return [(row[0], row[1]) for row in (await session.execute(statement)).all()]
+
+
+async def user_open_reservation_ids(
+    session: AsyncSession, user_id: uuid.UUID, now: datetime
+) -> Sequence[uuid.UUID]:
+    statement = select(Reservation.id).where(
+        Reservation.user_id == user_id,
+        Reservation.status == "open",
+        Reservation.expires_at <= now,
+    )
+    return (await session.scalars(statement)).all()
+
+
+async def usage_by_bucket(
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    since: datetime,
+) -> Sequence[tuple[datetime, str, int]]:
+    """Usage entries (usage and commits) of a user since a moment, one row per entry."""
+    statement = (
+        select(JournalEntry.created_at, JournalEntry.kind, JournalEntry.used_delta)
+        .where(
+            JournalEntry.user_id == user_id,
+            JournalEntry.created_at >= since,
+            JournalEntry.action.in_(("usage", "commit")),
+        )
+        .order_by(JournalEntry.id)
+    )
+    return [(r[0], str(r[1]), int(r[2])) for r in (await session.execute(statement)).all()]

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, Field, model_validator
+
+from tokenadmin.schemas import Amount, Input, PositiveAmount
+from tokenadmin.tokens import Kind
+
+MAX_METADATA_BYTES = 4096
+
+
+class UsageFields(Input):
+    user: str = Field(min_length=1, max_length=320, description="User id or email.")
+    kind: Kind
+    tokens: PositiveAmount
+    model: str | None = Field(default=None, max_length=200)
+    prompt_tokens: Amount | None = None
+    completion_tokens: Amount | None = None
+    dataset: str | None = Field(default=None, max_length=200)
+    metadata: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UsageFields:
+        counts = (self.prompt_tokens, self.completion_tokens)
+        if None not in counts and sum(c or 0 for c in counts) != self.tokens:
+            raise ValueError("prompt_tokens + completion_tokens must equal tokens")
+        if self.metadata is not None and len(json.dumps(self.metadata)) > MAX_METADATA_BYTES:
+            raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
+        return self
+
+    def details(self) -> dict[str, Any] | None:
+        fields = self.model_dump(
+            include={"model", "prompt_tokens", "completion_tokens", "dataset", "metadata"},
+            exclude_none=True,
+        )
+        return fields or None
+
+
+class UsageEvent(UsageFields):
+    idempotency_key: str = Field(min_length=1, max_length=255)
+
+
+class UsageBatch(Input):
+    events: list[UsageEvent] = Field(min_length=1, max_length=1000)
+
+
+class UsageAccepted(BaseModel):
+    accepted: bool
+    user_id: str
+    email: str
+    kind: Kind
+    tokens: int
+    allowance: int
+    used: int
+    reserved: int
+    remaining: int = Field(description="What the user may still use of this kind.")
+    journal_entry_id: int
+
+
+class BatchResult(BaseModel):
+    index: int
+    status: int
+    accepted: bool
+    replayed: bool
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+
+class BatchOut(BaseModel):
+    accepted: int
+    refused: int
+    results: list[BatchResult]
+
+
+class ReservationCreate(UsageFields):
+    ttl_seconds: int | None = Field(default=None, ge=1, le=86400, strict=True)
+
+
+class Commit(Input):
+    tokens: Amount | None = Field(
+        default=None, description="Tokens actually used; defaults to the amount reserved."
+    )
+
+
+class ReservationOut(BaseModel):
+    id: str
+    status: str
+    user_id: str
+    email: str
+    kind: Kind
+    tokens: int
+    committed: int | None
+    expires_at: str
+    allowance: int
+    used: int
+    reserved: int
+    remaining: int
+    journal_entry_id: int | None

@@ -1,0 +1,551 @@
+"""Metering: usage, reservations, commits, releases and expiries, exact under concurrency.
+
+All metering goes through `meter`, which takes any number of operations and applies them
+in one transaction, each accepted or refused on its own. It locks what it touches in one
+order (organization advisory lock shared, then users by id, then reservations, then the
+rows of organizations whose capacity binds), so concurrent requests on any number of
+processes can never let used + reserved exceed an allowance, nor (SPEC rule 3) an
+organization's period usage exceed its capacity.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, Literal
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.act import Act
+from tokenadmin.clock import Clock
+from tokenadmin.database import Database, lock_organization
+from tokenadmin.errors import (
+    Conflict,
+    InsufficientTokens,
+    NotFound,
+    ReservationClosed,
+    TokenAdminError,
+)
+from tokenadmin.idempotency import service as idempotency
+from tokenadmin.journal.service import record
+from tokenadmin.models import JournalEntry, Organization, Reservation, User
+from tokenadmin.organization import repository as organization_repository
+from tokenadmin.organization.service import (
+    current_period,
+    lock_for_change,
+    maintenance_due,
+)
+from tokenadmin.tokens import Kind
+from tokenadmin.usage import repository
+from tokenadmin.user.periods import start_current_period
+
+Action = Literal["usage", "reserve", "commit", "release", "expire"]
+
+
+@dataclass
+class Operation:
+    """One metering operation, as the API, the CLI or the sweeper asks for it."""
+
+    action: Action
+    user: str | None = None
+    kind: Kind | None = None
+    tokens: int | None = None
+    reservation_id: uuid.UUID | None = None
+    ttl_seconds: int | None = None
+    details: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+
+    def fingerprint(self) -> str:
+        return idempotency.fingerprint(
+            self.action,
+            self.user,
+            self.kind,
+            self.tokens,
+            self.reservation_id,
+            self.ttl_seconds,
+            self.details,
+        )
+
+
+@dataclass(frozen=True)
+class Caller:
+    actor: str
+    org_id: uuid.UUID | None
+    idempotency_scope: str
+
+
+class MaintenanceDue(Exception):
+    def __init__(self, org_ids: Sequence[uuid.UUID]) -> None:
+        super().__init__("organizations need maintenance first")
+        self.org_ids = list(org_ids)
+
+
+def _parse_user_ref(ref: str) -> uuid.UUID | str:
+    if "@" in ref:
+        return ref.lower()
+    try:
+        return uuid.UUID(ref)
+    except ValueError:
+        return ref
+
+
+@dataclass
+class _Batch:
+    session: AsyncSession
+    act: Act
+    caller: Caller
+    users: dict[uuid.UUID, User] = field(default_factory=dict)
+    orgs: dict[uuid.UUID, Organization] = field(default_factory=dict)
+    reservations: dict[uuid.UUID, Reservation] = field(default_factory=dict)
+    org_room: dict[tuple[uuid.UUID, Kind], int] = field(default_factory=dict)
+    starts: dict[uuid.UUID, datetime] = field(default_factory=dict)
+
+
+async def meter(
+    session: AsyncSession,
+    act: Act,
+    caller: Caller,
+    operations: Sequence[Operation],
+    *,
+    default_ttl: int,
+    idempotency_ttl: timedelta,
+) -> list[idempotency.Answer]:
+    """Apply operations in order in this transaction; one answer per operation."""
+    answers: list[idempotency.Answer | None] = [None] * len(operations)
+    prints = [op.fingerprint() for op in operations]
+    first_with_key: dict[str, int] = {}
+    keys = [op.idempotency_key for op in operations if op.idempotency_key]
+    stored = await idempotency.find(session, caller.idempotency_scope, keys)
+    todo: list[int] = []
+    for index, op in enumerate(operations):
+        key = op.idempotency_key
+        if key is None:
+            todo.append(index)
+            continue
+        try:
+            if key in stored:
+                answers[index] = idempotency.replay(stored[key], prints[index])
+                continue
+            if key in first_with_key:
+                if prints[first_with_key[key]] != prints[index]:
+                    raise idempotency.reused(key)
+                continue  # answered below with the first one's answer
+        except TokenAdminError as error:
+            answers[index] = _refusal(error)
+            continue
+        first_with_key[key] = index
+        todo.append(index)
+
+    batch = _Batch(session, act, caller)
+    await _load(batch, [operations[i] for i in todo])
+    for index in todo:
+        try:
+            answers[index] = await _apply(batch, operations[index], default_ttl)
+        except TokenAdminError as error:
+            answers[index] = _refusal(error)
+    await session.flush()
+
+    final: list[idempotency.Answer] = []
+    for index, op in enumerate(operations):
+        answer = answers[index]
+        if answer is None:
+            first = answers[first_with_key[op.idempotency_key or ""]]
+            assert first is not None
+            answer = idempotency.Answer(first.status_code, first.body, replayed=True)
+        final.append(_with_entry_ids(answer))
+    for key, index in first_with_key.items():
+        if index in todo:
+            idempotency.remember(
+                session,
+                caller.idempotency_scope,
+                key,
+                prints[index],
+                final[index],
+                act.now,
+                idempotency_ttl,
+            )
+    return final
+
+
+def _refusal(error: TokenAdminError) -> idempotency.Answer:
+    return idempotency.Answer(error.status_code, error.to_dict())
+
+
+def _with_entry_ids(answer: idempotency.Answer) -> idempotency.Answer:
+    entry = answer.body.get("journal_entry_id")
+    if isinstance(entry, JournalEntry):
+        body = {**answer.body, "journal_entry_id": entry.id}
+        return idempotency.Answer(answer.status_code, body, answer.replayed)
+    return answer
+
+
+async def _load(batch: _Batch, operations: Sequence[Operation]) -> None:
+    """Find, lock and bring into the batch everything the operations touch."""
+    session = batch.session
+    reservation_ids = sorted({op.reservation_id for op in operations if op.reservation_id})
+    reservations = await repository.reservations(session, reservation_ids, lock=False)
+    refs = [_parse_user_ref(op.user) for op in operations if op.user]
+    user_ids = [r for r in refs if isinstance(r, uuid.UUID)]
+    emails = [r for r in refs if isinstance(r, str)]
+    named = await repository.users_for_refs(
+        session, org_id=batch.caller.org_id, ids=user_ids, emails=emails
+    )
+    org_ids = sorted({u.org_id for u in named} | {r.org_id for r in reservations})
+    if batch.caller.org_id is not None:
+        org_ids = [o for o in org_ids if o == batch.caller.org_id]
+    for org_id in org_ids:
+        await lock_organization(session, org_id, shared=True)
+    orgs = await repository.organizations(session, org_ids)
+    due = [o.id for o in orgs if maintenance_due(o, batch.act.now)]
+    if due:
+        raise MaintenanceDue(due)
+    batch.orgs = {o.id: o for o in orgs}
+    batch.starts = {o.id: current_period(o, batch.act.now) for o in orgs}
+    lock_ids = {u.id for u in named if u.org_id in batch.orgs}
+    lock_ids |= {r.user_id for r in reservations if r.org_id in batch.orgs}
+    batch.users = {u.id: u for u in await repository.lock_users(session, sorted(lock_ids))}
+    batch.reservations = {
+        r.id: r
+        for r in await repository.reservations(session, reservation_ids, lock=True)
+        if r.org_id in batch.orgs
+    }
+    binding = sorted(o.id for o in orgs if any(o.over_allocated(kind) for kind in Kind))
+    if binding:
+        # Rule 3 binds: usage of these organizations is serialized on their row.
+        for org in await repository.organizations(session, binding, lock=True):
+            batch.orgs[org.id] = org
+            usage = await organization_repository.period_usage(
+                session, org.id, batch.starts[org.id]
+            )
+            for kind in Kind:
+                if org.over_allocated(kind):
+                    used, reserved = usage[kind]
+                    batch.org_room[(org.id, kind)] = org.capacity(kind) - used - reserved
+
+
+def _find_user(batch: _Batch, ref: str) -> User:
+    parsed = _parse_user_ref(ref)
+    for user in batch.users.values():
+        if user.id == parsed or user.email == parsed:
+            return user
+    raise NotFound(f"No user '{ref}' in this organization.", code="user_not_found")
+
+
+def available(batch: _Batch, user: User, kind: Kind) -> int:
+    """What the user may still use: min(user remaining, organization remaining)."""
+    remaining = user.remaining(kind, batch.starts[user.org_id])
+    room = batch.org_room.get((user.org_id, kind))
+    return remaining if room is None else max(0, min(remaining, room))
+
+
+def _take(batch: _Batch, user: User, kind: Kind, tokens: int) -> None:
+    key = (user.org_id, kind)
+    if key in batch.org_room:
+        batch.org_room[key] -= tokens
+
+
+async def _apply(batch: _Batch, op: Operation, default_ttl: int) -> idempotency.Answer:
+    if op.action in ("usage", "reserve"):
+        assert op.user is not None
+        assert op.kind is not None
+        assert op.tokens is not None
+        user = _find_user(batch, op.user)
+        return await _debit(batch, op, user, op.kind, op.tokens, default_ttl)
+    assert op.reservation_id is not None
+    reservation = batch.reservations.get(op.reservation_id)
+    if reservation is None:
+        raise NotFound("Reservation not found.", code="reservation_not_found")
+    return await _close(batch, op, reservation)
+
+
+async def _debit(
+    batch: _Batch, op: Operation, user: User, kind: Kind, tokens: int, default_ttl: int
+) -> idempotency.Answer:
+    org = batch.orgs[user.org_id]
+    if not user.active:
+        raise Conflict(
+            f"{user.email} is deactivated and can't use tokens.", code="user_deactivated"
+        )
+    start_current_period(batch.session, batch.act, org, user, batch.starts[org.id])
+    if tokens > available(batch, user, kind) and user.reserved(kind):
+        await _expire_overdue(batch, user)
+    left = available(batch, user, kind)
+    if tokens > left:
+        raise _insufficient(batch, user, kind, tokens, left)
+    _take(batch, user, kind, tokens)
+    user.last_activity_at = batch.act.now
+    if op.action == "usage":
+        entry = record(
+            batch.session,
+            batch.act,
+            org,
+            "usage",
+            kind=kind,
+            user=user,
+            amount=tokens,
+            used=tokens,
+            details=op.details,
+        )
+        return idempotency.Answer(
+            200,
+            {
+                "accepted": True,
+                "user_id": str(user.id),
+                "email": user.email,
+                "kind": kind.value,
+                "tokens": tokens,
+                **_balances(batch, user, kind),
+                "journal_entry_id": entry,
+            },
+        )
+    ttl = op.ttl_seconds or default_ttl
+    reservation = Reservation(
+        id=uuid.uuid4(),
+        org_id=org.id,
+        user_id=user.id,
+        kind=kind.value,
+        amount=tokens,
+        status="open",
+        expires_at=batch.act.now + timedelta(seconds=ttl),
+        created_at=batch.act.now,
+        details=op.details,
+    )
+    batch.session.add(reservation)
+    batch.reservations[reservation.id] = reservation
+    entry = record(
+        batch.session,
+        batch.act,
+        org,
+        "reserve",
+        kind=kind,
+        user=user,
+        amount=tokens,
+        reserved=tokens,
+        reservation_id=reservation.id,
+        details=op.details,
+    )
+    return idempotency.Answer(201, _reservation_body(batch, reservation, user, entry))
+
+
+def _insufficient(
+    batch: _Batch, user: User, kind: Kind, tokens: int, left: int
+) -> InsufficientTokens:
+    room = batch.org_room.get((user.org_id, kind))
+    user_remaining = user.remaining(kind, batch.starts[user.org_id])
+    limited_by = "organization" if room is not None and room < user_remaining else "user"
+    who = "the organization" if limited_by == "organization" else user.email
+    return InsufficientTokens(
+        f"{tokens:,} {kind} tokens requested but {who} has only {left:,} left this period.",
+        details={
+            "user_id": str(user.id),
+            "kind": kind.value,
+            "requested": tokens,
+            "remaining": left,
+            "limited_by": limited_by,
+        },
+    )
+
+
+def _balances(batch: _Batch, user: User, kind: Kind) -> dict[str, int]:
+    return {
+        "allowance": user.allowance(kind),
+        "used": user.used(kind),
+        "reserved": user.reserved(kind),
+        "remaining": available(batch, user, kind),
+    }
+
+
+def _reservation_body(
+    batch: _Batch, reservation: Reservation, user: User, entry: JournalEntry | None
+) -> dict[str, Any]:
+    kind = Kind(reservation.kind)
+    return {
+        "id": str(reservation.id),
+        "status": reservation.status,
+        "user_id": str(user.id),
+        "email": user.email,
+        "kind": kind.value,
+        "tokens": reservation.amount,
+        "committed": reservation.committed_amount,
+        "expires_at": reservation.expires_at.isoformat(),
+        **_balances(batch, user, kind),
+        "journal_entry_id": entry,
+    }
+
+
+async def _close(batch: _Batch, op: Operation, reservation: Reservation) -> idempotency.Answer:
+    user = batch.users[reservation.user_id]
+    org = batch.orgs[reservation.org_id]
+    kind = Kind(reservation.kind)
+    start_current_period(batch.session, batch.act, org, user, batch.starts[org.id])
+    if reservation.status != "open":
+        raise ReservationClosed(
+            f"This reservation is already {reservation.status}.",
+            details={"id": str(reservation.id), "status": reservation.status},
+        )
+    overdue = reservation.expires_at <= batch.act.now
+    if op.action == "expire" or (op.action == "commit" and overdue):
+        entry = _expire(batch, org, user, reservation)
+        if op.action == "commit":
+            raise ReservationClosed(
+                "This reservation expired before it was committed; its tokens were released.",
+                code="reservation_expired",
+                details={
+                    "id": str(reservation.id),
+                    "expires_at": reservation.expires_at.isoformat(),
+                },
+            )
+        return idempotency.Answer(200, _reservation_body(batch, reservation, user, entry))
+    held = reservation.amount
+    if op.action == "release":
+        _take(batch, user, kind, -held)
+        entry = record(
+            batch.session,
+            batch.act,
+            org,
+            "release",
+            kind=kind,
+            user=user,
+            amount=held,
+            reserved=-held,
+            reservation_id=reservation.id,
+        )
+        reservation.status = "released"
+        reservation.closed_at = batch.act.now
+        return idempotency.Answer(200, _reservation_body(batch, reservation, user, entry))
+    actual = op.tokens if op.tokens is not None else held
+    extra = actual - held
+    if extra > 0:
+        left = available(batch, user, kind)
+        if extra > left:
+            raise _insufficient(batch, user, kind, extra, left)
+    _take(batch, user, kind, extra)
+    user.last_activity_at = batch.act.now
+    entry = record(
+        batch.session,
+        batch.act,
+        org,
+        "commit",
+        kind=kind,
+        user=user,
+        amount=actual,
+        used=actual,
+        reserved=-held,
+        reservation_id=reservation.id,
+        details={"reserved": held, **(op.details or {})},
+    )
+    reservation.status = "committed"
+    reservation.committed_amount = actual
+    reservation.closed_at = batch.act.now
+    return idempotency.Answer(200, _reservation_body(batch, reservation, user, entry))
+
+
+def _expire(batch: _Batch, org: Organization, user: User, reservation: Reservation) -> JournalEntry:
+    kind = Kind(reservation.kind)
+    _take(batch, user, kind, -reservation.amount)
+    entry = record(
+        batch.session,
+        batch.act,
+        org,
+        "reservation_expired",
+        kind=kind,
+        user=user,
+        amount=reservation.amount,
+        reserved=-reservation.amount,
+        reservation_id=reservation.id,
+    )
+    reservation.status = "expired"
+    reservation.closed_at = batch.act.now
+    return entry
+
+
+async def _expire_overdue(batch: _Batch, user: User) -> None:
+    """Release a user's reservations whose time ran out, before refusing them for lack of room."""
+    ids = await repository.user_open_reservation_ids(batch.session, user.id, batch.act.now)
+    if not ids:
+        return
+    for reservation in await repository.reservations(batch.session, ids, lock=True):
+        if reservation.status == "open":
+            _expire(batch, batch.orgs[user.org_id], user, reservation)
+
+
+async def run(
+    db: Database,
+    clock: Clock,
+    caller: Caller,
+    operations: Sequence[Operation],
+    *,
+    default_ttl: int,
+    idempotency_ttl: timedelta,
+) -> list[idempotency.Answer]:
+    """Meter in one transaction, first bringing organizations up to date when due."""
+    for _attempt in range(5):
+        act = Act(caller.actor, clock.now())
+        work = partial(
+            meter,
+            act=act,
+            caller=caller,
+            operations=operations,
+            default_ttl=default_ttl,
+            idempotency_ttl=idempotency_ttl,
+        )
+        try:
+            return await db.write(work)
+        except MaintenanceDue as due:
+            await db.write(partial(maintain, act=act, org_ids=due.org_ids))
+        except IntegrityError:
+            # Another request with one of these idempotency keys committed first; the next
+            # attempt answers with its answer.
+            continue
+    raise Conflict(
+        "The request could not be applied; try again with the same idempotency key.",
+        code="retry",
+        status_code=409,
+    )
+
+
+async def maintain(session: AsyncSession, act: Act, org_ids: Sequence[uuid.UUID]) -> None:
+    for org_id in sorted(org_ids):
+        await lock_for_change(session, act, org_id)
+
+
+@dataclass(frozen=True)
+class KindAvailability:
+    allowance: int
+    used: int
+    reserved: int
+    remaining: int
+    organization_remaining: int | None
+
+    @property
+    def available(self) -> int:
+        if self.organization_remaining is None:
+            return self.remaining
+        return max(0, min(self.remaining, self.organization_remaining))
+
+
+async def availability(
+    session: AsyncSession, org: Organization, user: User, now: datetime
+) -> dict[Kind, KindAvailability]:
+    """What a user may still use of each kind: min(user remaining, organization remaining)."""
+    start = current_period(org, now)
+    binding = [kind for kind in Kind if org.over_allocated(kind)]
+    usage = await organization_repository.period_usage(session, org.id, start) if binding else {}
+    result = {}
+    for kind in Kind:
+        organization_remaining = None
+        if kind in binding:
+            used, reserved = usage[kind]
+            organization_remaining = org.capacity(kind) - used - reserved
+        result[kind] = KindAvailability(
+            allowance=user.allowance(kind) if user.active else 0,
+            used=user.used_in(kind, start),
+            reserved=user.reserved(kind),
+            remaining=user.remaining(kind, start) if user.active else 0,
+            organization_remaining=organization_remaining,
+        )
+    return result

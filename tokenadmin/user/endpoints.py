@@ -1,0 +1,292 @@
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Query, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.act import Act
+from tokenadmin.auth.principal import Principal
+from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep, idempotent_write
+from tokenadmin.errors import NotFound
+from tokenadmin.models import Organization, User
+from tokenadmin.organization import service as organization_service
+from tokenadmin.organization.service import current_period
+from tokenadmin.tokens import Kind, period_end
+from tokenadmin.usage import repository as usage_repository
+from tokenadmin.usage.service import availability
+from tokenadmin.user import repository, service
+from tokenadmin.user.schemas import (
+    KindBalance,
+    Reactivate,
+    UsageHistoryOut,
+    UsagePoint,
+    UserBalanceOut,
+    UserCreate,
+    UserOut,
+    UserPage,
+    UserUpdate,
+)
+
+org_router = APIRouter(prefix="/v1/organizations/{org_id}/users", tags=["users"])
+router = APIRouter(prefix="/v1/users", tags=["users"])
+
+SortField = Literal[
+    "name",
+    "email",
+    "role",
+    "status",
+    "max_tokens",
+    "inference_used",
+    "max_train_tokens",
+    "training_used",
+    "last_activity_at",
+    "created_at",
+]
+
+
+@org_router.get("", response_model=UserPage)
+async def list_users(
+    org_id: uuid.UUID,
+    principal: PrincipalDep,
+    db: DatabaseDep,
+    clock: ClockDep,
+    search: Annotated[str | None, Query(max_length=200)] = None,
+    status_: Annotated[Literal["active", "deactivated"] | None, Query(alias="status")] = None,
+    role: Literal["admin", "member"] | None = None,
+    near_limit: Annotated[
+        float | None, Query(gt=0, le=1, description="Only users who used this share or more.")
+    ] = None,
+    sort: SortField = "name",
+    order: Literal["asc", "desc"] = "asc",
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> UserPage:
+    """Search, filter, sort and page through an organization's users."""
+    principal.require(org_id, "read")
+
+    async def work(session: AsyncSession) -> UserPage:
+        org = await organization_service.get(session, org_id)
+        start = current_period(org, clock.now())
+        query = repository.UserQuery(
+            org_id=org_id,
+            period_start=start,
+            search=search,
+            status=status_,
+            role=role,
+            near_limit=near_limit,
+            sort=sort,
+            descending=order == "desc",
+            limit=limit,
+            offset=offset,
+        )
+        users, total = await repository.search(session, query)
+        return UserPage(
+            users=[UserOut.of(u, start) for u in users], total=total, limit=limit, offset=offset
+        )
+
+    return await db.read(work)
+
+
+@org_router.post("", status_code=status.HTTP_201_CREATED, response_model=UserOut)
+async def create_user(
+    org_id: uuid.UUID, body: UserCreate, request: Request, principal: PrincipalDep
+) -> JSONResponse:
+    """Add a user; they get the organization's minimum from the balance unless told more."""
+    principal.require(org_id, "admin")
+
+    async def work(session: AsyncSession, act: Act) -> UserOut:
+        org = await organization_service.lock_for_change(session, act, org_id)
+        spec = service.NewUser(**body.model_dump())
+        user = await service.create(session, act, org, spec)
+        return UserOut.of(user, current_period(org, act.now))
+
+    return await idempotent_write(request, principal, work, status_code=201)
+
+
+async def _user_and_org(
+    session: AsyncSession, principal: Principal, user_id: uuid.UUID, scope: str
+) -> tuple[User, Organization]:
+    user = await repository.get(session, user_id)
+    if user is None:
+        raise NotFound("User not found.")
+    if principal.user_id != user.id:
+        try:
+            principal.require(user.org_id, scope)
+        except NotFound as error:
+            raise NotFound("User not found.") from error
+    org = await organization_service.get(session, user.org_id)
+    return user, org
+
+
+@router.get("/{user_id}", response_model=UserOut)
+async def get_user(
+    user_id: uuid.UUID, principal: PrincipalDep, db: DatabaseDep, clock: ClockDep
+) -> UserOut:
+    """Read a user with their allowances and this period's usage."""
+
+    async def work(session: AsyncSession) -> UserOut:
+        user, org = await _user_and_org(session, principal, user_id, "read")
+        return UserOut.of(user, current_period(org, clock.now()))
+
+    return await db.read(work)
+
+
+async def _locked(
+    session: AsyncSession, act: Act, principal: Principal, user_id: uuid.UUID
+) -> tuple[User, Organization]:
+    user, _ = await _user_and_org(session, principal, user_id, "admin")
+    org = await organization_service.lock_for_change(session, act, user.org_id)
+    fresh = await repository.get(session, user_id)
+    assert fresh is not None
+    return fresh, org
+
+
+@router.patch("/{user_id}", response_model=UserOut)
+async def update_user(
+    user_id: uuid.UUID, body: UserUpdate, request: Request, principal: PrincipalDep
+) -> JSONResponse:
+    """Change a user's name, role, Max Tokens and Max Train Tokens in one atomic step."""
+
+    async def work(session: AsyncSession, act: Act) -> UserOut:
+        user, org = await _locked(session, act, principal, user_id)
+        allowances = {
+            kind: value
+            for kind, value in (
+                (Kind.inference, body.max_tokens),
+                (Kind.training, body.max_train_tokens),
+            )
+            if value is not None
+        }
+        await service.update(
+            session,
+            act,
+            org,
+            user,
+            name=body.name,
+            role=body.role,
+            allowances=allowances,
+            expected_version=body.expected_version,
+            reason=body.reason,
+        )
+        return UserOut.of(user, current_period(org, act.now))
+
+    return await idempotent_write(request, principal, work)
+
+
+@router.post("/{user_id}/deactivate", response_model=UserOut)
+async def deactivate_user(
+    user_id: uuid.UUID, request: Request, principal: PrincipalDep
+) -> JSONResponse:
+    """Deactivate a user: usage stops, reservations are released, the unused allowance returns."""
+
+    async def work(session: AsyncSession, act: Act) -> UserOut:
+        user, org = await _locked(session, act, principal, user_id)
+        await service.deactivate(session, act, org, user)
+        return UserOut.of(user, current_period(org, act.now))
+
+    return await idempotent_write(request, principal, work)
+
+
+@router.post("/{user_id}/reactivate", response_model=UserOut)
+async def reactivate_user(
+    user_id: uuid.UUID, request: Request, principal: PrincipalDep, body: Reactivate | None = None
+) -> JSONResponse:
+    """Reactivate a user with at least the organization's minimums, from the balance."""
+
+    async def work(session: AsyncSession, act: Act) -> UserOut:
+        user, org = await _locked(session, act, principal, user_id)
+        wanted = {}
+        if body is not None:
+            for kind, value in (
+                (Kind.inference, body.max_tokens),
+                (Kind.training, body.max_train_tokens),
+            ):
+                if value is not None:
+                    wanted[kind] = value
+        await service.reactivate(session, act, org, user, wanted)
+        return UserOut.of(user, current_period(org, act.now))
+
+    return await idempotent_write(request, principal, work)
+
+
+@router.get("/{user_id}/balance", response_model=UserBalanceOut)
+async def get_user_balance(
+    user_id: uuid.UUID, principal: PrincipalDep, db: DatabaseDep, clock: ClockDep
+) -> UserBalanceOut:
+    """What a user may still use of each kind: min(user remaining, organization remaining)."""
+    now = clock.now()
+
+    async def work(session: AsyncSession) -> UserBalanceOut:
+        user = await repository.get(session, user_id)
+        if user is None or not (
+            principal.user_id == user.id
+            or principal.may(user.org_id, "read")
+            or principal.may(user.org_id, "usage")
+        ):
+            raise NotFound("User not found.")
+        org = await organization_service.get(session, user.org_id)
+        kinds = await availability(session, org, user, now)
+        out = {
+            kind.value: KindBalance(
+                allowance=a.allowance,
+                used=a.used,
+                reserved=a.reserved,
+                remaining=a.remaining,
+                organization_remaining=a.organization_remaining,
+                available=a.available,
+            )
+            for kind, a in kinds.items()
+        }
+        return UserBalanceOut(
+            user_id=user.id,
+            email=user.email,
+            status=user.status,
+            period_start=None if org.period == "none" else current_period(org, now),
+            period_end=period_end(org.period, org.time_zone, now),
+            inference=out["inference"],
+            training=out["training"],
+        )
+
+    return await db.read(work)
+
+
+@router.get("/{user_id}/usage", response_model=UsageHistoryOut)
+async def get_usage_history(
+    user_id: uuid.UUID,
+    principal: PrincipalDep,
+    db: DatabaseDep,
+    clock: ClockDep,
+    granularity: Literal["day", "month"] = "day",
+) -> UsageHistoryOut:
+    """Usage per day of this period, or per month of the past year, in the organization's zone."""
+    now = clock.now()
+
+    async def work(session: AsyncSession) -> UsageHistoryOut:
+        user, org = await _user_and_org(session, principal, user_id, "read")
+        zone = ZoneInfo(org.time_zone)
+        if granularity == "day":
+            since = current_period(org, now)
+            if org.period == "none":
+                since = now - timedelta(days=31)
+        else:
+            local = now.astimezone(zone)
+            since = datetime(local.year - 1, local.month, 1, tzinfo=zone)
+        buckets: dict[datetime, dict[str, int]] = defaultdict(
+            lambda: {"inference": 0, "training": 0}
+        )
+        for moment, kind, used in await usage_repository.usage_by_bucket(session, user.id, since):
+            local = moment.astimezone(zone)
+            key = datetime(
+                local.year, local.month, 1 if granularity == "month" else local.day, tzinfo=zone
+            )
+            buckets[key][kind] += used
+        points = [UsagePoint(start=k, **v) for k, v in sorted(buckets.items())]
+        return UsageHistoryOut(user_id=user.id, granularity=granularity, points=points)
+
+    return await db.read(work)

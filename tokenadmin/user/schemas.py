@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, EmailStr, Field, StrictInt
+
+from tokenadmin.models import User
+from tokenadmin.schemas import Amount, Input, Name
+from tokenadmin.tokens import Kind
+
+Role = Literal["admin", "member"]
+
+
+class UserCreate(Input):
+    email: EmailStr
+    name: Name
+    role: Role = "member"
+    max_tokens: Amount | None = Field(
+        default=None, description="Defaults to the organization's inference minimum."
+    )
+    max_train_tokens: Amount | None = Field(
+        default=None, description="Defaults to the organization's training minimum."
+    )
+    password: str | None = Field(default=None, min_length=10, max_length=200)
+
+
+class UserUpdate(Input):
+    name: Name | None = None
+    role: Role | None = None
+    max_tokens: Amount | None = None
+    max_train_tokens: Amount | None = None
+    expected_version: StrictInt | None = Field(
+        default=None, description="The version you saw; refused with version_conflict if changed."
+    )
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class Reactivate(Input):
+    max_tokens: Amount | None = None
+    max_train_tokens: Amount | None = None
+
+
+class KindUsage(BaseModel):
+    used: int
+    reserved: int
+    remaining: int
+
+
+class UserOut(BaseModel):
+    id: uuid.UUID
+    org_id: uuid.UUID
+    email: str
+    name: str
+    role: Role
+    status: Literal["active", "deactivated"]
+    max_tokens: int
+    max_train_tokens: int
+    inference: KindUsage
+    training: KindUsage
+    version: int
+    last_activity_at: datetime | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, user: User, period_start: datetime) -> UserOut:
+        def usage(kind: Kind) -> KindUsage:
+            return KindUsage(
+                used=user.used_in(kind, period_start),
+                reserved=user.reserved(kind),
+                remaining=user.remaining(kind, period_start),
+            )
+
+        return cls(
+            id=user.id,
+            org_id=user.org_id,
+            email=user.email,
+            name=user.name,
+            role=user.role,
+            status=user.status,
+            max_tokens=user.max_tokens,
+            max_train_tokens=user.max_train_tokens,
+            inference=usage(Kind.inference),
+            training=usage(Kind.training),
+            version=user.version,
+            last_activity_at=user.last_activity_at,
+            created_at=user.created_at,
+        )
+
+
+class UserPage(BaseModel):
+    users: list[UserOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class KindBalance(BaseModel):
+    allowance: int
+    used: int
+    reserved: int
+    remaining: int = Field(description="allowance − used − reserved")
+    organization_remaining: int | None = Field(
+        description="What the organization's capacity leaves, when it binds (SPEC rule 3);"
+        " null when the organization is not over-allocated and so cannot bind."
+    )
+    available: int = Field(description="min(remaining, organization_remaining): what may be used.")
+
+
+class UserBalanceOut(BaseModel):
+    user_id: uuid.UUID
+    email: str
+    status: str
+    period_start: datetime | None
+    period_end: datetime | None
+    inference: KindBalance
+    training: KindBalance
+
+
+class UsagePoint(BaseModel):
+    start: datetime
+    inference: int
+    training: int
+
+
+class UsageHistoryOut(BaseModel):
+    user_id: uuid.UUID
+    granularity: Literal["day", "month"]
+    points: list[UsagePoint]

@@ -1,0 +1,239 @@
+"""Users: creation, profile, roles, deactivation and reactivation (SPEC rules 4 and 6)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin import allowance
+from tokenadmin.act import Act
+from tokenadmin.allowance.service import Request
+from tokenadmin.auth.passwords import MIN_PASSWORD_LENGTH, hash_password
+from tokenadmin.errors import (
+    AllowanceChangeRefused,
+    Conflict,
+    EmailTaken,
+    InvalidRequest,
+    NotFound,
+    VersionConflict,
+)
+from tokenadmin.journal.service import record
+from tokenadmin.models import Organization, Reservation, User
+from tokenadmin.organization.service import current_period
+from tokenadmin.tokens import Kind
+from tokenadmin.user import repository
+from tokenadmin.user.periods import start_current_period
+
+
+@dataclass
+class NewUser:
+    email: str
+    name: str
+    role: str = "member"
+    max_tokens: int | None = None
+    max_train_tokens: int | None = None
+    password: str | None = None
+
+
+def new_user_request(org: Organization, act: Act, spec: NewUser) -> Request:
+    """A row that creates a user; unset allowances default to the organization's minimums."""
+    if spec.password is not None and len(spec.password) < MIN_PASSWORD_LENGTH:
+        raise InvalidRequest(
+            f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.", code="weak_password"
+        )
+    user = User(
+        id=uuid.uuid4(),
+        org_id=org.id,
+        email=spec.email.lower(),
+        name=spec.name,
+        role=spec.role,
+        status="active",
+        max_tokens=0,
+        max_train_tokens=0,
+        inference_used=0,
+        training_used=0,
+        inference_reserved=0,
+        training_reserved=0,
+        period_start=current_period(org, act.now),
+        version=1,
+        password_hash=hash_password(spec.password) if spec.password else None,
+        created_at=act.now,
+        updated_at=act.now,
+    )
+    allowances = {
+        Kind.inference: org.min_inference if spec.max_tokens is None else spec.max_tokens,
+        Kind.training: org.min_training if spec.max_train_tokens is None else spec.max_train_tokens,
+    }
+    return Request(user=user, allowances=allowances, new=True)
+
+
+async def check_emails_free(session: AsyncSession, emails: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for email in emails:
+        if email.lower() in seen:
+            raise InvalidRequest(
+                f"{email} appears more than once.", code="duplicate_user", details={"email": email}
+            )
+        seen.add(email.lower())
+        if await repository.by_email(session, email) is not None:
+            raise EmailTaken(f"A user with email {email} already exists.", details={"email": email})
+
+
+async def create(session: AsyncSession, act: Act, org: Organization, spec: NewUser) -> User:
+    """Create an active user with at least the minimum, taken from the balance (rule 4)."""
+    await check_emails_free(session, [spec.email])
+    request = new_user_request(org, act, spec)
+    plan = allowance.service.plan(org, [request], act)
+    await allowance.service.apply(session, act, org, plan)
+    try:
+        await session.flush()
+    except IntegrityError as error:
+        raise EmailTaken(f"A user with email {spec.email} already exists.") from error
+    return request.user
+
+
+async def get(session: AsyncSession, user_id: uuid.UUID) -> User:
+    user = await repository.get(session, user_id)
+    if user is None:
+        raise NotFound("User not found.")
+    return user
+
+
+async def update(
+    session: AsyncSession,
+    act: Act,
+    org: Organization,
+    user: User,
+    *,
+    name: str | None = None,
+    role: str | None = None,
+    allowances: dict[Kind, int] | None = None,
+    expected_version: int | None = None,
+    reason: str | None = None,
+) -> User:
+    """Change a user's profile and allowances together; all or nothing."""
+    if expected_version is not None and expected_version != user.version:
+        raise VersionConflict(
+            f"{user.email} was changed by someone else since you loaded it.",
+            details={
+                "expected_version": expected_version,
+                "current": {
+                    "version": user.version,
+                    "max_tokens": user.max_tokens,
+                    "max_train_tokens": user.max_train_tokens,
+                    "name": user.name,
+                    "role": user.role,
+                },
+            },
+        )
+    if allowances:
+        plan = allowance.service.plan(org, [Request(user, allowances)], act)
+        if not plan.accepted:
+            _refuse_single(plan)
+        await allowance.service.apply(session, act, org, plan, reason=reason)
+    profile: dict[str, Any] = {}
+    for field, value in (("name", name), ("role", role)):
+        if value is not None and getattr(user, field) != value:
+            profile[field] = [getattr(user, field), value]
+            setattr(user, field, value)
+    if profile:
+        record(session, act, org, "user_changed", user=user, details=profile, reason=reason)
+        if not allowances or not any(c.user is user for c in plan.changes):
+            user.version += 1
+        user.updated_at = act.now
+    return user
+
+
+def _refuse_single(plan: allowance.service.Plan) -> None:
+    """One user's change is refused with the code of its first reason."""
+    first = plan.refused[0]
+    details = {**first.details, "refused": [r.to_dict() for r in plan.refused]}
+    error_type = VersionConflict if first.code == "version_conflict" else AllowanceChangeRefused
+    raise error_type(first.message, code=first.code, details=details)
+
+
+async def deactivate(session: AsyncSession, act: Act, org: Organization, user: User) -> User:
+    """Stop usage, cancel open reservations and return the unused allowance (rule 6)."""
+    if not user.active:
+        raise Conflict(f"{user.email} is already deactivated.", code="already_deactivated")
+    start = current_period(org, act.now)
+    start_current_period(session, act, org, user, start)
+    for reservation in await _open_reservations(session, user):
+        kind = Kind(reservation.kind)
+        record(
+            session,
+            act,
+            org,
+            "release",
+            kind=kind,
+            user=user,
+            amount=reservation.amount,
+            reserved=-reservation.amount,
+            reservation_id=reservation.id,
+            reason="user deactivated",
+        )
+        reservation.status = "released"
+        reservation.closed_at = act.now
+    for kind in Kind:
+        returned = user.allowance(kind) - user.used(kind)
+        record(
+            session,
+            act,
+            org,
+            "user_deactivated",
+            kind=kind,
+            user=user,
+            amount=returned,
+            allowance=-returned,
+            allocated=-returned,
+            reason="unused allowance returned; the used part returns when the period ends",
+        )
+    user.status = "deactivated"
+    user.version += 1
+    user.updated_at = act.now
+    return user
+
+
+async def reactivate(
+    session: AsyncSession,
+    act: Act,
+    org: Organization,
+    user: User,
+    allowances: dict[Kind, int] | None = None,
+) -> User:
+    """Make a user active again with at least the minimum, from the balance (rule 6)."""
+    if user.active:
+        raise Conflict(f"{user.email} is already active.", code="already_active")
+    start = current_period(org, act.now)
+    start_current_period(session, act, org, user, start)
+    wanted = allowances or {}
+    targets = {kind: max(wanted.get(kind, org.minimum(kind)), user.used(kind)) for kind in Kind}
+    user.status = "active"
+    plan = allowance.service.plan(org, [Request(user, targets)], act)
+    if not plan.accepted:
+        user.status = "deactivated"
+        _refuse_single(plan)
+    await allowance.service.apply(session, act, org, plan, action="user_reactivated")
+    if not plan.changes:
+        user.version += 1
+    return user
+
+
+async def set_password(session: AsyncSession, act: Act, user: User, password: str) -> None:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise InvalidRequest(
+            f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.", code="weak_password"
+        )
+    user.password_hash = hash_password(password)
+    user.updated_at = act.now
+
+
+async def _open_reservations(session: AsyncSession, user: User) -> Sequence[Reservation]:
+    from tokenadmin.usage import repository as usage_repository
+
+    return await usage_repository.open_reservations_of(session, user.id)
