@@ -11,13 +11,13 @@ import httpx
 class Api:
     def __init__(self, client: httpx.AsyncClient, key: str) -> None:
         self.client = client
-        self.key = key
+        self.secret = key
 
     def as_key(self, key: str) -> Api:
         return Api(self.client, key)
 
     def headers(self, idempotency_key: str | None = None) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self.key}"}
+        headers = {"Authorization": f"Bearer {self.secret}"}
         if idempotency_key is not None:
             headers["Idempotency-Key"] = idempotency_key
         return headers

@@ -1,0 +1,99 @@
+"""Exactness under concurrency: many processes, one PostgreSQL, no overshoot, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.servers import running_servers
+from tokenadmin.act import Act
+from tokenadmin.api_key import service as api_key_service
+from tokenadmin.clock import SystemClock
+from tokenadmin.database import Database
+from tokenadmin.journal.service import verify
+from tokenadmin.models import Base, JournalEntry, User
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def pg(postgres_url: str) -> AsyncIterator[Database]:
+    database = Database(postgres_url, pool_size=5)
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    async with database.engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    yield database
+    await database.dispose()
+
+
+async def test_200_concurrent_debits_from_three_processes_never_overshoot(
+    pg: Database, postgres_url: str
+) -> None:
+    _, operator = await pg.write(
+        lambda s: api_key_service.create(
+            s,
+            Act("test", SystemClock().now()),
+            org_id=None,
+            name="ops",
+            scopes=["admin", "usage", "read"],
+        )
+    )
+    allowance = 1_000_000
+    rng = random.Random(7)
+    amounts = [rng.choice([3_000, 5_000, 7_919, 11_000]) for _ in range(200)]
+    assert sum(amounts) > allowance  # the allowance runs out mid-run
+
+    with running_servers(postgres_url, 3) as urls:
+        headers = {"Authorization": f"Bearer {operator}"}
+        async with httpx.AsyncClient(headers=headers, timeout=60) as http:
+            org = (await http.post(f"{urls[0]}/v1/organizations", json={"name": "Race"})).json()
+            await http.post(
+                f"{urls[0]}/v1/organizations/{org['id']}/purchases",
+                json={"inference_amount": 5_000_000},
+            )
+            user = (
+                await http.post(
+                    f"{urls[0]}/v1/organizations/{org['id']}/users",
+                    json={"email": "hot@example.com", "name": "Hot", "max_tokens": allowance},
+                )
+            ).json()
+
+            async def debit(index: int, tokens: int) -> tuple[int, int]:
+                response = await http.post(
+                    f"{urls[index % len(urls)]}/v1/usage",
+                    json={"user": user["id"], "kind": "inference", "tokens": tokens},
+                    headers={"Idempotency-Key": uuid.uuid4().hex},
+                )
+                return response.status_code, tokens
+
+            outcomes = await asyncio.gather(*(debit(i, t) for i, t in enumerate(amounts)))
+
+    statuses = {status for status, _ in outcomes}
+    assert statuses <= {200, 402}, statuses
+    accepted = sum(tokens for status, tokens in outcomes if status == 200)
+    accepted_count = sum(1 for status, _ in outcomes if status == 200)
+    assert 0 < accepted <= allowance
+    assert any(status == 402 for status, _ in outcomes)
+
+    async def stored(session: AsyncSession) -> tuple[int | None, int | None, int | None]:
+        user_id = uuid.UUID(user["id"])
+        used = await session.scalar(select(User.inference_used).where(User.id == user_id))
+        entries = await session.scalar(select(func.count()).where(JournalEntry.action == "usage"))
+        journaled = await session.scalar(
+            select(func.sum(JournalEntry.used_delta)).where(JournalEntry.action == "usage")
+        )
+        return used, entries, journaled
+
+    used, entries, journaled = await pg.read(stored)
+    assert used == accepted
+    assert entries == accepted_count
+    assert journaled == accepted
+    report = await pg.read(verify)
+    assert report.clean, report.differences
