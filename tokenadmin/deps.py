@@ -125,6 +125,8 @@ async def idempotent_write(
         except TokenAdminError as error:
             if error.code in {"idempotency_key_reused", "invalid_idempotency_key"}:
                 raise
+            if not idempotency.kept(error.status_code):
+                raise
             answer = await db.write(partial(remember_refusal, error=error))
         return answer_response(answer)
     raise TokenAdminError(

@@ -29,6 +29,15 @@ class Answer:
     replayed: bool = False
 
 
+DENIED = frozenset({401, 403, 404})
+
+
+def kept(answer_status: int) -> bool:
+    """Whether an answer is remembered: a denied request (the caller may not act, or the
+    object is not theirs) leaves no trace, so it can't change anything, not even a key."""
+    return answer_status not in DENIED
+
+
 def check_key(key: str) -> str:
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
         raise InvalidRequest(

@@ -158,7 +158,7 @@ async def meter(
             answer = idempotency.Answer(first.status_code, first.body, replayed=True)
         final.append(_with_entry_ids(answer))
     for key, index in first_with_key.items():
-        if index in todo:
+        if index in todo and idempotency.kept(final[index].status_code):
             idempotency.remember(
                 session,
                 caller.idempotency_scope,

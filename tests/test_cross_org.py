@@ -1,0 +1,224 @@
+"""No one reads or changes anything of another organization, by any route (SPEC section 2).
+
+Every API route must appear in ROUTES; a new route missing from it fails this suite.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.helpers import Api, funded_org
+from tokenadmin.database import Database
+from tokenadmin.models import Base
+
+PUBLIC = {("GET", "/healthz")}
+
+
+@dataclass
+class World:
+    a_org: str
+    a_user: str
+    a_email: str
+    a_purchase: str
+    a_key: str
+    a_reservation: str
+    b_org: str
+    b_user: str
+
+
+Request = tuple[str, str, Any]
+ROUTES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
+    ("POST", "/v1/organizations"): lambda w: [("POST", "/v1/organizations", {"name": "X"})],
+    ("GET", "/v1/organizations"): lambda w: [("GET", "/v1/organizations", None)],
+    ("GET", "/v1/organizations/{org_id}"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}", None)
+    ],
+    ("PATCH", "/v1/organizations/{org_id}"): lambda w: [
+        ("PATCH", f"/v1/organizations/{w.a_org}", {"name": "Mine now", "min_inference": 1})
+    ],
+    ("POST", "/v1/organizations/{org_id}/purchases"): lambda w: [
+        ("POST", f"/v1/organizations/{w.a_org}/purchases", {"inference_amount": 10**9}),
+        ("POST", f"/v1/organizations/{w.b_org}/purchases", {"inference_amount": 10**9}),
+    ],
+    ("GET", "/v1/organizations/{org_id}/purchases"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/purchases", None)
+    ],
+    ("PATCH", "/v1/organizations/{org_id}/purchases/{purchase_id}"): lambda w: [
+        ("PATCH", f"/v1/organizations/{w.a_org}/purchases/{w.a_purchase}", {"expires_at": None}),
+        ("PATCH", f"/v1/organizations/{w.b_org}/purchases/{w.a_purchase}", {"expires_at": None}),
+    ],
+    ("GET", "/v1/organizations/{org_id}/balance"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/balance", None)
+    ],
+    ("POST", "/v1/organizations/{org_id}/api-keys"): lambda w: [
+        ("POST", f"/v1/organizations/{w.a_org}/api-keys", {"name": "x", "scopes": ["admin"]})
+    ],
+    ("GET", "/v1/organizations/{org_id}/api-keys"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/api-keys", None)
+    ],
+    ("DELETE", "/v1/organizations/{org_id}/api-keys/{key_id}"): lambda w: [
+        ("DELETE", f"/v1/organizations/{w.a_org}/api-keys/{w.a_key}", None),
+        ("DELETE", f"/v1/organizations/{w.b_org}/api-keys/{w.a_key}", None),
+    ],
+    ("GET", "/v1/organizations/{org_id}/users"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/users", None)
+    ],
+    ("POST", "/v1/organizations/{org_id}/users"): lambda w: [
+        ("POST", f"/v1/organizations/{w.a_org}/users", {"email": "x@evil.example", "name": "X"})
+    ],
+    ("GET", "/v1/users/{user_id}"): lambda w: [("GET", f"/v1/users/{w.a_user}", None)],
+    ("PATCH", "/v1/users/{user_id}"): lambda w: [
+        ("PATCH", f"/v1/users/{w.a_user}", {"max_tokens": 300_000, "role": "admin"})
+    ],
+    ("POST", "/v1/users/{user_id}/deactivate"): lambda w: [
+        ("POST", f"/v1/users/{w.a_user}/deactivate", None)
+    ],
+    ("POST", "/v1/users/{user_id}/reactivate"): lambda w: [
+        ("POST", f"/v1/users/{w.a_user}/reactivate", None)
+    ],
+    ("GET", "/v1/users/{user_id}/balance"): lambda w: [
+        ("GET", f"/v1/users/{w.a_user}/balance", None)
+    ],
+    ("GET", "/v1/users/{user_id}/usage"): lambda w: [("GET", f"/v1/users/{w.a_user}/usage", None)],
+    ("POST", "/v1/organizations/{org_id}/allowances"): lambda w: [
+        (
+            "POST",
+            f"/v1/organizations/{w.a_org}/allowances",
+            {"changes": [{"user": w.a_email, "max_tokens": 250_000}]},
+        ),
+        (
+            "POST",
+            f"/v1/organizations/{w.b_org}/allowances",
+            {"changes": [{"user": w.a_email, "max_tokens": 250_000}]},
+        ),
+        (
+            "POST",
+            f"/v1/organizations/{w.b_org}/allowances",
+            {"changes": [{"user": w.a_user, "max_tokens": 250_000}]},
+        ),
+    ],
+    ("GET", "/v1/organizations/{org_id}/journal"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/journal", None)
+    ],
+    ("POST", "/v1/usage"): lambda w: [
+        ("POST", "/v1/usage", {"user": w.a_user, "kind": "inference", "tokens": 10}),
+        ("POST", "/v1/usage", {"user": w.a_email, "kind": "inference", "tokens": 10}),
+    ],
+    ("POST", "/v1/usage/batch"): lambda w: [
+        (
+            "POST",
+            "/v1/usage/batch",
+            {
+                "events": [
+                    {"user": w.a_email, "kind": "inference", "tokens": 10, "idempotency_key": "e1"}
+                ]
+            },
+        )
+    ],
+    ("POST", "/v1/reservations"): lambda w: [
+        ("POST", "/v1/reservations", {"user": w.a_user, "kind": "inference", "tokens": 10})
+    ],
+    ("POST", "/v1/reservations/{reservation_id}/commit"): lambda w: [
+        ("POST", f"/v1/reservations/{w.a_reservation}/commit", {"tokens": 1})
+    ],
+    ("POST", "/v1/reservations/{reservation_id}/release"): lambda w: [
+        ("POST", f"/v1/reservations/{w.a_reservation}/release", None)
+    ],
+}
+
+
+def api_routes(app: FastAPI) -> set[tuple[str, str]]:
+    found = set()
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            for method in route.methods:
+                found.add((method, route.path))
+    return found
+
+
+async def snapshot(db: Database) -> dict[str, list[tuple[Any, ...]]]:
+    async def read(session: AsyncSession) -> dict[str, list[tuple[Any, ...]]]:
+        tables = {}
+        for table in Base.metadata.sorted_tables:
+            rows = (await session.execute(select(table))).all()
+            tables[table.name] = sorted(tuple(map(repr, row)) for row in rows)
+        return tables
+
+    return await db.read(read)
+
+
+@pytest.fixture
+async def world(api: Api) -> World:
+    a_org = await funded_org(api)
+    a_user = await api.user(a_org, "alice@a.example")
+    purchase = await api.purchase(a_org, 100_000)
+    a_admin = await api.key(a_org, "admin")
+    a_usage = api.as_key(await api.key(a_org, "usage"))
+    keys = await api.get(f"/v1/organizations/{a_org}/api-keys")
+    reservation = await a_usage.post(
+        "/v1/reservations", {"user": a_user["id"], "kind": "inference", "tokens": 500}, expect=201
+    )
+    await a_usage.use(a_user["id"], 1_000, expect=200)
+    assert a_admin
+    b_org = await funded_org(api)
+    b_user = await api.user(b_org, "bob@b.example")
+    return World(
+        a_org=a_org,
+        a_user=a_user["id"],
+        a_email=a_user["email"],
+        a_purchase=purchase["id"],
+        a_key=keys[0]["id"],
+        a_reservation=reservation["id"],
+        b_org=b_org,
+        b_user=b_user["id"],
+    )
+
+
+def test_every_api_route_is_in_the_cross_organization_matrix(app: FastAPI) -> None:
+    missing = api_routes(app) - set(ROUTES) - PUBLIC
+    assert not missing, f"add these routes to ROUTES in {__file__}: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("scopes", [("admin",), ("usage",), ("read",), ("admin", "usage")])
+async def test_another_organization_is_invisible_and_untouched_on_every_route(
+    api: Api, world: World, db: Database, scopes: tuple[str, ...]
+) -> None:
+    other = api.as_key(await api.key(world.b_org, *scopes))
+    before = await snapshot(db)
+    for (_method, _path), build in sorted(ROUTES.items()):
+        for method, path, body in build(world):
+            key = uuid.uuid4().hex if path == "/v1/usage" else None
+            response = await other.call(method, path, json=body, idempotency_key=key)
+            text = response.text
+            if (method, path) == ("GET", "/v1/organizations"):
+                assert response.status_code == 200
+                assert world.a_org not in text
+                continue
+            if path == "/v1/usage/batch" and response.status_code == 200:
+                result = response.json()["results"][0]
+                assert result["status"] == 404, text
+                continue
+            if path.startswith(f"/v1/organizations/{world.b_org}/allowances") and (
+                response.status_code != 403
+            ):
+                # The caller's own batch, naming someone it can't see: refused row by row
+                # exactly as for an email that exists nowhere.
+                refused = response.json()["error"]["details"]["refused"]
+                assert [row["code"] for row in refused] == ["user_not_found"], text
+                continue
+            assert response.status_code in (403, 404), (method, path, response.status_code, text)
+            sent = path + json.dumps(body)
+            for secret in (world.a_email, world.a_user, world.a_org, "Alice"):
+                assert secret in sent or secret not in text, (method, path, text)
+            assert response.json()["error"]["code"]
+    assert await snapshot(db) == before
