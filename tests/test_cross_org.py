@@ -141,7 +141,7 @@ def api_routes(app: FastAPI) -> set[tuple[str, str]]:
     found = set()
     for route in app.routes:
         if isinstance(route, APIRoute):
-            for method in route.methods:
+            for method in route.methods or ():
                 found.add((method, route.path))
     return found
 
