@@ -1,0 +1,29 @@
+"""Every setting is documented; the docs are part of the product."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenadmin.config import Settings
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_every_setting_is_documented_in_configuration_md() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [
+        f"TOKENADMIN_{name.upper()}"
+        for name in Settings.model_fields
+        if f"`TOKENADMIN_{name.upper()}`" not in text
+    ]
+    assert not missing, f"document these in docs/configuration.md: {missing}"
+
+
+def test_every_documented_setting_exists() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    documented = {
+        word.strip("`").removeprefix("TOKENADMIN_").lower()
+        for word in text.split()
+        if word.startswith("`TOKENADMIN_") and word.endswith("`")
+    }
+    assert documented <= set(Settings.model_fields), documented - set(Settings.model_fields)
