@@ -27,3 +27,19 @@ def test_every_documented_setting_exists() -> None:
         if word.startswith("`TOKENADMIN_") and word.endswith("`")
     }
     assert documented <= set(Settings.model_fields), documented - set(Settings.model_fields)
+
+
+def _codes_in_source() -> set[str]:
+    import re
+
+    codes: set[str] = set()
+    pattern = re.compile(r'code(?:=| = |": )"([a-z_]+)"')
+    for path in (ROOT / "tokenadmin").rglob("*.py"):
+        codes.update(pattern.findall(path.read_text()))
+    return codes - {"error", "http_error", "conflict"}
+
+
+def test_every_error_code_is_documented_in_api_md() -> None:
+    text = (ROOT / "docs" / "api.md").read_text()
+    missing = sorted(code for code in _codes_in_source() if f"`{code}`" not in text)
+    assert not missing, f"document these error codes in docs/api.md: {missing}"
