@@ -1,0 +1,88 @@
+"""The Python client of the tokenadmin REST API: `Client` (sync) and `AsyncClient` (async).
+
+    from tokenadmin.client import Client, InsufficientTokens
+
+    with Client("https://tokens.example.com", api_key="ta_...") as tokens:
+        tokens.record_usage("ana@example.com", "inference", 1_500, idempotency_key=request_id)
+
+Both clients send each operation as the same `Call` (see `_operations.py`), retry it with
+the same idempotency key, and answer with the service's own response models. See
+docs/client.md.
+"""
+
+from tokenadmin.allowance.schemas import AllowancePreview, AllowanceRow
+from tokenadmin.client._async import AsyncClient
+from tokenadmin.client._core import USER_AGENT, RetryPolicy
+from tokenadmin.client._errors import (
+    Conflict,
+    Forbidden,
+    IdempotencyKeyReused,
+    InsufficientTokens,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServerError,
+    TokenAdminAPIError,
+    TokenAdminClientError,
+    TokenAdminConnectionError,
+    Unauthenticated,
+    VersionConflict,
+)
+from tokenadmin.client._sync import Client
+from tokenadmin.journal.schemas import JournalEntryOut, JournalPage
+from tokenadmin.organization.schemas import (
+    ApiKeyCreated,
+    ApiKeyOut,
+    BalanceOut,
+    OrganizationOut,
+    PurchaseOut,
+)
+from tokenadmin.tokens import Kind, Period
+from tokenadmin.usage.schemas import (
+    BatchOut,
+    ReservationOut,
+    UsageAccepted,
+    UsageEvent,
+    UsageFields,
+)
+from tokenadmin.user.schemas import UsageHistoryOut, UserBalanceOut, UserOut, UserPage
+
+__all__ = [
+    "USER_AGENT",
+    "AllowancePreview",
+    "AllowanceRow",
+    "ApiKeyCreated",
+    "ApiKeyOut",
+    "AsyncClient",
+    "BalanceOut",
+    "BatchOut",
+    "Client",
+    "Conflict",
+    "Forbidden",
+    "IdempotencyKeyReused",
+    "InsufficientTokens",
+    "InvalidRequest",
+    "JournalEntryOut",
+    "JournalPage",
+    "Kind",
+    "NotFound",
+    "OrganizationOut",
+    "Period",
+    "PurchaseOut",
+    "RateLimited",
+    "ReservationOut",
+    "RetryPolicy",
+    "ServerError",
+    "TokenAdminAPIError",
+    "TokenAdminClientError",
+    "TokenAdminConnectionError",
+    "Unauthenticated",
+    "UsageAccepted",
+    "UsageEvent",
+    "UsageFields",
+    "UsageHistoryOut",
+    "UserBalanceOut",
+    "UserOut",
+    "UserPage",
+    "VersionConflict",
+]
