@@ -1,0 +1,270 @@
+"""Idempotency keys: the same key and body answer the first answer and change nothing."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from tests.helpers import Api, funded_org
+from tests.scenarios import (
+    IDEMPOTENCY_TTL,
+    commit,
+    error_of,
+    event,
+    get_user,
+    journal,
+    last_entry_id,
+    org_api,
+    reserve,
+    run_sweeper,
+)
+from tokenadmin.clock import FakeClock
+from tokenadmin.database import Database
+
+
+def replayed(response: httpx.Response) -> bool:
+    return response.headers.get("Idempotent-Replayed") == "true"
+
+
+async def _org_and_user(api: Api, **fields: Any) -> tuple[str, dict[str, Any]]:
+    org = await funded_org(api)
+    return org, await api.user(org, **fields)
+
+
+async def test_replayed_usage_returns_the_first_answer_and_counts_once(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    first = await api.use(ana["id"], 1_000, key="usage-1", expect=200)
+    mark = await last_entry_id(api, org)
+
+    again = await api.use(ana["id"], 1_000, key="usage-1", expect=200)
+
+    assert not replayed(first)
+    assert replayed(again)
+    assert again.json() == first.json()
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 1_000
+    assert await last_entry_id(api, org) == mark
+
+
+async def test_a_key_reused_with_another_body_is_refused_and_changes_nothing(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    await api.use(ana["id"], 1_000, key="usage-1", expect=200)
+    mark = await last_entry_id(api, org)
+
+    for response in (
+        await api.use(ana["id"], 2_000, key="usage-1"),
+        await api.use(ana["id"], 1_000, "training", key="usage-1"),
+        await api.use(ana["id"], 1_000, key="usage-1", model="other"),
+    ):
+        details = error_of(response, 422, "idempotency_key_reused")
+        assert details["idempotency_key"] == "usage-1"
+    held = await reserve(api, ana["id"], 1_000, expect=None, idempotency_key="usage-1")
+    error_of(held, 422, "idempotency_key_reused")
+
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 1_000
+    assert await last_entry_id(api, org) == mark
+
+
+async def test_a_refused_debit_replayed_after_a_top_up_stays_refused(api: Api) -> None:
+    _org, ana = await _org_and_user(api)
+    refused = await api.use(ana["id"], 250_000, key="big")
+    error_of(refused, 402, "insufficient_tokens")
+    await api.patch(f"/v1/users/{ana['id']}", {"max_tokens": 300_000}, expect=200)
+
+    again = await api.use(ana["id"], 250_000, key="big")
+
+    error_of(again, 402, "insufficient_tokens")
+    assert replayed(again)
+    assert again.json() == refused.json()
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 0
+    await api.use(ana["id"], 250_000, key="big-2", expect=200)
+
+
+async def test_usage_needs_an_idempotency_key(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    mark = await last_entry_id(api, org)
+    response = await api.call(
+        "POST", "/v1/usage", json={"user": ana["id"], "kind": "inference", "tokens": 10}
+    )
+    error_of(response, 422, "idempotency_key_required")
+    assert await last_entry_id(api, org) == mark
+
+
+async def test_keys_must_be_short_printable_text(api: Api) -> None:
+    _org, ana = await _org_and_user(api)
+    error_of(await api.use(ana["id"], 10, key="k" * 256), 422, "invalid_idempotency_key")
+    body = {"user": ana["id"], "kind": "inference", "tokens": 10}
+    for bad in ("", "tab\tinside"):
+        response = await api.call("POST", "/v1/usage", json=body, idempotency_key=bad)
+        error_of(response, 422, "invalid_idempotency_key")
+    await api.use(ana["id"], 10, key="k" * 255, expect=200)
+
+
+async def test_replayed_batch_events_are_answered_again_without_counting(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    events = [event(ana["id"], 100), event(ana["id"], 300_000), event(ana["id"], 200)]
+    first = await api.post("/v1/usage/batch", {"events": events}, expect=200)
+    assert (first["accepted"], first["refused"]) == (2, 1)
+    mark = await last_entry_id(api, org)
+
+    again = await api.post("/v1/usage/batch", {"events": events}, expect=200)
+
+    assert (again["accepted"], again["refused"]) == (2, 1)
+    assert [r["replayed"] for r in again["results"]] == [True, True, True]
+    assert [r["result"] for r in again["results"]] == [r["result"] for r in first["results"]]
+    assert [r["error"] for r in again["results"]] == [r["error"] for r in first["results"]]
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 300
+    assert await last_entry_id(api, org) == mark
+
+
+async def test_a_key_repeated_inside_one_batch_counts_once(api: Api) -> None:
+    _org, ana = await _org_and_user(api)
+    twice = event(ana["id"], 700, idempotency_key="same")
+    result = await api.post("/v1/usage/batch", {"events": [twice, twice]}, expect=200)
+    assert [(r["accepted"], r["replayed"]) for r in result["results"]] == [
+        (True, False),
+        (True, True),
+    ]
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 700
+    clash = await api.post(
+        "/v1/usage/batch",
+        {
+            "events": [
+                event(ana["id"], 1, idempotency_key="x"),
+                event(ana["id"], 2, idempotency_key="x"),
+            ]
+        },
+        expect=200,
+    )
+    assert [r["status"] for r in clash["results"]] == [200, 422]
+    assert clash["results"][1]["error"]["code"] == "idempotency_key_reused"
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 701
+
+
+async def test_a_replayed_reservation_holds_the_tokens_once(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    first = await reserve(api, ana["id"], 40_000, idempotency_key="hold-1")
+    again = await reserve(api, ana["id"], 40_000, idempotency_key="hold-1")
+
+    assert again.status_code == 201
+    assert replayed(again)
+    assert again.json()["id"] == first.json()["id"]
+    assert (await get_user(api, ana["id"]))["inference"]["reserved"] == 40_000
+    assert len(await journal(api, org, action="reserve")) == 1
+
+
+async def test_a_replayed_commit_answers_the_commit_instead_of_reservation_closed(
+    api: Api,
+) -> None:
+    _org, ana = await _org_and_user(api)
+    held = (await reserve(api, ana["id"], 40_000)).json()
+    first = await commit(api, held["id"], 25_000, idempotency_key="commit-1")
+    again = await commit(api, held["id"], 25_000, idempotency_key="commit-1")
+
+    assert replayed(again)
+    assert again.json() == first.json()
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 25_000
+    error_of(await commit(api, held["id"], 25_000, expect=None), 409, "reservation_closed")
+
+
+async def test_a_replayed_allowance_batch_changes_nothing_more(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    body = {"changes": [{"user": ana["id"], "max_tokens": 300_000}]}
+    path = f"/v1/organizations/{org}/allowances"
+    first = await api.call("POST", path, json=body, idempotency_key="plan-1", expect=200)
+    mark = await last_entry_id(api, org)
+
+    again = await api.call("POST", path, json=body, idempotency_key="plan-1", expect=200)
+
+    assert replayed(again)
+    assert again.json() == first.json()
+    assert (await get_user(api, ana["id"]))["version"] == 2
+    assert await last_entry_id(api, org) == mark
+    other = {"changes": [{"user": ana["id"], "max_tokens": 350_000}]}
+    error_of(
+        await api.call("POST", path, json=other, idempotency_key="plan-1"),
+        422,
+        "idempotency_key_reused",
+    )
+    assert (await get_user(api, ana["id"]))["max_tokens"] == 300_000
+
+
+async def test_a_replayed_user_creation_creates_one_user(api: Api) -> None:
+    org = await funded_org(api)
+    path = f"/v1/organizations/{org}/users"
+    body = {"email": "ana@example.com", "name": "Ana"}
+    first = await api.call("POST", path, json=body, idempotency_key="new-ana", expect=201)
+
+    again = await api.call("POST", path, json=body, idempotency_key="new-ana", expect=201)
+
+    assert replayed(again)
+    assert again.json()["id"] == first.json()["id"]
+    assert (await api.get(path))["total"] == 1
+    assert (await api.balance(org))["inference"]["allocated"] == 200_000
+    other = {"email": "bo@example.com", "name": "Bo"}
+    error_of(
+        await api.call("POST", path, json=other, idempotency_key="new-ana"),
+        422,
+        "idempotency_key_reused",
+    )
+    assert (await api.get(path))["total"] == 1
+
+
+async def test_a_replayed_purchase_is_counted_once(api: Api) -> None:
+    org = (await api.organization())["id"]
+    path = f"/v1/organizations/{org}/purchases"
+    body = {"inference_amount": 500_000, "note": "PO 17"}
+    first = await api.call("POST", path, json=body, idempotency_key="po-17", expect=201)
+    again = await api.call("POST", path, json=body, idempotency_key="po-17", expect=201)
+
+    assert replayed(again)
+    assert again.json()["id"] == first.json()["id"]
+    assert (await api.balance(org))["inference"]["capacity"] == 500_000
+    assert len(await api.get(path)) == 1
+
+
+async def test_keys_are_scoped_to_the_organization(api: Api) -> None:
+    org_a, ana = await _org_and_user(api)
+    org_b, bo = await _org_and_user(api)
+    meter_a = await org_api(api, org_a, "usage")
+    meter_b = await org_api(api, org_b, "usage")
+
+    first = await meter_a.use(ana["id"], 1_000, key="shared-key", expect=200)
+    second = await meter_b.use(bo["id"], 2_000, key="shared-key", expect=200)
+
+    assert not replayed(first)
+    assert not replayed(second)
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 1_000
+    assert (await get_user(api, bo["id"]))["inference"]["used"] == 2_000
+
+
+async def test_keys_are_kept_for_at_least_24_hours(
+    api: Api, clock: FakeClock, db: Database
+) -> None:
+    _org, ana = await _org_and_user(api)
+    first = await api.use(ana["id"], 1_000, key="day-old", expect=200)
+    clock.advance(hours=23)
+    report = await run_sweeper(db, clock)
+    assert report.idempotency_keys_purged == 0
+
+    again = await api.use(ana["id"], 1_000, key="day-old", expect=200)
+
+    assert replayed(again)
+    assert again.json() == first.json()
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 1_000
+
+
+async def test_keys_are_purged_by_the_sweeper_after_their_time_to_live(
+    api: Api, clock: FakeClock, db: Database
+) -> None:
+    _org, ana = await _org_and_user(api)
+    await api.use(ana["id"], 1_000, key="old", expect=200)
+    clock.advance(hours=IDEMPOTENCY_TTL / timedelta(hours=1) + 1)
+
+    report = await run_sweeper(db, clock)
+
+    assert report.idempotency_keys_purged == 1
+    fresh = await api.use(ana["id"], 2_000, key="old", expect=200)
+    assert not replayed(fresh)
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 3_000
