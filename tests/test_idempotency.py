@@ -25,7 +25,8 @@ from tokenadmin.database import Database
 
 
 def replayed(response: httpx.Response) -> bool:
-    return response.headers.get("Idempotent-Replayed") == "true"
+    header: str | None = response.headers.get("Idempotent-Replayed")
+    return header == "true"
 
 
 async def _org_and_user(api: Api, **fields: Any) -> tuple[str, dict[str, Any]]:
