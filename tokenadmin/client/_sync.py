@@ -60,7 +60,11 @@ class Client:
         http_client: httpx.Client | None = None,
     ) -> None:
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=timeout or DEFAULT_TIMEOUT)
+        self._http = (
+            http_client
+            if http_client is not None
+            else httpx.Client(timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+        )
         policy = RetryPolicy(max_retries, backoff, backoff_max)
         self._core = Core(base_url, api_key, policy, None if self._owns_http else timeout)
         self._sleep: Callable[[float], None] = time.sleep

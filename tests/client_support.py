@@ -1,0 +1,194 @@
+"""Test support for the client: transports that fail on purpose, and a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+from tokenadmin.act import Act
+from tokenadmin.api_key import service as api_key_service
+from tokenadmin.database import Database
+
+Failure = Literal["503", "connect", "503-after", "timeout-after"]
+"""How one exchange fails: before the service saw it (503, connect) or after it answered."""
+
+UNAVAILABLE = {"error": {"code": "unavailable", "message": "try again", "details": {}}}
+
+
+@dataclass
+class Exchanges:
+    """What a flaky transport saw, in order."""
+
+    requests: list[httpx.Request] = field(default_factory=list)
+    replayed: list[bool] = field(default_factory=list)
+    """For each answer that reached the client: whether it was an idempotent replay."""
+
+    def keys(self, path: str) -> list[str | None]:
+        return [r.headers.get("idempotency-key") for r in self.requests if r.url.path == path]
+
+    def count(self, path: str) -> int:
+        return sum(1 for r in self.requests if r.url.path == path)
+
+
+class _Plan:
+    def __init__(self, failures: list[Failure], path: str | None) -> None:
+        self.failures = failures
+        self.path = path
+        self.seen = Exchanges()
+
+    def next_failure(self, request: httpx.Request) -> Failure | None:
+        self.seen.requests.append(request)
+        if self.failures and (self.path is None or request.url.path == self.path):
+            return self.failures.pop(0)
+        return None
+
+    def answered(self, response: httpx.Response) -> httpx.Response:
+        self.seen.replayed.append(response.headers.get("idempotent-replayed") == "true")
+        return response
+
+
+class FlakyAsyncTransport(httpx.AsyncBaseTransport):
+    """Forwards to `inner`, failing the first exchanges to `path` as `failures` say."""
+
+    def __init__(
+        self, inner: httpx.AsyncBaseTransport, failures: list[Failure], path: str | None = None
+    ) -> None:
+        self.inner = inner
+        self.plan = _Plan(list(failures), path)
+        self.seen = self.plan.seen
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        failure = self.plan.next_failure(request)
+        if failure == "connect":
+            raise httpx.ConnectError("connection refused", request=request)
+        if failure == "503":
+            return httpx.Response(503, json=UNAVAILABLE)
+        response = await self.inner.handle_async_request(request)
+        await response.aread()
+        if failure == "503-after":
+            return httpx.Response(503, json=UNAVAILABLE)
+        if failure == "timeout-after":
+            raise httpx.ReadTimeout("timed out reading the answer", request=request)
+        return self.plan.answered(response)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class FlakyTransport(httpx.BaseTransport):
+    """The synchronous FlakyAsyncTransport."""
+
+    def __init__(
+        self, inner: httpx.BaseTransport, failures: list[Failure], path: str | None = None
+    ) -> None:
+        self.inner = inner
+        self.plan = _Plan(list(failures), path)
+        self.seen = self.plan.seen
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        failure = self.plan.next_failure(request)
+        if failure == "connect":
+            raise httpx.ConnectError("connection refused", request=request)
+        if failure == "503":
+            return httpx.Response(503, json=UNAVAILABLE)
+        response = self.inner.handle_request(request)
+        response.read()
+        if failure == "503-after":
+            return httpx.Response(503, json=UNAVAILABLE)
+        if failure == "timeout-after":
+            raise httpx.ReadTimeout("timed out reading the answer", request=request)
+        return self.plan.answered(response)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    base_url: str
+    operator_key: str
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _operator_key(database_url: str) -> str:
+    async def create() -> str:
+        db = Database(database_url, pool_size=1)
+        try:
+            act = Act("test", datetime.now(UTC))
+            _, secret = await db.write(
+                lambda s: api_key_service.create(
+                    s, act, org_id=None, name="ops", scopes=["admin", "usage", "read"]
+                )
+            )
+            return secret
+        finally:
+            await db.dispose()
+
+    return asyncio.run(create())
+
+
+@contextmanager
+def live_server(database_path: Path, *, startup_seconds: float = 20.0) -> Iterator[LiveServer]:
+    """`uvicorn tokenadmin.app:create_app` on a migrated SQLite file, stopped on exit."""
+    database_url = f"sqlite:///{database_path}"
+    secret = _operator_key(database_url)
+    port = _free_port()
+    env = {**os.environ, "TOKENADMIN_DATABASE_URL": database_url}
+    log_path = database_path.with_suffix(".log")
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "tokenadmin.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
+    base_url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            command, env=env, cwd=database_path.parent, stdout=log, stderr=subprocess.STDOUT
+        )
+        try:
+            deadline = time.monotonic() + startup_seconds
+            while True:
+                if server.poll() is not None:
+                    raise RuntimeError(f"the server exited:\n{log_path.read_text()}")
+                try:
+                    if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the server did not start:\n{log_path.read_text()}")
+                time.sleep(0.1)
+            yield LiveServer(base_url, secret)
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=10)
