@@ -593,6 +593,12 @@ def test_the_client_covers_every_route_of_the_api_with_its_parameters(tmp_path: 
     assert set(routes) - covered == set(), "routes without a client method"
 
 
+def test_every_method_is_documented_in_client_md() -> None:
+    text = (Path(__file__).parent.parent / "docs" / "client.md").read_text()
+    missing = sorted(name for name in _public(Client) if f"`{name}" not in text)
+    assert not missing, f"document these in docs/client.md: {missing}"
+
+
 # --- the sync client against a real server --------------------------------------------------
 
 
