@@ -1,0 +1,376 @@
+"""Refusals: one JSON error shape, the right status, and nothing changed."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import Api, funded_org
+from tests.scenarios import error_of, get_user, last_entry_id, org_api
+from tokenadmin.act import Act
+from tokenadmin.api_key import service as api_key_service
+from tokenadmin.clock import FakeClock
+from tokenadmin.database import Database
+
+USAGE = {"kind": "inference", "tokens": 10}
+
+
+async def _org_and_user(api: Api) -> tuple[str, dict[str, Any]]:
+    org = await funded_org(api)
+    return org, await api.user(org, "ana@example.com")
+
+
+async def _operator_key(db: Database, clock: FakeClock, *scopes: str) -> str:
+    _, secret = await db.write(
+        lambda s: api_key_service.create(
+            s, Act("test", clock.now()), org_id=None, name="limited", scopes=list(scopes)
+        )
+    )
+    return secret
+
+
+# --- authentication --------------------------------------------------------------------------
+
+
+async def test_requests_without_a_key_are_refused_with_401(
+    api: Api, client: httpx.AsyncClient
+) -> None:
+    org, _ = await _org_and_user(api)
+    for method, path in (
+        ("GET", f"/v1/organizations/{org}/balance"),
+        ("POST", "/v1/usage"),
+        ("POST", "/v1/organizations"),
+    ):
+        response = await client.request(method, path, json={})
+        details = error_of(response, 401, "unauthenticated")
+        assert "Bearer" in response.json()["error"]["message"]
+        assert details["hint"]
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    ["Bearer ta_not-a-real-key", "Bearer ", "Basic dXNlcjpwYXNz", "ta_no_scheme"],
+    ids=["unknown-key", "empty-key", "basic-auth", "no-scheme"],
+)
+async def test_requests_with_a_bad_key_are_refused_with_401(
+    api: Api, client: httpx.AsyncClient, authorization: str
+) -> None:
+    org, ana = await _org_and_user(api)
+    mark = await last_entry_id(api, org)
+    response = await client.post(
+        "/v1/usage",
+        json={"user": ana["id"], **USAGE},
+        headers={"Authorization": authorization, "Idempotency-Key": "k"},
+    )
+    error_of(response, 401, "unauthenticated")
+    assert await last_entry_id(api, org) == mark
+
+
+async def test_a_revoked_key_stops_working_at_once(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    created = await api.post(
+        f"/v1/organizations/{org}/api-keys", {"name": "svc", "scopes": ["usage"]}, expect=201
+    )
+    service = api.as_key(created["key"])
+    await service.use(ana["id"], 10, expect=200)
+    await api.call("DELETE", f"/v1/organizations/{org}/api-keys/{created['id']}", expect=200)
+
+    error_of(await service.use(ana["id"], 10), 401, "unauthenticated")
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 10
+
+
+# --- authorization ---------------------------------------------------------------------------
+
+
+async def test_a_read_key_cannot_write(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    reader = await org_api(api, org, "read")
+    mark = await last_entry_id(api, org)
+
+    assert (await reader.balance(org))["inference"]["allocated"] == 200_000
+    refusals = [
+        await reader.call(
+            "POST", f"/v1/organizations/{org}/users", json={"email": "x@example.com", "name": "X"}
+        ),
+        await reader.call("PATCH", f"/v1/users/{ana['id']}", json={"max_tokens": 300_000}),
+        await reader.allowances(org, {"user": ana["id"], "max_tokens": 300_000}),
+        await reader.use(ana["id"], 10),
+        await reader.call("POST", f"/v1/users/{ana['id']}/deactivate"),
+        await reader.call(
+            "POST", f"/v1/organizations/{org}/api-keys", json={"name": "k", "scopes": ["admin"]}
+        ),
+    ]
+
+    for response in refusals:
+        error_of(response, 403, "forbidden")
+    assert await last_entry_id(api, org) == mark
+    assert (await get_user(api, ana["id"]))["max_tokens"] == 200_000
+
+
+async def test_a_usage_key_cannot_change_allowances_or_users(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    service = await org_api(api, org, "usage")
+    mark = await last_entry_id(api, org)
+
+    details = error_of(
+        await service.allowances(org, {"user": ana["id"], "max_tokens": 300_000}), 403, "forbidden"
+    )
+    assert details["scope"] == "admin"
+    error_of(
+        await service.call("PATCH", f"/v1/users/{ana['id']}", json={"max_tokens": 300_000}),
+        403,
+        "forbidden",
+    )
+    error_of(
+        await service.call("PATCH", f"/v1/organizations/{org}", json={"overallocation": True}),
+        403,
+        "forbidden",
+    )
+    assert await last_entry_id(api, org) == mark
+
+
+async def test_an_organization_key_cannot_create_organizations_or_record_purchases(
+    api: Api,
+) -> None:
+    org, _ = await _org_and_user(api)
+    admin = await org_api(api, org, "admin", "usage", "read")
+    mark = await last_entry_id(api, org)
+
+    error_of(await admin.call("POST", "/v1/organizations", json={"name": "Mine"}), 403, "forbidden")
+    error_of(
+        await admin.call(
+            "POST", f"/v1/organizations/{org}/purchases", json={"inference_amount": 10**9}
+        ),
+        403,
+        "forbidden",
+    )
+    assert await last_entry_id(api, org) == mark
+    assert (await api.balance(org))["inference"]["capacity"] == 1_000_000
+    assert [o["name"] for o in await api.get("/v1/organizations")] == ["Acme"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: require_operator() ignores scopes, so a read-only operator key can create"
+    " organizations and record purchases",
+)
+async def test_an_operator_key_without_the_admin_scope_cannot_write(
+    api: Api, db: Database, clock: FakeClock
+) -> None:
+    org, _ = await _org_and_user(api)
+    reader = api.as_key(await _operator_key(db, clock, "read"))
+    mark = await last_entry_id(api, org)
+
+    error_of(await reader.call("POST", "/v1/organizations", json={"name": "X"}), 403, "forbidden")
+    error_of(
+        await reader.call(
+            "POST", f"/v1/organizations/{org}/purchases", json={"inference_amount": 10**9}
+        ),
+        403,
+        "forbidden",
+    )
+    assert await last_entry_id(api, org) == mark
+
+
+async def test_a_key_without_the_usage_scope_cannot_meter(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    admin = await org_api(api, org, "admin")
+    details = error_of(await admin.use(ana["id"], 10), 403, "forbidden")
+    assert details["scope"] == "usage"
+    error_of(
+        await admin.call("POST", "/v1/reservations", json={"user": ana["id"], **USAGE}),
+        403,
+        "forbidden",
+    )
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 0
+
+
+# --- request bodies --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"user": "a", "kind": ', b"not json", b'{"user": "a",}', b"[1, 2]", b'"text"'],
+    ids=["truncated", "not-json", "trailing-comma", "array", "string"],
+)
+async def test_a_body_that_is_not_a_json_object_is_refused_with_400(
+    api: Api, client: httpx.AsyncClient, body: bytes
+) -> None:
+    org, _ = await _org_and_user(api)
+    mark = await last_entry_id(api, org)
+    headers = {**api.headers("k1"), "Content-Type": "application/json"}
+    response = await client.post("/v1/usage", content=body, headers=headers)
+    error_of(response, 400, "malformed_json")
+    response = await client.post(f"/v1/organizations/{org}/users", content=body, headers=headers)
+    error_of(response, 400, "malformed_json")
+    assert await last_entry_id(api, org) == mark
+
+
+async def test_usage_cannot_set_fields_it_does_not_own(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    other = await funded_org(api)
+    mark = await last_entry_id(api, org)
+    for extra in (
+        {"org_id": other},
+        {"used": 0},
+        {"version": 7},
+        {"role": "admin"},
+        {"remaining": 10**9},
+        {"journal_entry_id": 1},
+    ):
+        details = error_of(await api.use(ana["id"], 10, **extra), 422, "invalid_request")
+        assert [e["field"] for e in details["errors"]] == list(extra)
+    assert await last_entry_id(api, org) == mark
+    assert await last_entry_id(api, other) > 0
+
+
+async def test_a_user_update_cannot_set_fields_it_does_not_own(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    other = await funded_org(api)
+    mark = await last_entry_id(api, org)
+    for extra in (
+        {"org_id": other},
+        {"inference_used": 0},
+        {"used": 0},
+        {"version": 99},
+        {"status": "deactivated"},
+        {"email": "mallory@example.com"},
+        {"inference_reserved": 0},
+    ):
+        details = error_of(
+            await api.call("PATCH", f"/v1/users/{ana['id']}", json={"name": "Ana", **extra}),
+            422,
+            "invalid_request",
+        )
+        assert [e["field"] for e in details["errors"]] == list(extra)
+    stored = await get_user(api, ana["id"])
+    assert (stored["org_id"], stored["version"], stored["status"], stored["email"]) == (
+        org,
+        1,
+        "active",
+        "ana@example.com",
+    )
+    assert await last_entry_id(api, org) == mark
+
+
+async def test_creation_cannot_set_balances_or_owners(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    other = await funded_org(api)
+    mark = await last_entry_id(api, org)
+    cases = [
+        (
+            f"/v1/organizations/{org}/users",
+            {"email": "x@example.com", "name": "X", "org_id": other},
+        ),
+        (f"/v1/organizations/{org}/users", {"email": "x@example.com", "name": "X", "version": 5}),
+        (f"/v1/organizations/{org}/users", {"email": "x@example.com", "name": "X", "used": 5}),
+        ("/v1/organizations", {"name": "Rich", "capacity_inference": 10**12}),
+        ("/v1/organizations", {"name": "Rich", "allocated_inference": 0}),
+        (
+            f"/v1/organizations/{org}/allowances",
+            {"changes": [{"user": ana["id"], "inference_used": 0}]},
+        ),
+        (f"/v1/organizations/{org}/purchases", {"inference_amount": 5, "org_id": other}),
+    ]
+    for path, body in cases:
+        error_of(await api.call("POST", path, json=body), 422, "invalid_request")
+    error_of(
+        await api.call("PATCH", f"/v1/organizations/{org}", json={"capacity_inference": 10**12}),
+        422,
+        "invalid_request",
+    )
+    assert await last_entry_id(api, org) == mark
+    assert (await api.get(f"/v1/organizations/{org}/users"))["total"] == 1
+    assert len(await api.get("/v1/organizations")) == 2
+
+
+async def test_a_body_over_the_limit_is_refused_with_413(
+    api: Api, client: httpx.AsyncClient
+) -> None:
+    org, _ = await _org_and_user(api)
+    mark = await last_entry_id(api, org)
+    headers = {**api.headers("big"), "Content-Type": "application/json"}
+    response = await client.post("/v1/usage", content=b" " * 2_000_001, headers=headers)
+    details = error_of(response, 413, "request_too_large")
+    assert details == {}
+    assert await last_entry_id(api, org) == mark
+
+
+async def _chunks(size: int) -> AsyncIterator[bytes]:
+    for _ in range(size // 100_000 + 1):
+        yield b" " * 100_000
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a chunked body over the limit gets FastAPI's 400 http_error, not 413",
+)
+async def test_a_chunked_body_over_the_limit_is_refused_with_413(
+    api: Api, client: httpx.AsyncClient
+) -> None:
+    await _org_and_user(api)
+    headers = {**api.headers("big"), "Content-Type": "application/json"}
+    response = await client.post("/v1/usage", content=_chunks(2_100_000), headers=headers)
+    error_of(response, 413, "request_too_large")
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+async def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
+    details = error_of(await api.call("GET", "/v1/nothing-here"), 404, "not_found")
+    assert details == {}
+    error_of(await api.call("GET", "/nothing"), 404, "not_found")
+    error_of(await api.call("DELETE", "/v1/usage"), 405, "method_not_allowed")
+    error_of(await api.call("PUT", "/v1/organizations"), 405, "method_not_allowed")
+
+
+async def test_unknown_objects_are_not_found(api: Api) -> None:
+    await _org_and_user(api)
+    missing = "00000000-0000-0000-0000-000000000000"
+    error_of(await api.call("GET", f"/v1/organizations/{missing}"), 404, "not_found")
+    error_of(await api.call("GET", f"/v1/users/{missing}"), 404, "not_found")
+    error_of(
+        await api.call("PATCH", f"/v1/users/{missing}", json={"max_tokens": 1}), 404, "not_found"
+    )
+    error_of(
+        await api.call(
+            "POST",
+            f"/v1/organizations/{missing}/users",
+            json={"email": "x@example.com", "name": "X"},
+        ),
+        404,
+        "not_found",
+    )
+    details = error_of(await api.call("GET", "/v1/users/not-a-uuid"), 422, "invalid_request")
+    assert details["errors"][0]["field"] == "path.user_id"
+
+
+async def test_refusals_share_one_shape_across_statuses(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    await api.use(ana["id"], 200_000, expect=200)
+    bo = await api.user(org, "bo@example.com")
+    taken = await api.call(
+        "POST", f"/v1/organizations/{org}/users", json={"email": "bo@example.com", "name": "B"}
+    )
+    details = error_of(taken, 409, "email_taken")
+    assert details["email"] == "bo@example.com"
+    error_of(await api.use(ana["id"], 1), 402, "insufficient_tokens")
+    error_of(
+        await api.call("PATCH", f"/v1/users/{bo['id']}", json={"expected_version": 0, "name": "B"}),
+        409,
+        "version_conflict",
+    )
+    error_of(
+        await api.call("POST", "/v1/organizations", json={"name": "Z", "time_zone": "Mars/Base"}),
+        422,
+        "invalid_time_zone",
+    )
+    error_of(
+        await api.call("POST", f"/v1/organizations/{org}/users", json={"email": "no", "name": "N"}),
+        422,
+        "invalid_request",
+    )
