@@ -28,8 +28,14 @@ from tokenadmin.organization.schemas import (
 )
 from tokenadmin.tokens import Kind, Period
 from tokenadmin.usage.schemas import BatchOut, ReservationOut, UsageAccepted, UsageFields
-from tokenadmin.user.endpoints import SortField
-from tokenadmin.user.schemas import Role, UsageHistoryOut, UserBalanceOut, UserOut, UserPage
+from tokenadmin.user.schemas import (
+    Role,
+    SortField,
+    UsageHistoryOut,
+    UserBalanceOut,
+    UserOut,
+    UserPage,
+)
 
 Id = uuid.UUID | str
 """An object's id, as a UUID or its text."""

@@ -33,8 +33,14 @@ from tokenadmin.organization.schemas import (
     PurchaseOut,
 )
 from tokenadmin.usage.schemas import BatchOut, ReservationOut, UsageAccepted
-from tokenadmin.user.endpoints import SortField
-from tokenadmin.user.schemas import Role, UsageHistoryOut, UserBalanceOut, UserOut, UserPage
+from tokenadmin.user.schemas import (
+    Role,
+    SortField,
+    UsageHistoryOut,
+    UserBalanceOut,
+    UserOut,
+    UserPage,
+)
 
 T = TypeVar("T")
 

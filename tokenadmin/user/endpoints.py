@@ -24,6 +24,7 @@ from tokenadmin.user import repository, service
 from tokenadmin.user.schemas import (
     KindBalance,
     Reactivate,
+    SortField,
     UsageHistoryOut,
     UsagePoint,
     UserBalanceOut,
@@ -35,19 +36,6 @@ from tokenadmin.user.schemas import (
 
 org_router = APIRouter(prefix="/v1/organizations/{org_id}/users", tags=["users"])
 router = APIRouter(prefix="/v1/users", tags=["users"])
-
-SortField = Literal[
-    "name",
-    "email",
-    "role",
-    "status",
-    "max_tokens",
-    "inference_used",
-    "max_train_tokens",
-    "training_used",
-    "last_activity_at",
-    "created_at",
-]
 
 
 @org_router.get("", response_model=UserPage)

@@ -11,6 +11,18 @@ from tokenadmin.schemas import Amount, Input, Name
 from tokenadmin.tokens import Kind
 
 Role = Literal["admin", "member"]
+SortField = Literal[
+    "name",
+    "email",
+    "role",
+    "status",
+    "max_tokens",
+    "inference_used",
+    "max_train_tokens",
+    "training_used",
+    "last_activity_at",
+    "created_at",
+]
 
 
 class UserCreate(Input):

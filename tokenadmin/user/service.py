@@ -179,20 +179,24 @@ async def deactivate(session: AsyncSession, act: Act, org: Organization, user: U
         )
         reservation.status = "released"
         reservation.closed_at = act.now
-    for kind in Kind:
-        returned = user.allowance(kind) - user.used(kind)
-        record(
-            session,
-            act,
-            org,
-            "user_deactivated",
-            kind=kind,
-            user=user,
-            amount=returned,
-            allowance=-returned,
-            allocated=-returned,
-            reason="unused allowance returned; the used part returns when the period ends",
-        )
+    reason = "unused allowance returned; the used part returns when the period ends"
+    returns = {kind: user.allowance(kind) - user.used(kind) for kind in Kind}
+    for kind, returned in returns.items():
+        if returned:
+            record(
+                session,
+                act,
+                org,
+                "user_deactivated",
+                kind=kind,
+                user=user,
+                amount=returned,
+                allowance=-returned,
+                allocated=-returned,
+                reason=reason,
+            )
+    if not any(returns.values()):
+        record(session, act, org, "user_deactivated", user=user, reason=reason)
     user.status = "deactivated"
     user.version += 1
     user.updated_at = act.now
