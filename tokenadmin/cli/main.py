@@ -1,5 +1,280 @@
+"""The `tokenadmin` command: one tool for operators and scripts.
+
+Every command calls the same service functions as the API (never HTTP), and every change
+runs in one transaction by `cli:<login>`. See docs/cli.md for each command and option.
+"""
+
 from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.act import Act
+from tokenadmin.api_key import service as api_key_service
+from tokenadmin.cli.allowances import allowance_app
+from tokenadmin.cli.common import Cli, emit_json, err, out, say
+from tokenadmin.cli.orgs import org_app, purchase_app
+from tokenadmin.cli.usage import journal_app, key_app, usage_app
+from tokenadmin.cli.users import user_app, users_app
+from tokenadmin.config import get_settings
+from tokenadmin.database import Database
+from tokenadmin.errors import InvalidRequest, TokenAdminError
+from tokenadmin.journal.service import VerifyReport
+from tokenadmin.journal.service import verify as verify_journal
+
+app = typer.Typer(
+    name="tokenadmin",
+    help="Token administration: organizations, allowances, metering and the journal.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(org_app, name="org")
+app.add_typer(purchase_app, name="purchase")
+app.add_typer(user_app, name="user")
+app.add_typer(users_app, name="users")
+app.add_typer(allowance_app, name="allowance")
+app.add_typer(usage_app, name="usage")
+app.add_typer(journal_app, name="journal")
+app.add_typer(key_app, name="key")
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@app.callback()
+def options(
+    ctx: typer.Context,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="Database to use, overriding TOKENADMIN_DATABASE_URL"
+            " (sqlite:///file.db or postgresql://...).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Token administration: organizations, allowances, metering and the journal."""
+    ctx.obj = Cli(database_url=database_url)
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on [settings: 127.0.0.1].")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port [settings: 8000].")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, max=64, help="Server processes [settings: 1].")
+    ] = None,
+    reload: Annotated[
+        bool, typer.Option("--reload", help="Restart when the code changes (development).")
+    ] = False,
+) -> None:
+    """Run the API server (uvicorn)."""
+    import uvicorn
+
+    cli = Cli.of(ctx)
+    settings = cli.settings()
+    if cli.database_url:
+        # The server's processes read their settings from the environment.
+        os.environ["TOKENADMIN_DATABASE_URL"] = cli.database_url
+        get_settings.cache_clear()
+    if reload and (workers or 1) > 1:
+        cli.fail(
+            InvalidRequest("--reload runs one process; drop --workers.", code="invalid_request")
+        )
+    bind_host = host or settings.host
+    bind_port = port or settings.port
+    processes = workers or settings.workers
+    shown_host = f"[{bind_host}]" if ":" in bind_host else bind_host
+    plural = "es" if processes > 1 else ""
+    say(
+        f"Serving tokenadmin on http://{shown_host}:{bind_port} (API docs at /docs)"
+        f" with {processes} process{plural}, database {_safe(settings.database_url)}."
+    )
+    uvicorn.run(
+        "tokenadmin.app:create_app",
+        factory=True,
+        host=bind_host,
+        port=bind_port,
+        workers=None if reload else processes,
+        reload=reload,
+        log_level=settings.log_level,
+    )
+
+
+def _safe(url: str) -> str:
+    """A database URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    credentials, _, location = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{location}" if ":" in credentials else url
+
+
+@app.command()
+def migrate(ctx: typer.Context) -> None:
+    """Create or upgrade the database tables (SQLite or PostgreSQL)."""
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from tokenadmin.cli.common import _database_error
+    from tokenadmin.migrate import upgrade
+
+    cli = Cli.of(ctx)
+    url = cli.settings().database_url
+    try:
+        upgrade(url)
+    except CommandError as error:
+        cli.fail(TokenAdminError(str(error), code="migration_failed"))
+    except (SQLAlchemyError, OSError) as error:
+        cli.fail(_database_error(error))
+    say(f"Database {_safe(url)} is up to date.")
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    if_empty: Annotated[
+        bool,
+        typer.Option("--if-empty", help="Do nothing (but say how to get in) if there is data."),
+    ] = False,
+) -> None:
+    """Load the demo organization Acme Corp: users, purchases and two months of usage."""
+    from tokenadmin import demo as demo_loader
+
+    cli = Cli.of(ctx)
+    settings = cli.settings()
+    base_url = f"http://{settings.host}:{settings.port}"
+
+    async def load(db: Database) -> demo_loader.DemoResult | None:
+        if await db.read(demo_loader.has_organizations):
+            if not if_empty:
+                raise InvalidRequest(
+                    "The database already has organizations; the demo loads into an empty"
+                    " one only (use --if-empty to skip quietly).",
+                    code="database_not_empty",
+                )
+            return None
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err(),
+            transient=True,
+        ) as progress:
+            task = progress.add_task("Loading the demo: simulated days", total=None)
+
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            return await demo_loader.load(db, settings, progress=advance)
+
+    result = cli.run(load)
+    if result is None:
+        say("The database already has data; no demo loaded.")
+        say(demo_loader.existing_how_to(base_url))
+        return
+    say(demo_loader.how_to(result, base_url))
+
+
+@app.command()
+def verify(ctx: typer.Context, json_output: Json = False) -> None:
+    """Replay the journal and compare it with every stored balance (exit 1 if any differs)."""
+    cli = Cli.of(ctx, json_output)
+
+    async def check(db: Database) -> VerifyReport:
+        with Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TextColumn("{task.completed:,} entries replayed"),
+            TimeElapsedColumn(),
+            console=err(),
+            transient=True,
+        ) as progress:
+            task = progress.add_task("Verifying the journal", total=None)
+            return await _verify_snapshot(
+                db, lambda entries: progress.update(task, completed=entries)
+            )
+
+    report = cli.run(check)
+    if cli.json:
+        emit_json(
+            {
+                "clean": report.clean,
+                "organizations": report.organizations,
+                "users": report.users,
+                "entries": report.entries,
+                "differences": report.differences,
+            }
+        )
+    else:
+        say(
+            f"Replayed {report.entries:,} journal entries of {report.organizations:,}"
+            f" organizations and {report.users:,} users."
+        )
+        for difference in report.differences:
+            out().print(Text.assemble(("differs: ", "red"), difference), soft_wrap=True)
+        if report.clean:
+            say("Every stored balance equals the replay of the journal.", style="green")
+        else:
+            say(f"{len(report.differences):,} differences found.", style="bold red")
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+async def _verify_snapshot(db: Database, progress: Callable[[int], None]) -> VerifyReport:
+    """Verify inside one snapshot of the database, so a server writing meanwhile can't make
+    the replay and the stored balances disagree. (SQLite's read transaction already is one;
+    PostgreSQL's default READ COMMITTED is not.)"""
+    if db.is_sqlite:
+        return await db.read(lambda session: verify_journal(session, progress=progress))
+    async with db.engine.connect() as connection:
+        await connection.execution_options(
+            isolation_level="REPEATABLE READ", postgresql_readonly=True
+        )
+        async with AsyncSession(bind=connection) as session, session.begin():
+            return await verify_journal(session, progress=progress)
+
+
+@app.command("operator-key")
+def operator_key(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option(help="Who or what the key is for.")],
+) -> None:
+    """Create a platform-operator API key and print it alone (for scripts)."""
+    cli = Cli.of(ctx)
+    if not 1 <= len(name.strip()) <= 200:
+        cli.fail(InvalidRequest("Names are 1 to 200 characters.", code="invalid_name"))
+
+    async def work(session: AsyncSession, act: Act) -> str:
+        _, secret = await api_key_service.create(
+            session, act, org_id=None, name=name.strip(), scopes=["admin", "usage", "read"]
+        )
+        return secret
+
+    typer.echo(cli.write(work))
 
 
 def main() -> None:
-    raise SystemExit("the CLI is being written")
+    app()
