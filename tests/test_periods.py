@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import pytest
+
 from tests.helpers import Api, funded_org
 from tests.scenarios import (
     commit,
@@ -233,3 +235,25 @@ async def test_the_sweeper_starts_the_new_period_once(
     assert len(await journal(api, org, action="period_started")) == 1
     balance = await api.balance(org)
     assert instant(balance["period_start"]) == utc("2026-04-01 00:00")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: changing the time zone mid-month starts a new period and resets used",
+)
+async def test_changing_the_time_zone_mid_month_keeps_this_months_usage(
+    api: Api, clock: FakeClock
+) -> None:
+    org = await funded_org(api)
+    ana = await api.user(org)
+    bo = await api.user(org)
+    await api.use(ana["id"], 150_000, expect=200)
+    await api.use(bo["id"], 50_000, expect=200)
+    await api.post(f"/v1/users/{bo['id']}/deactivate", expect=200)
+
+    await api.patch(f"/v1/organizations/{org}", {"time_zone": "Europe/Berlin"}, expect=200)
+
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 150_000
+    assert (await api.balance(org))["inference"]["allocated"] == 250_000
+    details = error_of(await api.use(ana["id"], 50_001), 402, "insufficient_tokens")
+    assert details["remaining"] == 50_000

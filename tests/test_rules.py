@@ -307,6 +307,27 @@ async def test_rule5_applies_to_batches_too(api: Api) -> None:
     assert [(r["code"], r["kind"]) for r in details["refused"]] == [("below_used", "training")]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: reactivating below what was used silently raises the allowance to used",
+)
+async def test_rule5_reactivating_below_what_was_used_is_refused_like_any_change(
+    api: Api,
+) -> None:
+    org = await funded_org(api, inference=1_000_000)
+    ana = await api.user(org, max_tokens=300_000)
+    await api.use(ana["id"], 250_000, expect=200)
+    await api.post(f"/v1/users/{ana['id']}/deactivate", expect=200)
+
+    response = await api.call(
+        "POST", f"/v1/users/{ana['id']}/reactivate", json={"max_tokens": 200_000}
+    )
+
+    details = error_of(response, 422, "below_used")
+    assert details["used_and_reserved"] == 250_000
+    assert (await get_user(api, ana["id"]))["status"] == "deactivated"
+
+
 # --- rule 6: deactivation --------------------------------------------------------------------
 
 
@@ -551,7 +572,9 @@ async def test_rule8_usage_amounts_must_be_whole_positive_and_sane(api: Api, tok
     assert (await get_user(api, ana["id"]))["inference"]["used"] == 0
 
 
-async def test_rule8_reservation_and_batch_amounts_are_checked_the_same_way(api: Api) -> None:
+async def test_rule8_reservation_commit_and_batch_amounts_are_checked_the_same_way(
+    api: Api,
+) -> None:
     org = await funded_org(api)
     ana = await api.user(org)
     mark = await last_entry_id(api, org)
@@ -572,7 +595,13 @@ async def test_rule8_reservation_and_batch_amounts_are_checked_the_same_way(api:
             },
         )
         error_of(response, 422, "invalid_request")
+    held = (await reserve(api, ana["id"], 1_000)).json()
+    mark = await last_entry_id(api, org)
+    bad_commits: list[Any] = [-1, 1.5, "100", True, 2**53 + 1, 10**30]
+    for tokens in bad_commits:
+        error_of(await commit(api, held["id"], tokens, expect=None), 422, "invalid_request")
     assert await last_entry_id(api, org) == mark
+    assert (await get_user(api, ana["id"]))["inference"]["reserved"] == 1_000
 
 
 async def test_rule8_purchase_amounts_are_checked(api: Api) -> None:
