@@ -11,6 +11,7 @@ from tests.helpers import Api, funded_org
 from tests.scenarios import (
     commit,
     error_of,
+    event,
     get_user,
     journal,
     reserve,
@@ -219,6 +220,21 @@ async def test_open_reservations_carry_over_a_period_boundary(api: Api, clock: F
         ("2026-03-01T00:00:00Z", 150_000),
         ("2026-04-01T00:00:00Z", 30_000),
     ]
+
+
+async def test_a_batch_arriving_first_in_a_new_period_starts_it(api: Api, clock: FakeClock) -> None:
+    org = await funded_org(api)
+    ana = await api.user(org)
+    await api.use(ana["id"], 200_000, expect=200)
+    clock.set(utc("2026-04-01 00:00"))
+
+    result = await api.post(
+        "/v1/usage/batch", {"events": [event(ana["id"], 150_000), event(ana["id"], 50_000)]}
+    )
+
+    assert (result["accepted"], result["refused"]) == (2, 0)
+    assert len(await journal(api, org, action="period_started")) == 1
+    assert [e["amount"] for e in await journal(api, org, action="period_reset")] == [200_000]
 
 
 async def test_the_sweeper_starts_the_new_period_once(

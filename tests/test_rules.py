@@ -433,6 +433,22 @@ async def test_rule6_reactivating_assigns_at_least_the_minimum(api: Api) -> None
     await api.use(ana["id"], 150_000, expect=200)
 
 
+async def test_rule6_reactivating_in_a_later_period_assigns_the_minimum_afresh(
+    api: Api, clock: FakeClock
+) -> None:
+    org = await funded_org(api, inference=1_000_000)
+    ana = await api.user(org, max_tokens=300_000)
+    await api.use(ana["id"], 120_000, expect=200)
+    await api.post(f"/v1/users/{ana['id']}/deactivate", expect=200)
+    clock.set(utc("2026-04-10 00:00"))
+
+    user = await api.post(f"/v1/users/{ana['id']}/reactivate", expect=200)
+
+    assert (user["max_tokens"], user["inference"]["used"]) == (200_000, 0)
+    assert (await api.balance(org))["inference"]["allocated"] == 200_000
+    await api.use(ana["id"], 200_000, expect=200)
+
+
 async def test_rule6_reactivating_with_a_larger_allowance(api: Api) -> None:
     org = await funded_org(api, inference=1_000_000)
     ana = await api.user(org)
