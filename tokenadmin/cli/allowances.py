@@ -80,7 +80,7 @@ def _with_lines(error: TokenAdminError, lines: list[int] | None) -> TokenAdminEr
     return error
 
 
-def _report(cli: Cli, outcome: Outcome, *, dry_run: bool) -> None:
+def _report(cli: Cli, outcome: Outcome, *, dry_run: bool, single: bool) -> None:
     preview = outcome.preview
     if cli.json:
         emit_json({"applied": outcome.applied, "dry_run": dry_run, **preview})
@@ -88,16 +88,13 @@ def _report(cli: Cli, outcome: Outcome, *, dry_run: bool) -> None:
         _print_preview(preview)
     if preview["refused"]:
         cli.json = False  # the preview printed above is the answer
-        count = len(preview["refused"])
-        first = preview["refused"][0]["message"]
-        more = f" (and {count - 1} more refused rows)" if count > 1 else ""
-        cli.fail(
-            AllowanceChangeRefused(
-                f"Nothing was saved: {first}{more}"
-                if not dry_run
-                else f"Would refuse: {first}{more}"
-            )
-        )
+        refused = preview["refused"]
+        more = f" (and {len(refused) - 1} more refused rows)" if len(refused) > 1 else ""
+        start = "Would refuse" if dry_run else "Nothing was saved"
+        # One user's change fails with its rule's code, as the API's user update does; a
+        # file of changes with the batch's code, as the API's batch endpoint does.
+        code = refused[0]["code"] if single else AllowanceChangeRefused.code
+        cli.fail(AllowanceChangeRefused(f"{start}: {refused[0]['message']}{more}", code=code))
     if cli.json:
         return
     if dry_run:
@@ -160,7 +157,7 @@ def allowance_set(
     outcome = cli.write(
         lambda session, act: _change(session, act, org, [row], None, dry_run=dry_run, reason=reason)
     )
-    _report(cli, outcome, dry_run=dry_run)
+    _report(cli, outcome, dry_run=dry_run, single=True)
 
 
 def _file_rows(cli: Cli, path: Path) -> tuple[list[Row], list[int]]:
@@ -244,4 +241,4 @@ def allowance_apply(
     outcome = cli.write(
         lambda session, act: _change(session, act, org, rows, lines, dry_run=dry_run, reason=reason)
     )
-    _report(cli, outcome, dry_run=dry_run)
+    _report(cli, outcome, dry_run=dry_run, single=False)

@@ -24,6 +24,15 @@ from zoneinfo import ZoneInfo
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -229,6 +238,21 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     for row in rows:
         grid.add_row(*(cell(value) for value in row))
     return grid
+
+
+def progress_bar(*, counted: str | None = None) -> Progress:
+    """Progress of long work, on stderr, shown only to a person at a terminal.
+
+    With `counted` (e.g. "entries replayed") it counts without a known total; otherwise
+    it is a bar of done / total."""
+    console = err()
+    columns: list[ProgressColumn] = [SpinnerColumn(), TextColumn("{task.description}")]
+    if counted is not None:
+        columns.append(TextColumn("{task.completed:,} " + counted))
+    else:
+        columns += [BarColumn(), MofNCompleteColumn()]
+    columns.append(TimeElapsedColumn())
+    return Progress(*columns, console=console, transient=True, disable=not console.is_terminal)
 
 
 def say(message: str, *, style: str | None = None) -> None:

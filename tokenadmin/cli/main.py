@@ -11,21 +11,13 @@ from collections.abc import Callable
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.cli.allowances import allowance_app
-from tokenadmin.cli.common import Cli, emit_json, err, out, say
+from tokenadmin.cli.common import Cli, emit_json, out, progress_bar, say
 from tokenadmin.cli.orgs import org_app, purchase_app
 from tokenadmin.cli.usage import journal_app, key_app, usage_app
 from tokenadmin.cli.users import user_app, users_app
@@ -174,15 +166,7 @@ def demo(
                     code="database_not_empty",
                 )
             return None
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err(),
-            transient=True,
-        ) as progress:
+        with progress_bar() as progress:
             task = progress.add_task("Loading the demo: simulated days", total=None)
 
             def advance(done: int, total: int) -> None:
@@ -204,14 +188,7 @@ def verify(ctx: typer.Context, json_output: Json = False) -> None:
     cli = Cli.of(ctx, json_output)
 
     async def check(db: Database) -> VerifyReport:
-        with Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TextColumn("{task.completed:,} entries replayed"),
-            TimeElapsedColumn(),
-            console=err(),
-            transient=True,
-        ) as progress:
+        with progress_bar(counted="entries replayed") as progress:
             task = progress.add_task("Verifying the journal", total=None)
             return await _verify_snapshot(
                 db, lambda entries: progress.update(task, completed=entries)

@@ -9,7 +9,6 @@ from typing import Annotated, TextIO
 
 import typer
 from pydantic import EmailStr, TypeAdapter, ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
@@ -17,13 +16,13 @@ from tokenadmin.auth.passwords import MIN_PASSWORD_LENGTH
 from tokenadmin.cli.common import (
     Cli,
     emit_json,
-    err,
     find_org,
     lock_org,
     lock_user,
     note,
     now_act,
     out,
+    progress_bar,
     say,
     table,
 )
@@ -395,17 +394,6 @@ def user_set_password(
 # --- the table as CSV ---------------------------------------------------------------------
 
 
-def _progress() -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err(),
-        transient=True,
-    )
-
-
 @users_app.command("export")
 def users_export(
     ctx: typer.Context,
@@ -433,7 +421,7 @@ def users_export(
             found = await find_org(session, org)
             total = await count_users(session, found)
             stream: TextIO
-            with _progress() as progress, _open(output) as stream:
+            with progress_bar() as progress, _open(output) as stream:
                 task = progress.add_task(f"Exporting {found.name}", total=total)
                 chunks = export_chunks(
                     session, found, act.now, progress=lambda n: progress.advance(task, n)
@@ -510,6 +498,10 @@ def print_import(result: ImportResult) -> None:
     )
 
 
+def _rows(count: int) -> str:
+    return f"{count:,} row" if count == 1 else f"{count:,} rows"
+
+
 def _more(count: int) -> None:
     if count > PREVIEW_ROWS:
         say(f"… and {count - PREVIEW_ROWS:,} more (use --json for all of them).", style="dim")
@@ -539,7 +531,7 @@ def users_import(
 
     async def work(session: AsyncSession, act: Act) -> ImportResult:
         found = await lock_org(session, act, org)
-        with _progress() as progress:
+        with progress_bar() as progress:
             progress.add_task(f"Checking {len(rows):,} rows", total=None)
             return await import_users(session, act, found, rows, dry_run=dry_run)
 
@@ -552,7 +544,7 @@ def users_import(
         cli.json = False  # the preview above already is the JSON answer
         cli.fail(
             InvalidRequest(
-                f"Nothing was saved: {len(result.refused):,} rows refused.",
+                f"Nothing was saved: {_rows(len(result.refused))} refused.",
                 code="import_refused",
             )
         )
