@@ -152,7 +152,8 @@ def test_import_dry_run_previews_and_saves_nothing(tokenadmin: Tokenadmin, tmp_p
     assert "Dry run: nothing was saved." in result.stdout
     assert "2,000,000" in result.stdout
     preview = tokenadmin.json("users", "import", "--org", org, str(upload), "--dry-run")
-    assert preview["accepted"] and not preview["applied"]
+    assert preview["accepted"]
+    assert not preview["applied"]
     assert (
         preview["balance_after"]["inference"]["allocated"]
         == 2_000_000 + 1_500_000 + 200_000  # ana, ben, the new user; eve is deactivated
