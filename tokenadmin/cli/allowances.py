@@ -24,7 +24,9 @@ from tokenadmin.user.csv_io import CsvRow, read_csv
 allowance_app = typer.Typer(help="Change Max Tokens and Max Train Tokens: all rows or none.")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-OrgOption = Annotated[str, typer.Option("--org", help="Organization id or exact name.")]
+OrgOption = Annotated[
+    str, typer.Option("--org", metavar="ORG", help="Organization id or exact name.")
+]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Preview only; save nothing.")]
 Reason = Annotated[str | None, typer.Option(help="Why, for the journal.")]
 FILE_COLUMNS = ("user", "max_tokens", "max_train_tokens", "expected_version")
@@ -132,10 +134,12 @@ def _print_preview(preview: dict[str, Any]) -> None:
 def allowance_set(
     ctx: typer.Context,
     org: OrgOption,
-    user: Annotated[str, typer.Option("--user", help="The user's email or id.")],
-    max_tokens: Annotated[str | None, typer.Option(help="New Max Tokens, e.g. 500K.")] = None,
+    user: Annotated[str, typer.Option("--user", metavar="USER", help="The user's email or id.")],
+    max_tokens: Annotated[
+        str | None, typer.Option(metavar="AMOUNT", help="New Max Tokens, e.g. 500K.")
+    ] = None,
     max_train_tokens: Annotated[
-        str | None, typer.Option(help="New Max Train Tokens, e.g. 1M.")
+        str | None, typer.Option(metavar="AMOUNT", help="New Max Train Tokens, e.g. 1M.")
     ] = None,
     expected_version: Annotated[
         int | None, typer.Option(help="Refuse if the user changed since this version.")

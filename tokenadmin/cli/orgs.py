@@ -32,7 +32,9 @@ org_app = typer.Typer(help="Organizations: create, list, show and change their p
 purchase_app = typer.Typer(help="Purchases: the capacity an organization bought, and expiries.")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-OrgOption = Annotated[str, typer.Option("--org", help="Organization id or exact name.")]
+OrgOption = Annotated[
+    str, typer.Option("--org", metavar="ORG", help="Organization id or exact name.")
+]
 
 
 def _check_name(cli: Cli, name: str | None) -> None:
@@ -69,9 +71,11 @@ def org_create(
         Period, typer.Option(help="monthly: usage restarts each month; none: prepaid.")
     ] = Period.monthly,
     min_inference: Annotated[
-        str, typer.Option(help="Minimum Max Tokens of every active user.")
+        str, typer.Option(metavar="AMOUNT", help="Minimum Max Tokens of every active user.")
     ] = "200000",
-    min_training: Annotated[str, typer.Option(help="Minimum Max Train Tokens.")] = "0",
+    min_training: Annotated[
+        str, typer.Option(metavar="AMOUNT", help="Minimum Max Train Tokens.")
+    ] = "0",
     overallocation: Annotated[
         bool, typer.Option(help="Allow allocating more than the capacity.")
     ] = False,
@@ -252,8 +256,12 @@ def org_update(
     name: Annotated[str | None, typer.Option(help="New name.")] = None,
     time_zone: Annotated[str | None, typer.Option(help="New IANA time zone.")] = None,
     period: Annotated[Period | None, typer.Option(help="monthly or none.")] = None,
-    min_inference: Annotated[str | None, typer.Option(help="New minimum Max Tokens.")] = None,
-    min_training: Annotated[str | None, typer.Option(help="New minimum Max Train Tokens.")] = None,
+    min_inference: Annotated[
+        str | None, typer.Option(metavar="AMOUNT", help="New minimum Max Tokens.")
+    ] = None,
+    min_training: Annotated[
+        str | None, typer.Option(metavar="AMOUNT", help="New minimum Max Train Tokens.")
+    ] = None,
     overallocation: Annotated[
         bool | None,
         typer.Option(
@@ -300,15 +308,20 @@ def purchase_add(
     ctx: typer.Context,
     org: OrgOption,
     inference: Annotated[
-        str | None, typer.Option(help="Inference tokens bought, e.g. 10M.")
+        str | None, typer.Option(metavar="AMOUNT", help="Inference tokens bought, e.g. 10M.")
     ] = None,
-    training: Annotated[str | None, typer.Option(help="Training tokens bought.")] = None,
+    training: Annotated[
+        str | None, typer.Option(metavar="AMOUNT", help="Training tokens bought.")
+    ] = None,
     purchased_on: Annotated[
-        str | None, typer.Option(help="Purchase date (default: today in the org's zone).")
+        str | None,
+        typer.Option(metavar="DATE", help="Purchase date (default: today in the org's zone)."),
     ] = None,
     expires: Annotated[
         str | None,
-        typer.Option(help="Expiry date or time, read in the organization's time zone."),
+        typer.Option(
+            metavar="WHEN", help="Expiry date or time, read in the organization's time zone."
+        ),
     ] = None,
     payer: Annotated[str, typer.Option(help="Who paid.")] = "",
     note: Annotated[str, typer.Option(help="A note for the journal.")] = "",
@@ -400,7 +413,9 @@ def purchase_expire(
     purchase: Annotated[str, typer.Argument(help="Purchase id (or its first characters).")],
     at: Annotated[
         str | None,
-        typer.Option("--at", help="New expiry, date or time, in the organization's zone."),
+        typer.Option(
+            "--at", metavar="WHEN", help="New expiry, date or time, in the organization's zone."
+        ),
     ] = None,
     now: Annotated[bool, typer.Option("--now", help="Expire it at once.")] = False,
     clear: Annotated[bool, typer.Option("--clear", help="Remove the expiry.")] = False,

@@ -43,8 +43,10 @@ journal_app = typer.Typer(help="The journal: every change of tokens, newest firs
 key_app = typer.Typer(help="API keys of an organization: create, list, revoke.")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-OrgOption = Annotated[str, typer.Option("--org", help="Organization id or exact name.")]
-UserOption = Annotated[str, typer.Option("--user", help="The user's email or id.")]
+OrgOption = Annotated[
+    str, typer.Option("--org", metavar="ORG", help="Organization id or exact name.")
+]
+UserOption = Annotated[str, typer.Option("--user", metavar="USER", help="The user's email or id.")]
 
 
 # --- usage --------------------------------------------------------------------------------
@@ -54,7 +56,7 @@ UserOption = Annotated[str, typer.Option("--user", help="The user's email or id.
 def usage_record(
     ctx: typer.Context,
     user: UserOption,
-    tokens: Annotated[str, typer.Option(help="Tokens used, e.g. 1500 or 1.5K.")],
+    tokens: Annotated[str, typer.Option(metavar="AMOUNT", help="Tokens used, e.g. 1500 or 1.5K.")],
     kind: Annotated[Kind, typer.Option(help="inference or training.")] = Kind.inference,
     key: Annotated[
         str | None,
@@ -176,15 +178,20 @@ def usage_balance(ctx: typer.Context, user: UserOption, json_output: Json = Fals
 def journal_list(
     ctx: typer.Context,
     org: OrgOption,
-    user: Annotated[str | None, typer.Option("--user", help="Only this user (email/id).")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", metavar="USER", help="Only this user (email or id).")
+    ] = None,
     kind: Annotated[Kind | None, typer.Option(help="Only this kind.")] = None,
     action: Annotated[
         str | None, typer.Option(help="Only this action, e.g. usage or allowance_changed.")
     ] = None,
     since: Annotated[
-        str | None, typer.Option(help="From this date or time (in the org's time zone).")
+        str | None,
+        typer.Option(metavar="WHEN", help="From this date or time (in the org's time zone)."),
     ] = None,
-    until: Annotated[str | None, typer.Option(help="Before this date or time.")] = None,
+    until: Annotated[
+        str | None, typer.Option(metavar="WHEN", help="Before this date or time.")
+    ] = None,
     before_id: Annotated[
         int | None, typer.Option(min=1, help="Only entries older than this id (paging).")
     ] = None,

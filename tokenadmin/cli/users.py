@@ -47,10 +47,13 @@ user_app = typer.Typer(help="One user: create, show, change, deactivate, reactiv
 users_app = typer.Typer(help="The user table as CSV: export and import (atomic).")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-OrgOption = Annotated[str, typer.Option("--org", help="Organization id or exact name.")]
+OrgOption = Annotated[
+    str, typer.Option("--org", metavar="ORG", help="Organization id or exact name.")
+]
 UserArgument = Annotated[str, typer.Argument(help="The user's email or id.")]
 InOrg = Annotated[
-    str | None, typer.Option("--org", help="Only look in this organization (id or name).")
+    str | None,
+    typer.Option("--org", metavar="ORG", help="Only look in this organization (id or name)."),
 ]
 PasswordStdin = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from standard input.")
@@ -142,10 +145,12 @@ def user_create(
     name: Annotated[str, typer.Option(help="Full name.")],
     role: Annotated[Role, typer.Option(help="admin or member.")] = Role.member,
     max_tokens: Annotated[
-        str | None, typer.Option(help="Max Tokens (default: the organization's minimum).")
+        str | None,
+        typer.Option(metavar="AMOUNT", help="Max Tokens (default: the organization's minimum)."),
     ] = None,
     max_train_tokens: Annotated[
-        str | None, typer.Option(help="Max Train Tokens (default: the training minimum).")
+        str | None,
+        typer.Option(metavar="AMOUNT", help="Max Train Tokens (default: the training minimum)."),
     ] = None,
     password_stdin: PasswordStdin = False,
     json_output: Json = False,
@@ -278,9 +283,11 @@ def user_update(
     org: InOrg = None,
     name: Annotated[str | None, typer.Option(help="New name.")] = None,
     role: Annotated[Role | None, typer.Option(help="admin or member.")] = None,
-    max_tokens: Annotated[str | None, typer.Option(help="New Max Tokens, e.g. 500K.")] = None,
+    max_tokens: Annotated[
+        str | None, typer.Option(metavar="AMOUNT", help="New Max Tokens, e.g. 500K.")
+    ] = None,
     max_train_tokens: Annotated[
-        str | None, typer.Option(help="New Max Train Tokens, e.g. 1M.")
+        str | None, typer.Option(metavar="AMOUNT", help="New Max Train Tokens, e.g. 1M.")
     ] = None,
     expected_version: Annotated[
         int | None,
@@ -345,10 +352,12 @@ def user_reactivate(
     user: UserArgument,
     org: InOrg = None,
     max_tokens: Annotated[
-        str | None, typer.Option(help="Max Tokens (default: the organization's minimum).")
+        str | None,
+        typer.Option(metavar="AMOUNT", help="Max Tokens (default: the organization's minimum)."),
     ] = None,
     max_train_tokens: Annotated[
-        str | None, typer.Option(help="Max Train Tokens (default: the training minimum).")
+        str | None,
+        typer.Option(metavar="AMOUNT", help="Max Train Tokens (default: the training minimum)."),
     ] = None,
     json_output: Json = False,
 ) -> None:
