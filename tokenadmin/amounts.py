@@ -36,6 +36,8 @@ def parse_amount(text: str, *, positive: bool = False) -> int:
         raise ValueError(f"An amount is required, such as {_EXAMPLES}.")
     if len(cleaned) > MAX_LENGTH:
         raise ValueError(f"That is {len(cleaned)} characters; an amount has at most {MAX_LENGTH}.")
+    if cleaned.isascii() and cleaned.isdigit():  # the common case, e.g. a CSV column
+        return _checked(cleaned, int(cleaned), positive)
     if cleaned.startswith("-"):
         raise ValueError(f"'{cleaned}' is negative; amounts are 0 or more tokens.")
     match = _AMOUNT.fullmatch(cleaned)
@@ -53,7 +55,10 @@ def parse_amount(text: str, *, positive: bool = False) -> int:
             raise ValueError(
                 f"'{cleaned}' is {value.normalize():f} tokens; amounts are whole tokens."
             )
-    amount = int(value)
+    return _checked(cleaned, int(value), positive)
+
+
+def _checked(cleaned: str, amount: int, positive: bool) -> int:
     if amount > MAX_AMOUNT:
         raise ValueError(f"'{cleaned}' is more than the largest amount, {fmt(MAX_AMOUNT)}.")
     if positive and amount == 0:

@@ -137,6 +137,7 @@ class Cli:
     def run(self, work: Callable[[Database], Awaitable[T]]) -> T:
         """Run `work` with a database of its own, turning every refusal into exit 2."""
         settings = self.settings()
+        self._check_database_url(settings)
 
         async def main() -> T:
             db = Database(settings.database_url, pool_size=2)
@@ -151,6 +152,26 @@ class Cli:
             self.fail(error)
         except (SQLAlchemyError, OSError) as error:
             self.fail(_database_error(error))
+
+    def _check_database_url(self, settings: Settings) -> None:
+        url = settings.database_url
+        if not url.startswith(("sqlite", "postgres")):
+            self.fail(
+                InvalidRequest(
+                    f"Unsupported database URL '{url.split('://')[0]}://...'; use"
+                    " sqlite:///FILE or postgresql://USER@HOST/DATABASE.",
+                    code="invalid_database_url",
+                )
+            )
+        path = settings.sqlite_path
+        if path is not None and str(path) not in ("", ":memory:") and not path.exists():
+            # Don't leave an empty database file behind a mistyped path.
+            self.fail(
+                TokenAdminError(
+                    f"There is no database at {path}; create it with `tokenadmin migrate`.",
+                    code="database_not_migrated",
+                )
+            )
 
     def write(self, work: Callable[[AsyncSession, Act], Awaitable[T]]) -> T:
         """One change, in one transaction, by `cli:<login>` at the current time."""
