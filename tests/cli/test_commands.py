@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.cli.conftest import Tokenadmin
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.auth.passwords import verify_password
 from tokenadmin.errors import Unauthenticated
+from tokenadmin.models import Organization, Purchase
 from tokenadmin.user import repository as user_repository
 
 
@@ -219,3 +223,36 @@ def test_journal_lists_entries_with_filters(tokenadmin: Tokenadmin) -> None:
     text = tokenadmin("journal", "list", "--org", org).stdout
     assert "ana@example.com" in text
     tokenadmin("journal", "list", "--org", org, "--since", "yesterday", expect=2)
+
+
+def test_org_show_and_usage_balance_record_an_expiry_that_came_due(
+    tokenadmin: Tokenadmin,
+) -> None:
+    org = tokenadmin.org(inference="10M", training="0")
+    lot = tokenadmin.json(
+        "purchase", "add", "--org", org, "--inference", "5M", "--expires", "2099-01-01"
+    )
+    tokenadmin.user(org, "ana@example.com")
+
+    async def expire_meanwhile(session: AsyncSession) -> None:
+        # As if the clock had passed the expiry without any change since.
+        past = datetime.now(UTC) - timedelta(minutes=1)
+        await session.execute(
+            update(Purchase).where(Purchase.id == uuid.UUID(lot["id"])).values(expires_at=past)
+        )
+        await session.execute(
+            update(Organization)
+            .where(Organization.id == uuid.UUID(org))
+            .values(next_expiry_at=past)
+        )
+
+    tokenadmin.query(expire_meanwhile)
+    assert (
+        tokenadmin.json("usage", "balance", "--user", "ana@example.com")["inference"]["available"]
+        == 200_000
+    )
+    shown = tokenadmin.json("org", "show", org)
+    assert shown["balance"]["inference"]["capacity"] == 10_000_000
+    assert [p["expired"] for p in shown["purchases"]] == [False, True]
+    expired = tokenadmin.json("journal", "list", "--org", org, "--action", "purchase_expired")
+    assert [e["amount"] for e in expired] == [5_000_000]

@@ -12,15 +12,18 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.cli.common import (
     Cli,
+    bring_up_to_date,
     emit_json,
     find_org,
     lock_org,
     note,
+    now_act,
     out,
     parse_moment,
     say,
     table,
 )
+from tokenadmin.database import Database
 from tokenadmin.errors import InvalidRequest, NotFound
 from tokenadmin.models import Organization, Purchase
 from tokenadmin.organization import repository as organization_repository
@@ -151,13 +154,6 @@ def org_list(ctx: typer.Context, json_output: Json = False) -> None:
     out().print(table(None, columns, rows))
 
 
-async def _brought_up_to_date(session: AsyncSession, act: Act, ref: str) -> Organization:
-    org = await find_org(session, ref)
-    if organization_service.maintenance_due(org, act.now):
-        org = await organization_service.lock_for_change(session, act, org.id)
-    return org
-
-
 @org_app.command("show")
 def org_show(
     ctx: typer.Context,
@@ -167,18 +163,24 @@ def org_show(
     """Show an organization: policy, token balance of both kinds, and purchases."""
     cli = Cli.of(ctx, json_output)
 
-    async def work(session: AsyncSession, act: Act) -> dict[str, Any]:
-        found = await _brought_up_to_date(session, act, org)
-        balance = await organization_service.balance(session, found, act.now)
-        purchases = await organization_service.list_purchases(session, found)
-        return {
-            "organization": OrganizationOut.of(found),
-            "balance": BalanceOut.of(balance),
-            "purchases": [PurchaseOut.of(p) for p in purchases],
-        }
+    async def work(db: Database) -> dict[str, Any]:
+        act = now_act()
+        found = await db.read(lambda session: find_org(session, org))
+        await bring_up_to_date(db, act, found)
 
-    # A write only when a period began or a purchase expired since the last change.
-    shown = cli.write(work)
+        async def look(session: AsyncSession) -> dict[str, Any]:
+            fresh = await organization_service.get(session, found.id)
+            balance = await organization_service.balance(session, fresh, act.now)
+            purchases = await organization_service.list_purchases(session, fresh)
+            return {
+                "organization": OrganizationOut.of(fresh),
+                "balance": BalanceOut.of(balance),
+                "purchases": [PurchaseOut.of(p) for p in purchases],
+            }
+
+        return await db.read(look)
+
+    shown = cli.run(work)
     if cli.json:
         emit_json({key: _dump(value) for key, value in shown.items()})
         return

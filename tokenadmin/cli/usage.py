@@ -15,6 +15,7 @@ from tokenadmin.auth.principal import SCOPES
 from tokenadmin.cli.common import (
     Cli,
     actor,
+    bring_up_to_date,
     emit_json,
     find_org,
     find_user,
@@ -124,33 +125,41 @@ def usage_balance(ctx: typer.Context, user: UserOption, json_output: Json = Fals
     """What a user may still use of each kind: min(user remaining, organization remaining)."""
     cli = Cli.of(ctx, json_output)
 
-    async def work(session: AsyncSession) -> UserBalanceOut:
-        now = now_act().now
-        found = await find_user(session, user)
-        org = await find_org(session, str(found.org_id))
-        kinds = await usage_service.availability(session, org, found, now)
-        out_kinds = {
-            kind.value: KindBalance(
-                allowance=a.allowance,
-                used=a.used,
-                reserved=a.reserved,
-                remaining=a.remaining,
-                organization_remaining=a.organization_remaining,
-                available=a.available,
-            )
-            for kind, a in kinds.items()
-        }
-        return UserBalanceOut(
-            user_id=found.id,
-            email=found.email,
-            status=found.status,
-            period_start=None if org.period == "none" else current_period(org, now),
-            period_end=period_end(org.period, org.time_zone, now),
-            inference=out_kinds["inference"],
-            training=out_kinds["training"],
-        )
+    async def work(db: Database) -> UserBalanceOut:
+        act = now_act()
+        now = act.now
+        found = await db.read(lambda session: find_user(session, user))
+        owner = await db.read(lambda session: find_org(session, str(found.org_id)))
+        await bring_up_to_date(db, act, owner)
 
-    balance = cli.read(work)
+        async def look(session: AsyncSession) -> UserBalanceOut:
+            fresh = await find_user(session, str(found.id))
+            org = await find_org(session, str(fresh.org_id))
+            kinds = await usage_service.availability(session, org, fresh, now)
+            out_kinds = {
+                kind.value: KindBalance(
+                    allowance=a.allowance,
+                    used=a.used,
+                    reserved=a.reserved,
+                    remaining=a.remaining,
+                    organization_remaining=a.organization_remaining,
+                    available=a.available,
+                )
+                for kind, a in kinds.items()
+            }
+            return UserBalanceOut(
+                user_id=fresh.id,
+                email=fresh.email,
+                status=fresh.status,
+                period_start=None if org.period == "none" else current_period(org, now),
+                period_end=period_end(org.period, org.time_zone, now),
+                inference=out_kinds["inference"],
+                training=out_kinds["training"],
+            )
+
+        return await db.read(look)
+
+    balance = cli.run(work)
     if cli.json:
         emit_json(balance)
         return

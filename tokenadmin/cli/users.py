@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TextIO
@@ -448,17 +449,9 @@ def users_export(
         say(f"Exported {total:,} users of {name} to {output}.")
 
 
-class _Stdout:
-    def __enter__(self) -> TextIO:
-        return sys.stdout
-
-    def __exit__(self, *_: object) -> None:
-        sys.stdout.flush()
-
-
-def _open(path: Path | None) -> TextIO | _Stdout:
+def _open(path: Path | None) -> AbstractContextManager[TextIO]:
     if path is None:
-        return _Stdout()
+        return nullcontext(sys.stdout)
     return path.open("w", encoding="utf-8", newline="")
 
 
@@ -539,7 +532,7 @@ def users_import(
     rows = _read_file(cli, file)
 
     async def work(session: AsyncSession, act: Act) -> ImportResult:
-        found = await lock_org(session, act, org)
+        found = await find_org(session, org)  # import_users locks it
         with progress_bar() as progress:
             progress.add_task(f"Checking {len(rows):,} rows", total=None)
             return await import_users(session, act, found, rows, dry_run=dry_run)
