@@ -152,11 +152,6 @@ async def test_an_organization_key_cannot_create_organizations_or_record_purchas
     assert [o["name"] for o in await api.get("/v1/organizations")] == ["Acme"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: require_operator() ignores scopes, so a read-only operator key can create"
-    " organizations and record purchases",
-)
 async def test_an_operator_key_without_the_admin_scope_cannot_write(
     api: Api, db: Database, clock: FakeClock
 ) -> None:
@@ -304,10 +299,6 @@ async def _chunks(size: int) -> AsyncIterator[bytes]:
         yield b" " * 100_000
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a chunked body over the limit gets FastAPI's 400 http_error, not 413",
-)
 async def test_a_chunked_body_over_the_limit_is_refused_with_413(
     api: Api, client: httpx.AsyncClient
 ) -> None:

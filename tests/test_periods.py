@@ -5,8 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import pytest
-
 from tests.helpers import Api, funded_org
 from tests.scenarios import (
     commit,
@@ -253,10 +251,6 @@ async def test_the_sweeper_starts_the_new_period_once(
     assert instant(balance["period_start"]) == utc("2026-04-01 00:00")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: changing the time zone mid-month starts a new period and resets used",
-)
 async def test_changing_the_time_zone_mid_month_keeps_this_months_usage(
     api: Api, clock: FakeClock
 ) -> None:

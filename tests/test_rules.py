@@ -307,10 +307,6 @@ async def test_rule5_applies_to_batches_too(api: Api) -> None:
     assert [(r["code"], r["kind"]) for r in details["refused"]] == [("below_used", "training")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: reactivating below what was used silently raises the allowance to used",
-)
 async def test_rule5_reactivating_below_what_was_used_is_refused_like_any_change(
     api: Api,
 ) -> None:

@@ -205,10 +205,6 @@ async def test_the_user_table_finds_users_near_their_limit(api: Api) -> None:
     assert await _table(api, org, near_limit=0.95) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: near_limit lists every user whose Max Train Tokens is 0 (0 >= 0 x share)",
-)
 async def test_a_user_without_a_training_allowance_is_not_near_a_limit(api: Api) -> None:
     org = await funded_org(api)
     ana = await api.user(org, "ana@example.com")
@@ -228,14 +224,6 @@ async def test_last_activity_is_the_time_of_the_last_usage(api: Api, clock: Fake
 async def test_sorting_by_last_activity_puts_the_most_recent_first_on_every_database(
     api: Api, clock: FakeClock, database_url: str, request: pytest.FixtureRequest
 ) -> None:
-    if database_url.startswith("postgresql"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: PostgreSQL sorts users who never used tokens (NULL last activity)"
-                " as the most recent; SQLite as the least recent",
-            )
-        )
     org = await funded_org(api)
     ana = await api.user(org, "ana@example.com")
     bo = await api.user(org, "bo@example.com")

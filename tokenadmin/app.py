@@ -61,23 +61,20 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    # Raised while the app reads the body; FastAPI passes HTTPException on
+                    # to the handler below, which answers 413 request_too_large.
+                    raise StarletteHTTPException(413, self._message)
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
+        await self.app(scope, limited, send)
+
+    @property
+    def _message(self) -> str:
+        return f"Request bodies are limited to {self.max_bytes:,} bytes."
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = _error(
-            413, "request_too_large", f"Request bodies are limited to {self.max_bytes:,} bytes."
-        )
+        response = _error(413, "request_too_large", self._message)
         await response(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _validation_details(error: RequestValidationError) -> tuple[str, str, list[dict[str, Any]]]:
@@ -156,7 +153,7 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "not_found", 405: "method_not_allowed"}
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
         return _error(
             error.status_code, codes.get(error.status_code, "http_error"), str(error.detail)
         )

@@ -28,9 +28,12 @@ class Principal:
     def idempotency_scope(self) -> str:
         return "platform" if self.org_id is None else f"org:{self.org_id}"
 
-    def require_operator(self) -> None:
+    def require_operator(self, scope: str = "admin") -> None:
+        """Allow a platform operator whose key has `scope` (changes need `admin`)."""
         if not self.is_operator:
             raise Forbidden("Only platform operators may do this.")
+        if scope not in self.scopes:
+            raise Forbidden(f"This key lacks the '{scope}' scope.", details={"scope": scope})
 
     def require(self, org_id: uuid.UUID, scope: str) -> None:
         """Allow `scope` in organization `org_id`; another organization's objects do not exist."""

@@ -149,9 +149,7 @@ async def get_balance(
     """The token balance of both kinds: capacity, allocated, balance, used and reserved."""
     principal.require(org_id, "read")
     now = clock.now()
-    org = await db.read(lambda s: service.get(s, org_id))
-    if service.maintenance_due(org, now):
-        await db.write(lambda s: service.lock_for_change(s, Act("system", now), org_id))
+    await service.up_to_date(db, org_id, now)
 
     async def work(session: AsyncSession) -> BalanceOut:
         fresh = await service.get(session, org_id)

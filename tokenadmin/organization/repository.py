@@ -4,7 +4,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.models import Organization, Purchase, User
@@ -97,3 +97,15 @@ async def count_below_minimum(
         select(func.count()).where(User.org_id == org_id, User.status == "active", column < minimum)
     )
     return int(value or 0)
+
+
+async def move_period_start(
+    session: AsyncSession, org_id: uuid.UUID, old: datetime, new: datetime
+) -> None:
+    """Relabel counters of the current period with its new start (a time zone change)."""
+    await session.execute(
+        update(User)
+        .where(User.org_id == org_id, User.period_start == old)
+        .values(period_start=new)
+        .execution_options(synchronize_session=False)
+    )

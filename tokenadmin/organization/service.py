@@ -6,13 +6,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
-from tokenadmin.database import lock_organization
+from tokenadmin.database import Database, lock_organization
 from tokenadmin.errors import InvalidRequest, NotFound, RuleRefused
 from tokenadmin.journal.service import record
 from tokenadmin.models import Organization, Purchase
@@ -87,6 +88,13 @@ async def lock_for_change(session: AsyncSession, act: Act, org_id: uuid.UUID) ->
         raise NotFound("Organization not found.")
     await bring_up_to_date(session, act, org)
     return org
+
+
+async def up_to_date(db: Database, org_id: uuid.UUID, now: datetime) -> None:
+    """Before a read: record what time alone made due (an expiry, a new period)."""
+    org = await db.read(lambda session: get(session, org_id))
+    if maintenance_due(org, now):
+        await db.write(partial(lock_for_change, act=Act("system", now), org_id=org_id))
 
 
 def maintenance_due(org: Organization, now: datetime) -> bool:
@@ -174,6 +182,7 @@ async def update_policy(
                     code="below_minimum",
                     details={"kind": kind.value, "minimum": new_minimum, "users_below": below},
                 )
+    old_zone, old_period = org.time_zone, org.period
     changed = {}
     for field in _POLICY_FIELDS:
         if field in changes and changes[field] is not None:
@@ -188,8 +197,26 @@ async def update_policy(
         record(session, act, org, "policy_changed", details=changed)
         start = current_period(org, act.now)
         if start != org.period_start:
-            await _start_period(session, act, org, start)
+            if _same_month(org, old_zone, old_period, start):
+                await _move_period_start(session, org, start)
+            else:
+                await _start_period(session, act, org, start)
     return org
+
+
+def _same_month(org: Organization, old_zone: str, old_period: str, start: datetime) -> bool:
+    """Whether a new time zone only moves the start of the month we are in: then this
+    month's usage stays, rather than a new period beginning mid-month."""
+    if Period(old_period) is Period.none or Period(org.period) is Period.none:
+        return False
+    before = org.period_start.astimezone(ZoneInfo(old_zone))
+    after = start.astimezone(ZoneInfo(org.time_zone))
+    return (before.year, before.month) == (after.year, after.month)
+
+
+async def _move_period_start(session: AsyncSession, org: Organization, start: datetime) -> None:
+    await repository.move_period_start(session, org.id, org.period_start, start)
+    org.period_start = start
 
 
 async def record_purchase(

@@ -332,8 +332,9 @@ async def _debit(
 
 
 def _insufficient(
-    batch: _Batch, user: User, kind: Kind, tokens: int, left: int
+    batch: _Batch, user: User, kind: Kind, tokens: int, left: int, *, reserved: int = 0
 ) -> InsufficientTokens:
+    """`left` counts what this request may use, its own reservation (`reserved`) included."""
     room = batch.org_room.get((user.org_id, kind))
     user_remaining = user.remaining(kind, batch.starts[user.org_id])
     limited_by = "organization" if room is not None and room < user_remaining else "user"
@@ -346,6 +347,7 @@ def _insufficient(
             "requested": tokens,
             "remaining": left,
             "limited_by": limited_by,
+            **({"reserved": reserved} if reserved else {}),
         },
     )
 
@@ -422,7 +424,7 @@ async def _close(batch: _Batch, op: Operation, reservation: Reservation) -> idem
     if extra > 0:
         left = available(batch, user, kind)
         if extra > left:
-            raise _insufficient(batch, user, kind, extra, left)
+            raise _insufficient(batch, user, kind, actual, held + left, reserved=held)
     _take(batch, user, kind, extra)
     user.last_activity_at = batch.act.now
     entry = record(

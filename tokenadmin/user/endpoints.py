@@ -210,7 +210,7 @@ async def get_user_balance(
     """What a user may still use of each kind: min(user remaining, organization remaining)."""
     now = clock.now()
 
-    async def work(session: AsyncSession) -> UserBalanceOut:
+    async def visible(session: AsyncSession) -> User:
         user = await repository.get(session, user_id)
         if user is None or not (
             principal.user_id == user.id
@@ -218,6 +218,13 @@ async def get_user_balance(
             or principal.may(user.org_id, "usage")
         ):
             raise NotFound("User not found.")
+        return user
+
+    found = await db.read(visible)
+    await organization_service.up_to_date(db, found.org_id, now)
+
+    async def work(session: AsyncSession) -> UserBalanceOut:
+        user = await visible(session)
         org = await organization_service.get(session, user.org_id)
         kinds = await availability(session, org, user, now)
         out = {

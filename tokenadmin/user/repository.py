@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -98,12 +98,17 @@ def _filtered(query: UserQuery) -> Select[User]:
         share = query.near_limit
         statement = statement.where(
             or_(
-                used_column("inference", query.period_start) + User.inference_reserved
-                >= User.max_tokens * share,
-                used_column("training", query.period_start) + User.training_reserved
-                >= User.max_train_tokens * share,
-            ),
-            User.max_tokens > 0,
+                and_(
+                    User.max_tokens > 0,
+                    used_column("inference", query.period_start) + User.inference_reserved
+                    >= User.max_tokens * share,
+                ),
+                and_(
+                    User.max_train_tokens > 0,
+                    used_column("training", query.period_start) + User.training_reserved
+                    >= User.max_train_tokens * share,
+                ),
+            )
         )
     return statement
 
@@ -115,7 +120,9 @@ async def search(session: AsyncSession, query: UserQuery) -> tuple[Sequence[User
         order = used_column(query.sort.split("_")[0], query.period_start)
     else:
         order = SORTABLE[query.sort]
-    ordering = [order.desc() if query.descending else order.asc(), User.id]
+    # Never active sorts as least recent, on every database.
+    direction = order.desc().nulls_last() if query.descending else order.asc().nulls_first()
+    ordering = [direction, User.id]
     page = statement.order_by(*ordering).limit(query.limit).offset(query.offset)
     users = (await session.scalars(page)).all()
     total = await session.scalar(select(func.count()).select_from(statement.subquery()))

@@ -216,7 +216,12 @@ async def reactivate(
     start = current_period(org, act.now)
     start_current_period(session, act, org, user, start)
     wanted = allowances or {}
-    targets = {kind: max(wanted.get(kind, org.minimum(kind)), user.used(kind)) for kind in Kind}
+    # Unnamed kinds get the minimum (or what was used, if more); named ones are checked by
+    # plan() like any other change, so a value below what was used is refused (rule 5).
+    targets = {
+        kind: wanted[kind] if kind in wanted else max(org.minimum(kind), user.used(kind))
+        for kind in Kind
+    }
     user.status = "active"
     plan = allowance.service.plan(org, [Request(user, targets)], act)
     if not plan.accepted:
