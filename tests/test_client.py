@@ -213,7 +213,7 @@ async def test_refusals_raise_typed_errors_with_code_and_details(tokens: AsyncCl
         await tokens.get_user(uuid.uuid4())
     with pytest.raises(InvalidRequest) as invalid:
         await tokens.record_usage(ana.id, "inference", 0)
-    assert invalid.value.code == "invalid_request"
+    assert invalid.value.code == "invalid_amount"
     assert (await tokens.get_user_balance(ana.id)).inference.used == 0
 
 

@@ -577,7 +577,7 @@ async def test_rule8_usage_amounts_must_be_whole_positive_and_sane(api: Api, tok
     ana = await api.user(org)
     mark = await last_entry_id(api, org)
 
-    details = error_of(await api.use(ana["id"], tokens), 422, "invalid_request")
+    details = error_of(await api.use(ana["id"], tokens), 422, "invalid_amount")
 
     assert [e["field"] for e in details["errors"]] == ["tokens"]
     assert await last_entry_id(api, org) == mark
@@ -591,7 +591,7 @@ async def test_rule8_reservation_commit_and_batch_amounts_are_checked_the_same_w
     ana = await api.user(org)
     mark = await last_entry_id(api, org)
     for tokens in BAD_AMOUNTS:
-        error_of(await reserve(api, ana["id"], tokens, expect=None), 422, "invalid_request")
+        error_of(await reserve(api, ana["id"], tokens, expect=None), 422, "invalid_amount")
         response = await api.call(
             "POST",
             "/v1/usage/batch",
@@ -606,12 +606,12 @@ async def test_rule8_reservation_commit_and_batch_amounts_are_checked_the_same_w
                 ]
             },
         )
-        error_of(response, 422, "invalid_request")
+        error_of(response, 422, "invalid_amount")
     held = (await reserve(api, ana["id"], 1_000)).json()
     mark = await last_entry_id(api, org)
     bad_commits: list[Any] = [-1, 1.5, "100", True, 2**53 + 1, 10**30]
     for tokens in bad_commits:
-        error_of(await commit(api, held["id"], tokens, expect=None), 422, "invalid_request")
+        error_of(await commit(api, held["id"], tokens, expect=None), 422, "invalid_amount")
     assert await last_entry_id(api, org) == mark
     assert (await get_user(api, ana["id"]))["inference"]["reserved"] == 1_000
 
@@ -623,7 +623,7 @@ async def test_rule8_purchase_amounts_are_checked(api: Api) -> None:
         response = await api.call(
             "POST", f"/v1/organizations/{org}/purchases", json={"inference_amount": amount}
         )
-        details = error_of(response, 422, "invalid_request")
+        details = error_of(response, 422, "invalid_amount")
         assert details["errors"][0]["field"] == "inference_amount"
     details = error_of(
         await api.call("POST", f"/v1/organizations/{org}/purchases", json={}),
@@ -642,12 +642,12 @@ async def test_rule8_allowance_amounts_are_checked(api: Api) -> None:
         error_of(
             await api.call("PATCH", f"/v1/users/{ana['id']}", json={"max_tokens": amount}),
             422,
-            "invalid_request",
+            "invalid_amount",
         )
         error_of(
             await api.allowances(org, {"user": ana["id"], "max_train_tokens": amount}),
             422,
-            "invalid_request",
+            "invalid_amount",
         )
     assert await last_entry_id(api, org) == mark
     assert (await get_user(api, ana["id"]))["max_tokens"] == 200_000

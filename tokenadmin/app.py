@@ -77,6 +77,21 @@ class BodyLimit:
         await response(scope, receive, send)
 
 
+AMOUNT_FIELDS = frozenset(
+    {
+        "tokens",
+        "max_tokens",
+        "max_train_tokens",
+        "inference_amount",
+        "training_amount",
+        "min_inference",
+        "min_training",
+        "prompt_tokens",
+        "completion_tokens",
+    }
+)
+
+
 def _validation_details(error: RequestValidationError) -> tuple[str, str, list[dict[str, Any]]]:
     problems = []
     for item in error.errors():
@@ -95,6 +110,10 @@ def _validation_details(error: RequestValidationError) -> tuple[str, str, list[d
             )
     first = problems[0] if problems else {"field": "", "message": "invalid"}
     where = f"{first['field']}: " if first["field"] else ""
+    if all(p["field"].rsplit(".", 1)[-1] in AMOUNT_FIELDS for p in problems):
+        # SPEC rule 8: say what an amount is, not only what was wrong with this one.
+        message = f"{where}{first['message']}. Token amounts are whole numbers up to 2^53."
+        return "invalid_amount", message, problems
     return "invalid_request", f"{where}{first['message']}", problems
 
 
