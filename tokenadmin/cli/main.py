@@ -254,4 +254,4 @@ def operator_key(
 
 
 def main() -> None:
-    app()
+    app(prog_name="tokenadmin")

@@ -452,7 +452,12 @@ def users_export(
 def _open(path: Path | None) -> AbstractContextManager[TextIO]:
     if path is None:
         return nullcontext(sys.stdout)
-    return path.open("w", encoding="utf-8", newline="")
+    try:
+        return path.open("w", encoding="utf-8", newline="")
+    except OSError as error:
+        raise InvalidRequest(
+            f"Can't write {path}: {error.strerror}.", code="cannot_write"
+        ) from error
 
 
 def _read_file(cli: Cli, path: Path) -> list[CsvRow]:
