@@ -94,4 +94,4 @@ def test_organizations_are_found_by_name_or_id(tokenadmin: Tokenadmin) -> None:
     assert "Did you mean 'Globex'?" in result.stderr
     tokenadmin("org", "create", "Globex")
     result = tokenadmin("org", "show", "Globex", expect=2)
-    assert result.stderr.startswith("error: ambiguous_organization: ")
+    assert result.stderr.startswith("error: invalid_request: 2 organizations are named 'Globex';")

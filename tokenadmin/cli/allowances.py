@@ -157,7 +157,7 @@ def allowance_set(
         expected_version=expected_version,
     )
     if row.max_tokens is None and row.max_train_tokens is None:
-        cli.fail(InvalidRequest("Give --max-tokens, --max-train-tokens or both.", code="no_change"))
+        cli.fail(InvalidRequest("Give --max-tokens, --max-train-tokens or both."))
     outcome = cli.write(
         lambda session, act: _change(session, act, org, [row], None, dry_run=dry_run, reason=reason)
     )
@@ -168,7 +168,7 @@ def _file_rows(cli: Cli, path: Path) -> tuple[list[Row], list[int]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
-        cli.fail(InvalidRequest(f"Can't read {path}: {error}.", code="file_not_found"))
+        cli.fail(InvalidRequest(f"Can't read {path}: {error}."))
     try:
         raw = read_csv(text, columns=FILE_COLUMNS, required=("user",), aliases=FILE_ALIASES)
     except InvalidRequest as error:
@@ -188,7 +188,7 @@ def _file_rows(cli: Cli, path: Path) -> tuple[list[Row], list[int]]:
             )
         )
     if not rows:
-        cli.fail(InvalidRequest(f"{path} has no rows.", code="no_change"))
+        cli.fail(InvalidRequest(f"{path} has no rows."))
     return rows, [r.line for r in raw]
 
 

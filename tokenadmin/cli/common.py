@@ -123,11 +123,7 @@ class Cli:
         except ValidationError as error:
             problem = error.errors()[0]
             where = ".".join(str(p) for p in problem.get("loc", ()))
-            self.fail(
-                InvalidRequest(
-                    f"TOKENADMIN_{where.upper()}: {problem.get('msg')}", code="invalid_settings"
-                )
-            )
+            self.fail(InvalidRequest(f"TOKENADMIN_{where.upper()}: {problem.get('msg')}"))
         if self.database_url:
             settings = settings.model_copy(update={"database_url": self.database_url})
         return settings
@@ -160,7 +156,6 @@ class Cli:
                 InvalidRequest(
                     f"Unsupported database URL '{url.split('://')[0]}://...'; use"
                     " sqlite:///FILE or postgresql://USER@HOST/DATABASE.",
-                    code="invalid_database_url",
                 )
             )
         path = settings.sqlite_path
@@ -296,7 +291,6 @@ def parse_moment(option: str, text: str | None, time_zone: str) -> datetime | No
         raise InvalidRequest(
             f"{option}: '{text}' is not a date or time; write 2026-12-31, 2026-12-31T18:00"
             " or 2026-12-31T18:00+01:00.",
-            code="invalid_time",
         ) from error
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=ZoneInfo(time_zone))
@@ -322,7 +316,6 @@ async def find_org(session: AsyncSession, ref: str) -> Organization:
         ids = ", ".join(str(o.id) for o in matches)
         raise InvalidRequest(
             f"{len(matches)} organizations are named '{ref}'; give one of their ids: {ids}.",
-            code="ambiguous_organization",
         )
     similar = [o.name for o in orgs if o.name.casefold() == ref.casefold()]
     hint = f" Did you mean '{similar[0]}'?" if similar else ""

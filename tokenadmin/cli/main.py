@@ -89,9 +89,7 @@ def serve(
         os.environ["TOKENADMIN_DATABASE_URL"] = cli.database_url
         get_settings.cache_clear()
     if reload and (workers or 1) > 1:
-        cli.fail(
-            InvalidRequest("--reload runs one process; drop --workers.", code="invalid_request")
-        )
+        cli.fail(InvalidRequest("--reload runs one process; drop --workers."))
     bind_host = host or settings.host
     bind_port = port or settings.port
     processes = workers or settings.workers
@@ -242,7 +240,7 @@ def operator_key(
     """Create a platform-operator API key and print it alone (for scripts)."""
     cli = Cli.of(ctx)
     if not 1 <= len(name.strip()) <= 200:
-        cli.fail(InvalidRequest("Names are 1 to 200 characters.", code="invalid_name"))
+        cli.fail(InvalidRequest("Names are 1 to 200 characters."))
 
     async def work(session: AsyncSession, act: Act) -> str:
         _, secret = await api_key_service.create(

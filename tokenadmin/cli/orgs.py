@@ -42,7 +42,7 @@ OrgOption = Annotated[
 
 def _check_name(cli: Cli, name: str | None) -> None:
     if name is not None and not 1 <= len(name.strip()) <= 200:
-        cli.fail(InvalidRequest("Names are 1 to 200 characters.", code="invalid_name"))
+        cli.fail(InvalidRequest("Names are 1 to 200 characters."))
 
 
 def _show_org(org: Organization) -> None:
@@ -287,7 +287,7 @@ def org_update(
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if not changes:
-        cli.fail(InvalidRequest("Nothing to change: give at least one option.", code="no_change"))
+        cli.fail(InvalidRequest("Nothing to change: give at least one option."))
 
     async def work(session: AsyncSession, act: Act) -> OrganizationOut:
         locked = await lock_org(session, act, org)
@@ -343,7 +343,6 @@ def purchase_add(
             cli.fail(
                 InvalidRequest(
                     f"--purchased-on: '{purchased_on}' is not a date like 2026-03-01.",
-                    code="invalid_time",
                 )
             )
 
@@ -426,9 +425,7 @@ def purchase_expire(
     """Set, move or clear a purchase's expiry; --now expires it at once."""
     cli = Cli.of(ctx, json_output)
     if sum((at is not None, now, clear)) != 1:
-        cli.fail(
-            InvalidRequest("Give exactly one of --at WHEN, --now or --clear.", code="no_change")
-        )
+        cli.fail(InvalidRequest("Give exactly one of --at WHEN, --now or --clear."))
 
     async def work(session: AsyncSession, act: Act) -> PurchaseOut:
         locked = await lock_org(session, act, org)

@@ -289,11 +289,10 @@ def key_create(
         cli.fail(
             InvalidRequest(
                 f"Unknown scope {', '.join(unknown)}; choose from {', '.join(SCOPES)}.",
-                code="invalid_scope",
             )
         )
     if not 1 <= len(name.strip()) <= 200:
-        cli.fail(InvalidRequest("Names are 1 to 200 characters.", code="invalid_name"))
+        cli.fail(InvalidRequest("Names are 1 to 200 characters."))
 
     async def work(session: AsyncSession, act: Act) -> ApiKeyCreated:
         found = await find_org(session, org)

@@ -161,9 +161,9 @@ def user_create(
     try:
         address = _emails.validate_python(email.strip())
     except ValidationError:
-        cli.fail(InvalidRequest(f"'{email}' is not an email address.", code="invalid_email"))
+        cli.fail(InvalidRequest(f"'{email}' is not an email address."))
     if not 1 <= len(name.strip()) <= 200:
-        cli.fail(InvalidRequest("Names are 1 to 200 characters.", code="invalid_name"))
+        cli.fail(InvalidRequest("Names are 1 to 200 characters."))
     allowances = _allowances(cli, max_tokens, max_train_tokens)
     spec = user_service.NewUser(
         email=address,
@@ -301,9 +301,9 @@ def user_update(
     cli = Cli.of(ctx, json_output)
     allowances = _allowances(cli, max_tokens, max_train_tokens)
     if name is None and role is None and not allowances:
-        cli.fail(InvalidRequest("Nothing to change: give at least one option.", code="no_change"))
+        cli.fail(InvalidRequest("Nothing to change: give at least one option."))
     if name is not None and not 1 <= len(name.strip()) <= 200:
-        cli.fail(InvalidRequest("Names are 1 to 200 characters.", code="invalid_name"))
+        cli.fail(InvalidRequest("Names are 1 to 200 characters."))
 
     async def work(session: AsyncSession, act: Act) -> UserOut:
         found, locked = await lock_user(session, act, user, org)
@@ -419,11 +419,7 @@ def users_export(
     """Export an organization's users with allowances and this period's usage as CSV."""
     cli = Cli.of(ctx, json_output)
     if json_output and output is None:
-        cli.fail(
-            InvalidRequest(
-                "--json prints a summary, so the CSV needs --output FILE.", code="invalid_request"
-            )
-        )
+        cli.fail(InvalidRequest("--json prints a summary, so the CSV needs --output FILE."))
 
     async def work(db: Database) -> tuple[str, int]:
         async def export(session: AsyncSession) -> tuple[str, int]:
@@ -455,20 +451,18 @@ def _open(path: Path | None) -> AbstractContextManager[TextIO]:
     try:
         return path.open("w", encoding="utf-8", newline="")
     except OSError as error:
-        raise InvalidRequest(
-            f"Can't write {path}: {error.strerror}.", code="cannot_write"
-        ) from error
+        raise InvalidRequest(f"Can't write {path}: {error.strerror}.") from error
 
 
 def _read_file(cli: Cli, path: Path) -> list[CsvRow]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        cli.fail(InvalidRequest(f"No file {path}.", code="file_not_found"))
+        cli.fail(InvalidRequest(f"No file {path}."))
     except UnicodeDecodeError:
         cli.fail(InvalidRequest(f"{path} is not UTF-8 text.", code="invalid_csv"))
     except OSError as error:
-        cli.fail(InvalidRequest(f"Can't read {path}: {error.strerror}.", code="file_not_found"))
+        cli.fail(InvalidRequest(f"Can't read {path}: {error.strerror}."))
     try:
         return read_csv(text)
     except InvalidRequest as error:

@@ -182,8 +182,7 @@ def read_csv(
                 continue
             if len(rows) == MAX_IMPORT_ROWS:
                 raise _invalid_csv(
-                    f"The file has more than {MAX_IMPORT_ROWS:,} rows; split it into several.",
-                    code="too_many_rows",
+                    f"The file has more than {MAX_IMPORT_ROWS:,} rows; split it into several."
                 )
             values = dict(zip(names, cells, strict=False))
             if len(cells) > len(names):
@@ -194,8 +193,8 @@ def read_csv(
     return rows
 
 
-def _invalid_csv(message: str, code: str = "invalid_csv") -> InvalidRequest:
-    return InvalidRequest(message, code=code)
+def _invalid_csv(message: str) -> InvalidRequest:
+    return InvalidRequest(message, code="invalid_csv")
 
 
 def _check_header(names: list[str], columns: Sequence[str], required: Sequence[str]) -> None:
