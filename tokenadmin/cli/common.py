@@ -158,8 +158,17 @@ class Cli:
                     " sqlite:///FILE or postgresql://USER@HOST/DATABASE.",
                 )
             )
-        path = settings.sqlite_path
-        if path is not None and str(path) not in ("", ":memory:") and not path.exists():
+        if not settings.is_sqlite:
+            return
+        path = settings.sqlite_path if "///" in url else None
+        if path is None or str(path) in ("", ":memory:"):
+            self.fail(
+                InvalidRequest(
+                    "SQLite needs a file, as in sqlite:///tokenadmin.db (a database in memory"
+                    " would end with the command)."
+                )
+            )
+        if not path.exists():
             # Don't leave an empty database file behind a mistyped path.
             self.fail(
                 TokenAdminError(
