@@ -124,7 +124,18 @@ class Database:
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
         raise AssertionError("unreachable")
 
-    async def read(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    async def read(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, snapshot: bool = False
+    ) -> T:
+        """Run `work` in a read transaction. With `snapshot`, every statement sees the same
+        moment (PostgreSQL REPEATABLE READ; a SQLite read transaction already does)."""
+        if snapshot and not self.is_sqlite:
+            async with self.read_engine.connect() as connection:
+                await connection.execution_options(
+                    isolation_level="REPEATABLE READ", postgresql_readonly=True
+                )
+                async with AsyncSession(bind=connection) as session, session.begin():
+                    return await work(session)
         async with self._read_sessions() as session, session.begin():
             return await work(session)
 

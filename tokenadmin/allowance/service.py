@@ -94,6 +94,7 @@ def plan(org: Organization, requests: list[Request], act: Act) -> Plan:
     start = current_period(org, act.now)
     refused: list[Refusal] = []
     changes: list[Change] = []
+    raises: dict[Kind, list[tuple[int, Change]]] = {kind: [] for kind in Kind}
     for index, request in enumerate(requests):
         user = request.user
         row_refusals = _check_row(org, index, request, start)
@@ -103,7 +104,10 @@ def plan(org: Organization, requests: list[Request], act: Act) -> Plan:
         for kind, after in request.allowances.items():
             before = 0 if request.new else user.allowance(kind)
             if after != before or request.new:
-                changes.append(Change(user, kind, before, after, request.new))
+                change = Change(user, kind, before, after, request.new)
+                changes.append(change)
+                if change.delta > 0:
+                    raises[kind].append((index, change))
 
     totals: dict[Kind, KindAfter] = {}
     for kind in Kind:
@@ -114,19 +118,13 @@ def plan(org: Organization, requests: list[Request], act: Act) -> Plan:
             continue
         # Over the capacity: every row that raises this kind is refused. Rows that lower
         # it may go ahead (they are how an administrator resolves a shortfall).
-        for index, request in enumerate(requests):
-            change = next(
-                (c for c in changes if c.user is request.user and c.kind is kind and c.delta > 0),
-                None,
-            )
-            if change is None:
-                continue
+        for index, change in raises[kind]:
             refused.append(
                 Refusal(
                     index,
-                    request.user,
+                    change.user,
                     "exceeds_balance",
-                    f"{_label(kind)} for {request.user.email} would be {fmt(change.after)};"
+                    f"{_label(kind)} for {change.user.email} would be {fmt(change.after)};"
                     f" the organization would be {fmt(shortfall)} {kind} tokens over its"
                     f" capacity of {fmt(org.capacity(kind))}.",
                     {
@@ -149,6 +147,8 @@ def _label(kind: Kind) -> str:
 def _check_row(org: Organization, index: int, request: Request, start: Any) -> list[Refusal]:
     user = request.user
     if not request.new and not user.active:
+        if all(user.allowance(kind) == value for kind, value in request.allowances.items()):
+            return []  # nothing would change (a table saved whole, say): nothing to refuse
         return [
             Refusal(
                 index,
@@ -266,13 +266,14 @@ async def apply(
     if not plan_.accepted:
         refuse(plan_)
     start = current_period(org, act.now)
-    touched: dict[Any, User] = {}
+    touched: dict[uuid.UUID, User] = {}
+    created: set[uuid.UUID] = set()
     for change in plan_.changes:
         user = change.user
         if change.new:
-            if user.id not in touched:
-                session.add(user)
-        else:
+            created.add(user.id)
+            session.add(user)
+        elif user.id not in touched:
             start_current_period(session, act, org, user, start)
         record(
             session,
@@ -290,7 +291,7 @@ async def apply(
         touched[user.id] = user
     for user in touched.values():
         user.updated_at = act.now
-        if not any(c.new and c.user is user for c in plan_.changes):
+        if user.id not in created:
             user.version += 1
     org.updated_at = act.now
 

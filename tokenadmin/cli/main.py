@@ -7,7 +7,7 @@ runs in one transaction by `cli:<login>`. See docs/cli.md for each command and o
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from functools import partial
 from typing import Annotated
 
 import typer
@@ -188,8 +188,12 @@ def verify(ctx: typer.Context, json_output: Json = False) -> None:
     async def check(db: Database) -> VerifyReport:
         with progress_bar(counted="entries replayed") as progress:
             task = progress.add_task("Verifying the journal", total=None)
-            return await _verify_snapshot(
-                db, lambda entries: progress.update(task, completed=entries)
+            return await db.read(
+                partial(
+                    verify_journal,
+                    progress=lambda entries: progress.update(task, completed=entries),
+                ),
+                snapshot=True,
             )
 
     report = cli.run(check)
@@ -216,20 +220,6 @@ def verify(ctx: typer.Context, json_output: Json = False) -> None:
             say(f"{len(report.differences):,} differences found.", style="bold red")
     if not report.clean:
         raise typer.Exit(1)
-
-
-async def _verify_snapshot(db: Database, progress: Callable[[int], None]) -> VerifyReport:
-    """Verify inside one snapshot of the database, so a server writing meanwhile can't make
-    the replay and the stored balances disagree. (SQLite's read transaction already is one;
-    PostgreSQL's default READ COMMITTED is not.)"""
-    if db.is_sqlite:
-        return await db.read(lambda session: verify_journal(session, progress=progress))
-    async with db.engine.connect() as connection:
-        await connection.execution_options(
-            isolation_level="REPEATABLE READ", postgresql_readonly=True
-        )
-        async with AsyncSession(bind=connection) as session, session.begin():
-            return await verify_journal(session, progress=progress)
 
 
 @app.command("operator-key")

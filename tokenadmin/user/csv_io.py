@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import EmailStr, TypeAdapter, ValidationError
-from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,7 +29,6 @@ from tokenadmin.organization.service import current_period, lock_for_change
 from tokenadmin.tokens import ALLOWANCE_FIELD, Kind
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user import service as user_service
-from tokenadmin.user.repository import used_column
 
 EXPORT_COLUMNS = (
     "email",
@@ -72,8 +70,7 @@ def _uncell(text: str) -> str:
 
 
 async def count_users(session: AsyncSession, org: Organization) -> int:
-    total = await session.scalar(select(func.count()).where(User.org_id == org.id))
-    return int(total or 0)
+    return await user_repository.count_in_org(session, org.id)
 
 
 async def export_chunks(
@@ -90,22 +87,7 @@ async def export_chunks(
     object per row, so 100,000 users take about a second.
     """
     start = current_period(org, now)
-    statement = (
-        select(
-            User.email,
-            User.name,
-            User.role,
-            User.status,
-            User.max_tokens,
-            User.max_train_tokens,
-            used_column("inference", start),
-            used_column("training", start),
-            User.last_activity_at,
-        )
-        .where(User.org_id == org.id)
-        .order_by(User.email)
-        .execution_options(yield_per=chunk_size)
-    )
+    statement = user_repository.table_rows(org.id, start).execution_options(yield_per=chunk_size)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(EXPORT_COLUMNS)
@@ -366,11 +348,7 @@ async def _users_by_email(
     ours = await user_repository.find_in_org(session, org.id, emails=emails)
     by_email = {u.email: u for u in ours}
     missing = [e for e in emails if e not in by_email]
-    elsewhere: set[str] = set()
-    for start in range(0, len(missing), _FETCH_CHUNK):
-        chunk = missing[start : start + _FETCH_CHUNK]
-        elsewhere.update(await session.scalars(select(User.email).where(User.email.in_(chunk))))
-    return by_email, elsewhere
+    return by_email, await user_repository.emails_in_use(session, missing)
 
 
 async def import_users(

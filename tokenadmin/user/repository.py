@@ -127,3 +127,36 @@ async def search(session: AsyncSession, query: UserQuery) -> tuple[Sequence[User
     users = (await session.scalars(page)).all()
     total = await session.scalar(select(func.count()).select_from(statement.subquery()))
     return users, int(total or 0)
+
+
+async def count_in_org(session: AsyncSession, org_id: uuid.UUID) -> int:
+    total = await session.scalar(select(func.count()).where(User.org_id == org_id))
+    return int(total or 0)
+
+
+def table_rows(org_id: uuid.UUID, period_start: datetime) -> Select[*tuple[Any, ...]]:
+    """The user table as plain columns (no ORM objects), by email: for exports."""
+    return (
+        select(
+            User.email,
+            User.name,
+            User.role,
+            User.status,
+            User.max_tokens,
+            User.max_train_tokens,
+            used_column("inference", period_start),
+            used_column("training", period_start),
+            User.last_activity_at,
+        )
+        .where(User.org_id == org_id)
+        .order_by(User.email)
+    )
+
+
+async def emails_in_use(session: AsyncSession, emails: Sequence[str]) -> set[str]:
+    """Which of these emails belong to a user of any organization."""
+    found: set[str] = set()
+    for start in range(0, len(emails), 5000):
+        chunk = emails[start : start + 5000]
+        found.update(await session.scalars(select(User.email).where(User.email.in_(chunk))))
+    return found

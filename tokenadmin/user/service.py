@@ -73,15 +73,17 @@ def new_user_request(org: Organization, act: Act, spec: NewUser) -> Request:
 
 
 async def check_emails_free(session: AsyncSession, emails: Sequence[str]) -> None:
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for email in emails:
         if email.lower() in seen:
             raise InvalidRequest(
                 f"{email} appears more than once.", code="duplicate_user", details={"email": email}
             )
-        seen.add(email.lower())
-        if await repository.by_email(session, email) is not None:
-            raise EmailTaken(f"A user with email {email} already exists.", details={"email": email})
+        seen[email.lower()] = email
+    taken = await repository.emails_in_use(session, sorted(seen))
+    if taken:
+        email = seen[min(taken)]
+        raise EmailTaken(f"A user with email {email} already exists.", details={"email": email})
 
 
 async def create(session: AsyncSession, act: Act, org: Organization, spec: NewUser) -> User:
