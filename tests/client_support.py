@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +12,7 @@ from typing import Literal
 
 import httpx
 
+from tests.servers import running_servers
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.database import Database
@@ -121,13 +117,6 @@ class LiveServer:
     operator_key: str
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _operator_key(database_url: str) -> str:
     async def create() -> str:
         db = Database(database_url, pool_size=1)
@@ -146,49 +135,9 @@ def _operator_key(database_url: str) -> str:
 
 
 @contextmanager
-def live_server(database_path: Path, *, startup_seconds: float = 20.0) -> Iterator[LiveServer]:
-    """`uvicorn tokenadmin.app:create_app` on a migrated SQLite file, stopped on exit."""
+def live_server(database_path: Path) -> Iterator[LiveServer]:
+    """One real server on a migrated SQLite file, with an operator key; stopped on exit."""
     database_url = f"sqlite:///{database_path}"
     secret = _operator_key(database_url)
-    port = _free_port()
-    env = {**os.environ, "TOKENADMIN_DATABASE_URL": database_url}
-    log_path = database_path.with_suffix(".log")
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "tokenadmin.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    base_url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            command, env=env, cwd=database_path.parent, stdout=log, stderr=subprocess.STDOUT
-        )
-        try:
-            deadline = time.monotonic() + startup_seconds
-            while True:
-                if server.poll() is not None:
-                    raise RuntimeError(f"the server exited:\n{log_path.read_text()}")
-                try:
-                    if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server did not start:\n{log_path.read_text()}")
-                time.sleep(0.1)
-            yield LiveServer(base_url, secret)
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=10)
+    with running_servers(database_url, 1) as urls:
+        yield LiveServer(urls[0], secret)

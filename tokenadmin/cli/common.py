@@ -331,13 +331,6 @@ async def find_org(session: AsyncSession, ref: str) -> Organization:
     raise NotFound(f"No organization named '{ref}'.{hint}", details={"organization": ref})
 
 
-async def bring_up_to_date(db: Database, act: Act, org: Organization) -> None:
-    """Record an expired purchase or the start of a period first when one is due, as the
-    API's balance route does, so what is shown is what holds now (a write only then)."""
-    if organization_service.maintenance_due(org, act.now):
-        await db.write(lambda session: organization_service.lock_for_change(session, act, org.id))
-
-
 async def lock_org(session: AsyncSession, act: Act, ref: str) -> Organization:
     """The organization, locked for a change of its token state and brought up to date."""
     org = await find_org(session, ref)

@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.cli.common import (
     Cli,
-    bring_up_to_date,
     emit_json,
     find_org,
     lock_org,
@@ -166,7 +165,7 @@ def org_show(
     async def work(db: Database) -> dict[str, Any]:
         act = now_act()
         found = await db.read(lambda session: find_org(session, org))
-        await bring_up_to_date(db, act, found)
+        await organization_service.up_to_date(db, found.id, act.now)
 
         async def look(session: AsyncSession) -> dict[str, Any]:
             fresh = await organization_service.get(session, found.id)

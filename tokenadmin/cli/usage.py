@@ -15,7 +15,6 @@ from tokenadmin.auth.principal import SCOPES
 from tokenadmin.cli.common import (
     Cli,
     actor,
-    bring_up_to_date,
     emit_json,
     find_org,
     find_user,
@@ -32,12 +31,12 @@ from tokenadmin.journal import repository as journal_repository
 from tokenadmin.journal.schemas import JournalEntryOut
 from tokenadmin.journal.service import JournalFilter
 from tokenadmin.models import ApiKey
+from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.schemas import ApiKeyCreated, ApiKeyOut
-from tokenadmin.organization.service import current_period
-from tokenadmin.tokens import Kind, period_end
+from tokenadmin.tokens import Kind
 from tokenadmin.usage import service as usage_service
 from tokenadmin.user import repository as user_repository
-from tokenadmin.user.schemas import KindBalance, UserBalanceOut
+from tokenadmin.user.schemas import UserBalanceOut
 
 usage_app = typer.Typer(help="Metering: record usage, see what a user has left.")
 journal_app = typer.Typer(help="The journal: every change of tokens, newest first.")
@@ -129,33 +128,13 @@ def usage_balance(ctx: typer.Context, user: UserOption, json_output: Json = Fals
         act = now_act()
         now = act.now
         found = await db.read(lambda session: find_user(session, user))
-        owner = await db.read(lambda session: find_org(session, str(found.org_id)))
-        await bring_up_to_date(db, act, owner)
+        await organization_service.up_to_date(db, found.org_id, act.now)
 
         async def look(session: AsyncSession) -> UserBalanceOut:
             fresh = await find_user(session, str(found.id))
             org = await find_org(session, str(fresh.org_id))
             kinds = await usage_service.availability(session, org, fresh, now)
-            out_kinds = {
-                kind.value: KindBalance(
-                    allowance=a.allowance,
-                    used=a.used,
-                    reserved=a.reserved,
-                    remaining=a.remaining,
-                    organization_remaining=a.organization_remaining,
-                    available=a.available,
-                )
-                for kind, a in kinds.items()
-            }
-            return UserBalanceOut(
-                user_id=fresh.id,
-                email=fresh.email,
-                status=fresh.status,
-                period_start=None if org.period == "none" else current_period(org, now),
-                period_end=period_end(org.period, org.time_zone, now),
-                inference=out_kinds["inference"],
-                training=out_kinds["training"],
-            )
+            return UserBalanceOut.of(fresh, org, kinds, now)
 
         return await db.read(look)
 

@@ -17,12 +17,11 @@ from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.service import current_period
-from tokenadmin.tokens import Kind, period_end
+from tokenadmin.tokens import Kind
 from tokenadmin.usage import repository as usage_repository
 from tokenadmin.usage.service import availability
 from tokenadmin.user import repository, service
 from tokenadmin.user.schemas import (
-    KindBalance,
     Reactivate,
     SortField,
     UsageHistoryOut,
@@ -227,26 +226,7 @@ async def get_user_balance(
         user = await visible(session)
         org = await organization_service.get(session, user.org_id)
         kinds = await availability(session, org, user, now)
-        out = {
-            kind.value: KindBalance(
-                allowance=a.allowance,
-                used=a.used,
-                reserved=a.reserved,
-                remaining=a.remaining,
-                organization_remaining=a.organization_remaining,
-                available=a.available,
-            )
-            for kind, a in kinds.items()
-        }
-        return UserBalanceOut(
-            user_id=user.id,
-            email=user.email,
-            status=user.status,
-            period_start=None if org.period == "none" else current_period(org, now),
-            period_end=period_end(org.period, org.time_zone, now),
-            inference=out["inference"],
-            training=out["training"],
-        )
+        return UserBalanceOut.of(user, org, kinds, now)
 
     return await db.read(work)
 

@@ -6,9 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, EmailStr, Field, StrictInt
 
-from tokenadmin.models import User
+from tokenadmin.models import Organization, User
+from tokenadmin.organization.service import current_period
 from tokenadmin.schemas import Amount, Input, Name
-from tokenadmin.tokens import Kind
+from tokenadmin.tokens import Kind, period_end
+from tokenadmin.usage.service import KindAvailability
 
 Role = Literal["admin", "member"]
 SortField = Literal[
@@ -128,6 +130,35 @@ class UserBalanceOut(BaseModel):
     period_end: datetime | None
     inference: KindBalance
     training: KindBalance
+
+    @classmethod
+    def of(
+        cls,
+        user: User,
+        org: Organization,
+        kinds: dict[Kind, KindAvailability],
+        now: datetime,
+    ) -> UserBalanceOut:
+        out = {
+            kind: KindBalance(
+                allowance=a.allowance,
+                used=a.used,
+                reserved=a.reserved,
+                remaining=a.remaining,
+                organization_remaining=a.organization_remaining,
+                available=a.available,
+            )
+            for kind, a in kinds.items()
+        }
+        return cls(
+            user_id=user.id,
+            email=user.email,
+            status=user.status,
+            period_start=None if org.period == "none" else current_period(org, now),
+            period_end=period_end(org.period, org.time_zone, now),
+            inference=out[Kind.inference],
+            training=out[Kind.training],
+        )
 
 
 class UsagePoint(BaseModel):
