@@ -157,28 +157,9 @@ def _check_row(org: Organization, index: int, request: Request, start: Any) -> l
                 f"{user.email} is deactivated; reactivate them to give them an allowance.",
             )
         ]
-    if (
-        request.expected_version is not None
-        and not request.new
-        and request.expected_version != user.version
-    ):
-        return [
-            Refusal(
-                index,
-                user,
-                "version_conflict",
-                f"{user.email} was changed by someone else since you loaded it"
-                f" (version {request.expected_version}, now {user.version}).",
-                {
-                    "expected_version": request.expected_version,
-                    "current": {
-                        "version": user.version,
-                        "max_tokens": user.max_tokens,
-                        "max_train_tokens": user.max_train_tokens,
-                    },
-                },
-            )
-        ]
+    stale = None if request.new else version_conflict(user, request.expected_version)
+    if stale is not None:
+        return [Refusal(index, user, "version_conflict", stale.message, stale.details)]
     refusals = []
     for kind, after in request.allowances.items():
         minimum = org.minimum(kind)
@@ -206,6 +187,28 @@ def _check_row(org: Organization, index: int, request: Request, start: Any) -> l
                 )
             )
     return refusals
+
+
+def version_conflict(user: User, expected: int | None) -> VersionConflict | None:
+    """The refusal when a change carries a version the user no longer has, with the
+    current values so the client can show both (the one place this rule lives)."""
+    if expected is None or expected == user.version:
+        return None
+    return VersionConflict(
+        f"{user.email} was changed by someone else since you loaded it"
+        f" (version {expected}, now {user.version}).",
+        details={
+            "expected_version": expected,
+            "current": {
+                "version": user.version,
+                "max_tokens": user.max_tokens,
+                "max_train_tokens": user.max_train_tokens,
+                "name": user.name,
+                "role": user.role,
+                "status": user.status,
+            },
+        },
+    )
 
 
 def refuse(plan_: Plan) -> None:

@@ -119,20 +119,9 @@ async def update(
     reason: str | None = None,
 ) -> User:
     """Change a user's profile and allowances together; all or nothing."""
-    if expected_version is not None and expected_version != user.version:
-        raise VersionConflict(
-            f"{user.email} was changed by someone else since you loaded it.",
-            details={
-                "expected_version": expected_version,
-                "current": {
-                    "version": user.version,
-                    "max_tokens": user.max_tokens,
-                    "max_train_tokens": user.max_train_tokens,
-                    "name": user.name,
-                    "role": user.role,
-                },
-            },
-        )
+    stale = allowance.service.version_conflict(user, expected_version)
+    if stale is not None:
+        raise stale
     if allowances:
         plan = allowance.service.plan(org, [Request(user, allowances)], act)
         if not plan.accepted:
