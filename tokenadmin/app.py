@@ -7,11 +7,13 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,6 +22,8 @@ from tokenadmin import __version__, sweeper
 from tokenadmin.allowance.endpoints import router as allowance_router
 from tokenadmin.clock import Clock, SystemClock
 from tokenadmin.config import Settings, get_settings
+from tokenadmin.dashboard import router as dashboard_router
+from tokenadmin.dashboard.web import SignInRequired, error_page, sign_in_url, wants_html
 from tokenadmin.database import Database
 from tokenadmin.errors import TokenAdminError
 from tokenadmin.journal.endpoints import router as journal_router
@@ -29,6 +33,7 @@ from tokenadmin.user.endpoints import org_router as org_user_router
 from tokenadmin.user.endpoints import router as user_router
 
 log = logging.getLogger("tokenadmin")
+HERE = Path(__file__).parent
 
 
 def _error(
@@ -161,8 +166,16 @@ def create_app(
     app.state.settings = settings
 
     @app.exception_handler(TokenAdminError)
-    async def _refusal(_request: Request, error: TokenAdminError) -> JSONResponse:
+    async def _refusal(request: Request, error: TokenAdminError) -> Response:
+        if wants_html(request):
+            return error_page(request, error)
         return JSONResponse(error.to_dict(), status_code=error.status_code)
+
+    @app.exception_handler(SignInRequired)
+    async def _sign_in(request: Request, error: SignInRequired) -> Response:
+        if wants_html(request):
+            return RedirectResponse(sign_in_url(error.next_path), status_code=303)
+        return _error(401, "unauthenticated", "Sign in again: the session has ended.")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
@@ -171,11 +184,13 @@ def create_app(
         return _error(status, code, message, {"errors": problems})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, error: StarletteHTTPException) -> Response:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
-        return _error(
-            error.status_code, codes.get(error.status_code, "http_error"), str(error.detail)
-        )
+        code = codes.get(error.status_code, "http_error")
+        if wants_html(request):
+            refusal = TokenAdminError(str(error.detail), code=code, status_code=error.status_code)
+            return error_page(request, refusal)
+        return _error(error.status_code, code, str(error.detail))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
@@ -190,6 +205,8 @@ def create_app(
         await db.read(lambda session: session.execute(text("SELECT 1")))
         return {"status": "ok", "database": db.dialect, "version": __version__}
 
+    app.mount("/static", StaticFiles(directory=HERE / "dashboard" / "static"), name="static")
+    app.include_router(dashboard_router)
     for router in (
         organization_router,
         org_user_router,

@@ -43,6 +43,17 @@ class Settings(BaseSettings):
         default=2_000_000, ge=1024, description="Largest request body accepted, in bytes."
     )
 
+    session_hours: int = Field(
+        default=12, ge=1, le=720, description="How long a dashboard sign-in lasts, in hours."
+    )
+    sign_in_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description="Failed sign-ins (per email, and per address) before each further attempt "
+        "is slowed down.",
+    )
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:

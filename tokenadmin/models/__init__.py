@@ -2,6 +2,7 @@
 
 from tokenadmin.models.api_key import ApiKey
 from tokenadmin.models.base import Base
+from tokenadmin.models.dashboard import DashboardSession, Operator, SignInFailure
 from tokenadmin.models.idempotency import IdempotencyRecord
 from tokenadmin.models.journal import JournalEntry
 from tokenadmin.models.organization import Organization
@@ -12,10 +13,13 @@ from tokenadmin.models.user import User
 __all__ = [
     "ApiKey",
     "Base",
+    "DashboardSession",
     "IdempotencyRecord",
     "JournalEntry",
+    "Operator",
     "Organization",
     "Purchase",
     "Reservation",
+    "SignInFailure",
     "User",
 ]

@@ -1,0 +1,188 @@
+"""Browser tests: real Chromium (Debian's /usr/bin/chromium) driven by Playwright against a
+real server process. Screenshots of the main pages go to tests/artifacts/screenshots/.
+
+Without Chromium these tests are skipped, unless TOKENADMIN_REQUIRE_BROWSER=1 (as in CI),
+where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.servers import running_servers
+from tokenadmin.act import Act
+from tokenadmin.auth import service as auth_service
+from tokenadmin.database import Database
+from tokenadmin.organization import service as organization_service
+from tokenadmin.user import service as user_service
+
+CHROMIUM = os.environ.get("TOKENADMIN_CHROMIUM", "/usr/bin/chromium")
+REQUIRE_BROWSER = os.environ.get("TOKENADMIN_REQUIRE_BROWSER") == "1"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(__file__).parent.parent / "artifacts" / "screenshots"
+PASSWORD = "browser-test-password"
+
+
+@dataclass
+class Site:
+    """A running server with a seeded organization."""
+
+    url: str
+    database_url: str
+    org_id: str
+    admin_email: str
+    member_email: str
+    operator_email: str
+    other_org_id: str
+    users: dict[str, str]
+    """email → user id of the seeded organization's users."""
+
+
+async def _seed(database_url: str) -> Site:
+    db = Database(database_url, pool_size=1)
+    act = Act("seed", datetime.now(UTC))
+    users: dict[str, str] = {}
+
+    async def seed(session: AsyncSession) -> tuple[str, str]:
+        await auth_service.create_operator(
+            session,
+            email="ops@platform.example",
+            name="Olga Operator",
+            password=PASSWORD,
+            now=act.now,
+        )
+        org = await organization_service.create(session, act, name="Acme Browser Co")
+        await organization_service.record_purchase(
+            session,
+            act,
+            org,
+            inference_amount=3_000_000,
+            training_amount=500_000,
+            purchased_on=None,
+            expires_at=None,
+            payer="Finance",
+            note="seed",
+        )
+        people = [
+            ("ada@acme.example", "Ada Admin", "admin"),
+            ("ben@acme.example", "Ben Member", "member"),
+            ("cy@acme.example", "Cy Member", "member"),
+            ("di@acme.example", "Di Member", "member"),
+        ]
+        for email, name, role in people:
+            user = await user_service.create(
+                session,
+                act,
+                org,
+                user_service.NewUser(
+                    email=email, name=name, role=role, password=PASSWORD, max_train_tokens=10_000
+                ),
+            )
+            users[email] = str(user.id)
+        other = await organization_service.create(session, act, name="Other Org")
+        await organization_service.record_purchase(
+            session,
+            act,
+            other,
+            inference_amount=1_000_000,
+            training_amount=0,
+            purchased_on=None,
+            expires_at=None,
+            payer="",
+            note="",
+        )
+        await user_service.create(
+            session, act, other, user_service.NewUser(email="zed@other.example", name="Zed")
+        )
+        return str(org.id), str(other.id)
+
+    try:
+        org_id, other_id = await db.write(seed)
+    finally:
+        await db.dispose()
+    return Site(
+        url="",
+        database_url=database_url,
+        org_id=org_id,
+        admin_email="ada@acme.example",
+        member_email="ben@acme.example",
+        operator_email="ops@platform.example",
+        other_org_id=other_id,
+        users=users,
+    )
+
+
+@pytest.fixture
+def site(tmp_path: Path, sqlite_template: Path) -> Iterator[Site]:
+    """A fresh database and server for each test, so tests never share state."""
+    path = tmp_path / "browser.db"
+    shutil.copy(sqlite_template, path)
+    database_url = f"sqlite:///{path}"
+    # Playwright's sync API runs an event loop in this thread: seed from another one.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        seeded = pool.submit(asyncio.run, _seed(database_url)).result()
+    with running_servers(database_url, 1) as urls:
+        seeded.url = urls[0]
+        yield seeded
+
+
+@pytest.fixture(scope="session")
+def playwright_instance() -> Iterator[Playwright]:
+    if not Path(CHROMIUM).exists():
+        message = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+        if REQUIRE_BROWSER:
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+@pytest.fixture(scope="session")
+def browser(playwright_instance: Playwright) -> Iterator[Browser]:
+    browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context.set_default_timeout(10_000)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context: BrowserContext) -> Page:
+    return context.new_page()
+
+
+def sign_in(page: Page, site: Site, email: str, password: str = PASSWORD) -> None:
+    page.goto(f"{site.url}/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state("networkidle")
+
+
+def screenshot(page: Page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)

@@ -1,0 +1,147 @@
+"""What every dashboard page shares: templates, the signed-in viewer, CSRF, formatting."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlparse
+
+from fastapi import Depends, Request
+from fastapi.responses import HTMLResponse
+from starlette.templating import Jinja2Templates
+
+from tokenadmin.auth import service as auth_service
+from tokenadmin.auth.service import Viewer
+from tokenadmin.deps import get_clock, get_db, get_settings
+from tokenadmin.errors import Forbidden, NotFound, TokenAdminError
+
+SESSION_COOKIE = "ta_session"
+LOGIN_CSRF_COOKIE = "ta_login_csrf"
+CSRF_HEADER = "x-csrf-token"
+HERE = Path(__file__).parent
+
+templates = Jinja2Templates(directory=HERE / "templates")
+
+
+def number(value: Any) -> str:
+    """Thousands separators: 1234567 → 1,234,567."""
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def percent(part: int, whole: int) -> int:
+    return 0 if whole <= 0 else max(0, min(100, round(100 * part / whole)))
+
+
+templates.env.filters["number"] = number
+templates.env.globals["percent"] = percent
+templates.env.globals["one_day"] = timedelta(days=1)
+
+
+class SignInRequired(Exception):
+    """Not signed in (or the session ended): the app answers with a redirect to /login."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__("sign in required")
+        self.next_path = next_path
+
+
+def sign_in_url(next_path: str) -> str:
+    return f"/login?next={quote(next_path)}"
+
+
+def wants_html(request: Request) -> bool:
+    path = request.url.path
+    if path.startswith(("/v1/", "/healthz", "/openapi", "/docs")):
+        return False
+    # Browsers ask for text/html; API clients and the dashboard's own scripts don't.
+    return "text/html" in request.headers.get("accept", "")
+
+
+def secure_cookies(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def current_viewer(request: Request) -> Viewer:
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        db = get_db(request)
+        now = get_clock(request).now()
+        found = await db.read(lambda session: auth_service.viewer(session, token, now))
+        if found is not None:
+            return found
+    raise SignInRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
+
+
+ViewerDep = Annotated[Viewer, Depends(current_viewer)]
+
+
+async def check_csrf(request: Request, viewer: Viewer) -> None:
+    """Every write carries the session's CSRF token (a form field or the X-CSRF-Token
+    header) and, when the browser says where it comes from, comes from this site."""
+    origin = request.headers.get("origin")
+    if origin and urlparse(origin).netloc != request.url.netloc:
+        raise Forbidden("This request came from another site.", code="csrf_failed")
+    sent = request.headers.get(CSRF_HEADER)
+    if sent is None:
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            form = await request.form()
+            value = form.get("csrf_token")
+            sent = value if isinstance(value, str) else None
+    if not sent or not secrets.compare_digest(sent, viewer.csrf_token):
+        raise Forbidden(
+            "The form has expired or did not come from this dashboard; reload the page and"
+            " try again.",
+            code="csrf_failed",
+        )
+
+
+async def csrf_viewer(request: Request, viewer: ViewerDep) -> Viewer:
+    await check_csrf(request, viewer)
+    return viewer
+
+
+WriterDep = Annotated[Viewer, Depends(csrf_viewer)]
+"""The signed-in viewer of a write, whose CSRF token has been checked."""
+
+
+def require_org(viewer: Viewer, org_id: uuid.UUID, scope: str = "admin") -> None:
+    """Admins of this organization (and operators) only; others see nothing there."""
+    if viewer.kind == "member":
+        raise NotFound("Page not found.")
+    viewer.principal.require(org_id, scope)
+
+
+def render(
+    request: Request,
+    template: str,
+    viewer: Viewer | None = None,
+    *,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    settings = get_settings(request)
+    return templates.TemplateResponse(
+        request,
+        template,
+        {"viewer": viewer, "settings": settings, **context},
+        status_code=status_code,
+    )
+
+
+def error_page(request: Request, error: TokenAdminError) -> HTMLResponse:
+    titles = {403: "Not allowed", 404: "Not found", 429: "Slow down"}
+    return render(
+        request,
+        "error.html",
+        status_code=error.status_code,
+        title=titles.get(error.status_code, "Something is not right"),
+        error=error,
+    )
