@@ -2,10 +2,32 @@
 
 from fastapi import APIRouter
 
-from tokenadmin.dashboard import auth_pages, home
+from tokenadmin.dashboard import (
+    auth_pages,
+    distribute,
+    home,
+    journal_pages,
+    member,
+    operator,
+    settings_pages,
+    transfer,
+    user_page,
+    users,
+)
 
 router = APIRouter(include_in_schema=False)
-for module in (auth_pages, home):
+for module in (
+    auth_pages,
+    home,
+    users,
+    distribute,
+    transfer,
+    journal_pages,
+    settings_pages,
+    operator,
+    member,
+    user_page,
+):
     router.include_router(module.router)
 
 __all__ = ["router"]
