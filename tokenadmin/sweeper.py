@@ -12,6 +12,7 @@ from datetime import timedelta
 from functools import partial
 
 from tokenadmin.act import Act
+from tokenadmin.auth import service as auth_service
 from tokenadmin.clock import Clock
 from tokenadmin.database import Database
 from tokenadmin.idempotency import service as idempotency
@@ -29,6 +30,7 @@ class SweepReport:
     organizations_updated: int = 0
     reservations_expired: int = 0
     idempotency_keys_purged: int = 0
+    sessions_ended: int = 0
 
 
 async def sweep(db: Database, clock: Clock, *, idempotency_ttl: timedelta) -> SweepReport:
@@ -58,6 +60,9 @@ async def sweep(db: Database, clock: Clock, *, idempotency_ttl: timedelta) -> Sw
             break
     report.idempotency_keys_purged = await db.write(
         lambda session: idempotency.purge(session, clock.now())
+    )
+    report.sessions_ended = await db.write(
+        lambda session: auth_service.forget_expired(session, clock.now())
     )
     return report
 

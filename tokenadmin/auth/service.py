@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.auth.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
@@ -163,6 +163,20 @@ async def sign_out(session: AsyncSession, token: str) -> None:
     row = await session.get(DashboardSession, _token_hash(token))
     if row is not None:
         await session.delete(row)
+
+
+async def forget_expired(session: AsyncSession, now: datetime) -> int:
+    """Delete ended sessions and failure counts older than their window."""
+    ended = await session.execute(
+        delete(DashboardSession).where(DashboardSession.expires_at <= now)
+    )
+    await session.execute(
+        delete(SignInFailure).where(
+            SignInFailure.first_failed_at < now - FAILURE_WINDOW,
+            (SignInFailure.blocked_until.is_(None)) | (SignInFailure.blocked_until <= now),
+        )
+    )
+    return int(getattr(ended, "rowcount", 0) or 0)
 
 
 async def create_operator(
