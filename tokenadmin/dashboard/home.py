@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenadmin.auth.service import Viewer
 from tokenadmin.dashboard.web import ViewerDep, render, require_org
 from tokenadmin.deps import get_clock, get_db
 from tokenadmin.organization import service as organization_service
@@ -20,6 +22,64 @@ from tokenadmin.user.schemas import SortField, UserOut
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
+SORT_FIELDS = set(SortField.__args__)  # type: ignore[attr-defined]
+
+NOTICES = {
+    "added": "User added.",
+    "deactivated": "Deactivated {n}; their unused allowances returned to the balance.",
+    "reactivated": "Reactivated {n} with at least the minimum allowance.",
+    "admin": "{n} now admin.",
+    "member": "{n} now member.",
+    "unchanged": "Nothing to change: the selected users already were that way.",
+}
+"""What a write redirects back to say; fixed texts, so a link cannot put words on the page."""
+
+
+@dataclass
+class TableView:
+    """Which part of the user table is shown: search, filters, sort and page."""
+
+    q: str = ""
+    status: str = ""
+    role: str = ""
+    near: str = ""
+    sort: str = "name"
+    order: str = "asc"
+    page: int = 1
+
+    @classmethod
+    def from_query(cls, query: str) -> TableView:
+        """The view a write came from (its `back` field), keeping only values that make sense."""
+        values = {k: v[-1] for k, v in parse_qs(query.lstrip("?")).items()}
+        view = cls()
+
+        def one_of(name: str, *allowed: str) -> str:
+            return values[name] if values.get(name) in allowed else ""
+
+        view.q = values.get("q", "")[:200]
+        view.status = one_of("status", "active", "deactivated")
+        view.role = one_of("role", "admin", "member")
+        view.near = one_of("near", "80", "95")
+        view.sort = values["sort"] if values.get("sort") in SORT_FIELDS else "name"
+        view.order = "desc" if values.get("order") == "desc" else "asc"
+        page = values.get("page", "1")
+        view.page = min(100_000, max(1, int(page))) if page.isdigit() else 1
+        return view
+
+    def query(self, **changes: object) -> str:
+        params = {**asdict(self), **changes}
+        if params.get("page") == 1:
+            params.pop("page")
+        kept = {k: v for k, v in params.items() if v not in ("", None)}
+        return "?" + urlencode(kept) if kept else ""
+
+
+def notice_text(notice: str, count: int) -> str | None:
+    text = NOTICES.get(notice)
+    if text is None:
+        return None
+    who = f"{count:,} user" + ("" if count == 1 else "s")
+    return text.format(n=who)
 
 
 @router.get("/orgs/{org_id}")
@@ -34,7 +94,25 @@ async def org_home(
     sort: SortField = "name",
     order: Literal["asc", "desc"] = "asc",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    notice: Annotated[str, Query(max_length=20)] = "",
+    n: Annotated[int, Query(ge=0, le=100_000)] = 0,
 ) -> HTMLResponse:
+    view = TableView(q or "", status, role, near, sort, order, page)
+    return await home_page(request, viewer, org_id, view, notice=notice_text(notice, n))
+
+
+async def home_page(
+    request: Request,
+    viewer: Viewer,
+    org_id: uuid.UUID,
+    view: TableView,
+    *,
+    status_code: int = 200,
+    notice: str | None = None,
+    error: str | None = None,
+    new_user: dict[str, str] | None = None,
+) -> HTMLResponse:
+    """The page itself; writes that are refused render it again with their error."""
     require_org(viewer, org_id, "read")
     db, now = get_db(request), get_clock(request).now()
     await organization_service.up_to_date(db, org_id, now)
@@ -46,14 +124,14 @@ async def org_home(
         query = user_repository.UserQuery(
             org_id=org_id,
             period_start=start,
-            search=q or None,
-            status=status or None,
-            role=role or None,
-            near_limit=int(near) / 100 if near else None,
-            sort=sort,
-            descending=order == "desc",
+            search=view.q or None,
+            status=view.status or None,
+            role=view.role or None,
+            near_limit=int(view.near) / 100 if view.near else None,
+            sort=view.sort,
+            descending=view.order == "desc",
             limit=PAGE_SIZE,
-            offset=(page - 1) * PAGE_SIZE,
+            offset=(view.page - 1) * PAGE_SIZE,
         )
         users, total = await user_repository.search(session, query)
         return {
@@ -64,25 +142,29 @@ async def org_home(
         }
 
     data = await db.read(load)
-    filters = {"q": q or "", "status": status, "role": role, "near": near}
     total: int = data["total"]
     pages = max(1, -(-total // PAGE_SIZE))
 
     def link(**changes: object) -> str:
-        params = {**filters, "sort": sort, "order": order, "page": page, **changes}
-        return "?" + urlencode({k: v for k, v in params.items() if v not in ("", None)})
+        return view.query(**changes) or "?"
 
     return render(
         request,
         "org_home.html",
         viewer,
+        status_code=status_code,
         **data,
-        filters=filters,
-        sort=sort,
-        order=order,
-        page=page,
+        filters={"q": view.q, "status": view.status, "role": view.role, "near": view.near},
+        sort=view.sort,
+        order=view.order,
+        page=view.page,
         pages=pages,
         page_size=PAGE_SIZE,
         link=link,
+        back=view.query(),
         tz=ZoneInfo(data["org"].time_zone),
+        can_write=viewer.principal.may(org_id, "admin"),
+        notice=notice,
+        error=error,
+        new_user=new_user,
     )

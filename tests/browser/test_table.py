@@ -1,0 +1,178 @@
+"""The admin home's user table in a real browser: edit in place, preview, save as one batch."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from playwright.sync_api import Browser, Dialog, Locator, Page, expect
+
+from tests.browser.conftest import Site, screenshot, sign_in
+
+
+def stored(site: Site, email: str) -> tuple[int, int]:
+    """Max Tokens and Max Train Tokens as the database holds them."""
+    path = site.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as connection:
+        row = connection.execute(
+            "SELECT max_tokens, max_train_tokens FROM users WHERE email = ?", (email,)
+        ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def cell(page: Page, site: Site, email: str, field: str) -> Locator:
+    return page.locator(f'tr[data-user="{site.users[email]}"] td[data-field="{field}"]')
+
+
+def edit(page: Page, site: Site, email: str, field: str, typed: str) -> None:
+    target = cell(page, site, email, field)
+    target.click()
+    target.locator("input").fill(typed)
+    target.locator("input").press("Enter")
+
+
+def save(page: Page) -> None:
+    page.get_by_role("button", name="Save changes").click()
+
+
+def balance(page: Page, kind: str) -> Locator:
+    return page.locator(f"#balance [data-kind={kind}] [data-role=balance]")
+
+
+def test_edits_of_both_columns_in_two_rows_are_saved_once_and_all_stored(
+    page: Page, site: Site
+) -> None:
+    sign_in(page, site, site.admin_email)
+    edit(page, site, "ben@acme.example", "max_tokens", "250K")
+    edit(page, site, "ben@acme.example", "max_train_tokens", "20,000")
+    edit(page, site, "cy@acme.example", "max_tokens", "1.5M")
+    edit(page, site, "cy@acme.example", "max_train_tokens", "15000")
+    expect(page.locator("td.changed")).to_have_count(4)
+    expect(cell(page, site, "cy@acme.example", "max_tokens")).to_contain_text("1,500,000")
+    expect(page.locator("#savebar [data-role=count]")).to_have_text("4 unsaved changes")
+    # 2,200,000 − 50,000 − 1,300,000; 460,000 − 10,000 − 5,000.
+    expect(page.locator("#balance [data-kind=inference] [data-role=after]")).to_have_text(
+        "850,000"
+    )
+    expect(page.locator("#balance [data-kind=training] [data-role=after]")).to_have_text(
+        "445,000"
+    )
+    screenshot(page, "admin-home-editing")
+
+    save(page)
+    expect(page.locator("#savebar [data-role=message]")).to_have_text("Saved 4 changes.")
+    expect(page.locator("td.changed")).to_have_count(0)
+    expect(balance(page, "inference")).to_have_text("850,000")
+    assert stored(site, "ben@acme.example") == (250_000, 20_000)
+    assert stored(site, "cy@acme.example") == (1_500_000, 15_000)
+
+    page.reload()
+    expect(cell(page, site, "ben@acme.example", "max_tokens")).to_have_text("250,000")
+    expect(cell(page, site, "ben@acme.example", "max_train_tokens")).to_have_text("20,000")
+    expect(cell(page, site, "cy@acme.example", "max_tokens")).to_have_text("1,500,000")
+    expect(cell(page, site, "cy@acme.example", "max_train_tokens")).to_have_text("15,000")
+    expect(balance(page, "training")).to_have_text("445,000")
+
+
+def test_a_save_over_the_balance_is_refused_whole_and_keeps_every_pending_edit(
+    page: Page, site: Site
+) -> None:
+    sign_in(page, site, site.admin_email)
+    edit(page, site, "ben@acme.example", "max_train_tokens", "12000")
+    edit(page, site, "cy@acme.example", "max_tokens", "5M")
+    expect(page.locator("#balance [data-kind=inference] [data-role=pending]")).to_have_class(
+        "pending over"
+    )
+    save(page)
+    cy_row = page.locator(f'tr[data-user="{site.users["cy@acme.example"]}"]')
+    expect(cy_row).to_have_class("active refused")
+    expect(page.locator("tr.row-note")).to_contain_text("over its capacity")
+    expect(page.locator("#savebar [data-role=message]")).to_contain_text("Nothing was saved")
+    expect(page.locator("td.changed")).to_have_count(2)
+    screenshot(page, "admin-home-refused")
+    assert stored(site, "ben@acme.example") == (200_000, 10_000)
+    assert stored(site, "cy@acme.example") == (200_000, 10_000)
+
+    # Fixing the refused row and saving again applies both.
+    edit(page, site, "cy@acme.example", "max_tokens", "300k")
+    expect(page.locator("tr.refused")).to_have_count(0)
+    save(page)
+    expect(page.locator("#savebar [data-role=message]")).to_have_text("Saved 2 changes.")
+    assert stored(site, "ben@acme.example") == (200_000, 12_000)
+    assert stored(site, "cy@acme.example") == (300_000, 10_000)
+
+
+def test_escape_cancels_an_edit_and_undo_drops_a_pending_change(page: Page, site: Site) -> None:
+    sign_in(page, site, site.admin_email)
+    target = cell(page, site, "di@acme.example", "max_tokens")
+    target.locator("button.cell-value").focus()
+    page.keyboard.press("F2")
+    page.keyboard.type("999K")
+    page.keyboard.press("Escape")
+    expect(target).not_to_have_class("num editable changed")
+    expect(target).to_have_text("200,000")
+    edit(page, site, "di@acme.example", "max_tokens", "1,5M")
+    expect(target.locator(".cell-error")).to_contain_text("not an amount")
+    target.locator("input").fill("210000")
+    target.locator("input").press("Enter")
+    expect(target).to_have_class("num editable changed")
+    target.get_by_role("button", name="Undo").click()
+    expect(target).to_have_text("200,000")
+    expect(page.locator("#savebar")).to_be_hidden()
+
+
+def test_two_admins_editing_one_user_see_the_conflict_and_resolve_it(
+    browser: Browser, page: Page, site: Site
+) -> None:
+    other = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        second = other.new_page()
+        sign_in(page, site, site.admin_email)
+        sign_in(second, site, site.admin_email)
+        edit(page, site, "ben@acme.example", "max_tokens", "300000")
+        save(page)
+        expect(page.locator("#savebar [data-role=message]")).to_have_text("Saved 1 change.")
+
+        edit(second, site, "ben@acme.example", "max_tokens", "400000")
+        edit(second, site, "di@acme.example", "max_tokens", "210000")
+        save(second)
+        ben = second.locator(f'tr[data-user="{site.users["ben@acme.example"]}"]')
+        expect(ben).to_have_class("active conflict")
+        note = second.locator("tr.row-note")
+        expect(note).to_contain_text("Max Tokens: yours 400,000 · theirs 300,000")
+        assert stored(site, "di@acme.example") == (200_000, 10_000)
+
+        second.get_by_role("button", name="Keep my values for ben@acme.example").click()
+        expect(ben).not_to_have_class("active conflict")
+        save(second)
+        expect(second.locator("#savebar [data-role=message]")).to_have_text("Saved 2 changes.")
+        assert stored(site, "ben@acme.example") == (400_000, 10_000)
+        assert stored(site, "di@acme.example") == (210_000, 10_000)
+
+        # The first admin's page is now stale: taking theirs shows the stored values.
+        edit(page, site, "ben@acme.example", "max_train_tokens", "11000")
+        save(page)
+        page.get_by_role("button", name="Take their values for ben@acme.example").click()
+        expect(cell(page, site, "ben@acme.example", "max_tokens")).to_have_text("400,000")
+        expect(page.locator("td.changed")).to_have_count(0)
+        assert stored(site, "ben@acme.example") == (400_000, 10_000)
+    finally:
+        other.close()
+
+
+def test_leaving_with_unsaved_edits_asks_first(page: Page, site: Site) -> None:
+    sign_in(page, site, site.admin_email)
+    edit(page, site, "ben@acme.example", "max_tokens", "250000")
+    dialogs: list[str] = []
+
+    def dismiss(dialog: Dialog) -> None:
+        dialogs.append(dialog.type)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)
+    page.get_by_role("link", name="Email").click()  # a sort link
+    page.get_by_role("button", name="Apply").click()  # the search form
+    assert dialogs == ["confirm", "confirm"]
+    expect(page.locator("td.changed")).to_have_count(1)
+    with page.expect_event("dialog") as leaving:
+        page.close(run_before_unload=True)
+    assert leaving.value.type == "beforeunload"
