@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 
 from playwright.sync_api import Browser, Dialog, Locator, Page, expect
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.browser.conftest import Site, screenshot, sign_in
+from tokenadmin.act import Act
+from tokenadmin.bulk import seed_users
+from tokenadmin.database import Database
+from tokenadmin.organization import service as organization_service
 
 
 def stored(site: Site, email: str) -> tuple[int, int]:
@@ -50,12 +60,8 @@ def test_edits_of_both_columns_in_two_rows_are_saved_once_and_all_stored(
     expect(cell(page, site, "cy@acme.example", "max_tokens")).to_contain_text("1,500,000")
     expect(page.locator("#savebar [data-role=count]")).to_have_text("4 unsaved changes")
     # 2,200,000 − 50,000 − 1,300,000; 460,000 − 10,000 − 5,000.
-    expect(page.locator("#balance [data-kind=inference] [data-role=after]")).to_have_text(
-        "850,000"
-    )
-    expect(page.locator("#balance [data-kind=training] [data-role=after]")).to_have_text(
-        "445,000"
-    )
+    expect(page.locator("#balance [data-kind=inference] [data-role=after]")).to_have_text("850,000")
+    expect(page.locator("#balance [data-kind=training] [data-role=after]")).to_have_text("445,000")
     screenshot(page, "admin-home-editing")
 
     save(page)
@@ -88,6 +94,7 @@ def test_a_save_over_the_balance_is_refused_whole_and_keeps_every_pending_edit(
     expect(page.locator("tr.row-note")).to_contain_text("over its capacity")
     expect(page.locator("#savebar [data-role=message]")).to_contain_text("Nothing was saved")
     expect(page.locator("td.changed")).to_have_count(2)
+    page.set_viewport_size({"width": 1440, "height": 1200})
     screenshot(page, "admin-home-refused")
     assert stored(site, "ben@acme.example") == (200_000, 10_000)
     assert stored(site, "cy@acme.example") == (200_000, 10_000)
@@ -176,3 +183,53 @@ def test_leaving_with_unsaved_edits_asks_first(page: Page, site: Site) -> None:
     with page.expect_event("dialog") as leaving:
         page.close(run_before_unload=True)
     assert leaving.value.type == "beforeunload"
+
+
+async def _hundred_thousand_users(site: Site) -> None:
+    db = Database(site.database_url, pool_size=1)
+    act = Act("seed", datetime.now(UTC))
+
+    async def buy(session: AsyncSession) -> None:
+        org = await organization_service.lock_for_change(session, act, uuid.UUID(site.org_id))
+        await organization_service.record_purchase(
+            session,
+            act,
+            org,
+            inference_amount=20_000_000_000,
+            training_amount=0,
+            purchased_on=None,
+            expires_at=None,
+            payer="Finance",
+            note="room for 100,000 users",
+        )
+
+    try:
+        await db.write(buy)
+        await seed_users(db, uuid.UUID(site.org_id), 100_000, act=act)
+    finally:
+        await db.dispose()
+
+
+def test_search_and_pages_in_an_organization_of_100000_users(page: Page, site: Site) -> None:
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, _hundred_thousand_users(site)).result()
+    assert time.monotonic() - started < 20, "seeding 100,000 users must take seconds"
+
+    sign_in(page, site, site.admin_email)
+    expect(page.locator("#users-title small")).to_have_text("100,004")
+    expect(page.locator(".pager")).to_contain_text("Page 1 of 2,001")
+    expect(page.locator("#users tbody tr")).to_have_count(50)
+    page.get_by_role("link", name="Next ›").click()
+    expect(page.locator(".pager")).to_contain_text("51–100 of 100,004")
+    page.get_by_label("Search users").fill("user099999")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.locator("#users tbody tr")).to_have_count(1)
+    expect(page.locator("#users tbody")).to_contain_text("user099999@bulk.example")
+    row = page.locator("#users tbody tr").first
+    row.locator("td[data-field=max_tokens]").click()
+    row.locator("td[data-field=max_tokens] input").fill("300K")
+    row.locator("td[data-field=max_tokens] input").press("Enter")
+    save(page)
+    expect(page.locator("#savebar [data-role=message]")).to_have_text("Saved 1 change.")
+    assert stored(site, "user099999@bulk.example") == (300_000, 0)
