@@ -3,8 +3,6 @@ the user page, and the operator's page."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from playwright.sync_api import Page, expect
 
 from tests.browser.conftest import Site, screenshot, sign_in
@@ -47,3 +45,65 @@ def test_a_distribution_over_the_balance_is_refused_as_a_whole(page: Page, site:
     expect(page.locator("#refusals")).to_contain_text("over its capacity")
     expect(page.get_by_role("button", name="Apply to 4 users")).to_be_disabled()
     assert _balance(page) == "2,200,000"
+
+
+def test_an_import_with_a_bad_row_saves_nothing_until_fixed_then_applies(
+    page: Page, site: Site
+) -> None:
+    sign_in(page, site, site.admin_email)
+    page.goto(f"{site.url}/orgs/{site.org_id}/import")
+    content = (
+        "email,name,role,max_tokens,max_train_tokens\n"
+        "eve@acme.example,Eve New,member,300000,\n"
+        "ben@acme.example,,,lots,20000\n"
+    )
+    page.get_by_label("CSV file", exact=True).set_input_files(
+        files=[{"name": "users.csv", "mimeType": "text/csv", "buffer": content.encode()}]
+    )
+    page.get_by_role("button", name="Preview the import").click()
+    errors = page.locator("#row-errors")
+    expect(errors.locator("tr[data-line='3']")).to_contain_text("max_tokens")
+    expect(page.locator("#new-users tr[data-email='eve@acme.example']")).to_be_visible()
+    expect(page.get_by_role("button", name="Apply the import")).to_be_disabled()
+    screenshot(page, "import-preview")
+    page.goto(f"{site.url}/orgs/{site.org_id}?q=eve")
+    expect(page.locator("#users tr[data-email='eve@acme.example']")).to_have_count(0)
+
+    page.go_back()
+    page.get_by_label("CSV file", exact=True).set_input_files(
+        files=[
+            {
+                "name": "users.csv",
+                "mimeType": "text/csv",
+                "buffer": content.replace("lots", "400K").encode(),
+            }
+        ]
+    )
+    page.get_by_role("button", name="Preview the import").click()
+    expect(page.locator("#row-errors")).to_have_count(0)
+    expect(page.locator("[data-role=balance-after-inference]")).to_have_text("1,700,000")
+    page.get_by_role("button", name="Apply the import").click()
+    expect(page.get_by_role("status")).to_have_text("Imported: 1 new users, 1 users changed.")
+    assert _balance(page) == "1,700,000"
+    page.goto(f"{site.url}/orgs/{site.org_id}?q=acme")
+    rows = page.locator("#users tbody")
+    expect(rows.locator("tr[data-email='eve@acme.example'] [data-field=max_tokens]")).to_have_text(
+        "300,000"
+    )
+    expect(rows.locator("tr[data-email='ben@acme.example'] [data-field=max_tokens]")).to_have_text(
+        "400,000"
+    )
+
+
+def test_the_export_downloads_the_user_table(page: Page, site: Site) -> None:
+    sign_in(page, site, site.admin_email)
+    page.goto(f"{site.url}/orgs/{site.org_id}/import")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download the user table (CSV)").click()
+    text = download.value.path().read_text()
+    lines = text.splitlines()
+    assert lines[0].startswith("email,name,role,status,max_tokens")
+    assert any(
+        line.startswith("ben@acme.example,Ben Member,member,active,200000") for line in lines
+    )
+    assert len(lines) == 5
