@@ -3,9 +3,13 @@ the user page, and the operator's page."""
 
 from __future__ import annotations
 
-from playwright.sync_api import Page, expect
+from playwright.sync_api import FilePayload, Page, expect
 
 from tests.browser.conftest import Site, screenshot, sign_in
+
+
+def _csv(content: str) -> FilePayload:
+    return {"name": "users.csv", "mimeType": "text/csv", "buffer": content.encode()}
 
 
 def _balance(page: Page, kind: str = "inference") -> str:
@@ -57,9 +61,7 @@ def test_an_import_with_a_bad_row_saves_nothing_until_fixed_then_applies(
         "eve@acme.example,Eve New,member,300000,\n"
         "ben@acme.example,,,lots,20000\n"
     )
-    page.get_by_label("CSV file", exact=True).set_input_files(
-        files=[{"name": "users.csv", "mimeType": "text/csv", "buffer": content.encode()}]
-    )
+    page.get_by_label("CSV file", exact=True).set_input_files(files=_csv(content))
     page.get_by_role("button", name="Preview the import").click()
     errors = page.locator("#row-errors")
     expect(errors.locator("tr[data-line='3']")).to_contain_text("max_tokens")
@@ -71,13 +73,7 @@ def test_an_import_with_a_bad_row_saves_nothing_until_fixed_then_applies(
 
     page.go_back()
     page.get_by_label("CSV file", exact=True).set_input_files(
-        files=[
-            {
-                "name": "users.csv",
-                "mimeType": "text/csv",
-                "buffer": content.replace("lots", "400K").encode(),
-            }
-        ]
+        files=_csv(content.replace("lots", "400K"))
     )
     page.get_by_role("button", name="Preview the import").click()
     expect(page.locator("#row-errors")).to_have_count(0)
@@ -107,3 +103,36 @@ def test_the_export_downloads_the_user_table(page: Page, site: Site) -> None:
         line.startswith("ben@acme.example,Ben Member,member,active,200000") for line in lines
     )
     assert len(lines) == 5
+
+
+def test_the_journal_filters_by_user_and_exports_the_filtered_entries(
+    page: Page, site: Site
+) -> None:
+    sign_in(page, site, site.admin_email)
+    page.goto(f"{site.url}/orgs/{site.org_id}/journal")
+    expect(page.locator("#journal [data-action=purchase]")).to_have_count(2)
+    page.get_by_label("User (email)").fill("ben@acme.example")
+    page.get_by_role("button", name="Filter").click()
+    users = page.locator("#journal [data-role=user]")
+    expect(users).to_have_count(2)  # created: one entry per kind
+    expect(users).to_have_text(["ben@acme.example", "ben@acme.example"])
+    screenshot(page, "journal")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download these entries (CSV)").click()
+    lines = download.value.path().read_text().splitlines()
+    assert lines[0].startswith("id,created_at,actor,action,kind,user")
+    assert len(lines) == 3
+    assert all(",ben@acme.example," in line for line in lines[1:])
+
+
+def test_the_user_page_shows_allowances_charts_and_the_journal(page: Page, site: Site) -> None:
+    sign_in(page, site, site.admin_email)
+    page.goto(f"{site.url}/orgs/{site.org_id}/users/{site.users['cy@acme.example']}")
+    expect(page.get_by_role("heading", level=1)).to_contain_text("Cy Member")
+    training = page.locator("#allowances [data-kind=training]")
+    expect(training.locator("[data-role=allowance]")).to_have_text("10,000")
+    expect(
+        page.get_by_role("img", name="Usage per month of cy@acme.example, past year")
+    ).to_be_visible()
+    expect(page.locator("table.journal tbody tr")).to_have_count(2)
+    screenshot(page, "user-page")
