@@ -68,9 +68,8 @@ class TableView:
 
     def query(self, **changes: object) -> str:
         params = {**asdict(self), **changes}
-        if params.get("page") == 1:
-            params.pop("page")
-        kept = {k: v for k, v in params.items() if v not in ("", None)}
+        defaults = asdict(TableView())
+        kept = {k: v for k, v in params.items() if v not in ("", None) and defaults.get(k) != v}
         return "?" + urlencode(kept) if kept else ""
 
 
