@@ -43,6 +43,9 @@ app.add_typer(usage_app, name="usage")
 app.add_typer(journal_app, name="journal")
 app.add_typer(key_app, name="key")
 
+operator_app = typer.Typer(help="Platform operators: people who sign in to the dashboard.")
+app.add_typer(operator_app, name="operator")
+
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
@@ -239,6 +242,45 @@ def operator_key(
         return secret
 
     typer.echo(cli.write(work))
+
+
+@operator_app.command("create")
+def operator_create(
+    ctx: typer.Context,
+    email: Annotated[str, typer.Option(help="Email address (the dashboard login).")],
+    name: Annotated[str, typer.Option(help="Full name.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    json_output: Json = False,
+) -> None:
+    """Create a platform operator who signs in to the dashboard (password prompted, hidden)."""
+    from pydantic import EmailStr, TypeAdapter, ValidationError
+
+    from tokenadmin.auth import service as auth_service
+    from tokenadmin.cli.users import read_password
+
+    cli = Cli.of(ctx, json_output)
+    try:
+        address = TypeAdapter(EmailStr).validate_python(email.strip())
+    except ValidationError:
+        cli.fail(InvalidRequest(f"'{email}' is not an email address."))
+    if not 1 <= len(name.strip()) <= 200:
+        cli.fail(InvalidRequest("Names are 1 to 200 characters."))
+    password = read_password(cli, password_stdin, prompt=True)
+    assert password is not None
+
+    async def work(session: AsyncSession, act: Act) -> tuple[str, str]:
+        operator = await auth_service.create_operator(
+            session, email=address, name=name.strip(), password=password, now=act.now
+        )
+        return str(operator.id), operator.email
+
+    operator_id, created = cli.write(work)
+    if cli.json:
+        emit_json({"id": operator_id, "email": created, "name": name.strip()})
+    else:
+        say(f"Created the operator {created} ({operator_id}); they sign in to the dashboard.")
 
 
 def main() -> None:

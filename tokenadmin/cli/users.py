@@ -12,6 +12,7 @@ import typer
 from pydantic import EmailStr, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenadmin import bulk
 from tokenadmin.act import Act
 from tokenadmin.auth.passwords import MIN_PASSWORD_LENGTH
 from tokenadmin.cli.common import (
@@ -45,7 +46,9 @@ from tokenadmin.user.csv_io import (
 from tokenadmin.user.schemas import UserOut, UserPage
 
 user_app = typer.Typer(help="One user: create, show, change, deactivate, reactivate.")
-users_app = typer.Typer(help="The user table as CSV: export and import (atomic).")
+users_app = typer.Typer(
+    help="The user table: CSV export and import (atomic); many test users at once (seed)."
+)
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 OrgOption = Annotated[
@@ -94,7 +97,7 @@ def _allowances(cli: Cli, max_tokens: str | None, max_train: str | None) -> dict
     return {kind: value for kind, value in values.items() if value is not None}
 
 
-def _password(cli: Cli, from_stdin: bool, *, prompt: bool) -> str | None:
+def read_password(cli: Cli, from_stdin: bool, *, prompt: bool) -> str | None:
     if from_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     elif prompt:
@@ -171,7 +174,7 @@ def user_create(
         role=role.value,
         max_tokens=allowances.get(Kind.inference),
         max_train_tokens=allowances.get(Kind.training),
-        password=_password(cli, password_stdin, prompt=False),
+        password=read_password(cli, password_stdin, prompt=False),
     )
 
     async def work(session: AsyncSession, act: Act) -> UserOut:
@@ -389,7 +392,7 @@ def user_set_password(
 ) -> None:
     """Set a user's dashboard password (prompted, hidden; or --password-stdin)."""
     cli = Cli.of(ctx)
-    password = _password(cli, password_stdin, prompt=True)
+    password = read_password(cli, password_stdin, prompt=True)
     assert password is not None
 
     async def work(session: AsyncSession, act: Act) -> str:
@@ -554,3 +557,63 @@ def users_import(
             say("Dry run: nothing was saved.", style="yellow")
         else:
             note(f"Imported {file}: all rows saved in one change.")
+
+
+@users_app.command("seed")
+def users_seed(
+    ctx: typer.Context,
+    org: OrgOption,
+    count: Annotated[
+        int, typer.Option(min=1, max=bulk.MAX_COUNT, help="How many users to create.")
+    ],
+    prefix: Annotated[
+        str, typer.Option(help="Emails are PREFIX000000@bulk.example, numbered on.")
+    ] = "user",
+    max_tokens: Annotated[
+        str | None,
+        typer.Option(metavar="AMOUNT", help="Max Tokens of each (default: the minimum)."),
+    ] = None,
+    max_train_tokens: Annotated[
+        str | None,
+        typer.Option(metavar="AMOUNT", help="Max Train Tokens of each (default: the minimum)."),
+    ] = None,
+    json_output: Json = False,
+) -> None:
+    """Create many active test users at once (load tests, demos), each with an allowance
+    from the balance and a journal entry, in one change."""
+    cli = Cli.of(ctx, json_output)
+    allowances = _allowances(cli, max_tokens, max_train_tokens)
+
+    async def work(db: Database) -> tuple[str, int, int]:
+        found = await db.read(lambda session: find_org(session, org))
+        inference = allowances.get(Kind.inference, found.min_inference)
+        training = allowances.get(Kind.training, found.min_training)
+        with progress_bar() as progress:
+            progress.add_task(f"Creating {count:,} users in {found.name}", total=None)
+            await bulk.seed_users(
+                db,
+                found.id,
+                count,
+                max_tokens=inference,
+                max_train_tokens=training,
+                prefix=prefix,
+                act=now_act(),
+            )
+        return found.name, inference, training
+
+    name, inference, training = cli.run(work)
+    if cli.json:
+        emit_json(
+            {
+                "organization": name,
+                "users": count,
+                "prefix": prefix,
+                "max_tokens": inference,
+                "max_train_tokens": training,
+            }
+        )
+    else:
+        say(
+            f"Created {count:,} users in {name} ({prefix}…@{bulk.EMAIL_DOMAIN}) with"
+            f" {inference:,} Max Tokens and {training:,} Max Train Tokens each."
+        )
