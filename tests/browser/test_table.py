@@ -88,6 +88,8 @@ def test_a_save_over_the_balance_is_refused_whole_and_keeps_every_pending_edit(
     expect(page.locator("#balance [data-kind=inference] [data-role=pending]")).to_have_class(
         "pending over"
     )
+    # The dry run marks the row before anything is sent for real.
+    expect(page.locator("tr.row-note")).to_contain_text("Would be refused: Max Tokens for cy")
     save(page)
     cy_row = page.locator(f'tr[data-user="{site.users["cy@acme.example"]}"]')
     expect(cy_row).to_have_class("active refused")

@@ -16,6 +16,8 @@
   var MAX_AMOUNT = Math.pow(2, 53);
   var saving = false;
   var leaving = false;
+  var generation = 0; // bumped by every change of the pending set, so stale answers are ignored
+  var previewTimer = null;
 
   /* ---- amounts, as people type them (mirrors tokenadmin/amounts.py parse_amount) ---- */
 
@@ -108,7 +110,35 @@
     }
     renderCell(cell);
     clearRowNote(rowOf(cell));
+    changed();
+  }
+
+  function changed() {
+    generation += 1;
     update();
+    window.clearTimeout(previewTimer);
+    if (pendingCells().length) previewTimer = window.setTimeout(preview, 400);
+  }
+
+  /* Ask the server which rows it would refuse (a dry run: nothing is written). */
+  function preview() {
+    var asked = generation;
+    var changes = batch();
+    if (!changes.length || saving) return;
+    post({ changes: changes, dry_run: true }).then(function (result) {
+      if (asked !== generation || saving) return; // edited or saved meanwhile
+      var body = result.body || {};
+      var refused = result.ok ? body.refused || [] : ((body.error || {}).details || {}).refused || [];
+      table.querySelectorAll("tr.refused, tr.conflict").forEach(clearRowNote);
+      showRefusals(refused, true);
+      if (refused.length) {
+        say((refused.length === 1 ? "1 row" : refused.length + " rows") +
+            " would be refused as it stands; see the marked rows.", "bad");
+      } else {
+        say("", "");
+      }
+      update();
+    }, function () { /* a preview is a courtesy; the save itself reports problems */ });
   }
 
   /* ---- editing a cell ---- */
@@ -244,7 +274,7 @@
     return cell;
   }
 
-  function showRefusals(refused) {
+  function showRefusals(refused, preview) {
     var byRow = new Map();
     refused.forEach(function (item) {
       var row = item.user_id
@@ -265,7 +295,7 @@
       items.forEach(function (item) {
         var line = document.createElement("span");
         line.className = "row-error";
-        line.textContent = item.message;
+        line.textContent = (preview ? "Would be refused: " : "") + item.message;
         cell.appendChild(line);
       });
     });
@@ -316,7 +346,7 @@
     clearRowNote(row);
     say(keepMine ? "Your values for " + row.dataset.email + " are queued again; save to apply them."
                  : "Took the current values for " + row.dataset.email + ".", "");
-    update();
+    changed();
     var first = row.querySelector(".cell-value");
     if (first) first.focus();
   }
@@ -372,14 +402,8 @@
     });
   }
 
-  function save() {
-    var changes = batch();
-    if (!changes.length || saving) return;
-    saving = true;
-    say("Saving…", "");
-    update();
-    table.querySelectorAll("tr.refused, tr.conflict").forEach(clearRowNote);
-    fetch("/orgs/" + orgId + "/allowances", {
+  function post(body) {
+    return fetch("/orgs/" + orgId + "/allowances", {
       method: "POST",
       credentials: "same-origin",
       headers: {
@@ -388,13 +412,24 @@
         "X-CSRF-Token": csrf,
         "Idempotency-Key": idempotencyKey(),
       },
-      body: JSON.stringify({ changes: changes }),
-    })
-      .then(function (response) {
-        return response.json().catch(function () { return {}; }).then(function (body) {
-          return { ok: response.ok, status: response.status, body: body };
-        });
-      })
+      body: JSON.stringify(body),
+    }).then(function (response) {
+      return response.json().catch(function () { return {}; }).then(function (answer) {
+        return { ok: response.ok, status: response.status, body: answer };
+      });
+    });
+  }
+
+  function save() {
+    var changes = batch();
+    if (!changes.length || saving) return;
+    saving = true;
+    generation += 1;
+    window.clearTimeout(previewTimer);
+    say("Saving…", "");
+    update();
+    table.querySelectorAll("tr.refused, tr.conflict").forEach(clearRowNote);
+    post({ changes: changes })
       .then(function (result) {
         saving = false;
         if (result.ok) {
@@ -403,7 +438,7 @@
           say("Saved " + (count === 1 ? "1 change" : format(count) + " changes") + ".", "ok");
         } else {
           var error = (result.body && result.body.error) || {};
-          showRefusals((error.details && error.details.refused) || []);
+          showRefusals((error.details && error.details.refused) || [], false);
           say(error.message || "The save failed (" + result.status + "); nothing was saved.", "bad");
         }
         update();
@@ -422,7 +457,7 @@
       clearRowNote(rowOf(cell));
     });
     say("", "");
-    update();
+    changed();
   }
 
   savebar.querySelector("[data-action=save]").addEventListener("click", save);
