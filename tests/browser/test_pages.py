@@ -136,3 +136,52 @@ def test_the_user_page_shows_allowances_charts_and_the_journal(page: Page, site:
     ).to_be_visible()
     expect(page.locator("table.journal tbody tr")).to_have_count(2)
     screenshot(page, "user-page")
+
+
+def test_settings_create_an_api_key_shown_once_and_refuse_an_unknown_time_zone(
+    page: Page, site: Site
+) -> None:
+    sign_in(page, site, site.admin_email)
+    page.goto(f"{site.url}/orgs/{site.org_id}/settings")
+    page.get_by_label("New key name").fill("platform back end")
+    page.get_by_role("button", name="Create API key").click()
+    secret = page.locator("#new-key [data-role=secret]").inner_text()
+    assert secret.startswith("ta_")
+    expect(page.locator("#keys tr[data-key='platform back end']")).to_contain_text("usage")
+    screenshot(page, "settings")
+    page.goto(f"{site.url}/orgs/{site.org_id}/settings")
+    expect(page.locator("#new-key")).to_have_count(0)
+    assert secret not in page.content()
+
+    page.get_by_label("Time zone").fill("Mars/Olympus")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.locator("#policy-error")).to_contain_text("Unknown time zone 'Mars/Olympus'")
+    page.get_by_label("Time zone").fill("Europe/Berlin")
+    page.get_by_role("button", name="Save settings").click()
+    expect(page.get_by_role("status")).to_have_text("The settings are saved.")
+    expect(page.get_by_label("Time zone")).to_have_value("Europe/Berlin")
+
+
+def test_the_operator_creates_an_organization_and_records_a_purchase(
+    page: Page, site: Site
+) -> None:
+    sign_in(page, site, site.operator_email)
+    expect(page).to_have_url(f"{site.url}/operator")
+    page.get_by_label("Name", exact=True).fill("Newco")
+    page.get_by_label("Time zone").fill("Europe/Paris")
+    page.get_by_role("button", name="Create organization").click()
+    expect(page.get_by_role("status")).to_have_text("Organization Newco created.")
+    row = page.locator("#orgs tr[data-org='Newco']")
+    expect(row.locator("[data-role=balance-inference]")).to_have_text("0")
+
+    page.get_by_label("Organization", exact=True).select_option(label="Newco")
+    page.get_by_label("Inference tokens").fill("5M")
+    page.get_by_label("Training tokens").fill("250,000")
+    page.get_by_label("Valid through").fill("2099-12-31")
+    page.get_by_role("button", name="Record purchase").click()
+    expect(page.get_by_role("status")).to_have_text("Purchase recorded for Newco.")
+    expect(row.locator("[data-role=balance-inference]")).to_have_text("5,000,000")
+    expect(row.locator("[data-role=balance-training]")).to_have_text("250,000")
+    screenshot(page, "operator")
+    row.get_by_role("link", name="Newco").click()
+    expect(page.get_by_role("heading", name="Newco", level=1)).to_be_visible()

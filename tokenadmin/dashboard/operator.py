@@ -1,5 +1,158 @@
+"""The platform operator's page: every organization with its balances, creating an
+organization, and recording purchases."""
+
 from __future__ import annotations
 
-from fastapi import APIRouter
+import uuid
+from datetime import date, datetime, timedelta
+from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.act import Act
+from tokenadmin.amounts import parse_amount
+from tokenadmin.auth.service import Viewer
+from tokenadmin.dashboard.web import ViewerDep, WriterDep, render
+from tokenadmin.deps import get_clock, get_db
+from tokenadmin.errors import InvalidRequest, NotFound, TokenAdminError
+from tokenadmin.organization import repository as organization_repository
+from tokenadmin.organization import service as organization_service
+from tokenadmin.tokens import Kind, Period
 
 router = APIRouter(include_in_schema=False)
+
+
+def _require_operator(viewer: Viewer) -> None:
+    if not viewer.is_operator:
+        raise NotFound("Page not found.")
+
+
+async def _operator_page(
+    request: Request, viewer: Viewer, *, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    async def load(session: AsyncSession) -> dict[str, Any]:
+        return {"orgs": await organization_repository.list_all(session)}
+
+    return render(
+        request,
+        "operator.html",
+        viewer,
+        status_code=status_code,
+        kinds=list(Kind),
+        **{**await get_db(request).read(load), **context},
+    )
+
+
+@router.get("/operator")
+async def operator_page(
+    request: Request,
+    viewer: ViewerDep,
+    created: Annotated[str, Query(max_length=200)] = "",
+    purchase: Annotated[str, Query(max_length=200)] = "",
+) -> HTMLResponse:
+    _require_operator(viewer)
+    notice = None
+    if created:
+        notice = f"Organization {created} created."
+    elif purchase:
+        notice = f"Purchase recorded for {purchase}."
+    return await _operator_page(request, viewer, notice=notice)
+
+
+def _amount(text: str, label: str) -> int:
+    try:
+        return parse_amount(text or "0")
+    except ValueError as error:
+        raise InvalidRequest(f"{label}: {error}", code="invalid_amount") from error
+
+
+@router.post("/operator/orgs")
+async def create_organization(
+    request: Request,
+    viewer: WriterDep,
+    name: Annotated[str, Form(max_length=200)] = "",
+    time_zone: Annotated[str, Form(max_length=64)] = "UTC",
+    period: Annotated[Literal["monthly", "none"], Form()] = "monthly",
+    min_inference: Annotated[str, Form(max_length=64)] = "200,000",
+    min_training: Annotated[str, Form(max_length=64)] = "0",
+) -> Response:
+    _require_operator(viewer)
+
+    async def work(session: AsyncSession) -> str:
+        if not name.strip():
+            raise InvalidRequest("The organization needs a name.")
+        act = Act(viewer.principal.actor, get_clock(request).now())
+        org = await organization_service.create(
+            session,
+            act,
+            name=name.strip(),
+            time_zone=time_zone.strip() or "UTC",
+            period=Period(period),
+            min_inference=_amount(min_inference, "Minimum Max Tokens"),
+            min_training=_amount(min_training, "Minimum Max Train Tokens"),
+        )
+        return org.name
+
+    try:
+        created = await get_db(request).write(work)
+    except TokenAdminError as error:
+        return await _operator_page(
+            request, viewer, status_code=error.status_code, create_error=error.message
+        )
+    return RedirectResponse(f"/operator?{_query('created', created)}", status_code=303)
+
+
+def _query(key: str, value: str) -> str:
+    return urlencode({key: value})
+
+
+@router.post("/operator/purchases")
+async def record_purchase(
+    request: Request,
+    viewer: WriterDep,
+    org_id: Annotated[uuid.UUID, Form()],
+    inference_amount: Annotated[str, Form(max_length=64)] = "",
+    training_amount: Annotated[str, Form(max_length=64)] = "",
+    valid_through: Annotated[str, Form(max_length=10)] = "",
+    payer: Annotated[str, Form(max_length=200)] = "",
+    note: Annotated[str, Form(max_length=2000)] = "",
+) -> Response:
+    _require_operator(viewer)
+
+    async def work(session: AsyncSession) -> str:
+        act = Act(viewer.principal.actor, get_clock(request).now())
+        org = await organization_service.lock_for_change(session, act, org_id)
+        expires_at = None
+        if valid_through:
+            try:
+                last_day = date.fromisoformat(valid_through)
+            except ValueError as error:
+                raise InvalidRequest("The expiry is not a date.", code="invalid_expiry") from error
+            # Valid through that day in the organization's zone: it expires at the next midnight.
+            expires_at = datetime.combine(
+                last_day + timedelta(days=1), datetime.min.time(), ZoneInfo(org.time_zone)
+            )
+        await organization_service.record_purchase(
+            session,
+            act,
+            org,
+            inference_amount=_amount(inference_amount, "Inference tokens"),
+            training_amount=_amount(training_amount, "Training tokens"),
+            purchased_on=None,
+            expires_at=expires_at,
+            payer=payer.strip(),
+            note=note.strip(),
+        )
+        return org.name
+
+    try:
+        org_name = await get_db(request).write(work)
+    except TokenAdminError as error:
+        return await _operator_page(
+            request, viewer, status_code=error.status_code, purchase_error=error.message
+        )
+    return RedirectResponse(f"/operator?{_query('purchase', org_name)}", status_code=303)
