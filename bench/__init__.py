@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): run each as `.venv/bin/python -m bench.<name>`."""
