@@ -237,3 +237,20 @@ async def test_verify_detects_a_tampered_journal_entry(api: Api, db: Database) -
     report = await db.read(verify)
     assert any(f"entry {entry['id']}: used_after 2000 != replay 1" in d for d in report.differences)
     assert any("used: stored 2,000, expected 1" in d for d in report.differences)
+
+
+async def test_every_action_recorded_anywhere_is_listed_in_actions() -> None:
+    import re
+    from pathlib import Path
+
+    from tokenadmin.journal.service import ACTIONS
+
+    root = Path(__file__).parent.parent / "tokenadmin"
+    named: set[str] = set()
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        named.update(re.findall(r'record\(\s*(?:[\w.]+,\s*){3}"([a-z_]+)"', text))
+        named.update(re.findall(r'action="([a-z_]+)"', text))
+        named.update(re.findall(r'"([a-z_]+)" if change\.new else', text))
+    assert named, "the search for recorded actions found nothing"
+    assert named <= set(ACTIONS), named - set(ACTIONS)

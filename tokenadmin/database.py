@@ -127,17 +127,25 @@ class Database:
     async def read(
         self, work: Callable[[AsyncSession], Awaitable[T]], *, snapshot: bool = False
     ) -> T:
-        """Run `work` in a read transaction. With `snapshot`, every statement sees the same
-        moment (PostgreSQL REPEATABLE READ; a SQLite read transaction already does)."""
+        """Run `work` in a read transaction (see `reading`)."""
+        async with self.reading(snapshot=snapshot) as session:
+            return await work(session)
+
+    @asynccontextmanager
+    async def reading(self, *, snapshot: bool = False) -> AsyncIterator[AsyncSession]:
+        """A read transaction that can span a streamed answer. With `snapshot`, every
+        statement sees the same moment (PostgreSQL REPEATABLE READ, read only; a SQLite read
+        transaction already does)."""
         if snapshot and not self.is_sqlite:
             async with self.read_engine.connect() as connection:
                 await connection.execution_options(
                     isolation_level="REPEATABLE READ", postgresql_readonly=True
                 )
                 async with AsyncSession(bind=connection) as session, session.begin():
-                    return await work(session)
+                    yield session
+            return
         async with self._read_sessions() as session, session.begin():
-            return await work(session)
+            yield session
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:

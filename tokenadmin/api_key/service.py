@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.auth.principal import SCOPES, Principal
 from tokenadmin.errors import InvalidRequest, NotFound, Unauthenticated
-from tokenadmin.models import ApiKey
+from tokenadmin.journal.service import record
+from tokenadmin.models import ApiKey, Organization
 
 KEY_PREFIX = "ta_"
 
@@ -47,7 +48,18 @@ async def create(
         created_by=act.actor,
     )
     session.add(key)
+    if org_id is not None:
+        await _audit(session, act, org_id, "api_key_created", key)
     return key, secret
+
+
+async def _audit(
+    session: AsyncSession, act: Act, org_id: uuid.UUID, action: str, key: ApiKey
+) -> None:
+    org = await session.get(Organization, org_id)
+    if org is not None:
+        details = {"key_id": str(key.id), "name": key.name, "scopes": key.scopes}
+        record(session, act, org, action, details=details)
 
 
 async def authenticate(session: AsyncSession, secret: str) -> Principal:
@@ -76,4 +88,5 @@ async def revoke(session: AsyncSession, act: Act, org_id: uuid.UUID, key_id: uui
         raise NotFound("API key not found.")
     if key.revoked_at is None:
         key.revoked_at = act.now
+        await _audit(session, act, org_id, "api_key_revoked", key)
     return key

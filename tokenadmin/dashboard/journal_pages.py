@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.dashboard.web import ViewerDep, render, require_org
 from tokenadmin.deps import get_clock, get_db
 from tokenadmin.journal import repository as journal_repository
-from tokenadmin.journal.service import JournalFilter
+from tokenadmin.journal.service import ACTIONS, JournalFilter
 from tokenadmin.models import JournalEntry, Organization
 from tokenadmin.organization import service as organization_service
 from tokenadmin.tokens import Kind
@@ -29,25 +29,6 @@ from tokenadmin.user import repository as user_repository
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
 CSV_CHUNK = 1000
-ACTIONS = (
-    "allowance_changed",
-    "commit",
-    "organization_created",
-    "period_reset",
-    "period_started",
-    "policy_changed",
-    "purchase",
-    "purchase_expired",
-    "purchase_expiry_changed",
-    "release",
-    "reservation_expired",
-    "reserve",
-    "usage",
-    "user_changed",
-    "user_created",
-    "user_deactivated",
-    "user_reactivated",
-)
 CSV_COLUMNS = (
     "id",
     "created_at",
@@ -254,7 +235,7 @@ async def journal_csv(
         writer.writerow(CSV_COLUMNS)
         before_id: int | None = None
         # One read transaction: the pages are of one snapshot.
-        async with AsyncSession(db.read_engine) as session, session.begin():
+        async with db.reading(snapshot=True) as session:
             while True:
                 query, _problems = await _query(session, org, filters, before_id, CSV_CHUNK)
                 entries = await journal_repository.list_entries(session, query) if query else []

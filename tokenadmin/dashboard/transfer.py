@@ -126,7 +126,7 @@ async def export_csv(request: Request, org_id: uuid.UUID, viewer: ViewerDep) -> 
 
     async def chunks() -> AsyncIterator[str]:
         # One read transaction for the whole file: a consistent snapshot, streamed.
-        async with AsyncSession(db.read_engine) as session, session.begin():
+        async with db.reading(snapshot=True) as session:
             async for chunk in csv_io.export_chunks(session, org, now):
                 yield chunk
 

@@ -21,6 +21,29 @@ from tokenadmin.journal import repository
 from tokenadmin.models import JournalEntry, Organization, User
 from tokenadmin.tokens import Kind
 
+ACTIONS = (
+    # Every action a journal entry can name, for filters and documentation.
+    "allowance_changed",
+    "api_key_created",
+    "api_key_revoked",
+    "commit",
+    "organization_created",
+    "period_reset",
+    "period_started",
+    "policy_changed",
+    "purchase",
+    "purchase_expired",
+    "purchase_expiry_changed",
+    "release",
+    "reservation_expired",
+    "reserve",
+    "usage",
+    "user_changed",
+    "user_created",
+    "user_deactivated",
+    "user_reactivated",
+)
+
 
 def record(
     session: AsyncSession,

@@ -10,11 +10,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.models import JournalEntry, Organization, Reservation, User
 
 
-async def open_reservations_of(session: AsyncSession, user_id: uuid.UUID) -> Sequence[Reservation]:
+async def open_reservations_of(
+    session: AsyncSession, user_id: uuid.UUID, *, lock: bool = False
+) -> Sequence[Reservation]:
     statement = select(Reservation).where(
         Reservation.user_id == user_id, Reservation.status == "open"
     )
-    return (await session.scalars(statement.with_for_update())).all()
+    if lock:
+        statement = statement.with_for_update()
+    return (await session.scalars(statement.order_by(Reservation.expires_at))).all()
 
 
 async def reservations(

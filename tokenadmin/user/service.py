@@ -236,4 +236,4 @@ async def set_password(session: AsyncSession, act: Act, user: User, password: st
 async def _open_reservations(session: AsyncSession, user: User) -> Sequence[Reservation]:
     from tokenadmin.usage import repository as usage_repository
 
-    return await usage_repository.open_reservations_of(session, user.id)
+    return await usage_repository.open_reservations_of(session, user.id, lock=True)
