@@ -141,8 +141,10 @@ def api_routes(app: FastAPI) -> set[tuple[str, str]]:
     """Every (method, path) of the REST API, routers included."""
     found = set()
     for route in iter_route_contexts(app.routes):
-        if isinstance(route.original_route, APIRoute) and route.path and (
-            route.path.startswith("/v1/") or route.path == "/healthz"
+        if (
+            isinstance(route.original_route, APIRoute)
+            and route.path
+            and (route.path.startswith("/v1/") or route.path == "/healthz")
         ):
             for method in route.methods or ():
                 found.add((method, route.path))
