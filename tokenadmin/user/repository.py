@@ -6,7 +6,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    func,
+    literal_column,
+    or_,
+    select,
+    table,
+    type_coerce,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -61,6 +72,7 @@ SORTABLE: dict[str, InstrumentedAttribute[Any]] = {
     "last_activity_at": User.last_activity_at,
     "created_at": User.created_at,
 }
+NULLABLE = {"last_activity_at"}
 
 
 @dataclass
@@ -82,13 +94,16 @@ def used_column(kind: str, period_start: datetime) -> ColumnElement[int]:
     return case((User.period_start == period_start, column), else_=0)
 
 
-def _filtered(query: UserQuery) -> Select[User]:
-    statement = select(User).where(User.org_id == query.org_id)
+def _filtered(query: UserQuery, dialect: str) -> Select[User]:
+    org_id: ColumnElement[uuid.UUID] | InstrumentedAttribute[uuid.UUID] = User.org_id
+    if query.search and dialect == "sqlite" and _trigrams(query.search):
+        # Unary + (SQLite's way to rule out an index for a term): otherwise SQLite may walk
+        # an (org_id, ...) index in the sort order testing every user against the search
+        # matches, where the matches alone are the short way.
+        org_id = type_coerce(literal_column("+users.org_id"), User.org_id.type)
+    statement = select(User).where(org_id == query.org_id)
     if query.search:
-        pattern = f"%{query.search.lower()}%"
-        statement = statement.where(
-            or_(User.email.like(pattern), func.lower(User.name).like(pattern))
-        )
+        statement = statement.where(search_condition(query.search, dialect))
     if query.status:
         statement = statement.where(User.status == query.status)
     if query.role:
@@ -113,20 +128,78 @@ def _filtered(query: UserQuery) -> Select[User]:
     return statement
 
 
-async def search(session: AsyncSession, query: UserQuery) -> tuple[Sequence[User], int]:
-    statement = _filtered(query)
+def _trigrams(text: str) -> bool:
+    """Whether a search is long enough for the trigram indexes (3 characters or more)."""
+    return len(text.lower()) >= 3
+
+
+def search_condition(text: str, dialect: str) -> ColumnElement[bool]:
+    """A case-insensitive substring of the name or the email (emails are stored lowercase),
+    in a shape the database can answer from an index (migration 0003).
+
+    PostgreSQL's trigram GIN indexes serve `LIKE '%text%'` directly. SQLite first narrows
+    to the matches of its FTS5 trigram table and then applies the same LIKE, so the
+    results are exactly the LIKE's on both. Below 3 characters no trigram index can help:
+    a plain substring test then, which no planner mistakes for an indexable LIKE.
+    """
+    lowered = text.lower()
+    if not _trigrams(lowered):
+        position = func.instr if dialect == "sqlite" else func.strpos
+        return or_(position(User.email, lowered) > 0, position(func.lower(User.name), lowered) > 0)
+    escaped = lowered.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    pattern = f"%{escaped}%"
+    condition = or_(
+        User.email.like(pattern, escape="\\"),
+        func.lower(User.name).like(pattern, escape="\\"),
+    )
+    if dialect == "sqlite":
+        phrase = '"' + lowered.replace('"', '""') + '"'
+        matches: Select[tuple[Any]] = (
+            select(literal_column("rowid"))
+            .select_from(table("user_search"))
+            .where(literal_column("user_search").op("MATCH")(phrase))
+        )
+        condition = and_(literal_column("users.rowid").in_(matches), condition)
+    return condition
+
+
+def _ordering(query: UserQuery) -> list[ColumnElement[Any]]:
     order: ColumnElement[Any] | InstrumentedAttribute[Any]
     if query.sort in ("inference_used", "training_used"):
         order = used_column(query.sort.split("_")[0], query.period_start)
     else:
         order = SORTABLE[query.sort]
-    # Never active sorts as least recent, on every database.
-    direction = order.desc().nulls_last() if query.descending else order.asc().nulls_first()
-    ordering = [direction, User.id]
-    page = statement.order_by(*ordering).limit(query.limit).offset(query.offset)
+    if query.sort in NULLABLE:
+        # Never active sorts as least recent, on every database.
+        direction = order.desc().nulls_last() if query.descending else order.asc().nulls_first()
+    else:
+        # No NULLs: no NULLS clause, so PostgreSQL can read the order from an index.
+        direction = order.desc() if query.descending else order.asc()
+    # Ties go by id in the same direction, so an index (org_id, column, id) read forwards
+    # or backwards gives the whole order.
+    return [direction, User.id.desc() if query.descending else User.id.asc()]
+
+
+async def search(session: AsyncSession, query: UserQuery) -> tuple[Sequence[User], int]:
+    dialect = session.get_bind().dialect.name
+    statement = _filtered(query, dialect)
+    ordering = _ordering(query)
+    # The page's ids first (from an index, for a deep page too), then only their rows.
+    page_ids = (
+        statement.with_only_columns(User.id)
+        .order_by(*ordering)
+        .limit(query.limit)
+        .offset(query.offset)
+        .subquery()
+    )
+    page = select(User).join(page_ids, User.id == page_ids.c.id).order_by(*ordering)
     users = (await session.scalars(page)).all()
-    total = await session.scalar(select(func.count()).select_from(statement.subquery()))
-    return users, int(total or 0)
+    if query.offset == 0 and len(users) < query.limit:
+        total = len(users)  # the whole result is on this page: nothing to count
+    else:
+        counted = statement.with_only_columns(func.count()).order_by(None)
+        total = int(await session.scalar(counted) or 0)
+    return users, total
 
 
 async def count_in_org(session: AsyncSession, org_id: uuid.UUID) -> int:
