@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.allowance import service as allowance_service
 from tokenadmin.api_key import service as api_key_service
+from tokenadmin.auth import service as auth_service
 from tokenadmin.clock import Clock, FakeClock, SystemClock
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
@@ -37,6 +38,9 @@ ORG_NAME = "Acme Corp"
 TIME_ZONE = "Europe/Berlin"
 ADMIN_EMAIL = "admin@acme.example"
 ADMIN_PASSWORD = "demo-password"
+OPERATOR_EMAIL = "ops@tokenadmin.example"
+OPERATOR_NAME = "Platform Operator"
+OPERATOR_PASSWORD = "demo-password"
 SEED = 20_260_301
 ACTOR = "demo"
 PLATFORM = "demo:platform"
@@ -107,6 +111,8 @@ class DemoResult:
     admin_key: str
     admin_email: str = ADMIN_EMAIL
     admin_password: str = ADMIN_PASSWORD
+    operator_email: str = OPERATOR_EMAIL
+    operator_password: str = OPERATOR_PASSWORD
 
 
 async def has_organizations(session: AsyncSession) -> bool:
@@ -346,6 +352,9 @@ async def load(
     act = Act(ACTOR, now)
 
     async def keys(session: AsyncSession) -> tuple[str, str]:
+        await auth_service.create_operator(
+            session, email=OPERATOR_EMAIL, name=OPERATOR_NAME, password=OPERATOR_PASSWORD, now=now
+        )
         _, operator = await api_key_service.create(
             session, act, org_id=None, name="demo operator", scopes=["admin", "usage", "read"]
         )
@@ -380,7 +389,8 @@ Loaded the demo organization {result.org_name} ({org}): {result.users} users, \
   API docs        {base_url}/docs
   Operator key    {result.operator_key}
   Admin key       {result.admin_key}   ({result.org_name}: admin, read, usage)
-  Dashboard login {result.admin_email} / {result.admin_password}
+  Dashboard login {result.admin_email} / {result.admin_password}   ({result.org_name} admin)
+                  {result.operator_email} / {result.operator_password}   (platform operator)
 
 Start the server with `tokenadmin serve`, then try:
 
@@ -399,6 +409,8 @@ def existing_how_to(base_url: str) -> str:
     return f"""\
   API             {base_url}
   API docs        {base_url}/docs
-  Dashboard login {ADMIN_EMAIL} / {ADMIN_PASSWORD} (if the demo was loaded here)
+  Dashboard login {ADMIN_EMAIL} / {ADMIN_PASSWORD}   ({ORG_NAME} admin)
+                  {OPERATOR_EMAIL} / {OPERATOR_PASSWORD}   (platform operator)
+                  (if the demo was loaded here)
 
 API keys are shown only when created: `tokenadmin operator-key --name NAME` makes one."""

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.cli.conftest import Tokenadmin
+from tokenadmin.auth.passwords import verify_password
+from tokenadmin.models import Operator
 
 
 def test_demo_loads_acme_and_verify_is_clean(tokenadmin: Tokenadmin) -> None:
     shown = tokenadmin("demo").stdout
     assert "admin@acme.example / demo-password" in shown
+    assert "ops@tokenadmin.example / demo-password" in shown
     assert "http://127.0.0.1:8000/docs" in shown
     assert shown.count("ta_") >= 2
     assert "curl" in shown
@@ -42,9 +45,19 @@ def test_demo_loads_acme_and_verify_is_clean(tokenadmin: Tokenadmin) -> None:
     again = tokenadmin("demo", "--if-empty").stdout
     assert "no demo loaded" in again
     assert "admin@acme.example" in again
+    assert "ops@tokenadmin.example" in again
     tokenadmin("demo", expect=2)
     assert len(tokenadmin.json("org", "list")) == 1
     assert tokenadmin.json("user", "list", "--org", "Acme Corp")["total"] == 25
+
+    async def operator_hash(session: AsyncSession) -> str:
+        found = await session.scalar(
+            select(Operator.password_hash).where(Operator.email == "ops@tokenadmin.example")
+        )
+        assert found is not None
+        return found
+
+    assert verify_password(tokenadmin.query(operator_hash), "demo-password")
 
 
 def test_verify_reports_a_clean_database(tokenadmin: Tokenadmin) -> None:
