@@ -5,7 +5,11 @@ table's search, `lower(name) LIKE '%x%' OR email LIKE '%x%'`, without reading ev
 SQLite: an FTS5 table with the trigram tokenizer over the users' names and emails (an
 external-content table: it stores only the index, keyed by the users' rowids), kept in
 step by triggers; user.repository.search narrows to its matches and then applies the same
-LIKE, so the results are exactly those of the LIKE alone.
+LIKE, so the results are exactly those of the LIKE alone. A later migration that rebuilds
+the users table on SQLite (a batch "move and copy") drops these triggers and may renumber
+the rowids: it must create the triggers again and run
+`INSERT INTO user_search(user_search) VALUES ('rebuild')` (tests/test_user_search.py fails
+otherwise). VACUUM keeps the rowids.
 
 Both: indexes (org_id, column, id) for the sortable columns whose ties are broken by id,
 so a page of a sorted table, and a deep page, is read from an index instead of sorted.
