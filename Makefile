@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint types pytest clean
+.PHONY: run test lint types pytest bench-dashboard clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,8 @@ run: $(STAMP)
 	$(BIN)/tokenadmin serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check tokenadmin tests migrations
-	$(BIN)/ruff format --check tokenadmin tests migrations
+	$(BIN)/ruff check tokenadmin tests migrations bench
+	$(BIN)/ruff format --check tokenadmin tests migrations bench
 
 types: $(STAMP)
 	$(BIN)/mypy tokenadmin tests
@@ -29,6 +29,11 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint types pytest
+
+# The dashboard's user table at 100,000 users (throwaway SQLite and PostgreSQL databases);
+# appends its figures to bench/RESULTS.md. Not part of `make test`.
+bench-dashboard: $(STAMP)
+	$(BIN)/python -m bench.user_table
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

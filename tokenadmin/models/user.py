@@ -40,6 +40,11 @@ class User(Base):
         Index("ix_users_org_id_max_train_tokens", "org_id", "max_train_tokens"),
         Index("ix_users_org_id_last_activity_at", "org_id", "last_activity_at"),
         Index("ix_users_org_id_status", "org_id", "status"),
+        # Sort orders of the user table, ties broken by id (migration 0003, which also adds
+        # the search indexes: pg_trgm on PostgreSQL, an FTS5 trigram table on SQLite).
+        Index("ix_users_org_id_name_id", "org_id", "name", "id"),
+        Index("ix_users_org_id_max_tokens_id", "org_id", "max_tokens", "id"),
+        Index("ix_users_org_id_max_train_tokens_id", "org_id", "max_train_tokens", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -347,9 +348,32 @@ class Balance:
     expiring: Sequence[Purchase]
 
 
-async def balance(session: AsyncSession, org: Organization, now: datetime) -> Balance:
+_usage_cache: dict[tuple[uuid.UUID, datetime], tuple[float, dict[Kind, tuple[int, int]]]] = {}
+
+
+async def _period_usage(
+    session: AsyncSession, org_id: uuid.UUID, start: datetime, max_age: float
+) -> dict[Kind, tuple[int, int]]:
+    """Used and reserved over the organization's users. Summing them reads every user, so a
+    page that only shows them may accept figures up to `max_age` seconds old."""
+    key = (org_id, start)
+    cached = _usage_cache.get(key)
+    if max_age > 0 and cached is not None and time.monotonic() - cached[0] <= max_age:
+        return cached[1]
+    usage = await repository.period_usage(session, org_id, start)
+    if len(_usage_cache) > 10_000:
+        _usage_cache.clear()
+    _usage_cache[key] = (time.monotonic(), usage)
+    return usage
+
+
+async def balance(
+    session: AsyncSession, org: Organization, now: datetime, *, usage_max_age: float = 0.0
+) -> Balance:
+    """Capacity and allocated as stored now; used and reserved this period summed over the
+    users (or, with `usage_max_age`, as summed at most that many seconds ago)."""
     start = current_period(org, now)
-    usage = await repository.period_usage(session, org.id, start)
+    usage = await _period_usage(session, org.id, start, usage_max_age)
     kinds = {
         kind: KindBalance(
             capacity=org.capacity(kind),
