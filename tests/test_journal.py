@@ -239,7 +239,7 @@ async def test_verify_detects_a_tampered_journal_entry(api: Api, db: Database) -
     assert any("used: stored 2,000, expected 1" in d for d in report.differences)
 
 
-async def test_every_action_recorded_anywhere_is_listed_in_actions() -> None:
+def test_every_action_recorded_anywhere_is_listed_in_actions() -> None:
     import re
     from pathlib import Path
 

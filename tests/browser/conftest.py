@@ -144,7 +144,9 @@ def site(tmp_path: Path, sqlite_template: Path) -> Iterator[Site]:
         yield seeded
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running in this
+# thread while it is open, which would stop every asyncio test that runs after these.
+@pytest.fixture(scope="package")
 def playwright_instance() -> Iterator[Playwright]:
     if not Path(CHROMIUM).exists():
         message = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
@@ -155,7 +157,7 @@ def playwright_instance() -> Iterator[Playwright]:
         yield playwright
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_instance: Playwright) -> Iterator[Browser]:
     browser = playwright_instance.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
     yield browser
