@@ -1,16 +1,16 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, status
+from fastapi import APIRouter, Depends, Header, status
 from fastapi.responses import JSONResponse
 
-from tokenadmin.auth.principal import Principal
 from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep, SettingsDep, answer_response
 from tokenadmin.errors import Forbidden, InvalidRequest
-from tokenadmin.idempotency.service import check_key
+from tokenadmin.idempotency.service import Answer, check_key
 from tokenadmin.schemas import ErrorOut
 from tokenadmin.usage import service
 from tokenadmin.usage.schemas import (
@@ -32,41 +32,52 @@ REFUSALS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _caller(principal: Principal) -> service.Caller:
+@dataclass(frozen=True)
+class Meter:
+    """A caller allowed to meter, with what running the metering engine needs."""
+
+    caller: service.Caller
+    db: DatabaseDep
+    clock: ClockDep
+    settings: SettingsDep
+
+    async def run(self, operations: list[service.Operation]) -> list[Answer]:
+        return await service.run(
+            self.db,
+            self.clock,
+            self.caller,
+            operations,
+            default_ttl=self.settings.reservation_ttl_seconds,
+            idempotency_ttl=timedelta(hours=self.settings.idempotency_ttl_hours),
+        )
+
+    async def one(self, operation: service.Operation) -> JSONResponse:
+        return answer_response((await self.run([operation]))[0])
+
+
+def get_meter(
+    principal: PrincipalDep, db: DatabaseDep, clock: ClockDep, settings: SettingsDep
+) -> Meter:
     if not principal.is_operator and "usage" not in principal.scopes:
         raise Forbidden("Metering needs a key with the 'usage' scope.", details={"scope": "usage"})
-    return service.Caller(principal.actor, principal.org_id, principal.idempotency_scope)
+    caller = service.Caller(principal.actor, principal.org_id, principal.idempotency_scope)
+    return Meter(caller, db, clock, settings)
 
 
-async def _one(
-    db: DatabaseDep,
-    clock: ClockDep,
-    settings: SettingsDep,
-    principal: Principal,
-    operation: service.Operation,
-) -> JSONResponse:
-    answers = await service.run(
-        db,
-        clock,
-        _caller(principal),
-        [operation],
-        default_ttl=settings.reservation_ttl_seconds,
-        idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
-    )
-    return answer_response(answers[0])
+def idempotency_key(
+    key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> str | None:
+    return check_key(key) if key is not None else None
+
+
+MeterDep = Annotated[Meter, Depends(get_meter)]
+KeyDep = Annotated[str | None, Depends(idempotency_key)]
 
 
 @router.post("/usage", response_model=UsageAccepted, responses=REFUSALS)
-async def record_usage(
-    body: UsageFields,
-    principal: PrincipalDep,
-    db: DatabaseDep,
-    clock: ClockDep,
-    settings: SettingsDep,
-    idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
-) -> JSONResponse:
+async def record_usage(body: UsageFields, meter: MeterDep, key: KeyDep) -> JSONResponse:
     """Record usage; refused as a whole with insufficient_tokens when it does not fit."""
-    if idempotency_key is None:
+    if key is None:
         raise InvalidRequest(
             "Usage needs an Idempotency-Key header, so a retry is never counted twice.",
             code="idempotency_key_required",
@@ -77,19 +88,13 @@ async def record_usage(
         kind=body.kind,
         tokens=body.tokens,
         details=body.details(),
-        idempotency_key=check_key(idempotency_key),
+        idempotency_key=key,
     )
-    return await _one(db, clock, settings, principal, operation)
+    return await meter.one(operation)
 
 
 @router.post("/usage/batch", response_model=BatchOut)
-async def record_usage_batch(
-    body: UsageBatch,
-    principal: PrincipalDep,
-    db: DatabaseDep,
-    clock: ClockDep,
-    settings: SettingsDep,
-) -> BatchOut:
+async def record_usage_batch(body: UsageBatch, meter: MeterDep) -> BatchOut:
     """Record up to 1,000 usage events; each is accepted or refused on its own."""
     operations = [
         service.Operation(
@@ -102,16 +107,8 @@ async def record_usage_batch(
         )
         for e in body.events
     ]
-    answers = await service.run(
-        db,
-        clock,
-        _caller(principal),
-        operations,
-        default_ttl=settings.reservation_ttl_seconds,
-        idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
-    )
     results = []
-    for index, answer in enumerate(answers):
+    for index, answer in enumerate(await meter.run(operations)):
         ok = answer.status_code < 400
         results.append(
             BatchResult(
@@ -133,14 +130,7 @@ async def record_usage_batch(
     response_model=ReservationOut,
     responses=REFUSALS,
 )
-async def reserve(
-    body: ReservationCreate,
-    principal: PrincipalDep,
-    db: DatabaseDep,
-    clock: ClockDep,
-    settings: SettingsDep,
-    idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
-) -> JSONResponse:
+async def reserve(body: ReservationCreate, meter: MeterDep, key: KeyDep) -> JSONResponse:
     """Hold tokens for a long or streaming operation until commit, release or expiry."""
     operation = service.Operation(
         "reserve",
@@ -149,48 +139,31 @@ async def reserve(
         tokens=body.tokens,
         ttl_seconds=body.ttl_seconds,
         details=body.details(),
-        idempotency_key=check_key(idempotency_key) if idempotency_key is not None else None,
+        idempotency_key=key,
     )
-    return await _one(db, clock, settings, principal, operation)
+    return await meter.one(operation)
 
 
 @router.post(
     "/reservations/{reservation_id}/commit", response_model=ReservationOut, responses=REFUSALS
 )
 async def commit_reservation(
-    reservation_id: uuid.UUID,
-    principal: PrincipalDep,
-    db: DatabaseDep,
-    clock: ClockDep,
-    settings: SettingsDep,
-    body: Commit | None = None,
-    idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
+    reservation_id: uuid.UUID, meter: MeterDep, key: KeyDep, body: Commit | None = None
 ) -> JSONResponse:
     """Commit what was actually used; the rest of the reservation is released."""
+    tokens = body.tokens if body else None
     operation = service.Operation(
-        "commit",
-        reservation_id=reservation_id,
-        tokens=body.tokens if body else None,
-        idempotency_key=check_key(idempotency_key) if idempotency_key is not None else None,
+        "commit", reservation_id=reservation_id, tokens=tokens, idempotency_key=key
     )
-    return await _one(db, clock, settings, principal, operation)
+    return await meter.one(operation)
 
 
 @router.post(
     "/reservations/{reservation_id}/release", response_model=ReservationOut, responses=REFUSALS
 )
 async def release_reservation(
-    reservation_id: uuid.UUID,
-    principal: PrincipalDep,
-    db: DatabaseDep,
-    clock: ClockDep,
-    settings: SettingsDep,
-    idempotency_key: str | None = Header(default=None, alias="Idempotency-Key"),
+    reservation_id: uuid.UUID, meter: MeterDep, key: KeyDep
 ) -> JSONResponse:
     """Release a reservation without using it."""
-    operation = service.Operation(
-        "release",
-        reservation_id=reservation_id,
-        idempotency_key=check_key(idempotency_key) if idempotency_key is not None else None,
-    )
-    return await _one(db, clock, settings, principal, operation)
+    operation = service.Operation("release", reservation_id=reservation_id, idempotency_key=key)
+    return await meter.one(operation)
