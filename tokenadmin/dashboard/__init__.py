@@ -9,6 +9,7 @@ from tokenadmin.dashboard import (
     journal_pages,
     member,
     operator,
+    requests,
     settings_pages,
     transfer,
     user_page,
@@ -26,6 +27,7 @@ for module in (
     settings_pages,
     operator,
     member,
+    requests,
     user_page,
 ):
     router.include_router(module.router)

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.auth.service import Viewer
+from tokenadmin.dashboard.requests import open_requests
+from tokenadmin.dashboard.user_page import Forecast, forecast, pace_since
 from tokenadmin.dashboard.web import ViewerDep, render, require_org
 from tokenadmin.deps import get_clock, get_db
+from tokenadmin.models import JournalEntry, Organization
 from tokenadmin.organization import service as organization_service
-from tokenadmin.organization.service import current_period
+from tokenadmin.organization.service import Balance, current_period
+from tokenadmin.tokens import Kind, Period
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user.schemas import SortField, UserOut
 
@@ -103,6 +109,42 @@ async def org_home(
     return await home_page(request, viewer, org_id, view, notice=notice_text(notice, n))
 
 
+async def _organization_forecasts(
+    session: AsyncSession, org: Organization, balance: Balance, now: datetime
+) -> dict[Kind, Forecast]:
+    """When the organization uses its capacity, per kind, at the pace of this period so far
+    (prepaid: of the last 30 days, from the journal)."""
+    since = pace_since(org, now)
+    if org.period == Period.none:
+        paced = await _usage_since(session, org.id, since)
+    else:
+        paced = {kind: balance.kinds[kind].used for kind in Kind}
+    return {
+        kind: forecast(paced[kind], now - since, b.capacity - b.used, now, balance.period_end)
+        for kind, b in balance.kinds.items()
+    }
+
+
+async def _usage_since(
+    session: AsyncSession, org_id: uuid.UUID, since: datetime
+) -> dict[Kind, int]:
+    """The organization's usage (usage and commits) since a moment, from the journal."""
+    statement = (
+        select(JournalEntry.kind, func.coalesce(func.sum(JournalEntry.used_delta), 0))
+        .where(
+            JournalEntry.org_id == org_id,
+            JournalEntry.created_at >= since,
+            JournalEntry.action.in_(("usage", "commit")),
+        )
+        .group_by(JournalEntry.kind)
+    )
+    used = {kind: 0 for kind in Kind}
+    for kind, total in (await session.execute(statement)).all():
+        if kind is not None:
+            used[Kind(kind)] = int(total)
+    return used
+
+
 async def home_page(
     request: Request,
     viewer: Viewer,
@@ -139,6 +181,8 @@ async def home_page(
         return {
             "org": org,
             "balance": balance,
+            "forecasts": await _organization_forecasts(session, org, balance, now),
+            "requests": await open_requests(session, org_id, now),
             "users": [UserOut.of(u, start) for u in users],
             "total": total,
         }

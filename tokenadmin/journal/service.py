@@ -37,6 +37,7 @@ ACTIONS = (
     "release",
     "reservation_expired",
     "reserve",
+    "tokens_requested",
     "usage",
     "user_changed",
     "user_created",

@@ -1,0 +1,48 @@
+"""The run-out forecast shared by a user's page, /me and the organization's home."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from tokenadmin.dashboard.user_page import Forecast, forecast
+
+START = datetime(2025, 3, 1, tzinfo=UTC)
+END = datetime(2025, 4, 1, tzinfo=UTC)
+NOW = START + timedelta(days=10)
+ELAPSED = NOW - START
+
+
+def test_no_usage_makes_no_pace_and_no_date() -> None:
+    assert forecast(0, ELAPSED, 1_000, NOW, END) == Forecast(0, None)
+    assert forecast(500, timedelta(0), 1_000, NOW, END) == Forecast(0, None)
+
+
+def test_a_pace_that_uses_the_rest_before_the_period_ends_gives_that_day() -> None:
+    # 100,000 in 10 days is 10,000 a day: 50,000 more lasts 5 days.
+    result = forecast(100_000, ELAPSED, 50_000, NOW, END)
+    assert result == Forecast(10_000, NOW + timedelta(days=5))
+
+
+def test_a_pace_that_lasts_past_the_end_of_the_period_does_not_run_out() -> None:
+    # 10,000 a day for the 21 days left uses 210,000 of 1,000,000.
+    assert forecast(100_000, ELAPSED, 1_000_000, NOW, END) == Forecast(10_000, None)
+
+
+def test_running_out_exactly_when_the_period_ends_is_not_running_out() -> None:
+    left = END - NOW  # 21 days
+    exactly = forecast(100_000, ELAPSED, 10_000 * left.days, NOW, END)
+    assert exactly == Forecast(10_000, None)
+    one_less = forecast(100_000, ELAPSED, 10_000 * left.days - 1, NOW, END)
+    assert one_less.runs_out_on is not None
+    assert one_less.runs_out_on < END
+
+
+def test_nothing_left_runs_out_now() -> None:
+    assert forecast(100_000, ELAPSED, -5, NOW, END) == Forecast(10_000, NOW)
+
+
+def test_without_periods_a_date_within_ten_years_is_given_and_none_beyond() -> None:
+    soon = forecast(100_000, ELAPSED, 3_000_000, NOW, None)
+    assert soon == Forecast(10_000, NOW + timedelta(days=300))
+    # 10^12 at 10,000 a day would be 10^8 days, past what a date can hold.
+    assert forecast(100_000, ELAPSED, 10**12, NOW, None) == Forecast(10_000, None)
