@@ -11,7 +11,6 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.auth.service import Viewer
@@ -19,10 +18,11 @@ from tokenadmin.dashboard.requests import open_requests
 from tokenadmin.dashboard.user_page import Forecast, forecast, pace_since
 from tokenadmin.dashboard.web import ViewerDep, render, require_org
 from tokenadmin.deps import get_clock, get_db
-from tokenadmin.models import JournalEntry, Organization
+from tokenadmin.models import Organization
 from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.service import Balance, current_period
 from tokenadmin.tokens import Kind, Period
+from tokenadmin.usage import repository as usage_repository
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user.schemas import SortField, UserOut
 
@@ -116,33 +116,13 @@ async def _organization_forecasts(
     (prepaid: of the last 30 days, from the journal)."""
     since = pace_since(org, now)
     if org.period == Period.none:
-        paced = await _usage_since(session, org.id, since)
+        paced = await usage_repository.org_usage_since(session, org.id, since)
     else:
         paced = {kind: balance.kinds[kind].used for kind in Kind}
     return {
         kind: forecast(paced[kind], now - since, b.capacity - b.used, now, balance.period_end)
         for kind, b in balance.kinds.items()
     }
-
-
-async def _usage_since(
-    session: AsyncSession, org_id: uuid.UUID, since: datetime
-) -> dict[Kind, int]:
-    """The organization's usage (usage and commits) since a moment, from the journal."""
-    statement = (
-        select(JournalEntry.kind, func.coalesce(func.sum(JournalEntry.used_delta), 0))
-        .where(
-            JournalEntry.org_id == org_id,
-            JournalEntry.created_at >= since,
-            JournalEntry.action.in_(("usage", "commit")),
-        )
-        .group_by(JournalEntry.kind)
-    )
-    used = {kind: 0 for kind in Kind}
-    for kind, total in (await session.execute(statement)).all():
-        if kind is not None:
-            used[Kind(kind)] = int(total)
-    return used
 
 
 async def home_page(

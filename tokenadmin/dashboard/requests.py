@@ -14,17 +14,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import and_, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import aliased
 
 from tokenadmin.act import Act
 from tokenadmin.amounts import parse_amount
 from tokenadmin.dashboard.web import WriterDep
 from tokenadmin.deps import get_clock, get_db
 from tokenadmin.errors import NotFound, TokenAdminError
+from tokenadmin.journal import repository as journal_repository
 from tokenadmin.journal import service as journal_service
-from tokenadmin.models import JournalEntry, User
 from tokenadmin.organization import service as organization_service
 from tokenadmin.tokens import Kind
 from tokenadmin.user import repository as user_repository
@@ -58,34 +56,11 @@ async def open_requests(
 ) -> list[TokenRequest]:
     """The latest requests of the organization (or of one user) made after the user's last
     change of allowance of that kind, newest first."""
-    later = aliased(JournalEntry)
-    kind = JournalEntry.details["kind"].as_string()
-    allowance_changed_since = (
-        select(later.id)
-        .where(
-            later.user_id == JournalEntry.user_id,
-            later.id > JournalEntry.id,
-            later.kind == kind,
-            later.allowance_delta != 0,
-        )
-        .exists()
+    rows = await journal_repository.open_token_requests(
+        session, org_id, since=now - LOOK_BACK, user_id=user_id, limit=limit
     )
-    statement = (
-        select(JournalEntry, User)
-        .join(User, and_(User.id == JournalEntry.user_id, User.org_id == org_id))
-        .where(
-            JournalEntry.org_id == org_id,
-            JournalEntry.created_at >= now - LOOK_BACK,
-            JournalEntry.action == ACTION,
-            ~allowance_changed_since,
-        )
-        .order_by(JournalEntry.id.desc())
-        .limit(limit)
-    )
-    if user_id is not None:
-        statement = statement.where(JournalEntry.user_id == user_id)
     found: list[TokenRequest] = []
-    for entry, user in (await session.execute(statement)).all():
+    for entry, user in rows:
         details = entry.details or {}
         found.append(
             TokenRequest(

@@ -24,6 +24,7 @@ class JournalEntry(Base):
         Index("ix_journal_entries_org_id_id", "org_id", "id"),
         Index("ix_journal_entries_user_id_id", "user_id", "id"),
         Index("ix_journal_entries_org_id_created_at", "org_id", "created_at"),
+        Index("ix_journal_entries_org_id_action_id", "org_id", "action", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

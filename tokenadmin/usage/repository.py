@@ -4,10 +4,11 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.models import JournalEntry, Organization, Reservation, User
+from tokenadmin.tokens import Kind
 
 
 async def open_reservations_of(
@@ -112,3 +113,23 @@ async def usage_by_bucket(
         .order_by(JournalEntry.id)
     )
     return [(r[0], str(r[1]), int(r[2])) for r in (await session.execute(statement)).all()]
+
+
+async def org_usage_since(
+    session: AsyncSession, org_id: uuid.UUID, since: datetime
+) -> dict[Kind, int]:
+    """The organization's usage (usage and commits) since a moment, from the journal."""
+    statement = (
+        select(JournalEntry.kind, func.coalesce(func.sum(JournalEntry.used_delta), 0))
+        .where(
+            JournalEntry.org_id == org_id,
+            JournalEntry.action.in_(("usage", "commit")),
+            JournalEntry.created_at >= since,
+        )
+        .group_by(JournalEntry.kind)
+    )
+    used = {kind: 0 for kind in Kind}
+    for kind, total in (await session.execute(statement)).all():
+        if kind is not None:
+            used[Kind(kind)] = int(total)
+    return used
