@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint types pytest bench-dashboard clean
+.PHONY: run test lint types pytest bench-dashboard bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ test: lint types pytest
 # appends its figures to bench/RESULTS.md. Not part of `make test`.
 bench-dashboard: $(STAMP)
 	$(BIN)/python -m bench.user_table
+
+# Metering (POST /v1/usage) under 64 connections against the limit of each database
+# (pgbench; a bare sqlite3 loop), with exactness checks; needs wrk and pgbench. Appends its
+# figures to bench/RESULTS.md. BENCH_ARGS=--quick for a short run that records nothing.
+bench: $(STAMP)
+	$(BIN)/python -m bench.metering $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
