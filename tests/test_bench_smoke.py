@@ -37,7 +37,7 @@ pytestmark = pytest.mark.slow
 
 def _needs(tool: str) -> None:
     if shutil.which(tool) is None:
-        pytest.skip(f"{tool} is not installed (apt-get install {tool}; .ci/run does not)")
+        pytest.skip(f"{tool} is not installed (apt-get install {tool}; .ci/run installs it)")
 
 
 def test_metering_on_sqlite_is_exact_under_load() -> None:
