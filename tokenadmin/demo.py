@@ -392,7 +392,7 @@ Loaded the demo organization {result.org_name} ({org}): {result.users} users, \
   Dashboard login {result.admin_email} / {result.admin_password}   ({result.org_name} admin)
                   {result.operator_email} / {result.operator_password}   (platform operator)
 
-Start the server with `tokenadmin serve`, then try:
+With the server running (`make run` starts it; otherwise `tokenadmin serve`), try:
 
   curl -H "Authorization: Bearer {result.admin_key}" \\
     {base_url}/v1/organizations/{org}/balance
