@@ -42,23 +42,20 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bench.user_table import (
     RESULTS,
-    _free_port,
     _percentile,
     _state_of_the_code,
     _throwaway_database,
+    server,
 )
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
@@ -367,44 +364,6 @@ def sqlite_limit(seeded: Seeded, scenario: str, plan: Plan, *, prefix: str, user
 
 
 # --- tokenadmin ---------------------------------------------------------------------------
-
-
-@contextmanager
-def server(url: str, workers: int, timeout: float = 60) -> Iterator[tuple[str, int]]:
-    """A real server on loopback (`workers` processes); yields its URL and its pid."""
-    port = _free_port()
-    env = {**os.environ, "TOKENADMIN_DATABASE_URL": url, "TOKENADMIN_LOG_LEVEL": "warning"}
-    command = [
-        sys.executable, "-m", "uvicorn", "tokenadmin.app:create_app", "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        "--workers", str(workers),
-    ]  # fmt: skip
-    process = subprocess.Popen(command, env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server exited with {process.returncode}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the server did not start in {timeout} s")
-            time.sleep(0.1)
-        if workers > 1:
-            # /healthz answered by one worker; give the others their start-up too.
-            time.sleep(1.0)
-        yield base, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _descendants(pid: int) -> list[int]:

@@ -147,12 +147,14 @@ async def _seed(url: str, users: int) -> tuple[uuid.UUID, float]:
 
 
 @contextmanager
-def _server(url: str, timeout: float = 60) -> Iterator[str]:
+def server(url: str, workers: int, timeout: float = 60) -> Iterator[tuple[str, int]]:
+    """A real server on loopback (`workers` processes); yields its URL and its pid."""
     port = _free_port()
     env = {**os.environ, "TOKENADMIN_DATABASE_URL": url, "TOKENADMIN_LOG_LEVEL": "warning"}
     command = [
         sys.executable, "-m", "uvicorn", "tokenadmin.app:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        "--workers", str(workers),
     ]  # fmt: skip
     process = subprocess.Popen(command, env=env)
     base = f"http://127.0.0.1:{port}"
@@ -169,11 +171,14 @@ def _server(url: str, timeout: float = 60) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the server did not start in {timeout} s")
             time.sleep(0.1)
-        yield base
+        if workers > 1:
+            # /healthz answered by one worker; give the others their start-up too.
+            time.sleep(1.0)
+        yield base, process.pid
     finally:
         process.terminate()
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -271,7 +276,7 @@ def run_database(kind: str, users: int, requests: int, warmup: int, postgres_adm
         for found in query_figures:
             print(f"  query only: {_line(found)}", flush=True)
         figures = []
-        with _server(url) as base, httpx.Client(base_url=base, timeout=30) as http:
+        with server(url, 1) as (base, _pid), httpx.Client(base_url=base, timeout=30) as http:
             _sign_in(http)
             first = http.get(f"/orgs/{org_id}")
             if not re.search(rf"{users + 1:,}|{users + 1}", first.text):
