@@ -20,9 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from uuid6 import uuid7
 
 from tokenadmin.act import Act
+from tokenadmin.allowance import service as allowance_service
 from tokenadmin.clock import SystemClock
 from tokenadmin.database import Database
-from tokenadmin.errors import InvalidRequest, RuleRefused
+from tokenadmin.errors import InvalidRequest
 from tokenadmin.models import Organization, User
 from tokenadmin.organization.service import current_period, lock_for_change
 from tokenadmin.tokens import MAX_AMOUNT, Kind, fmt
@@ -81,7 +82,7 @@ async def seed_users(
 
     async def work(session: AsyncSession) -> None:
         org = await lock_for_change(session, act, org_id)
-        _check(org, allowances, count)
+        allowance_service.check_many_new_users(org, allowances, count)
         first = await _next_index(session, prefix)
         rows = _Rows(org, act, prefix, allowances, postgres=db.dialect == "postgresql")
         for chunk_start in range(first, first + count, CHUNK):
@@ -101,33 +102,6 @@ async def seed_users(
         async with db.engine.connect() as connection:
             await connection.execute(text("ANALYZE users, journal_entries"))
             await connection.commit()
-
-
-def _check(org: Organization, allowances: dict[Kind, int], count: int) -> None:
-    for kind, allowance in allowances.items():
-        label = "Max Tokens" if kind is Kind.inference else "Max Train Tokens"
-        if allowance < org.minimum(kind):
-            raise RuleRefused(
-                f"{label} would be {fmt(allowance)}; the minimum is {fmt(org.minimum(kind))}.",
-                code="below_minimum",
-                details={"kind": kind.value, "requested": allowance, "minimum": org.minimum(kind)},
-            )
-        allocated_after = org.allocated(kind) + allowance * count
-        shortfall = allocated_after - org.capacity(kind)
-        if allowance and shortfall > 0 and not org.overallocation:
-            raise RuleRefused(
-                f"{fmt(count)} users with {label} {fmt(allowance)} need {fmt(allowance * count)}"
-                f" {kind} tokens; the organization would be {fmt(shortfall)} over its capacity"
-                f" of {fmt(org.capacity(kind))}.",
-                code="exceeds_balance",
-                details={
-                    "kind": kind.value,
-                    "requested": allowance * count,
-                    "capacity": org.capacity(kind),
-                    "allocated_after": allocated_after,
-                    "shortfall": shortfall,
-                },
-            )
 
 
 async def _next_index(session: AsyncSession, prefix: str) -> int:

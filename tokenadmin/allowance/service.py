@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
-from tokenadmin.errors import AllowanceChangeRefused, VersionConflict
+from tokenadmin.errors import AllowanceChangeRefused, RuleRefused, VersionConflict
 
 __all__ = ["AllowanceChangeRefused", "Plan", "Request", "apply", "plan", "resolve"]
 from tokenadmin.journal.service import record
@@ -142,6 +142,35 @@ def plan(org: Organization, requests: list[Request], act: Act) -> Plan:
 
 def _label(kind: Kind) -> str:
     return "Max Tokens" if kind is Kind.inference else "Max Train Tokens"
+
+
+def check_many_new_users(org: Organization, allowances: dict[Kind, int], count: int) -> None:
+    """Rules 1 and 4 for `count` new users with the same allowances, without a row each
+    (bulk seeding): refused as a whole with below_minimum or exceeds_balance."""
+    for kind, allowance in allowances.items():
+        label = _label(kind)
+        if allowance < org.minimum(kind):
+            raise RuleRefused(
+                f"{label} would be {fmt(allowance)}; the minimum is {fmt(org.minimum(kind))}.",
+                code="below_minimum",
+                details={"kind": kind.value, "requested": allowance, "minimum": org.minimum(kind)},
+            )
+        allocated_after = org.allocated(kind) + allowance * count
+        shortfall = allocated_after - org.capacity(kind)
+        if allowance and shortfall > 0 and not org.overallocation:
+            raise RuleRefused(
+                f"{fmt(count)} users with {label} {fmt(allowance)} need {fmt(allowance * count)}"
+                f" {kind} tokens; the organization would be {fmt(shortfall)} over its capacity"
+                f" of {fmt(org.capacity(kind))}.",
+                code="exceeds_balance",
+                details={
+                    "kind": kind.value,
+                    "requested": allowance * count,
+                    "capacity": org.capacity(kind),
+                    "allocated_after": allocated_after,
+                    "shortfall": shortfall,
+                },
+            )
 
 
 def _check_row(org: Organization, index: int, request: Request, start: Any) -> list[Refusal]:
