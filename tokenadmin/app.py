@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenadmin import __version__, sweeper
 from tokenadmin.allowance.endpoints import router as allowance_router
+from tokenadmin.api_key.cache import KeyCache
 from tokenadmin.clock import Clock, SystemClock
 from tokenadmin.config import Settings, get_settings
 from tokenadmin.dashboard import router as dashboard_router
@@ -28,6 +30,8 @@ from tokenadmin.database import Database
 from tokenadmin.errors import TokenAdminError
 from tokenadmin.journal.endpoints import router as journal_router
 from tokenadmin.organization.endpoints import router as organization_router
+from tokenadmin.usage import service as usage_service
+from tokenadmin.usage.coalescer import Coalescer
 from tokenadmin.usage.endpoints import router as usage_router
 from tokenadmin.user.endpoints import org_router as org_user_router
 from tokenadmin.user.endpoints import router as user_router
@@ -148,6 +152,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.coalescer.close()
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -163,6 +168,16 @@ def create_app(
     )
     app.state.db = db
     app.state.clock = clock
+    app.state.key_cache = KeyCache()
+    app.state.coalescer = Coalescer(
+        partial(
+            usage_service.run,
+            db,
+            clock,
+            default_ttl=settings.reservation_ttl_seconds,
+            idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
+        )
+    )
     app.state.settings = settings
 
     @app.exception_handler(TokenAdminError)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
+from tokenadmin.api_key.cache import KeyCache
 from tokenadmin.auth.principal import Principal
 from tokenadmin.clock import Clock
 from tokenadmin.config import Settings
@@ -23,18 +24,33 @@ from tokenadmin.database import Database
 from tokenadmin.errors import TokenAdminError, Unauthenticated
 from tokenadmin.idempotency import service as idempotency
 
+# The dependencies are coroutines although they do not wait: FastAPI runs a plain
+# function in a worker thread, a round trip that costs more than the work.
 
-def get_db(request: Request) -> Database:
+
+async def get_db(request: Request) -> Database:
+    return db_of(request)
+
+
+async def get_clock(request: Request) -> Clock:
+    return clock_of(request)
+
+
+async def get_settings(request: Request) -> Settings:
+    return settings_of(request)
+
+
+def db_of(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def get_clock(request: Request) -> Clock:
+def clock_of(request: Request) -> Clock:
     clock: Clock = request.app.state.clock
     return clock
 
 
-def get_settings(request: Request) -> Settings:
+def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -44,7 +60,7 @@ ClockDep = Annotated[Clock, Depends(get_clock)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def get_principal(request: Request, db: DatabaseDep) -> Principal:
+def _bearer(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
@@ -52,10 +68,30 @@ async def get_principal(request: Request, db: DatabaseDep) -> Principal:
             "Send an API key as 'Authorization: Bearer <key>'.",
             details={"hint": "Operators create keys with `tokenadmin operator-key --name NAME`."},
         )
-    return await db.read(lambda session: api_key_service.authenticate(session, secret.strip()))
+    return secret.strip()
+
+
+async def get_principal(request: Request, db: DatabaseDep) -> Principal:
+    secret = _bearer(request)
+    return await db.read(lambda session: api_key_service.authenticate(session, secret))
+
+
+async def get_remembered_principal(request: Request, db: DatabaseDep) -> Principal:
+    """The caller, from the key cache when it can: only for routes that confirm the key
+    in their own transaction (`api_key.service.is_live`), as metering does."""
+    key_hash = api_key_service.hash_key(_bearer(request))
+    cache: KeyCache = request.app.state.key_cache
+    principal = cache.get(key_hash)
+    if principal is None:
+        principal = await db.read(
+            lambda session: api_key_service.authenticate_hash(session, key_hash)
+        )
+        cache.put(key_hash, principal)
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+RememberedPrincipalDep = Annotated[Principal, Depends(get_remembered_principal)]
 
 
 def act_of(principal: Principal, clock: Clock) -> Act:
@@ -87,8 +123,8 @@ async def idempotent_write(
     status_code: int = 200,
 ) -> JSONResponse:
     """Run a write in one transaction; with an Idempotency-Key, answer replays the same."""
-    db = get_db(request)
-    clock = get_clock(request)
+    db = db_of(request)
+    clock = clock_of(request)
     key = request.headers.get("idempotency-key")
     if key is None:
         act = act_of(principal, clock)
@@ -98,7 +134,7 @@ async def idempotent_write(
     idempotency.check_key(key)
     scope = principal.idempotency_scope
     print_ = await _body_print(request)
-    ttl = timedelta(hours=get_settings(request).idempotency_ttl_hours)
+    ttl = timedelta(hours=settings_of(request).idempotency_ttl_hours)
 
     async def attempt(session: AsyncSession) -> idempotency.Answer:
         stored = await idempotency.find(session, scope, [key])

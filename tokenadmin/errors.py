@@ -97,3 +97,10 @@ class AllowanceChangeRefused(RuleRefused):
 
 class ReservationClosed(Conflict):
     code = "reservation_closed"
+
+
+class Unavailable(TokenAdminError):
+    """The service is stopping; the request was not applied and may be sent again."""
+
+    code = "unavailable"
+    status_code = 503

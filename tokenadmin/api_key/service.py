@@ -63,8 +63,12 @@ async def _audit(
 
 
 async def authenticate(session: AsyncSession, secret: str) -> Principal:
+    return await authenticate_hash(session, hash_key(secret))
+
+
+async def authenticate_hash(session: AsyncSession, key_hash: str) -> Principal:
     key = await session.scalar(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))
+        select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     )
     if key is None:
         raise Unauthenticated("The API key is not valid or was revoked.")
@@ -75,6 +79,12 @@ async def authenticate(session: AsyncSession, secret: str) -> Principal:
         scopes=key.scope_set,
         key_id=key.id,
     )
+
+
+async def is_live(session: AsyncSession, key_id: uuid.UUID) -> bool:
+    """Whether the key exists and is not revoked, as of this transaction."""
+    statement = select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+    return await session.scalar(statement) is not None
 
 
 async def list_keys(session: AsyncSession, org_id: uuid.UUID) -> Sequence[ApiKey]:

@@ -20,7 +20,7 @@ from tokenadmin.dashboard.web import (
     render,
     secure_cookies,
 )
-from tokenadmin.deps import get_clock, get_db, get_settings
+from tokenadmin.deps import clock_of, db_of, settings_of
 from tokenadmin.errors import Forbidden, TokenAdminError
 
 router = APIRouter(include_in_schema=False)
@@ -88,8 +88,8 @@ async def login(
         raise Forbidden(
             "The sign-in form expired; reload the page and try again.", code="csrf_failed"
         )
-    db, settings = get_db(request), get_settings(request)
-    now, ip = get_clock(request).now(), client_ip(request)
+    db, settings = db_of(request), settings_of(request)
+    now, ip = clock_of(request).now(), client_ip(request)
     try:
         signed_in = await db.write(
             partial(
@@ -146,7 +146,7 @@ async def login(
 @router.post("/logout")
 async def logout(request: Request, viewer: WriterDep) -> Response:
     token = request.cookies.get(SESSION_COOKIE, "")
-    await get_db(request).write(partial(auth_service.sign_out, token=token))
+    await db_of(request).write(partial(auth_service.sign_out, token=token))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response

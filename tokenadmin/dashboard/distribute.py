@@ -18,7 +18,7 @@ from tokenadmin.act import Act
 from tokenadmin.allowance import service as allowance_service
 from tokenadmin.amounts import parse_amount
 from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
-from tokenadmin.deps import get_clock, get_db
+from tokenadmin.deps import clock_of, db_of
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
 from tokenadmin.tokens import Kind
@@ -151,7 +151,7 @@ async def distribute_page(
     kind: Kind = Kind.inference,
 ) -> HTMLResponse:
     require_org(viewer, org_id, "admin")
-    db, now = get_db(request), get_clock(request).now()
+    db, now = db_of(request), clock_of(request).now()
     await organization_service.up_to_date(db, org_id, now)
 
     async def load(session: AsyncSession) -> dict[str, Any]:
@@ -194,12 +194,12 @@ async def distribute(
     q: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     require_org(viewer, org_id, "admin")
-    db = get_db(request)
+    db = db_of(request)
     form = DistributionForm(kind, method, amount, share, minimum, maximum, scope, users or [])
     amounts = read_amounts(form)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
-        act = Act(viewer.principal.actor, get_clock(request).now())
+        act = Act(viewer.principal.actor, clock_of(request).now())
         org = await organization_service.lock_for_change(session, act, org_id)
         result: dict[str, Any] = {"org": org, "applied": False}
         if amounts is not None:

@@ -17,7 +17,7 @@ from tokenadmin.auth.service import Viewer
 from tokenadmin.dashboard.requests import open_requests
 from tokenadmin.dashboard.user_page import Forecast, forecast, pace_since
 from tokenadmin.dashboard.web import ViewerDep, render, require_org
-from tokenadmin.deps import get_clock, get_db
+from tokenadmin.deps import clock_of, db_of
 from tokenadmin.models import Organization
 from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.service import Balance, current_period
@@ -138,7 +138,7 @@ async def home_page(
 ) -> HTMLResponse:
     """The page itself; writes that are refused render it again with their error."""
     require_org(viewer, org_id, "read")
-    db, now = get_db(request), get_clock(request).now()
+    db, now = db_of(request), clock_of(request).now()
     await organization_service.up_to_date(db, org_id, now)
 
     async def load(session: AsyncSession) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.dashboard.web import ViewerDep, render, require_org
-from tokenadmin.deps import get_clock, get_db
+from tokenadmin.deps import clock_of, db_of
 from tokenadmin.journal import repository as journal_repository
 from tokenadmin.journal.service import ACTIONS, JournalFilter
 from tokenadmin.models import JournalEntry, Organization
@@ -138,7 +138,7 @@ async def journal_page(
 ) -> HTMLResponse:
     require_org(viewer, org_id, "read")
     filters = Filters(user.strip(), kind, action.strip(), actor.strip(), since, until)
-    db = get_db(request)
+    db = db_of(request)
 
     async def load(session: AsyncSession) -> dict[str, Any]:
         org = await organization_service.get(session, org_id)
@@ -171,7 +171,7 @@ async def journal_page(
         else None,
         newest_link="?" + urlencode(params),
         csv_link=f"/orgs/{org_id}/journal.csv" + ("?" + urlencode(params) if params else ""),
-        today=get_clock(request).now().astimezone(ZoneInfo(data["org"].time_zone)).date(),
+        today=clock_of(request).now().astimezone(ZoneInfo(data["org"].time_zone)).date(),
     )
 
 
@@ -225,7 +225,7 @@ async def journal_csv(
 ) -> Response:
     require_org(viewer, org_id, "read")
     filters = Filters(user.strip(), kind, action.strip(), actor.strip(), since, until)
-    db = get_db(request)
+    db = db_of(request)
     org = await db.read(lambda session: organization_service.get(session, org_id))
     zone = ZoneInfo(org.time_zone)
 

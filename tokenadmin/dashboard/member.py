@@ -15,7 +15,7 @@ from tokenadmin.auth.service import Viewer
 from tokenadmin.dashboard.requests import open_requests
 from tokenadmin.dashboard.user_page import Usage, usage_csv, usage_of, user_view
 from tokenadmin.dashboard.web import ViewerDep, render
-from tokenadmin.deps import get_clock, get_db
+from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
@@ -35,7 +35,7 @@ async def _as_me(
     user_id, org_id = viewer.user_id, viewer.org_id
     if user_id is None or org_id is None:
         raise NotFound("Page not found.")
-    db, now = get_db(request), get_clock(request).now()
+    db, now = db_of(request), clock_of(request).now()
     await organization_service.up_to_date(db, org_id, now)
 
     async def load(session: AsyncSession) -> T:

@@ -17,7 +17,7 @@ from tokenadmin.act import Act
 from tokenadmin.amounts import parse_amount
 from tokenadmin.auth.service import Viewer
 from tokenadmin.dashboard.web import ViewerDep, WriterDep, render
-from tokenadmin.deps import get_clock, get_db
+from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import InvalidRequest, NotFound, TokenAdminError
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization import service as organization_service
@@ -43,7 +43,7 @@ async def _operator_page(
         viewer,
         status_code=status_code,
         kinds=list(Kind),
-        **{**await get_db(request).read(load), **context},
+        **{**await db_of(request).read(load), **context},
     )
 
 
@@ -85,7 +85,7 @@ async def create_organization(
     async def work(session: AsyncSession) -> str:
         if not name.strip():
             raise InvalidRequest("The organization needs a name.")
-        act = Act(viewer.principal.actor, get_clock(request).now())
+        act = Act(viewer.principal.actor, clock_of(request).now())
         org = await organization_service.create(
             session,
             act,
@@ -98,7 +98,7 @@ async def create_organization(
         return org.name
 
     try:
-        created = await get_db(request).write(work)
+        created = await db_of(request).write(work)
     except TokenAdminError as error:
         return await _operator_page(
             request, viewer, status_code=error.status_code, create_error=error.message
@@ -124,7 +124,7 @@ async def record_purchase(
     _require_operator(viewer)
 
     async def work(session: AsyncSession) -> str:
-        act = Act(viewer.principal.actor, get_clock(request).now())
+        act = Act(viewer.principal.actor, clock_of(request).now())
         org = await organization_service.lock_for_change(session, act, org_id)
         expires_at = None
         if valid_through:
@@ -150,7 +150,7 @@ async def record_purchase(
         return org.name
 
     try:
-        org_name = await get_db(request).write(work)
+        org_name = await db_of(request).write(work)
     except TokenAdminError as error:
         return await _operator_page(
             request, viewer, status_code=error.status_code, purchase_error=error.message

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.amounts import parse_amount
 from tokenadmin.dashboard.web import WriterDep
-from tokenadmin.deps import get_clock, get_db
+from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import NotFound, TokenAdminError
 from tokenadmin.journal import repository as journal_repository
 from tokenadmin.journal import service as journal_service
@@ -99,7 +99,7 @@ async def request_tokens(
     why = reason.strip() or None
 
     async def work(session: AsyncSession) -> None:
-        act = Act(viewer.principal.actor, get_clock(request).now())
+        act = Act(viewer.principal.actor, clock_of(request).now())
         org = await organization_service.get(session, org_id)
         user = await user_repository.get(session, user_id)
         if user is None or user.org_id != org.id or not user.active:
@@ -115,7 +115,7 @@ async def request_tokens(
         )
 
     try:
-        await get_db(request).write(work)
+        await db_of(request).write(work)
     except TokenAdminError as error:
         return await my_page_response(
             request,

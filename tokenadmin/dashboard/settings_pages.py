@@ -16,7 +16,7 @@ from tokenadmin.api_key import service as api_key_service
 from tokenadmin.auth.principal import SCOPES
 from tokenadmin.auth.service import Viewer
 from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
-from tokenadmin.deps import get_clock, get_db
+from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import InvalidRequest, TokenAdminError
 from tokenadmin.organization import service as organization_service
 
@@ -40,7 +40,7 @@ async def _settings_page(
     status_code: int = 200,
     **context: Any,
 ) -> HTMLResponse:
-    db, now = get_db(request), get_clock(request).now()
+    db, now = db_of(request), clock_of(request).now()
 
     async def load(session: AsyncSession) -> dict[str, Any]:
         org = await organization_service.get(session, org_id)
@@ -69,7 +69,7 @@ async def settings_page(
     notice: Annotated[str, Query(max_length=20)] = "",
 ) -> HTMLResponse:
     require_org(viewer, org_id, "admin")
-    await organization_service.up_to_date(get_db(request), org_id, get_clock(request).now())
+    await organization_service.up_to_date(db_of(request), org_id, clock_of(request).now())
     return await _settings_page(request, org_id, viewer, notice=NOTICES.get(notice))
 
 
@@ -101,12 +101,12 @@ async def save_policy(
         )
 
     async def work(session: AsyncSession) -> None:
-        act = Act(viewer.principal.actor, get_clock(request).now())
+        act = Act(viewer.principal.actor, clock_of(request).now())
         org = await organization_service.lock_for_change(session, act, org_id)
         await organization_service.update_policy(session, act, org, changes)
 
     try:
-        await get_db(request).write(work)
+        await db_of(request).write(work)
     except TokenAdminError as error:
         return await _settings_page(
             request, org_id, viewer, status_code=error.status_code, policy_error=error.message
@@ -127,7 +127,7 @@ async def create_key(
     async def work(session: AsyncSession) -> tuple[str, str]:
         if not name.strip():
             raise InvalidRequest("Give the key a name, such as the service that will use it.")
-        act = Act(viewer.principal.actor, get_clock(request).now())
+        act = Act(viewer.principal.actor, clock_of(request).now())
         await organization_service.get(session, org_id)
         key, secret = await api_key_service.create(
             session, act, org_id=org_id, name=name.strip(), scopes=scopes or []
@@ -135,7 +135,7 @@ async def create_key(
         return key.name, secret
 
     try:
-        key_name, secret = await get_db(request).write(work)
+        key_name, secret = await db_of(request).write(work)
     except TokenAdminError as error:
         return await _settings_page(
             request, org_id, viewer, status_code=error.status_code, key_error=error.message
@@ -153,8 +153,8 @@ async def revoke_key(
     require_org(viewer, org_id, "admin")
 
     async def work(session: AsyncSession) -> None:
-        act = Act(viewer.principal.actor, get_clock(request).now())
+        act = Act(viewer.principal.actor, clock_of(request).now())
         await api_key_service.revoke(session, act, org_id, key_id)
 
-    await get_db(request).write(work)
+    await db_of(request).write(work)
     return RedirectResponse(f"/orgs/{org_id}/settings?notice=revoked", status_code=303)

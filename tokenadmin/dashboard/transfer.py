@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
-from tokenadmin.deps import get_clock, get_db
+from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import InvalidRequest
 from tokenadmin.organization import service as organization_service
 from tokenadmin.user import csv_io
@@ -25,7 +25,7 @@ PREVIEW_ROWS = 500
 
 
 async def _page(request: Request, org_id: uuid.UUID, **context: Any) -> dict[str, Any]:
-    db, now = get_db(request), get_clock(request).now()
+    db, now = db_of(request), clock_of(request).now()
 
     async def load(session: AsyncSession) -> dict[str, Any]:
         org = await organization_service.get(session, org_id)
@@ -44,7 +44,7 @@ async def import_page(
     changed: Annotated[int | None, Query(ge=0)] = None,
 ) -> HTMLResponse:
     require_org(viewer, org_id, "admin")
-    await organization_service.up_to_date(get_db(request), org_id, get_clock(request).now())
+    await organization_service.up_to_date(db_of(request), org_id, clock_of(request).now())
     notice = None
     if created is not None and changed is not None:
         notice = f"Imported: {created:,} new users, {changed:,} users changed."
@@ -82,7 +82,7 @@ async def import_csv(
     csv_text: Annotated[str, Form(max_length=MAX_UPLOAD_BYTES)] = "",
 ) -> Response:
     require_org(viewer, org_id, "admin")
-    db = get_db(request)
+    db = db_of(request)
     try:
         text = await _text(file, csv_text)
         rows = csv_io.read_csv(text)
@@ -93,7 +93,7 @@ async def import_csv(
         return render(request, "transfer.html", viewer, status_code=422, **context)
 
     async def work(session: AsyncSession) -> csv_io.ImportResult:
-        act = Act(viewer.principal.actor, get_clock(request).now())
+        act = Act(viewer.principal.actor, clock_of(request).now())
         org = await organization_service.get(session, org_id)
         return await csv_io.import_users(session, act, org, rows, dry_run=action != "apply")
 
@@ -120,7 +120,7 @@ async def import_csv(
 @router.get("/orgs/{org_id}/export.csv")
 async def export_csv(request: Request, org_id: uuid.UUID, viewer: ViewerDep) -> Response:
     require_org(viewer, org_id, "admin")
-    db, now = get_db(request), get_clock(request).now()
+    db, now = db_of(request), clock_of(request).now()
     await organization_service.up_to_date(db, org_id, now)
     org = await db.read(lambda session: organization_service.get(session, org_id))
 

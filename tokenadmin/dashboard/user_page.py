@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.dashboard.charts import Series, bar_chart
 from tokenadmin.dashboard.web import ViewerDep, render, require_org
-from tokenadmin.deps import get_clock, get_db
+from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import NotFound
 from tokenadmin.journal import repository as journal_repository
 from tokenadmin.journal.service import JournalFilter
@@ -221,7 +221,7 @@ async def user_page(
     request: Request, org_id: uuid.UUID, user_id: uuid.UUID, viewer: ViewerDep
 ) -> HTMLResponse:
     require_org(viewer, org_id, "read")
-    db, now = get_db(request), get_clock(request).now()
+    db, now = db_of(request), clock_of(request).now()
     await organization_service.up_to_date(db, org_id, now)
 
     async def load(session: AsyncSession) -> dict[str, Any]:
@@ -249,7 +249,7 @@ async def user_usage_csv(
 ) -> Response:
     """The usage charts' figures as CSV: date, inference, training."""
     require_org(viewer, org_id, "read")
-    db, now = get_db(request), get_clock(request).now()
+    db, now = db_of(request), clock_of(request).now()
 
     async def load(session: AsyncSession) -> tuple[Usage, str]:
         org = await organization_service.get(session, org_id)

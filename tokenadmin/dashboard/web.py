@@ -15,7 +15,7 @@ from starlette.templating import Jinja2Templates
 
 from tokenadmin.auth import service as auth_service
 from tokenadmin.auth.service import Viewer
-from tokenadmin.deps import get_clock, get_db, get_settings
+from tokenadmin.deps import clock_of, db_of, settings_of
 from tokenadmin.errors import Forbidden, NotFound, TokenAdminError
 
 SESSION_COOKIE = "ta_session"
@@ -71,8 +71,8 @@ def client_ip(request: Request) -> str:
 async def current_viewer(request: Request) -> Viewer:
     token = request.cookies.get(SESSION_COOKIE)
     if token:
-        db = get_db(request)
-        now = get_clock(request).now()
+        db = db_of(request)
+        now = clock_of(request).now()
         found = await db.read(lambda session: auth_service.viewer(session, token, now))
         if found is not None:
             return found
@@ -127,7 +127,7 @@ def render(
     status_code: int = 200,
     **context: Any,
 ) -> HTMLResponse:
-    settings = get_settings(request)
+    settings = settings_of(request)
     return templates.TemplateResponse(
         request,
         template,

@@ -5,14 +5,24 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, status
+from fastapi import APIRouter, Depends, Header, Request, status
 from fastapi.responses import JSONResponse
 
-from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep, SettingsDep, answer_response
+from tokenadmin.clock import Clock
+from tokenadmin.config import Settings
+from tokenadmin.database import Database
+from tokenadmin.deps import (
+    ClockDep,
+    DatabaseDep,
+    RememberedPrincipalDep,
+    SettingsDep,
+    answer_response,
+)
 from tokenadmin.errors import Forbidden, InvalidRequest
 from tokenadmin.idempotency.service import Answer, check_key
 from tokenadmin.schemas import ErrorOut
 from tokenadmin.usage import service
+from tokenadmin.usage.coalescer import Coalescer
 from tokenadmin.usage.schemas import (
     BatchOut,
     BatchResult,
@@ -37,9 +47,10 @@ class Meter:
     """A caller allowed to meter, with what running the metering engine needs."""
 
     caller: service.Caller
-    db: DatabaseDep
-    clock: ClockDep
-    settings: SettingsDep
+    db: Database
+    clock: Clock
+    settings: Settings
+    coalescer: Coalescer
 
     async def run(self, operations: list[service.Operation]) -> list[Answer]:
         return await service.run(
@@ -52,19 +63,26 @@ class Meter:
         )
 
     async def one(self, operation: service.Operation) -> JSONResponse:
-        return answer_response((await self.run([operation]))[0])
+        """One operation, in a transaction shared with the caller's concurrent ones."""
+        return answer_response(await self.coalescer.submit(self.caller, operation))
 
 
-def get_meter(
-    principal: PrincipalDep, db: DatabaseDep, clock: ClockDep, settings: SettingsDep
+async def get_meter(
+    request: Request,
+    principal: RememberedPrincipalDep,
+    db: DatabaseDep,
+    clock: ClockDep,
+    settings: SettingsDep,
 ) -> Meter:
     if not principal.is_operator and "usage" not in principal.scopes:
         raise Forbidden("Metering needs a key with the 'usage' scope.", details={"scope": "usage"})
-    caller = service.Caller(principal.actor, principal.org_id, principal.idempotency_scope)
-    return Meter(caller, db, clock, settings)
+    caller = service.Caller(
+        principal.actor, principal.org_id, principal.idempotency_scope, principal.key_id
+    )
+    return Meter(caller, db, clock, settings, request.app.state.coalescer)
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> str | None:
     return check_key(key) if key is not None else None

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
+from tokenadmin.api_key import service as api_key_service
 from tokenadmin.clock import Clock
 from tokenadmin.database import Database, lock_organization
 from tokenadmin.errors import (
@@ -29,6 +30,7 @@ from tokenadmin.errors import (
     NotFound,
     ReservationClosed,
     TokenAdminError,
+    Unauthenticated,
 )
 from tokenadmin.idempotency import service as idempotency
 from tokenadmin.journal.service import record
@@ -76,6 +78,7 @@ class Caller:
     actor: str
     org_id: uuid.UUID | None
     idempotency_scope: str
+    key_id: uuid.UUID | None = None  # confirmed not revoked in the metering transaction
 
 
 class MaintenanceDue(Exception):
@@ -115,6 +118,9 @@ async def meter(
     idempotency_ttl: timedelta,
 ) -> list[idempotency.Answer]:
     """Apply operations in order in this transaction; one answer per operation."""
+    if caller.key_id is not None and not await api_key_service.is_live(session, caller.key_id):
+        revoked = _refusal(Unauthenticated("The API key is not valid or was revoked."))
+        return [revoked] * len(operations)
     answers: list[idempotency.Answer | None] = [None] * len(operations)
     prints = [op.fingerprint() for op in operations]
     first_with_key: dict[str, int] = {}

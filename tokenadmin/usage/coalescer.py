@@ -1,0 +1,102 @@
+"""Group concurrent metering requests into shared transactions.
+
+A metered request costs little work but a whole transaction: locks, a commit, and on
+PostgreSQL a WAL flush. When many requests arrive at once, and above all when they are for
+one user, one transaction each makes them queue on the user's row lock and on the disk.
+
+`Coalescer.submit` hands an operation to its caller's queue and waits for the answer. A
+queue runs one transaction at a time (per process) with everything that arrived since
+the previous one started, up to `max_batch` operations. A lone request runs at once, so
+grouping adds no wait when the service is idle; under load the transaction grows instead
+of the queue. Every operation is still accepted or refused on its own, with its own
+idempotency key and journal entry, and its answer is given only after the commit: an
+acknowledged request is on disk.
+
+If a group's transaction fails with an unexpected error, its operations are retried one
+transaction each, so one bad operation cannot fail the requests that shared its
+transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from tokenadmin.errors import Unavailable
+from tokenadmin.idempotency.service import Answer
+from tokenadmin.usage.service import Caller, Operation
+
+log = logging.getLogger("tokenadmin.usage")
+
+STOPPING = "The service is stopping and did not apply this request; send it again."
+Run = Callable[[Caller, Sequence[Operation]], Awaitable[list[Answer]]]
+
+
+@dataclass
+class _Queue:
+    waiting: list[tuple[Operation, asyncio.Future[Answer]]] = field(default_factory=list)
+    draining: asyncio.Task[None] | None = None
+
+
+class Coalescer:
+    def __init__(self, run: Run, *, max_batch: int = 500) -> None:
+        self._run = run
+        self._max_batch = max_batch
+        self._queues: dict[Caller, _Queue] = {}
+
+    async def submit(self, caller: Caller, operation: Operation) -> Answer:
+        """Meter `operation` in the next transaction of its caller; its answer once committed."""
+        queue = self._queues.setdefault(caller, _Queue())
+        answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        queue.waiting.append((operation, answer))
+        if queue.draining is None:
+            queue.draining = asyncio.create_task(self._drain(caller, queue))
+        # Shielded: a client that goes away does not take its operation out of a transaction
+        # that may already have committed it.
+        return await asyncio.shield(answer)
+
+    async def _drain(self, caller: Caller, queue: _Queue) -> None:
+        try:
+            while queue.waiting:
+                group = queue.waiting[: self._max_batch]
+                del queue.waiting[: self._max_batch]
+                await self._settle(caller, group)
+        finally:
+            queue.draining = None
+            if not queue.waiting:
+                self._queues.pop(caller, None)
+
+    async def _settle(
+        self, caller: Caller, group: list[tuple[Operation, asyncio.Future[Answer]]]
+    ) -> None:
+        try:
+            answers = await self._run(caller, [operation for operation, _ in group])
+        except BaseException as error:
+            if not isinstance(error, Exception):
+                # Cancelled at shutdown: the transaction did not commit.
+                for _, future in group:
+                    _fail(future, Unavailable(STOPPING))
+                raise
+            if len(group) == 1:
+                _fail(group[0][1], error)
+                return
+            log.warning("a group of %d operations failed (%r); retrying them one by one",
+                        len(group), error)  # fmt: skip
+            for one in group:
+                await self._settle(caller, [one])
+            return
+        for (_, future), answer in zip(group, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)
+
+    async def close(self) -> None:
+        """Wait for the transactions under way (at shutdown, after the last request)."""
+        tasks = [q.draining for q in self._queues.values() if q.draining is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _fail(future: asyncio.Future[Answer], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
