@@ -76,14 +76,14 @@ async def get_principal(request: Request, db: DatabaseDep) -> Principal:
     return await db.read(lambda session: api_key_service.authenticate(session, secret))
 
 
-async def get_remembered_principal(request: Request, db: DatabaseDep) -> Principal:
+async def remembered_principal(request: Request) -> Principal:
     """The caller, from the key cache when it can: only for routes that confirm the key
     in their own transaction (`api_key.service.is_live`), as metering does."""
     key_hash = api_key_service.hash_key(_bearer(request))
     cache: KeyCache = request.app.state.key_cache
     principal = cache.get(key_hash)
     if principal is None:
-        principal = await db.read(
+        principal = await db_of(request).read(
             lambda session: api_key_service.authenticate_hash(session, key_hash)
         )
         cache.put(key_hash, principal)
@@ -91,7 +91,6 @@ async def get_remembered_principal(request: Request, db: DatabaseDep) -> Princip
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
-RememberedPrincipalDep = Annotated[Principal, Depends(get_remembered_principal)]
 
 
 def act_of(principal: Principal, clock: Clock) -> Act:

@@ -11,13 +11,7 @@ from fastapi.responses import JSONResponse
 from tokenadmin.clock import Clock
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
-from tokenadmin.deps import (
-    ClockDep,
-    DatabaseDep,
-    RememberedPrincipalDep,
-    SettingsDep,
-    answer_response,
-)
+from tokenadmin.deps import answer_response, remembered_principal
 from tokenadmin.errors import Forbidden, InvalidRequest
 from tokenadmin.idempotency.service import Answer, check_key
 from tokenadmin.schemas import ErrorOut
@@ -64,36 +58,29 @@ class Meter:
 
     async def one(self, operation: service.Operation) -> JSONResponse:
         """One operation, in a transaction shared with the caller's concurrent ones."""
+        if operation.idempotency_key is not None:
+            check_key(operation.idempotency_key)
         return answer_response(await self.coalescer.submit(self.caller, operation))
 
 
-async def get_meter(
-    request: Request,
-    principal: RememberedPrincipalDep,
-    db: DatabaseDep,
-    clock: ClockDep,
-    settings: SettingsDep,
-) -> Meter:
+async def get_meter(request: Request) -> Meter:
+    # One dependency, not one per part: the metering routes are the hot path.
+    principal = await remembered_principal(request)
     if not principal.is_operator and "usage" not in principal.scopes:
         raise Forbidden("Metering needs a key with the 'usage' scope.", details={"scope": "usage"})
     caller = service.Caller(
         principal.actor, principal.org_id, principal.idempotency_scope, principal.key_id
     )
-    return Meter(caller, db, clock, settings, request.app.state.coalescer)
-
-
-async def idempotency_key(
-    key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> str | None:
-    return check_key(key) if key is not None else None
+    state = request.app.state
+    return Meter(caller, state.db, state.clock, state.settings, state.coalescer)
 
 
 MeterDep = Annotated[Meter, Depends(get_meter)]
-KeyDep = Annotated[str | None, Depends(idempotency_key)]
+KeyDep = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
 @router.post("/usage", response_model=UsageAccepted, responses=REFUSALS)
-async def record_usage(body: UsageFields, meter: MeterDep, key: KeyDep) -> JSONResponse:
+async def record_usage(body: UsageFields, meter: MeterDep, key: KeyDep = None) -> JSONResponse:
     """Record usage; refused as a whole with insufficient_tokens when it does not fit."""
     if key is None:
         raise InvalidRequest(
@@ -148,7 +135,7 @@ async def record_usage_batch(body: UsageBatch, meter: MeterDep) -> BatchOut:
     response_model=ReservationOut,
     responses=REFUSALS,
 )
-async def reserve(body: ReservationCreate, meter: MeterDep, key: KeyDep) -> JSONResponse:
+async def reserve(body: ReservationCreate, meter: MeterDep, key: KeyDep = None) -> JSONResponse:
     """Hold tokens for a long or streaming operation until commit, release or expiry."""
     operation = service.Operation(
         "reserve",
@@ -166,7 +153,7 @@ async def reserve(body: ReservationCreate, meter: MeterDep, key: KeyDep) -> JSON
     "/reservations/{reservation_id}/commit", response_model=ReservationOut, responses=REFUSALS
 )
 async def commit_reservation(
-    reservation_id: uuid.UUID, meter: MeterDep, key: KeyDep, body: Commit | None = None
+    reservation_id: uuid.UUID, meter: MeterDep, key: KeyDep = None, body: Commit | None = None
 ) -> JSONResponse:
     """Commit what was actually used; the rest of the reservation is released."""
     tokens = body.tokens if body else None
@@ -180,7 +167,7 @@ async def commit_reservation(
     "/reservations/{reservation_id}/release", response_model=ReservationOut, responses=REFUSALS
 )
 async def release_reservation(
-    reservation_id: uuid.UUID, meter: MeterDep, key: KeyDep
+    reservation_id: uuid.UUID, meter: MeterDep, key: KeyDep = None
 ) -> JSONResponse:
     """Release a reservation without using it."""
     operation = service.Operation("release", reservation_id=reservation_id, idempotency_key=key)

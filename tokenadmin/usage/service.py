@@ -102,6 +102,7 @@ class _Batch:
     act: Act
     caller: Caller
     users: dict[uuid.UUID, User] = field(default_factory=dict)
+    by_ref: dict[uuid.UUID | str, User] = field(default_factory=dict)  # by id and by email
     orgs: dict[uuid.UUID, Organization] = field(default_factory=dict)
     reservations: dict[uuid.UUID, Reservation] = field(default_factory=dict)
     org_room: dict[tuple[uuid.UUID, Kind], int] = field(default_factory=dict)
@@ -214,6 +215,8 @@ async def _load(batch: _Batch, operations: Sequence[Operation]) -> None:
     lock_ids = {u.id for u in named if u.org_id in batch.orgs}
     lock_ids |= {r.user_id for r in reservations if r.org_id in batch.orgs}
     batch.users = {u.id: u for u in await repository.lock_users(session, sorted(lock_ids))}
+    for user in batch.users.values():
+        batch.by_ref[user.id] = batch.by_ref[user.email] = user
     batch.reservations = {
         r.id: r
         for r in await repository.reservations(session, reservation_ids, lock=True)
@@ -234,10 +237,9 @@ async def _load(batch: _Batch, operations: Sequence[Operation]) -> None:
 
 
 def _find_user(batch: _Batch, ref: str) -> User:
-    parsed = _parse_user_ref(ref)
-    for user in batch.users.values():
-        if user.id == parsed or user.email == parsed:
-            return user
+    user = batch.by_ref.get(_parse_user_ref(ref))
+    if user is not None:
+        return user
     raise NotFound(f"No user '{ref}' in this organization.", code="user_not_found")
 
 
