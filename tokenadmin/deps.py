@@ -141,7 +141,9 @@ async def idempotent_write(
             return idempotency.replay(stored[key], print_)
         act = act_of(principal, clock)
         answer = idempotency.Answer(status_code, _jsonable(await work(session, act)))
-        idempotency.remember(session, scope, key, print_, answer, act.now, ttl)
+        await idempotency.remember(
+            session, [idempotency.remembered(scope, key, print_, answer, act.now, ttl)]
+        )
         return answer
 
     async def remember_refusal(session: AsyncSession, error: TokenAdminError) -> idempotency.Answer:
@@ -149,7 +151,9 @@ async def idempotent_write(
         if key in stored:
             return idempotency.replay(stored[key], print_)
         answer = idempotency.Answer(error.status_code, error.to_dict())
-        idempotency.remember(session, scope, key, print_, answer, clock.now(), ttl)
+        await idempotency.remember(
+            session, [idempotency.remembered(scope, key, print_, answer, clock.now(), ttl)]
+        )
         return answer
 
     for _attempt in range(3):

@@ -11,9 +11,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, select
+from sqlalchemy import Table, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.errors import IdempotencyKeyReused, InvalidRequest
@@ -80,26 +80,28 @@ def replay(record: IdempotencyRecord, print_: str) -> Answer:
     return Answer(record.status_code, json.loads(record.response), replayed=True)
 
 
-def remember(
-    session: AsyncSession,
-    scope: str,
-    key: str,
-    print_: str,
-    answer: Answer,
-    now: datetime,
-    ttl: timedelta,
-) -> None:
-    session.add(
-        IdempotencyRecord(
-            scope=scope,
-            key=key,
-            fingerprint=print_,
-            status_code=answer.status_code,
-            response=json.dumps(answer.body, separators=(",", ":")),
-            created_at=now,
-            expires_at=now + ttl,
-        )
-    )
+def remembered(
+    scope: str, key: str, print_: str, answer: Answer, now: datetime, ttl: timedelta
+) -> dict[str, Any]:
+    """The record that keeps `answer` for replays of `key`, as a row for `remember`."""
+    return {
+        "scope": scope,
+        "key": key,
+        "fingerprint": print_,
+        "status_code": answer.status_code,
+        "response": json.dumps(answer.body, separators=(",", ":")),
+        "created_at": now,
+        "expires_at": now + ttl,
+    }
+
+
+async def remember(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Store records (from `remembered`) in this transaction, in one statement.
+
+    A key another transaction stored first raises IntegrityError: the caller retries and
+    replays that transaction's answer."""
+    if rows:
+        await session.execute(insert(cast(Table, IdempotencyRecord.__table__)), list(rows))
 
 
 async def purge(session: AsyncSession, now: datetime) -> int:

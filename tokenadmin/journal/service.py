@@ -3,6 +3,11 @@
 `record` applies a change to the stored balances and appends the entry that describes it,
 in the caller's transaction, so a balance never moves without its entry. `verify` replays
 every entry and compares the result with every stored balance.
+
+Entries are appended in bulk: `record` keeps each new entry in its session, in order, and
+`write_pending` inserts them all in one statement, after the session's other changes.
+It runs before every commit (a session event), so no entry can be left behind; code that
+needs the entries' ids sooner (metering answers with them) calls it itself.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
+from sqlalchemy import Table, event, insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from tokenadmin.act import Act
 from tokenadmin.journal import repository
@@ -46,6 +53,17 @@ ACTIONS = (
 )
 
 
+PENDING = "tokenadmin.journal.pending"  # the key of the session's unwritten entries
+
+
+@dataclass
+class Entry:
+    """A journal entry recorded in this transaction; its id is known once it is written."""
+
+    row: dict[str, Any]
+    id: int | None = None
+
+
 def record(
     session: AsyncSession,
     act: Act,
@@ -64,7 +82,7 @@ def record(
     purchase_id: uuid.UUID | None = None,
     reservation_id: uuid.UUID | None = None,
     details: dict[str, Any] | None = None,
-) -> JournalEntry:
+) -> Entry:
     """Apply the deltas to `org` and `user` and append the journal entry for them."""
     if (capacity or allocated or allowance or used or reserved) and kind is None:
         raise ValueError("a change of tokens needs a kind")
@@ -78,31 +96,62 @@ def record(
     elif allowance or used or reserved:
         raise ValueError("a change of a user's balances needs the user")
     org_level = kind is not None and (capacity or allocated or user is None)
-    entry = JournalEntry(
-        org_id=org.id,
-        user_id=user.id if user is not None else None,
-        purchase_id=purchase_id,
-        reservation_id=reservation_id,
-        created_at=act.now,
-        actor=act.actor,
-        action=action,
-        kind=kind.value if kind is not None else None,
-        amount=amount,
-        reason=reason,
-        capacity_delta=capacity,
-        allocated_delta=allocated,
-        allowance_delta=allowance,
-        used_delta=used,
-        reserved_delta=reserved,
-        capacity_after=org.capacity(kind) if org_level and kind is not None else None,
-        allocated_after=org.allocated(kind) if org_level and kind is not None else None,
-        allowance_after=user.allowance(kind) if user is not None and kind else None,
-        used_after=user.used(kind) if user is not None and kind else None,
-        reserved_after=user.reserved(kind) if user is not None and kind else None,
-        details=details,
+    entry = Entry(
+        {
+            "org_id": org.id,
+            "user_id": user.id if user is not None else None,
+            "purchase_id": purchase_id,
+            "reservation_id": reservation_id,
+            "created_at": act.now,
+            "actor": act.actor,
+            "action": action,
+            "kind": kind.value if kind is not None else None,
+            "amount": amount,
+            "reason": reason,
+            "capacity_delta": capacity,
+            "allocated_delta": allocated,
+            "allowance_delta": allowance,
+            "used_delta": used,
+            "reserved_delta": reserved,
+            "capacity_after": org.capacity(kind) if org_level and kind is not None else None,
+            "allocated_after": org.allocated(kind) if org_level and kind is not None else None,
+            "allowance_after": user.allowance(kind) if user is not None and kind else None,
+            "used_after": user.used(kind) if user is not None and kind else None,
+            "reserved_after": user.reserved(kind) if user is not None and kind else None,
+            "details": details,
+        }
     )
-    session.add(entry)
+    session.info.setdefault(PENDING, []).append(entry)
     return entry
+
+
+async def write_pending(session: AsyncSession) -> None:
+    """Write the session's changes, then its recorded entries in order, giving them ids."""
+    await session.run_sync(_write_pending)
+
+
+def _write_pending(session: Session) -> None:
+    session.flush()
+    pending: list[Entry] = session.info.pop(PENDING, [])
+    if not pending:
+        return
+    # Ids follow the order of the rows (sort_by_parameter_order), which is the order the
+    # balances changed in: `verify` replays entries by id.
+    table = cast(Table, JournalEntry.__table__)
+    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
+    ids = session.execute(statement, [entry.row for entry in pending]).scalars().all()
+    for entry, entry_id in zip(pending, ids, strict=True):
+        entry.id = entry_id
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    _write_pending(session)
+
+
+@event.listens_for(Session, "after_rollback")
+def _after_rollback(session: Session) -> None:
+    session.info.pop(PENDING, None)
 
 
 # --- verify -------------------------------------------------------------------------------

@@ -33,8 +33,9 @@ from tokenadmin.errors import (
     Unauthenticated,
 )
 from tokenadmin.idempotency import service as idempotency
+from tokenadmin.journal import service as journal
 from tokenadmin.journal.service import record
-from tokenadmin.models import JournalEntry, Organization, Reservation, User
+from tokenadmin.models import Organization, Reservation, User
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization.service import (
     current_period,
@@ -154,7 +155,7 @@ async def meter(
             answers[index] = await _apply(batch, operations[index], default_ttl)
         except TokenAdminError as error:
             answers[index] = _refusal(error)
-    await session.flush()
+    await journal.write_pending(session)
 
     final: list[idempotency.Answer] = []
     for index, op in enumerate(operations):
@@ -164,17 +165,16 @@ async def meter(
             assert first is not None
             answer = idempotency.Answer(first.status_code, first.body, replayed=True)
         final.append(_with_entry_ids(answer))
-    for key, index in first_with_key.items():
-        if index in todo and idempotency.kept(final[index].status_code):
-            idempotency.remember(
-                session,
-                caller.idempotency_scope,
-                key,
-                prints[index],
-                final[index],
-                act.now,
-                idempotency_ttl,
+    await idempotency.remember(
+        session,
+        [
+            idempotency.remembered(
+                caller.idempotency_scope, key, prints[i], final[i], act.now, idempotency_ttl
             )
+            for key, i in first_with_key.items()
+            if idempotency.kept(final[i].status_code)
+        ],
+    )
     return final
 
 
@@ -184,7 +184,7 @@ def _refusal(error: TokenAdminError) -> idempotency.Answer:
 
 def _with_entry_ids(answer: idempotency.Answer) -> idempotency.Answer:
     entry = answer.body.get("journal_entry_id")
-    if isinstance(entry, JournalEntry):
+    if isinstance(entry, journal.Entry):
         body = {**answer.body, "journal_entry_id": entry.id}
         return idempotency.Answer(answer.status_code, body, answer.replayed)
     return answer
@@ -370,7 +370,7 @@ def _balances(batch: _Batch, user: User, kind: Kind) -> dict[str, int]:
 
 
 def _reservation_body(
-    batch: _Batch, reservation: Reservation, user: User, entry: JournalEntry | None
+    batch: _Batch, reservation: Reservation, user: User, entry: journal.Entry | None
 ) -> dict[str, Any]:
     kind = Kind(reservation.kind)
     return {
@@ -454,7 +454,9 @@ async def _close(batch: _Batch, op: Operation, reservation: Reservation) -> idem
     return idempotency.Answer(200, _reservation_body(batch, reservation, user, entry))
 
 
-def _expire(batch: _Batch, org: Organization, user: User, reservation: Reservation) -> JournalEntry:
+def _expire(
+    batch: _Batch, org: Organization, user: User, reservation: Reservation
+) -> journal.Entry:
     kind = Kind(reservation.kind)
     _take(batch, user, kind, -reservation.amount)
     entry = record(
