@@ -1,36 +1,44 @@
-"""The metering benchmark's own functions with tiny numbers, so `make bench` can't rot.
+"""The benchmark's own functions with tiny numbers, so `make bench` can't rot.
 
 Needs `wrk` (and `pgbench` for the PostgreSQL part); skipped without them. `.ci/run`
-would have to `apt-get install wrk` for these to run in CI.
+installs wrk.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from bench import metering
+from bench import admin, growth, metering, reservations, usage
+from bench.data import seed_metering, verify
+from bench.load import Plan
 from bench.user_table import _throwaway_database
 from tokenadmin.migrate import upgrade
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TOKENADMIN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
-TINY = metering.Plan(
+TINY = Plan(
     users=200,
     seconds=1.0,
     connections=8,
     threads=1,
     drain=1.0,
     warmup=0.0,
-    scenarios=("spread", "over-demand"),
+    batch_connections=2,
+    batch_events=50,
+    scenarios=("spread", "over-demand", "batch", "reservations"),
 )
+TINY_SIZES = growth.Sizes(
+    users=(50, 100), journal_entries=1_000, seconds=1.0, query_requests=3, connections=8
+)
+TINY_SCALE = admin.Scale(changed_users=20, new_users=50)
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +46,19 @@ pytestmark = pytest.mark.slow
 def _needs(tool: str) -> None:
     if shutil.which(tool) is None:
         pytest.skip(f"{tool} is not installed (apt-get install {tool}; .ci/run installs it)")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    _needs("pgbench")
+    try:
+        with _throwaway_database("postgresql", POSTGRES_ADMIN_URL) as url:
+            upgrade(url)
+            yield url
+    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
+        if os.environ.get("TOKENADMIN_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL is required but unreachable: {error}")
+        pytest.skip(f"PostgreSQL unreachable ({error})")
 
 
 def test_metering_on_sqlite_is_exact_under_load() -> None:
@@ -48,39 +69,67 @@ def test_metering_on_sqlite_is_exact_under_load() -> None:
     systems = {(r.scenario, r.system.split(",")[0]): r for r in run.results}
     assert set(systems) == {
         ("spread", "limit: sqlite3 loop"),
+        ("reservations", "limit: sqlite3 loop"),
         ("spread", "tokenadmin API"),
         ("over-demand", "tokenadmin API"),
+        ("batch", "tokenadmin API"),
+        ("reservations", "tokenadmin API"),
     }
     for result in run.results:
         assert result.per_second > 0, result
         assert result.accepted > 0, result
         assert result.exact, (result.exactness, result.notes)
     api = systems[("spread", "tokenadmin API")]
-    assert api.rss_mb is not None
-    assert api.rss_mb > 10
-    over = systems[("over-demand", "tokenadmin API")]
-    assert "= allowance" in over.exactness
-    assert metering.table([run])[2].startswith("| sqlite | spread | limit")
+    assert api.memory is not None
+    assert min(api.memory.rss) > 10
+    assert "= allowance" in systems[("over-demand", "tokenadmin API")].exactness
+    assert systems[("batch", "tokenadmin API")].unit == "events"
+    assert "0 open reservations" in systems[("reservations", "tokenadmin API")].exactness
+    lines = metering.table([run])
+    assert lines[2].startswith("| sqlite | spread | limit")
+    assert "≥ 50,000 events/s" in next(line for line in lines if "| batch |" in line)
 
 
-def test_pgbench_limit_debits_exactly_and_keeps_the_journal_clean() -> None:
-    _needs("pgbench")
-    try:
-        with _throwaway_database("postgresql", POSTGRES_ADMIN_URL) as url:
-            upgrade(url)
-            seeded = asyncio.run(metering._seed(url, TINY.users))
-            with tempfile.TemporaryDirectory() as scratch:
-                result = metering.pgbench_limit(
-                    seeded, "spread", TINY, Path(scratch), prefix="user", users=TINY.users
-                )
-            clean, summary = metering.verify(url)
-    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        if os.environ.get("TOKENADMIN_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"PostgreSQL is required but unreachable: {error}")
-        pytest.skip(f"PostgreSQL unreachable ({error})")
+def test_pgbench_limits_debit_and_reserve_exactly_and_keep_the_journal_clean(
+    postgres_url: str,
+) -> None:
+    seeded = seed_metering(postgres_url, TINY.users)
+    with tempfile.TemporaryDirectory() as scratch:
+        spread = usage.pgbench_limit(
+            seeded, "spread", TINY, Path(scratch), prefix="user", users=TINY.users
+        )
+        pairs = reservations.pgbench_limit(seeded, TINY, Path(scratch))
+    added = growth.add_history(postgres_url, 1_000, TINY.users)
+    clean, summary = verify(postgres_url)
 
-    assert result.accepted > 0
-    assert result.per_second > 0
-    assert result.exact, result.exactness
-    assert 0 < result.p50_ms <= result.p99_ms
+    for result in (spread, pairs):
+        assert result.accepted > 0
+        assert result.per_second > 0
+        assert result.exact, result.exactness
+        assert 0 < result.p50_ms <= result.p99_ms
+    assert "0 open reservations" in pairs.exactness
+    assert added == 1_000
     assert clean, summary
+
+
+def test_growth_and_administration_on_sqlite_are_measured_and_verified() -> None:
+    _needs("wrk")
+    run = growth.run_database("sqlite", TINY_SIZES, TINY_SCALE, POSTGRES_ADMIN_URL)
+
+    points = run.growth.points
+    assert [p.users for p in points] == [50, 100, 100]
+    assert points[2].journal_entries >= points[1].journal_entries + 1_000
+    for point in points:
+        assert point.limit.exact, point.limit.exactness
+        assert point.api.exact, (point.api.exactness, point.api.notes)
+        assert 0 < point.query_p50_ms <= point.query_p99_ms
+    steps = {step.how: step for step in run.admin.steps}
+    for step in steps.values():
+        assert step.ok, step
+        assert step.seconds > 0
+    assert "50 users created" in steps["tokenadmin users import (CSV)"].detail
+    assert "20 changes applied" in steps["POST /v1/organizations/{id}/allowances"].detail
+    assert run.clean
+    growth_lines = growth.table([run.growth])
+    assert len(growth_lines) == 2 + 3 * len(points)
+    assert admin.table([run.admin])[2].startswith("| sqlite | allowance change of 20 users")

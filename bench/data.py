@@ -1,0 +1,160 @@
+"""The benchmarks' data: a seeded organization with its API key, the balances the
+exactness checks read, and `tokenadmin verify`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.act import Act
+from tokenadmin.api_key import service as api_key_service
+from tokenadmin.bulk import EMAIL_DOMAIN, seed_users
+from tokenadmin.database import Database
+from tokenadmin.organization import service as organization_service
+
+KEY_NAME = "bench"  # the journal's actor is "key:bench", as the API writes it
+SPREAD_MAX_TOKENS = 10_000_000  # never refused in a run
+HOT_MAX_TOKENS = 1_000_000_000_000
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Seeded:
+    url: str
+    org_id: uuid.UUID
+    key: str  # an API key of the organization with the `usage` scope
+    minimum: int  # the organization's minimum Max Tokens
+
+
+@dataclass(frozen=True)
+class Balances:
+    """What the seeded users of one prefix have used and reserved, and their open
+    reservations."""
+
+    used: int
+    reserved: int
+    open_reservations: int
+
+
+def _act() -> Act:
+    return Act("bench", datetime.now(UTC))
+
+
+async def _with_database(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
+    db = Database(url, pool_size=2)
+    try:
+        return await work(db)
+    finally:
+        await db.dispose()
+
+
+def create_key(url: str, org_id: uuid.UUID, scopes: list[str], name: str = KEY_NAME) -> str:
+    """A new API key of the organization; the key itself."""
+
+    async def key(session: AsyncSession) -> str:
+        _, secret = await api_key_service.create(
+            session, _act(), org_id=org_id, name=name, scopes=scopes
+        )
+        return secret
+
+    return asyncio.run(_with_database(url, lambda db: db.write(key)))
+
+
+def create_organization(url: str, name: str, capacity: int) -> Seeded:
+    """An organization that bought `capacity` inference tokens, with a `usage` key."""
+
+    async def organization(session: AsyncSession) -> tuple[uuid.UUID, int]:
+        act = _act()
+        org = await organization_service.create(session, act, name=name)
+        await organization_service.record_purchase(
+            session,
+            act,
+            org,
+            inference_amount=capacity,
+            training_amount=0,
+            purchased_on=None,
+            expires_at=None,
+            payer="bench",
+            note=f"capacity for the benchmark ({name})",
+        )
+        return org.id, org.min_inference
+
+    org_id, minimum = asyncio.run(_with_database(url, lambda db: db.write(organization)))
+    return Seeded(url, org_id, create_key(url, org_id, ["usage"]), minimum)
+
+
+def add_users(url: str, org_id: uuid.UUID, count: int, *, max_tokens: int, prefix: str) -> None:
+    """`count` more users with this prefix (`bulk.seed_users`: numbered after earlier ones)."""
+
+    async def work(db: Database) -> None:
+        await seed_users(db, org_id, count, max_tokens=max_tokens, prefix=prefix, act=_act())
+
+    asyncio.run(_with_database(url, work))
+
+
+def seed_metering(url: str, users: int) -> Seeded:
+    """The metering benchmark's organization: `users` spread users and one hot user."""
+    capacity = users * SPREAD_MAX_TOKENS + 2 * HOT_MAX_TOKENS
+    seeded = create_organization(url, "Bench Metering", capacity)
+    add_users(url, seeded.org_id, users, max_tokens=SPREAD_MAX_TOKENS, prefix="user")
+    add_users(url, seeded.org_id, 1, max_tokens=HOT_MAX_TOKENS, prefix="hot")
+    return seeded
+
+
+def balances(url: str, prefix: str) -> Balances:
+    """Used and reserved tokens of the seeded users with this prefix, and their open
+    reservations."""
+    pattern = {"p": f"{prefix}%@{EMAIL_DOMAIN}"}
+
+    async def work(session: AsyncSession) -> Balances:
+        row = (
+            await session.execute(
+                text(
+                    "SELECT coalesce(sum(inference_used), 0), coalesce(sum(inference_reserved), 0)"
+                    " FROM users WHERE email LIKE :p"
+                ),
+                pattern,
+            )
+        ).one()
+        open_count = await session.scalar(
+            text(
+                "SELECT count(*) FROM reservations r JOIN users u ON u.id = r.user_id"
+                " WHERE r.status = 'open' AND u.email LIKE :p"
+            ),
+            pattern,
+        )
+        return Balances(int(row[0]), int(row[1]), int(open_count or 0))
+
+    return asyncio.run(_with_database(url, lambda db: db.read(work)))
+
+
+def tokenadmin_command() -> str:
+    return str(Path(sys.executable).parent / "tokenadmin")
+
+
+def verify(url: str) -> tuple[bool, str]:
+    """`tokenadmin verify --json` on the database: clean, and what it replayed."""
+    command = [tokenadmin_command(), "verify", "--json"]
+    env = {**os.environ, "TOKENADMIN_DATABASE_URL": url}
+    answer = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    try:
+        report = json.loads(answer.stdout)
+    except json.JSONDecodeError:
+        return False, f"verify exited {answer.returncode}: {answer.stderr[-500:]}"
+    summary = (
+        f"{report['entries']:,} entries, {report['users']:,} users,"
+        f" {len(report['differences'])} differences"
+    )
+    return bool(report["clean"]), summary

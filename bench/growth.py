@@ -1,0 +1,303 @@
+"""How cost grows: the spread scenario (the API and its limit) and the user table's query
+at 1,000, 10,000 and 100,000 users, then at 100,000 users with 1,000,000 journal entries
+present; then administration at scale (bench/admin.py) on that same database.
+
+One organization grows in place (`bulk.seed_users` adds the users; the journal entries
+are added in one INSERT … SELECT) and one server runs throughout, so each size is
+measured on the same data, warm. The journal entries are usage entries of the seeded
+users, 1 token each, with the balances after that a replay gives, and the users' used
+tokens grow by as much: `tokenadmin verify` stays clean (and is run, timed, at the end).
+Target (issue 4): the latency at the largest size within 1.5× of the 1,000-user figure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bench import admin, usage
+from bench.data import KEY_NAME, SPREAD_MAX_TOKENS, Seeded, add_users, create_organization
+from bench.figures import Result, append_to_results, heading, show, yes_no
+from bench.load import Plan, Timings
+from bench.user_table import _query_times, _throwaway_database, server
+from tokenadmin.bulk import EMAIL_DOMAIN
+from tokenadmin.database import Database
+from tokenadmin.migrate import upgrade
+
+PREFIX = "user"
+QUERY = "first page"  # of bench.user_table's scenarios: the user table as it opens
+TARGET_RATIO = 1.5
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The sizes measured, and how long: the defaults are the recorded run."""
+
+    users: tuple[int, ...] = (1_000, 10_000, 100_000)
+    journal_entries: int = 1_000_000  # added at the largest size
+    seconds: float = 5.0
+    query_requests: int = 50
+    connections: int = 64
+    postgres_workers: int = 2
+
+    def plan(self, users: int) -> Plan:
+        return Plan(
+            users=users,
+            seconds=self.seconds,
+            connections=self.connections,
+            drain=2.0,
+            warmup=1.0,
+            postgres_workers=self.postgres_workers,
+            scenarios=("spread",),
+        )
+
+
+QUICK = Sizes(users=(200, 1_000, 5_000), journal_entries=50_000, seconds=2.0, query_requests=10)
+
+
+@dataclass(frozen=True)
+class Point:
+    """What one size measured."""
+
+    users: int
+    journal_entries: int
+    limit: Result
+    api: Result
+    query_p50_ms: float
+    query_p99_ms: float
+
+
+@dataclass
+class GrowthRun:
+    database: str
+    points: list[Point]
+    seconds_to_add: dict[str, float]  # what was added between the sizes, and how long it took
+
+
+@dataclass
+class RunAtScale:
+    growth: GrowthRun
+    admin: admin.AdminRun
+
+    @property
+    def clean(self) -> bool:
+        points = self.growth.points
+        return self.admin.clean and all(p.limit.exact and p.api.exact for p in points)
+
+
+# --- the data -----------------------------------------------------------------------------
+
+HISTORY = f"""
+WITH RECURSIVE series(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM series WHERE n < :per_user)
+INSERT INTO journal_entries (org_id, user_id, created_at, actor, action, kind, amount,
+    capacity_delta, allocated_delta, allowance_delta, used_delta, reserved_delta,
+    allowance_after, used_after, reserved_after, details)
+SELECT u.org_id, u.id, :created_at, '{"key:" + KEY_NAME}', 'usage', 'inference', 1,
+    0, 0, 0, 1, 0, u.max_tokens, u.inference_used + series.n, u.inference_reserved,
+    '{{"model": "bench"}}'
+  FROM series CROSS JOIN users u
+ WHERE u.email LIKE :pattern
+ ORDER BY series.n, u.id
+"""
+HISTORY_USED = """
+UPDATE users SET inference_used = inference_used + :per_user WHERE email LIKE :pattern
+"""
+
+
+def add_history(url: str, entries: int, users: int) -> int:
+    """About `entries` usage entries of the seeded users (the same number each, 1 token,
+    interleaved as if over time) and their used tokens, in one transaction; how many."""
+    per_user = max(1, math.ceil(entries / users))
+    now = datetime.now(UTC)
+
+    async def work(session: AsyncSession) -> None:
+        postgres = session.get_bind().dialect.name == "postgresql"
+        values = {
+            "per_user": per_user,
+            "pattern": f"{PREFIX}%@{EMAIL_DOMAIN}",
+            "created_at": now if postgres else usage.sqlite_time(now),
+        }
+        await session.execute(text(HISTORY), values)
+        await session.execute(text(HISTORY_USED), values)
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        try:
+            await db.write(work)
+            if db.dialect == "postgresql":
+                async with db.engine.connect() as connection:
+                    await connection.execute(text("ANALYZE users, journal_entries"))
+                    await connection.commit()
+        finally:
+            await db.dispose()
+
+    asyncio.run(run())
+    return per_user * users
+
+
+def journal_size(url: str) -> int:
+    async def run() -> int:
+        db = Database(url, pool_size=1)
+        try:
+            count = await db.read(
+                lambda session: session.scalar(text("SELECT count(*) FROM journal_entries"))
+            )
+            return int(count or 0)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
+# --- one size -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Server:
+    database: str
+    seeded: Seeded
+    base: str
+    pid: int
+    workdir: Path
+
+
+def measure(at: Server, sizes: Sizes, users: int) -> Point:
+    """The spread scenario's limit and API, and the user table's query, at this size."""
+    plan = sizes.plan(users)
+    entries = journal_size(at.seeded.url)
+    print(f"  {users:,} users, {entries:,} journal entries:", flush=True)
+    limit = show(
+        usage.limit(at.database, at.seeded, "spread", plan, at.workdir, prefix=PREFIX, users=users)
+    )
+    usage.send(at.base, at.seeded, plan, prefix=PREFIX, users=users, tokens=1, seconds=plan.warmup)
+    api = show(
+        usage.api_run(
+            at.seeded, at.database, "spread", plan, at.base, at.pid, prefix=PREFIX, users=users
+        )
+    )
+    found = asyncio.run(
+        _query_times(at.seeded.url, at.seeded.org_id, sizes.query_requests, warmup=3)
+    )[QUERY]
+    query = Timings(len(found), 0.0, sorted(found))
+    print(f"    user table ({QUERY}): p50 {query.p50:.1f}  p99 {query.p99:.1f} ms", flush=True)
+    return Point(users, entries, limit, api, query.p50, query.p99)
+
+
+def run_database(
+    database: str, sizes: Sizes, scale: admin.Scale, postgres_admin_url: str
+) -> RunAtScale:
+    """Grow one organization through the sizes, measuring each; then administration at
+    scale on it; then verify (timed, as part of the administration)."""
+    biggest = max(sizes.users)
+    capacity = biggest * SPREAD_MAX_TOKENS + admin.CAPACITY_ROOM
+    workers = sizes.postgres_workers if database == "postgresql" else 1
+    with (
+        _throwaway_database(database, postgres_admin_url) as url,
+        tempfile.TemporaryDirectory(prefix="tokenadmin-growth-") as scratch,
+    ):
+        upgrade(url)
+        seeded = create_organization(url, "Bench Growth", capacity)
+        print(f"{database}: how cost grows", flush=True)
+        added: dict[str, float] = {}
+        points: list[Point] = []
+        with server(url, workers) as (base, pid):
+            at = Server(database, seeded, base, pid, Path(scratch))
+            have = 0
+            for users in sizes.users:
+                started = time.perf_counter()
+                add_users(
+                    url, seeded.org_id, users - have, max_tokens=SPREAD_MAX_TOKENS, prefix=PREFIX
+                )
+                added[f"{users - have:,} users (bulk.seed_users)"] = time.perf_counter() - started
+                have = users
+                points.append(measure(at, sizes, users))
+            started = time.perf_counter()
+            entries = add_history(url, sizes.journal_entries, have)
+            added[f"{entries:,} journal entries (one INSERT … SELECT)"] = (
+                time.perf_counter() - started
+            )
+            points.append(measure(at, sizes, have))
+            admin_run = admin.run(database, at.seeded, base, have, scale, Path(scratch))
+    return RunAtScale(GrowthRun(database, points, added), admin_run)
+
+
+# --- the record ---------------------------------------------------------------------------
+
+
+def _ratio(value: float, first: float) -> float:
+    return value / first if first else math.inf
+
+
+def _rows(database: str, point: Point, first: Point) -> list[str]:
+    rows = []
+    where = f"| {database} | {point.users:,} | {point.journal_entries:,}"
+    measures = (
+        (point.limit.system, point.limit, first.limit, False),
+        (point.api.system, point.api, first.api, True),
+    )
+    for name, result, base, has_target in measures:
+        p50 = _ratio(result.p50_ms, base.p50_ms)
+        p99 = _ratio(result.p99_ms, base.p99_ms)
+        met = yes_no(p50 <= TARGET_RATIO and p99 <= TARGET_RATIO) if has_target else ""
+        rows.append(
+            f"{where} | spread, {name} | {result.per_second:,.0f}"
+            f" ({_ratio(result.per_second, base.per_second):.2f}×) | {result.p50_ms:.1f}"
+            f" | {result.p99_ms:.1f} | {p50:.2f} | {p99:.2f}"
+            f" | {met if point is not first else ''} | {'yes' if result.exact else '**NO**'} |"
+        )
+    p50 = _ratio(point.query_p50_ms, first.query_p50_ms)
+    p99 = _ratio(point.query_p99_ms, first.query_p99_ms)
+    met = yes_no(p50 <= TARGET_RATIO and p99 <= TARGET_RATIO)
+    rows.append(
+        f"{where} | user table query ({QUERY}), in process |"
+        f" | {point.query_p50_ms:.1f} | {point.query_p99_ms:.1f} | {p50:.2f} | {p99:.2f}"
+        f" | {met if point is not first else ''} | |"
+    )
+    return rows
+
+
+def table(runs: list[GrowthRun]) -> list[str]:
+    lines = [
+        "| database | users | journal entries | measure | ops/s (÷ first) | p50 ms | p99 ms"
+        " | p50 ÷ first | p99 ÷ first | target met (p50 and p99 ≤ 1.5× first) | exact |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for run in runs:
+        first = run.points[0]
+        for point in run.points:
+            lines.extend(_rows(run.database, point, first))
+    return lines
+
+
+def record(runs: list[GrowthRun], sizes: Sizes, code: str) -> None:
+    added = "; ".join(
+        f"{run.database}: "
+        + ", ".join(f"{what} {s:.1f} s" for what, s in run.seconds_to_add.items())
+        for run in runs
+    )
+    lines = [
+        "",
+        heading("How cost grows", code),
+        "",
+        "`python -m bench.metering` (bench/growth.py): one organization grown in place, one"
+        " server throughout; at each size the spread scenario (POST /v1/usage, a random one"
+        f" of the users, {sizes.connections} connections, {sizes.seconds:g} s; the limit as in"
+        " the metering table) and the user table's query"
+        f" (`user.repository.search`, {QUERY}, {sizes.query_requests} sequential calls in"
+        f" process). Target (issue 4): latency at the largest size within {TARGET_RATIO}×"
+        ' of the first size\'s. "first" is the first row of the same measure.',
+        "",
+        *table(runs),
+        "",
+        f"Added between the sizes: {added}.",
+        "",
+    ]
+    append_to_results(lines)
