@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.errors import IdempotencyKeyReused, InvalidRequest
 from tokenadmin.models import IdempotencyRecord
+from tokenadmin.rows import insert_many
+
+RECORDS = cast(Table, IdempotencyRecord.__table__)
 
 MAX_KEY_LENGTH = 255
 
@@ -101,7 +104,7 @@ async def remember(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> Non
     A key another transaction stored first raises IntegrityError: the caller retries and
     replays that transaction's answer."""
     if rows:
-        await session.execute(insert(cast(Table, IdempotencyRecord.__table__)), list(rows))
+        await session.run_sync(insert_many, RECORDS, rows)
 
 
 async def purge(session: AsyncSession, now: datetime) -> int:

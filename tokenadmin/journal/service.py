@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, event, insert
+from sqlalchemy import Table, event, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from tokenadmin.act import Act
 from tokenadmin.journal import repository
 from tokenadmin.models import JournalEntry, Organization, User
+from tokenadmin.rows import insert_many
 from tokenadmin.tokens import Kind
 
 ACTIONS = (
@@ -54,6 +55,7 @@ ACTIONS = (
 
 
 PENDING = "tokenadmin.journal.pending"  # the key of the session's unwritten entries
+JOURNAL = cast(Table, JournalEntry.__table__)
 
 
 @dataclass
@@ -86,13 +88,18 @@ def record(
     """Apply the deltas to `org` and `user` and append the journal entry for them."""
     if (capacity or allocated or allowance or used or reserved) and kind is None:
         raise ValueError("a change of tokens needs a kind")
-    if kind is not None:
+    if kind is not None and capacity:
         org.add_capacity(kind, capacity)
+    if kind is not None and allocated:
         org.add_allocated(kind, allocated)
     if user is not None and kind is not None:
-        user.set_allowance(kind, user.allowance(kind) + allowance)
-        user.add_used(kind, used)
-        user.add_reserved(kind, reserved)
+        # Only what moves: an unchanged column must not become a change to write.
+        if allowance:
+            user.set_allowance(kind, user.allowance(kind) + allowance)
+        if used:
+            user.add_used(kind, used)
+        if reserved:
+            user.add_reserved(kind, reserved)
     elif allowance or used or reserved:
         raise ValueError("a change of a user's balances needs the user")
     org_level = kind is not None and (capacity or allocated or user is None)
@@ -135,13 +142,24 @@ def _write_pending(session: Session) -> None:
     pending: list[Entry] = session.info.pop(PENDING, [])
     if not pending:
         return
-    # Ids follow the order of the rows (sort_by_parameter_order), which is the order the
-    # balances changed in: `verify` replays entries by id.
-    table = cast(Table, JournalEntry.__table__)
-    statement = insert(table).returning(table.c.id, sort_by_parameter_order=True)
-    ids = session.execute(statement, [entry.row for entry in pending]).scalars().all()
-    for entry, entry_id in zip(pending, ids, strict=True):
+    # Ids are taken first and given in the order the balances changed, which is the order
+    # `verify` replays entries in; then one insert of all the rows, with no RETURNING.
+    for entry, entry_id in zip(pending, _next_ids(session, len(pending)), strict=True):
         entry.id = entry_id
+    insert_many(session, JOURNAL, [{"id": entry.id, **entry.row} for entry in pending])
+
+
+def _next_ids(session: Session, count: int) -> list[int]:
+    if session.get_bind().dialect.name == "postgresql":
+        statement = text(
+            "SELECT nextval(pg_get_serial_sequence('journal_entries', 'id'))"
+            " FROM generate_series(1, :count)"
+        )
+        return sorted(session.execute(statement, {"count": count}).scalars())
+    # SQLite: this transaction holds the database's one write lock (BEGIN IMMEDIATE), and
+    # entries are never deleted, so the next ids are the ones after the last.
+    last = session.execute(text("SELECT coalesce(max(id), 0) FROM journal_entries")).scalar_one()
+    return list(range(last + 1, last + 1 + count))
 
 
 @event.listens_for(Session, "before_commit")
