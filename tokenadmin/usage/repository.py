@@ -5,7 +5,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, func, inspect, select
+from sqlalchemy import ColumnElement, Table, func, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.models import JournalEntry, Organization, Reservation, User
@@ -40,38 +40,47 @@ async def open_reservations_of(
 async def reservations(
     session: AsyncSession, ids: Sequence[uuid.UUID], *, lock: bool
 ) -> list[Reservation]:
+    if not ids:
+        return []
     statement = select(Reservation).where(Reservation.id.in_(ids)).order_by(Reservation.id)
     if lock:
         statement = statement.with_for_update()
     return list((await session.scalars(statement.execution_options(populate_existing=True))).all())
 
 
+def _named(ids: Sequence[uuid.UUID], emails: Sequence[str]) -> ColumnElement[bool]:
+    return User.id.in_(ids) | User.email.in_(emails)
+
+
 async def users_for_refs(
-    session: AsyncSession,
-    *,
-    org_id: uuid.UUID | None,
-    ids: Sequence[uuid.UUID],
-    emails: Sequence[str],
+    session: AsyncSession, *, ids: Sequence[uuid.UUID], emails: Sequence[str]
 ) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    """(id, organization id) of the users named by id or email, limited to one organization
-    unless `org_id` is None. Not the users themselves: `lock_users` loads those."""
+    """(id, organization id) of the users named by id or email, in any organization.
+    Not the users themselves: `lock_users` loads those, once their organizations are locked."""
     if not ids and not emails:
         return []
-    condition = User.id.in_(ids) | User.email.in_(emails)
-    statement = select(User.id, User.org_id).where(condition)
+    statement = select(User.id, User.org_id).where(_named(ids, emails))
+    return [(user_id, org_id) for user_id, org_id in await session.execute(statement)]
+
+
+async def lock_users(
+    session: AsyncSession,
+    org_id: uuid.UUID | None,
+    *,
+    ids: Sequence[uuid.UUID],
+    emails: Sequence[str],
+) -> list[User]:
+    """Lock and load the users named by id or email (of organization `org_id`, if given).
+
+    Rows are locked in id order (PostgreSQL locks the rows of `ORDER BY … FOR UPDATE` as the
+    sort hands them out), so concurrent batches never wait on each other in a cycle."""
+    if not ids and not emails:
+        return []
+    statement = select(User).where(_named(ids, emails))
     if org_id is not None:
         statement = statement.where(User.org_id == org_id)
-    return [(user_id, user_org) for user_id, user_org in (await session.execute(statement))]
-
-
-async def lock_users(session: AsyncSession, ids: Sequence[uuid.UUID]) -> list[User]:
-    """Lock users in id order, so concurrent batches never wait on each other in a cycle."""
     statement = (
-        select(User)
-        .where(User.id.in_(sorted(ids)))
-        .order_by(User.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+        statement.order_by(User.id).with_for_update().execution_options(populate_existing=True)
     )
     return list((await session.scalars(statement)).all())
 

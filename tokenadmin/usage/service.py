@@ -200,30 +200,46 @@ async def _load(batch: _Batch, operations: Sequence[Operation]) -> None:
     refs = [_parse_user_ref(op.user) for op in operations if op.user]
     user_ids = [r for r in refs if isinstance(r, uuid.UUID)]
     emails = [r for r in refs if isinstance(r, str)]
-    named = await repository.users_for_refs(
-        session, org_id=batch.caller.org_id, ids=user_ids, emails=emails
-    )
-    org_ids = sorted({org_id for _, org_id in named} | {r.org_id for r in reservations})
-    if batch.caller.org_id is not None:
-        org_ids = [o for o in org_ids if o == batch.caller.org_id]
-    for org_id in org_ids:
-        await lock_organization(session, org_id, shared=True)
-    orgs = await repository.organizations(session, org_ids)
-    due = [o.id for o in orgs if maintenance_due(o, batch.act.now)]
-    if due:
-        raise MaintenanceDue(due)
-    batch.orgs = {o.id: o for o in orgs}
-    batch.starts = {o.id: current_period(o, batch.act.now) for o in orgs}
-    lock_ids = {user_id for user_id, org_id in named if org_id in batch.orgs}
-    lock_ids |= {r.user_id for r in reservations if r.org_id in batch.orgs}
-    batch.users = {u.id: u for u in await repository.lock_users(session, sorted(lock_ids))}
-    for user in batch.users.values():
+    caller_org = batch.caller.org_id
+    if caller_org is not None:
+        # An organization's key: its organization is known, so the users are found and
+        # locked in one statement, after the organization's lock as always.
+        orgs = await _lock_organizations(batch, [caller_org])
+        user_ids += [r.user_id for r in reservations if r.org_id == caller_org]
+        users = await repository.lock_users(session, caller_org, ids=user_ids, emails=emails)
+    else:
+        named = await repository.users_for_refs(session, ids=user_ids, emails=emails)
+        org_ids = sorted({org_id for _, org_id in named} | {r.org_id for r in reservations})
+        orgs = await _lock_organizations(batch, org_ids)
+        lock_ids = [user_id for user_id, org_id in named if org_id in batch.orgs]
+        lock_ids += [r.user_id for r in reservations if r.org_id in batch.orgs]
+        users = await repository.lock_users(session, None, ids=lock_ids, emails=[])
+    batch.users = {u.id: u for u in users}
+    for user in users:
         batch.by_ref[user.id] = batch.by_ref[user.email] = user
     batch.reservations = {
         r.id: r
         for r in await repository.reservations(session, reservation_ids, lock=True)
         if r.org_id in batch.orgs
     }
+    await _bind_capacity(batch, orgs)
+
+
+async def _lock_organizations(batch: _Batch, org_ids: Sequence[uuid.UUID]) -> list[Organization]:
+    """Take the organizations' metering locks (shared) and load them, up to date."""
+    for org_id in org_ids:
+        await lock_organization(batch.session, org_id, shared=True)
+    orgs = await repository.organizations(batch.session, org_ids)
+    due = [o.id for o in orgs if maintenance_due(o, batch.act.now)]
+    if due:
+        raise MaintenanceDue(due)
+    batch.orgs = {o.id: o for o in orgs}
+    batch.starts = {o.id: current_period(o, batch.act.now) for o in orgs}
+    return orgs
+
+
+async def _bind_capacity(batch: _Batch, orgs: Sequence[Organization]) -> None:
+    session = batch.session
     binding = sorted(o.id for o in orgs if any(o.over_allocated(kind) for kind in Kind))
     if binding:
         # Rule 3 binds: usage of these organizations is serialized on their row.
