@@ -35,9 +35,11 @@ test: lint types pytest
 bench-dashboard: $(STAMP)
 	$(BIN)/python -m bench.user_table
 
-# Metering (POST /v1/usage) under 64 connections against the limit of each database
-# (pgbench; a bare sqlite3 loop), with exactness checks; needs wrk and pgbench. Appends its
-# figures to bench/RESULTS.md. BENCH_ARGS=--quick for a short run that records nothing.
+# Metering (usage, batch, reservations) under load against the limit of each database
+# (pgbench; a bare sqlite3 loop), how its cost grows to 100,000 users and 1,000,000 journal
+# entries, and administration at scale, with exactness checks; needs wrk and pgbench; under
+# ten minutes. Appends its figures to bench/RESULTS.md. BENCH_ARGS=--quick for a short run
+# that records nothing.
 bench: $(STAMP)
 	$(BIN)/python -m bench.metering $(BENCH_ARGS)
 

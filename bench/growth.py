@@ -43,9 +43,11 @@ class Sizes:
 
     users: tuple[int, ...] = (1_000, 10_000, 100_000)
     journal_entries: int = 1_000_000  # added at the largest size
-    seconds: float = 5.0
+    seconds: float = 4.0
     query_requests: int = 50
     connections: int = 64
+    drain: float = 2.0
+    warmup: float = 1.0
     postgres_workers: int = 2
 
     def plan(self, users: int) -> Plan:
@@ -53,8 +55,8 @@ class Sizes:
             users=users,
             seconds=self.seconds,
             connections=self.connections,
-            drain=2.0,
-            warmup=1.0,
+            drain=self.drain,
+            warmup=self.warmup,
             postgres_workers=self.postgres_workers,
             scenarios=("spread",),
         )
@@ -177,7 +179,8 @@ def measure(at: Server, sizes: Sizes, users: int) -> Point:
     limit = show(
         usage.limit(at.database, at.seeded, "spread", plan, at.workdir, prefix=PREFIX, users=users)
     )
-    usage.send(at.base, at.seeded, plan, prefix=PREFIX, users=users, tokens=1, seconds=plan.warmup)
+    if plan.warmup:
+        usage.warm_up(at.base, at.seeded, plan)
     api = show(
         usage.api_run(
             at.seeded, at.database, "spread", plan, at.base, at.pid, prefix=PREFIX, users=users

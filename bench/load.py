@@ -27,7 +27,7 @@ class Plan:
     """How big and how long: the defaults are the recorded run."""
 
     users: int = 10_000
-    seconds: float = 10.0
+    seconds: float = 8.0
     connections: int = 64
     threads: int = 2
     drain: float = 3.0  # extra wrk time so requests in flight at the end are answered

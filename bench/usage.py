@@ -182,6 +182,11 @@ def send(
     )
 
 
+def warm_up(base: str, seeded: Seeded, plan: Plan) -> None:
+    """`plan.warmup` seconds of spread requests, not measured."""
+    send(base, seeded, plan, prefix="user", users=plan.users, tokens=TOKENS, seconds=plan.warmup)
+
+
 def api_run(
     seeded: Seeded,
     database: str,

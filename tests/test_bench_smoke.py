@@ -36,9 +36,15 @@ TINY = Plan(
     scenarios=("spread", "over-demand", "batch", "reservations"),
 )
 TINY_SIZES = growth.Sizes(
-    users=(50, 100), journal_entries=1_000, seconds=1.0, query_requests=3, connections=8
+    users=(50, 100),
+    journal_entries=1_000,
+    seconds=1.0,
+    query_requests=3,
+    connections=8,
+    drain=1.0,
+    warmup=0.0,
 )
-TINY_SCALE = admin.Scale(changed_users=20, new_users=50)
+TINY_SCALE = admin.Scale(changed_users=20, new_users=50, import_on=("sqlite",))
 
 pytestmark = pytest.mark.slow
 
