@@ -106,9 +106,7 @@ def run_limits(database: str, seeded: Seeded, plan: Plan, workdir: Path) -> list
 def run_api(database: str, seeded: Seeded, plan: Plan, base: str, pid: int) -> list[Result]:
     """Every scenario of the plan through the API of the server at `base`."""
     if plan.warmup:
-        usage.send(
-            base, seeded, plan, prefix="user", users=plan.users, tokens=1, seconds=plan.warmup
-        )
+        usage.warm_up(base, seeded, plan)
     results = []
     for scenario in ("spread", "hot"):
         if scenario in plan.scenarios:
