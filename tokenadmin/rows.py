@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from functools import cache
 from typing import Any
 
-from sqlalchemy import JSON, Column, Table, bindparam, insert, text, update
+from sqlalchemy import JSON, Column, Table, TextClause, bindparam, insert, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
@@ -53,13 +54,28 @@ def update_many(session: Session, table: Table, key: str, rows: Sequence[Row]) -
         session.execute(by_key, [{f"_{k}": v for k, v in row.items()} for row in rows])
         return
     columns = [table.c[key]] + [table.c[name] for name in names]
+    session.execute(_unnest_update(table, key, tuple(names)), _parameters(columns, rows))
+
+
+# The statements are made once per table and columns: building them costs more than the
+# work of a small batch.
+
+
+@cache
+def _unnest_insert(table: Table, names: tuple[str, ...]) -> TextClause:
+    arrays = _arrays([table.c[name] for name in names])
+    return text(f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({arrays})")
+
+
+@cache
+def _unnest_update(table: Table, key: str, names: tuple[str, ...]) -> TextClause:
+    arrays = _arrays([table.c[key]] + [table.c[name] for name in names])
     assignments = ", ".join(f"{name} = v.{name}" for name in names)
-    statement = (
+    return text(
         f"UPDATE {table.name} AS t SET {assignments} "
-        f"FROM unnest({_arrays(columns)}) AS v({key}, {', '.join(names)}) "
+        f"FROM unnest({arrays}) AS v({key}, {', '.join(names)}) "
         f"WHERE t.{key} = v.{key}"
     )
-    session.execute(text(statement), _parameters(columns, rows))
 
 
 def _is_postgresql(session: Session) -> bool:

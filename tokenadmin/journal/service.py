@@ -149,16 +149,19 @@ def _write_pending(session: Session) -> None:
     insert_many(session, JOURNAL, [{"id": entry.id, **entry.row} for entry in pending])
 
 
+_NEXT_IDS = text(
+    "SELECT nextval(pg_get_serial_sequence('journal_entries', 'id'))"
+    " FROM generate_series(1, :count)"
+)
+_LAST_ID = text("SELECT coalesce(max(id), 0) FROM journal_entries")
+
+
 def _next_ids(session: Session, count: int) -> list[int]:
     if session.get_bind().dialect.name == "postgresql":
-        statement = text(
-            "SELECT nextval(pg_get_serial_sequence('journal_entries', 'id'))"
-            " FROM generate_series(1, :count)"
-        )
-        return sorted(session.execute(statement, {"count": count}).scalars())
+        return sorted(session.execute(_NEXT_IDS, {"count": count}).scalars())
     # SQLite: this transaction holds the database's one write lock (BEGIN IMMEDIATE), and
     # entries are never deleted, so the next ids are the ones after the last.
-    last = session.execute(text("SELECT coalesce(max(id), 0) FROM journal_entries")).scalar_one()
+    last: int = session.execute(_LAST_ID).scalar_one()
     return list(range(last + 1, last + 1 + count))
 
 
