@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +23,7 @@ from tests.scenarios import (
 )
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
+from tokenadmin.idempotency import service as idempotency
 
 
 def replayed(response: httpx.Response) -> bool:
@@ -269,3 +271,68 @@ async def test_keys_are_purged_by_the_sweeper_after_their_time_to_live(
     fresh = await api.use(ana["id"], 2_000, key="old", expect=200)
     assert not replayed(fresh)
     assert (await get_user(api, ana["id"]))["inference"]["used"] == 3_000
+
+
+# --- a replay while the first request is still being applied ------------------------------
+
+
+async def test_a_replay_while_the_first_usage_is_in_flight_is_answered_409(api: Api) -> None:
+    org, ana = await _org_and_user(api)
+    service = await org_api(api, org, "usage")
+
+    responses = await asyncio.gather(
+        *(service.use(ana["id"], 1_000, key="same-request") for _ in range(10))
+    )
+
+    applied = [r for r in responses if r.status_code == 200]
+    assert applied, [r.text for r in responses]
+    assert len({r.json()["journal_entry_id"] for r in applied}) == 1
+    in_flight = [r for r in responses if r.status_code != 200]
+    assert in_flight  # the first is still being applied when the others arrive
+    for response in in_flight:
+        error_of(response, 409, "idempotency_key_in_flight")
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 1_000
+    assert len([e for e in await journal(api, org) if e["action"] == "usage"]) == 1
+    # Once it is applied, the same request answers its answer again.
+    replay = await service.use(ana["id"], 1_000, key="same-request", expect=200)
+    assert replayed(replay)
+    assert replay.json() == applied[0].json()
+
+
+async def test_a_replay_while_the_first_purchase_is_in_flight_is_answered_409(api: Api) -> None:
+    org = await funded_org(api)
+    body = {"inference_amount": 5_000, "training_amount": 0}
+
+    responses = await asyncio.gather(
+        *(
+            api.call("POST", f"/v1/organizations/{org}/purchases", json=body, idempotency_key="p-1")
+            for _ in range(5)
+        )
+    )
+
+    assert sorted(r.status_code for r in responses)[0] == 201
+    for response in responses:
+        if response.status_code != 201:
+            error_of(response, 409, "idempotency_key_in_flight")
+    assert (await api.balance(org))["inference"]["capacity"] == 1_005_000
+
+
+async def test_on_postgresql_a_key_in_flight_in_another_transaction_is_seen(
+    postgres_url: str,
+) -> None:
+    db = Database(postgres_url, pool_size=2)
+    try:
+        await _claims_see_each_other(db)
+    finally:
+        await db.dispose()
+
+
+async def _claims_see_each_other(db: Database) -> None:
+    async with db.session() as first, first.begin():
+        assert await idempotency.claim(first, "org:x", ["k1", "k2"]) == set()
+        async with db.session() as second, second.begin():
+            # Another process's transaction: k1 is in flight, k3 is free.
+            assert await idempotency.claim(second, "org:x", ["k1", "k3"]) == {"k1"}
+            assert await idempotency.claim(second, "org:y", ["k1"]) == set()  # other scope
+    async with db.session() as later, later.begin():
+        assert await idempotency.claim(later, "org:x", ["k1"]) == set()  # it ended

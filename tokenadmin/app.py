@@ -171,6 +171,7 @@ def create_app(
     app.state.db = db
     app.state.clock = clock
     app.state.key_cache = KeyCache()
+    app.state.writes_in_flight = set()
     app.state.coalescer = Coalescer(
         partial(
             usage_service.run,

@@ -6,7 +6,7 @@ import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
@@ -139,6 +139,8 @@ async def idempotent_write(
         stored = await idempotency.find(session, scope, [key])
         if key in stored:
             return idempotency.replay(stored[key], print_)
+        if await idempotency.claim(session, scope, [key]):
+            raise idempotency.in_flight(key)
         act = act_of(principal, clock)
         answer = idempotency.Answer(status_code, _jsonable(await work(session, act)))
         await idempotency.remember(
@@ -156,13 +158,40 @@ async def idempotent_write(
         )
         return answer
 
+    # In this process, a second request with the key while the first is being applied is
+    # told so at once (across processes on PostgreSQL, `idempotency.claim` tells it).
+    in_flight: set[tuple[str, str]] = request.app.state.writes_in_flight
+    if (scope, key) in in_flight:
+        raise idempotency.in_flight(key)
+    in_flight.add((scope, key))
+    try:
+        return await _apply_once(db, attempt, remember_refusal)
+    finally:
+        in_flight.discard((scope, key))
+
+
+class RememberRefusal(Protocol):
+    def __call__(
+        self, session: AsyncSession, error: TokenAdminError
+    ) -> Awaitable[idempotency.Answer]: ...
+
+
+async def _apply_once(
+    db: Database,
+    attempt: Callable[[AsyncSession], Awaitable[idempotency.Answer]],
+    remember_refusal: RememberRefusal,
+) -> JSONResponse:
     for _attempt in range(3):
         try:
             answer = await db.write(attempt)
         except IntegrityError:
             continue  # the same key committed meanwhile: the next attempt replays it
         except TokenAdminError as error:
-            if error.code in {"idempotency_key_reused", "invalid_idempotency_key"}:
+            if error.code in {
+                "idempotency_key_reused",
+                "invalid_idempotency_key",
+                "idempotency_key_in_flight",
+            }:
                 raise
             if not idempotency.kept(error.status_code):
                 raise

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, select
+from sqlalchemy import Table, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokenadmin.errors import IdempotencyKeyReused, InvalidRequest
+from tokenadmin.errors import IdempotencyKeyInFlight, IdempotencyKeyReused, InvalidRequest
 from tokenadmin.models import IdempotencyRecord
 from tokenadmin.rows import insert_many
 
@@ -96,6 +96,36 @@ def remembered(
         "created_at": now,
         "expires_at": now + ttl,
     }
+
+
+# PostgreSQL advisory locks (two-key form, their own space) that mark keys in flight.
+_KEY_LOCKS = 0x1DE4
+_CLAIM = text(
+    "SELECT k FROM unnest(CAST(:keys AS text[])) AS k"
+    " WHERE NOT pg_try_advisory_xact_lock(:space, hashtext(:scope || ' ' || k))"
+)
+
+
+async def claim(session: AsyncSession, scope: str, keys: Sequence[str]) -> set[str]:
+    """Mark these keys as in flight until this transaction ends; the ones another
+    transaction has in flight right now are returned (their requests answer 409).
+
+    Only PostgreSQL needs it: on SQLite one transaction writes at a time, so a request
+    never sees another one's key in flight (within a process, see `usage.coalescer`).
+    Two different keys may share a lock (a 32-bit hash): that only answers a rare,
+    harmless 409 that the client retries."""
+    if not keys or session.get_bind().dialect.name != "postgresql":
+        return set()
+    parameters = {"keys": list(keys), "space": _KEY_LOCKS, "scope": scope}
+    return set((await session.scalars(_CLAIM, parameters)).all())
+
+
+def in_flight(key: str) -> IdempotencyKeyInFlight:
+    return IdempotencyKeyInFlight(
+        f"A request with the idempotency key '{key}' is being applied right now;"
+        " send it again in a moment to get its answer.",
+        details={"idempotency_key": key},
+    )
 
 
 async def remember(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from tokenadmin.errors import Unavailable
+from tokenadmin.idempotency import service as idempotency
 from tokenadmin.idempotency.service import Answer
 from tokenadmin.usage.service import Caller, Operation
 
@@ -38,6 +39,7 @@ Run = Callable[[Caller, Sequence[Operation]], Awaitable[list[Answer]]]
 class _Queue:
     waiting: list[tuple[Operation, asyncio.Future[Answer]]] = field(default_factory=list)
     draining: asyncio.Task[None] | None = None
+    keys: set[str] = field(default_factory=set)  # idempotency keys waiting or being applied
 
 
 class Coalescer:
@@ -49,6 +51,11 @@ class Coalescer:
     async def submit(self, caller: Caller, operation: Operation) -> Answer:
         """Meter `operation` in the next transaction of its caller; its answer once committed."""
         queue = self._queues.setdefault(caller, _Queue())
+        key = operation.idempotency_key
+        if key is not None:
+            if key in queue.keys:
+                raise idempotency.in_flight(key)
+            queue.keys.add(key)
         answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         queue.waiting.append((operation, answer))
         if queue.draining is None:
@@ -62,7 +69,10 @@ class Coalescer:
             while queue.waiting:
                 group = queue.waiting[: self._max_batch]
                 del queue.waiting[: self._max_batch]
-                await self._settle(caller, group)
+                try:
+                    await self._settle(caller, group)
+                finally:
+                    queue.keys.difference_update(op.idempotency_key for op, _ in group)
         finally:
             queue.draining = None
             if not queue.waiting:

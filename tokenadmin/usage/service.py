@@ -148,6 +148,11 @@ async def meter(
             continue
         first_with_key[key] = index
         todo.append(index)
+    busy = await idempotency.claim(session, caller.idempotency_scope, list(first_with_key))
+    for key in busy:
+        index = first_with_key[key]
+        answers[index] = _refusal(idempotency.in_flight(key))
+        todo.remove(index)
 
     batch = _Batch(session, act, caller)
     await _load(batch, [operations[i] for i in todo])
@@ -174,7 +179,7 @@ async def meter(
                 caller.idempotency_scope, key, prints[i], final[i], act.now, idempotency_ttl
             )
             for key, i in first_with_key.items()
-            if idempotency.kept(final[i].status_code)
+            if key not in busy and idempotency.kept(final[i].status_code)
         ],
     )
     return final
