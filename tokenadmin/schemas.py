@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StringConstraints
 
 from tokenadmin.tokens import MAX_AMOUNT
 
@@ -12,7 +13,46 @@ Amount = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT, description="Whole toke
 PositiveAmount = Annotated[
     StrictInt, Field(gt=0, le=MAX_AMOUNT, description="Whole tokens, 1 to 2^53.")
 ]
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+WITHOUT_NUL = "^[^\\x00]*$"
+"""What the OpenAPI says of every text field: anything but the NUL character."""
+
+
+def _without_nul(value: object) -> object:
+    # PostgreSQL can't store U+0000 in text or JSON, and no name or note needs it: refused
+    # here, on every database alike, before it could fail a write as a 500.
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+_NO_NUL = (BeforeValidator(_without_nul), Field(json_schema_extra={"pattern": WITHOUT_NUL}))
+
+Text = Annotated[str, *_NO_NUL]
+"""Free text of a request: any characters but NUL (lone surrogates never get this far:
+they are not valid strings). Its length is given where it is used: `Field(max_length=...)`."""
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), *_NO_NUL]
+
+
+def check_json_value(value: Any, field: str) -> None:
+    """Refuse what a JSON column can't store on every database: NUL characters and lone
+    surrogates in strings (keys included), and NaN or infinite numbers, which Python's
+    JSON reader accepts but JSON has no spelling for."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError(f"{field} must not contain the NUL character (U+0000)")
+        if any("\ud800" <= c <= "\udfff" for c in value):
+            raise ValueError(f"{field} must not contain unpaired surrogates (U+D800 to U+DFFF)")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{field} must not contain NaN or infinite numbers")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_json_value(key, field)
+            check_json_value(item, field)
+    elif isinstance(value, list):
+        for item in value:
+            check_json_value(item, field)
 
 
 class Input(BaseModel):

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, StrictBool, StrictInt, model_validator
 
-from tokenadmin.schemas import Amount, Input
+from tokenadmin.schemas import Amount, Input, Text
 
 
 class AllowanceRow(Input):
-    user: str = Field(min_length=1, max_length=320, description="User id or email.")
+    user: Text = Field(min_length=1, max_length=320, description="User id or email.")
     max_tokens: Amount | None = None
     max_train_tokens: Amount | None = None
     expected_version: StrictInt | None = None
@@ -21,7 +21,7 @@ class AllowanceRow(Input):
 class AllowanceChange(Input):
     changes: list[AllowanceRow] = Field(min_length=1, max_length=100_000)
     dry_run: StrictBool = False
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Text | None = Field(default=None, max_length=500)
 
 
 class ChangeOut(BaseModel):

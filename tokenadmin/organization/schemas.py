@@ -2,13 +2,25 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
+from typing import Annotated
 
-from pydantic import BaseModel, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, Field, StrictBool
 
 from tokenadmin.models import ApiKey, Organization, Purchase
 from tokenadmin.organization.service import Balance
-from tokenadmin.schemas import Amount, Input, Name
+from tokenadmin.schemas import Amount, Input, Name, Text
 from tokenadmin.tokens import Period
+
+
+def _within_the_calendar(moment: datetime) -> datetime:
+    # Read in the organization's zone or moved to UTC, a time in the years 1 or 9999 can
+    # fall outside the calendar Python knows; no purchase runs out that early or that late.
+    if not 2 <= moment.year <= 9998:
+        raise ValueError("an expiry must fall between the years 2 and 9998")
+    return moment
+
+
+Expiry = Annotated[datetime, AfterValidator(_within_the_calendar)]
 
 
 class OrganizationCreate(Input):
@@ -49,17 +61,17 @@ class PurchaseCreate(Input):
     inference_amount: Amount = 0
     training_amount: Amount = 0
     purchased_on: date | None = None
-    expires_at: datetime | None = Field(
+    expires_at: Expiry | None = Field(
         default=None,
         description="When the purchase stops counting. A date or a time without an offset"
         " is read in the organization's time zone.",
     )
-    payer: str = Field(default="", max_length=200)
-    note: str = Field(default="", max_length=2000)
+    payer: Text = Field(default="", max_length=200)
+    note: Text = Field(default="", max_length=2000)
 
 
 class PurchaseUpdate(Input):
-    expires_at: datetime | None
+    expires_at: Expiry | None
 
 
 class PurchaseOut(BaseModel):

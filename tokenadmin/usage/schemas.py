@@ -3,22 +3,22 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from tokenadmin.schemas import Amount, Input, PositiveAmount
+from tokenadmin.schemas import Amount, Input, PositiveAmount, Text, check_json_value
 from tokenadmin.tokens import Kind
 
 MAX_METADATA_BYTES = 4096
 
 
 class UsageFields(Input):
-    user: str = Field(min_length=1, max_length=320, description="User id or email.")
+    user: Text = Field(min_length=1, max_length=320, description="User id or email.")
     kind: Kind
     tokens: PositiveAmount
-    model: str | None = Field(default=None, max_length=200)
+    model: Text | None = Field(default=None, max_length=200)
     prompt_tokens: Amount | None = None
     completion_tokens: Amount | None = None
-    dataset: str | None = Field(default=None, max_length=200)
+    dataset: Text | None = Field(default=None, max_length=200)
     metadata: dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -26,9 +26,16 @@ class UsageFields(Input):
         counts = (self.prompt_tokens, self.completion_tokens)
         if None not in counts and sum(c or 0 for c in counts) != self.tokens:
             raise ValueError("prompt_tokens + completion_tokens must equal tokens")
-        if self.metadata is not None and len(json.dumps(self.metadata)) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
         return self
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable(cls, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        if metadata is not None:
+            check_json_value(metadata, "metadata")
+            if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+                raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
+        return metadata
 
     def details(self) -> dict[str, Any] | None:
         fields = self.model_dump(

@@ -8,7 +8,7 @@ from pydantic import BaseModel, EmailStr, Field, StrictInt
 
 from tokenadmin.models import Organization, User
 from tokenadmin.organization.service import current_period
-from tokenadmin.schemas import Amount, Input, Name
+from tokenadmin.schemas import Amount, Input, Name, Text
 from tokenadmin.tokens import Kind, period_end
 from tokenadmin.usage.service import KindAvailability
 
@@ -48,7 +48,7 @@ class UserUpdate(Input):
     expected_version: StrictInt | None = Field(
         default=None, description="The version you saw; refused with version_conflict if changed."
     )
-    reason: str | None = Field(default=None, max_length=500)
+    reason: Text | None = Field(default=None, max_length=500)
 
 
 class Reactivate(Input):
