@@ -13,16 +13,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
-from sqlalchemy import text
+from sqlalchemy import Table, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.bulk import EMAIL_DOMAIN, seed_users
 from tokenadmin.database import Database
+from tokenadmin.journal import chain
+from tokenadmin.models import JournalEntry, User
 from tokenadmin.organization import service as organization_service
+from tokenadmin.rows import update_many
 
 KEY_NAME = "bench"  # the journal's actor is "key:bench", as the API writes it
 SPREAD_MAX_TOKENS = 10_000_000  # never refused in a run
@@ -138,6 +141,49 @@ def balances(url: str, prefix: str) -> Balances:
         return Balances(int(row[0]), int(row[1]), int(open_count or 0))
 
     return asyncio.run(_with_database(url, lambda db: db.read(work)))
+
+
+def seal(url: str) -> int:
+    """Chain the journal entries the limits wrote (bare SQL: no hashes) into their users'
+    hash chains, as the service would have; how many. The limits leave the hashing out
+    (so they are an upper bound of the work), and this runs after each, before the API
+    writes after them on the same users."""
+    return asyncio.run(_with_database(url, lambda db: db.write(_seal)))
+
+
+async def _seal(session: AsyncSession) -> int:
+    if session.get_bind().dialect.name == "postgresql":
+        # The journal is append-only for the service; the benchmark acts as the owner.
+        await session.execute(text("SET LOCAL session_replication_role = replica"))
+    entries = cast(Table, JournalEntry.__table__)
+    columns = [entries.c.id, *(entries.c[name] for name in chain.CONTENT)]
+    unsealed = (
+        await session.execute(
+            select(*columns).where(entries.c.hash.is_(None)).order_by(entries.c.id)
+        )
+    ).all()
+    if not unsealed:
+        return 0
+    users = cast(Table, User.__table__)
+    user_ids = list({row.user_id for row in unsealed})
+    heads: dict[chain.Chain, str] = {}
+    for start in range(0, len(user_ids), 10_000):
+        statement = select(users.c.id, users.c.journal_head).where(
+            users.c.id.in_(user_ids[start : start + 10_000])
+        )
+        heads |= {("user", owner): head for owner, head in await session.execute(statement)}
+    updates = []
+    for row in unsealed:
+        entry = row._mapping
+        key = chain.chain_of(entry)
+        previous = heads.get(key)
+        heads[key] = chain.link(previous, entry)
+        updates.append({"id": row.id, "prev_hash": previous, "hash": heads[key]})
+    for start in range(0, len(updates), 50_000):
+        await session.run_sync(update_many, entries, "id", updates[start : start + 50_000])
+    head_rows = [{"id": owner, "journal_head": head} for (_, owner), head in heads.items()]
+    await session.run_sync(update_many, users, "id", head_rows)
+    return len(updates)
 
 
 def tokenadmin_command() -> str:

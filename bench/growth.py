@@ -16,21 +16,33 @@ import asyncio
 import math
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
-from sqlalchemy import text
+from sqlalchemy import Table, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bench import admin, usage
-from bench.data import KEY_NAME, SPREAD_MAX_TOKENS, Seeded, add_users, create_organization
+from bench.data import (
+    KEY_NAME,
+    SPREAD_MAX_TOKENS,
+    Seeded,
+    add_users,
+    create_organization,
+)
 from bench.figures import Result, append_to_results, heading, show, yes_no
 from bench.load import Plan, Timings
 from bench.user_table import _query_times, _throwaway_database, server
 from tokenadmin.bulk import EMAIL_DOMAIN
 from tokenadmin.database import Database
+from tokenadmin.journal import chain
+from tokenadmin.journal.service import JOURNAL
 from tokenadmin.migrate import upgrade
+from tokenadmin.models import User
+from tokenadmin.rows import insert_many, update_many
 
 PREFIX = "user"
 QUERY = "first page"  # of bench.user_table's scenarios: the user table as it opens
@@ -97,38 +109,43 @@ class RunAtScale:
 
 # --- the data -----------------------------------------------------------------------------
 
-HISTORY = f"""
-WITH RECURSIVE series(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM series WHERE n < :per_user)
-INSERT INTO journal_entries (org_id, user_id, created_at, actor, action, kind, amount,
-    capacity_delta, allocated_delta, allowance_delta, used_delta, reserved_delta,
-    allowance_after, used_after, reserved_after, details)
-SELECT u.org_id, u.id, :created_at, '{"key:" + KEY_NAME}', 'usage', 'inference', 1,
-    0, 0, 0, 1, 0, u.max_tokens, u.inference_used + series.n, u.inference_reserved,
-    '{{"model": "bench"}}'
-  FROM series CROSS JOIN users u
- WHERE u.email LIKE :pattern
- ORDER BY series.n, u.id
-"""
-HISTORY_USED = """
-UPDATE users SET inference_used = inference_used + :per_user WHERE email LIKE :pattern
-"""
-
 
 def add_history(url: str, entries: int, users: int) -> int:
     """About `entries` usage entries of the seeded users (the same number each, 1 token,
-    interleaved as if over time) and their used tokens, in one transaction; how many."""
+    interleaved as if over time), chained into each user's hash chain as the service
+    chains them, and their used tokens, in one transaction; how many."""
     per_user = max(1, math.ceil(entries / users))
     now = datetime.now(UTC)
+    users_table = cast(Table, User.__table__)
 
     async def work(session: AsyncSession) -> None:
-        postgres = session.get_bind().dialect.name == "postgresql"
-        values = {
-            "per_user": per_user,
-            "pattern": f"{PREFIX}%@{EMAIL_DOMAIN}",
-            "created_at": now if postgres else usage.sqlite_time(now),
-        }
-        await session.execute(text(HISTORY), values)
-        await session.execute(text(HISTORY_USED), values)
+        seeded = (
+            await session.execute(
+                select(
+                    users_table.c.id,
+                    users_table.c.org_id,
+                    users_table.c.max_tokens,
+                    users_table.c.inference_used,
+                    users_table.c.inference_reserved,
+                    users_table.c.journal_head,
+                )
+                .where(users_table.c.email.like(f"{PREFIX}%@{EMAIL_DOMAIN}"))
+                .order_by(users_table.c.id)
+            )
+        ).all()
+        heads = {user.id: user.journal_head for user in seeded}
+        for n in range(1, per_user + 1):
+            rows = [_history_entry(user, n, now, heads) for user in seeded]
+            await session.run_sync(insert_many, JOURNAL, rows)
+        counters = [
+            {
+                "id": user.id,
+                "inference_used": user.inference_used + per_user,
+                "journal_head": heads[user.id],
+            }
+            for user in seeded
+        ]
+        await session.run_sync(update_many, users_table, "id", counters)
 
     async def run() -> None:
         db = Database(url, pool_size=1)
@@ -143,6 +160,38 @@ def add_history(url: str, entries: int, users: int) -> int:
 
     asyncio.run(run())
     return per_user * users
+
+
+def _history_entry(
+    user: Any, n: int, now: datetime, heads: dict[uuid.UUID, str | None]
+) -> dict[str, Any]:
+    """The `n`th usage of 1 token by `user`, as `journal.service.record` writes it."""
+    entry: dict[str, Any] = {
+        "org_id": user.org_id,
+        "user_id": user.id,
+        "purchase_id": None,
+        "reservation_id": None,
+        "created_at": now,
+        "actor": f"key:{KEY_NAME}",
+        "action": "usage",
+        "kind": "inference",
+        "amount": 1,
+        "reason": None,
+        "capacity_delta": 0,
+        "allocated_delta": 0,
+        "allowance_delta": 0,
+        "used_delta": 1,
+        "reserved_delta": 0,
+        "capacity_after": None,
+        "allocated_after": None,
+        "allowance_after": user.max_tokens,
+        "used_after": user.inference_used + n,
+        "reserved_after": user.inference_reserved,
+        "details": {"model": "bench"},
+    }
+    entry["prev_hash"] = heads[user.id]
+    entry["hash"] = heads[user.id] = chain.link(heads[user.id], entry)
+    return entry
 
 
 def journal_size(url: str) -> int:
@@ -224,7 +273,7 @@ def run_database(
                 points.append(measure(at, sizes, users))
             started = time.perf_counter()
             entries = add_history(url, sizes.journal_entries, have)
-            added[f"{entries:,} journal entries (one INSERT … SELECT)"] = (
+            added[f"{entries:,} journal entries (chained, inserted in bulk)"] = (
                 time.perf_counter() - started
             )
             points.append(measure(at, sizes, have))

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.data import KEY_NAME, Balances, Seeded, balances
+from bench.data import KEY_NAME, Balances, Seeded, balances, seal
 from bench.figures import Result, grew_by, limit_result
 from bench.load import Plan, pgbench, server_memory, timed_loop, wrk, wrk_problems
 from bench.usage import (
@@ -213,9 +213,13 @@ def sqlite_limit(seeded: Seeded, plan: Plan) -> Result:
 
 
 def limit(database: str, seeded: Seeded, plan: Plan, workdir: Path) -> Result:
+    """The limit of the database (its entries then chained: `seal`)."""
     if database == "postgresql":
-        return pgbench_limit(seeded, plan, workdir)
-    return sqlite_limit(seeded, plan)
+        result = pgbench_limit(seeded, plan, workdir)
+    else:
+        result = sqlite_limit(seeded, plan)
+    seal(seeded.url)
+    return result
 
 
 def api_run(seeded: Seeded, database: str, plan: Plan, base: str, pid: int) -> Result:

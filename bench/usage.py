@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.data import KEY_NAME, Seeded, add_users, balances
+from bench.data import KEY_NAME, Seeded, add_users, balances, seal
 from bench.figures import Result, grew_by, limit_result
 from bench.load import Plan, pgbench, server_memory, timed_loop, wrk, wrk_problems
 from tokenadmin.bulk import EMAIL_DOMAIN
@@ -146,10 +146,13 @@ def limit(
     prefix: str,
     users: int,
 ) -> Result:
-    """The limit of the database for this scenario."""
+    """The limit of the database for this scenario (its entries then chained: `seal`)."""
     if database == "postgresql":
-        return pgbench_limit(seeded, scenario, plan, workdir, prefix=prefix, users=users)
-    return sqlite_limit(seeded, scenario, plan, prefix=prefix, users=users)
+        result = pgbench_limit(seeded, scenario, plan, workdir, prefix=prefix, users=users)
+    else:
+        result = sqlite_limit(seeded, scenario, plan, prefix=prefix, users=users)
+    seal(seeded.url)
+    return result
 
 
 def api_system(database: str, plan: Plan) -> str:

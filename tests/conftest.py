@@ -20,8 +20,8 @@ import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
 
+from tests.databases import empty_postgres
 from tests.helpers import Api
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
@@ -31,7 +31,6 @@ from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.journal.service import verify
 from tokenadmin.migrate import upgrade
-from tokenadmin.models import Base
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TOKENADMIN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -93,9 +92,7 @@ def clock() -> FakeClock:
 async def db(database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Database]:
     database = Database(database_url, pool_size=5)
     if not database.is_sqlite:
-        tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-        async with database.engine.begin() as connection:
-            await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        await empty_postgres(database)
     yield database
     if "tampers" not in request.keywords:
         report = await database.read(verify)

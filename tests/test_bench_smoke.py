@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from bench import admin, growth, metering, reservations, usage
-from bench.data import seed_metering, verify
+from bench.data import seal, seed_metering, verify
 from bench.load import Plan
 from bench.user_table import _throwaway_database
 from tokenadmin.migrate import upgrade
@@ -105,6 +105,7 @@ def test_pgbench_limits_debit_and_reserve_exactly_and_keep_the_journal_clean(
             seeded, "spread", TINY, Path(scratch), prefix="user", users=TINY.users
         )
         pairs = reservations.pgbench_limit(seeded, TINY, Path(scratch))
+    sealed = seal(postgres_url)  # the limits' bare entries, chained as the service would
     added = growth.add_history(postgres_url, 1_000, TINY.users)
     clean, summary = verify(postgres_url)
 
@@ -114,6 +115,7 @@ def test_pgbench_limits_debit_and_reserve_exactly_and_keep_the_journal_clean(
         assert result.exact, result.exactness
         assert 0 < result.p50_ms <= result.p99_ms
     assert "0 open reservations" in pairs.exactness
+    assert sealed == spread.accepted + 2 * pairs.accepted
     assert added == 1_000
     assert clean, summary
 

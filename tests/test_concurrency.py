@@ -9,16 +9,17 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.databases import empty_postgres
 from tests.servers import running_servers
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.clock import SystemClock
 from tokenadmin.database import Database
 from tokenadmin.journal.service import verify
-from tokenadmin.models import Base, JournalEntry, User
+from tokenadmin.models import JournalEntry, User
 
 pytestmark = pytest.mark.slow
 
@@ -26,9 +27,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 async def pg(postgres_url: str) -> AsyncIterator[Database]:
     database = Database(postgres_url, pool_size=5)
-    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-    async with database.engine.begin() as connection:
-        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    await empty_postgres(database)
     yield database
     await database.dispose()
 

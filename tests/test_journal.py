@@ -9,13 +9,16 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers import Api, funded_org
 from tests.scenarios import error_of, journal, org_api, utc
+from tokenadmin.act import Act
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
 from tokenadmin.journal.service import verify
+from tokenadmin.organization import service as organization_service
 
 
 async def _busy_org(api: Api) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -163,7 +166,12 @@ async def test_the_journal_needs_the_read_scope(api: Api) -> None:
 
 
 async def _execute(db: Database, sql: str, **params: Any) -> None:
+    """Change stored rows behind the service's back, as someone with the database's owner
+    rights could (on PostgreSQL the journal's append-only trigger is switched off for it)."""
+
     async def work(session: AsyncSession) -> None:
+        if db.dialect == "postgresql":
+            await session.execute(text("SET LOCAL session_replication_role = replica"))
         await session.execute(text(sql), params)
 
     await db.write(work)
@@ -237,6 +245,108 @@ async def test_verify_detects_a_tampered_journal_entry(api: Api, db: Database) -
     report = await db.read(verify)
     assert any(f"entry {entry['id']}: used_after 2000 != replay 1" in d for d in report.differences)
     assert any("used: stored 2,000, expected 1" in d for d in report.differences)
+
+
+# --- the hash chains --------------------------------------------------------------------------
+
+
+async def _usage_entries(api: Api, org: str, user_id: str) -> list[dict[str, Any]]:
+    return await journal(api, org, user=user_id, action="usage")
+
+
+@pytest.mark.tampers
+async def test_verify_names_an_entry_changed_even_when_the_balances_still_add_up(
+    api: Api, db: Database
+) -> None:
+    org, ana, _ = await _busy_org(api)
+    [entry, _training] = await _usage_entries(api, org, ana["id"])
+    # Only the model name: no balance moves, so only the chain can tell.
+    await _execute(
+        db,
+        "UPDATE journal_entries SET actor = 'key:someone-else' WHERE id = :id",
+        id=entry["id"],
+    )
+    report = await db.read(verify)
+    assert report.differences == [
+        f"entry {entry['id']}: changed since it was written (it no longer matches its hash)"
+    ]
+
+
+@pytest.mark.tampers
+async def test_verify_names_where_an_entry_was_removed(api: Api, db: Database) -> None:
+    org, ana, _ = await _busy_org(api)
+    first, second = await _usage_entries(api, org, ana["id"])
+    await _execute(db, "DELETE FROM journal_entries WHERE id = :id", id=first["id"])
+    report = await db.read(verify)
+    assert any(
+        d.startswith(f"entry {second['id']}: the journal of user {ana['id']}")
+        and "removed or inserted" in d
+        for d in report.differences
+    ), report.differences
+
+
+@pytest.mark.tampers
+async def test_verify_names_an_inserted_entry(api: Api, db: Database) -> None:
+    org, ana, _ = await _busy_org(api)
+    first, _second = await _usage_entries(api, org, ana["id"])
+    # A copy of an entry that moves no balance, hashes and all, added to the journal.
+    await _execute(
+        db,
+        "INSERT INTO journal_entries (id, org_id, user_id, created_at, actor, action, kind,"
+        " amount, capacity_delta, allocated_delta, allowance_delta, used_delta,"
+        " reserved_delta, prev_hash, hash)"
+        " SELECT (SELECT max(id) + 1 FROM journal_entries), org_id, user_id, created_at,"
+        " actor, action, kind, amount, 0, 0, 0, 0, 0, prev_hash, hash"
+        " FROM journal_entries WHERE id = :id",
+        id=first["id"],
+    )
+    report = await db.read(verify)
+    last = (await journal(api, org))[-1]["id"]
+    assert any(
+        d.startswith(f"entry {last}: the journal of user {ana['id']} does not continue")
+        for d in report.differences
+    ), report.differences
+
+
+@pytest.mark.tampers
+async def test_verify_sees_entries_removed_from_the_end_of_a_journal(
+    api: Api, db: Database
+) -> None:
+    org, ana, _ = await _busy_org(api)
+    entries = await journal(api, org, user=ana["id"])
+    # The newest entry of ana's chain, a usage of training tokens, and its balance with it.
+    await _execute(db, "DELETE FROM journal_entries WHERE id = :id", id=entries[-1]["id"])
+    await _execute(db, "UPDATE users SET training_used = 0 WHERE email = 'ana@example.com'")
+    report = await db.read(verify)
+    assert any(
+        f"the journal of user {ana['id']} ends at entry {entries[-2]['id']}" in d
+        for d in report.differences
+    ), report.differences
+
+
+async def _run(db: Database, sql: str) -> None:
+    async def work(session: AsyncSession) -> None:
+        await session.execute(text(sql))
+
+    await db.write(work)
+
+
+async def test_on_postgresql_the_service_cannot_change_or_remove_journal_entries(
+    postgres_url: str,
+) -> None:
+    db = Database(postgres_url, pool_size=1)
+    try:
+        act = Act("test", utc("2026-03-15 12:00"))
+        await db.write(lambda s: organization_service.create(s, act, name="Ledger"))
+        for statement in (
+            "UPDATE journal_entries SET amount = amount + 1",
+            "DELETE FROM journal_entries",
+            "TRUNCATE journal_entries",
+        ):
+            with pytest.raises(DBAPIError, match="journal entries are never changed or removed"):
+                await _run(db, statement)
+    finally:
+        await db.dispose()
 
 
 def test_every_action_recorded_anywhere_is_listed_in_actions() -> None:

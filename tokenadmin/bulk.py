@@ -24,6 +24,7 @@ from tokenadmin.allowance import service as allowance_service
 from tokenadmin.clock import SystemClock
 from tokenadmin.database import Database
 from tokenadmin.errors import InvalidRequest
+from tokenadmin.journal import chain
 from tokenadmin.models import Organization, User
 from tokenadmin.organization.service import current_period, lock_for_change
 from tokenadmin.tokens import MAX_AMOUNT, Kind, fmt
@@ -88,8 +89,11 @@ async def seed_users(
         for chunk_start in range(first, first + count, CHUNK):
             indexes = range(chunk_start, min(chunk_start + CHUNK, first + count))
             users = [rows.user(i) for i in indexes]
+            entries, heads = rows.entries(users)
+            # journal_head, the last column: the hash of the user's newest entry.
+            users = [(*user[:-1], head) for user, head in zip(users, heads, strict=True)]
             await _insert(session, "users", USER_COLUMNS, users)
-            await _insert(session, "journal_entries", ENTRY_COLUMNS, rows.entries(users))
+            await _insert(session, "journal_entries", ENTRY_COLUMNS, entries)
         for kind in Kind:
             org.add_allocated(kind, rows.allocated[kind] - org.allocated(kind))
         org.updated_at = act.now
@@ -120,12 +124,13 @@ USER_COLUMNS = (
     "id", "org_id", "email", "name", "role", "status", "max_tokens", "max_train_tokens",
     "inference_used", "training_used", "inference_reserved", "training_reserved",
     "period_start", "version", "password_hash", "created_at", "updated_at", "last_activity_at",
+    "journal_head",
 )  # fmt: skip
 ENTRY_COLUMNS = (
     "org_id", "user_id", "created_at", "actor", "action", "kind", "amount",
     "capacity_delta", "allocated_delta", "allowance_delta", "used_delta", "reserved_delta",
     "capacity_after", "allocated_after", "allowance_after", "used_after", "reserved_after",
-    "details",
+    "details", "prev_hash", "hash",
 )  # fmt: skip
 
 
@@ -146,6 +151,8 @@ class _Rows:
         self.prefix = prefix
         self.allowances = allowances
         self.actor = act.actor
+        self.org = org
+        self.at = act.now
         self.org_id = self.uuid(org.id)
         self.now = self.time(act.now)
         self.period_start = self.time(current_period(org, act.now))
@@ -181,23 +188,30 @@ class _Rows:
             "created_at": self.now,
             "updated_at": self.now,
             "last_activity_at": None,
+            "journal_head": None,  # set once its entries are made
         }
         return tuple(row[column] for column in USER_COLUMNS)
 
-    def entries(self, users: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    def entries(self, users: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], list[str]]:
         """What `journal.service.record` writes when `allowance.service.apply` creates
-        these users one after the other: the organization's allocated total runs on."""
+        these users one after the other (the organization's allocated total runs on), and
+        the head of each user's hash chain."""
         kinds = [kind for kind in Kind if self.allowances[kind]]
         rows: list[tuple[Any, ...]] = []
+        heads: list[str] = []
         for user in users:
-            base = {
-                "org_id": self.org_id,
-                "user_id": user[0],
-                "created_at": self.now,
+            user_id = user[0] if self.postgres else uuid.UUID(user[0])
+            base: dict[str, Any] = {
+                "org_id": self.org.id,
+                "user_id": user_id,
+                "purchase_id": None,
+                "reservation_id": None,
+                "created_at": self.at,
                 "actor": self.actor,
                 "action": "user_created",
                 "kind": None,
                 "amount": 0,
+                "reason": None,
                 "capacity_delta": 0,
                 "allocated_delta": 0,
                 "allowance_delta": 0,
@@ -210,26 +224,45 @@ class _Rows:
                 "reserved_after": None,
                 "details": None,
             }
+            entries = []
             for kind in kinds:
                 allowance = self.allowances[kind]
                 self.allocated[kind] += allowance
-                entry = base | {
-                    "kind": kind.value,
-                    "amount": allowance,
-                    "allocated_delta": allowance,
-                    "allowance_delta": allowance,
-                    "capacity_after": self.capacity[kind],
-                    "allocated_after": self.allocated[kind],
-                    "allowance_after": allowance,
-                    "used_after": 0,
-                    "reserved_after": 0,
-                    "details": json.dumps({"before": 0, "after": allowance}),
-                }
-                rows.append(tuple(entry[column] for column in ENTRY_COLUMNS))
-            if not kinds:
-                # No allowance at all (both minimums are 0): still a record of the creation.
-                rows.append(tuple(base[column] for column in ENTRY_COLUMNS))
-        return rows
+                entries.append(
+                    base
+                    | {
+                        "kind": kind.value,
+                        "amount": allowance,
+                        "allocated_delta": allowance,
+                        "allowance_delta": allowance,
+                        "capacity_after": self.capacity[kind],
+                        "allocated_after": self.allocated[kind],
+                        "allowance_after": allowance,
+                        "used_after": 0,
+                        "reserved_after": 0,
+                        "details": {"before": 0, "after": allowance},
+                    }
+                )
+            # No allowance at all (both minimums are 0): still a record of the creation.
+            previous = None
+            for entry in entries or [base]:
+                entry["prev_hash"] = previous
+                entry["hash"] = previous = chain.link(previous, entry)
+                rows.append(self.stored(entry))
+            assert previous is not None
+            heads.append(previous)
+        return rows, heads
+
+    def stored(self, entry: dict[str, Any]) -> tuple[Any, ...]:
+        """An entry as the driver takes it."""
+        details = entry["details"]
+        converted = entry | {
+            "org_id": self.org_id,
+            "user_id": self.uuid(entry["user_id"]),
+            "created_at": self.now,
+            "details": None if details is None else json.dumps(details),
+        }
+        return tuple(converted[column] for column in ENTRY_COLUMNS)
 
 
 async def _insert(

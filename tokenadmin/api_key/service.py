@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.auth.principal import SCOPES, Principal
+from tokenadmin.database import lock_organization
 from tokenadmin.errors import InvalidRequest, NotFound, Unauthenticated
 from tokenadmin.journal.service import record
 from tokenadmin.models import ApiKey, Organization
@@ -56,6 +57,8 @@ async def create(
 async def _audit(
     session: AsyncSession, act: Act, org_id: uuid.UUID, action: str, key: ApiKey
 ) -> None:
+    # Entries without a user extend the organization's hash chain: one writer at a time.
+    await lock_organization(session, org_id, shared=False)
     org = await session.get(Organization, org_id)
     if org is not None:
         details = {"key_id": str(key.id), "name": key.name, "scopes": key.scopes}

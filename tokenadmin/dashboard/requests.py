@@ -100,7 +100,8 @@ async def request_tokens(
 
     async def work(session: AsyncSession) -> None:
         act = Act(viewer.principal.actor, clock_of(request).now())
-        org = await organization_service.get(session, org_id)
+        # The entry extends the user's hash chain: metering of the organization waits.
+        org = await organization_service.lock_for_change(session, act, org_id)
         user = await user_repository.get(session, user_id)
         if user is None or user.org_id != org.id or not user.active:
             raise NotFound("User not found.")

@@ -31,6 +31,17 @@ _REPLAY_COLUMNS = (
     JournalEntry.allowance_after,
     JournalEntry.used_after,
     JournalEntry.reserved_after,
+    # For the hash chains: the rest of what an entry says, and its hashes.
+    JournalEntry.purchase_id,
+    JournalEntry.reservation_id,
+    JournalEntry.created_at,
+    JournalEntry.actor,
+    JournalEntry.action,
+    JournalEntry.amount,
+    JournalEntry.reason,
+    JournalEntry.details,
+    JournalEntry.prev_hash,
+    JournalEntry.hash,
 )
 
 
@@ -39,7 +50,7 @@ async def stream_entries(session: AsyncSession) -> AsyncIterator[Row[Any]]:
         select(*_REPLAY_COLUMNS).order_by(JournalEntry.id).execution_options(yield_per=5000)
     )
     async for row in result:
-        yield row  # type: ignore[misc]
+        yield row
 
 
 async def all_organizations(session: AsyncSession) -> Sequence[Organization]:

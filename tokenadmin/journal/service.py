@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, event, text
+from sqlalchemy import Table, event, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from tokenadmin.act import Act
-from tokenadmin.journal import repository
+from tokenadmin.journal import chain, repository
 from tokenadmin.models import JournalEntry, Organization, User
-from tokenadmin.rows import insert_many
+from tokenadmin.rows import insert_many, update_many
 from tokenadmin.tokens import Kind
 
 ACTIONS = (
@@ -56,6 +56,8 @@ ACTIONS = (
 
 PENDING = "tokenadmin.journal.pending"  # the key of the session's unwritten entries
 JOURNAL = cast(Table, JournalEntry.__table__)
+USERS = cast(Table, User.__table__)
+ORGANIZATIONS = cast(Table, Organization.__table__)
 
 
 @dataclass
@@ -146,7 +148,43 @@ def _write_pending(session: Session) -> None:
     # `verify` replays entries in; then one insert of all the rows, with no RETURNING.
     for entry, entry_id in zip(pending, _next_ids(session, len(pending)), strict=True):
         entry.id = entry_id
+    heads = _link(session, pending)
     insert_many(session, JOURNAL, [{"id": entry.id, **entry.row} for entry in pending])
+    _save_heads(session, heads)
+
+
+def _link(session: Session, pending: list[Entry]) -> dict[chain.Chain, str]:
+    """Chain the entries after their chains' heads, read now: this transaction holds the
+    lock every writer of those chains takes (the user's row or the organization's)."""
+    heads = _heads(session, {chain.chain_of(entry.row) for entry in pending})
+    for entry in pending:
+        key = chain.chain_of(entry.row)
+        previous = heads.get(key)
+        entry.row["prev_hash"] = previous
+        entry.row["hash"] = heads[key] = chain.link(previous, entry.row)
+    return heads
+
+
+def _heads(session: Session, chains: set[chain.Chain]) -> dict[chain.Chain, str]:
+    heads: dict[chain.Chain, str] = {}
+    for kind, table in (("user", USERS), ("organization", ORGANIZATIONS)):
+        ids = [owner for chain_kind, owner in chains if chain_kind == kind]
+        if ids:
+            statement = select(table.c.id, table.c.journal_head).where(table.c.id.in_(ids))
+            for owner, head in session.execute(statement):
+                if head is not None:
+                    heads[(kind, owner)] = head
+    return heads
+
+
+def _save_heads(session: Session, heads: dict[chain.Chain, str]) -> None:
+    for kind, table in (("user", USERS), ("organization", ORGANIZATIONS)):
+        rows = [
+            {"id": owner, "journal_head": head}
+            for (chain_kind, owner), head in heads.items()
+            if chain_kind == kind
+        ]
+        update_many(session, table, "id", rows)
 
 
 _NEXT_IDS = text(
@@ -219,10 +257,12 @@ async def verify(
         lambda: {k: _UserTotals() for k in Kind}
     )
     differ = report.differences.append
+    chains = _ChainCheck(differ)
     async for row in repository.stream_entries(session):
         report.entries += 1
         if progress is not None and report.entries % 10_000 == 0:
             progress(report.entries)
+        chains.check(row)
         if row.kind is None:
             continue
         kind = Kind(row.kind)
@@ -257,6 +297,7 @@ async def verify(
 
     for org in await repository.all_organizations(session):
         report.organizations += 1
+        chains.check_head(("organization", org.id), org.journal_head)
         totals = orgs.pop(org.id, {k: _Totals() for k in Kind})
         sums = await repository.organization_sums(session, org.id)
         for kind in Kind:
@@ -278,6 +319,7 @@ async def verify(
     reserved = await repository.open_reservation_sums(session)
     async for user in repository.stream_users(session):
         report.users += 1
+        chains.check_head(("user", user.id), user.journal_head)
         totals_by_kind = users.pop(user.id, {k: _UserTotals() for k in Kind})
         for kind in Kind:
             label = f"user {user.id} ({user.email}) {kind}"
@@ -294,6 +336,40 @@ async def verify(
     for user_id in users:
         differ(f"journal names user {user_id}, who is not stored")
     return report
+
+
+class _ChainCheck:
+    """Follows every hash chain through the entries in id order (see journal/chain.py)."""
+
+    def __init__(self, differ: Callable[[str], None]) -> None:
+        self.differ = differ
+        self.last: dict[chain.Chain, tuple[int, str | None]] = {}  # entry id, its hash
+
+    def check(self, row: Any) -> None:
+        entry = row._mapping
+        key = chain.chain_of(entry)
+        last_id, last_hash = self.last.get(key, (None, None))
+        where = f"the journal of {key[0]} {key[1]}"
+        if row.prev_hash != last_hash:
+            after = "its start" if last_id is None else f"entry {last_id}"
+            self.differ(
+                f"entry {row.id}: {where} does not continue from {after}:"
+                " an entry was removed or inserted there"
+            )
+        elif row.hash != chain.link(last_hash, entry):
+            self.differ(
+                f"entry {row.id}: changed since it was written (it no longer matches its hash)"
+            )
+        self.last[key] = (row.id, row.hash)
+
+    def check_head(self, key: chain.Chain, head: str | None) -> None:
+        last_id, last_hash = self.last.get(key, (None, None))
+        if head != last_hash:
+            newest = "no entry" if last_id is None else f"entry {last_id}"
+            self.differ(
+                f"the journal of {key[0]} {key[1]} ends at {newest}, which is not its newest"
+                " entry: entries were removed from its end"
+            )
 
 
 def _compare(differ: Callable[[str], None], label: str, stored: int, expected: int) -> None:

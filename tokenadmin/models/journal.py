@@ -49,3 +49,7 @@ class JournalEntry(Base):
     used_after: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     reserved_after: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The hash chain (journal/chain.py): the hash of the entry before this one in its chain,
+    # and this entry's own.
+    prev_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    hash: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -43,6 +43,8 @@ class Organization(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # The hash of the newest journal entry without a user (journal/chain.py).
+    journal_head: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     def capacity(self, kind: Kind) -> int:
         return self.capacity_inference if kind is Kind.inference else self.capacity_training

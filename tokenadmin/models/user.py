@@ -65,6 +65,8 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_activity_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The hash of the user's newest journal entry (journal/chain.py); written with it.
+    journal_head: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     @property
     def active(self) -> bool:

@@ -1,0 +1,70 @@
+"""The journal's hash chains: an entry cannot be changed, removed or inserted quietly.
+
+Each entry belongs to one chain: its user's, or, for an entry without a user, its
+organization's. It stores the hash of the entry before it in that chain (`prev_hash`) and
+its own `hash`, the SHA-256 of that previous hash and of everything the entry says. The
+newest hash of each chain is also kept on the user or organization row
+(`journal_head`), so removing the last entries of a chain shows too.
+
+Why a chain per user rather than one per organization: every entry of a user is written
+while that user's row is locked (metering) or while the whole organization is
+(administration), so a user's chain grows one entry at a time without any further lock;
+one chain per organization would make every metered request of an organization wait for
+the one before it, on one row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+# What an entry says, in a fixed order; its id is not part of it (the chain orders it).
+CONTENT = (
+    "org_id",
+    "user_id",
+    "purchase_id",
+    "reservation_id",
+    "created_at",
+    "actor",
+    "action",
+    "kind",
+    "amount",
+    "reason",
+    "capacity_delta",
+    "allocated_delta",
+    "allowance_delta",
+    "used_delta",
+    "reserved_delta",
+    "capacity_after",
+    "allocated_after",
+    "allowance_after",
+    "used_after",
+    "reserved_after",
+    "details",
+)
+
+Chain = tuple[str, uuid.UUID]  # ("user", user id) or ("organization", organization id)
+
+
+def chain_of(entry: Mapping[Any, Any]) -> Chain:
+    user_id = entry["user_id"]
+    return ("user", user_id) if user_id is not None else ("organization", entry["org_id"])
+
+
+def link(previous: str | None, entry: Mapping[Any, Any]) -> str:
+    """The hash of `entry` after `previous` (None for the first entry of a chain)."""
+    content = [previous or "", *(_canonical(entry[name]) for name in CONTENT)]
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    return value
