@@ -24,6 +24,8 @@ from bench.data import KEY_NAME, Balances, Seeded, balances, seal
 from bench.figures import Result, grew_by, limit_result
 from bench.load import Plan, pgbench, server_memory, timed_loop, wrk, wrk_problems
 from bench.usage import (
+    PG_ACTIVITY,
+    SQLITE_ACTIVITY,
     TOKENS,
     api_system,
     pgbench_variables,
@@ -33,6 +35,7 @@ from bench.usage import (
     wrk_env,
 )
 from tokenadmin.bulk import EMAIL_DOMAIN
+from tokenadmin.usage.service import ACTIVITY_RESOLUTION
 
 PREFIX = "user"
 TTL = timedelta(hours=1)  # never expires during a run
@@ -46,7 +49,7 @@ PGBENCH_SCRIPT = f"""\
 BEGIN;
 WITH debit AS (
   UPDATE users SET inference_reserved = inference_reserved + :tokens::bigint,
-         last_activity_at = now()
+         {PG_ACTIVITY}
    WHERE org_id = :org::uuid
      AND email = :prefix::text || lpad(:n::int::text, 6, '0') || '@{EMAIL_DOMAIN}'
      AND inference_used + inference_reserved + :tokens::bigint <= max_tokens
@@ -75,7 +78,7 @@ WITH closed AS (
   RETURNING id, user_id, amount
 ), moved AS (
   UPDATE users SET inference_used = inference_used + closed.amount,
-         inference_reserved = inference_reserved - closed.amount, last_activity_at = now()
+         inference_reserved = inference_reserved - closed.amount, {PG_ACTIVITY}
     FROM closed WHERE users.id = closed.user_id
   RETURNING users.id, closed.id AS reservation_id, closed.amount, max_tokens,
       inference_used, inference_reserved
@@ -88,8 +91,8 @@ SELECT :org::uuid, id, reservation_id, now(), :actor::text, 'commit', 'inference
 END;
 """
 
-SQLITE_RESERVE = """
-UPDATE users SET inference_reserved = inference_reserved + ?, last_activity_at = ?
+SQLITE_RESERVE = f"""
+UPDATE users SET inference_reserved = inference_reserved + ?, {SQLITE_ACTIVITY}
  WHERE org_id = ? AND email = ? AND inference_used + inference_reserved + ? <= max_tokens
  RETURNING id, max_tokens, inference_used, inference_reserved
 """
@@ -103,9 +106,9 @@ UPDATE reservations SET status = 'committed', committed_amount = amount, closed_
  WHERE id = ? AND status = 'open'
  RETURNING user_id, amount
 """
-SQLITE_MOVE = """
+SQLITE_MOVE = f"""
 UPDATE users SET inference_used = inference_used + ?, inference_reserved = inference_reserved - ?,
-       last_activity_at = ?
+       {SQLITE_ACTIVITY}
  WHERE id = ?
  RETURNING max_tokens, inference_used, inference_reserved
 """
@@ -171,8 +174,9 @@ class _SqlitePair:
         now = datetime.now(UTC)
         stamp = sqlite_time(now)
         self.execute("BEGIN IMMEDIATE")
+        activity = (sqlite_time(now - ACTIVITY_RESOLUTION), stamp)
         found = self.execute(
-            SQLITE_RESERVE, (TOKENS, stamp, self.org, self.pick(self.emails), TOKENS)
+            SQLITE_RESERVE, (TOKENS, *activity, self.org, self.pick(self.emails), TOKENS)
         ).fetchone()
         if found is None:
             raise RuntimeError("the bare reserve was refused; the allowances are too small")
@@ -187,10 +191,12 @@ class _SqlitePair:
         return reservation
 
     def commit(self, reservation: str) -> None:
-        stamp = sqlite_time(datetime.now(UTC))
+        now = datetime.now(UTC)
+        stamp = sqlite_time(now)
         self.execute("BEGIN IMMEDIATE")
         user_id, amount = self.execute(SQLITE_CLOSE, (stamp, reservation)).fetchone()
-        after = self.execute(SQLITE_MOVE, (amount, amount, stamp, user_id)).fetchone()
+        activity = (sqlite_time(now - ACTIVITY_RESOLUTION), stamp)
+        after = self.execute(SQLITE_MOVE, (amount, amount, *activity, user_id)).fetchone()
         details = f'{{"reserved": {amount}}}'
         self._entry(
             "commit", (user_id, reservation), stamp, (amount, amount, -amount), after, details

@@ -15,18 +15,28 @@ from bench.data import KEY_NAME, Seeded, add_users, balances, seal
 from bench.figures import Result, grew_by, limit_result
 from bench.load import Plan, pgbench, server_memory, timed_loop, wrk, wrk_problems
 from tokenadmin.bulk import EMAIL_DOMAIN
+from tokenadmin.usage.service import ACTIVITY_RESOLUTION
 
 TOKENS = 1  # per request, except in over-demand
 
 # What one metered request must do, and nothing else: the conditional debit and its
 # journal entry (the columns `journal.service.record` fills for a usage), one transaction.
+# Like the service, it notes the user's last activity at most once a minute (the column is
+# indexed: writing it every time would forbid PostgreSQL's in-place updates).
+PG_ACTIVITY = (
+    "last_activity_at = CASE WHEN last_activity_at > now() - interval '1 minute'"
+    " THEN last_activity_at ELSE now() END"
+)
+SQLITE_ACTIVITY = (
+    "last_activity_at = CASE WHEN last_activity_at > ? THEN last_activity_at ELSE ? END"
+)
 # One statement, so it is also the fewest round trips the work can take. (pgbench reads
 # any ":name" as a variable, even in a literal: the actor comes in as one.)
 PGBENCH_SCRIPT = f"""\
 \\set n random(0, :users - 1)
 BEGIN;
 WITH debit AS (
-  UPDATE users SET inference_used = inference_used + :tokens::bigint, last_activity_at = now()
+  UPDATE users SET inference_used = inference_used + :tokens::bigint, {PG_ACTIVITY}
    WHERE org_id = :org::uuid
      AND email = :prefix::text || lpad(:n::int::text, 6, '0') || '@{EMAIL_DOMAIN}'
      AND inference_used + inference_reserved + :tokens::bigint <= max_tokens
@@ -42,8 +52,8 @@ SELECT :org::uuid, id, now(), :actor::text, 'usage', 'inference', :tokens::bigin
 END;
 """
 
-SQLITE_DEBIT = """
-UPDATE users SET inference_used = inference_used + ?, last_activity_at = ?
+SQLITE_DEBIT = f"""
+UPDATE users SET inference_used = inference_used + ?, {SQLITE_ACTIVITY}
  WHERE org_id = ? AND email = ? AND inference_used + inference_reserved + ? <= max_tokens
  RETURNING id, max_tokens, inference_used, inference_reserved
 """
@@ -115,10 +125,12 @@ def sqlite_limit(seeded: Seeded, scenario: str, plan: Plan, *, prefix: str, user
     connection = sqlite_connection(seeded)
 
     def debit() -> None:
-        stamp = sqlite_time(datetime.now(UTC))
+        now = datetime.now(UTC)
+        stamp = sqlite_time(now)
         connection.execute("BEGIN IMMEDIATE")
+        activity = (sqlite_time(now - ACTIVITY_RESOLUTION), stamp)
         row = connection.execute(
-            SQLITE_DEBIT, (TOKENS, stamp, org, pick(emails), TOKENS)
+            SQLITE_DEBIT, (TOKENS, *activity, org, pick(emails), TOKENS)
         ).fetchone()
         if row is None:
             raise RuntimeError("the bare debit was refused; the allowances are too small")
