@@ -2,18 +2,23 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.allowance import service
 from tokenadmin.allowance.schemas import AllowanceChange, AllowancePreview
+from tokenadmin.auth.audit import log_denials
 from tokenadmin.deps import PrincipalDep, idempotent_write
 from tokenadmin.organization import service as organization_service
 from tokenadmin.schemas import ErrorOut
 
-router = APIRouter(prefix="/v1/organizations/{org_id}/allowances", tags=["allowances"])
+router = APIRouter(
+    prefix="/v1/organizations/{org_id}/allowances",
+    tags=["allowances"],
+    dependencies=[Depends(log_denials)],
+)
 
 
 @router.post(

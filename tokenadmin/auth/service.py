@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenadmin.auth.audit import printable
 from tokenadmin.auth.passwords import MIN_PASSWORD_LENGTH, hash_password, verify_password
 from tokenadmin.auth.principal import SCOPES, Principal
 from tokenadmin.errors import EmailTaken, InvalidRequest, TokenAdminError, Unauthenticated
@@ -65,11 +66,24 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def _check_not_blocked(session: AsyncSession, keys: list[str], now: datetime) -> None:
+def _forgotten(failure: SignInFailure, now: datetime) -> bool:
+    """Failures are forgotten once FAILURE_WINDOW has passed since the first of them and
+    since the end of the last wait: a guesser who waits out every wait is still counted, so
+    the waits keep doubling up to MAX_WAIT instead of starting again every 15 minutes."""
+    last = max(failure.first_failed_at, failure.blocked_until or failure.first_failed_at)
+    return last < now - FAILURE_WINDOW
+
+
+async def _check_not_blocked(
+    session: AsyncSession, keys: list[str], now: datetime, *, email: str, ip: str
+) -> None:
     for key in keys:
         failure = await session.get(SignInFailure, key)
         if failure and failure.blocked_until and failure.blocked_until > now:
             wait = int((failure.blocked_until - now).total_seconds()) + 1
+            log.warning(
+                "throttled sign-in for %s from %s (%s)", printable(email), ip, key.split(":")[0]
+            )
             raise TokenAdminError(
                 f"Too many failed sign-ins. Try again in {wait} seconds.",
                 code="sign_in_throttled",
@@ -83,10 +97,10 @@ async def record_failure(
 ) -> None:
     """Count a failed sign-in for the email and the address; past `attempts`, each further
     try must wait 1 s, doubling up to 15 minutes."""
-    log.warning("failed sign-in for %s from %s", email, ip)
+    log.warning("failed sign-in for %s from %s", printable(email), ip)
     for key in (f"email:{email}", f"ip:{ip}"):
         failure = await session.get(SignInFailure, key)
-        if failure is None or failure.first_failed_at < now - FAILURE_WINDOW:
+        if failure is None or _forgotten(failure, now):
             if failure is not None:
                 await session.delete(failure)
                 await session.flush()
@@ -111,7 +125,7 @@ async def sign_in(
     """A new session for this email and password, or None (the failure is already counted
     by the caller with `record_failure`, in its own transaction)."""
     email = email.strip().lower()
-    await _check_not_blocked(session, [f"email:{email}", f"ip:{ip}"], now)
+    await _check_not_blocked(session, [f"email:{email}", f"ip:{ip}"], now, email=email, ip=ip)
     operator = await session.scalar(select(Operator).where(Operator.email == email))
     user = None if operator else await user_repository.by_email(session, email)
     stored = operator.password_hash if operator else (user.password_hash if user else None)
@@ -131,7 +145,7 @@ async def sign_in(
         ip=ip[:64],
     )
     session.add(row)
-    log.info("signed in %s from %s", email, ip)
+    log.info("signed in %s from %s", printable(email), ip)
     return token, row
 
 
@@ -173,7 +187,8 @@ async def forget_expired(session: AsyncSession, now: datetime) -> int:
     await session.execute(
         delete(SignInFailure).where(
             SignInFailure.first_failed_at < now - FAILURE_WINDOW,
-            (SignInFailure.blocked_until.is_(None)) | (SignInFailure.blocked_until <= now),
+            (SignInFailure.blocked_until.is_(None))
+            | (SignInFailure.blocked_until < now - FAILURE_WINDOW),
         )
     )
     return int(getattr(ended, "rowcount", 0) or 0)

@@ -1,7 +1,8 @@
 """The web dashboard: server-rendered pages over the same services as the API."""
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
+from tokenadmin.auth.audit import log_denials
 from tokenadmin.dashboard import (
     auth_pages,
     distribute,
@@ -16,7 +17,7 @@ from tokenadmin.dashboard import (
     users,
 )
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, dependencies=[Depends(log_denials)])
 for module in (
     auth_pages,
     home,

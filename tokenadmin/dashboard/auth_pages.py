@@ -10,12 +10,13 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from tokenadmin.auth import service as auth_service
+from tokenadmin.auth.audit import client_ip
 from tokenadmin.dashboard.web import (
     LOGIN_CSRF_COOKIE,
     SESSION_COOKIE,
     SignInRequired,
     WriterDep,
-    client_ip,
+    check_origin,
     current_viewer,
     render,
     secure_cookies,
@@ -83,6 +84,7 @@ async def login(
     csrf_token: Annotated[str, Form(max_length=100)] = "",
     next: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
+    check_origin(request)
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
     if not expected or not secrets.compare_digest(expected, csrf_token):
         raise Forbidden(

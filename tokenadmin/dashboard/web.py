@@ -43,6 +43,9 @@ templates.env.globals["one_day"] = timedelta(days=1)
 class SignInRequired(Exception):
     """Not signed in (or the session ended): the app answers with a redirect to /login."""
 
+    status_code = 401
+    code = "unauthenticated"
+
     def __init__(self, next_path: str) -> None:
         super().__init__("sign in required")
         self.next_path = next_path
@@ -64,10 +67,6 @@ def secure_cookies(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 async def current_viewer(request: Request) -> Viewer:
     token = request.cookies.get(SESSION_COOKIE)
     if token:
@@ -75,6 +74,7 @@ async def current_viewer(request: Request) -> Viewer:
         now = clock_of(request).now()
         found = await db.read(lambda session: auth_service.viewer(session, token, now))
         if found is not None:
+            request.state.viewer = found  # for the log of a refusal (auth.audit)
             return found
     raise SignInRequired(request.url.path + (f"?{request.url.query}" if request.url.query else ""))
 
@@ -82,12 +82,18 @@ async def current_viewer(request: Request) -> Viewer:
 ViewerDep = Annotated[Viewer, Depends(current_viewer)]
 
 
+def check_origin(request: Request) -> None:
+    """A write whose browser says it comes from another site (or from none: "null") is
+    refused; browsers send Origin with every cross-site POST."""
+    origin = request.headers.get("origin")
+    if origin is not None and urlparse(origin).netloc != request.url.netloc:
+        raise Forbidden("This request came from another site.", code="csrf_failed")
+
+
 async def check_csrf(request: Request, viewer: Viewer) -> None:
     """Every write carries the session's CSRF token (a form field or the X-CSRF-Token
     header) and, when the browser says where it comes from, comes from this site."""
-    origin = request.headers.get("origin")
-    if origin and urlparse(origin).netloc != request.url.netloc:
-        raise Forbidden("This request came from another site.", code="csrf_failed")
+    check_origin(request)
     sent = request.headers.get(CSRF_HEADER)
     if sent is None:
         content_type = request.headers.get("content-type", "")

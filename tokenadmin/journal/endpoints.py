@@ -3,10 +3,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenadmin.auth.audit import log_denials
 from tokenadmin.deps import DatabaseDep, PrincipalDep
 from tokenadmin.journal import repository
 from tokenadmin.journal.schemas import JournalEntryOut, JournalPage
@@ -14,7 +15,11 @@ from tokenadmin.journal.service import JournalFilter
 from tokenadmin.organization import service as organization_service
 from tokenadmin.tokens import Kind
 
-router = APIRouter(prefix="/v1/organizations/{org_id}/journal", tags=["journal"])
+router = APIRouter(
+    prefix="/v1/organizations/{org_id}/journal",
+    tags=["journal"],
+    dependencies=[Depends(log_denials)],
+)
 
 
 @router.get("", response_model=JournalPage)

@@ -6,11 +6,12 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
+from tokenadmin.auth.audit import log_denials
 from tokenadmin.auth.principal import Principal
 from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep, idempotent_write
 from tokenadmin.errors import NotFound
@@ -33,8 +34,11 @@ from tokenadmin.user.schemas import (
     UserUpdate,
 )
 
-org_router = APIRouter(prefix="/v1/organizations/{org_id}/users", tags=["users"])
-router = APIRouter(prefix="/v1/users", tags=["users"])
+AUDITED = [Depends(log_denials)]
+org_router = APIRouter(
+    prefix="/v1/organizations/{org_id}/users", tags=["users"], dependencies=AUDITED
+)
+router = APIRouter(prefix="/v1/users", tags=["users"], dependencies=AUDITED)
 
 
 @org_router.get("", response_model=UserPage)
