@@ -252,48 +252,10 @@ async def verify(
     the replay at that entry.
     """
     report = VerifyReport()
-    orgs: dict[uuid.UUID, dict[Kind, _Totals]] = defaultdict(lambda: {k: _Totals() for k in Kind})
-    users: dict[uuid.UUID, dict[Kind, _UserTotals]] = defaultdict(
-        lambda: {k: _UserTotals() for k in Kind}
-    )
     differ = report.differences.append
-    chains = _ChainCheck(differ)
-    async for row in repository.stream_entries(session):
-        report.entries += 1
-        if progress is not None and report.entries % 10_000 == 0:
-            progress(report.entries)
-        chains.check(row)
-        if row.kind is None:
-            continue
-        kind = Kind(row.kind)
-        org_totals = orgs[row.org_id][kind]
-        org_totals.capacity += row.capacity_delta
-        org_totals.allocated += row.allocated_delta
-        if row.capacity_after is not None and row.capacity_after != org_totals.capacity:
-            differ(
-                f"entry {row.id}: capacity_after {row.capacity_after}"
-                f" != replay {org_totals.capacity}"
-            )
-        if row.allocated_after is not None and row.allocated_after != org_totals.allocated:
-            differ(
-                f"entry {row.id}: allocated_after {row.allocated_after}"
-                f" != replay {org_totals.allocated}"
-            )
-        if row.user_id is None:
-            continue
-        user_totals = users[row.user_id][kind]
-        user_totals.allowance += row.allowance_delta
-        user_totals.used += row.used_delta
-        user_totals.reserved += row.reserved_delta
-        for name in ("allowance", "used", "reserved"):
-            after = getattr(row, f"{name}_after")
-            if after is not None and after != getattr(user_totals, name):
-                differ(
-                    f"entry {row.id}: {name}_after {after}"
-                    f" != replay {getattr(user_totals, name)} (user {row.user_id}, {kind})"
-                )
-    if progress is not None:
-        progress(report.entries)
+    entries = _Replay(report, differ, progress)
+    await session.run_sync(entries.run)
+    orgs, users, chains = entries.orgs, entries.users, entries.chains
 
     for org in await repository.all_organizations(session):
         report.organizations += 1
@@ -338,6 +300,73 @@ async def verify(
     return report
 
 
+class _Replay:
+    """Replays every entry, oldest first: balances per organization and user, and the
+    hash chains."""
+
+    def __init__(
+        self,
+        report: VerifyReport,
+        differ: Callable[[str], None],
+        progress: Callable[[int], None] | None,
+    ) -> None:
+        self.report = report
+        self.differ = differ
+        self.progress = progress
+        self.orgs: dict[uuid.UUID, dict[Kind, _Totals]] = defaultdict(
+            lambda: {k: _Totals() for k in Kind}
+        )
+        self.users: dict[uuid.UUID, dict[Kind, _UserTotals]] = defaultdict(
+            lambda: {k: _UserTotals() for k in Kind}
+        )
+        self.chains = _ChainCheck(differ)
+
+    def run(self, session: Session) -> None:
+        report, progress = self.report, self.progress
+        for row in repository.entries_in_order(session):
+            report.entries += 1
+            if progress is not None and report.entries % 10_000 == 0:
+                progress(report.entries)
+            self.chains.check(row)
+            if row.kind is not None:
+                self.entry(row)
+        if progress is not None:
+            progress(report.entries)
+
+    def entry(self, row: Any) -> None:
+        differ = self.differ
+        kind = Kind(row.kind)
+        org_totals = self.orgs[row.org_id][kind]
+        org_totals.capacity += row.capacity_delta
+        org_totals.allocated += row.allocated_delta
+        if row.capacity_after is not None and row.capacity_after != org_totals.capacity:
+            differ(
+                f"entry {row.id}: capacity_after {row.capacity_after}"
+                f" != replay {org_totals.capacity}"
+            )
+        if row.allocated_after is not None and row.allocated_after != org_totals.allocated:
+            differ(
+                f"entry {row.id}: allocated_after {row.allocated_after}"
+                f" != replay {org_totals.allocated}"
+            )
+        if row.user_id is None:
+            return
+        user_totals = self.users[row.user_id][kind]
+        user_totals.allowance += row.allowance_delta
+        user_totals.used += row.used_delta
+        user_totals.reserved += row.reserved_delta
+        for name, after, replayed in (
+            ("allowance", row.allowance_after, user_totals.allowance),
+            ("used", row.used_after, user_totals.used),
+            ("reserved", row.reserved_after, user_totals.reserved),
+        ):
+            if after is not None and after != replayed:
+                differ(
+                    f"entry {row.id}: {name}_after {after}"
+                    f" != replay {replayed} (user {row.user_id}, {kind})"
+                )
+
+
 class _ChainCheck:
     """Follows every hash chain through the entries in id order (see journal/chain.py)."""
 
@@ -347,14 +376,13 @@ class _ChainCheck:
 
     def check(self, row: Any) -> None:
         entry = row._mapping
-        key = chain.chain_of(entry)
+        key = ("user", row.user_id) if row.user_id is not None else ("organization", row.org_id)
         last_id, last_hash = self.last.get(key, (None, None))
-        where = f"the journal of {key[0]} {key[1]}"
         if row.prev_hash != last_hash:
             after = "its start" if last_id is None else f"entry {last_id}"
             self.differ(
-                f"entry {row.id}: {where} does not continue from {after}:"
-                " an entry was removed or inserted there"
+                f"entry {row.id}: the journal of {key[0]} {key[1]} does not continue from"
+                f" {after}: an entry was removed or inserted there"
             )
         elif row.hash != chain.link(last_hash, entry):
             self.differ(
