@@ -13,6 +13,7 @@ Target (issue 4): the latency at the largest size within 1.5× of the 1,000-user
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import tempfile
 import time
@@ -36,13 +37,12 @@ from bench.data import (
 from bench.figures import Result, append_to_results, heading, show, yes_no
 from bench.load import Plan, Timings
 from bench.user_table import _query_times, _throwaway_database, server
-from tokenadmin.bulk import EMAIL_DOMAIN
+from tokenadmin.bulk import EMAIL_DOMAIN, ENTRY_COLUMNS, insert_rows
 from tokenadmin.database import Database
 from tokenadmin.journal import chain
-from tokenadmin.journal.service import JOURNAL
 from tokenadmin.migrate import upgrade
 from tokenadmin.models import User
-from tokenadmin.rows import insert_many, update_many
+from tokenadmin.rows import update_many
 
 PREFIX = "user"
 QUERY = "first page"  # of bench.user_table's scenarios: the user table as it opens
@@ -134,9 +134,10 @@ def add_history(url: str, entries: int, users: int) -> int:
             )
         ).all()
         heads = {user.id: user.journal_head for user in seeded}
+        postgres = session.get_bind().dialect.name == "postgresql"
         for n in range(1, per_user + 1):
-            rows = [_history_entry(user, n, now, heads) for user in seeded]
-            await session.run_sync(insert_many, JOURNAL, rows)
+            rows = [_stored(_history_entry(user, n, now, heads), postgres) for user in seeded]
+            await insert_rows(session, "journal_entries", ENTRY_COLUMNS, rows)
         counters = [
             {
                 "id": user.id,
@@ -160,6 +161,16 @@ def add_history(url: str, entries: int, users: int) -> int:
 
     asyncio.run(run())
     return per_user * users
+
+
+def _stored(entry: dict[str, Any], postgres: bool) -> tuple[Any, ...]:
+    """An entry in the database driver's form, as `bulk.insert_rows` takes it."""
+    if not postgres:  # SQLite: Uuid is CHAR(32), UTCDateTime naive UTC text
+        entry["org_id"] = entry["org_id"].hex
+        entry["user_id"] = entry["user_id"].hex
+        entry["created_at"] = usage.sqlite_time(entry["created_at"])
+    entry["details"] = json.dumps(entry["details"])
+    return tuple(entry[column] for column in ENTRY_COLUMNS)
 
 
 def _history_entry(

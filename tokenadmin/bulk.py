@@ -92,8 +92,8 @@ async def seed_users(
             entries, heads = rows.entries(users)
             # journal_head, the last column: the hash of the user's newest entry.
             users = [(*user[:-1], head) for user, head in zip(users, heads, strict=True)]
-            await _insert(session, "users", USER_COLUMNS, users)
-            await _insert(session, "journal_entries", ENTRY_COLUMNS, entries)
+            await insert_rows(session, "users", USER_COLUMNS, users)
+            await insert_rows(session, "journal_entries", ENTRY_COLUMNS, entries)
         for kind in Kind:
             org.add_allocated(kind, rows.allocated[kind] - org.allocated(kind))
         org.updated_at = act.now
@@ -265,9 +265,11 @@ class _Rows:
         return tuple(converted[column] for column in ENTRY_COLUMNS)
 
 
-async def _insert(
+async def insert_rows(
     session: AsyncSession, table: str, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
 ) -> None:
+    """Rows already in the driver's form (see `_Rows`): COPY on PostgreSQL, one executemany
+    on SQLite."""
     connection = await session.connection()
     if connection.dialect.name == "postgresql":
         raw = await connection.get_raw_connection()
