@@ -28,9 +28,13 @@ router = APIRouter(include_in_schema=False)
 
 
 def _safe_next(next_path: str | None) -> str | None:
-    if next_path and next_path.startswith("/") and not next_path.startswith("//"):
-        return next_path
-    return None
+    """A path of this site to go to after signing in, or None. Browsers read a backslash as
+    a slash and drop tabs and newlines, so "/\\evil.example" would lead to another site."""
+    if not next_path or not next_path.startswith("/") or next_path.startswith("//"):
+        return None
+    if "\\" in next_path or not next_path.isprintable():
+        return None
+    return next_path
 
 
 @router.get("/")

@@ -128,6 +128,16 @@ async def get_user(
     return await db.read(work)
 
 
+async def _user_admin(user_id: uuid.UUID, principal: PrincipalDep, db: DatabaseDep) -> Principal:
+    """The caller, once allowed to change this user. Checked before `idempotent_write`,
+    which answers a replayed key without running the change, and so its checks, again."""
+    await db.read(lambda session: _user_and_org(session, principal, user_id, "admin"))
+    return principal
+
+
+UserAdminDep = Annotated[Principal, Depends(_user_admin)]
+
+
 async def _locked(
     session: AsyncSession, act: Act, principal: Principal, user_id: uuid.UUID
 ) -> tuple[User, Organization]:
@@ -140,7 +150,7 @@ async def _locked(
 
 @router.patch("/{user_id}", response_model=UserOut)
 async def update_user(
-    user_id: uuid.UUID, body: UserUpdate, request: Request, principal: PrincipalDep
+    user_id: uuid.UUID, body: UserUpdate, request: Request, principal: UserAdminDep
 ) -> JSONResponse:
     """Change a user's name, role, Max Tokens and Max Train Tokens in one atomic step."""
 
@@ -172,7 +182,7 @@ async def update_user(
 
 @router.post("/{user_id}/deactivate", response_model=UserOut)
 async def deactivate_user(
-    user_id: uuid.UUID, request: Request, principal: PrincipalDep
+    user_id: uuid.UUID, request: Request, principal: UserAdminDep
 ) -> JSONResponse:
     """Deactivate a user: usage stops, reservations are released, the unused allowance returns."""
 
@@ -186,7 +196,7 @@ async def deactivate_user(
 
 @router.post("/{user_id}/reactivate", response_model=UserOut)
 async def reactivate_user(
-    user_id: uuid.UUID, request: Request, principal: PrincipalDep, body: Reactivate | None = None
+    user_id: uuid.UUID, request: Request, principal: UserAdminDep, body: Reactivate | None = None
 ) -> JSONResponse:
     """Reactivate a user with at least the organization's minimums, from the balance."""
 
