@@ -529,8 +529,11 @@ async def build_world(api: Api, db: Database, clock: FakeClock) -> World:
 # --- calling ---------------------------------------------------------------------------------
 
 
-async def send(client: httpx.AsyncClient, req: Req, caller: Caller) -> httpx.Response:
-    """One request as `caller`, with nothing else carried over (the cookie jar is emptied)."""
+async def send(
+    client: httpx.AsyncClient, req: Req, caller: Caller, *, idempotency_key: str | None = None
+) -> httpx.Response:
+    """One request as `caller`, with nothing else carried over (the cookie jar is emptied);
+    API writes carry an Idempotency-Key, a new one unless given."""
     client.cookies.clear()
     headers = {"Accept": "text/html" if req.page else "application/json"}
     cookies = []
@@ -552,7 +555,7 @@ async def send(client: httpx.AsyncClient, req: Req, caller: Caller) -> httpx.Res
         else:
             headers["X-CSRF-Token"] = caller.csrf
     if req.is_api and req.method != "GET":
-        headers["Idempotency-Key"] = uuid.uuid4().hex
+        headers["Idempotency-Key"] = idempotency_key or uuid.uuid4().hex
     if cookies:
         headers["Cookie"] = "; ".join(cookies)
     response = await client.request(req.method, req.path, json=req.json, data=form, headers=headers)
@@ -732,3 +735,31 @@ async def test_an_admin_naming_another_organizations_users_and_keys_on_their_own
             continue
         assert response.status_code in (403, 404, 422), (req, response.status_code, response.text)
     assert await snapshot(db) == before
+
+
+async def test_a_replayed_idempotency_key_does_not_let_a_refused_caller_through(
+    api: Api, client: httpx.AsyncClient, db: Database, clock: FakeClock
+) -> None:
+    """Keys are scoped to the organization, and a replay answers without running the write
+    again: the caller must still be allowed to make it, or a read key could read the answer
+    of an admin's write (with the same key and body) instead of being refused."""
+    world = await build_world(api, db, clock)
+    org_keys = [role for role in ROLES if role.startswith("a-") and role.endswith("-key")]
+    replays = 0
+    for route in by_order(MATRIX):
+        if route[0] == "GET" or not route[1].startswith("/v1/"):
+            continue
+        allowed = [role for role in org_keys if MATRIX[route][role]]
+        refused = [role for role in org_keys if not MATRIX[route][role]]
+        if not allowed:
+            continue  # the operator's keys are of another scope ("platform")
+        req, key = REQUESTS[route](world), f"replay-{route[0]}-{route[1]}"
+        first = await send(client, req, world.callers[allowed[0]], idempotency_key=key)
+        assert first.status_code in (200, 201), (route, first.text)
+        for role in refused:
+            response = await send(client, req, world.callers[role], idempotency_key=key)
+            replays += 1
+            assert "idempotent-replayed" not in response.headers, (route, role)
+            problem = refusal(req, role, world.callers[role], response)
+            assert problem is None, problem
+    assert replays >= 25

@@ -332,6 +332,63 @@ async def test_denied_dashboard_requests_are_logged_with_the_person_and_the_addr
     ]
 
 
+@pytest.mark.parametrize(
+    "next_path",
+    [
+        "//evil.example/",
+        "/\\evil.example/",
+        "/\\/evil.example/",
+        "https://evil.example/",
+        "/\t/evil.example/",
+        "/\n/evil.example/",
+        "javascript:alert(1)",
+        "evil.example",
+    ],
+)
+async def test_signing_in_never_leads_to_another_site(
+    app: FastAPI, org: str, next_path: str
+) -> None:
+    async with browser(app) as client:
+        form = await client.get("/login", params={"next": next_path}, headers=HTML)
+        assert 'name="next" value=""' in form.text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        assert token
+        response = await client.post(
+            "/login",
+            data={
+                "email": "ada@example.com",
+                "password": PASSWORD,
+                "csrf_token": token.group(1),
+                "next": next_path,
+            },
+            headers=HTML,
+        )
+    assert response.status_code == 303
+    assert response.headers["location"] == f"/orgs/{org}"
+
+
+async def test_signing_in_goes_back_to_the_page_asked_for(app: FastAPI, org: str) -> None:
+    async with browser(app) as client:
+        page = await client.get(f"/orgs/{org}/journal?kind=training", headers=HTML)
+        assert page.headers["location"] == f"/login?next=/orgs/{org}/journal%3Fkind%3Dtraining"
+        form = await client.get(page.headers["location"], headers=HTML)
+        token = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
+        wanted = re.search(r'name="next" value="([^"]+)"', form.text)
+        assert token
+        assert wanted
+        response = await client.post(
+            "/login",
+            data={
+                "email": "ada@example.com",
+                "password": PASSWORD,
+                "csrf_token": token.group(1),
+                "next": wanted.group(1),
+            },
+            headers=HTML,
+        )
+    assert response.headers["location"] == f"/orgs/{org}/journal?kind=training"
+
+
 # --- sessions and cookies --------------------------------------------------------------------
 
 
