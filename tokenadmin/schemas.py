@@ -18,21 +18,29 @@ WITHOUT_NUL = "^[^\\x00]*$"
 """What the OpenAPI says of every text field: anything but the NUL character."""
 
 
-def _without_nul(value: object) -> object:
-    # PostgreSQL can't store U+0000 in text or JSON, and no name or note needs it: refused
-    # here, on every database alike, before it could fail a write as a 500.
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError("must not contain the NUL character (U+0000)")
+def _storable_text(value: object) -> object:
+    # PostgreSQL can't store U+0000 in text or JSON, and no name or note needs it; an
+    # unpaired surrogate (JSON's "\ud800") can't even be encoded as UTF-8. Both are refused
+    # here, on every database alike, before they could fail a write as a 500.
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain the NUL character (U+0000)")
+        if _has_surrogate(value):
+            raise ValueError("must not contain unpaired surrogates (U+D800 to U+DFFF)")
     return value
 
 
-_NO_NUL = (BeforeValidator(_without_nul), Field(json_schema_extra={"pattern": WITHOUT_NUL}))
+def _has_surrogate(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
 
-Text = Annotated[str, *_NO_NUL]
-"""Free text of a request: any characters but NUL (lone surrogates never get this far:
-they are not valid strings). Its length is given where it is used: `Field(max_length=...)`."""
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200), *_NO_NUL]
+_STORABLE = (BeforeValidator(_storable_text), Field(json_schema_extra={"pattern": WITHOUT_NUL}))
+
+Text = Annotated[str, *_STORABLE]
+"""Free text of a request: any characters but NUL and unpaired surrogates. Its length is
+given where it is used: `Field(max_length=...)`."""
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200), *_STORABLE]
 
 
 def check_json_value(value: Any, field: str) -> None:
@@ -42,7 +50,7 @@ def check_json_value(value: Any, field: str) -> None:
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError(f"{field} must not contain the NUL character (U+0000)")
-        if any("\ud800" <= c <= "\udfff" for c in value):
+        if _has_surrogate(value):
             raise ValueError(f"{field} must not contain unpaired surrogates (U+D800 to U+DFFF)")
     elif isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{field} must not contain NaN or infinite numbers")

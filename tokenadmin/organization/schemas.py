@@ -4,12 +4,20 @@ import uuid
 from datetime import date, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictBool
 
 from tokenadmin.models import ApiKey, Organization, Purchase
 from tokenadmin.organization.service import Balance
 from tokenadmin.schemas import Amount, Input, Name, Text
 from tokenadmin.tokens import Period
+
+
+def _written_out(value: object) -> object:
+    # Pydantic would read a number as seconds (or milliseconds) since 1970: a client that
+    # meant the other unit would silently get an expiry decades off.
+    if isinstance(value, int | float):
+        raise ValueError("write a date or a time, such as 2027-01-01 or 2027-01-01T00:00:00Z")
+    return value
 
 
 def _within_the_calendar(moment: datetime) -> datetime:
@@ -20,7 +28,8 @@ def _within_the_calendar(moment: datetime) -> datetime:
     return moment
 
 
-Expiry = Annotated[datetime, AfterValidator(_within_the_calendar)]
+Expiry = Annotated[datetime, BeforeValidator(_written_out), AfterValidator(_within_the_calendar)]
+Day = Annotated[date, BeforeValidator(_written_out)]
 
 
 class OrganizationCreate(Input):
@@ -60,7 +69,7 @@ class OrganizationOut(BaseModel):
 class PurchaseCreate(Input):
     inference_amount: Amount = 0
     training_amount: Amount = 0
-    purchased_on: date | None = None
+    purchased_on: Day | None = None
     expires_at: Expiry | None = Field(
         default=None,
         description="When the purchase stops counting. A date or a time without an offset"
