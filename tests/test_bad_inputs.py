@@ -28,12 +28,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, iter_route_contexts
+from markupsafe import escape
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers import Api, funded_org
 from tests.scenarios import reserve
 from tokenadmin.app import AMOUNT_FIELDS
+from tokenadmin.auth import service as auth_service
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
 from tokenadmin.models import Base, DashboardSession, Operator
@@ -1320,3 +1322,106 @@ async def test_query_text_with_nul_is_refused(
     except Exception as error:
         pytest.fail(f"raised {type(error).__name__}: {error}")
     assert response.status_code == 422, response.text
+
+
+# --- markup in names renders as text -------------------------------------------------------
+
+
+def markup(field: str) -> str:
+    """A name that would run a script, or break out of an attribute, if shown unescaped."""
+    return f"<script>alert(\"{field}\")</script><img src=x onerror=alert('{field}')>'\""
+
+
+QUOTED_EMAIL = "o'neil&co@example.com"
+SQL_NAME = "Robert'); DROP TABLE users;--"
+
+
+def shown_as_text(page: httpx.Response, fields: list[str]) -> list[str]:
+    """What is wrong with a page that should show these fields' markup as text."""
+    assert page.status_code == 200, (page.status_code, page.text[:500])
+    problems = [f"{f} is not shown" for f in fields if str(escape(markup(f))) not in page.text]
+    if "<script>alert(" in page.text or "<img src=x" in page.text:
+        problems.append("markup is in the page as markup")
+    return problems
+
+
+@pytest.fixture
+async def signed_in(app: FastAPI) -> AsyncIterator[Callable[[str], Any]]:
+    clients: list[httpx.AsyncClient] = []
+
+    async def open_as(email: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app)
+        client = httpx.AsyncClient(transport=transport, base_url="http://tokenadmin.test")
+        clients.append(client)
+        await sign_in(client, email)
+        return client
+
+    yield open_as
+    for client in clients:
+        await client.aclose()
+
+
+async def test_names_with_markup_are_stored_as_typed_and_render_as_text_on_every_page(
+    api: Api, db: Database, clock: FakeClock, signed_in: Callable[[str], Any]
+) -> None:
+    org = await funded_org(api, name=markup("org"))
+    await api.user(org, "ada@example.com", role="admin", password=PASSWORD, name=markup("ada"))
+    ana = await api.user(org, QUOTED_EMAIL, password=PASSWORD, name=markup("ana"))
+    bobby = await api.user(org, "bobby@example.com", name=SQL_NAME)
+    await api.post(
+        f"/v1/organizations/{org}/api-keys", {"name": markup("key"), "scopes": ["read"]}, expect=201
+    )
+    await api.purchase(org, 1000, payer=markup("payer"), note=markup("note"))
+    await api.allowances(
+        org, {"user": ana["id"], "max_tokens": 250_000}, reason=markup("reason"), expect=200
+    )
+    await db.write(
+        lambda s: auth_service.create_operator(
+            s, email="olga@ops.example", name=markup("olga"), password=PASSWORD, now=clock.now()
+        )
+    )
+    member = await signed_in(QUOTED_EMAIL)
+    me = await member.get("/me", headers=HTML)
+    csrf = re.search(r'name="csrf-token" content="([^"]+)"', me.text)
+    assert csrf
+    asked = await member.post(
+        "/me/requests",
+        data={
+            "kind": "inference",
+            "amount": "50K",
+            "reason": markup("request"),
+            "csrf_token": csrf.group(1),
+        },
+        headers=HTML,
+    )
+    assert asked.status_code == 303, asked.text[:500]
+
+    # Stored exactly as typed: text, not a query and not markup.
+    assert (await api.get(f"/v1/users/{bobby['id']}"))["name"] == SQL_NAME
+    assert (await api.get(f"/v1/users/{ana['id']}"))["name"] == markup("ana")
+    assert (await api.get(f"/v1/organizations/{org}"))["name"] == markup("org")
+    assert (await api.get(f"/v1/organizations/{org}/users"))["total"] == 3
+
+    admin = await signed_in("ada@example.com")
+    operator = await signed_in("olga@ops.example")
+    pages = {
+        "the user table": (admin, f"/orgs/{org}", ["org", "ada", "ana", "request"]),
+        "the user page": (admin, f"/orgs/{org}/users/{ana['id']}", ["org", "ana"]),
+        "the journal": (admin, f"/orgs/{org}/journal", ["org", "reason"]),
+        "the settings": (admin, f"/orgs/{org}/settings", ["org", "key", "payer", "note"]),
+        "distribute": (admin, f"/orgs/{org}/distribute", ["org", "ana"]),
+        "import": (admin, f"/orgs/{org}/import", ["org"]),
+        "the member's page": (member, "/me", ["org", "ana"]),
+        "the operator's page": (operator, "/operator", ["org", "olga"]),
+    }
+    problems = []
+    for title, (client, path, fields) in pages.items():
+        page = await client.get(path, headers=HTML)
+        problems += [f"{title}: {p}" for p in shown_as_text(page, fields)]
+        emails = title in ("the user table", "the journal", "the user page")
+        if emails and str(escape(QUOTED_EMAIL)) not in page.text:
+            problems.append(f"{title}: {QUOTED_EMAIL} is not shown escaped")
+    table = await admin.get(f"/orgs/{org}", headers=HTML)
+    if str(escape(SQL_NAME)) not in table.text:
+        problems.append(f"the user table: {SQL_NAME} is not shown")
+    assert not problems, "\n".join(problems)
