@@ -362,7 +362,7 @@ def _fields(
 NUMBERS: list[tuple[str, Any]] = [
     ("negative", -1),
     ("fractional", 1.5),
-    ("a float", 100.0),
+    ("a float of 2^53, which may have been rounded", float(2**53)),
     ("2^53+1", 2**53 + 1),
     ("2^63", 2**63),
     ("10^30", 10**30),

@@ -9,9 +9,27 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, S
 
 from tokenadmin.tokens import MAX_AMOUNT
 
-Amount = Annotated[StrictInt, Field(ge=0, le=MAX_AMOUNT, description="Whole tokens, 0 to 2^53.")]
+
+def _whole(value: object) -> object:
+    # JSON has one kind of number: 250000.0 is the whole number 250000, and the OpenAPI's
+    # "integer" says so too. It is read exactly below 2^53; a float that large may have been
+    # rounded on its way here, so it stays a float and is refused, as fractions, strings and
+    # booleans are (StrictInt).
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+WHOLE = BeforeValidator(_whole)
+"""Integers are written with or without a fractional part of zero (250000 or 250000.0).
+Put it after the constraints: before them, they would drop out of the JSON schema."""
+
+WholeNumber = Annotated[StrictInt, WHOLE]
+Amount = Annotated[
+    StrictInt, Field(ge=0, le=MAX_AMOUNT, description="Whole tokens, 0 to 2^53."), WHOLE
+]
 PositiveAmount = Annotated[
-    StrictInt, Field(gt=0, le=MAX_AMOUNT, description="Whole tokens, 1 to 2^53.")
+    StrictInt, Field(gt=0, le=MAX_AMOUNT, description="Whole tokens, 1 to 2^53."), WHOLE
 ]
 
 WITHOUT_NUL = "^[^\\x00]*$"

@@ -1,15 +1,15 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, model_validator
+from pydantic import BaseModel, Field, StrictBool, model_validator
 
-from tokenadmin.schemas import Amount, Input, Text
+from tokenadmin.schemas import Amount, Input, Text, WholeNumber
 
 
 class AllowanceRow(Input):
     user: Text = Field(min_length=1, max_length=320, description="User id or email.")
     max_tokens: Amount | None = None
     max_train_tokens: Amount | None = None
-    expected_version: StrictInt | None = None
+    expected_version: WholeNumber | None = None
 
     @model_validator(mode="after")
     def _something_to_change(self) -> AllowanceRow:

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from typing import Annotated
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictBool
 
+from tokenadmin.auth.principal import SCOPES
 from tokenadmin.models import ApiKey, Organization, Purchase
 from tokenadmin.organization.service import Balance
 from tokenadmin.schemas import Amount, Input, Name, Text
@@ -151,9 +152,13 @@ class BalanceOut(BaseModel):
         )
 
 
+Scope = Literal["admin", "usage", "read"]
+assert get_args(Scope) == SCOPES, "the OpenAPI lists the scopes a key may have"
+
+
 class ApiKeyCreate(Input):
     name: Name
-    scopes: list[str] = Field(min_length=1, examples=[["usage"]])
+    scopes: list[Scope] = Field(min_length=1, examples=[["usage"]])
 
 
 class ApiKeyOut(BaseModel):

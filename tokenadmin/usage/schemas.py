@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
 
-from tokenadmin.schemas import Amount, Input, PositiveAmount, Text, check_json_value
+from tokenadmin.schemas import WHOLE, Amount, Input, PositiveAmount, Text, check_json_value
 from tokenadmin.tokens import Kind
 
 MAX_METADATA_BYTES = 4096
@@ -82,7 +82,7 @@ class BatchOut(BaseModel):
 
 
 class ReservationCreate(UsageFields):
-    ttl_seconds: int | None = Field(default=None, ge=1, le=86400, strict=True)
+    ttl_seconds: Annotated[StrictInt, Field(ge=1, le=86400), WHOLE] | None = None
 
 
 class Commit(Input):

@@ -4,11 +4,11 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, EmailStr, Field, StrictInt
+from pydantic import BaseModel, EmailStr, Field
 
 from tokenadmin.models import Organization, User
 from tokenadmin.organization.service import current_period
-from tokenadmin.schemas import Amount, Input, Name, Text
+from tokenadmin.schemas import Amount, Input, Name, Text, WholeNumber
 from tokenadmin.tokens import Kind, period_end
 from tokenadmin.usage.service import KindAvailability
 
@@ -45,7 +45,7 @@ class UserUpdate(Input):
     role: Role | None = None
     max_tokens: Amount | None = None
     max_train_tokens: Amount | None = None
-    expected_version: StrictInt | None = Field(
+    expected_version: WholeNumber | None = Field(
         default=None, description="The version you saw; refused with version_conflict if changed."
     )
     reason: Text | None = Field(default=None, max_length=500)
