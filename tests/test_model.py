@@ -48,8 +48,8 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from sqlalchemy import text
 
+from tests.databases import empty_postgres
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.app import create_app
@@ -57,7 +57,6 @@ from tokenadmin.clock import FakeClock
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.journal.service import verify
-from tokenadmin.models import Base
 from tokenadmin.sweeper import sweep
 
 T = TypeVar("T")
@@ -496,11 +495,7 @@ class PostgresTarget(Target):
 
     async def open(self) -> tuple[Database, str]:
         db = Database(self.url, pool_size=2)
-        tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-        async with db.engine.begin() as connection:
-            # The journal refuses TRUNCATE (an append-only trigger): reset with triggers off.
-            await connection.execute(text("SET LOCAL session_replication_role = replica"))
-            await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        await empty_postgres(db)
         return db, self.url
 
 
