@@ -1425,3 +1425,33 @@ async def test_names_with_markup_are_stored_as_typed_and_render_as_text_on_every
     if str(escape(SQL_NAME)) not in table.text:
         problems.append(f"the user table: {SQL_NAME} is not shown")
     assert not problems, "\n".join(problems)
+
+
+async def test_null_where_the_openapi_allows_it_is_answered_never_a_500(
+    app: FastAPI, client: httpx.AsyncClient, api: Api, world: World
+) -> None:
+    """The corpus sends null only where the OpenAPI forbids it; here, where it allows it."""
+    spec = app.openapi()
+    components = spec["components"]["schemas"]
+    problems = []
+    for (method, template), write in sorted(API_WRITES.items()):
+        body = write.body(world)
+        content = spec["paths"][template][method.lower()].get("requestBody", {}).get("content")
+        if body is None or content is None:
+            continue
+        root, _ = _resolve(content["application/json"]["schema"], components)
+        for path, _schema, nullable, _required in _fields(root, components, body):
+            if not nullable:
+                continue
+            bad = BadInput(f"{' '.join(map(str, path))}: null", _encode(_set(body, path, None)))
+            answer = await send(
+                client,
+                method,
+                write.path(world),
+                bad,
+                secret=api.secret,
+                fresh_key=write.key_required,
+            )
+            if isinstance(answer, str) or answer.status_code >= 500:
+                problems.append(f"{method} {template} {bad.label}: {answer}")
+    assert not problems, "\n".join(problems)

@@ -4,7 +4,7 @@ import uuid
 from datetime import date, datetime
 from typing import Annotated, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictBool
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictBool, model_validator
 
 from tokenadmin.auth.principal import SCOPES
 from tokenadmin.models import ApiKey, Organization, Purchase
@@ -49,6 +49,14 @@ class OrganizationUpdate(Input):
     min_inference: Amount | None = None
     min_training: Amount | None = None
     overallocation: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _null_keeps_a_setting(self) -> OrganizationUpdate:
+        # null leaves a setting as it is, as leaving it out does: the change is made of the
+        # fields that were set (a null time zone reached the zone lookup: a 500).
+        for name in [n for n in self.model_fields_set if getattr(self, n) is None]:
+            self.model_fields_set.discard(name)
+        return self
 
 
 class OrganizationOut(BaseModel):
