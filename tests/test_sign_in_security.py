@@ -290,12 +290,6 @@ async def test_denied_api_requests_are_logged_with_the_key_prefix_and_the_addres
     assert not [r for r in caplog.records if reader in r.getMessage() or stranger in r.getMessage()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metering (tokenadmin/usage/endpoints.py, tokenadmin/deps.py) does not log its"
-    " refusals yet: its router needs the dependency auth.audit.log_denials, or app.py's"
-    " error handler needs to call auth.audit.log_denied",
-)
 async def test_denied_metering_requests_are_logged_too(
     app: FastAPI, api: Api, org: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -427,11 +421,6 @@ async def test_deactivating_a_user_or_taking_their_admin_role_acts_on_their_sess
         assert page.headers["location"].startswith("/login")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="user.service.deactivate (tokenadmin/user/service.py) keeps the user's dashboard"
-    " sessions: it should delete them in the same transaction",
-)
 async def test_a_session_does_not_come_back_when_its_user_is_reactivated(
     app: FastAPI, api: Api, org: str
 ) -> None:

@@ -8,11 +8,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, status
 from fastapi.responses import JSONResponse
 
+from tokenadmin.auth.audit import log_denied
 from tokenadmin.clock import Clock
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.deps import answer_response, remembered_principal
-from tokenadmin.errors import Forbidden, InvalidRequest
+from tokenadmin.errors import Forbidden, InvalidRequest, TokenAdminError
 from tokenadmin.idempotency.service import Answer, check_key
 from tokenadmin.schemas import ErrorOut
 from tokenadmin.usage import service
@@ -44,6 +45,7 @@ class Meter:
     clock: Clock
     settings: Settings
     coalescer: Coalescer
+    request: Request
 
     async def run(self, operations: list[service.Operation]) -> list[Answer]:
         return await service.run(
@@ -59,19 +61,29 @@ class Meter:
         """One operation, in a transaction shared with the caller's concurrent ones."""
         if operation.idempotency_key is not None:
             check_key(operation.idempotency_key)
-        return answer_response(await self.coalescer.submit(self.caller, operation))
+        answer = await self.coalescer.submit(self.caller, operation)
+        if answer.status_code == 401:  # a key revoked since it was remembered
+            log_denied(self.request, answer.status_code, answer.body["error"]["code"])
+        return answer_response(answer)
 
 
 async def get_meter(request: Request) -> Meter:
-    # One dependency, not one per part: the metering routes are the hot path.
-    principal = await remembered_principal(request)
-    if not principal.is_operator and "usage" not in principal.scopes:
-        raise Forbidden("Metering needs a key with the 'usage' scope.", details={"scope": "usage"})
+    # One dependency, not one per part: the metering routes are the hot path. Refusals are
+    # logged here rather than by `auth.audit.log_denials`, which would cost every request.
+    try:
+        principal = await remembered_principal(request)
+        if not principal.is_operator and "usage" not in principal.scopes:
+            raise Forbidden(
+                "Metering needs a key with the 'usage' scope.", details={"scope": "usage"}
+            )
+    except TokenAdminError as error:
+        log_denied(request, error.status_code, error.code)
+        raise
     caller = service.Caller(
         principal.actor, principal.org_id, principal.idempotency_scope, principal.key_id
     )
     state = request.app.state
-    return Meter(caller, state.db, state.clock, state.settings, state.coalescer)
+    return Meter(caller, state.db, state.clock, state.settings, state.coalescer, request)
 
 
 MeterDep = Annotated[Meter, Depends(get_meter)]

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,7 +24,7 @@ from tokenadmin.errors import (
     VersionConflict,
 )
 from tokenadmin.journal.service import record
-from tokenadmin.models import Organization, Reservation, User
+from tokenadmin.models import DashboardSession, Organization, Reservation, User
 from tokenadmin.organization.service import current_period
 from tokenadmin.tokens import Kind
 from tokenadmin.user import repository
@@ -188,6 +189,8 @@ async def deactivate(session: AsyncSession, act: Act, org: Organization, user: U
             )
     if not any(returns.values()):
         record(session, act, org, "user_deactivated", user=user, reason=reason)
+    # Signed out everywhere: a session of before must not work again on reactivation.
+    await session.execute(delete(DashboardSession).where(DashboardSession.user_id == user.id))
     user.status = "deactivated"
     user.version += 1
     user.updated_at = act.now
