@@ -17,6 +17,7 @@ from tests.scenarios import error_of, journal, org_api, utc
 from tokenadmin.act import Act
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
+from tokenadmin.journal import service as journal_service
 from tokenadmin.journal.service import verify
 from tokenadmin.organization import service as organization_service
 
@@ -248,6 +249,21 @@ async def test_verify_detects_a_tampered_journal_entry(api: Api, db: Database) -
 
 
 # --- the hash chains --------------------------------------------------------------------------
+
+
+async def test_chains_of_more_users_than_one_query_takes_are_linked(
+    api: Api, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A change of many users at once reads their chains' heads a few thousand at a time
+    # (PostgreSQL takes at most 32,767 parameters); here, two at a time.
+    monkeypatch.setattr(journal_service, "HEADS_PER_QUERY", 2)
+    org = await funded_org(api, inference=2_000_000)
+    users = [await api.user(org, f"u{i}@example.com") for i in range(5)]
+    await api.allowances(
+        org, *({"user": u["id"], "max_tokens": 200_001} for u in users), expect=200
+    )
+    report = await db.read(verify)
+    assert report.clean, report.differences
 
 
 async def _usage_entries(api: Api, org: str, user_id: str) -> list[dict[str, Any]]:

@@ -165,12 +165,16 @@ def _link(session: Session, pending: list[Entry]) -> dict[chain.Chain, str]:
     return heads
 
 
+HEADS_PER_QUERY = 10_000  # PostgreSQL's protocol takes at most 32,767 parameters
+
+
 def _heads(session: Session, chains: set[chain.Chain]) -> dict[chain.Chain, str]:
     heads: dict[chain.Chain, str] = {}
     for kind, table in (("user", USERS), ("organization", ORGANIZATIONS)):
         ids = [owner for chain_kind, owner in chains if chain_kind == kind]
-        if ids:
-            statement = select(table.c.id, table.c.journal_head).where(table.c.id.in_(ids))
+        for start in range(0, len(ids), HEADS_PER_QUERY):
+            some = ids[start : start + HEADS_PER_QUERY]
+            statement = select(table.c.id, table.c.journal_head).where(table.c.id.in_(some))
             for owner, head in session.execute(statement):
                 if head is not None:
                     heads[(kind, owner)] = head
