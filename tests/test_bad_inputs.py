@@ -1,13 +1,18 @@
 """A corpus of bad inputs at every write (issue 5, item 11).
 
 Every write route, API and dashboard, is found in the app's routes (a new one fails the
-suite until it is listed here). Each is sent bad amounts, bad text, unknown fields,
-malformed JSON, the wrong content type, a 10 MB body, invalid UTF-8, bad path parameters
-and bad idempotency keys. Each answer is a 4xx with a code documented in docs/api.md at
-the status documented there, and the database is exactly as it was. Then the route's valid
-request is sent, to show the corpus was refused for what it holds and nothing else.
+suite until it is listed here). The API's are sent, from each route's OpenAPI schema, bad
+amounts (zero, negative, fractional, 2^53+1, 2^63, 10^30, strings, null, booleans), bad
+text (NUL, unpaired surrogates, 100,000 characters, wrong types), bad emails, times and
+metadata (NaN, Infinity, NUL), unknown fields, malformed JSON, the wrong content type, a
+10 MB body (declared and chunked), invalid UTF-8, bad path parameters and bad idempotency
+keys. Each answer must be a 4xx with a code docs/api.md lists, at the status it lists, and
+every table must be as it was. The dashboard's forms get the same kinds of wrong as typed
+text; their answers are pages, so there the proof is a 4xx and an unchanged database. Then
+each route's valid request goes through, to show the corpus was refused for what it held.
 
-Names with markup are stored as typed and render as text on every dashboard page.
+Names, emails and notes with markup are stored as typed and render as text on every
+dashboard page that shows them.
 """
 
 from __future__ import annotations
@@ -113,9 +118,10 @@ async def snapshot(db: Database) -> Snapshot:
 
 
 async def fingerprint(db: Database, ignore: frozenset[str] = frozenset()) -> tuple[Any, ...]:
-    """In one query, what a write changes: the rows of every table, the last journal entry,
-    the versions of users and organizations. Taken after each bad input, to name the one
-    that wrote; the full snapshot, before and after them all, is the proof."""
+    """In one query, what a write changes: the number of rows of every table, the last
+    journal entry, the versions of users and organizations, revoked keys, expiries. Taken
+    after each bad input, to name the one that wrote; the full snapshot, before and after
+    them all, is the proof."""
     tables = Base.metadata.tables
     parts = [
         select(func.count()).select_from(t).scalar_subquery()
@@ -420,7 +426,7 @@ JSON_OBJECTS: list[tuple[str, Any]] = [
 
 
 def _bad_values(
-    path: tuple[str | int, ...], schema: Schema, nullable: bool, required: bool
+    path: tuple[str | int, ...], schema: Schema, nullable: bool
 ) -> Iterator[tuple[str, Any, str | None]]:
     """(label, value, the one right code or None) for one field."""
     name = str(path[-1])
@@ -497,14 +503,14 @@ def body_corpus(base: Any, schema: Schema | None, components: Schema) -> list[Ba
         BadInput("no content type", raw, content_type=None),
         BadInput("unknown field", _encode({**base, "unexpected": 1}), code="invalid_request"),
     ]
-    for path, sub, nullable, required in _fields(root, components, base):
+    for path, sub, nullable, _required in _fields(root, components, base):
         where = ".".join(map(str, path))
         if isinstance(path[-1], str) and len(path) > 1:
             unknown = _set(base, (*path[:-1], "unexpected"), 1)
             inputs.append(
                 BadInput(f"{where}: unknown sibling", _encode(unknown), code="invalid_request")
             )
-        for label, value, code in _bad_values(path, sub, nullable, required):
+        for label, value, code in _bad_values(path, sub, nullable):
             inputs.append(
                 BadInput(f"{where}: {label}", _encode(_set(base, path, value)), code=code)
             )
