@@ -202,7 +202,7 @@ def record(runs: list[DatabaseRun], plan: Plan, code: str, load: tuple[float, fl
         f" connections ({plan.threads} threads; batch: {plan.batch_connections} connections"
         f" of {plan.batch_events:,} events a request; reservations: one connection per wrk"
         f" thread), {plan.seconds:g} s per run, 1 token per request or event (over-demand:"
-        " sized to run out halfway). The limit is the bare work of the operation in one"
+        " sized to run out a quarter in). The limit is the bare work of the operation in one"
         " transaction (pgbench `-M prepared`; SQLite: a `sqlite3` loop in one connection,"
         " WAL, synchronous=FULL): the debit and its journal entry; for reservations the"
         " reserve and the commit, counted in pairs (latency per pair; the API's per"
