@@ -161,9 +161,12 @@ class Outcome:
 # more than fits). Hypothesis starts from the first choice of each strategy and returns to
 # it when it simplifies, so the first choice is an ordinary, meaningful one.
 TokenSpec = int | str
-TOKENS = st.one_of(
-    st.sampled_from(["half", "available", "available+1", "remaining", "remaining+1"]),
-    st.integers(1, 1_500),
+RELATIVE_TOKENS = st.sampled_from(
+    ["half", "tenth", "available", "available+1", "remaining", "remaining+1"]
+)
+TOKENS = st.one_of(RELATIVE_TOKENS, RELATIVE_TOKENS, st.integers(1, 200), st.integers(1, 3_000))
+RESERVE_TOKENS = st.one_of(
+    st.sampled_from(["tenth", "half", "available", "available+1"]), st.integers(1, 200)
 )
 ALLOWANCE = st.one_of(
     st.sampled_from(
@@ -172,7 +175,8 @@ ALLOWANCE = st.one_of(
     st.integers(0, 8_000),
 )
 WHO = st.integers(0, 7)
-KIND = st.sampled_from(KINDS)
+SOMETIMES = st.sampled_from([False, False, False, True])
+KIND = st.sampled_from(["inference", "inference", "training"])
 VERSION = st.sampled_from([None, None, "current", "stale"])
 Row = tuple[int, TokenSpec | None, TokenSpec | None, str | None]
 Event = tuple[int, str, TokenSpec, str]
@@ -212,12 +216,14 @@ class Commit:
     which: int
     tokens: int | str | None
     keyed: bool
+    closed_too: bool  # may pick a reservation already closed; otherwise an open one if any
 
 
 @dataclass(frozen=True)
 class Release:
     which: int
     keyed: bool
+    closed_too: bool
 
 
 @dataclass(frozen=True)
@@ -265,6 +271,7 @@ class CreateUser:
 class Deactivate:
     who: int
     keyed: bool
+    any_user: bool  # may pick a deactivated user; otherwise an active one if any
 
 
 @dataclass(frozen=True)
@@ -273,6 +280,7 @@ class Reactivate:
     max_tokens: TokenSpec | None
     max_train_tokens: TokenSpec | None
     keyed: bool
+    any_user: bool  # may pick an active user; otherwise a deactivated one if any
 
 
 @dataclass(frozen=True)
@@ -339,8 +347,20 @@ MAYBE_ALLOWANCE = st.none() | ALLOWANCE
 BATCH_EVENT = st.tuples(WHO, KIND, TOKENS, st.sampled_from(["new", "new", "new", "same", "other"]))
 ALLOWANCE_ROW = st.tuples(WHO, MAYBE_ALLOWANCE, MAYBE_ALLOWANCE, VERSION)
 WEIGHTED: list[tuple[int, type[Operation], st.SearchStrategy[Operation]]] = [
-    # Metering, about a third of the steps.
+    # Metering, about 40 % of the steps.
     (4, Usage, st.builds(Usage, who=WHO, kind=KIND, tokens=TOKENS, by_email=st.booleans())),
+    (
+        4,
+        Reserve,
+        st.builds(
+            Reserve,
+            who=WHO,
+            kind=KIND,
+            tokens=RESERVE_TOKENS,
+            ttl=st.sampled_from([None, 1, 30, 120, 3_600]),
+            keyed=st.booleans(),
+        ),
+    ),
     (
         2,
         UsageBatch,
@@ -358,9 +378,14 @@ WEIGHTED: list[tuple[int, type[Operation], st.SearchStrategy[Operation]]] = [
             which=st.integers(0, 19),
             tokens=st.none() | st.integers(0, 3_000) | st.sampled_from(["all", "all+1", "half"]),
             keyed=st.booleans(),
+            closed_too=SOMETIMES,
         ),
     ),
-    (1, Release, st.builds(Release, which=st.integers(0, 19), keyed=st.booleans())),
+    (
+        2,
+        Release,
+        st.builds(Release, which=st.integers(0, 19), keyed=st.booleans(), closed_too=SOMETIMES),
+    ),
     # Replays of idempotency keys.
     (2, Replay, st.builds(Replay, which=st.integers(0, 49))),
     (1, ReuseKey, st.builds(ReuseKey, which=st.integers(0, 49))),
@@ -392,12 +417,12 @@ WEIGHTED: list[tuple[int, type[Operation], st.SearchStrategy[Operation]]] = [
         CreateUser,
         st.builds(
             CreateUser,
-            max_tokens=MAYBE_ALLOWANCE,
-            max_train_tokens=MAYBE_ALLOWANCE,
+            max_tokens=st.just(3_000) | MAYBE_ALLOWANCE,
+            max_train_tokens=st.just(1_000) | MAYBE_ALLOWANCE,
             keyed=st.booleans(),
         ),
     ),
-    (1, Deactivate, st.builds(Deactivate, who=WHO, keyed=st.booleans())),
+    (1, Deactivate, st.builds(Deactivate, who=WHO, keyed=st.booleans(), any_user=SOMETIMES)),
     (
         1,
         Reactivate,
@@ -407,6 +432,7 @@ WEIGHTED: list[tuple[int, type[Operation], st.SearchStrategy[Operation]]] = [
             max_tokens=MAYBE_ALLOWANCE,
             max_train_tokens=MAYBE_ALLOWANCE,
             keyed=st.booleans(),
+            any_user=SOMETIMES,
         ),
     ),
     (
@@ -417,7 +443,7 @@ WEIGHTED: list[tuple[int, type[Operation], st.SearchStrategy[Operation]]] = [
             rows=st.lists(ALLOWANCE_ROW, min_size=1, max_size=4).map(tuple),
             dry_run=st.sampled_from([False, False, False, True]),
             keyed=st.booleans(),
-            repeat=st.sampled_from([False, False, False, False, True]),
+            repeat=SOMETIMES,
         ),
     ),
     (
@@ -437,30 +463,18 @@ WEIGHTED: list[tuple[int, type[Operation], st.SearchStrategy[Operation]]] = [
     (1, Wait, st.builds(Wait, days=st.integers(0, 40), hours=st.integers(1, 60))),
     (1, ToMonthEnd, st.builds(ToMonthEnd, offset=st.sampled_from([-120, -1, 0, 1, 90]))),
     (1, Sweep, st.just(Sweep())),
-    # Last, as the first: Hypothesis draws the ends of a choice a little more often.
-    (
-        3,
-        Reserve,
-        st.builds(
-            Reserve,
-            who=WHO,
-            kind=KIND,
-            tokens=TOKENS,
-            ttl=st.sampled_from([None, 1, 30, 120, 3_600]),
-            keyed=st.booleans(),
-        ),
-    ),
 ]
 NEEDS_USERS = (Usage, UsageBatch, Reserve, Deactivate, Reactivate, ChangeAllowances, ChangeOneUser)
 _CHOICES: dict[frozenset[type[Operation]], st.SearchStrategy[Operation]] = {}
 
 
 def operations(possible: frozenset[type[Operation]]) -> st.SearchStrategy[Operation]:
-    """The operations possible now, each as often as its weight."""
+    """The operations possible now, each as often as its weight. (Weights are repeats in a
+    sampled_from: one_of would merge repeats of one strategy into one choice.)"""
     if possible not in _CHOICES:
-        _CHOICES[possible] = st.one_of(
-            [s for weight, kind, s in WEIGHTED if kind in possible for _ in range(weight)]
-        )
+        weighted = [kind for weight, kind, _ in WEIGHTED if kind in possible for _ in range(weight)]
+        strategies = {kind: strategy for _, kind, strategy in WEIGHTED}
+        _CHOICES[possible] = st.sampled_from(weighted).flatmap(lambda kind: strategies[kind])
     return _CHOICES[possible]
 
 
@@ -694,8 +708,8 @@ class LedgerMachine(RuleBasedStateMachine):
     def resolve_tokens(self, spec: TokenSpec, user: MUser, kind: str) -> int:
         if isinstance(spec, int):
             return spec
-        if spec == "half":
-            return max(1, self.available(user, kind) // 2)
+        if spec in ("half", "tenth"):
+            return max(1, self.available(user, kind) // (2 if spec == "half" else 10))
         base = self.available(user, kind) if spec.startswith("available") else None
         if base is None:
             base = self.remaining(user, kind)
@@ -868,7 +882,7 @@ class LedgerMachine(RuleBasedStateMachine):
         start=st.sampled_from(STARTS),
         zone=st.sampled_from(ZONES),
         period=st.sampled_from(["monthly", "monthly", "monthly", "none"]),
-        overallocation=st.booleans(),
+        overallocation=st.sampled_from([False, False, True]),
         min_inference=st.sampled_from([100, 0, 1_000]),
         min_training=st.sampled_from([0, 50]),
         inference=st.sampled_from([20_000, 5_000, 0]) | st.integers(0, 30_000),
@@ -1011,8 +1025,13 @@ class LedgerMachine(RuleBasedStateMachine):
         other = Sent("POST", path, self.admin, {**body, "name": "Someone Else"}, key)
         self.remember(sent, other, reply)
 
-    def deactivate(self, who: int, keyed: bool) -> None:
-        user = self.pick(who)
+    def pick_by_status(self, who: int, active: bool, any_user: bool) -> MUser:
+        those = [u for u in self.users if u.active == active]
+        candidates = self.users if any_user or not those else those
+        return candidates[who % len(candidates)]
+
+    def deactivate(self, who: int, keyed: bool, any_user: bool) -> None:
+        user = self.pick_by_status(who, True, any_user)
         path = f"/v1/users/{user.id}/deactivate"
         key = uuid.uuid4().hex if keyed else None
         sent = Sent("POST", path, self.admin, None, key)
@@ -1035,8 +1054,9 @@ class LedgerMachine(RuleBasedStateMachine):
         max_tokens: TokenSpec | None,
         max_train_tokens: TokenSpec | None,
         keyed: bool,
+        any_user: bool,
     ) -> None:
-        user = self.pick(who)
+        user = self.pick_by_status(who, False, any_user)
         body: dict[str, Any] = {}
         targets: dict[str, int] = {}
         for kind, spec in (("inference", max_tokens), ("training", max_train_tokens)):
@@ -1052,7 +1072,9 @@ class LedgerMachine(RuleBasedStateMachine):
             reply = self.send(sent)
             self.check(reply, Outcome(409, "already_active"), "reactivating an active user")
         else:
-            user.active = True  # the rules see the user as they would be
+            # The rules see the user as they would be: active, with what they kept.
+            user.allowance = {kind: self.allowance_of(user, kind) for kind in KINDS}
+            user.active = True
             refused, _ = self.model_plan([(user, targets, None)])
             user.active = False
             reply = self.send(sent)
@@ -1334,8 +1356,13 @@ class LedgerMachine(RuleBasedStateMachine):
         other = Sent("POST", "/v1/reservations", self.meter, {**body, "tokens": amount + 1}, key)
         self.remember(sent, other, reply)
 
-    def commit(self, which: int, tokens: int | str | None, keyed: bool) -> None:
-        reservation = self.reservations[which % len(self.reservations)]
+    def pick_reservation(self, which: int, closed_too: bool) -> MReservation:
+        still_open = [r for r in self.reservations if r.status == "open"]
+        candidates = self.reservations if closed_too or not still_open else still_open
+        return candidates[which % len(candidates)]
+
+    def commit(self, which: int, tokens: int | str | None, keyed: bool, closed_too: bool) -> None:
+        reservation = self.pick_reservation(which, closed_too)
         actual: int | None
         if isinstance(tokens, str):
             room = max(0, self.available(reservation.user, reservation.kind))
@@ -1358,8 +1385,8 @@ class LedgerMachine(RuleBasedStateMachine):
         other_body = {"tokens": (actual or 0) + 1}
         self.remember(sent, Sent("POST", path, self.meter, other_body, key), reply)
 
-    def release(self, which: int, keyed: bool) -> None:
-        reservation = self.reservations[which % len(self.reservations)]
+    def release(self, which: int, keyed: bool, closed_too: bool) -> None:
+        reservation = self.pick_reservation(which, closed_too)
         path = f"/v1/reservations/{reservation.id}/release"
         key = uuid.uuid4().hex if keyed else None
         sent = Sent("POST", path, self.meter, None, key)
@@ -1424,15 +1451,18 @@ class LedgerMachine(RuleBasedStateMachine):
         body = remembered.sent.body
         user = next(u for u in self.users if body["user"] in (u.id, u.email))
         kind, tokens = body["kind"], body["tokens"]
-        # Buy enough for the user to come back, get the room, and leave no shortfall.
+        # Buy enough for the user to come back (at least the minimums), to raise them to what
+        # the debit needs, and to leave no shortfall (so the capacity does not bind).
         needed = max(self.minimum[kind], user.used[kind] + self.reserved_of(user, kind) + tokens)
-        shortfall = max(0, self.allocated(kind) - self.capacity(kind))
-        extra = needed + shortfall + sum(self.minimum.values())
-        self.purchase(
-            extra if kind == "inference" else 0, extra if kind == "training" else 0, None, False
-        )
+        extra = {
+            k: max(0, self.allocated(k) - self.capacity(k))
+            + max(self.minimum[k], user.used[k])
+            + (needed if k == kind else 0)
+            for k in KINDS
+        }
+        self.purchase(max(1, extra["inference"]), extra["training"], None, False)
         if not user.active:
-            self.reactivate(self.users.index(user), None, None, False)
+            self.reactivate(self.users.index(user), None, None, False, True)
             assert user.active
         if self.available(user, kind) < tokens:
             self.change_one_user(
@@ -1466,10 +1496,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.usage_batch(events, unknown)
             case Reserve(who, kind, tokens, ttl, keyed):
                 self.reserve(who, kind, tokens, ttl, keyed)
-            case Commit(which, tokens, keyed):
-                self.commit(which, tokens, keyed)
-            case Release(which, keyed):
-                self.release(which, keyed)
+            case Commit(which, tokens, keyed, closed_too):
+                self.commit(which, tokens, keyed, closed_too)
+            case Release(which, keyed, closed_too):
+                self.release(which, keyed, closed_too)
             case Replay(which):
                 self.replay(which)
             case ReuseKey(which):
@@ -1484,10 +1514,10 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.change_purchase_expiry(which, expires_in)
             case CreateUser(max_tokens, max_train_tokens, keyed):
                 self.create_user(max_tokens, max_train_tokens, keyed)
-            case Deactivate(who, keyed):
-                self.deactivate(who, keyed)
-            case Reactivate(who, max_tokens, max_train_tokens, keyed):
-                self.reactivate(who, max_tokens, max_train_tokens, keyed)
+            case Deactivate(who, keyed, any_user):
+                self.deactivate(who, keyed, any_user)
+            case Reactivate(who, max_tokens, max_train_tokens, keyed, any_user):
+                self.reactivate(who, max_tokens, max_train_tokens, keyed, any_user)
             case ChangeAllowances(rows, dry_run, keyed, repeat):
                 self.change_allowances(rows, dry_run, keyed, repeat)
             case ChangeOneUser(who, max_tokens, max_train_tokens, version, keyed):
