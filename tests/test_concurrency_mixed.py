@@ -106,12 +106,8 @@ class Run:
 
 @dataclass
 class Ledger:
-    """What the answers say was accepted, to compare with the journal."""
+    """Every answer, by idempotency key, to compare with each other and with the journal."""
 
-    entries: dict[str, set[int]] = field(default_factory=lambda: defaultdict(set))
-    used: Counter[tuple[str, str]] = field(default_factory=Counter)
-    reserved: Counter[tuple[str, str]] = field(default_factory=Counter)
-    allowance_changes: int = 0
     by_key: dict[str, list[Answer]] = field(default_factory=lambda: defaultdict(list))
 
     def note(self, key: str, answer: Answer) -> None:
