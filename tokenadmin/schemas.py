@@ -12,10 +12,9 @@ from tokenadmin.tokens import MAX_AMOUNT
 
 def _whole(value: object) -> object:
     # JSON has one kind of number: 250000.0 is the whole number 250000, and the OpenAPI's
-    # "integer" says so too. It is read exactly below 2^53; a float that large may have been
-    # rounded on its way here, so it stays a float and is refused, as fractions, strings and
-    # booleans are (StrictInt).
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+    # "integer" says so too. Floats are exact up to 2^53, the largest amount; beyond, a float
+    # stays a float and is refused, as fractions, strings and booleans are (StrictInt).
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_AMOUNT:
         return int(value)
     return value
 
