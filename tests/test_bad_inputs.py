@@ -804,6 +804,7 @@ DASHBOARD_WRITES: dict[tuple[str, str], Page] = {
             "maximum": "amount",
             "scope": "choice",
             "users": "uuid",
+            "q": "text",
         },
         status=200,
         writes=False,  # a preview; applying needs the preview's digest
@@ -1064,6 +1065,13 @@ KNOWN_BUGS: list[KnownBug] = [
         "email: 'ana\\x00@example.com'",
         frozenset({("POST", "/login")}),
         on_sqlite=False,
+    ),
+    KnownBug(
+        "the user search (user.repository, here the distribute page's picker) passes text"
+        " with a NUL character to the database: SQLite's full-text search fails with"
+        " 'unterminated string', PostgreSQL with an encoding error, each a 500",
+        "q: 'a\\x00b'",
+        frozenset({("POST", "/orgs/{org_id}/distribute")}),
     ),
     KnownBug(
         "dashboard/operator.py adds a day to 'valid through' 9999-12-31: OverflowError, a 500"
