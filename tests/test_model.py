@@ -1321,8 +1321,10 @@ class LedgerMachine(RuleBasedStateMachine):
         if not replayable:
             return  # the sweeper forgot their keys (kept 48 hours): new requests now
         events, first = replayable[which % len(replayable)]
+        last = self.last_entry()
         reply = self.send(Sent("POST", "/v1/usage/batch", self.meter, {"events": events}))
         assert reply.status == 200, reply
+        assert self.last_entry() == last, "a replayed batch wrote to the journal"
         for event, again, before in zip(
             events, reply.body["results"], first["results"], strict=True
         ):
@@ -1431,21 +1433,29 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # --- idempotent replays ---------------------------------------------------------------------
 
+    def last_entry(self) -> int:
+        page = self.get(f"/v1/organizations/{self.org_id}/journal", limit=1)
+        return int(page["entries"][0]["id"]) if page["entries"] else 0
+
     def replay(self, which: int) -> None:
-        """The same key and request: the first answer again, and nothing changes."""
+        """The same key and request: the first answer again, and nothing is written."""
         remembered = list(self.remembered.values())[which % len(self.remembered)]
+        last = self.last_entry()
         reply = self.send(remembered.sent)
         assert (reply.status, reply.body) == (remembered.status, remembered.body), (
             remembered,
             reply,
         )
         assert reply.replayed, reply
+        assert self.last_entry() == last, "a replay wrote to the journal"
 
     def reuse_key(self, which: int) -> None:
-        """The same key with another request is refused, and nothing changes."""
+        """The same key with another request is refused, and nothing is written."""
         remembered = list(self.remembered.values())[which % len(self.remembered)]
+        last = self.last_entry()
         reply = self.send(remembered.other)
         self.check(reply, Outcome(422, "idempotency_key_reused"), "a key reused")
+        assert self.last_entry() == last, "a refused reuse of a key wrote to the journal"
 
     def top_up_then_replay_a_refused_debit(self, which: int) -> None:
         """A debit refused for lack of tokens stays refused when replayed after a top-up; the
