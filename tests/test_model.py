@@ -54,7 +54,7 @@ from hypothesis.stateful import (
 
 from tests.databases import empty_postgres
 from tests.helpers import Api, funded_org
-from tests.scenarios import error_of
+from tests.scenarios import error_of, get_user, utc
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.app import create_app
@@ -1730,3 +1730,44 @@ async def test_an_allowance_for_a_deactivated_user_is_refused_with_409_as_docume
     changed = await api.call("PATCH", f"/v1/users/{ana['id']}", json={"max_tokens": 300_000})
 
     error_of(changed, 409, "user_deactivated")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="turning overallocation off while allocated exceeds capacity is accepted: allocated"
+    " then stays above capacity with overallocation off (SPEC rule 1), where raising a minimum"
+    " above what users have is refused",
+)
+async def test_overallocation_is_not_turned_off_while_the_organization_is_over_allocated(
+    api: Api,
+) -> None:
+    org = await funded_org(api, inference=300_000, overallocation=True)
+    await api.user(org)
+    await api.user(org)  # 400,000 allocated of 300,000
+
+    response = await api.call("PATCH", f"/v1/organizations/{org}", json={"overallocation": False})
+
+    assert response.status_code == 422, response.text
+    assert (await api.get(f"/v1/organizations/{org}"))["overallocation"] is True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a time zone changed and changed back across a month end restarts the month: what"
+    " was used in it is forgotten and the allowance can be used again",
+)
+async def test_a_time_zone_changed_and_changed_back_keeps_what_was_used_this_month(
+    api: Api, clock: FakeClock
+) -> None:
+    org = await funded_org(api)
+    ana = await api.user(org)  # 200,000 a month
+    clock.set(utc("2026-03-31 22:30"))  # still March in UTC, April in Berlin
+    await api.use(ana["id"], 200_000, expect=200)  # the whole of March
+    await api.patch(f"/v1/organizations/{org}", {"time_zone": "Europe/Berlin"}, expect=200)
+    await api.use(ana["id"], 1_000, expect=200)  # April in Berlin: a new month, rightly
+    await api.patch(f"/v1/organizations/{org}", {"time_zone": "UTC"}, expect=200)
+
+    # March again, in which ana used 201,000 tokens of her 200,000.
+    assert (await api.balance(org))["period_start"] == "2026-03-01T00:00:00Z"
+    assert (await get_user(api, ana["id"]))["inference"]["used"] >= 200_000
+    error_of(await api.use(ana["id"], 200_000), 402, "insufficient_tokens")
