@@ -1002,22 +1002,11 @@ class KnownBug:
     on_sqlite: bool = True
 
 
-UNPARSED_BODY = (
-    "app.py answers a body FastAPI cannot parse (invalid UTF-8, nesting deeper than Python's"
-    " JSON reader allows, an integer of more than 4,300 digits) with 400 `http_error`, a code"
-    " docs/api.md does not list; it is `malformed_json` (map 400 to it in the"
-    " StarletteHTTPException handler)"
-)
 UNREAD_BODY = (
     "app.py's BodyLimit counts a body only as the app reads it: a route that reads none"
     " (deactivate, release, revoke) applies the write under a chunked 10 MB body, which it"
     " refuses with 413 when the length is declared (read the body ahead up to the limit"
     " whenever the request has one)"
-)
-LOCALTIME = (
-    "organization.service.check_time_zone accepts 'localtime', the server's own zone (a file"
-    " of /usr/share/zoneinfo, not an IANA name), so two servers may read one organization's"
-    " periods differently (refuse names outside zoneinfo.available_timezones() - {'localtime'})"
 )
 DASHBOARD_NUL = (
     "the dashboard's forms pass text to the services unchecked: a NUL character is stored"
@@ -1030,23 +1019,7 @@ API_BODY_ROUTES = frozenset(
     if route[1].split("/")[-1] not in ("deactivate", "release") and route[0] != "DELETE"
 )
 KNOWN_BUGS: list[KnownBug] = [
-    *(
-        KnownBug(UNPARSED_BODY, label, API_BODY_ROUTES)
-        for label in ("invalid UTF-8", "nested 100,000 deep", "a 5,000-digit number")
-    ),
     KnownBug(UNREAD_BODY, "a 10 MB body, chunked", frozenset(API_WRITES) - API_BODY_ROUTES),
-    KnownBug(
-        LOCALTIME,
-        "time_zone: 'localtime'",
-        frozenset(
-            {
-                ("POST", "/v1/organizations"),
-                ("PATCH", "/v1/organizations/{org_id}"),
-                ("POST", "/orgs/{org_id}/settings/policy"),
-                ("POST", "/operator/orgs"),
-            }
-        ),
-    ),
     *(
         KnownBug(DASHBOARD_NUL, label, frozenset({route}))
         for route, label in (

@@ -203,7 +203,12 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> Response:
-        codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+        codes = {
+            400: "malformed_json",  # a body that can't be read: bad UTF-8, too deep, too long
+            404: "not_found",
+            405: "method_not_allowed",
+            413: "request_too_large",
+        }
         code = codes.get(error.status_code, "http_error")
         if wants_html(request):
             refusal = TokenAdminError(str(error.detail), code=code, status_code=error.status_code)

@@ -7,9 +7,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from functools import partial
+from functools import cache, partial
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,9 +24,18 @@ from tokenadmin.tokens import MAX_AMOUNT, Kind, Period, fmt, period_end, period_
 EXPIRY_WARNING = timedelta(days=30)
 
 
+@cache
+def _time_zones() -> frozenset[str]:
+    # IANA names only: not 'localtime' (the server's own zone) nor other files of zoneinfo,
+    # so every server reads an organization's periods alike.
+    return frozenset(available_timezones()) - {"localtime"}
+
+
 def check_time_zone(name: str) -> str:
     try:
         ZoneInfo(name)
+        if name not in _time_zones():
+            raise ZoneInfoNotFoundError(name)
     except (ZoneInfoNotFoundError, ValueError) as error:
         raise InvalidRequest(
             f"Unknown time zone '{name}'. Use an IANA name such as Europe/Berlin or UTC.",
