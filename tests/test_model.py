@@ -325,6 +325,14 @@ class Sweep:
     pass
 
 
+@dataclass(frozen=True)
+class ChangePolicy:
+    overallocation: bool | None
+    min_inference: int | None
+    min_training: int | None
+    keyed: bool
+
+
 Operation = (
     Usage
     | UsageBatch
@@ -346,6 +354,7 @@ Operation = (
     | Wait
     | ToMonthEnd
     | Sweep
+    | ChangePolicy
 )
 MAYBE_ALLOWANCE = st.none() | ALLOWANCE
 BATCH_EVENT = st.tuples(WHO, KIND, TOKENS, st.sampled_from(["new", "new", "new", "same", "other"]))
@@ -467,6 +476,17 @@ WEIGHTED: list[tuple[int, type[Operation], st.SearchStrategy[Operation]]] = [
     (1, Wait, st.builds(Wait, days=st.integers(0, 40), hours=st.integers(1, 60))),
     (1, ToMonthEnd, st.builds(ToMonthEnd, offset=st.sampled_from([-120, -1, 0, 1, 90]))),
     (1, Sweep, st.just(Sweep())),
+    (
+        1,
+        ChangePolicy,
+        st.builds(
+            ChangePolicy,
+            overallocation=st.none() | st.booleans(),
+            min_inference=st.none() | st.sampled_from([0, 100, 1_000, 2_500]),
+            min_training=st.none() | st.sampled_from([0, 50, 500]),
+            keyed=st.booleans(),
+        ),
+    ),
 ]
 NEEDS_USERS = (Usage, UsageBatch, Reserve, Deactivate, Reactivate, ChangeAllowances, ChangeOneUser)
 _CHOICES: dict[frozenset[type[Operation]], st.SearchStrategy[Operation]] = {}
@@ -573,6 +593,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.capacity_may_drop = False
         self.excess: dict[tuple[str, str], int | None] = {}
         self.checks = 0
+        self.policy_version = 1
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -976,6 +997,58 @@ class LedgerMachine(RuleBasedStateMachine):
         self.remember(
             sent, Sent("POST", path, self.operator, {**body, "note": "other"}, key), reply
         )
+
+    def change_policy(
+        self,
+        overallocation: bool | None,
+        min_inference: int | None,
+        min_training: int | None,
+        keyed: bool,
+    ) -> None:
+        """Overallocation on or off, and the minimums: a minimum is not raised above what an
+        active user has (rule 4)."""
+        body: dict[str, Any] = {}
+        if overallocation is not None:
+            body["overallocation"] = overallocation
+        minimums = {"inference": min_inference, "training": min_training}
+        for kind, value in minimums.items():
+            if value is not None:
+                body[f"min_{kind}"] = value
+        path = f"/v1/organizations/{self.org_id}"
+        key = uuid.uuid4().hex if keyed else None
+        sent = Sent("PATCH", path, self.admin, body, key)
+        reply = self.send(sent)
+        self.remember(sent, Sent("PATCH", path, self.admin, {**body, "name": "Other"}, key), reply)
+        for kind, value in minimums.items():
+            below = [
+                u
+                for u in self.users
+                if u.active and value is not None and u.allowance[kind] < value
+            ]
+            if value is not None and value > self.minimum[kind] and below:
+                details = {"kind": kind, "minimum": value, "users_below": len(below)}
+                self.check(reply, Outcome(422, "below_minimum", details), "a minimum raised")
+                return
+        changed = False
+        if overallocation is not None and overallocation != self.overallocation:
+            if not overallocation and any(self.allocated(k) > self.capacity(k) for k in KINDS):
+                # Accepted, leaving allocated over capacity with overallocation off: see
+                # test_overallocation_is_not_turned_off_while_the_organization_is_over_allocated.
+                self.capacity_may_drop = True
+            self.overallocation = overallocation
+            changed = True
+        for kind, value in minimums.items():
+            if value is not None and value != self.minimum[kind]:
+                self.minimum[kind] = value
+                changed = True
+        self.policy_version += changed
+        fields = {
+            "overallocation": self.overallocation,
+            "min_inference": self.minimum["inference"],
+            "min_training": self.minimum["training"],
+            "version": self.policy_version,
+        }
+        self.check(reply, Outcome(200, fields=fields), "a policy change")
 
     def change_purchase_expiry(self, which: int, expires_in: int | None) -> None:
         purchase = self.purchases[which % len(self.purchases)]
@@ -1544,6 +1617,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.to_month_end(offset)
             case Sweep():
                 self.run_sweeper()
+            case ChangePolicy(overallocation, min_inference, min_training, keyed):
+                self.change_policy(overallocation, min_inference, min_training, keyed)
 
     def possible(self) -> frozenset[type[Operation]]:
         impossible: set[type[Operation]] = set()
