@@ -1313,12 +1313,8 @@ class LedgerMachine(RuleBasedStateMachine):
         refused, changes = self.model_plan([(user, wanted, None)])
         if refused:
             code = refused[0][1]
-            if code == "user_deactivated":
-                # docs/api.md says 409: see the xfail test at the end of this file.
-                assert reply.status in (409, 422), reply
-                assert reply.body["error"]["code"] == code, reply
-            else:
-                self.check(reply, Outcome(422, code), "a change the rules refuse")
+            status = 409 if code == "user_deactivated" else 422
+            self.check(reply, Outcome(status, code), "a change the rules refuse")
             return
         for _, _, kind, _before, value in changes:
             user.allowance[kind] = value
@@ -1845,11 +1841,6 @@ def test_the_ledger_follows_the_model(target: Target, request: pytest.FixtureReq
 # --- what the model found ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PATCH /v1/users/{id} answers user_deactivated with 422; docs/api.md and metering"
-    " answer it with 409",
-)
 async def test_an_allowance_for_a_deactivated_user_is_refused_with_409_as_documented(
     api: Api,
 ) -> None:

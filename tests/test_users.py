@@ -112,7 +112,7 @@ async def test_a_deactivated_users_allowance_cannot_be_changed(api: Api) -> None
     ana = await api.user(org)
     await api.post(f"/v1/users/{ana['id']}/deactivate", expect=200)
     response = await api.call("PATCH", f"/v1/users/{ana['id']}", json={"max_tokens": 300_000})
-    error_of(response, 422, "user_deactivated")
+    error_of(response, 409, "user_deactivated")
     renamed = await api.patch(f"/v1/users/{ana['id']}", {"name": "Former"}, expect=200)
     assert (renamed["name"], renamed["max_tokens"]) == ("Former", 0)
 

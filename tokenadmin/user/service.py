@@ -141,11 +141,18 @@ async def update(
     return user
 
 
+_CONFLICTS: dict[str, type[Conflict]] = {
+    "version_conflict": VersionConflict,
+    "user_deactivated": Conflict,
+}
+"""Refusals that are about the user's state, not the values sent: 409, as docs/api.md says."""
+
+
 def _refuse_single(plan: allowance.service.Plan) -> None:
-    """One user's change is refused with the code of its first reason."""
+    """One user's change is refused with the code (and status) of its first reason."""
     first = plan.refused[0]
     details = {**first.details, "refused": [r.to_dict() for r in plan.refused]}
-    error_type = VersionConflict if first.code == "version_conflict" else AllowanceChangeRefused
+    error_type = _CONFLICTS.get(first.code, AllowanceChangeRefused)
     raise error_type(first.message, code=first.code, details=details)
 
 
