@@ -319,6 +319,22 @@ async def test_unknown_routes_and_methods_answer_json(api: Api) -> None:
     error_of(await api.call("PUT", "/v1/organizations"), 405, "method_not_allowed")
 
 
+def _allowed(response: httpx.Response) -> set[str]:
+    return set(response.headers.get("allow", "").replace(" ", "").split(","))
+
+
+async def test_a_method_not_allowed_answer_lists_the_allowed_methods(
+    api: Api, client: httpx.AsyncClient
+) -> None:
+    response = await api.call("TRACE", "/v1/organizations")
+    error_of(response, 405, "method_not_allowed")
+    assert _allowed(response) == {"GET", "POST"}
+    page = await client.request("PUT", "/login", headers={"Accept": "text/html"})
+    assert page.status_code == 405
+    assert page.headers["content-type"].startswith("text/html")
+    assert _allowed(page) == {"GET", "POST"}
+
+
 async def test_unknown_objects_are_not_found(api: Api) -> None:
     await _org_and_user(api)
     missing = "00000000-0000-0000-0000-000000000000"

@@ -14,9 +14,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.routing import iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenadmin import __version__, sweeper
@@ -150,6 +152,17 @@ def _validation_details(error: RequestValidationError) -> tuple[str, str, list[d
     return "invalid_request", f"{where}{first['message']}", problems
 
 
+def _allowed_methods(request: Request) -> str:
+    """The Allow header of a 405 (RFC 9110): the methods of every route of this path. The
+    router's own names only the first route that matched the path, and each method of a
+    path is a route of its own here."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.router.routes):
+        if route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -236,8 +249,13 @@ def create_app(
         code = codes.get(error.status_code, "http_error")
         if wants_html(request):
             refusal = TokenAdminError(str(error.detail), code=code, status_code=error.status_code)
-            return error_page(request, refusal)
-        return _error(error.status_code, code, str(error.detail))
+            response: Response = error_page(request, refusal)
+        else:
+            response = _error(error.status_code, code, str(error.detail))
+        response.headers.update(error.headers or {})
+        if error.status_code == 405:
+            response.headers["allow"] = _allowed_methods(request)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
