@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+)
 
 from tokenadmin.tokens import MAX_AMOUNT
 
@@ -58,6 +68,37 @@ Text = Annotated[str, *_STORABLE]
 given where it is used: `Field(max_length=...)`."""
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200), *_STORABLE]
+
+
+def _written_out(value: object) -> object:
+    # Pydantic reads a number, or text that is one ("0.5"), as seconds (or milliseconds)
+    # since 1970: a client that meant the other unit would silently get a time decades off.
+    if isinstance(value, int | float) or (isinstance(value, str) and _is_number(value)):
+        raise ValueError("write a time with its offset, such as 2026-03-01T00:00:00Z")
+    return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _within_the_calendar(moment: datetime) -> datetime:
+    # Moved to UTC or to an organization's zone, a time in the years 1 or 9999 can fall
+    # outside the calendar Python knows (OverflowError); no token moves that early or late.
+    if not 2 <= moment.year <= 9998:
+        raise ValueError("a time must fall between the years 2 and 9998")
+    return moment
+
+
+Moment = Annotated[
+    AwareDatetime, BeforeValidator(_written_out), AfterValidator(_within_the_calendar)
+]
+"""A time written out as ISO 8601 text with its offset (2026-03-01T00:00:00Z), in the years
+2 to 9998, as `organization.schemas.Expiry` bounds an expiry."""
 
 
 def check_json_value(value: Any, field: str) -> None:

@@ -4,7 +4,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.auth.audit import log_denials
@@ -13,6 +12,7 @@ from tokenadmin.journal import repository
 from tokenadmin.journal.schemas import JournalEntryOut, JournalPage
 from tokenadmin.journal.service import JournalFilter
 from tokenadmin.organization import service as organization_service
+from tokenadmin.schemas import Moment
 from tokenadmin.tokens import Kind
 
 router = APIRouter(
@@ -20,6 +20,9 @@ router = APIRouter(
     tags=["journal"],
     dependencies=[Depends(log_denials)],
 )
+
+SINCE = "Entries from this time on: ISO 8601 with an offset, such as 2026-03-01T00:00:00Z."
+UNTIL = "Entries before this time: ISO 8601 with an offset, such as 2026-04-01T00:00:00Z."
 
 
 @router.get("", response_model=JournalPage)
@@ -31,8 +34,8 @@ async def list_journal(
     kind: Kind | None = None,
     action: Annotated[str | None, Query(max_length=32)] = None,
     actor: Annotated[str | None, Query(max_length=200)] = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: Annotated[Moment | None, Query(description=SINCE)] = None,
+    until: Annotated[Moment | None, Query(description=UNTIL)] = None,
     before_id: Annotated[int | None, Query(ge=1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JournalPage:
