@@ -1,14 +1,19 @@
-"""Start real `tokenadmin` server processes for multi-process tests, and stop them."""
+"""Real processes for multi-process tests: `tokenadmin` servers (which crash tests kill and
+start again) and a private PostgreSQL cluster (which crash tests stop as a crash would)."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import httpx
 
@@ -20,55 +25,142 @@ def free_port() -> int:
         return port
 
 
+class Server:
+    """One server process on a fixed loopback port; `kill` is kill -9, `start` starts it
+    again on the same port (clients keep their URL)."""
+
+    def __init__(self, database_url: str, *, environment: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.environment = {
+            **os.environ,
+            "TOKENADMIN_DATABASE_URL": database_url,
+            "TOKENADMIN_SWEEP_INTERVAL_SECONDS": "1",
+            "TOKENADMIN_LOG_LEVEL": "warning",
+            **(environment or {}),
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "tokenadmin.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
+        self.process = subprocess.Popen(command, env=self.environment)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise RuntimeError(f"server {self.url} exited with {code}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server {self.url} did not start in {timeout} s")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, open transactions die with their connections."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@contextmanager
+def started_servers(
+    database_url: str, count: int, *, timeout: float = 30, environment: dict[str, str] | None = None
+) -> Iterator[list[Server]]:
+    """`count` server processes on loopback sharing one database."""
+    servers = [Server(database_url, environment=environment) for _ in range(count)]
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready(timeout)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
 @contextmanager
 def running_servers(database_url: str, count: int, *, timeout: float = 30) -> Iterator[list[str]]:
     """`count` server processes on loopback sharing one database; yields their base URLs."""
-    env = {
-        **os.environ,
-        "TOKENADMIN_DATABASE_URL": database_url,
-        "TOKENADMIN_SWEEP_INTERVAL_SECONDS": "1",
-        "TOKENADMIN_LOG_LEVEL": "warning",
-    }
-    processes: list[subprocess.Popen[bytes]] = []
-    urls: list[str] = []
-    try:
-        for _ in range(count):
-            port = free_port()
-            command = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "tokenadmin.app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ]
-            processes.append(subprocess.Popen(command, env=env))
-            urls.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + timeout
-        for url, process in zip(urls, processes, strict=True):
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"server {url} exited with {process.returncode}")
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"server {url} did not start in {timeout} s")
-                time.sleep(0.1)
-        yield urls
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with started_servers(database_url, count, timeout=timeout) as servers:
+        yield [server.url for server in servers]
+
+
+def postgres_bin() -> Path | None:
+    """Where the PostgreSQL server programs are (pg_ctl, initdb), if installed."""
+    if shutil.which("pg_config"):
+        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        bindir = Path(found.stdout.strip())
+        if (bindir / "pg_ctl").exists():
+            return bindir
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (candidate / "pg_ctl").exists():
+            return candidate
+    return None
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL cluster of the test's own, so a test can crash it (`pg_ctl
+    stop -m immediate`: no checkpoint, recovery from the WAL at the next start) without
+    touching the server other tests use. Runs as the `postgres` user when the test runs as
+    root (the server refuses root)."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="tokenadmin-pg-"))
+        self.data = self.directory / "data"
+        self.log = self.directory / "server.log"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._as_postgres: list[str] = []
+        if os.geteuid() == 0:
+            self._as_postgres = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.directory, "postgres", "postgres")
+
+    def _run(self, program: str, *arguments: str) -> None:
+        command = [*self._as_postgres, str(self.bindir / program), *arguments]
+        subprocess.run(command, check=True, capture_output=True, cwd=self.directory)
+
+    def create(self) -> None:
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.start()
+
+    def start(self) -> None:
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories=''"
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
+
+    def crash(self) -> None:
+        """Stop at once, as a power cut would look to the server's clients."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        if (self.data / "postmaster.pid").exists():
+            with suppress(subprocess.CalledProcessError):
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.directory, ignore_errors=True)

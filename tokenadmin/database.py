@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -30,10 +31,19 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from tokenadmin.errors import Unavailable
+
 T = TypeVar("T")
 log = logging.getLogger("tokenadmin.database")
 
 TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}
+# The server is going away or not back yet (admin_shutdown, crash_shutdown,
+# cannot_connect_now); class 08 is a connection failure.
+UNREACHABLE_SQLSTATES = {"57P01", "57P02", "57P03"}
+UNREACHABLE = (
+    "The database can't be reached just now. Send the request again in a moment with the"
+    " same Idempotency-Key: a request is applied at most once."
+)
 MAX_ATTEMPTS = 12
 
 
@@ -61,6 +71,32 @@ def is_transient(error: DBAPIError) -> bool:
     if _sqlstate(error) in TRANSIENT_SQLSTATES:
         return True
     return isinstance(error, OperationalError) and "database is locked" in str(error.orig)
+
+
+def is_unreachable(error: Exception) -> bool:
+    """Whether `error` says the database is down or the connection to it was lost (not that
+    a statement was wrong): answered 503, and the client sends the request again."""
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        state = _sqlstate(error) or ""
+        return state.startswith("08") or state in UNREACHABLE_SQLSTATES
+    # Refused or timed out while connecting; no pooled connection free in time.
+    return isinstance(error, OSError | PoolTimeout)
+
+
+@asynccontextmanager
+async def _answering_unreachable() -> AsyncIterator[None]:
+    """Turn a lost database into `Unavailable` (503 `unavailable`), never a 500. A write
+    whose connection broke may or may not have committed: the client's resend with the same
+    idempotency key answers either way, and applies it at most once."""
+    try:
+        yield
+    except (DBAPIError, OSError, PoolTimeout) as error:
+        if is_unreachable(error):
+            log.warning("database unreachable: %s", error)
+            raise Unavailable(UNREACHABLE) from error
+        raise
 
 
 class Database:
@@ -115,7 +151,11 @@ class Database:
         """Run `work` in one transaction and commit once; retry it on transient failures."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                async with self._write_sessions() as session, session.begin():
+                async with (
+                    _answering_unreachable(),
+                    self._write_sessions() as session,
+                    session.begin(),
+                ):
                     return await work(session)
             except DBAPIError as error:
                 if not is_transient(error) or attempt == MAX_ATTEMPTS:
@@ -137,14 +177,14 @@ class Database:
         statement sees the same moment (PostgreSQL REPEATABLE READ, read only; a SQLite read
         transaction already does)."""
         if snapshot and not self.is_sqlite:
-            async with self.read_engine.connect() as connection:
+            async with _answering_unreachable(), self.read_engine.connect() as connection:
                 await connection.execution_options(
                     isolation_level="REPEATABLE READ", postgresql_readonly=True
                 )
                 async with AsyncSession(bind=connection) as session, session.begin():
                     yield session
             return
-        async with self._read_sessions() as session, session.begin():
+        async with _answering_unreachable(), self._read_sessions() as session, session.begin():
             yield session
 
     @asynccontextmanager

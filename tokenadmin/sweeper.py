@@ -15,6 +15,7 @@ from tokenadmin.act import Act
 from tokenadmin.auth import service as auth_service
 from tokenadmin.clock import Clock
 from tokenadmin.database import Database
+from tokenadmin.errors import Unavailable
 from tokenadmin.idempotency import service as idempotency
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization.service import lock_for_change, maintenance_due
@@ -75,6 +76,8 @@ async def run_forever(
             await sweep(db, clock, idempotency_ttl=idempotency_ttl)
         except asyncio.CancelledError:
             raise
+        except Unavailable:
+            log.warning("the database can't be reached; sweeping again in %.0f s", interval)
         except Exception:
             log.exception("sweep failed; trying again in %.0f s", interval)
         await asyncio.sleep(interval)

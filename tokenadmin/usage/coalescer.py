@@ -89,8 +89,10 @@ class Coalescer:
                 for _, future in group:
                     _fail(future, Unavailable(STOPPING))
                 raise
-            if len(group) == 1:
-                _fail(group[0][1], error)
+            if len(group) == 1 or isinstance(error, Unavailable):
+                # Alone, or the database is out of reach: one by one would fail the same way.
+                for _, future in group:
+                    _fail(future, error)
                 return
             log.warning("a group of %d operations failed (%r); retrying them one by one",
                         len(group), error)  # fmt: skip
