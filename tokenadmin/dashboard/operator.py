@@ -110,6 +110,25 @@ def _query(key: str, value: str) -> str:
     return urlencode({key: value})
 
 
+FIRST_DAY, LAST_DAY = date(1, 12, 31), date(9998, 12, 30)
+"""The days a purchase may be valid through: its expiry, the next midnight, then falls in
+the years 2 to 9998, as the API's expiries do (organization.schemas.Expiry)."""
+
+
+def _expiry(valid_through: str, zone: ZoneInfo) -> datetime:
+    """Valid through that day in the organization's zone: it expires at the next midnight."""
+    try:
+        last_day = date.fromisoformat(valid_through)
+    except ValueError as error:
+        raise InvalidRequest("The expiry is not a date.", code="invalid_expiry") from error
+    if not FIRST_DAY <= last_day <= LAST_DAY:
+        raise InvalidRequest(
+            f"The last valid day must fall between {FIRST_DAY} and {LAST_DAY}.",
+            code="invalid_expiry",
+        )
+    return datetime.combine(last_day + timedelta(days=1), datetime.min.time(), zone)
+
+
 @router.post("/operator/purchases")
 async def record_purchase(
     request: Request,
@@ -128,14 +147,7 @@ async def record_purchase(
         org = await organization_service.lock_for_change(session, act, org_id)
         expires_at = None
         if valid_through:
-            try:
-                last_day = date.fromisoformat(valid_through)
-            except ValueError as error:
-                raise InvalidRequest("The expiry is not a date.", code="invalid_expiry") from error
-            # Valid through that day in the organization's zone: it expires at the next midnight.
-            expires_at = datetime.combine(
-                last_day + timedelta(days=1), datetime.min.time(), ZoneInfo(org.time_zone)
-            )
+            expires_at = _expiry(valid_through, ZoneInfo(org.time_zone))
         await organization_service.record_purchase(
             session,
             act,
