@@ -56,7 +56,7 @@ from hypothesis.stateful import (
 
 from tests.databases import empty_postgres
 from tests.helpers import Api, funded_org
-from tests.scenarios import error_of, get_user, utc
+from tests.scenarios import error_of, get_user, last_entry_id, utc
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.app import create_app
@@ -620,7 +620,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.entry_ids: set[int] = set()
         self.emails = itertools.count(1)
         # Set by a step that may leave allocated or usage above the capacity: a purchase
-        # expired, or (a known bug) overallocation was turned off while over-allocated.
+        # expired.
         self.excess_explained = False
         self.excess: dict[tuple[str, str], int | None] = {}
         self.checks = 0
@@ -1060,12 +1060,23 @@ class LedgerMachine(RuleBasedStateMachine):
                 details = {"kind": kind, "minimum": value, "users_below": len(below)}
                 self.check(reply, Outcome(422, "below_minimum", details), "a minimum raised")
                 return
+        if overallocation is False and self.overallocation:
+            # Rule 1: overallocation goes off only where allocated fits the capacity.
+            for kind in KINDS:
+                shortfall = self.allocated(kind) - self.capacity(kind)
+                if shortfall > 0:
+                    details = {
+                        "kind": kind,
+                        "capacity": self.capacity(kind),
+                        "allocated": self.allocated(kind),
+                        "shortfall": shortfall,
+                    }
+                    self.check(
+                        reply, Outcome(422, "exceeds_balance", details), "overallocation off"
+                    )
+                    return
         changed = False
         if overallocation is not None and overallocation != self.overallocation:
-            if not overallocation and any(self.allocated(k) > self.capacity(k) for k in KINDS):
-                # Accepted, leaving allocated over capacity with overallocation off: see
-                # test_overallocation_is_not_turned_off_while_the_organization_is_over_allocated.
-                self.excess_explained = True
             self.overallocation = overallocation
             changed = True
         for kind, value in minimums.items():
@@ -1855,23 +1866,26 @@ async def test_an_allowance_for_a_deactivated_user_is_refused_with_409_as_docume
     error_of(changed, 409, "user_deactivated")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="turning overallocation off while allocated exceeds capacity is accepted: allocated"
-    " then stays above capacity with overallocation off (SPEC rule 1), where raising a minimum"
-    " above what users have is refused",
-)
 async def test_overallocation_is_not_turned_off_while_the_organization_is_over_allocated(
     api: Api,
 ) -> None:
     org = await funded_org(api, inference=300_000, overallocation=True)
     await api.user(org)
     await api.user(org)  # 400,000 allocated of 300,000
+    mark = await last_entry_id(api, org)
 
     response = await api.call("PATCH", f"/v1/organizations/{org}", json={"overallocation": False})
 
-    assert response.status_code == 422, response.text
+    details = error_of(response, 422, "exceeds_balance")
+    assert details == {
+        "kind": "inference",
+        "capacity": 300_000,
+        "allocated": 400_000,
+        "shortfall": 100_000,
+    }
+    assert "100,000" in response.json()["error"]["message"]
     assert (await api.get(f"/v1/organizations/{org}"))["overallocation"] is True
+    assert await last_entry_id(api, org) == mark
 
 
 @pytest.mark.xfail(

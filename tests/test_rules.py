@@ -89,6 +89,36 @@ async def test_rule1_a_batch_that_overshoots_names_each_raising_row_with_the_sho
     assert (await get_user(api, bo["id"]))["max_tokens"] == 200_000
 
 
+async def test_rule1_overallocation_stays_on_while_either_kind_is_over_allocated(
+    api: Api,
+) -> None:
+    org = await funded_org(api, inference=1_000_000, training=100_000, overallocation=True)
+    ana = await api.user(org, max_train_tokens=60_000)
+    await api.user(org, max_train_tokens=60_000)  # training: 120,000 of 100,000; inference fits
+    mark = await last_entry_id(api, org)
+
+    response = await api.call(
+        "PATCH", f"/v1/organizations/{org}", json={"overallocation": False, "name": "Renamed"}
+    )
+
+    details = error_of(response, 422, "exceeds_balance")
+    assert details == {
+        "kind": "training",
+        "capacity": 100_000,
+        "allocated": 120_000,
+        "shortfall": 20_000,
+    }
+    assert "overallocation" in response.json()["error"]["message"]
+    after = await api.get(f"/v1/organizations/{org}")
+    assert (after["overallocation"], after["name"]) == (True, "Acme")
+    assert await last_entry_id(api, org) == mark
+
+    # Once allocated fits the capacity again, overallocation can go off.
+    await api.patch(f"/v1/users/{ana['id']}", {"max_train_tokens": 40_000}, expect=200)
+    changed = await api.patch(f"/v1/organizations/{org}", {"overallocation": False}, expect=200)
+    assert changed["overallocation"] is False
+
+
 # --- rule 2: 0 ≤ used + reserved ≤ allowance -------------------------------------------------
 
 

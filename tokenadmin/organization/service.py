@@ -192,6 +192,8 @@ async def update_policy(
                     code="below_minimum",
                     details={"kind": kind.value, "minimum": new_minimum, "users_below": below},
                 )
+    if changes.get("overallocation") is False and org.overallocation:
+        _check_within_capacity(org)
     old_zone, old_period = org.time_zone, org.period
     changed = {}
     for field in _POLICY_FIELDS:
@@ -212,6 +214,26 @@ async def update_policy(
             else:
                 await _start_period(session, act, org, start)
     return org
+
+
+def _check_within_capacity(org: Organization) -> None:
+    """Overallocation goes off only where allocated fits the capacity (rule 1), or the
+    organization would be left over-allocated with no rule to bring it back."""
+    for kind in Kind:
+        shortfall = org.allocated(kind) - org.capacity(kind)
+        if shortfall > 0:
+            raise RuleRefused(
+                f"{fmt(org.allocated(kind))} {kind} tokens are allocated but the capacity is"
+                f" {fmt(org.capacity(kind))}; lower allowances by {fmt(shortfall)} or buy more"
+                " before turning overallocation off.",
+                code="exceeds_balance",
+                details={
+                    "kind": kind.value,
+                    "capacity": org.capacity(kind),
+                    "allocated": org.allocated(kind),
+                    "shortfall": shortfall,
+                },
+            )
 
 
 def _same_month(org: Organization, old_zone: str, old_period: str, start: datetime) -> bool:
