@@ -29,7 +29,13 @@ class Server:
     """One server process on a fixed loopback port; `kill` is kill -9, `start` starts it
     again on the same port (clients keep their URL)."""
 
-    def __init__(self, database_url: str, *, environment: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        environment: dict[str, str] | None = None,
+        log: Path | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.environment = {
@@ -40,6 +46,7 @@ class Server:
             **(environment or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
+        self.log = log  # where its output goes (appended to); None: the test's output
 
     def start(self) -> None:
         command = [
@@ -55,7 +62,13 @@ class Server:
             "--log-level",
             "warning",
         ]
-        self.process = subprocess.Popen(command, env=self.environment)
+        if self.log is None:
+            self.process = subprocess.Popen(command, env=self.environment)
+            return
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                command, env=self.environment, stdout=output, stderr=subprocess.STDOUT
+            )
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -90,10 +103,10 @@ class Server:
 
 @contextmanager
 def started_servers(
-    database_url: str, count: int, *, timeout: float = 30, environment: dict[str, str] | None = None
+    database_url: str, count: int, *, timeout: float = 30, log: Path | None = None
 ) -> Iterator[list[Server]]:
     """`count` server processes on loopback sharing one database."""
-    servers = [Server(database_url, environment=environment) for _ in range(count)]
+    servers = [Server(database_url, log=log) for _ in range(count)]
     try:
         for server in servers:
             server.start()

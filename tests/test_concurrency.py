@@ -14,9 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.databases import empty_postgres
 from tests.servers import running_servers
-from tokenadmin.act import Act
-from tokenadmin.api_key import service as api_key_service
-from tokenadmin.clock import SystemClock
+from tests.traffic import operator_key
 from tokenadmin.database import Database
 from tokenadmin.journal.service import verify
 from tokenadmin.models import JournalEntry, User
@@ -35,15 +33,7 @@ async def pg(postgres_url: str) -> AsyncIterator[Database]:
 async def test_200_concurrent_debits_from_three_processes_never_overshoot(
     pg: Database, postgres_url: str
 ) -> None:
-    _, operator = await pg.write(
-        lambda s: api_key_service.create(
-            s,
-            Act("test", SystemClock().now()),
-            org_id=None,
-            name="ops",
-            scopes=["admin", "usage", "read"],
-        )
-    )
+    operator = await operator_key(pg)
     allowance = 1_000_000
     rng = random.Random(7)
     amounts = [rng.choice([3_000, 5_000, 7_919, 11_000]) for _ in range(200)]

@@ -27,10 +27,7 @@ import pytest
 
 from tests.databases import empty_postgres
 from tests.servers import running_servers
-from tests.traffic import Ledger, Run, check_ledger, create_organization
-from tokenadmin.act import Act
-from tokenadmin.api_key import service as api_key_service
-from tokenadmin.clock import SystemClock
+from tests.traffic import Ledger, Run, check_ledger, create_organization, operator_key
 from tokenadmin.database import Database
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres_only]
@@ -53,15 +50,7 @@ async def test_500_mixed_concurrent_requests_through_three_processes_keep_every_
     pg: Database, postgres_url: str
 ) -> None:
     started = time.monotonic()
-    _, operator = await pg.write(
-        lambda s: api_key_service.create(
-            s,
-            Act("test", SystemClock().now()),
-            org_id=None,
-            name="ops",
-            scopes=["admin", "usage", "read"],
-        )
-    )
+    operator = await operator_key(pg)
     rng = random.Random(20261127)
     ledger = Ledger()
     with running_servers(postgres_url, 3) as urls:

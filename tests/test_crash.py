@@ -33,10 +33,7 @@ import httpx
 import pytest
 
 from tests.servers import PrivatePostgres, Server, postgres_bin, started_servers
-from tests.traffic import Answer, Ledger, Run, check_ledger, create_organization
-from tokenadmin.act import Act
-from tokenadmin.api_key import service as api_key_service
-from tokenadmin.clock import SystemClock
+from tests.traffic import Answer, Ledger, Run, check_ledger, create_organization, operator_key
 from tokenadmin.database import Database
 from tokenadmin.migrate import upgrade
 
@@ -62,19 +59,6 @@ class Faults:
     restarts: list[float] = field(default_factory=list)  # seconds until it answered again
 
 
-async def _operator(db: Database) -> str:
-    _, secret = await db.write(
-        lambda s: api_key_service.create(
-            s,
-            Act("test", SystemClock().now()),
-            org_id=None,
-            name="ops",
-            scopes=["admin", "usage", "read"],
-        )
-    )
-    return str(secret)
-
-
 async def _crash_run(
     db: Database,
     servers: list[Server],
@@ -84,7 +68,7 @@ async def _crash_run(
     """Clients work while servers are killed (and the database crashed once); returns the
     faults injected, the answers' outcomes and how many requests were sent."""
     rng = random.Random(SEED)
-    operator = await _operator(db)
+    operator = await operator_key(db)
     ledger = Ledger()
     faults = Faults()
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200, keepalive_expiry=2.0)
@@ -212,14 +196,6 @@ async def _crash_run(
     return faults, outcomes, sent
 
 
-def _assert_mixed(faults: Faults, outcomes: Counter[tuple[int, str, bool]], sent: int) -> None:
-    """The faults hit work in progress, and the work was of every kind."""
-    assert faults.kills_mid_request >= faults.kills // 2, faults
-    assert sent >= 1_000
-    for outcome in ((200, "ok", False), (201, "ok", False), (200, "ok", True)):
-        assert outcomes[outcome] > 0, (outcome, outcomes)
-
-
 @pytest.fixture
 async def private_postgres() -> AsyncIterator[PrivatePostgres]:
     bindir = postgres_bin()
@@ -238,37 +214,57 @@ async def private_postgres() -> AsyncIterator[PrivatePostgres]:
 async def test_kill_9_servers_and_crash_postgresql_under_load_loses_and_doubles_nothing(
     private_postgres: PrivatePostgres,
 ) -> None:
-    url = private_postgres.url
-    upgrade(url)
-    db = Database(url, pool_size=2)
-
     async def crash_database() -> None:
         await asyncio.to_thread(private_postgres.crash)
         await asyncio.sleep(1.0)  # requests meanwhile answer 503 or fail to connect
         await asyncio.to_thread(private_postgres.start)
 
-    try:
-        with started_servers(url, 3) as servers:
-            faults, outcomes, sent = await _crash_run(db, servers, crash_database=crash_database)
-    finally:
-        await db.dispose()
-    assert faults.kills >= 20
+    faults = await _crash_test(
+        private_postgres.url,
+        3,
+        log=private_postgres.directory / "servers.log",
+        crash_database=crash_database,
+    )
     assert faults.database_crashes == 1
-    _assert_mixed(faults, outcomes, sent)
 
 
 async def test_kill_9_the_sqlite_server_mid_write_loses_and_doubles_nothing(
     tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'crash.db'}"
+    await _crash_test(url, 1, log=tmp_path / "servers.log", crash_database=None)
+    with sqlite3.connect(tmp_path / "crash.db") as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+async def _crash_test(
+    url: str,
+    processes: int,
+    *,
+    log: Path,
+    crash_database: Callable[[], Awaitable[None]] | None,
+) -> Faults:
+    """Migrate, start `processes` servers and crash them under load; check what followed.
+    The servers' output (a warning a request while the database is down) goes to `log`;
+    its tail is shown when something went wrong."""
     upgrade(url)
-    db = Database(url)
+    db = Database(url, pool_size=2)
     try:
-        with started_servers(url, 1) as servers:
-            faults, outcomes, sent = await _crash_run(db, servers, crash_database=None)
+        with started_servers(url, processes, log=log) as servers:
+            faults, outcomes, sent = await _crash_run(db, servers, crash_database=crash_database)
+    except BaseException:
+        print(_tail(log))
+        raise
     finally:
         await db.dispose()
     assert faults.kills >= 20
-    _assert_mixed(faults, outcomes, sent)
-    with sqlite3.connect(tmp_path / "crash.db") as connection:
-        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert faults.kills_mid_request >= faults.kills // 2, faults
+    assert sent >= 1_000
+    for outcome in ((200, "ok", False), (201, "ok", False), (200, "ok", True)):
+        assert outcomes[outcome] > 0, (outcome, outcomes)
+    return faults
+
+
+def _tail(log: Path, count: int = 40) -> str:
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return "\n".join(["servers' output, last lines:", *lines[-count:]])

@@ -20,6 +20,9 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenadmin.act import Act
+from tokenadmin.api_key import service as api_key_service
+from tokenadmin.clock import SystemClock
 from tokenadmin.database import Database
 from tokenadmin.journal.service import verify
 from tokenadmin.models import JournalEntry, Organization, Reservation, User
@@ -88,6 +91,20 @@ class Ledger:
 
     def note(self, key: str, answer: Answer) -> None:
         self.by_key[key].append(answer)
+
+
+async def operator_key(db: Database) -> str:
+    """The secret of a new operator key (every scope, no organization)."""
+    _, secret = await db.write(
+        lambda s: api_key_service.create(
+            s,
+            Act("test", SystemClock().now()),
+            org_id=None,
+            name="ops",
+            scopes=["admin", "usage", "read"],
+        )
+    )
+    return str(secret)
 
 
 async def create_organization(
