@@ -25,7 +25,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,10 @@ from tokenadmin.app import AMOUNT_FIELDS
 from tokenadmin.auth import service as auth_service
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
+from tokenadmin.journal import repository as journal_repository
+from tokenadmin.journal.service import JournalFilter
 from tokenadmin.models import Base, DashboardSession, Operator
+from tokenadmin.user import repository as user_repository
 
 ROOT = Path(__file__).parent.parent
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -987,60 +990,6 @@ def dashboard_corpus(
     return corpus
 
 
-# --- known bugs ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KnownBug:
-    """An input of the corpus that still gets a wrong answer, in a file this suite's author
-    may not change. The corpus tests leave it out; `test_known_bug_*` below shows each one
-    failing (xfail, strict), so a fix fails the suite until its entry is removed here."""
-
-    bug: str
-    label: str
-    routes: frozenset[tuple[str, str]]
-    on_sqlite: bool = True
-
-
-DASHBOARD_NUL = (
-    "the dashboard's forms pass text to the services unchecked: a NUL character is stored"
-    " on SQLite and fails the write with a 500 on PostgreSQL (the API refuses it:"
-    " tokenadmin.schemas.Text; check text in the services, or read the forms through Text)"
-)
-KNOWN_BUGS: list[KnownBug] = [
-    *(
-        KnownBug(DASHBOARD_NUL, label, frozenset({route}))
-        for route, label in (
-            (("POST", "/orgs/{org_id}/settings/policy"), "name: 'a\\x00b'"),
-            (("POST", "/orgs/{org_id}/settings/keys"), "name: 'a\\x00b'"),
-            (("POST", "/operator/orgs"), "name: 'a\\x00b'"),
-            (("POST", "/operator/purchases"), "payer: 'a\\x00b'"),
-            (("POST", "/operator/purchases"), "note: 'a\\x00b'"),
-            (("POST", "/me/requests"), "reason: 'a\\x00b'"),
-            (("POST", "/orgs/{org_id}/import"), f"csv_text: {_short(CSV_NUL)}"),
-        )
-    ),
-    KnownBug(
-        "auth.service.sign_in looks the email up as typed: with a NUL character, PostgreSQL"
-        " fails the sign-in with a 500 (an email with NUL can match no one: answer 401)",
-        "email: 'ana\\x00@example.com'",
-        frozenset({("POST", "/login")}),
-        on_sqlite=False,
-    ),
-    KnownBug(
-        "the user search (user.repository, here the distribute page's picker) passes text"
-        " with a NUL character to the database: SQLite's full-text search fails with"
-        " 'unterminated string', PostgreSQL with an encoding error, each a 500",
-        "q: 'a\\x00b'",
-        frozenset({("POST", "/orgs/{org_id}/distribute")}),
-    ),
-]
-
-
-def known_bug(route: tuple[str, str], label: str) -> KnownBug | None:
-    return next((b for b in KNOWN_BUGS if b.label == label and route in b.routes), None)
-
-
 # --- the tests -----------------------------------------------------------------------------
 
 
@@ -1070,7 +1019,7 @@ async def test_every_bad_input_is_refused_with_a_documented_code_and_changes_not
     method, _template = route
     write = API_WRITES[route]
     path = write.path(world)
-    corpus = [bad for bad in api_corpus(app, route, world) if known_bug(route, bad.label) is None]
+    corpus = api_corpus(app, route, world)
     problems = []
     before = await snapshot(db)
     mark = await fingerprint(db)
@@ -1158,11 +1107,7 @@ async def test_every_bad_input_to_the_dashboard_is_refused_and_changes_nothing(
     world, csrf = await dashboard_world(api, db, clock, client, page.role)
     path = page.path(world)
     components = app.openapi()["components"]["schemas"]
-    corpus = [
-        (label, body, headers)
-        for label, body, headers in dashboard_corpus(page, world, components)
-        if known_bug(route, label) is None
-    ]
+    corpus = dashboard_corpus(page, world, components)
     problems = []
     before = await snapshot(db)
     mark = await fingerprint(db, page.allowed_writes)
@@ -1186,47 +1131,6 @@ async def test_every_bad_input_to_the_dashboard_is_refused_and_changes_nothing(
     assert response.status_code == page.status, response.text[:500]
     if page.writes:
         assert changed_tables(before, await snapshot(db))
-
-
-def _bug_cases(routes: dict[tuple[str, str], Any]) -> list[Any]:
-    cases = []
-    for bug in KNOWN_BUGS:
-        shown = sorted(bug.routes & set(routes))
-        if shown:
-            mark = pytest.mark.xfail(strict=True, reason=bug.bug)
-            cases.append(
-                pytest.param(shown[0], bug, marks=mark, id=f"{' '.join(shown[0])}: {bug.label}")
-            )
-    return cases
-
-
-@pytest.mark.parametrize(("route", "bug"), _bug_cases(DASHBOARD_WRITES))
-async def test_known_bug_of_the_dashboard(
-    route: tuple[str, str],
-    bug: KnownBug,
-    app: FastAPI,
-    client: httpx.AsyncClient,
-    db: Database,
-    api: Api,
-    clock: FakeClock,
-) -> None:
-    if not bug.on_sqlite and db.is_sqlite:
-        pytest.skip("shows on PostgreSQL only")
-    page = DASHBOARD_WRITES[route]
-    world, csrf = await dashboard_world(api, db, clock, client, page.role)
-    components = app.openapi()["components"]["schemas"]
-    _label, body, headers = next(
-        case for case in dashboard_corpus(page, world, components) if case[0] == bug.label
-    )
-    before = await snapshot(db)
-    mark = await fingerprint(db, page.allowed_writes)
-    problem, _mark = await refuse_on_page(
-        client, db, page, page.path(world), body, headers, csrf, mark
-    )
-    assert problem is None
-    assert not [
-        t for t in changed_tables(before, await snapshot(db)) if t not in page.allowed_writes
-    ]
 
 
 # --- reads that fail on bad input (found while building the corpus) --------------------------
@@ -1257,29 +1161,100 @@ async def test_a_journal_bound_is_a_time_with_an_offset_within_the_calendar(
         await api.call("GET", journal, params={bound: moment}, expect=200)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="user/endpoints.py (search) and journal/endpoints.py (actor, action) pass query"
-    " text with a NUL character to PostgreSQL, which fails the read with a 500 (type these"
-    " parameters with tokenadmin.schemas.Text)",
-)
 @pytest.mark.parametrize(
     ("route", "parameter"),
     [("users", "search"), ("journal", "actor"), ("journal", "action")],
     ids=["users search", "journal actor", "journal action"],
 )
 async def test_query_text_with_nul_is_refused(
-    route: str, parameter: str, api: Api, world: World, db: Database
+    route: str, parameter: str, api: Api, world: World
 ) -> None:
-    if db.is_sqlite:
-        pytest.skip("SQLite compares text with NUL; PostgreSQL can't")
+    """PostgreSQL can't compare text with NUL (a 500 there), SQLite's full-text search reads
+    it as the end of its query: refused alike on both, as the OpenAPI's pattern says."""
+    path = f"/v1/organizations/{world.org}/{route}"
     try:
-        response = await api.call(
-            "GET", f"/v1/organizations/{world.org}/{route}", params={parameter: "a\x00b"}
-        )
+        response = await api.call("GET", path, params={parameter: "a\x00b"})
     except Exception as error:
         pytest.fail(f"raised {type(error).__name__}: {error}")
     assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_request"
+    await api.call("GET", path, params={parameter: "ab"}, expect=200)
+
+
+async def test_dashboard_searches_and_filters_with_nul_are_refused_on_a_page(
+    api: Api, db: Database, clock: FakeClock, client: httpx.AsyncClient
+) -> None:
+    world, csrf = await dashboard_world(api, db, clock, client, "admin")
+    reads = [
+        (f"/orgs/{world.org}", "q"),
+        (f"/orgs/{world.org}/distribute", "q"),
+        *((f"/orgs/{world.org}/journal", name) for name in ("user", "action", "actor")),
+        *((f"/orgs/{world.org}/journal.csv", name) for name in ("user", "action", "actor")),
+    ]
+    problems = []
+    for path, name in reads:
+        try:
+            response = await client.get(path, params={name: "a\x00b"}, headers=HTML)
+        except Exception as error:
+            problems.append(f"{path}?{name}: raised {type(error).__name__}: {error}")
+            continue
+        if response.status_code != 422 or "NUL" not in response.text:
+            problems.append(f"{path}?{name}: answered {response.status_code}")
+    # A write's way back to the table it came from keeps the search: one with NUL, which no
+    # form types, shows the table with no match rather than failing its query.
+    back = await client.post(
+        f"/orgs/{world.org}/users/actions",
+        data={"csrf_token": csrf, "action": "nonsense", "user": world.ana, "back": "q=a%00b"},
+        headers=HTML,
+    )
+    if back.status_code != 422 or "Choose an action" not in back.text:
+        problems.append(f"users/actions with a search of NUL: answered {back.status_code}")
+    assert not problems, "\n".join(problems)
+
+
+async def test_text_no_one_can_hold_matches_no_one_where_it_reaches_a_query(
+    api: Api, db: Database, world: World
+) -> None:
+    """What reaches the repositories by another way than the API's and the dashboard's
+    typed parameters (the CLI, a write's way back to its table) finds nothing, on both
+    databases, instead of failing the query on one."""
+    org = uuid.UUID(world.org)
+    now = datetime.now(UTC)
+
+    async def read(session: AsyncSession) -> list[Any]:
+        found: list[Any] = []
+        for text in ("a\x00b", "ana\x00", "\ud800", "\x00"):
+            query = user_repository.UserQuery(org_id=org, period_start=now, search=text)
+            found += (await user_repository.search(session, query))[0]
+            found.append(await user_repository.by_email(session, text))
+            found += await user_repository.find_in_org(session, org, emails=[text])
+            for journal in (
+                JournalFilter(org_id=org, actor=text, limit=10),
+                JournalFilter(org_id=org, action=text, limit=10),
+            ):
+                found += await journal_repository.list_entries(session, journal)
+        return [f for f in found if f is not None]
+
+    assert await db.read(read) == []
+
+
+async def test_a_sign_in_with_nul_in_the_email_is_refused_as_an_unknown_email(
+    api: Api, db: Database, clock: FakeClock, client: httpx.AsyncClient
+) -> None:
+    await dashboard_world(api, db, clock, client, "anonymous")
+    answers = []
+    for email in ("ada\x00@example.com", "nobody@example.com"):
+        token = await login_token(client)
+        response = await client.post(
+            "/login",
+            data={"email": email, "password": PASSWORD, "csrf_token": token},
+            headers=HTML,
+        )
+        answers.append(
+            (response.status_code, "The email or the password is not right." in response.text)
+        )
+    assert answers == [(401, True), (401, True)]
+    await sign_in(client, "ada@example.com")
 
 
 # --- markup in names renders as text -------------------------------------------------------

@@ -233,9 +233,11 @@ def create_app(
         return _error(401, "unauthenticated", "Sign in again: the session has ended.")
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, error: RequestValidationError) -> Response:
         code, message, problems = _validation_details(error)
         status = 400 if code == "malformed_json" else 422
+        if wants_html(request):  # a dashboard form: a page that says what was wrong
+            return error_page(request, TokenAdminError(message, code=code, status_code=status))
         return _error(status, code, message, {"errors": problems})
 
     @app.exception_handler(StarletteHTTPException)

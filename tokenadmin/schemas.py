@@ -61,6 +61,13 @@ def _has_surrogate(text: str) -> bool:
     return any("\ud800" <= c <= "\udfff" for c in text)
 
 
+def storable(text: str) -> bool:
+    """Whether every database can store and compare `text`: no NUL, no unpaired surrogate.
+    No stored name, email or note holds either (Text refuses them), so a search for text
+    that isn't storable finds nothing, on every database, instead of failing on one."""
+    return "\x00" not in text and not _has_surrogate(text)
+
+
 _STORABLE = (BeforeValidator(_storable_text), Field(json_schema_extra={"pattern": WITHOUT_NUL}))
 
 Text = Annotated[str, *_STORABLE]

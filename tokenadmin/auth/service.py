@@ -18,6 +18,7 @@ from tokenadmin.auth.passwords import MIN_PASSWORD_LENGTH, hash_password, verify
 from tokenadmin.auth.principal import SCOPES, Principal
 from tokenadmin.errors import EmailTaken, InvalidRequest, TokenAdminError, Unauthenticated
 from tokenadmin.models import DashboardSession, Operator, SignInFailure, User
+from tokenadmin.schemas import storable
 from tokenadmin.user import repository as user_repository
 
 
@@ -62,6 +63,13 @@ class Viewer:
         return "/me"
 
 
+def _counted_under(email: str, ip: str) -> list[str]:
+    """The keys failed sign-ins are counted under: the email and the address. An email with
+    NUL or an unpaired surrogate can be no one's (and PostgreSQL can't store it): only the
+    address counts those."""
+    return [f"email:{email}", f"ip:{ip}"] if storable(email) else [f"ip:{ip}"]
+
+
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -98,7 +106,7 @@ async def record_failure(
     """Count a failed sign-in for the email and the address; past `attempts`, each further
     try must wait 1 s, doubling up to 15 minutes."""
     log.warning("failed sign-in for %s from %s", printable(email), ip)
-    for key in (f"email:{email}", f"ip:{ip}"):
+    for key in _counted_under(email, ip):
         failure = await session.get(SignInFailure, key)
         if failure is None or _forgotten(failure, now):
             if failure is not None:
@@ -125,9 +133,11 @@ async def sign_in(
     """A new session for this email and password, or None (the failure is already counted
     by the caller with `record_failure`, in its own transaction)."""
     email = email.strip().lower()
-    await _check_not_blocked(session, [f"email:{email}", f"ip:{ip}"], now, email=email, ip=ip)
-    operator = await session.scalar(select(Operator).where(Operator.email == email))
-    user = None if operator else await user_repository.by_email(session, email)
+    await _check_not_blocked(session, _counted_under(email, ip), now, email=email, ip=ip)
+    operator, user = None, None
+    if storable(email):  # else no one's, and PostgreSQL can't compare it: as an unknown email
+        operator = await session.scalar(select(Operator).where(Operator.email == email))
+        user = None if operator else await user_repository.by_email(session, email)
     stored = operator.password_hash if operator else (user.password_hash if user else None)
     if not verify_password(stored, password) or (user is not None and not user.active):
         return None
@@ -202,6 +212,8 @@ async def create_operator(
             f"Passwords need at least {MIN_PASSWORD_LENGTH} characters.", code="weak_password"
         )
     email = email.strip().lower()
+    if not (storable(email) and storable(name)):
+        raise InvalidRequest("Names and emails may not hold NUL or unpaired surrogates.")
     if await session.scalar(select(Operator).where(Operator.email == email)) is not None:
         raise EmailTaken(f"An operator with email {email} already exists.")
     if await user_repository.by_email(session, email) is not None:

@@ -21,6 +21,7 @@ from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
 from tokenadmin.deps import clock_of, db_of
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
+from tokenadmin.schemas import Text
 from tokenadmin.tokens import Kind
 from tokenadmin.user import repository as user_repository
 
@@ -145,7 +146,7 @@ async def distribute_page(
     request: Request,
     org_id: uuid.UUID,
     viewer: ViewerDep,
-    q: Annotated[str, Query(max_length=200)] = "",
+    q: Annotated[Text, Query(max_length=200)] = "",
     done: Annotated[int | None, Query(ge=0)] = None,
     each: Annotated[int | None, Query(ge=0)] = None,
     kind: Kind = Kind.inference,
@@ -191,7 +192,7 @@ async def distribute(
     scope: Annotated[Literal["all", "selected"], Form()] = "all",
     users: Annotated[list[uuid.UUID] | None, Form()] = None,
     digest: Annotated[str, Form(max_length=64)] = "",
-    q: Annotated[str, Form(max_length=200)] = "",
+    q: Annotated[Text, Form(max_length=200)] = "",
 ) -> Response:
     require_org(viewer, org_id, "admin")
     db = db_of(request)

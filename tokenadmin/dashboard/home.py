@@ -21,6 +21,7 @@ from tokenadmin.deps import clock_of, db_of
 from tokenadmin.models import Organization
 from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.service import Balance, current_period
+from tokenadmin.schemas import Text
 from tokenadmin.tokens import Kind, Period
 from tokenadmin.usage import repository as usage_repository
 from tokenadmin.user import repository as user_repository
@@ -95,7 +96,7 @@ async def org_home(
     request: Request,
     org_id: uuid.UUID,
     viewer: ViewerDep,
-    q: Annotated[str | None, Query(max_length=200)] = None,
+    q: Annotated[Text | None, Query(max_length=200)] = None,
     status: Literal["active", "deactivated", ""] = "",
     role: Literal["admin", "member", ""] = "",
     near: Literal["", "80", "95"] = "",

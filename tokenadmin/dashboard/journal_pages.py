@@ -23,6 +23,7 @@ from tokenadmin.journal import repository as journal_repository
 from tokenadmin.journal.service import ACTIONS, JournalFilter
 from tokenadmin.models import JournalEntry, Organization
 from tokenadmin.organization import service as organization_service
+from tokenadmin.schemas import Text
 from tokenadmin.tokens import Kind
 from tokenadmin.user import repository as user_repository
 
@@ -51,7 +52,8 @@ CSV_COLUMNS = (
     "details",
 )
 
-Text = Annotated[str, Query(max_length=200)]
+Filter = Annotated[Text, Query(max_length=200)]
+"""A filter of the journal as typed: text every database can compare (schemas.Text)."""
 
 
 @dataclass
@@ -128,12 +130,12 @@ async def journal_page(
     request: Request,
     org_id: uuid.UUID,
     viewer: ViewerDep,
-    user: Text = "",
-    kind: Text = "",
-    action: Text = "",
-    actor: Text = "",
-    since: Text = "",
-    until: Text = "",
+    user: Filter = "",
+    kind: Filter = "",
+    action: Filter = "",
+    actor: Filter = "",
+    since: Filter = "",
+    until: Filter = "",
     before_id: Annotated[int | None, Query(ge=1)] = None,
 ) -> HTMLResponse:
     require_org(viewer, org_id, "read")
@@ -216,12 +218,12 @@ async def journal_csv(
     request: Request,
     org_id: uuid.UUID,
     viewer: ViewerDep,
-    user: Text = "",
-    kind: Text = "",
-    action: Text = "",
-    actor: Text = "",
-    since: Text = "",
-    until: Text = "",
+    user: Filter = "",
+    kind: Filter = "",
+    action: Filter = "",
+    actor: Filter = "",
+    since: Filter = "",
+    until: Filter = "",
 ) -> Response:
     require_org(viewer, org_id, "read")
     filters = Filters(user.strip(), kind, action.strip(), actor.strip(), since, until)

@@ -21,6 +21,7 @@ from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import InvalidRequest, NotFound, TokenAdminError
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization import service as organization_service
+from tokenadmin.schemas import Text
 from tokenadmin.tokens import Kind, Period
 
 router = APIRouter(include_in_schema=False)
@@ -74,7 +75,7 @@ def _amount(text: str, label: str) -> int:
 async def create_organization(
     request: Request,
     viewer: WriterDep,
-    name: Annotated[str, Form(max_length=200)] = "",
+    name: Annotated[Text, Form(max_length=200)] = "",
     time_zone: Annotated[str, Form(max_length=64)] = "UTC",
     period: Annotated[Literal["monthly", "none"], Form()] = "monthly",
     min_inference: Annotated[str, Form(max_length=64)] = "200,000",
@@ -137,8 +138,8 @@ async def record_purchase(
     inference_amount: Annotated[str, Form(max_length=64)] = "",
     training_amount: Annotated[str, Form(max_length=64)] = "",
     valid_through: Annotated[str, Form(max_length=10)] = "",
-    payer: Annotated[str, Form(max_length=200)] = "",
-    note: Annotated[str, Form(max_length=2000)] = "",
+    payer: Annotated[Text, Form(max_length=200)] = "",
+    note: Annotated[Text, Form(max_length=2000)] = "",
 ) -> Response:
     _require_operator(viewer)
 

@@ -24,6 +24,7 @@ from tokenadmin.errors import NotFound, TokenAdminError
 from tokenadmin.journal import repository as journal_repository
 from tokenadmin.journal import service as journal_service
 from tokenadmin.organization import service as organization_service
+from tokenadmin.schemas import Text
 from tokenadmin.tokens import Kind
 from tokenadmin.user import repository as user_repository
 
@@ -82,7 +83,7 @@ async def request_tokens(
     viewer: WriterDep,
     kind: Annotated[Kind, Form()],
     amount: Annotated[str, Form(max_length=64)],
-    reason: Annotated[str, Form(max_length=500)] = "",
+    reason: Annotated[Text, Form(max_length=500)] = "",
 ) -> Response:
     """Ask the organization's administrators for more tokens of one kind."""
     from tokenadmin.dashboard.member import my_page_response  # member imports this module

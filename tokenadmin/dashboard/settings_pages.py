@@ -19,6 +19,7 @@ from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
 from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import InvalidRequest, TokenAdminError
 from tokenadmin.organization import service as organization_service
+from tokenadmin.schemas import Text
 
 router = APIRouter(include_in_schema=False)
 NOTICES = {
@@ -78,7 +79,7 @@ async def save_policy(
     request: Request,
     org_id: uuid.UUID,
     viewer: WriterDep,
-    name: Annotated[str, Form(min_length=1, max_length=200)],
+    name: Annotated[Text, Form(min_length=1, max_length=200)],
     time_zone: Annotated[str, Form(max_length=64)],
     period: Annotated[Literal["monthly", "none"], Form()],
     min_inference: Annotated[str, Form(max_length=64)],
@@ -119,7 +120,7 @@ async def create_key(
     request: Request,
     org_id: uuid.UUID,
     viewer: WriterDep,
-    name: Annotated[str, Form(max_length=200)] = "",
+    name: Annotated[Text, Form(max_length=200)] = "",
     scopes: Annotated[list[str] | None, Form()] = None,
 ) -> Response:
     require_org(viewer, org_id, "admin")

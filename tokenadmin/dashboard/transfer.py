@@ -17,6 +17,7 @@ from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
 from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import InvalidRequest
 from tokenadmin.organization import service as organization_service
+from tokenadmin.schemas import storable
 from tokenadmin.user import csv_io
 
 router = APIRouter(include_in_schema=False)
@@ -53,23 +54,33 @@ async def import_page(
 
 
 async def _text(file: UploadFile | None, csv_text: str) -> str:
-    if file is not None and file.filename:
-        content = await file.read(MAX_UPLOAD_BYTES + 1)
-        if len(content) > MAX_UPLOAD_BYTES:
-            raise InvalidRequest(
-                f"The file is larger than {MAX_UPLOAD_BYTES // 1024 // 1024} MB; split it.",
-                code="invalid_csv",
-            )
-        try:
-            return content.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise InvalidRequest(
-                "The file is not UTF-8 text; save it as “CSV UTF-8” and upload it again.",
-                code="invalid_csv",
-            ) from error
-    if not csv_text.strip():
+    text = await _uploaded(file) if file is not None and file.filename else csv_text
+    if not text.strip():
         raise InvalidRequest("Choose a CSV file to upload.", code="invalid_csv")
-    return csv_text
+    if not storable(text):
+        line = next(n for n, row in enumerate(text.split("\n"), 1) if not storable(row))
+        raise InvalidRequest(
+            f"Line {line:,} holds a NUL character or an unpaired surrogate, which no name or"
+            " email may hold; remove it and upload the file again.",
+            code="invalid_csv",
+        )
+    return text
+
+
+async def _uploaded(file: UploadFile) -> str:
+    content = await file.read(MAX_UPLOAD_BYTES + 1)
+    if len(content) > MAX_UPLOAD_BYTES:
+        raise InvalidRequest(
+            f"The file is larger than {MAX_UPLOAD_BYTES // 1024 // 1024} MB; split it.",
+            code="invalid_csv",
+        )
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidRequest(
+            "The file is not UTF-8 text; save it as “CSV UTF-8” and upload it again.",
+            code="invalid_csv",
+        ) from error
 
 
 @router.post("/orgs/{org_id}/import")

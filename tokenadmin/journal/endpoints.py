@@ -12,7 +12,7 @@ from tokenadmin.journal import repository
 from tokenadmin.journal.schemas import JournalEntryOut, JournalPage
 from tokenadmin.journal.service import JournalFilter
 from tokenadmin.organization import service as organization_service
-from tokenadmin.schemas import Moment
+from tokenadmin.schemas import Moment, Text
 from tokenadmin.tokens import Kind
 
 router = APIRouter(
@@ -32,8 +32,8 @@ async def list_journal(
     db: DatabaseDep,
     user: uuid.UUID | None = None,
     kind: Kind | None = None,
-    action: Annotated[str | None, Query(max_length=32)] = None,
-    actor: Annotated[str | None, Query(max_length=200)] = None,
+    action: Annotated[Text | None, Query(max_length=32)] = None,
+    actor: Annotated[Text | None, Query(max_length=200)] = None,
     since: Annotated[Moment | None, Query(description=SINCE)] = None,
     until: Annotated[Moment | None, Query(description=UNTIL)] = None,
     before_id: Annotated[int | None, Query(ge=1)] = None,

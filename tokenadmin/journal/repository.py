@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, aliased
 
 from tokenadmin.models import JournalEntry, Organization, Purchase, Reservation, User
+from tokenadmin.schemas import storable
 from tokenadmin.tokens import Kind
 
 if TYPE_CHECKING:
@@ -104,6 +105,8 @@ async def open_reservation_sums(session: AsyncSession) -> dict[tuple[uuid.UUID, 
 
 
 async def list_entries(session: AsyncSession, query: JournalFilter) -> Sequence[JournalEntry]:
+    if not all(storable(text) for text in (query.action or "", query.actor or "")):
+        return []  # no entry holds NUL or an unpaired surrogate; PostgreSQL can't compare them
     statement = select(JournalEntry).where(JournalEntry.org_id == query.org_id)
     if query.user_id is not None:
         statement = statement.where(JournalEntry.user_id == query.user_id)

@@ -18,6 +18,7 @@ from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.service import current_period
+from tokenadmin.schemas import Text
 from tokenadmin.tokens import Kind
 from tokenadmin.usage import repository as usage_repository
 from tokenadmin.usage.service import availability
@@ -47,7 +48,7 @@ async def list_users(
     principal: PrincipalDep,
     db: DatabaseDep,
     clock: ClockDep,
-    search: Annotated[str | None, Query(max_length=200)] = None,
+    search: Annotated[Text | None, Query(max_length=200)] = None,
     status_: Annotated[Literal["active", "deactivated"] | None, Query(alias="status")] = None,
     role: Literal["admin", "member"] | None = None,
     near_limit: Annotated[

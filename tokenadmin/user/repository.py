@@ -11,6 +11,7 @@ from sqlalchemy import (
     Select,
     and_,
     case,
+    false,
     func,
     literal_column,
     or_,
@@ -22,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from tokenadmin.models import User
+from tokenadmin.schemas import storable
 
 
 async def get(session: AsyncSession, user_id: uuid.UUID, *, lock: bool = False) -> User | None:
@@ -32,6 +34,8 @@ async def get(session: AsyncSession, user_id: uuid.UUID, *, lock: bool = False) 
 
 
 async def by_email(session: AsyncSession, email: str) -> User | None:
+    if not storable(email):
+        return None  # no one's: PostgreSQL can't even compare it
     return await session.scalar(select(User).where(User.email == email.lower()))
 
 
@@ -44,6 +48,7 @@ async def find_in_org(
     lock: bool = False,
 ) -> list[User]:
     """Users of one organization named by id or email, in id order (the lock order)."""
+    emails = [e for e in emails if storable(e)]
     found: list[User] = []
     for start in range(0, max(len(ids), len(emails), 1), 5000):
         id_chunk, email_chunk = ids[start : start + 5000], emails[start : start + 5000]
@@ -142,6 +147,10 @@ def search_condition(text: str, dialect: str) -> ColumnElement[bool]:
     results are exactly the LIKE's on both. Below 3 characters no trigram index can help:
     a plain substring test then, which no planner mistakes for an indexable LIKE.
     """
+    if not storable(text):
+        # No name or email holds NUL or an unpaired surrogate; PostgreSQL can't compare
+        # them, and SQLite's full-text search reads NUL as the end of its query.
+        return false()
     lowered = text.lower()
     if not _trigrams(lowered):
         position = func.instr if dialect == "sqlite" else func.strpos
