@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -17,8 +19,10 @@ from tests.scenarios import error_of, journal, org_api, utc
 from tokenadmin.act import Act
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
+from tokenadmin.journal import chain
 from tokenadmin.journal import service as journal_service
 from tokenadmin.journal.service import verify
+from tokenadmin.models import JournalEntry
 from tokenadmin.organization import service as organization_service
 
 
@@ -380,3 +384,53 @@ def test_every_action_recorded_anywhere_is_listed_in_actions() -> None:
         named.update(re.findall(r'"([a-z_]+)" if change\.new else', text))
     assert named, "the search for recorded actions found nothing"
     assert named <= set(ACTIONS), named - set(ACTIONS)
+
+
+def test_every_column_an_entry_says_is_in_its_hash() -> None:
+    """chain.link spells its fields out (it runs for every entry verify reads): every
+    column of an entry but its id and hashes is in CONTENT, and changing any of them, or
+    the hash before it, changes the entry's hash."""
+    columns = {column.name for column in JournalEntry.__table__.columns}
+    assert set(chain.CONTENT) == columns - {"id", "prev_hash", "hash"}
+    entry: dict[str, Any] = {
+        "org_id": uuid.uuid4(),
+        "user_id": uuid.uuid4(),
+        "purchase_id": None,
+        "reservation_id": None,
+        "created_at": datetime(2026, 3, 15, 12, 0, tzinfo=UTC),
+        "actor": "key:meter",
+        "action": "usage",
+        "kind": "inference",
+        "amount": 100,
+        "reason": None,
+        "capacity_delta": 0,
+        "allocated_delta": 0,
+        "allowance_delta": 0,
+        "used_delta": 100,
+        "reserved_delta": 0,
+        "capacity_after": 1_000,
+        "allocated_after": 500,
+        "allowance_after": 200,
+        "used_after": 100,
+        "reserved_after": 0,
+        "details": {"model": "m"},
+    }
+    changed = {
+        "org_id": uuid.uuid4(),
+        "user_id": None,
+        "purchase_id": uuid.uuid4(),
+        "reservation_id": uuid.uuid4(),
+        "created_at": datetime(2026, 3, 15, 12, 0, 0, 1, tzinfo=UTC),
+        "actor": "key:other",
+        "action": "commit",
+        "kind": "training",
+        "amount": 101,
+        "reason": "",
+        "details": {"model": "n"},
+    }
+    original = chain.link("a" * 64, entry)
+    assert chain.link("b" * 64, entry) != original
+    assert chain.link(None, entry) != original
+    for name in chain.CONTENT:
+        value = changed[name] if name in changed else (entry[name] or 0) + 1
+        assert chain.link("a" * 64, {**entry, name: value}) != original, name
