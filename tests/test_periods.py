@@ -267,3 +267,97 @@ async def test_changing_the_time_zone_mid_month_keeps_this_months_usage(
     assert (await api.balance(org))["inference"]["allocated"] == 250_000
     details = error_of(await api.use(ana["id"], 50_001), 402, "insufficient_tokens")
     assert details["remaining"] == 50_000
+
+
+# --- time zone changes: one period, one allowance, per calendar month ------------------------
+
+
+async def test_a_time_zone_change_into_the_next_month_begins_it(api: Api, clock: FakeClock) -> None:
+    org = await funded_org(api)
+    ana = await api.user(org)
+    clock.set(utc("2026-03-31 22:30"))  # March in UTC, 00:30 on 1 April in Berlin
+    await api.use(ana["id"], 150_000, expect=200)
+
+    await api.patch(f"/v1/organizations/{org}", {"time_zone": "Europe/Berlin"}, expect=200)
+
+    balance = await api.balance(org)
+    assert instant(balance["period_start"]) == utc("2026-03-31 22:00")
+    assert instant(balance["period_end"]) == utc("2026-04-30 22:00")
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 0
+    [started] = await journal(api, org, action="period_started")
+    assert instant(started["details"]["period_start"]) == utc("2026-03-31 22:00")
+    await api.use(ana["id"], 200_000, expect=200)
+
+
+async def test_a_time_zone_change_back_into_the_previous_month_keeps_this_months_usage(
+    api: Api, clock: FakeClock
+) -> None:
+    org = await funded_org(api, time_zone="Europe/Berlin")
+    ana = await api.user(org)
+    clock.set(utc("2026-03-31 22:30"))  # 00:30 on 1 April in Berlin, still March in UTC
+    await api.use(ana["id"], 150_000, expect=200)  # April's usage
+
+    await api.patch(f"/v1/organizations/{org}", {"time_zone": "UTC"}, expect=200)
+
+    # Not March again (its allowance was given): April's period goes on, through UTC April.
+    balance = await api.balance(org)
+    assert instant(balance["period_start"]) == utc("2026-03-31 22:00")
+    assert instant(balance["period_end"]) == utc("2026-05-01 00:00")
+    assert balance["inference"]["used"] == 150_000
+    [started] = await journal(api, org, action="period_started")  # Berlin's April, by time
+    assert instant(started["details"]["period_start"]) == utc("2026-03-31 22:00")
+    details = error_of(await api.use(ana["id"], 50_001), 402, "insufficient_tokens")
+    assert details["remaining"] == 50_000
+
+    clock.set(utc("2026-04-01 00:30"))  # April in UTC too: the same month, not a new one
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 150_000
+    error_of(await api.use(ana["id"], 50_001), 402, "insufficient_tokens")
+
+    clock.set(utc("2026-05-01 00:00"))  # May: a new month in UTC
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 0
+    balance = await api.balance(org)
+    assert instant(balance["period_start"]) == utc("2026-05-01 00:00")
+    assert instant(balance["period_end"]) == utc("2026-06-01 00:00")
+
+
+async def test_a_time_zone_change_within_the_month_keeps_its_usage_and_start_moves_only_later(
+    api: Api, clock: FakeClock
+) -> None:
+    org = await funded_org(api)
+    ana = await api.user(org)
+    await api.use(ana["id"], 150_000, expect=200)
+
+    # Further west, March began later: the period's start moves there.
+    await api.patch(f"/v1/organizations/{org}", {"time_zone": "America/New_York"}, expect=200)
+    balance = await api.balance(org)
+    assert instant(balance["period_start"]) == utc("2026-03-01 05:00")
+    assert instant(balance["period_end"]) == utc("2026-04-01 04:00")  # EDT
+    assert balance["inference"]["used"] == 150_000
+
+    # Further east, March began earlier, before this period: its start stays.
+    await api.patch(f"/v1/organizations/{org}", {"time_zone": "Asia/Tokyo"}, expect=200)
+    balance = await api.balance(org)
+    assert instant(balance["period_start"]) == utc("2026-03-01 05:00")
+    assert instant(balance["period_end"]) == utc("2026-03-31 15:00")
+    assert balance["inference"]["used"] == 150_000
+    assert await journal(api, org, action="period_started") == []
+    assert await journal(api, org, action="period_reset") == []
+    error_of(await api.use(ana["id"], 50_001), 402, "insufficient_tokens")
+
+    clock.set(utc("2026-03-31 15:00"))  # April in Tokyo
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 0
+
+
+async def test_a_clock_running_behind_does_not_reopen_the_previous_month(
+    api: Api, clock: FakeClock
+) -> None:
+    org = await funded_org(api)
+    ana = await api.user(org)
+    clock.set(utc("2026-04-01 00:05"))
+    await api.use(ana["id"], 150_000, expect=200)
+
+    clock.set(utc("2026-03-31 23:59"))  # another server's clock, a few minutes behind
+
+    assert (await get_user(api, ana["id"]))["inference"]["used"] == 150_000
+    assert instant((await api.balance(org))["period_start"]) == utc("2026-04-01 00:00")
+    error_of(await api.use(ana["id"], 50_001), 402, "insufficient_tokens")

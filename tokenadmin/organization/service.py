@@ -45,8 +45,39 @@ def check_time_zone(name: str) -> str:
     return name
 
 
+ZONE_SPREAD = timedelta(days=2)
+"""More than the largest difference between two time zones' offsets (26 hours): two days
+after a period's start is inside the calendar month it stands for, in any zone."""
+
+
+def _month(moment: datetime, time_zone: str) -> tuple[int, int]:
+    local = moment.astimezone(ZoneInfo(time_zone))
+    return local.year, local.month
+
+
 def current_period(org: Organization, now: datetime) -> datetime:
-    return period_start(org.period, org.time_zone, now)
+    """Start of the organization's period at `now`.
+
+    Each calendar month has one period, and a period stands for the month it began in (in
+    the zone of that moment). A new period begins only when a later month begins in the
+    organization's zone: after a time zone change to a zone still in the month before, the
+    period goes on, with its usage, until the month after the one it stands for; it never
+    goes back to a month whose allowance was already given (nor when a clock runs behind).
+    """
+    start = period_start(org.period, org.time_zone, now)
+    if Period(org.period) is Period.none:
+        return start
+    if _month(now, org.time_zone) > _month(org.period_start + ZONE_SPREAD, org.time_zone):
+        return start
+    return org.period_start
+
+
+def current_period_end(org: Organization, now: datetime) -> datetime | None:
+    """End (exclusive) of the period at `now`: the start of the month after the one it
+    stands for, in the organization's zone; None when it never ends."""
+    if Period(org.period) is Period.none:
+        return None
+    return period_end(org.period, org.time_zone, current_period(org, now) + ZONE_SPREAD)
 
 
 async def create(
@@ -194,7 +225,7 @@ async def update_policy(
                 )
     if changes.get("overallocation") is False and org.overallocation:
         _check_within_capacity(org)
-    old_zone, old_period = org.time_zone, org.period
+    old_zone = org.time_zone
     changed = {}
     for field in _POLICY_FIELDS:
         if field in changes and changes[field] is not None:
@@ -209,10 +240,15 @@ async def update_policy(
         record(session, act, org, "policy_changed", details=changed)
         start = current_period(org, act.now)
         if start != org.period_start:
-            if _same_month(org, old_zone, old_period, start):
-                await _move_period_start(session, org, start)
-            else:
-                await _start_period(session, act, org, start)
+            # A later month has begun in the new zone, or the period itself changed.
+            await _start_period(session, act, org, start)
+        elif org.time_zone != old_zone and Period(org.period) is Period.monthly:
+            # The same month, seen from a zone where it began later: the period's start
+            # moves there and its usage stays. (Where it began earlier, the start stays: a
+            # period never reaches back over time that a past period already covered.)
+            own_start = period_start(org.period, org.time_zone, act.now)
+            if own_start > org.period_start:
+                await _move_period_start(session, org, own_start)
     return org
 
 
@@ -234,16 +270,6 @@ def _check_within_capacity(org: Organization) -> None:
                     "shortfall": shortfall,
                 },
             )
-
-
-def _same_month(org: Organization, old_zone: str, old_period: str, start: datetime) -> bool:
-    """Whether a new time zone only moves the start of the month we are in: then this
-    month's usage stays, rather than a new period beginning mid-month."""
-    if Period(old_period) is Period.none or Period(org.period) is Period.none:
-        return False
-    before = org.period_start.astimezone(ZoneInfo(old_zone))
-    after = start.astimezone(ZoneInfo(org.time_zone))
-    return (before.year, before.month) == (after.year, after.month)
 
 
 async def _move_period_start(session: AsyncSession, org: Organization, start: datetime) -> None:
@@ -424,7 +450,7 @@ async def balance(
     return Balance(
         org=org,
         period_start=None if org.period == Period.none else start,
-        period_end=period_end(org.period, org.time_zone, now),
+        period_end=current_period_end(org, now),
         kinds=kinds,
         expiring=expiring,
     )
