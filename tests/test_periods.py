@@ -304,6 +304,11 @@ async def test_a_time_zone_change_back_into_the_previous_month_keeps_this_months
     assert instant(balance["period_start"]) == utc("2026-03-31 22:00")
     assert instant(balance["period_end"]) == utc("2026-05-01 00:00")
     assert balance["inference"]["used"] == 150_000
+    mine = await api.get(f"/v1/users/{ana['id']}/balance")  # the user's view says the same
+    assert (mine["period_start"], mine["period_end"]) == (
+        balance["period_start"],
+        balance["period_end"],
+    )
     [started] = await journal(api, org, action="period_started")  # Berlin's April, by time
     assert instant(started["details"]["period_start"]) == utc("2026-03-31 22:00")
     details = error_of(await api.use(ana["id"], 50_001), 402, "insufficient_tokens")

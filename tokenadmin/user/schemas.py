@@ -7,9 +7,9 @@ from typing import Literal
 from pydantic import BaseModel, EmailStr, Field
 
 from tokenadmin.models import Organization, User
-from tokenadmin.organization.service import current_period
+from tokenadmin.organization.service import current_period, current_period_end
 from tokenadmin.schemas import Amount, Input, Name, Text, WholeNumber
-from tokenadmin.tokens import Kind, period_end
+from tokenadmin.tokens import Kind
 from tokenadmin.usage.service import KindAvailability
 
 Role = Literal["admin", "member"]
@@ -155,7 +155,7 @@ class UserBalanceOut(BaseModel):
             email=user.email,
             status=user.status,
             period_start=None if org.period == "none" else current_period(org, now),
-            period_end=period_end(org.period, org.time_zone, now),
+            period_end=current_period_end(org, now),
             inference=out[Kind.inference],
             training=out[Kind.training],
         )
