@@ -13,12 +13,11 @@ The engine runs here rather than `schemathesis.pytest.from_fixture`, whose tests
 `Node._nodeid`, which pytest 9 no longer has; it is also what runs the stateful phase and
 the checks that need one (use_after_free, ensure_resource_availability).
 
-The product's OpenAPI does not yet say how requests authenticate, nor the error answers
-every operation may give, nor that usage needs an Idempotency-Key (strict xfails at the
-end). Until it does, `openapi()` adds them as docs/api.md states them — one error shape,
-`ErrorOut` — so that the checks hold the API to its documented contract. It also adds the
-links between operations, which the stateful phase follows. Failures of bugs in files
-these tests may not change are set aside by KNOWN_FAILURES, each shown by a strict xfail.
+The OpenAPI says how requests authenticate (a bearer key), the error answers of every
+operation in their one shape (`ErrorOut`, docs/api.md) and which headers are required, so
+the checks hold the API to its declared contract; `openapi()` only adds the links between
+operations, which the stateful phase follows. The tests at the end hold the OpenAPI to
+these declarations.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 import schemathesis
@@ -66,35 +66,6 @@ Schema = dict[str, Any]
 # (413), an invalid request or a refusal by the rules (422). Metering adds 402.
 ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "422")
 METERING_STATUSES = ("402",)
-
-
-def declare_errors(spec: Schema) -> None:
-    """Declare the error answers of docs/api.md where the OpenAPI omits them, and replace
-    FastAPI's 422 `HTTPValidationError` (which the API never answers) with `ErrorOut`."""
-    error = {
-        "description": "Refused; see docs/api.md for the codes.",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
-    }
-    for path, operations in spec["paths"].items():
-        for operation in operations.values():
-            statuses: tuple[str, ...] = ERROR_STATUSES
-            if path.startswith(("/v1/usage", "/v1/reservations")):
-                statuses += METERING_STATUSES
-            if path == "/healthz":
-                continue
-            for status in statuses:
-                operation["responses"][status] = copy.deepcopy(error)
-
-
-def declare_bearer_keys(spec: Schema) -> None:
-    """Say what the API requires: `Authorization: Bearer ta_...` on every /v1 operation."""
-    spec["components"]["securitySchemes"] = {
-        "bearer": {"type": "http", "scheme": "bearer", "description": "An API key, ta_..."}
-    }
-    for path, operations in spec["paths"].items():
-        if path.startswith("/v1/"):
-            for operation in operations.values():
-                operation["security"] = [{"bearer": []}]
 
 
 def operation_ids(spec: Schema) -> dict[tuple[str, str], str]:
@@ -174,14 +145,6 @@ LINKS: dict[tuple[str, str, str], list[tuple[str, str, dict[str, str]]]] = {
 """OpenAPI links: (producer method, path, status) → the operations its answer feeds."""
 
 
-def require_usage_keys(spec: Schema) -> None:
-    """POST /v1/usage answers 422 idempotency_key_required without the header (docs/api.md);
-    the OpenAPI says it is optional."""
-    for parameter in spec["paths"]["/v1/usage"]["post"]["parameters"]:
-        if parameter["name"] == "Idempotency-Key":
-            parameter["required"] = True
-
-
 def declare_links(spec: Schema) -> None:
     ids = operation_ids(spec)
     for (method, path, status), targets in LINKS.items():
@@ -198,14 +161,11 @@ def declare_links(spec: Schema) -> None:
 def openapi(app: FastAPI) -> Schema:
     """The app's OpenAPI, with what the stateful phase and the checks need (see the top)."""
     spec = copy.deepcopy(app.openapi())
-    declare_errors(spec)
-    declare_bearer_keys(spec)
-    require_usage_keys(spec)
     declare_links(spec)
     return spec
 
 
-# --- a check of our own, and the failures of known bugs ------------------------------------
+# --- a check of our own ---------------------------------------------------------------------
 
 RULES = ("Value error", "value is not a valid email address")
 """Validation messages of rules the OpenAPI can't state: sums that must match, a row that
@@ -252,28 +212,6 @@ def _sent_valid(case: Case[Any], field: str) -> bool:
     if location == "path":
         return bool(UUID.fullmatch(str((case.path_parameters or {}).get(name, ""))))
     return True
-
-
-@dataclass(frozen=True)
-class KnownFailure:
-    """A failure of a bug in a file this suite's author may not change: set aside by the run
-    (by check and by a pattern of the request or message), and shown by a strict xfail test
-    below, so a fix fails the suite until its entry is removed here."""
-
-    bug: str
-    check: str
-    pattern: str
-
-
-KNOWN_FAILURES: list[KnownFailure] = []
-
-
-def known_failure(failure: Failure) -> KnownFailure | None:
-    text = f"{failure.message}\n{failure.sent}"
-    return next(
-        (k for k in KNOWN_FAILURES if k.check == failure.check and re.search(k.pattern, text)),
-        None,
-    )
 
 
 # --- the app, its data, and the schema ----------------------------------------------------
@@ -535,17 +473,15 @@ def test_every_operation_answers_as_its_openapi_says_in_every_phase_and_check(
     )
     schema.app = app
     result = run(schema)
-    known = Counter(k.check for f in result.failures if (k := known_failure(f)) is not None)
     print(
         f"\nSchemathesis as {caller}: {len(result.operations)} operations,"
         f" requests per phase {dict(result.requests)}, {sum(result.checks.values())} checks"
-        f" ({sorted(result.checks)}), answers {sorted(result.statuses.items())},"
-        f" known bugs set aside: {dict(known)}"
+        f" ({sorted(result.checks)}), answers {sorted(result.statuses.items())}"
     )
     assert result.stop_reason == "completed"
     assert not result.errors, "\n".join(result.errors)
-    unknown = [f for f in result.failures if known_failure(f) is None]
-    assert not unknown, f"{len(unknown)} failures:\n" + "\n".join(map(str, unknown))
+    failures = result.failures
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(map(str, failures))
     phases = (
         {"coverage", "fuzzing", "stateful"} if caller == "operator" else {"fuzzing", "stateful"}
     )
@@ -553,7 +489,7 @@ def test_every_operation_answers_as_its_openapi_says_in_every_phase_and_check(
     assert len(result.operations) == len(operation_ids(schema.raw_schema))
 
 
-# --- the bugs set aside, shown --------------------------------------------------------------
+# --- what the OpenAPI declares --------------------------------------------------------------
 
 
 def product_openapi() -> Schema:
@@ -562,26 +498,17 @@ def product_openapi() -> Schema:
     return app.openapi()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="app.py does not declare how requests authenticate: no securitySchemes, no"
-    " security on /v1 operations (add an HTTPBearer scheme; see declare_bearer_keys)",
-)
 def test_the_openapi_says_how_requests_authenticate() -> None:
     spec = product_openapi()
-    assert spec["components"].get("securitySchemes")
+    assert spec["components"]["securitySchemes"] == {
+        "bearer": {"type": "http", "scheme": "bearer", "description": ANY}
+    }
     for path, operations in spec["paths"].items():
-        for operation in operations.values():
-            assert not path.startswith("/v1/") or operation.get("security"), path
+        for method, operation in operations.items():
+            expected: list[Schema] | None = [{"bearer": []}] if path.startswith("/v1/") else None
+            assert operation.get("security") == expected, f"{method.upper()} {path}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the OpenAPI lists neither the 400/401/403/404/409/413 answers every operation may"
-    " give, nor their shape: its 422 is FastAPI's HTTPValidationError, which the API never"
-    " answers (declare ErrorOut for them in app.py, e.g. FastAPI(responses=...); see"
-    " declare_errors)",
-)
 def test_the_openapi_lists_every_error_answer_in_its_one_shape() -> None:
     spec = product_openapi()
     missing = []
@@ -589,20 +516,25 @@ def test_the_openapi_lists_every_error_answer_in_its_one_shape() -> None:
         for method, operation in operations.items():
             if path == "/healthz":
                 continue
-            for status in ERROR_STATUSES:
+            statuses: tuple[str, ...] = ERROR_STATUSES
+            if path.startswith("/v1/reservations") or path == "/v1/usage":
+                statuses += METERING_STATUSES
+            for status in statuses:
                 answer = operation["responses"].get(status, {})
                 schema = answer.get("content", {}).get("application/json", {}).get("schema")
-                if schema != {"$ref": "#/components/schemas/ErrorOut"}:
+                if schema != {"$ref": "#/components/schemas/ErrorOut"} or not answer.get(
+                    "description"
+                ):
                     missing.append(f"{method.upper()} {path} {status}")
     assert not missing, missing
+    # FastAPI's own 422 shape, which the API never answers, is declared nowhere.
+    assert "HTTPValidationError" not in json.dumps(spec)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="usage/endpoints.py declares Idempotency-Key optional on POST /v1/usage, which"
-    " refuses a request without it (idempotency_key_required)",
-)
 def test_the_openapi_says_usage_needs_an_idempotency_key() -> None:
-    parameters = product_openapi()["paths"]["/v1/usage"]["post"]["parameters"]
-    key = next(p for p in parameters if p["name"] == "Idempotency-Key")
-    assert key["required"] is True
+    paths = product_openapi()["paths"]
+    for method, path in (("post", "/v1/usage"), ("post", "/v1/reservations")):
+        parameters = paths[path][method]["parameters"]
+        key = next(p for p in parameters if p["name"] == "Idempotency-Key")
+        # Usage refuses a request without one (idempotency_key_required); the others take it.
+        assert key["required"] is (path == "/v1/usage"), path

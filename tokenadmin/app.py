@@ -32,6 +32,7 @@ from tokenadmin.database import Database
 from tokenadmin.errors import TokenAdminError
 from tokenadmin.journal.endpoints import router as journal_router
 from tokenadmin.organization.endpoints import router as organization_router
+from tokenadmin.schemas import error_answers
 from tokenadmin.usage import service as usage_service
 from tokenadmin.usage.coalescer import Coalescer
 from tokenadmin.usage.endpoints import router as usage_router
@@ -127,8 +128,49 @@ AMOUNT_FIELDS = frozenset(
 )
 
 
+API_ERRORS = error_answers(400, 401, 403, 404, 409, 413, 422)
+"""What any operation of the REST API may answer, in the one error shape of the handlers
+below; declared, FastAPI no longer adds its own 422 (HTTPValidationError), which the API
+never answers."""
+
+BEARER = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An API key: `Authorization: Bearer ta_...` (docs/api.md, Keys).",
+}
+
+
+def _declare_bearer_keys(app: FastAPI) -> None:
+    """The OpenAPI says what tokenadmin.deps checks: every /v1 operation needs an API key as
+    a bearer token. Said here rather than by a security dependency on the routes, which
+    would add a step to every metering request for nothing but the OpenAPI."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate()
+            spec.setdefault("components", {})["securitySchemes"] = {"bearer": BEARER}
+            for path, operations in spec["paths"].items():
+                if path.startswith("/v1/"):
+                    for operation in operations.values():
+                        operation["security"] = [{"bearer": []}]
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's way to extend it
+
+
+IDEMPOTENCY_KEY = ("header", "Idempotency-Key")
+
+
 def _validation_details(error: RequestValidationError) -> tuple[str, str, list[dict[str, Any]]]:
     problems = []
+    if error.errors() and all(
+        item.get("type") == "missing" and tuple(item.get("loc", ())) == IDEMPOTENCY_KEY
+        for item in error.errors()
+    ):
+        message = "This needs an Idempotency-Key header, so a retry is never counted twice."
+        return "idempotency_key_required", message, []
     for item in error.errors():
         location = [str(part) for part in item.get("loc", ()) if part != "body"]
         problems.append({"field": ".".join(location), "message": item.get("msg", "invalid")})
@@ -204,7 +246,7 @@ def create_app(
         lifespan=lifespan,
     )
     # Routes are matched in order: metering, the most frequent request by far, goes first.
-    app.include_router(usage_router)
+    app.include_router(usage_router, responses=API_ERRORS)
     app.state.db = db
     app.state.clock = clock
     app.state.key_cache = KeyCache()
@@ -238,7 +280,7 @@ def create_app(
         status = 400 if code == "malformed_json" else 422
         if wants_html(request):  # a dashboard form: a page that says what was wrong
             return error_page(request, TokenAdminError(message, code=code, status_code=status))
-        return _error(status, code, message, {"errors": problems})
+        return _error(status, code, message, {"errors": problems} if problems else {})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> Response:
@@ -281,6 +323,7 @@ def create_app(
         allowance_router,
         journal_router,
     ):
-        app.include_router(router)
+        app.include_router(router, responses=API_ERRORS)
+    _declare_bearer_keys(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -142,3 +142,23 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+ERROR_ANSWERS: dict[int, str] = {
+    400: "The body can't be read: not JSON, or not an object (malformed_json).",
+    401: "No API key, or a key that is wrong or revoked (unauthenticated).",
+    402: "It does not fit what remains (insufficient_tokens); `details` say what does.",
+    403: "The key lacks the scope this needs (forbidden).",
+    404: "No such object for this caller (not_found, user_not_found, reservation_not_found).",
+    409: "A conflict with what is stored now: a version, a state, a key still in flight.",
+    413: "The body is over the size limit (request_too_large).",
+    422: "A value, or a change the rules refuse; the code says which (docs/api.md, Errors).",
+    503: "The server was stopping and did not apply it: send it again, with the same key.",
+}
+
+
+def error_answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of these statuses, each in the one error shape."""
+    return {
+        status: {"model": ErrorOut, "description": ERROR_ANSWERS[status]} for status in statuses
+    }

@@ -12,7 +12,6 @@ from tokenadmin.allowance.schemas import AllowanceChange, AllowancePreview
 from tokenadmin.auth.audit import log_denials
 from tokenadmin.deps import PrincipalDep, idempotent_write
 from tokenadmin.organization import service as organization_service
-from tokenadmin.schemas import ErrorOut
 
 router = APIRouter(
     prefix="/v1/organizations/{org_id}/allowances",
@@ -21,11 +20,7 @@ router = APIRouter(
 )
 
 
-@router.post(
-    "",
-    response_model=AllowancePreview,
-    responses={409: {"model": ErrorOut}, 422: {"model": ErrorOut}},
-)
+@router.post("", response_model=AllowancePreview)
 async def change_allowances(
     org_id: uuid.UUID, body: AllowanceChange, request: Request, principal: PrincipalDep
 ) -> JSONResponse:

@@ -13,9 +13,9 @@ from tokenadmin.clock import Clock
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.deps import answer_response, remembered_principal
-from tokenadmin.errors import Forbidden, InvalidRequest, TokenAdminError
+from tokenadmin.errors import Forbidden, TokenAdminError
 from tokenadmin.idempotency.service import Answer, check_key
-from tokenadmin.schemas import ErrorOut
+from tokenadmin.schemas import error_answers
 from tokenadmin.usage import service
 from tokenadmin.usage.coalescer import Coalescer
 from tokenadmin.usage.schemas import (
@@ -29,11 +29,8 @@ from tokenadmin.usage.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["metering"])
-REFUSALS: dict[int | str, dict[str, Any]] = {
-    402: {"model": ErrorOut},
-    404: {"model": ErrorOut},
-    409: {"model": ErrorOut},
-}
+REFUSALS = error_answers(402, 503)
+"""What metering may answer besides the errors of every operation (app.API_ERRORS)."""
 
 
 @dataclass(frozen=True)
@@ -87,17 +84,20 @@ async def get_meter(request: Request) -> Meter:
 
 
 MeterDep = Annotated[Meter, Depends(get_meter)]
-KeyDep = Annotated[str | None, Header(alias="Idempotency-Key")]
+KEY = Header(
+    alias="Idempotency-Key",
+    description="1 to 255 printable characters of your choosing: the same key with the same"
+    " request answers the first answer again and changes nothing.",
+    json_schema_extra={"minLength": 1, "maxLength": 255},
+)
+KeyDep = Annotated[str | None, KEY]
+RequiredKeyDep = Annotated[str, KEY]
+"""Missing, it is refused with idempotency_key_required (app.py)."""
 
 
 @router.post("/usage", response_model=UsageAccepted, responses=REFUSALS)
-async def record_usage(body: UsageFields, meter: MeterDep, key: KeyDep = None) -> JSONResponse:
+async def record_usage(body: UsageFields, meter: MeterDep, key: RequiredKeyDep) -> JSONResponse:
     """Record usage; refused as a whole with insufficient_tokens when it does not fit."""
-    if key is None:
-        raise InvalidRequest(
-            "Usage needs an Idempotency-Key header, so a retry is never counted twice.",
-            code="idempotency_key_required",
-        )
     operation = service.Operation(
         "usage",
         user=body.user,
@@ -109,7 +109,7 @@ async def record_usage(body: UsageFields, meter: MeterDep, key: KeyDep = None) -
     return await meter.one(operation)
 
 
-@router.post("/usage/batch", response_model=BatchOut)
+@router.post("/usage/batch", response_model=BatchOut, responses=error_answers(503))
 async def record_usage_batch(body: UsageBatch, meter: MeterDep) -> JSONResponse:
     """Record up to 1,000 usage events; each is accepted or refused on its own."""
     operations = [
