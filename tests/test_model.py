@@ -34,6 +34,7 @@ import itertools
 import os
 import shutil
 import uuid
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -531,11 +532,11 @@ def operation_kinds(possible: frozenset[type[Operation]]) -> st.SearchStrategy[s
     return _KINDS[possible]
 
 
-class Target:
+class Target(ABC):
     """Where the machine keeps its data: a fresh, migrated database for every example."""
 
-    async def open(self) -> tuple[Database, str]:
-        raise NotImplementedError
+    @abstractmethod
+    async def open(self) -> tuple[Database, str]: ...
 
     async def close(self, db: Database, url: str) -> None:
         await db.dispose()
