@@ -978,6 +978,7 @@ def dashboard_corpus(
     corpus += [
         ("no CSRF token", {**base, "csrf_token": ""}, {}),
         ("a wrong CSRF token", {**base, "csrf_token": "forged"}, {}),
+        ("a CSRF token with non-ASCII characters", {**base, "csrf_token": "forgé"}, {}),
         *(
             []
             if page.role == "anonymous"

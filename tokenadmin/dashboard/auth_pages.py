@@ -19,6 +19,7 @@ from tokenadmin.dashboard.web import (
     check_origin,
     current_viewer,
     render,
+    same_token,
     secure_cookies,
 )
 from tokenadmin.deps import clock_of, db_of, settings_of
@@ -90,7 +91,7 @@ async def login(
 ) -> Response:
     check_origin(request)
     expected = request.cookies.get(LOGIN_CSRF_COOKIE, "")
-    if not expected or not secrets.compare_digest(expected, csrf_token):
+    if not expected or not same_token(csrf_token, expected):
         raise Forbidden(
             "The sign-in form expired; reload the page and try again.", code="csrf_failed"
         )

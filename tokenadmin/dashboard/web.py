@@ -90,6 +90,14 @@ def check_origin(request: Request) -> None:
         raise Forbidden("This request came from another site.", code="csrf_failed")
 
 
+def same_token(sent: str, expected: str) -> bool:
+    """Whether a token sent is the one expected, in constant time. As bytes: compare_digest
+    refuses text with non-ASCII characters (a TypeError, so a 500 for a forged token)."""
+    return secrets.compare_digest(
+        sent.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 async def check_csrf(request: Request, viewer: Viewer) -> None:
     """Every write carries the session's CSRF token (a form field or the X-CSRF-Token
     header) and, when the browser says where it comes from, comes from this site."""
@@ -101,7 +109,7 @@ async def check_csrf(request: Request, viewer: Viewer) -> None:
             form = await request.form()
             value = form.get("csrf_token")
             sent = value if isinstance(value, str) else None
-    if not sent or not secrets.compare_digest(sent, viewer.csrf_token):
+    if not sent or not same_token(sent, viewer.csrf_token):
         raise Forbidden(
             "The form has expired or did not come from this dashboard; reload the page and"
             " try again.",
