@@ -4,9 +4,12 @@ crash tests (tests/test_crash.py) show the same under load, with the database cr
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.exc import DBAPIError
 
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.helpers import Api, funded_org
@@ -14,6 +17,7 @@ from tests.servers import free_port
 from tokenadmin.app import create_app
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
+from tokenadmin.organization import service as organization_service
 
 
 async def test_a_database_out_of_reach_answers_503_unavailable_and_never_500() -> None:
@@ -65,3 +69,31 @@ async def test_connections_the_database_cut_are_replaced_without_a_restart(
 
     await api.use(ana["id"], 10, expect=200)
     assert (await api.balance(org))["inference"]["used"] == 20
+
+
+async def test_a_write_cut_off_from_the_database_is_applied_when_sent_again_with_its_key(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 503 is not remembered as the key's answer (only answers the client may rely on
+    are), so the resend the message asks for applies the change."""
+    org = await funded_org(api)
+    update_policy = organization_service.update_policy
+
+    async def cut_off(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(organization_service, "update_policy", update_policy)
+        lost = ConnectionResetError("connection reset by peer")
+        raise DBAPIError("UPDATE organizations", {}, lost, connection_invalidated=True)
+
+    monkeypatch.setattr(organization_service, "update_policy", cut_off)
+    body = {"name": "Renamed"}
+    first = await api.call("PATCH", f"/v1/organizations/{org}", json=body, idempotency_key="k-1")
+    assert first.status_code == 503, first.text
+    assert first.json()["error"]["code"] == "unavailable"
+    assert (await api.get(f"/v1/organizations/{org}"))["name"] != "Renamed"
+
+    again = await api.call("PATCH", f"/v1/organizations/{org}", json=body, idempotency_key="k-1")
+    assert again.status_code == 200, again.text
+    assert again.headers.get("Idempotent-Replayed") is None
+    assert (await api.get(f"/v1/organizations/{org}"))["name"] == "Renamed"
+    replayed = await api.call("PATCH", f"/v1/organizations/{org}", json=body, idempotency_key="k-1")
+    assert replayed.headers.get("Idempotent-Replayed") == "true"

@@ -37,12 +37,23 @@ T = TypeVar("T")
 log = logging.getLogger("tokenadmin.database")
 
 TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03"}
-# The server is going away or not back yet (admin_shutdown, crash_shutdown,
-# cannot_connect_now); class 08 is a connection failure.
-UNREACHABLE_SQLSTATES = {"57P01", "57P02", "57P03"}
+# The database can't be reached or won't take the connection: connection failures (class
+# 08, but not 08P01, a protocol violation: a bug), the server shutting down or starting up
+# (57P01-57P03), no connection slot free (53300).
+UNREACHABLE_SQLSTATES = {
+    "08000",
+    "08001",
+    "08003",
+    "08004",
+    "08006",
+    "57P01",
+    "57P02",
+    "57P03",
+    "53300",
+}
 UNREACHABLE = (
-    "The database can't be reached just now. Send the request again in a moment with the"
-    " same Idempotency-Key: a request is applied at most once."
+    "The database can't be reached just now. Send the request again in a moment; sent with"
+    " the same Idempotency-Key, a write is applied at most once."
 )
 MAX_ATTEMPTS = 12
 
@@ -79,8 +90,7 @@ def is_unreachable(error: Exception) -> bool:
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
             return True
-        state = _sqlstate(error) or ""
-        return state.startswith("08") or state in UNREACHABLE_SQLSTATES
+        return _sqlstate(error) in UNREACHABLE_SQLSTATES
     # Refused or timed out while connecting; no pooled connection free in time.
     return isinstance(error, OSError | PoolTimeout)
 

@@ -5,6 +5,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.cli.conftest import Tokenadmin
+from tests.servers import free_port
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.auth.principal import Principal
 
@@ -83,6 +84,13 @@ def test_an_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
     tokenadmin("migrate")
     assert "No organizations yet" in tokenadmin("org", "list").stdout
     assert tokenadmin.json("org", "list") == []
+
+
+def test_a_database_out_of_reach_says_why() -> None:
+    tokenadmin = Tokenadmin(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+    result = tokenadmin("org", "list", expect=2)
+    assert "error: database_unavailable: The database could not be used: " in result.stderr
+    assert "Idempotency-Key" not in result.stderr  # the API's advice, not the command's
 
 
 def test_organizations_are_found_by_name_or_id(tokenadmin: Tokenadmin) -> None:

@@ -43,7 +43,7 @@ from tokenadmin.amounts import parse_amount
 from tokenadmin.clock import SystemClock
 from tokenadmin.config import Settings, get_settings
 from tokenadmin.database import Database
-from tokenadmin.errors import InvalidRequest, NotFound, TokenAdminError
+from tokenadmin.errors import InvalidRequest, NotFound, TokenAdminError, Unavailable
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization import service as organization_service
@@ -144,6 +144,9 @@ class Cli:
 
         try:
             return asyncio.run(main())
+        except Unavailable as error:  # the database out of reach: say why, as below
+            cause = error.__cause__
+            self.fail(_database_error(cause) if isinstance(cause, Exception) else error)
         except TokenAdminError as error:
             self.fail(error)
         except (SQLAlchemyError, OSError) as error:

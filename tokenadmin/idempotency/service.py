@@ -37,8 +37,10 @@ DENIED = frozenset({401, 403, 404})
 
 def kept(answer_status: int) -> bool:
     """Whether an answer is remembered: a denied request (the caller may not act, or the
-    object is not theirs) leaves no trace, so it can't change anything, not even a key."""
-    return answer_status not in DENIED
+    object is not theirs) leaves no trace, so it can't change anything, not even a key;
+    nor does a server-side failure (503: the database out of reach), which the client
+    sends again with the same key to have the request applied then."""
+    return answer_status not in DENIED and answer_status < 500
 
 
 def check_key(key: str) -> str:
