@@ -57,6 +57,7 @@ class Faults:
     kills_mid_request: int = 0  # the process had requests in flight when it died
     database_crashes: int = 0
     restarts: list[float] = field(default_factory=list)  # seconds until it answered again
+    unavailable: int = 0  # answers 503 unavailable (the database out of reach), sent again
 
 
 async def _crash_run(
@@ -163,6 +164,7 @@ async def _crash_run(
         await asyncio.gather(chaos(), *(worker() for _ in range(WORKERS)))
         elapsed = time.monotonic() - started
         sent = run.sent - setup
+        faults.unavailable = run.retried["unavailable"]
 
         # Every acknowledged request is still there: sent once more, it answers the same.
         # Each whose answer was lost or refused for a while (sent more than once), and as
@@ -226,6 +228,7 @@ async def test_kill_9_servers_and_crash_postgresql_under_load_loses_and_doubles_
         crash_database=crash_database,
     )
     assert faults.database_crashes == 1
+    assert faults.unavailable > 0  # requests met the database down, and were sent again
 
 
 async def test_kill_9_the_sqlite_server_mid_write_loses_and_doubles_nothing(

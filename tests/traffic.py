@@ -162,12 +162,14 @@ async def check_ledger(
     expected: dict[str, set[int]] = defaultdict(set)
     used: Counter[tuple[str, str]] = Counter()
     open_reservations: Counter[tuple[str, str]] = Counter()
-    applied_changes = 0
+    changed: Counter[tuple[str, str, int, int]] = Counter()  # user, kind, before, after
     for answer in accepted.values():
         body = answer.body
         if "applied" in body:  # an allowance batch
             assert body["applied"], body
-            applied_changes += len(body["changes"])
+            changed.update(
+                (c["user_id"], c["kind"], c["before"], c["after"]) for c in body["changes"]
+            )
         elif body.get("accepted") is True:  # usage
             expected["usage"].add(body["journal_entry_id"])
             used[(body["user_id"], body["kind"])] += body["tokens"]
@@ -191,7 +193,14 @@ async def check_ledger(
         org_id = uuid.UUID(org)
         entries = (
             await session.execute(
-                select(JournalEntry.id, JournalEntry.action).where(JournalEntry.org_id == org_id)
+                select(
+                    JournalEntry.id,
+                    JournalEntry.action,
+                    JournalEntry.user_id,
+                    JournalEntry.kind,
+                    JournalEntry.allowance_delta,
+                    JournalEntry.allowance_after,
+                ).where(JournalEntry.org_id == org_id)
             )
         ).all()
         rows = (await session.scalars(select(User).where(User.org_id == org_id))).all()
@@ -203,14 +212,22 @@ async def check_ledger(
 
     entries, rows, organization, reservations = await db.read(stored)
     journaled: dict[str, set[int]] = defaultdict(set)
-    for entry_id, action in entries:
+    for entry_id, action, *_ in entries:
         journaled[action].add(entry_id)
     for action in ("usage", "reserve", "commit", "release"):
         assert journaled[action] == expected[action], (
             action,
             sorted(journaled[action] ^ expected[action]),
         )
-    assert len(journaled["allowance_changed"]) == applied_changes
+    # Every change of an accepted allowance batch is in the journal once, with its values.
+    assert (
+        Counter(
+            (str(user_id), kind, after - delta, after)
+            for _, action, user_id, kind, delta, after in entries
+            if action == "allowance_changed"
+        )
+        == changed
+    )
     assert not journaled["reservation_expired"]
     assert sum(1 for r in reservations if r.status == "open") == sum(
         1
