@@ -195,6 +195,41 @@ async def test_with_period_none_usage_never_resets(
     assert await journal(api, org, action="period_started") == []
 
 
+async def test_changing_the_period_to_none_and_back_begins_a_new_period_each_time(
+    api: Api,
+) -> None:
+    """A period beginning where an earlier one began (both at the start of this month, or
+    both `none`) does not take up that period's usage."""
+    org = await funded_org(api)
+    ana, bob = await api.user(org), await api.user(org)
+    await api.use(ana["id"], 150_000, expect=200)
+    await api.use(bob["id"], 50_000, expect=200)
+
+    await api.patch(f"/v1/organizations/{org}", {"period": "none"}, expect=200)
+    assert (await api.balance(org))["inference"]["used"] == 0
+    await api.use(bob["id"], 100_000, expect=200)
+    assert (await api.balance(org))["inference"]["used"] == 100_000
+
+    await api.patch(f"/v1/organizations/{org}", {"period": "monthly"}, expect=200)
+    assert (await api.balance(org))["inference"]["used"] == 0
+    for user in (ana, bob):
+        assert (await get_user(api, user["id"]))["inference"]["used"] == 0
+    await api.use(ana["id"], 200_000, expect=200)  # her whole allowance, afresh
+
+    await api.patch(f"/v1/organizations/{org}", {"period": "none"}, expect=200)
+    assert (await api.balance(org))["inference"]["used"] == 0
+    assert (await get_user(api, bob["id"]))["inference"]["used"] == 0  # not the 100,000
+    await api.use(bob["id"], 200_000, expect=200)
+    resets = [(e["user_id"], e["amount"]) for e in await journal(api, org, action="period_reset")]
+    assert sorted(resets) == sorted(
+        [
+            (bob["id"], 50_000),  # March's, at bob's first use under `none`
+            (ana["id"], 150_000),  # March's, when a period began at March's start again
+            (bob["id"], 100_000),  # the first `none` period's, when `none` began again
+        ]
+    )
+
+
 async def test_open_reservations_carry_over_a_period_boundary(api: Api, clock: FakeClock) -> None:
     org = await funded_org(api)
     ana = await api.user(org)

@@ -68,6 +68,18 @@ async def users_with_retained_allowance(session: AsyncSession, org_id: uuid.UUID
     return (await session.scalars(statement)).all()
 
 
+async def users_with_usage_since(
+    session: AsyncSession, org_id: uuid.UUID, period_start: datetime
+) -> Sequence[User]:
+    """Users whose counters say they used tokens in the period starting at `period_start`."""
+    statement = select(User).where(
+        User.org_id == org_id,
+        User.period_start == period_start,
+        or_(User.inference_used != 0, User.training_used != 0),
+    )
+    return (await session.scalars(statement)).all()
+
+
 async def period_usage(
     session: AsyncSession, org_id: uuid.UUID, period_start: datetime
 ) -> dict[Kind, tuple[int, int]]:

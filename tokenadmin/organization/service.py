@@ -20,6 +20,7 @@ from tokenadmin.journal.service import record
 from tokenadmin.models import Organization, Purchase
 from tokenadmin.organization import repository
 from tokenadmin.tokens import MAX_AMOUNT, Kind, Period, fmt, period_end, period_start
+from tokenadmin.user.periods import reset_usage
 
 EXPIRY_WARNING = timedelta(days=30)
 
@@ -193,6 +194,11 @@ async def _start_period(
                     reason="period started; a deactivated user's usage returns to the balance",
                 )
         user.period_start = start
+    # A period that begins where an earlier one began (the period changed to `none` and
+    # back within a month, or back and forth): counters labelled with that start belong to
+    # the earlier period, and restart now rather than count in this one.
+    for user in await repository.users_with_usage_since(session, org.id, start):
+        reset_usage(session, act, org, user)
     record(
         session,
         act,

@@ -20,6 +20,13 @@ def start_current_period(
     """
     if user.period_start == start:
         return
+    reset_usage(session, act, org, user)
+    user.period_start = start
+
+
+def reset_usage(session: AsyncSession, act: Act, org: Organization, user: User) -> None:
+    """Put the user's usage of the period their counters belong to back to 0, each kind
+    with a `period_reset` entry that keeps the amount."""
     for kind in Kind:
         used = user.used(kind)
         if used:
@@ -34,4 +41,3 @@ def start_current_period(
                 used=-used,
                 details={"period_start": user.period_start.isoformat()},
             )
-    user.period_start = start
