@@ -164,13 +164,13 @@ IDEMPOTENCY_KEY = ("header", "Idempotency-Key")
 
 
 def _validation_details(error: RequestValidationError) -> tuple[str, str, list[dict[str, Any]]]:
-    problems = []
     if error.errors() and all(
         item.get("type") == "missing" and tuple(item.get("loc", ())) == IDEMPOTENCY_KEY
         for item in error.errors()
     ):
         message = "This needs an Idempotency-Key header, so a retry is never counted twice."
         return "idempotency_key_required", message, []
+    problems = []
     for item in error.errors():
         location = [str(part) for part in item.get("loc", ()) if part != "body"]
         problems.append({"field": ".".join(location), "message": item.get("msg", "invalid")})
