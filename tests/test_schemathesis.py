@@ -63,8 +63,9 @@ Schema = dict[str, Any]
 # Every error the API answers has one shape (docs/api.md, "Errors"); these are the statuses
 # any operation may answer with it: a malformed body (400), no or a bad key (401), a key
 # without the scope (403), an object not found (404), a conflict (409), a body too large
-# (413), an invalid request or a refusal by the rules (422). Metering adds 402.
-ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "422")
+# (413), an invalid request or a refusal by the rules (422), a server stopping or cut off
+# from its database (503). Metering adds 402.
+ERROR_STATUSES = ("400", "401", "403", "404", "409", "413", "422", "503")
 METERING_STATUSES = ("402",)
 
 

@@ -128,7 +128,7 @@ AMOUNT_FIELDS = frozenset(
 )
 
 
-API_ERRORS = error_answers(400, 401, 403, 404, 409, 413, 422)
+API_ERRORS = error_answers(400, 401, 403, 404, 409, 413, 422, 503)
 """What any operation of the REST API may answer, in the one error shape of the handlers
 below; declared, FastAPI no longer adds its own 422 (HTTPValidationError), which the API
 never answers."""

@@ -153,7 +153,8 @@ ERROR_ANSWERS: dict[int, str] = {
     409: "A conflict with what is stored now: a version, a state, a key still in flight.",
     413: "The body is over the size limit (request_too_large).",
     422: "A value, or a change the rules refuse; the code says which (docs/api.md, Errors).",
-    503: "The server was stopping and did not apply it: send it again, with the same key.",
+    503: "The server was stopping, or could not reach its database, and did not apply it:"
+    " send it again, with the same key (unavailable).",
 }
 
 

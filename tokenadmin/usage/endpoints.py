@@ -29,7 +29,7 @@ from tokenadmin.usage.schemas import (
 )
 
 router = APIRouter(prefix="/v1", tags=["metering"])
-REFUSALS = error_answers(402, 503)
+REFUSALS = error_answers(402)
 """What metering may answer besides the errors of every operation (app.API_ERRORS)."""
 
 
@@ -109,7 +109,7 @@ async def record_usage(body: UsageFields, meter: MeterDep, key: RequiredKeyDep) 
     return await meter.one(operation)
 
 
-@router.post("/usage/batch", response_model=BatchOut, responses=error_answers(503))
+@router.post("/usage/batch", response_model=BatchOut)
 async def record_usage_batch(body: UsageBatch, meter: MeterDep) -> JSONResponse:
     """Record up to 1,000 usage events; each is accepted or refused on its own."""
     operations = [
