@@ -5,8 +5,9 @@ small reference model after every step, on SQLite and on PostgreSQL.
 moves) with purchases and their expiries, users created, deactivated and reactivated,
 allowance batches and single changes, usage, batches of usage, reservations with commit,
 release and expiry (by the sweeper, by a commit that comes too late, or by a debit that
-needs the room), clock moves across month ends in the organization's time zone, and
-replays of idempotency keys. The model is plain Python: capacity, allocated, and per user
+needs the room), clock moves across month ends in the organization's time zone, policy
+changes (overallocation, minimums, the period monthly or none), and replays of
+idempotency keys. The model is plain Python: capacity, allocated, and per user
 the allowance, used and open reservations. After every step it checks SPEC section 3 on
 what the API reports, that every balance the API reports equals the model's, and that
 `verify` finds the journal and the stored balances in agreement.
@@ -69,7 +70,7 @@ from tokenadmin.sweeper import sweep
 
 T = TypeVar("T")
 
-DEFAULT_EXAMPLES, DEFAULT_STEPS, DEFAULT_SEED = 25, 25, 20261127
+DEFAULT_EXAMPLES, DEFAULT_STEPS, DEFAULT_SEED = 25, 25, 20261129
 MODEL_EXAMPLES = int(os.environ.get("TOKENADMIN_MODEL_EXAMPLES", DEFAULT_EXAMPLES))
 MODEL_STEPS = int(os.environ.get("TOKENADMIN_MODEL_STEPS", DEFAULT_STEPS))
 MODEL_SEED = os.environ.get("TOKENADMIN_MODEL_SEED")
@@ -345,6 +346,7 @@ class ChangePolicy:
     overallocation: bool | None
     min_inference: int | None
     min_training: int | None
+    period: str | None
     keyed: bool
 
 
@@ -505,6 +507,7 @@ WEIGHTED: list[tuple[int, type[Operation], st.SearchStrategy[Operation]]] = [
             overallocation=st.none() | st.booleans(),
             min_inference=st.none() | st.sampled_from([0, 100, 1_000, 2_500]),
             min_training=st.none() | st.sampled_from([0, 50, 500]),
+            period=st.sampled_from([None, None, None, "monthly", "none"]),
             keyed=st.booleans(),
         ),
     ),
@@ -1035,13 +1038,16 @@ class LedgerMachine(RuleBasedStateMachine):
         overallocation: bool | None,
         min_inference: int | None,
         min_training: int | None,
+        period: str | None,
         keyed: bool,
     ) -> None:
-        """Overallocation on or off, and the minimums: a minimum is not raised above what an
-        active user has (rule 4)."""
+        """Overallocation on or off, the minimums, and the period: a minimum is not raised
+        above what an active user has (rule 4); a change of period begins a new one."""
         body: dict[str, Any] = {}
         if overallocation is not None:
             body["overallocation"] = overallocation
+        if period is not None:
+            body["period"] = period
         minimums = {"inference": min_inference, "training": min_training}
         for kind, value in minimums.items():
             if value is not None:
@@ -1084,8 +1090,14 @@ class LedgerMachine(RuleBasedStateMachine):
             if value is not None and value != self.minimum[kind]:
                 self.minimum[kind] = value
                 changed = True
+        if period is not None and period != self.period:
+            self.period = period
+            changed = True
+            for user in self.users:  # a new period: usage starts again at 0
+                user.used = zeros()
         self.policy_version += changed
         fields = {
+            "period": self.period,
             "overallocation": self.overallocation,
             "min_inference": self.minimum["inference"],
             "min_training": self.minimum["training"],
@@ -1661,8 +1673,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 self.to_month_end(offset)
             case Sweep():
                 self.run_sweeper()
-            case ChangePolicy(overallocation, min_inference, min_training, keyed):
-                self.change_policy(overallocation, min_inference, min_training, keyed)
+            case ChangePolicy(overallocation, min_inference, min_training, period, keyed):
+                self.change_policy(overallocation, min_inference, min_training, period, keyed)
 
     def possible(self) -> frozenset[type[Operation]]:
         impossible: set[type[Operation]] = set()
