@@ -4,19 +4,26 @@ crash tests (tests/test_crash.py) show the same under load, with the database cr
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.pool import QueuePool
 
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.helpers import Api, funded_org
 from tests.servers import free_port
 from tokenadmin.app import create_app
 from tokenadmin.config import Settings
-from tokenadmin.database import Database
+from tokenadmin.dashboard.web import csv_download
+from tokenadmin.database import UNREACHABLE, Database
+from tokenadmin.errors import Unavailable
 from tokenadmin.organization import service as organization_service
 
 
@@ -45,11 +52,10 @@ async def test_a_database_out_of_reach_answers_503_unavailable_and_never_500() -
 
 
 @pytest.mark.postgres_only
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_connections_the_database_cut_are_replaced_without_a_restart(
     api: Api, db: Database
 ) -> None:
-    if db.is_sqlite:
-        pytest.skip("PostgreSQL's connections only")
     org = await funded_org(api)
     ana = await api.user(org)
     await api.use(ana["id"], 10, expect=200)
@@ -97,3 +103,31 @@ async def test_a_write_cut_off_from_the_database_is_applied_when_sent_again_with
     assert (await api.get(f"/v1/organizations/{org}"))["name"] == "Renamed"
     replayed = await api.call("PATCH", f"/v1/organizations/{org}", json=body, idempotency_key="k-1")
     assert replayed.headers.get("Idempotent-Replayed") == "true"
+
+
+async def test_a_csv_download_opens_its_snapshot_before_the_answer_starts(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So a database out of reach answers 503, not a 200 whose file is cut short; and the
+    snapshot is closed once the file is sent."""
+
+    async def produce(session: AsyncSession) -> AsyncIterator[str]:
+        yield "organizations\n"
+        yield f"{await session.scalar(text('SELECT count(*) FROM organizations'))}\n"
+
+    response = await csv_download(db, produce, "file.csv")
+    assert [chunk async for chunk in response.body_iterator] == ["organizations\n", "0\n"]
+    assert response.background is not None
+    await response.background()  # as Starlette runs it after sending: closing again is harmless
+    pool = db.read_engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedout() == 0
+
+    @asynccontextmanager
+    async def out_of_reach(*, snapshot: bool = False) -> AsyncIterator[AsyncSession]:
+        raise Unavailable(UNREACHABLE)
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(db, "reading", out_of_reach)
+    with pytest.raises(Unavailable):
+        await csv_download(db, produce, "file.csv")

@@ -214,7 +214,8 @@ def _print_balance(balance: BalanceOut) -> None:
     kinds = {"inference": balance.inference, "training": balance.training}
     period = "prepaid, never resets"
     if balance.period_start is not None and balance.period_end is not None:
-        period = f"{balance.period_start:%Y-%m-%d} to {balance.period_end:%Y-%m-%d} (UTC)"
+        # Instants, not days: a month in Berlin begins at 22:00 or 23:00 UTC the day before.
+        period = f"{balance.period_start:%Y-%m-%d %H:%M} to {balance.period_end:%Y-%m-%d %H:%M} UTC"
     rows = [
         (kind, b.capacity, b.allocated, b.balance, b.used, b.reserved) for kind, b in kinds.items()
     ]

@@ -155,7 +155,7 @@ def usage_balance(ctx: typer.Context, user: UserOption, json_output: Json = Fals
         for kind, b in (("inference", balance.inference), ("training", balance.training))
     ]
     columns = ("kind", "allowance", "used", "reserved", "remaining", "org remaining", "available")
-    ends = f", period ends {balance.period_end:%Y-%m-%d}" if balance.period_end else ""
+    ends = f", period ends {balance.period_end:%Y-%m-%d %H:%M} UTC" if balance.period_end else ""
     out().print(table(f"{balance.email} ({balance.status}{ends})", columns, rows))
 
 

@@ -14,10 +14,10 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokenadmin.dashboard.web import ViewerDep, render, require_org
+from tokenadmin.dashboard.web import ViewerDep, csv_download, render, require_org
 from tokenadmin.deps import clock_of, db_of
 from tokenadmin.journal import repository as journal_repository
 from tokenadmin.journal.service import ACTIONS, JournalFilter
@@ -231,28 +231,22 @@ async def journal_csv(
     org = await db.read(lambda session: organization_service.get(session, org_id))
     zone = ZoneInfo(org.time_zone)
 
-    async def chunks() -> AsyncIterator[str]:
+    async def chunks(session: AsyncSession) -> AsyncIterator[str]:
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)
         before_id: int | None = None
-        # One read transaction: the pages are of one snapshot.
-        async with db.reading(snapshot=True) as session:
-            while True:
-                query, _problems = await _query(session, org, filters, before_id, CSV_CHUNK)
-                entries = await journal_repository.list_entries(session, query) if query else []
-                emails = await _emails(session, org, entries)
-                for entry in entries:
-                    writer.writerow([_safe(v) for v in _row(entry, emails, zone)])
-                yield buffer.getvalue()
-                buffer.seek(0)
-                buffer.truncate()
-                if len(entries) < CSV_CHUNK:
-                    return
-                before_id = entries[-1].id
+        while True:  # pages of one snapshot
+            query, _problems = await _query(session, org, filters, before_id, CSV_CHUNK)
+            entries = await journal_repository.list_entries(session, query) if query else []
+            emails = await _emails(session, org, entries)
+            for entry in entries:
+                writer.writerow([_safe(v) for v in _row(entry, emails, zone)])
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+            if len(entries) < CSV_CHUNK:
+                return
+            before_id = entries[-1].id
 
-    return StreamingResponse(
-        chunks(),
-        media_type="text/csv; charset=utf-8",
-        headers={"content-disposition": 'attachment; filename="journal.csv"'},
-    )
+    return await csv_download(db, chunks, "journal.csv")

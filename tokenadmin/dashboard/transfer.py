@@ -4,16 +4,15 @@ allowances, in `allowance.service`): this page uploads, previews and applies."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Form, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
-from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
+from tokenadmin.dashboard.web import ViewerDep, WriterDep, csv_download, render, require_org
 from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import InvalidRequest
 from tokenadmin.organization import service as organization_service
@@ -135,15 +134,7 @@ async def export_csv(request: Request, org_id: uuid.UUID, viewer: ViewerDep) -> 
     await organization_service.up_to_date(db, org_id, now)
     org = await db.read(lambda session: organization_service.get(session, org_id))
 
-    async def chunks() -> AsyncIterator[str]:
-        # One read transaction for the whole file: a consistent snapshot, streamed.
-        async with db.reading(snapshot=True) as session:
-            async for chunk in csv_io.export_chunks(session, org, now):
-                yield chunk
-
     stamp = now.astimezone(ZoneInfo(org.time_zone)).strftime("%Y-%m-%d")
-    return StreamingResponse(
-        chunks(),
-        media_type="text/csv; charset=utf-8",
-        headers={"content-disposition": f'attachment; filename="users-{stamp}.csv"'},
+    return await csv_download(
+        db, lambda session: csv_io.export_chunks(session, org, now), f"users-{stamp}.csv"
     )

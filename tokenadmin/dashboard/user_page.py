@@ -24,8 +24,8 @@ from tokenadmin.journal import repository as journal_repository
 from tokenadmin.journal.service import JournalFilter
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
-from tokenadmin.organization.service import current_period
-from tokenadmin.tokens import Kind, Period, period_end
+from tokenadmin.organization.service import current_period, current_period_end
+from tokenadmin.tokens import Kind, Period
 from tokenadmin.usage import repository as usage_repository
 from tokenadmin.usage.service import KindAvailability, availability
 from tokenadmin.user import repository as user_repository
@@ -159,7 +159,7 @@ async def user_view(
     """Everything the user page and the member's own page show."""
     zone = ZoneInfo(org.time_zone)
     start = current_period(org, now)
-    end = period_end(org.period, org.time_zone, now)
+    end = current_period_end(org, now)
     kinds: dict[Kind, KindAvailability] = await availability(session, org, user, now)
     usage = await usage_of(session, org, user, now)
     days, months = usage.days, usage.months
