@@ -405,6 +405,9 @@ TIMES: list[tuple[str, Any]] = [
     ("beyond the calendar in UTC", "9999-12-31T23:59:59-12:00"),
     ("before the calendar in UTC", "0001-01-01T00:00:00+14:00"),
     ("a huge timestamp", 10**20),
+    ("seconds since 1970", 1800000000),
+    ("seconds since 1970 as text", "1800000000"),
+    ("an ISO basic date, read as seconds", "20270101"),
 ]
 ZONES: list[tuple[str, Any]] = [
     ("'Mars/Base'", "Mars/Base"),
@@ -412,7 +415,12 @@ ZONES: list[tuple[str, Any]] = [
     ("a path", "../../etc/passwd"),
     ("empty", ""),
 ]
-DATES: list[tuple[str, Any]] = [("not a date", "2026-02-30"), ("words", "yesterday")]
+DATES: list[tuple[str, Any]] = [
+    ("not a date", "2026-02-30"),
+    ("words", "yesterday"),
+    ("seconds since 1970 at midnight", 1799971200),
+    ("seconds since 1970 at midnight as text", "1799971200"),
+]
 BOOLEANS: list[tuple[str, Any]] = [("a string", "true"), ("a number", 1), ("a list", [True])]
 JSON_OBJECTS: list[tuple[str, Any]] = [
     ("a string", "x"),

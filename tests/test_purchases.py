@@ -135,6 +135,38 @@ async def test_an_expiry_without_an_offset_is_read_in_the_organizations_zone(api
     assert instant(with_offset["expires_at"]) == utc("2026-04-01 00:00")
 
 
+async def test_a_time_written_as_a_number_is_refused_not_read_as_seconds_since_1970(
+    api: Api,
+) -> None:
+    """Pydantic reads "1800000000" as 2027-01-15 and "20270101" as a day of August 1970; a
+    client that meant milliseconds, or a date, would get an expiry decades off."""
+    org = await _org(api)
+    purchase = await api.purchase(org, 1_000, expires_at="2026-06-01T00:00:00Z")
+    mark = await last_entry_id(api, org)
+    purchases = f"/v1/organizations/{org}/purchases"
+    for field, value in [
+        ("expires_at", "1800000000"),
+        ("expires_at", "1800000000000"),
+        ("expires_at", "20270101"),
+        ("expires_at", 1800000000),
+        ("expires_at", 1.8e9),
+        ("purchased_on", "1799971200"),
+        ("purchased_on", 1799971200),
+    ]:
+        response = await api.call("POST", purchases, json={"inference_amount": 1_000, field: value})
+        error = error_of(response, 422, "invalid_request")
+        assert error["errors"][0]["field"] == field, (value, error)
+        message = response.json()["error"]["message"]
+        assert message.startswith(f"{field}: "), (value, message)
+        assert "ISO 8601" in message, (value, message)
+        if field == "expires_at":
+            moved = await api.call("PATCH", f"{purchases}/{purchase['id']}", json={field: value})
+            error_of(moved, 422, "invalid_request")
+    assert await last_entry_id(api, org) == mark
+    listed = await api.get(purchases)
+    assert [instant(p["expires_at"]) for p in listed] == [utc("2026-06-01 00:00")]
+
+
 async def test_an_expiry_must_be_in_the_future(api: Api) -> None:
     org = await _org(api)
     mark = await last_entry_id(api, org)

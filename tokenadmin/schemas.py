@@ -77,12 +77,19 @@ given where it is used: `Field(max_length=...)`."""
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200), *_STORABLE]
 
 
-def _written_out(value: object) -> object:
-    # Pydantic reads a number, or text that is one ("0.5"), as seconds (or milliseconds)
-    # since 1970: a client that meant the other unit would silently get a time decades off.
-    if isinstance(value, int | float) or (isinstance(value, str) and _is_number(value)):
-        raise ValueError("write a time with its offset, such as 2026-03-01T00:00:00Z")
-    return value
+def written_out(example: str) -> BeforeValidator:
+    """Times and dates are ISO 8601 text: a number, or text that is one, is refused with a
+    message that shows `example`."""
+
+    def check(value: object) -> object:
+        # Pydantic reads a number, or text that is one ("1800000000", "0.5", even the ISO
+        # basic date "20270101"), as seconds (or milliseconds) since 1970: a client that
+        # meant another unit would silently get a time decades off.
+        if isinstance(value, int | float) or (isinstance(value, str) and _is_number(value)):
+            raise ValueError(f"write ISO 8601 text, such as {example}, not a number")
+        return value
+
+    return BeforeValidator(check)
 
 
 def _is_number(text: str) -> bool:
@@ -101,11 +108,12 @@ def _within_the_calendar(moment: datetime) -> datetime:
     return moment
 
 
-Moment = Annotated[
-    AwareDatetime, BeforeValidator(_written_out), AfterValidator(_within_the_calendar)
-]
+WITHIN_THE_CALENDAR = AfterValidator(_within_the_calendar)
+"""A time in the years 2 to 9998, which UTC and every zone can hold."""
+
+Moment = Annotated[AwareDatetime, written_out("2026-03-01T00:00:00Z"), WITHIN_THE_CALENDAR]
 """A time written out as ISO 8601 text with its offset (2026-03-01T00:00:00Z), in the years
-2 to 9998, as `organization.schemas.Expiry` bounds an expiry."""
+2 to 9998."""
 
 
 def check_json_value(value: Any, field: str) -> None:

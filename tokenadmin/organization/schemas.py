@@ -4,33 +4,19 @@ import uuid
 from datetime import date, datetime
 from typing import Annotated, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, StrictBool, model_validator
+from pydantic import BaseModel, Field, StrictBool, model_validator
 
 from tokenadmin.auth.principal import SCOPES
 from tokenadmin.models import ApiKey, Organization, Purchase
 from tokenadmin.organization.service import Balance
-from tokenadmin.schemas import Amount, Input, Name, Text
+from tokenadmin.schemas import WITHIN_THE_CALENDAR, Amount, Input, Name, Text, written_out
 from tokenadmin.tokens import Period
 
+Expiry = Annotated[datetime, written_out("2027-01-01 or 2027-01-01T00:00:00Z"), WITHIN_THE_CALENDAR]
+"""An expiry: ISO 8601 text, a time or a date; without an offset it is read in the
+organization's time zone (organization.endpoints), as the CLI and the dashboard read it."""
 
-def _written_out(value: object) -> object:
-    # Pydantic would read a number as seconds (or milliseconds) since 1970: a client that
-    # meant the other unit would silently get an expiry decades off.
-    if isinstance(value, int | float):
-        raise ValueError("write a date or a time, such as 2027-01-01 or 2027-01-01T00:00:00Z")
-    return value
-
-
-def _within_the_calendar(moment: datetime) -> datetime:
-    # Read in the organization's zone or moved to UTC, a time in the years 1 or 9999 can
-    # fall outside the calendar Python knows; no purchase runs out that early or that late.
-    if not 2 <= moment.year <= 9998:
-        raise ValueError("an expiry must fall between the years 2 and 9998")
-    return moment
-
-
-Expiry = Annotated[datetime, BeforeValidator(_written_out), AfterValidator(_within_the_calendar)]
-Day = Annotated[date, BeforeValidator(_written_out)]
+Day = Annotated[date, written_out("2027-01-01")]
 
 
 class OrganizationCreate(Input):
@@ -81,8 +67,8 @@ class PurchaseCreate(Input):
     purchased_on: Day | None = None
     expires_at: Expiry | None = Field(
         default=None,
-        description="When the purchase stops counting. A date or a time without an offset"
-        " is read in the organization's time zone.",
+        description="When the purchase stops counting: ISO 8601 text, a time or a date. A"
+        " date or a time without an offset is read in the organization's time zone.",
     )
     payer: Text = Field(default="", max_length=200)
     note: Text = Field(default="", max_length=2000)
