@@ -1054,6 +1054,41 @@ async def test_every_bad_input_is_refused_with_a_documented_code_and_changes_not
     assert changed_tables(before, await snapshot(db))
 
 
+@pytest.mark.parametrize("route", sorted(API_WRITES), ids=" ".join)
+async def test_every_write_that_honours_an_idempotency_key_declares_it_in_the_openapi(
+    route: tuple[str, str], app: FastAPI, client: httpx.AsyncClient, api: Api, world: World
+) -> None:
+    """Sent twice with one key, a write that honours the header answers the first answer
+    again (Idempotent-Replayed); its OpenAPI operation declares the header, required only
+    where a missing key is refused (POST /v1/usage). A batch, whose events carry their own
+    keys, neither replays on the header nor declares it."""
+    method, template = route
+    write = API_WRITES[route]
+    body = write.body(world)
+    key = {"Idempotency-Key": f"declared-{uuid.uuid4().hex}"}
+    valid = BadInput("valid", None if body is None else _encode(body), headers=key)
+    answers = []
+    for _ in range(2):
+        response = await send(
+            client, method, write.path(world), valid, secret=api.secret, fresh_key=False
+        )
+        assert isinstance(response, httpx.Response), response
+        assert response.status_code == write.status, response.text
+        answers.append(response)
+    replayed = answers[1].headers.get("Idempotent-Replayed") == "true"
+    assert replayed is write.takes_key, "the header is honoured as API_WRITES says"
+
+    parameters = app.openapi()["paths"][template][method.lower()].get("parameters", [])
+    declared = [p for p in parameters if (p["in"], p["name"]) == ("header", "Idempotency-Key")]
+    if not write.takes_key:
+        assert not declared, declared
+        return
+    assert len(declared) == 1, parameters
+    assert declared[0]["required"] is write.key_required
+    assert declared[0]["description"]
+    assert declared[0]["schema"]["maxLength"] == 255
+
+
 def test_every_dashboard_write_has_its_bad_inputs(app: FastAPI) -> None:
     routes = write_routes(app, api=False)
     assert ("POST", "/login") in routes

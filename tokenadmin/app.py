@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -35,6 +36,7 @@ from tokenadmin.organization.endpoints import router as organization_router
 from tokenadmin.schemas import error_answers
 from tokenadmin.usage import service as usage_service
 from tokenadmin.usage.coalescer import Coalescer
+from tokenadmin.usage.endpoints import KEY
 from tokenadmin.usage.endpoints import router as usage_router
 from tokenadmin.user.endpoints import org_router as org_user_router
 from tokenadmin.user.endpoints import router as user_router
@@ -140,10 +142,27 @@ BEARER = {
 }
 
 
-def _declare_bearer_keys(app: FastAPI) -> None:
+WRITES = frozenset({"post", "put", "patch", "delete"})
+
+KEYS_IN_THE_BODY = frozenset({("post", "/v1/usage/batch")})
+"""Writes whose events carry their own `idempotency_key` in the body instead of the header."""
+
+IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": KEY.description,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "title": "Idempotency-Key"},
+}
+
+
+def _declare_what_deps_check(app: FastAPI) -> None:
     """The OpenAPI says what tokenadmin.deps checks: every /v1 operation needs an API key as
-    a bearer token. Said here rather than by a security dependency on the routes, which
-    would add a step to every metering request for nothing but the OpenAPI."""
+    a bearer token, and every /v1 write takes an optional Idempotency-Key (docs/api.md,
+    Idempotency), which `deps.idempotent_write` reads from the request. Said here rather
+    than by dependencies on the routes, which would add steps to every request (metering's
+    included) for nothing but the OpenAPI. Routes that declare the key themselves (metering,
+    where POST /v1/usage requires it) keep their own declaration."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -152,12 +171,20 @@ def _declare_bearer_keys(app: FastAPI) -> None:
             spec.setdefault("components", {})["securitySchemes"] = {"bearer": BEARER}
             for path, operations in spec["paths"].items():
                 if path.startswith("/v1/"):
-                    for operation in operations.values():
+                    for method, operation in operations.items():
                         operation["security"] = [{"bearer": []}]
+                        if method in WRITES and (method, path) not in KEYS_IN_THE_BODY:
+                            _declare_idempotency_key(operation)
         assert app.openapi_schema is not None
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's way to extend it
+
+
+def _declare_idempotency_key(operation: dict[str, Any]) -> None:
+    parameters: list[dict[str, Any]] = operation.setdefault("parameters", [])
+    if not any(p["in"] == "header" and p["name"].lower() == "idempotency-key" for p in parameters):
+        parameters.append(copy.deepcopy(IDEMPOTENCY_KEY_PARAMETER))
 
 
 IDEMPOTENCY_KEY = ("header", "Idempotency-Key")
@@ -324,6 +351,6 @@ def create_app(
         journal_router,
     ):
         app.include_router(router, responses=API_ERRORS)
-    _declare_bearer_keys(app)
+    _declare_what_deps_check(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
