@@ -81,6 +81,32 @@ async def test_the_journal_filters_by_actor(api: Api) -> None:
     assert [(e["action"], e["amount"]) for e in entries] == [("usage", 5)]
 
 
+async def test_the_actor_filter_reads_wildcards_and_the_escape_character_literally(
+    api: Api,
+) -> None:
+    """An actor holds a key's name, which may hold % and _: the filter finds them as
+    characters, on both databases, not as LIKE's wildcards (nor / or \\ as its escape)."""
+    org, ana, _ = await _busy_org(api)
+    names = ["meter%team", "meter_team", "meterXteam", "meter/team", "meter\\team"]
+    for amount, name in enumerate(names, start=1):
+        key = await api.post(
+            f"/v1/organizations/{org}/api-keys", {"name": name, "scopes": ["usage"]}, expect=201
+        )
+        await api.as_key(key["key"]).use(ana["id"], amount, expect=200)
+
+    async def found(actor: str) -> list[str]:
+        return [e["actor"] for e in await journal(api, org, actor=actor)]
+
+    assert await found("%") == ["key:meter%team"]
+    assert await found("%team") == ["key:meter%team"]
+    assert await found("_") == ["key:meter_team"]
+    assert await found("r_t") == ["key:meter_team"]
+    assert await found("/") == ["key:meter/team"]
+    assert await found("\\") == ["key:meter\\team"]
+    assert await found("meter") == [f"key:{name}" for name in names]
+    assert await found("key:meter_team") == ["key:meter_team"]
+
+
 async def test_the_journal_filters_by_time(api: Api, clock: FakeClock) -> None:
     org = await funded_org(api)
     ana = await api.user(org)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, and_, func, or_, select
+from sqlalchemy import Row, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, aliased
 
@@ -115,9 +115,8 @@ async def list_entries(session: AsyncSession, query: JournalFilter) -> Sequence[
     if query.action is not None:
         statement = statement.where(JournalEntry.action == query.action)
     if query.actor is not None:
-        statement = statement.where(
-            or_(JournalEntry.actor == query.actor, JournalEntry.actor.like(f"%{query.actor}%"))
-        )
+        # Literally: % and _ in a key's name are characters to find, not wildcards.
+        statement = statement.where(JournalEntry.actor.contains(query.actor, autoescape=True))
     if query.since is not None:
         statement = statement.where(JournalEntry.created_at >= query.since)
     if query.until is not None:
