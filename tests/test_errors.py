@@ -10,9 +10,13 @@ import pytest
 
 from tests.helpers import Api, funded_org
 from tests.scenarios import error_of, get_user, last_entry_id, org_api
+from tests.servers import free_port
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
+from tokenadmin.app import create_app
 from tokenadmin.clock import FakeClock
+from tokenadmin.config import Settings
+from tokenadmin.dashboard.web import SESSION_COOKIE
 from tokenadmin.database import Database
 
 USAGE = {"kind": "inference", "tokens": 10}
@@ -381,3 +385,31 @@ async def test_refusals_share_one_shape_across_statuses(api: Api) -> None:
         422,
         "invalid_request",
     )
+
+
+# --- the database out of reach ---------------------------------------------------------------
+
+
+async def test_a_503_says_when_to_send_again_in_json_and_on_a_page() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"  # nothing listens there
+    app = create_app(Settings(database_url=url), run_sweeper=False)
+    transport = httpx.ASGITransport(app=app)
+    key = {"Authorization": "Bearer ta_unknown"}
+    usage = {"user": "ana@example.com", "kind": "inference", "tokens": 1}
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t.test") as client:
+            for response in (
+                await client.get("/healthz"),
+                await client.get("/v1/organizations", headers=key),
+                await client.post("/v1/usage", json=usage, headers={**key, "Idempotency-Key": "k"}),
+                await client.post("/v1/organizations", json={"name": "A"}, headers=key),
+            ):
+                error_of(response, 503, "unavailable")
+                assert response.headers["Retry-After"] == "1", response.request.url
+            client.cookies.set(SESSION_COOKIE, "a-session")
+            page = await client.get("/", headers={"Accept": "text/html"})
+            assert page.status_code == 503, page.text[:300]
+            assert page.headers["content-type"].startswith("text/html")
+            assert page.headers["Retry-After"] == "1"
+    finally:
+        await app.state.db.dispose()

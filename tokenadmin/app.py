@@ -292,8 +292,11 @@ def create_app(
     @app.exception_handler(TokenAdminError)
     async def _refusal(request: Request, error: TokenAdminError) -> Response:
         if wants_html(request):
-            return error_page(request, error)
-        return JSONResponse(error.to_dict(), status_code=error.status_code)
+            response: Response = error_page(request, error)
+        else:
+            response = JSONResponse(error.to_dict(), status_code=error.status_code)
+        response.headers.update(error.headers)
+        return response
 
     @app.exception_handler(SignInRequired)
     async def _sign_in(request: Request, error: SignInRequired) -> Response:

@@ -6,12 +6,16 @@ error's HTTP status in one handler (see app.py); the CLI prints the same code an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 
 class TokenAdminError(Exception):
     code: str = "error"
     status_code: int = 400
+    headers: Mapping[str, str] = MappingProxyType({})
+    """HTTP headers the API's answer carries besides the error (the CLI has no use for them)."""
 
     def __init__(
         self,
@@ -20,6 +24,7 @@ class TokenAdminError(Exception):
         details: dict[str, Any] | None = None,
         code: str | None = None,
         status_code: int | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -28,6 +33,8 @@ class TokenAdminError(Exception):
             self.code = code
         if status_code is not None:
             self.status_code = status_code
+        if headers is not None:
+            self.headers = headers
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
@@ -100,7 +107,11 @@ class ReservationClosed(Conflict):
 
 
 class Unavailable(TokenAdminError):
-    """The service is stopping; the request was not applied and may be sent again."""
+    """The server is stopping, or can't reach its database (database.UNREACHABLE). Send the
+    request again: a stopping server did not apply it, but a write cut off from the database
+    may have committed before the connection broke, so send a write again with the same
+    Idempotency-Key, which applies it at most once."""
 
     code = "unavailable"
     status_code = 503
+    headers = MappingProxyType({"Retry-After": "1"})

@@ -161,13 +161,25 @@ ERROR_ANSWERS: dict[int, str] = {
     409: "A conflict with what is stored now: a version, a state, a key still in flight.",
     413: "The body is over the size limit (request_too_large).",
     422: "A value, or a change the rules refuse; the code says which (docs/api.md, Errors).",
-    503: "The server was stopping, or could not reach its database, and did not apply it:"
-    " send it again, with the same key (unavailable).",
+    503: "The server was stopping, or could not reach its database (unavailable): send it"
+    " again after Retry-After seconds, a write with the same Idempotency-Key, as one cut off"
+    " from the database may have been applied (the key applies it at most once).",
 }
+
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before sending the request again.",
+        "schema": {"type": "integer"},
+    }
+}
+"""The header of every 503 answer (errors.Unavailable)."""
 
 
 def error_answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The OpenAPI `responses` of these statuses, each in the one error shape."""
-    return {
-        status: {"model": ErrorOut, "description": ERROR_ANSWERS[status]} for status in statuses
-    }
+    answers: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        answers[status] = {"model": ErrorOut, "description": ERROR_ANSWERS[status]}
+        if status == 503:
+            answers[status]["headers"] = RETRY_AFTER
+    return answers
