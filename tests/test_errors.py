@@ -312,6 +312,25 @@ async def test_a_chunked_body_over_the_limit_is_refused_with_413(
     error_of(response, 413, "request_too_large")
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+async def test_a_dashboard_form_over_the_limit_is_refused_with_a_page(
+    client: httpx.AsyncClient, chunked: bool
+) -> None:
+    form = b"email=ana%40example.com&password=" + b"x" * 2_000_001
+    headers = {"Accept": "text/html", "Content-Type": "application/x-www-form-urlencoded"}
+    content = _pieces(form) if chunked else form
+    page = await client.post("/login", content=content, headers=headers)
+    assert page.status_code == 413, page.text[:300]
+    assert page.headers["content-type"].startswith("text/html")
+    assert "request_too_large" in page.text
+    assert "Request bodies are limited to" in page.text
+
+
+async def _pieces(content: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(content), 100_000):
+        yield content[start : start + 100_000]
+
+
 # --- routes ----------------------------------------------------------------------------------
 
 

@@ -99,7 +99,13 @@ class BodyLimit:
         return f"Request bodies are limited to {self.max_bytes:,} bytes."
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = _error(413, "request_too_large", self._message)
+        request = Request(scope)
+        response: Response
+        if wants_html(request):  # a dashboard form over the limit: a page, as for any refusal
+            refusal = TokenAdminError(self._message, code="request_too_large", status_code=413)
+            response = error_page(request, refusal)
+        else:
+            response = _error(413, "request_too_large", self._message)
         await response(scope, receive, send)
 
 
