@@ -333,7 +333,10 @@ def test_retry_after_is_honoured() -> None:
         backoff=0.5,
     )
     client.record_usage("ana@example.com", "inference", 10)
-    assert sleeps == [2.0]
+    assert len(sleeps) == 1
+    assert (
+        2.0 <= sleeps[0] <= 3.0
+    )  # what it asks, and a spread so clients don't all come back at once
     assert len(script.requests) == 2
 
 
@@ -350,7 +353,7 @@ def test_backoff_has_jitter_and_a_ceiling() -> None:
     delays = [policy.delay(attempt) for attempt in range(6)]
     assert 0.5 <= delays[0] <= 1.0
     assert all(2.0 <= d <= 4.0 for d in delays[2:])
-    assert policy.delay(0, retry_after=3.5) == 3.5
+    assert 3.5 <= policy.delay(0, retry_after=3.5) <= 5.25
     assert policy.delay(0, retry_after=3600) <= 1.0  # an hour is not waited for in a call
     with pytest.raises(ValueError, match="negative"):
         RetryPolicy(max_retries=-1)

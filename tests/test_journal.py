@@ -105,6 +105,7 @@ async def test_the_actor_filter_reads_wildcards_and_the_escape_character_literal
     assert await found("\\") == ["key:meter\\team"]
     assert await found("meter") == [f"key:{name}" for name in names]
     assert await found("key:meter_team") == ["key:meter_team"]
+    assert await found("METER%TEAM") == ["key:meter%team"]  # in any case, on both databases
 
 
 async def test_the_journal_filters_by_time(api: Api, clock: FakeClock) -> None:

@@ -163,8 +163,10 @@ async def test_a_throttled_email_answers_alike_whether_it_exists_or_not(
 
 
 def retry_after(response: httpx.Response) -> int:
+    """The wait the page states, which the Retry-After header states too."""
     found = re.search(r"Try again in (\d+) seconds", response.text)
     assert found, response.text
+    assert response.headers.get("retry-after") == found.group(1)
     return int(found.group(1))
 
 

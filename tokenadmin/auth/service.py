@@ -97,6 +97,7 @@ async def _check_not_blocked(
                 code="sign_in_throttled",
                 status_code=429,
                 details={"retry_after": wait},
+                headers={"Retry-After": str(wait)},
             )
 
 

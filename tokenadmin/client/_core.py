@@ -64,10 +64,10 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before retry number `attempt + 1` (attempt counts from 0)."""
-        if retry_after is not None and retry_after <= MAX_RETRY_AFTER:
-            return retry_after
-        ceiling = min(self.backoff_max, self.backoff * 2.0**attempt)
         # Jitter spreads out clients that failed together, so they don't retry together.
+        if retry_after is not None and retry_after <= MAX_RETRY_AFTER:
+            return retry_after * random.uniform(1.0, 1.5)  # at least what the service asks
+        ceiling = min(self.backoff_max, self.backoff * 2.0**attempt)
         return ceiling * random.uniform(0.5, 1.0)
 
 

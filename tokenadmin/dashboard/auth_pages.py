@@ -110,13 +110,15 @@ async def login(
             )
         )
     except TokenAdminError as error:
-        return _login_form(
+        page = _login_form(
             request,
             error=error.message,
             email=email,
             status_code=error.status_code,
             next_path=next,
         )
+        page.headers.update(error.headers)  # a wait's Retry-After
+        return page
     if signed_in is None:
         await db.write(
             partial(

@@ -116,7 +116,7 @@ async def list_entries(session: AsyncSession, query: JournalFilter) -> Sequence[
         statement = statement.where(JournalEntry.action == query.action)
     if query.actor is not None:
         # Literally: % and _ in a key's name are characters to find, not wildcards.
-        statement = statement.where(JournalEntry.actor.contains(query.actor, autoescape=True))
+        statement = statement.where(JournalEntry.actor.icontains(query.actor, autoescape=True))
     if query.since is not None:
         statement = statement.where(JournalEntry.created_at >= query.since)
     if query.until is not None:
