@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import re
 from datetime import timedelta
@@ -168,3 +170,49 @@ async def test_pages_need_a_session(client: httpx.AsyncClient, admin: str) -> No
     page = await client.get(f"/orgs/{admin}", headers=HTML)
     assert page.status_code == 303
     assert page.headers["location"] == f"/login?next=/orgs/{admin}"
+
+
+async def test_the_journal_page_and_its_csv_apply_the_same_filters(
+    api: Api, client: httpx.AsyncClient, admin: str
+) -> None:
+    ana = await api.user(admin, "ana@example.com")
+    await api.use(ana["id"], 7, expect=200)
+    await api.use(ana["id"], 11, expect=200)
+    assert (await _sign_in(client, "ada@example.com")).status_code == 303
+    filters = {"action": "usage", "user": "ana@example.com", "kind": "inference"}
+
+    page = await client.get(f"/orgs/{admin}/journal", params=filters, headers=HTML)
+    download = await client.get(f"/orgs/{admin}/journal.csv", params=filters)
+
+    assert page.status_code == download.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(download.text)))
+    assert len(rows) == 2, download.text
+    assert {row["action"] for row in rows} == {"usage"}
+    assert page.text.count("ana@example.com") >= 2
+    nothing = await client.get(f"/orgs/{admin}/journal.csv", params={"action": "commit"})
+    assert nothing.status_code == 200
+    assert list(csv.DictReader(io.StringIO(nothing.text))) == []
+
+
+async def test_the_csv_import_takes_a_file_far_over_the_json_body_limit(
+    client: httpx.AsyncClient, admin: str
+) -> None:
+    """The API's bodies are limited to 2 MB; the import reads files of up to 32 MB (an
+    export of 100,000 users is about 7 MB), streamed as it reads them; beyond, 413."""
+    assert (await _sign_in(client, "ada@example.com")).status_code == 303
+    page = await client.get(f"/orgs/{admin}/import", headers=HTML)
+    match = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert match
+    form = {"csrf_token": match.group(1), "action": "preview"}
+
+    async def upload(size: int) -> httpx.Response:
+        content = b"not,the,columns\n" + b"x" * (size - 16)
+        files = {"file": ("users.csv", content, "text/csv")}
+        return await client.post(f"/orgs/{admin}/import", data=form, files=files, headers=HTML)
+
+    read = await upload(20_000_000)
+    assert read.status_code == 422, read.text[:300]  # read whole, and its columns refused
+    assert "invalid_csv" in read.text or "column" in read.text.lower()
+    refused = await upload(33 * 1024 * 1024)
+    assert refused.status_code == 413, refused.text[:300]
+    assert "Request bodies are limited to" in refused.text

@@ -7,13 +7,14 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.types import Message, Receive, Scope, Send
 
 from tests.helpers import Api, funded_org
 from tests.scenarios import error_of, get_user, last_entry_id, org_api
 from tests.servers import free_port
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
-from tokenadmin.app import create_app
+from tokenadmin.app import BodyLimit, create_app
 from tokenadmin.clock import FakeClock
 from tokenadmin.config import Settings
 from tokenadmin.dashboard.web import SESSION_COOKIE
@@ -432,3 +433,48 @@ async def test_a_503_says_when_to_send_again_in_json_and_on_a_page() -> None:
             assert page.headers["Retry-After"] == "1"
     finally:
         await app.state.db.dispose()
+
+
+async def test_a_request_abandoned_mid_body_never_reaches_the_app() -> None:
+    """A write that reads no body (deactivate, release, revoke) must not be applied for a
+    client that left before its body ended: no one would get the answer."""
+    reached: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope)
+
+    messages: list[Message] = [
+        {"type": "http.request", "body": b"{", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    async def send(message: Message) -> None:
+        raise AssertionError(f"nothing is answered: {message}")
+
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/users/0/deactivate",
+        "headers": [(b"content-length", b"1000")],
+    }
+    await BodyLimit(app, max_bytes=2_000_000)(scope, receive, send)
+    assert reached == []
+
+
+async def test_a_static_file_sent_a_write_answers_405_with_what_it_allows(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post("/static/app.css")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, HEAD"
+
+
+def test_the_openapi_says_the_health_check_may_answer_503() -> None:
+    app = create_app(Settings(database_url="sqlite:///unused.db"), run_sweeper=False)
+    answers = app.openapi()["paths"]["/healthz"]["get"]["responses"]
+    assert answers["503"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorOut"
+    }

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import copy
 import logging
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -28,6 +29,7 @@ from tokenadmin.api_key.cache import KeyCache
 from tokenadmin.clock import Clock, SystemClock
 from tokenadmin.config import Settings, get_settings
 from tokenadmin.dashboard import router as dashboard_router
+from tokenadmin.dashboard.transfer import MAX_UPLOAD_BYTES
 from tokenadmin.dashboard.web import SignInRequired, error_page, sign_in_url, wants_html
 from tokenadmin.database import Database
 from tokenadmin.errors import TokenAdminError
@@ -62,17 +64,30 @@ class BodyLimit:
     so for them this is one message read a little earlier than the app would have read it.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_bytes: int, uploads: Mapping[re.Pattern[str], int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        # Routes that read their own, larger body (the dashboard's CSV import): their body
+        # is counted as they read it, streamed (a multipart file spills to disk), not held.
+        self.uploads = dict(uploads or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = next(
+            (size for path, size in self.uploads.items() if path.fullmatch(scope["path"])),
+            None,
+        )
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        too_long = limit or self.max_bytes
+        if declared is not None and declared.isdigit() and int(declared) > too_long:
+            await self._refuse(scope, receive, send, too_long)
+            return
+        if limit is not None:
+            await self.app(scope, self._counting(receive, limit), send)
             return
         message = await receive()
         chunks: list[bytes] = []
@@ -81,31 +96,47 @@ class BodyLimit:
             chunks.append(message.get("body", b""))
             seen += len(chunks[-1])
             if seen > self.max_bytes:
-                await self._refuse(scope, receive, send)
+                await self._refuse(scope, receive, send, self.max_bytes)
                 return
             if not message.get("more_body", False):
                 break
             message = await receive()
         else:
-            # The client left before its body ended: the app sees the disconnect.
-            await self.app(scope, _replay(message, receive), send)
+            # The client left before its body ended: nothing is applied, no one is answered.
             return
         if len(chunks) > 1:
             message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         await self.app(scope, _replay(message, receive), send)
 
-    @property
-    def _message(self) -> str:
-        return f"Request bodies are limited to {self.max_bytes:,} bytes."
+    @staticmethod
+    def _message(limit: int) -> str:
+        return f"Request bodies are limited to {limit:,} bytes."
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def _counting(self, receive: Receive, limit: int) -> Receive:
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    # Raised while the route reads its body; the handler of HTTPException
+                    # answers 413 request_too_large (a page to a browser).
+                    raise StarletteHTTPException(413, self._message(limit))
+            return message
+
+        return counted
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         request = Request(scope)
         response: Response
+        message = self._message(limit)
         if wants_html(request):  # a dashboard form over the limit: a page, as for any refusal
-            refusal = TokenAdminError(self._message, code="request_too_large", status_code=413)
+            refusal = TokenAdminError(message, code="request_too_large", status_code=413)
             response = error_page(request, refusal)
         else:
-            response = _error(413, "request_too_large", self._message)
+            response = _error(413, "request_too_large", message)
         await response(scope, receive, send)
 
 
@@ -137,6 +168,8 @@ AMOUNT_FIELDS = frozenset(
 
 
 API_ERRORS = error_answers(400, 401, 403, 404, 409, 413, 422, 503)
+# The dashboard's CSV import reads a file of up to MAX_UPLOAD_BYTES, with room for its form.
+UPLOADS = {re.compile(r"/orgs/[^/]+/import"): MAX_UPLOAD_BYTES + 64 * 1024}
 """What any operation of the REST API may answer, in the one error shape of the handlers
 below; declared, FastAPI no longer adds its own 422 (HTTPValidationError), which the API
 never answers."""
@@ -333,8 +366,8 @@ def create_app(
         else:
             response = _error(error.status_code, code, str(error.detail))
         response.headers.update(error.headers or {})
-        if error.status_code == 405:
-            response.headers["allow"] = _allowed_methods(request)
+        if error.status_code == 405 and (allowed := _allowed_methods(request)):
+            response.headers["allow"] = allowed  # else the raiser's own (static files)
         return response
 
     @app.exception_handler(Exception)
@@ -344,7 +377,7 @@ def create_app(
             500, "internal_error", "Something went wrong on our side; nothing was changed."
         )
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], responses=error_answers(503))
     async def healthz() -> dict[str, str]:
         """Whether the service and its database answer."""
         await db.read(lambda session: session.execute(text("SELECT 1")))
@@ -361,5 +394,5 @@ def create_app(
     ):
         app.include_router(router, responses=API_ERRORS)
     _declare_what_deps_check(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, uploads=UPLOADS)
     return app

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -125,21 +125,30 @@ async def _emails(
     return {u.id: u.email for u in users}
 
 
-@router.get("/orgs/{org_id}/journal")
-async def journal_page(
-    request: Request,
-    org_id: uuid.UUID,
-    viewer: ViewerDep,
+def _filters(
     user: Filter = "",
     kind: Filter = "",
     action: Filter = "",
     actor: Filter = "",
     since: Filter = "",
     until: Filter = "",
+) -> Filters:
+    """The filters of the query string, as the page and its CSV download read them."""
+    return Filters(user.strip(), kind, action.strip(), actor.strip(), since, until)
+
+
+FiltersDep = Annotated[Filters, Depends(_filters)]
+
+
+@router.get("/orgs/{org_id}/journal")
+async def journal_page(
+    request: Request,
+    org_id: uuid.UUID,
+    viewer: ViewerDep,
+    filters: FiltersDep,
     before_id: Annotated[int | None, Query(ge=1)] = None,
 ) -> HTMLResponse:
     require_org(viewer, org_id, "read")
-    filters = Filters(user.strip(), kind, action.strip(), actor.strip(), since, until)
     db = db_of(request)
 
     async def load(session: AsyncSession) -> dict[str, Any]:
@@ -218,15 +227,9 @@ async def journal_csv(
     request: Request,
     org_id: uuid.UUID,
     viewer: ViewerDep,
-    user: Filter = "",
-    kind: Filter = "",
-    action: Filter = "",
-    actor: Filter = "",
-    since: Filter = "",
-    until: Filter = "",
+    filters: FiltersDep,
 ) -> Response:
     require_org(viewer, org_id, "read")
-    filters = Filters(user.strip(), kind, action.strip(), actor.strip(), since, until)
     db = db_of(request)
     org = await db.read(lambda session: organization_service.get(session, org_id))
     zone = ZoneInfo(org.time_zone)
