@@ -4,6 +4,7 @@ crash tests (tests/test_crash.py) show the same under load, with the database cr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,7 @@ from tests.helpers import Api, funded_org
 from tests.servers import free_port
 from tokenadmin.app import create_app
 from tokenadmin.config import Settings
+from tokenadmin.dashboard import web
 from tokenadmin.dashboard.web import csv_download
 from tokenadmin.database import UNREACHABLE, Database
 from tokenadmin.errors import Unavailable
@@ -131,3 +133,34 @@ async def test_a_csv_download_opens_its_snapshot_before_the_answer_starts(
     monkeypatch.setattr(db, "reading", out_of_reach)
     with pytest.raises(Unavailable):
         await csv_download(db, produce, "file.csv")
+
+
+@pytest.mark.postgres_only
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_csv_download_whose_client_stalls_gives_its_connection_back(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def produce(session: AsyncSession) -> AsyncIterator[str]:
+        yield str(await session.scalar(text("SHOW idle_in_transaction_session_timeout")))
+
+    response = await csv_download(db, produce, "file.csv")
+    assert [chunk async for chunk in response.body_iterator] == ["1min"]
+
+    # A client that stops reading (here: for longer than a shortened limit) loses its
+    # download when it is next read for, and the connection is not kept.
+    monkeypatch.setattr(web, "STALLED", "100ms")
+
+    async def stalled(session: AsyncSession) -> AsyncIterator[str]:
+        yield "first\n"
+        await asyncio.sleep(0.5)  # the client has not read the first part yet
+        yield str(await session.scalar(text("SELECT 1")))
+
+    response = await csv_download(db, stalled, "file.csv")
+    chunks = aiter(response.body_iterator)
+    assert await anext(chunks) == "first\n"
+    with pytest.raises(Unavailable) as lost:
+        await anext(chunks)
+    assert "connection is closed" in str(lost.value.__cause__)  # by the server, idle too long
+    pool = db.read_engine.pool
+    assert isinstance(pool, QueuePool)
+    assert pool.checkedout() == 0
