@@ -84,6 +84,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+async def pg(postgres_url: str) -> AsyncIterator[Database]:
+    """An emptied PostgreSQL database alone, for the tests of several server processes."""
+    database = Database(postgres_url, pool_size=5)
+    await empty_postgres(database)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
 def clock() -> FakeClock:
     return FakeClock(START)
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.databases import empty_postgres
 from tests.servers import running_servers
 from tests.traffic import operator_key
 from tokenadmin.database import Database
@@ -20,14 +18,6 @@ from tokenadmin.journal.service import verify
 from tokenadmin.models import JournalEntry, User
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def pg(postgres_url: str) -> AsyncIterator[Database]:
-    database = Database(postgres_url, pool_size=5)
-    await empty_postgres(database)
-    yield database
-    await database.dispose()
 
 
 async def test_200_concurrent_debits_from_three_processes_never_overshoot(

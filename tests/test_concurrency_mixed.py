@@ -19,13 +19,11 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.databases import empty_postgres
 from tests.servers import running_servers
 from tests.traffic import Ledger, Run, check_ledger, create_organization, operator_key
 from tokenadmin.database import Database
@@ -36,14 +34,6 @@ USERS = 8
 CAPACITY = 2_400_000  # room for some raises, not for all of them
 TRAIN_CAPACITY = 500_000
 DEBIT_SIZES = (1, 7, 100, 999, 5_000, 20_000, 60_000)
-
-
-@pytest.fixture
-async def pg(postgres_url: str) -> AsyncIterator[Database]:
-    database = Database(postgres_url, pool_size=5)
-    await empty_postgres(database)
-    yield database
-    await database.dispose()
 
 
 async def test_500_mixed_concurrent_requests_through_three_processes_keep_every_rule(
