@@ -157,4 +157,3 @@ async def test_500_mixed_concurrent_requests_through_three_processes_keep_every_
         f"\n{requests} requests (plus {sum(run.retried.values())} retries of answers"
         f" {dict(run.retried)}) through 3 processes in {elapsed:.1f} s"
     )
-    assert elapsed < 60
