@@ -24,7 +24,18 @@ class Period(StrEnum):
 
 
 ALLOWANCE_FIELD = {Kind.inference: "max_tokens", Kind.training: "max_train_tokens"}
-"""The product's names for the allowance of each kind: "Max Tokens" and "Max Train Tokens"."""
+"""The field that holds the allowance of each kind, in the API, the CSV and the database."""
+
+ALLOWANCE_LABEL = {Kind.inference: "Max Tokens", Kind.training: "Max Train Tokens"}
+"""The product's names for the allowance of each kind, as administrators read them."""
+
+DEFAULT_MINIMUM = {Kind.inference: 200_000, Kind.training: 0}
+"""An organization's minimum allowance per kind unless its policy says otherwise (rule 4)."""
+
+
+def balance(capacity: int, allocated: int) -> int:
+    """The token balance of a kind: what an administrator still has to hand out."""
+    return capacity - allocated
 
 
 def period_start(period: Period | str, time_zone: str, now: datetime) -> datetime:
