@@ -36,6 +36,7 @@ from tokenadmin.errors import TokenAdminError
 from tokenadmin.journal.endpoints import router as journal_router
 from tokenadmin.organization.endpoints import router as organization_router
 from tokenadmin.schemas import error_answers
+from tokenadmin.token_request import endpoints as token_request_endpoints
 from tokenadmin.usage import service as usage_service
 from tokenadmin.usage.coalescer import Coalescer
 from tokenadmin.usage.endpoints import KEY
@@ -391,6 +392,9 @@ def create_app(
         user_router,
         allowance_router,
         journal_router,
+        token_request_endpoints.router,
+        token_request_endpoints.org_router,
+        token_request_endpoints.user_router,
     ):
         app.include_router(router, responses=API_ERRORS)
     _declare_what_deps_check(app)

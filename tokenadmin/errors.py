@@ -106,6 +106,18 @@ class ReservationClosed(Conflict):
     code = "reservation_closed"
 
 
+class RequestAlreadyDecided(Conflict):
+    """A token request is decided once: approved, denied or withdrawn."""
+
+    code = "request_already_decided"
+
+
+class RequestAlreadyPending(Conflict):
+    """At most one pending token request per user and kind."""
+
+    code = "request_already_pending"
+
+
 class Unavailable(TokenAdminError):
     """The server is stopping, or can't reach its database (database.UNREACHABLE). Send the
     request again: a stopping server did not apply it, but a write cut off from the database

@@ -8,6 +8,7 @@ from tokenadmin.models.journal import JournalEntry
 from tokenadmin.models.organization import Organization
 from tokenadmin.models.purchase import Purchase
 from tokenadmin.models.reservation import Reservation
+from tokenadmin.models.token_request import TokenRequest
 from tokenadmin.models.user import User
 
 __all__ = [
@@ -21,5 +22,6 @@ __all__ = [
     "Purchase",
     "Reservation",
     "SignInFailure",
+    "TokenRequest",
     "User",
 ]
