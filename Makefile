@@ -2,37 +2,59 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# One stamp per set of extras installed, named after pyproject.toml's checksum: each installs
+# once, and again only when pyproject.toml changes. `run` installs what serving needs;
+# `test` adds the test tools.
+HASH := $(shell cksum < pyproject.toml | cut -d' ' -f1)
+SERVE := $(VENV)/.installed-server-$(HASH)
+DEV := $(VENV)/.installed-dev-$(HASH)
+# The sync client, generated from the async one (hatch_build.py); never edited by hand.
+SYNC := tokenadmin/client/_sync.py
+comma := ,
 
 .PHONY: run test lint types pytest bench-dashboard bench clean
 
-$(STAMP): pyproject.toml
+define install
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	rm -f $(VENV)/.installed-*
-	touch $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[$(1)]'
+	find $(VENV) -maxdepth 1 -name '.installed-*' ! -name '*-$(HASH)' -delete
+endef
 
-run: $(STAMP)
+$(SERVE): pyproject.toml
+	$(call install,server)
+	touch $@
+
+$(DEV): pyproject.toml
+	$(call install,server$(comma)dev)
+	touch $@ $(SERVE)
+
+# The build hook (hatch_build.py) writes the sync client at every build: rebuilding the
+# editable install (the package alone, its dependencies are there) runs it.
+$(SYNC): tokenadmin/client/_async.py hatch_build.py | $(SERVE)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+run: $(SERVE) $(SYNC)
 	$(BIN)/tokenadmin migrate
 	$(BIN)/tokenadmin demo --if-empty
 	$(BIN)/tokenadmin serve
 
-lint: $(STAMP)
-	$(BIN)/ruff check tokenadmin tests migrations bench
-	$(BIN)/ruff format --check tokenadmin tests migrations bench
+lint: $(DEV) $(SYNC)
+	$(BIN)/ruff check tokenadmin tests migrations bench hatch_build.py
+	$(BIN)/ruff format --check tokenadmin tests migrations bench hatch_build.py
 
-types: $(STAMP)
+types: $(DEV) $(SYNC)
 	$(BIN)/mypy tokenadmin tests
 
-pytest: $(STAMP)
+pytest: $(DEV) $(SYNC)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint types pytest
 
 # The dashboard's user table at 100,000 users (throwaway SQLite and PostgreSQL databases);
 # appends its figures to bench/RESULTS.md. Not part of `make test`.
-bench-dashboard: $(STAMP)
+bench-dashboard: $(DEV) $(SYNC)
 	$(BIN)/python -m bench.user_table
 
 # Metering (usage, batch, reservations) under load against the limit of each database
@@ -40,8 +62,8 @@ bench-dashboard: $(STAMP)
 # entries, and administration at scale, with exactness checks; needs wrk and pgbench; under
 # ten minutes. Appends its figures to bench/RESULTS.md. BENCH_ARGS=--quick for a short run
 # that records nothing.
-bench: $(STAMP)
+bench: $(DEV) $(SYNC)
 	$(BIN)/python -m bench.metering $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(SYNC)

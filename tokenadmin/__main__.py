@@ -1,3 +1,3 @@
-from tokenadmin.cli import main
+from tokenadmin import main
 
 main()

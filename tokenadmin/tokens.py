@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Protocol
 from zoneinfo import ZoneInfo
 
 MAX_AMOUNT = 2**53
@@ -55,6 +56,52 @@ def period_end(period: Period | str, time_zone: str, now: datetime) -> datetime 
     local = now.astimezone(zone)
     year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
     return datetime(year, month, 1, tzinfo=zone).astimezone(UTC)
+
+
+ZONE_SPREAD = timedelta(days=2)
+"""More than the largest difference between two time zones' offsets (26 hours): two days
+after a period's start is inside the calendar month it stands for, in any zone."""
+
+
+class PeriodPolicy(Protocol):
+    """What the period of an organization depends on (an `Organization` has it)."""
+
+    @property
+    def period(self) -> str: ...
+    @property
+    def time_zone(self) -> str: ...
+    @property
+    def period_start(self) -> datetime: ...
+
+
+def _month(moment: datetime, time_zone: str) -> tuple[int, int]:
+    local = moment.astimezone(ZoneInfo(time_zone))
+    return local.year, local.month
+
+
+def current_period(org: PeriodPolicy, now: datetime) -> datetime:
+    """Start of the organization's period at `now`.
+
+    Each calendar month has one period, and a period stands for the month it began in (in
+    the zone of that moment). A new period begins only when a later month begins in the
+    organization's zone: after a time zone change to a zone still in the month before, the
+    period goes on, with its usage, until the month after the one it stands for; it never
+    goes back to a month whose allowance was already given (nor when a clock runs behind).
+    """
+    start = period_start(org.period, org.time_zone, now)
+    if Period(org.period) is Period.none:
+        return start
+    if _month(now, org.time_zone) > _month(org.period_start + ZONE_SPREAD, org.time_zone):
+        return start
+    return org.period_start
+
+
+def current_period_end(org: PeriodPolicy, now: datetime) -> datetime | None:
+    """End (exclusive) of the period at `now`: the start of the month after the one it
+    stands for, in the organization's zone; None when it never ends."""
+    if Period(org.period) is Period.none:
+        return None
+    return period_end(org.period, org.time_zone, current_period(org, now) + ZONE_SPREAD)
 
 
 def fmt(amount: int) -> str:

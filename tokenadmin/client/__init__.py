@@ -5,9 +5,9 @@
     with Client("https://tokens.example.com", api_key="ta_...") as tokens:
         tokens.record_usage("ana@example.com", "inference", 1_500, idempotency_key=request_id)
 
-Both clients send each operation as the same `Call` (see `_operations.py`), retry it with
-the same idempotency key, and answer with the service's own response models. See
-docs/client.md.
+Each operation is written once, in `AsyncClient` (`_async.py`); `Client` (`_sync.py`) is
+generated from it. Both send the same `Call`, retry it with the same idempotency key, and
+answer with the service's own response models. See docs/client.md.
 """
 
 from tokenadmin.allowance.schemas import AllowancePreview, AllowanceRow

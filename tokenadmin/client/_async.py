@@ -1,28 +1,45 @@
-"""`AsyncClient`: the tokenadmin REST API over an httpx.AsyncClient."""
+"""The client's one definition of every API operation: `AsyncClient`.
+
+Each method says, once, what its operation sends and answers: its signature, its
+docstring and the `Call` it makes (method, path, body or query, idempotency key, answer
+type). `Client` in `_sync.py` is generated from this file by unasync (`make
+tokenadmin/client/_sync.py`, or any build of the package): edit this file, never that one.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
+from pydantic_core import to_jsonable_python
 
 from tokenadmin.allowance.schemas import AllowancePreview
-from tokenadmin.client import _operations as op
-from tokenadmin.client._core import DEFAULT_TIMEOUT, Call, Core, RetryPolicy
-from tokenadmin.client._operations import (
+from tokenadmin.client._core import (
+    DEFAULT_TIMEOUT,
     AllowanceRowIn,
+    AsyncSleep,
+    Call,
+    Core,
     Granularity,
     Id,
     KindName,
     Order,
     PeriodName,
+    RetryPolicy,
     UsageEventIn,
     UserRef,
     UserStatus,
+    event,
+    fields,
+    query,
+    read,
+    row,
+    url,
+    write,
 )
 from tokenadmin.journal.schemas import JournalPage
 from tokenadmin.organization.schemas import (
@@ -44,9 +61,13 @@ from tokenadmin.user.schemas import (
 
 T = TypeVar("T")
 
+ORGANIZATION = "/v1/organizations/{}"
+USER = "/v1/users/{}"
+RESERVATION = "/v1/reservations/{}"
+
 
 class AsyncClient:
-    """The tokenadmin REST API, asynchronously: the same methods as `Client`, awaited.
+    """The tokenadmin REST API: `AsyncClient`'s methods are awaited, `Client`'s are not.
 
     Reads and writes are retried on connection failures, timeouts, 5xx, 429 and the 409s
     that ask for a retry, with exponential backoff and jitter, honouring Retry-After.
@@ -73,7 +94,7 @@ class AsyncClient:
         )
         policy = RetryPolicy(max_retries, backoff, backoff_max)
         self._core = Core(base_url, api_key, policy, None if self._owns_http else timeout)
-        self._sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self._sleep: AsyncSleep = asyncio.sleep
 
     async def aclose(self) -> None:
         """Close the connections (an http_client you passed in stays open)."""
@@ -108,6 +129,8 @@ class AsyncClient:
             attempt += 1
 
     # --- organizations ---------------------------------------------------------------------
+    # Each write takes its body from its own arguments: `fields(locals(), <ids in the path>)`
+    # comes first, before the method binds any other name.
 
     async def create_organization(
         self,
@@ -121,25 +144,17 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> OrganizationOut:
         """Create an organization (platform operators)."""
-        return await self._send(
-            op.create_organization(
-                name,
-                time_zone=time_zone,
-                period=period,
-                min_inference=min_inference,
-                min_training=min_training,
-                overallocation=overallocation,
-                idempotency_key=idempotency_key,
-            )
-        )
+        body = fields(locals())
+        path = "/v1/organizations"
+        return await self._send(write("POST", path, OrganizationOut, idempotency_key, body))
 
     async def list_organizations(self) -> list[OrganizationOut]:
         """All organizations for operators; one's own otherwise."""
-        return await self._send(op.list_organizations())
+        return await self._send(read("/v1/organizations", list[OrganizationOut]))
 
     async def get_organization(self, org_id: Id) -> OrganizationOut:
         """An organization and its policy."""
-        return await self._send(op.get_organization(org_id))
+        return await self._send(read(url(ORGANIZATION, org_id), OrganizationOut))
 
     async def update_organization(
         self,
@@ -154,18 +169,9 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> OrganizationOut:
         """Change an organization's name or policy; what you leave None stays."""
-        return await self._send(
-            op.update_organization(
-                org_id,
-                name=name,
-                time_zone=time_zone,
-                period=period,
-                min_inference=min_inference,
-                min_training=min_training,
-                overallocation=overallocation,
-                idempotency_key=idempotency_key,
-            )
-        )
+        body = fields(locals(), "org_id")
+        path = url(ORGANIZATION, org_id)
+        return await self._send(write("PATCH", path, OrganizationOut, idempotency_key, body))
 
     async def record_purchase(
         self,
@@ -180,22 +186,13 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> PurchaseOut:
         """Record a purchase of tokens (platform operators)."""
-        return await self._send(
-            op.record_purchase(
-                org_id,
-                inference_amount=inference_amount,
-                training_amount=training_amount,
-                purchased_on=purchased_on,
-                expires_at=expires_at,
-                payer=payer,
-                note=note,
-                idempotency_key=idempotency_key,
-            )
-        )
+        body = fields(locals(), "org_id")
+        path = url(ORGANIZATION + "/purchases", org_id)
+        return await self._send(write("POST", path, PurchaseOut, idempotency_key, body))
 
     async def list_purchases(self, org_id: Id) -> list[PurchaseOut]:
         """An organization's purchases, expired ones included."""
-        return await self._send(op.list_purchases(org_id))
+        return await self._send(read(url(ORGANIZATION + "/purchases", org_id), list[PurchaseOut]))
 
     async def change_purchase_expiry(
         self,
@@ -206,33 +203,32 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> PurchaseOut:
         """Set, move or (with None) clear a purchase's expiry (platform operators)."""
-        return await self._send(
-            op.change_purchase_expiry(
-                org_id, purchase_id, expires_at, idempotency_key=idempotency_key
-            )
-        )
+        body = {"expires_at": to_jsonable_python(expires_at)}  # sent even when None: null clears it
+        path = url(ORGANIZATION + "/purchases/{}", org_id, purchase_id)
+        return await self._send(write("PATCH", path, PurchaseOut, idempotency_key, body))
 
     async def get_balance(self, org_id: Id) -> BalanceOut:
         """The token balance of both kinds: capacity, allocated, balance, used, reserved."""
-        return await self._send(op.get_balance(org_id))
+        return await self._send(read(url(ORGANIZATION + "/balance", org_id), BalanceOut))
 
     async def create_api_key(
         self, org_id: Id, name: str, scopes: Sequence[str], *, idempotency_key: str | None = None
     ) -> ApiKeyCreated:
         """Create an API key; `.key` is in this answer only."""
-        return await self._send(
-            op.create_api_key(org_id, name, scopes, idempotency_key=idempotency_key)
-        )
+        body = fields(locals(), "org_id")
+        path = url(ORGANIZATION + "/api-keys", org_id)
+        return await self._send(write("POST", path, ApiKeyCreated, idempotency_key, body))
 
     async def list_api_keys(self, org_id: Id) -> list[ApiKeyOut]:
         """The organization's API keys (never the keys themselves)."""
-        return await self._send(op.list_api_keys(org_id))
+        return await self._send(read(url(ORGANIZATION + "/api-keys", org_id), list[ApiKeyOut]))
 
     async def revoke_api_key(
         self, org_id: Id, key_id: Id, *, idempotency_key: str | None = None
     ) -> ApiKeyOut:
         """Revoke an API key; it stops working at once."""
-        return await self._send(op.revoke_api_key(org_id, key_id, idempotency_key=idempotency_key))
+        path = url(ORGANIZATION + "/api-keys/{}", org_id, key_id)
+        return await self._send(write("DELETE", path, ApiKeyOut, idempotency_key))
 
     # --- users and allowances --------------------------------------------------------------
 
@@ -250,19 +246,8 @@ class AsyncClient:
         offset: int | None = None,
     ) -> UserPage:
         """Search, filter, sort and page through an organization's users."""
-        return await self._send(
-            op.list_users(
-                org_id,
-                search=search,
-                status=status,
-                role=role,
-                near_limit=near_limit,
-                sort=sort,
-                order=order,
-                limit=limit,
-                offset=offset,
-            )
-        )
+        params = query(locals(), "org_id")
+        return await self._send(read(url(ORGANIZATION + "/users", org_id), UserPage, params))
 
     async def create_user(
         self,
@@ -277,22 +262,13 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> UserOut:
         """Add a user; allowances default to the organization's minimums."""
-        return await self._send(
-            op.create_user(
-                org_id,
-                email,
-                name,
-                role=role,
-                max_tokens=max_tokens,
-                max_train_tokens=max_train_tokens,
-                password=password,
-                idempotency_key=idempotency_key,
-            )
-        )
+        body = fields(locals(), "org_id")
+        path = url(ORGANIZATION + "/users", org_id)
+        return await self._send(write("POST", path, UserOut, idempotency_key, body))
 
     async def get_user(self, user_id: Id) -> UserOut:
         """A user with their allowances and this period's usage."""
-        return await self._send(op.get_user(user_id))
+        return await self._send(read(url(USER, user_id), UserOut))
 
     async def update_user(
         self,
@@ -307,22 +283,13 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> UserOut:
         """Change a user in one atomic step; with expected_version, refused if it changed."""
-        return await self._send(
-            op.update_user(
-                user_id,
-                name=name,
-                role=role,
-                max_tokens=max_tokens,
-                max_train_tokens=max_train_tokens,
-                expected_version=expected_version,
-                reason=reason,
-                idempotency_key=idempotency_key,
-            )
-        )
+        body = fields(locals(), "user_id")
+        return await self._send(write("PATCH", url(USER, user_id), UserOut, idempotency_key, body))
 
     async def deactivate_user(self, user_id: Id, *, idempotency_key: str | None = None) -> UserOut:
         """Deactivate a user: usage stops, reservations are released."""
-        return await self._send(op.deactivate_user(user_id, idempotency_key=idempotency_key))
+        path = url(USER + "/deactivate", user_id)
+        return await self._send(write("POST", path, UserOut, idempotency_key))
 
     async def reactivate_user(
         self,
@@ -333,24 +300,20 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> UserOut:
         """Reactivate a user with at least the organization's minimums."""
-        return await self._send(
-            op.reactivate_user(
-                user_id,
-                max_tokens=max_tokens,
-                max_train_tokens=max_train_tokens,
-                idempotency_key=idempotency_key,
-            )
-        )
+        body = fields(locals(), "user_id")
+        path = url(USER + "/reactivate", user_id)
+        return await self._send(write("POST", path, UserOut, idempotency_key, body))
 
     async def get_user_balance(self, user_id: Id) -> UserBalanceOut:
         """What a user may still use of each kind."""
-        return await self._send(op.get_user_balance(user_id))
+        return await self._send(read(url(USER + "/balance", user_id), UserBalanceOut))
 
     async def get_usage_history(
         self, user_id: Id, *, granularity: Granularity = "day"
     ) -> UsageHistoryOut:
         """A user's usage per day of this period, or per month of the past year."""
-        return await self._send(op.get_usage_history(user_id, granularity=granularity))
+        params = query(locals(), "user_id")
+        return await self._send(read(url(USER + "/usage", user_id), UsageHistoryOut, params))
 
     async def change_allowances(
         self,
@@ -362,11 +325,9 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> AllowancePreview:
         """Change Max Tokens and Max Train Tokens of many users: all rows or none."""
-        return await self._send(
-            op.change_allowances(
-                org_id, rows, dry_run=dry_run, reason=reason, idempotency_key=idempotency_key
-            )
-        )
+        body = fields(locals(), "org_id", "rows") | {"changes": [row(r) for r in rows]}
+        path = url(ORGANIZATION + "/allowances", org_id)
+        return await self._send(write("POST", path, AllowancePreview, idempotency_key, body))
 
     # --- journal ---------------------------------------------------------------------------
 
@@ -384,19 +345,8 @@ class AsyncClient:
         limit: int | None = None,
     ) -> JournalPage:
         """Journal entries, newest first; the next page starts before `next_before_id`."""
-        return await self._send(
-            op.list_journal(
-                org_id,
-                user=user,
-                kind=kind,
-                action=action,
-                actor=actor,
-                since=since,
-                until=until,
-                before_id=before_id,
-                limit=limit,
-            )
-        )
+        params = query(locals(), "org_id")
+        return await self._send(read(url(ORGANIZATION + "/journal", org_id), JournalPage, params))
 
     # --- metering --------------------------------------------------------------------------
 
@@ -414,23 +364,14 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> UsageAccepted:
         """Record usage; raises InsufficientTokens when it does not fit what remains."""
-        return await self._send(
-            op.record_usage(
-                user,
-                kind,
-                tokens,
-                model=model,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                dataset=dataset,
-                metadata=metadata,
-                idempotency_key=idempotency_key,
-            )
-        )
+        body = fields(locals())
+        return await self._send(write("POST", "/v1/usage", UsageAccepted, idempotency_key, body))
 
     async def record_usage_batch(self, events: Sequence[UsageEventIn]) -> BatchOut:
         """Record up to 1,000 usage events; each is accepted or refused on its own."""
-        return await self._send(op.record_usage_batch(events))
+        # The batch itself takes no key: each event carries its own, made now (see `event`).
+        body = {"events": [event(e) for e in events]}
+        return await self._send(Call("POST", "/v1/usage/batch", BatchOut, json=body))
 
     async def reserve(
         self,
@@ -447,39 +388,27 @@ class AsyncClient:
         idempotency_key: str | None = None,
     ) -> ReservationOut:
         """Hold tokens until commit, release or expiry."""
-        return await self._send(
-            op.reserve(
-                user,
-                kind,
-                tokens,
-                ttl_seconds=ttl_seconds,
-                model=model,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                dataset=dataset,
-                metadata=metadata,
-                idempotency_key=idempotency_key,
-            )
-        )
+        body = fields(locals())
+        path = "/v1/reservations"
+        return await self._send(write("POST", path, ReservationOut, idempotency_key, body))
 
     async def commit_reservation(
         self, reservation_id: Id, *, tokens: int | None = None, idempotency_key: str | None = None
     ) -> ReservationOut:
         """Commit what was used (default: all of it); the rest is released."""
-        return await self._send(
-            op.commit_reservation(reservation_id, tokens=tokens, idempotency_key=idempotency_key)
-        )
+        body = fields(locals(), "reservation_id")
+        path = url(RESERVATION + "/commit", reservation_id)
+        return await self._send(write("POST", path, ReservationOut, idempotency_key, body))
 
     async def release_reservation(
         self, reservation_id: Id, *, idempotency_key: str | None = None
     ) -> ReservationOut:
         """Release a reservation without using it."""
-        return await self._send(
-            op.release_reservation(reservation_id, idempotency_key=idempotency_key)
-        )
+        path = url(RESERVATION + "/release", reservation_id)
+        return await self._send(write("POST", path, ReservationOut, idempotency_key))
 
     # --- health ----------------------------------------------------------------------------
 
     async def health(self) -> dict[str, str]:
         """Whether the service and its database answer (needs no API key)."""
-        return await self._send(op.health())
+        return await self._send(read("/healthz", dict[str, str]))

@@ -1,24 +1,31 @@
 """What the sync and async clients share: requests, retries, answers and errors.
 
-Each API operation is described once, as a `Call` (see `_operations.py`); both clients send
-a Call the same way and differ only in whether they wait with `time.sleep` or
-`asyncio.sleep`. Everything that decides something lives here, free of I/O.
+Each API operation is written once, as a method of `AsyncClient` (`_async.py`) that
+describes its request as a `Call` with the helpers below and sends it; `Client`
+(`_sync.py`) is generated from that file. Everything that decides something lives here,
+free of I/O.
 """
 
 from __future__ import annotations
 
 import email.utils
 import random
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import quote
 
 import httpx
-from pydantic import ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import to_jsonable_python
 
 from tokenadmin import __version__
+from tokenadmin.allowance.schemas import AllowanceRow
 from tokenadmin.client._errors import TokenAdminAPIError, TokenAdminConnectionError, error_class
+from tokenadmin.tokens import Kind, Period
+from tokenadmin.usage.schemas import UsageFields
 
 T = TypeVar("T")
 
@@ -36,9 +43,28 @@ RETRIED_ERRORS = (
 )
 
 
+AsyncSleep = Callable[[float], Awaitable[None]]
+SyncSleep = Callable[[float], None]
+"""How a client waits between attempts (unasync turns `AsyncSleep` into `SyncSleep`)."""
+
+Id = uuid.UUID | str
+"""An object's id, as a UUID or its text."""
+UserRef = uuid.UUID | str
+"""A user: their id, or their email address (metering accepts both)."""
+KindName = Kind | Literal["inference", "training"]
+PeriodName = Period | Literal["monthly", "none"]
+UserStatus = Literal["active", "deactivated"]
+Order = Literal["asc", "desc"]
+Granularity = Literal["day", "month"]
+AllowanceRowIn = AllowanceRow | Mapping[str, Any]
+"""A row of an allowance change: an `AllowanceRow`, or a mapping with the same fields."""
+UsageEventIn = UsageFields | Mapping[str, Any]
+"""A usage event of a batch: `UsageEvent` (with its key), `UsageFields`, or a mapping."""
+
+
 @dataclass(frozen=True)
 class Call(Generic[T]):
-    """One request to the API and how to read its answer.
+    """One request to the API and the type of its answer.
 
     A write carries its idempotency key from the moment it is described, so every retry of
     the call sends the same key and the service applies the change at most once.
@@ -46,10 +72,87 @@ class Call(Generic[T]):
 
     method: str
     path: str
-    parse: Callable[[Any], T]
+    answer: type[T]
     json: Any = None
     params: Mapping[str, str] | None = None
     idempotency_key: str | None = None
+
+
+def read(path: str, answer: type[T], params: Mapping[str, str] | None = None) -> Call[T]:
+    """A GET of `path`, answered with an `answer`."""
+    return Call("GET", path, answer, params=params)
+
+
+def write(method: str, path: str, answer: type[T], key: str | None, body: Any = None) -> Call[T]:
+    """A write with the caller's idempotency key, or a fresh one that every retry reuses."""
+    return Call(
+        method, path, answer, json=body, idempotency_key=str(uuid.uuid4()) if key is None else key
+    )
+
+
+def url(template: str, *ids: Id) -> str:
+    """`template` with each `{}` replaced by an id, quoted as one path segment."""
+    return template.format(*(quote(str(i), safe="") for i in ids))
+
+
+_NOT_FIELDS = frozenset({"self", "idempotency_key"})
+
+
+def _given(arguments: Mapping[str, Any], leave_out: tuple[str, ...]) -> Any:
+    given = {
+        name: dict(value) if isinstance(value, Mapping) else value
+        for name, value in arguments.items()
+        if value is not None and name not in _NOT_FIELDS and name not in leave_out
+    }
+    return to_jsonable_python(given)
+
+
+def fields(arguments: Mapping[str, Any], *leave_out: str) -> dict[str, Any]:
+    """A method's arguments (its `locals()`, taken first thing) as a JSON body.
+
+    The names of a method's arguments are the names of the fields it sends. Arguments left
+    None are not sent, so the service's default (or, on updates, the current value)
+    applies; `self`, the idempotency key and the ids in `leave_out` (they go in the path)
+    are never sent.
+    """
+    body: dict[str, Any] = _given(arguments, leave_out)
+    return body
+
+
+def query(arguments: Mapping[str, Any], *leave_out: str) -> dict[str, str]:
+    """A method's arguments (its `locals()`, taken first thing) as query parameters."""
+    given: dict[str, Any] = _given(arguments, leave_out)
+    return {k: v if isinstance(v, str) else str(v) for k, v in given.items()}
+
+
+def row(row: AllowanceRowIn) -> dict[str, Any]:
+    if isinstance(row, BaseModel):
+        return row.model_dump(mode="json", exclude_none=True)
+    fields: dict[str, Any] = to_jsonable_python(dict(row))
+    return fields
+
+
+def event(event: UsageEventIn) -> dict[str, Any]:
+    if isinstance(event, BaseModel):
+        fields = event.model_dump(mode="json", exclude_none=True)
+    else:
+        fields = to_jsonable_python(dict(event))
+    # Keys are made now, so a retried batch sends every event with the same key.
+    if fields.get("idempotency_key") is None:
+        fields["idempotency_key"] = str(uuid.uuid4())
+    return fields
+
+
+_ADAPTERS: dict[object, TypeAdapter[Any]] = {}
+
+
+def parse(answer: type[T], data: Any) -> T:
+    """`data` read as an `answer` (a response model, or a list or dict of them)."""
+    adapter = _ADAPTERS.get(answer)
+    if adapter is None:
+        adapter = _ADAPTERS[answer] = TypeAdapter(answer)
+    result: T = adapter.validate_python(data)
+    return result
 
 
 @dataclass(frozen=True)
@@ -180,7 +283,7 @@ class Core:
         if response.status_code >= 400:
             raise api_error(call, response)
         try:
-            return call.parse(response.json())
+            return parse(call.answer, response.json())
         except (ValueError, ValidationError) as error:
             raise TokenAdminAPIError(
                 response.status_code,

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from tokenadmin.models import JournalEntry
+if TYPE_CHECKING:
+    from tokenadmin.models import JournalEntry
 
 
 class JournalEntryOut(BaseModel):

@@ -2,15 +2,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import date, datetime
-from typing import Annotated, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
 from pydantic import BaseModel, Field, StrictBool, model_validator
 
 from tokenadmin.auth.principal import SCOPES
-from tokenadmin.models import ApiKey, Organization, Purchase
-from tokenadmin.organization.service import Balance
 from tokenadmin.schemas import WITHIN_THE_CALENDAR, Amount, Input, Name, Text, written_out
 from tokenadmin.tokens import Period
+
+if TYPE_CHECKING:
+    from tokenadmin.models import ApiKey, Organization, Purchase
+    from tokenadmin.organization.service import Balance
 
 Expiry = Annotated[datetime, written_out("2027-01-01 or 2027-01-01T00:00:00Z"), WITHIN_THE_CALENDAR]
 """An expiry: ISO 8601 text, a time or a date; without an offset it is read in the

@@ -19,7 +19,9 @@ from tokenadmin.errors import InvalidRequest, NotFound, RuleRefused
 from tokenadmin.journal.service import record
 from tokenadmin.models import Organization, Purchase
 from tokenadmin.organization import repository
-from tokenadmin.tokens import MAX_AMOUNT, Kind, Period, fmt, period_end, period_start
+from tokenadmin.tokens import MAX_AMOUNT, Kind, Period, fmt, period_start
+from tokenadmin.tokens import current_period as current_period  # re-exported
+from tokenadmin.tokens import current_period_end as current_period_end  # re-exported
 from tokenadmin.user.periods import reset_usage
 
 EXPIRY_WARNING = timedelta(days=30)
@@ -44,41 +46,6 @@ def check_time_zone(name: str) -> str:
             details={"time_zone": name},
         ) from error
     return name
-
-
-ZONE_SPREAD = timedelta(days=2)
-"""More than the largest difference between two time zones' offsets (26 hours): two days
-after a period's start is inside the calendar month it stands for, in any zone."""
-
-
-def _month(moment: datetime, time_zone: str) -> tuple[int, int]:
-    local = moment.astimezone(ZoneInfo(time_zone))
-    return local.year, local.month
-
-
-def current_period(org: Organization, now: datetime) -> datetime:
-    """Start of the organization's period at `now`.
-
-    Each calendar month has one period, and a period stands for the month it began in (in
-    the zone of that moment). A new period begins only when a later month begins in the
-    organization's zone: after a time zone change to a zone still in the month before, the
-    period goes on, with its usage, until the month after the one it stands for; it never
-    goes back to a month whose allowance was already given (nor when a clock runs behind).
-    """
-    start = period_start(org.period, org.time_zone, now)
-    if Period(org.period) is Period.none:
-        return start
-    if _month(now, org.time_zone) > _month(org.period_start + ZONE_SPREAD, org.time_zone):
-        return start
-    return org.period_start
-
-
-def current_period_end(org: Organization, now: datetime) -> datetime | None:
-    """End (exclusive) of the period at `now`: the start of the month after the one it
-    stands for, in the organization's zone; None when it never ends."""
-    if Period(org.period) is Period.none:
-        return None
-    return period_end(org.period, org.time_zone, current_period(org, now) + ZONE_SPREAD)
 
 
 async def create(

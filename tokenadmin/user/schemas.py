@@ -2,15 +2,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, EmailStr, Field
 
-from tokenadmin.models import Organization, User
-from tokenadmin.organization.service import current_period, current_period_end
 from tokenadmin.schemas import Amount, Input, Name, Text, WholeNumber
-from tokenadmin.tokens import Kind
-from tokenadmin.usage.service import KindAvailability
+from tokenadmin.tokens import Kind, current_period, current_period_end
+
+if TYPE_CHECKING:
+    from tokenadmin.models import Organization, User
+    from tokenadmin.usage.service import KindAvailability
 
 Role = Literal["admin", "member"]
 SortField = Literal[
