@@ -1,13 +1,25 @@
 from __future__ import annotations
 
+import json
+import logging
+import re
 from functools import partial
 
 import httpx
+import pytest
+from fastapi import FastAPI
 
 from tests.helpers import Api, funded_org
+from tests.scenarios import error_of
+from tokenadmin import logs
+from tokenadmin.app import create_app
 from tokenadmin.auth import service as auth_service
+from tokenadmin.clock import FakeClock
+from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.errors import Unauthenticated
+
+NEW_ID = re.compile(r"[0-9a-f]{32}")
 
 
 async def test_openapi_describes_every_v1_route(client: httpx.AsyncClient) -> None:
@@ -46,3 +58,100 @@ async def test_people_sign_in_with_email_and_password_without_hints(api: Api, db
         else:
             raise AssertionError("signed in with a wrong password")
     assert len(messages) == 1
+
+
+# --- request ids and the log -----------------------------------------------------------------
+
+
+async def test_every_answer_carries_a_request_id_its_own_when_it_sent_a_sane_one(
+    api: Api, client: httpx.AsyncClient
+) -> None:
+    org = await funded_org(api)
+    answers = [
+        await client.get("/healthz"),
+        await client.get(f"/v1/organizations/{org}", headers=api.headers()),
+        await client.get("/v1/organizations"),  # 401
+        await client.get("/v1/nothing-here"),  # 404
+        await client.post("/v1/usage", json={}, headers=api.headers("k")),  # 422
+        await client.post("/v1/usage", content=b"{", headers=api.headers("k")),  # 400
+        await client.get("/", headers={"Accept": "text/html"}),  # the dashboard's redirect
+    ]
+    ids = [answer.headers.get("X-Request-ID", "") for answer in answers]
+    assert all(NEW_ID.fullmatch(rid) for rid in ids), ids
+    assert len(set(ids)) == len(ids)
+
+    for sent in ("abc-123", "Root=1-67891233-abcdef012345678912345678", "x" * 128):
+        answer = await client.get("/healthz", headers={"X-Request-ID": sent})
+        assert answer.headers["X-Request-ID"] == sent
+    for insane in ("x" * 129, "two words", 'quote"d', "new\\nline", ""):
+        answer = await client.get("/healthz", headers={"X-Request-ID": insane})
+        assert NEW_ID.fullmatch(answer.headers["X-Request-ID"]), insane
+
+
+async def test_an_unexpected_fault_is_answered_500_with_its_request_id(app: FastAPI) -> None:
+    async def boom() -> None:
+        raise RuntimeError("a fault of ours")
+
+    app.add_api_route("/boom", boom)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t.test") as client:
+        answer = await client.get("/boom", headers={"X-Request-ID": "fault-1"})
+    error_of(answer, 500, "internal_error")
+    assert answer.headers["X-Request-ID"] == "fault-1"
+
+
+async def test_each_request_is_logged_once_at_info_with_its_id_status_and_actor(
+    api: Api, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # No caplog.set_level: create_app set tokenadmin's loggers to TOKENADMIN_LOG_LEVEL (info).
+    org = await funded_org(api)
+    ana = await api.user(org, "ana@example.com")
+    caplog.clear()
+
+    used = await client.post(
+        "/v1/usage",
+        json={"user": ana["id"], "kind": "inference", "tokens": 10},
+        headers={**api.headers("log-1"), "X-Request-ID": "req-1"},
+    )
+    anonymous = await client.get("/v1/organizations")
+
+    assert used.status_code == 200
+    lines = [r for r in caplog.records if r.name == "tokenadmin.access"]
+    fields = [
+        (r.levelno, *(getattr(r, f) for f in ("request_id", "status", "actor"))) for r in lines
+    ]
+    assert fields == [
+        (logging.INFO, "req-1", 200, "operator:ops"),
+        (logging.INFO, anonymous.headers["X-Request-ID"], 401, None),
+    ]
+    assert lines[0].getMessage().startswith("POST /v1/usage 200 ")
+    assert lines[0].getMessage().endswith("ms actor=operator:ops")
+
+
+async def test_the_log_can_be_json_lines_each_with_the_request_id(
+    db: Database, clock: FakeClock, database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = Settings(database_url=database_url, log_format="json")
+    app = create_app(settings, clock=clock, database=db, run_sweeper=False)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t.test") as client:
+            capsys.readouterr()
+            denied = await client.get(
+                "/v1/organizations", headers={"Authorization": "Bearer ta_wrong"}
+            )
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    finally:
+        logs.configure(Settings(database_url=database_url))  # text again, for the other tests
+
+    rid = denied.headers["X-Request-ID"]
+    assert [(line["logger"], line["level"], line["request_id"]) for line in lines] == [
+        ("tokenadmin.auth", "WARNING", rid),  # the denial, logged while the request ran
+        ("tokenadmin.access", "INFO", rid),
+    ]
+    assert {k: lines[1][k] for k in ("method", "path", "status", "actor")} == {
+        "method": "GET",
+        "path": "/v1/organizations",
+        "status": 401,
+        "actor": None,
+    }

@@ -209,6 +209,35 @@ async def test_a_body_that_is_not_a_json_object_is_refused_with_400(
     assert await last_entry_id(api, org) == mark
 
 
+async def test_every_refusal_names_the_field_to_fix_or_none(
+    api: Api, client: httpx.AsyncClient
+) -> None:
+    org, ana = await _org_and_user(api)
+    mark = await last_entry_id(api, org)
+    counts: dict[str, Any] = {"prompt_tokens": 1_000, "completion_tokens": 400}
+
+    mismatch = error_of(await api.use(ana["id"], 1_500, **counts), 422, "invalid_request")
+    [problem] = mismatch["errors"]
+    assert problem["field"] == "tokens"
+    assert "1,000 + 400 is 1,400, not 1,500" in problem["message"]
+    event = {"user": ana["id"], "kind": "inference", "tokens": 1_500, **counts}
+    batch = await api.call(
+        "POST", "/v1/usage/batch", json={"events": [{**event, "idempotency_key": "e1"}]}
+    )
+    assert [e["field"] for e in error_of(batch, 422, "invalid_request")["errors"]] == [
+        "events.0.tokens"
+    ]
+
+    headers = {**api.headers("k1"), "Content-Type": "application/json"}
+    empty = await client.post("/v1/usage", content=b"", headers=headers)
+    assert error_of(empty, 422, "invalid_request") == {}
+    assert empty.json()["error"]["message"] == "The request needs a JSON object as its body."
+    broken = await client.post("/v1/usage", content=b'{"user": "a",}', headers=headers)
+    assert error_of(broken, 400, "malformed_json") == {}  # no character offset as a field
+    assert "at character 13" in broken.json()["error"]["message"]
+    assert await last_entry_id(api, org) == mark
+
+
 async def test_usage_cannot_set_fields_it_does_not_own(api: Api) -> None:
     org, ana = await _org_and_user(api)
     other = await funded_org(api)
@@ -426,11 +455,13 @@ async def test_a_503_says_when_to_send_again_in_json_and_on_a_page() -> None:
             ):
                 error_of(response, 503, "unavailable")
                 assert response.headers["Retry-After"] == "1", response.request.url
+                assert response.headers["X-Request-ID"], response.request.url
             client.cookies.set(SESSION_COOKIE, "a-session")
             page = await client.get("/", headers={"Accept": "text/html"})
             assert page.status_code == 503, page.text[:300]
             assert page.headers["content-type"].startswith("text/html")
             assert page.headers["Retry-After"] == "1"
+            assert page.headers["X-Request-ID"]
     finally:
         await app.state.db.dispose()
 

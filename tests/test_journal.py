@@ -49,6 +49,24 @@ async def test_the_journal_filters_by_user(api: Api) -> None:
     assert [e["amount"] for e in await journal(api, org, user=bo["id"], action="usage")] == [3_000]
 
 
+async def test_the_journal_user_filter_takes_an_id_or_an_email_as_metering_does(api: Api) -> None:
+    org, ana, _bo = await _busy_org(api)
+    other = await funded_org(api)
+    stranger = await api.user(other, "stranger@example.com")
+
+    by_id = await journal(api, org, user=ana["id"])
+    assert await journal(api, org, user="ana@example.com") == by_id
+    assert await journal(api, org, user=" ANA@Example.com") == by_id
+
+    path = f"/v1/organizations/{org}/journal"
+    for unknown in ("nobody@example.com", stranger["id"], stranger["email"], str(uuid.uuid4())):
+        details = error_of(
+            await api.call("GET", path, params={"user": unknown}), 404, "user_not_found"
+        )
+        assert details == {}
+    error_of(await api.use("nobody@example.com", 1), 404, "user_not_found")  # as metering does
+
+
 async def test_the_journal_filters_by_kind_and_action(api: Api) -> None:
     org, ana, bo = await _busy_org(api)
     training = await journal(api, org, kind="training")

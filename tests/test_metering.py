@@ -241,6 +241,35 @@ async def test_committing_more_than_remains_is_refused_and_the_reservation_stays
     assert (committed["used"], committed["reserved"], committed["remaining"]) == (200_000, 0, 0)
 
 
+async def test_committing_more_than_reserved_is_refused_where_the_organization_binds(
+    api: Api,
+) -> None:
+    # 300,000 bought, two users of 200,000 (overallocation): the organization binds first.
+    org = await funded_org(api, inference=300_000, overallocation=True)
+    ana = await api.user(org)
+    bo = await api.user(org)
+    await api.use(bo["id"], 200_000, expect=200)
+    held = (await reserve(api, ana["id"], 50_000)).json()
+    mark = await last_entry_id(api, org)
+
+    refused = await commit(api, held["id"], 100_001, expect=None)
+
+    details = error_of(refused, 402, "insufficient_tokens")
+    assert (details["remaining"], details["reserved"], details["limited_by"]) == (
+        100_000,
+        50_000,
+        "organization",
+    )
+    assert await last_entry_id(api, org) == mark
+    assert (await get_user(api, ana["id"]))["inference"]["reserved"] == 50_000
+    committed = (await commit(api, held["id"], 100_000)).json()
+    assert (committed["status"], committed["committed"], committed["used"]) == (
+        "committed",
+        100_000,
+        100_000,
+    )
+
+
 async def test_a_released_reservation_gives_all_its_tokens_back(api: Api) -> None:
     org, ana = await _org_and_user(api)
     held = (await reserve(api, ana["id"], 50_000)).json()
@@ -297,7 +326,10 @@ async def test_the_sweeper_releases_reservations_whose_time_ran_out(
         -50_000,
         "system",
     )
-    details = error_of(await commit(api, short["id"], expect=None), 409, "reservation_closed")
+    # The sweeper released it first; a commit still says why: its time ran out.
+    details = error_of(await commit(api, short["id"], expect=None), 409, "reservation_expired")
+    assert details["id"] == short["id"]
+    details = error_of(await release(api, short["id"], expect=None), 409, "reservation_closed")
     assert details["status"] == "expired"
     await commit(api, long["id"], 20_000)
     assert (await run_sweeper(db, clock)).reservations_expired == 0

@@ -831,6 +831,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def model_close(self, reservation: MReservation, action: str, tokens: int | None) -> Outcome:
         user, kind = reservation.user, reservation.kind
+        if reservation.status == "expired" and action == "commit":
+            return Outcome(409, "reservation_expired")
         if reservation.status != "open":
             return Outcome(409, "reservation_closed", {"status": reservation.status})
         if action == "commit" and reservation.expires_at <= self.now:

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenadmin import __version__, sweeper
+from tokenadmin import __version__, logs, sweeper
 from tokenadmin.allowance.endpoints import router as allowance_router
 from tokenadmin.api_key.cache import KeyCache
 from tokenadmin.clock import Clock, SystemClock
@@ -35,7 +35,7 @@ from tokenadmin.database import Database
 from tokenadmin.errors import TokenAdminError
 from tokenadmin.journal.endpoints import router as journal_router
 from tokenadmin.organization.endpoints import router as organization_router
-from tokenadmin.schemas import error_answers
+from tokenadmin.schemas import FieldRule, error_answers
 from tokenadmin.token_request import endpoints as token_request_endpoints
 from tokenadmin.usage import service as usage_service
 from tokenadmin.usage.coalescer import Coalescer
@@ -187,6 +187,13 @@ WRITES = frozenset({"post", "put", "patch", "delete"})
 KEYS_IN_THE_BODY = frozenset({("post", "/v1/usage/batch")})
 """Writes whose events carry their own `idempotency_key` in the body instead of the header."""
 
+REQUEST_ID_HEADER = {
+    "description": "The request's id, as in the server's log lines: the request's own"
+    " X-Request-ID if it sent a sane one (1 to 128 letters, digits and ._:+/=-), else a new one.",
+    "schema": {"type": "string"},
+}
+"""Every answer carries it (logs.RequestLog); declared on each answer of the OpenAPI."""
+
 IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -197,7 +204,8 @@ IDEMPOTENCY_KEY_PARAMETER: dict[str, Any] = {
 
 
 def _declare_what_deps_check(app: FastAPI) -> None:
-    """The OpenAPI says what tokenadmin.deps checks: every /v1 operation needs an API key as
+    """The OpenAPI says what the middleware and tokenadmin.deps do: every answer carries an
+    X-Request-ID header (logs.RequestLog), every /v1 operation needs an API key as
     a bearer token, and every /v1 write takes an optional Idempotency-Key (docs/api.md,
     Idempotency), which `deps.idempotent_write` reads from the request. Said here rather
     than by dependencies on the routes, which would add steps to every request (metering's
@@ -210,6 +218,9 @@ def _declare_what_deps_check(app: FastAPI) -> None:
             spec = generate()
             spec.setdefault("components", {})["securitySchemes"] = {"bearer": BEARER}
             for path, operations in spec["paths"].items():
+                for operation in operations.values():
+                    for answer in operation.get("responses", {}).values():
+                        answer.setdefault("headers", {})[logs.HEADER] = REQUEST_ID_HEADER
                 if path.startswith("/v1/"):
                     for method, operation in operations.items():
                         operation["security"] = [{"bearer": []}]
@@ -231,34 +242,60 @@ IDEMPOTENCY_KEY = ("header", "Idempotency-Key")
 
 
 def _validation_details(error: RequestValidationError) -> tuple[str, str, list[dict[str, Any]]]:
-    if error.errors() and all(
+    """The code, message and `details.errors` of a refused request. Each problem names the
+    field a person should fix (`field`), or none where no field is to blame (a body that is
+    missing or not JSON): never an empty name, nor a character offset."""
+    items = error.errors()
+    if items and all(
         item.get("type") == "missing" and tuple(item.get("loc", ())) == IDEMPOTENCY_KEY
-        for item in error.errors()
+        for item in items
     ):
         message = "This needs an Idempotency-Key header, so a retry is never counted twice."
         return "idempotency_key_required", message, []
-    problems = []
-    for item in error.errors():
-        location = [str(part) for part in item.get("loc", ()) if part != "body"]
-        problems.append({"field": ".".join(location), "message": item.get("msg", "invalid")})
+    for item in items:
         if item.get("type") == "json_invalid":
-            return "malformed_json", "The request body is not valid JSON.", problems
+            offset = item.get("loc", ("body", "?"))[-1]
+            reason = item.get("ctx", {}).get("error", "invalid JSON")
+            message = f"The request body is not valid JSON: {reason} at character {offset}."
+            return "malformed_json", message, []
         if item.get("loc") == ("body",) and item.get("type") in {
             "model_attributes_type",
             "dict_type",
         }:
-            return (
-                "malformed_json",
-                "The request body must be a JSON object, sent as application/json.",
-                problems,
-            )
-    first = problems[0] if problems else {"field": "", "message": "invalid"}
-    where = f"{first['field']}: " if first["field"] else ""
-    if all(p["field"].rsplit(".", 1)[-1] in AMOUNT_FIELDS for p in problems):
+            message = "The request body must be a JSON object, sent as application/json."
+            return "malformed_json", message, []
+        if item.get("loc") == ("body",) and item.get("type") == "missing":
+            return "invalid_request", "The request needs a JSON object as its body.", []
+    problems = [_problem(item) for item in items]
+    first = problems[0] if problems else {"message": "invalid"}
+    where = f"{first['field']}: " if "field" in first else ""
+    if all(_is_amount(item) for item in items):
         # SPEC rule 8: say what an amount is, not only what was wrong with this one.
         message = f"{where}{first['message']}. Token amounts are whole numbers up to 2^53."
         return "invalid_amount", message, problems
     return "invalid_request", f"{where}{first['message']}", problems
+
+
+def _location(item: Mapping[str, Any]) -> list[str]:
+    location = [str(part) for part in item.get("loc", ()) if part != "body"]
+    rule = item.get("ctx", {}).get("error")
+    if isinstance(rule, FieldRule):  # a rule across fields names the one to fix
+        location.append(rule.field)
+    return location
+
+
+def _problem(item: Mapping[str, Any]) -> dict[str, Any]:
+    location = _location(item)
+    problem: dict[str, Any] = {"field": ".".join(location)} if location else {}
+    problem["message"] = item.get("msg", "invalid")
+    return problem
+
+
+def _is_amount(item: Mapping[str, Any]) -> bool:
+    """Whether the problem is an amount's own value (its type or range), not a rule across
+    fields that happens to name an amount."""
+    location = _location(item)
+    return bool(location) and location[-1] in AMOUNT_FIELDS and item.get("type") != "value_error"
 
 
 def _allowed_methods(request: Request) -> str:
@@ -280,6 +317,7 @@ def create_app(
     run_sweeper: bool = True,
 ) -> FastAPI:
     settings = settings or get_settings()
+    logs.configure(settings)
     clock = clock or SystemClock()
     db = database or Database(settings.database_url, pool_size=settings.db_pool_size)
 
@@ -372,11 +410,16 @@ def create_app(
         return response
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        # Answered outside RequestLog (by Starlette's outermost middleware), which has
+        # logged the request as a 500: the answer carries its id here.
         log.exception("unexpected error", exc_info=error)
-        return _error(
+        response = _error(
             500, "internal_error", "Something went wrong on our side; nothing was changed."
         )
+        if (rid := logs.request_id_of(request.scope)) is not None:
+            response.headers[logs.HEADER] = rid
+        return response
 
     @app.get("/healthz", tags=["health"], responses=error_answers(503))
     async def healthz() -> dict[str, str]:
@@ -399,4 +442,5 @@ def create_app(
         app.include_router(router, responses=API_ERRORS)
     _declare_what_deps_check(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, uploads=UPLOADS)
+    app.add_middleware(logs.RequestLog)  # added last, so outermost: every answer has an id
     return app

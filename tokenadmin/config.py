@@ -1,58 +1,52 @@
-"""Settings, read from TOKENADMIN_* environment variables and an optional .env file."""
+"""Settings, read from TOKENADMIN_* environment variables and an optional .env file.
+
+Each setting's docstring is its description; docs/configuration.md documents each for
+operators (tests/test_docs.py keeps the two in line)."""
 
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="TOKENADMIN_", env_file=".env", extra="ignore")
-
-    database_url: str = Field(
-        default="sqlite:///tokenadmin.db",
-        description="Database URL: a SQLite file (the default) or any postgresql:// URL.",
-    )
-    host: str = Field(default="127.0.0.1", description="Address `tokenadmin serve` listens on.")
-    port: int = Field(
-        default=8000, ge=1, le=65535, description="Port `tokenadmin serve` listens on."
-    )
-    workers: int = Field(
-        default=1, ge=1, le=64, description="Server processes started by `tokenadmin serve`."
-    )
-    db_pool_size: int = Field(
-        default=10, ge=1, le=200, description="Database connections per process (PostgreSQL)."
-    )
-    log_level: str = Field(default="info", description="Log level: debug, info, warning, error.")
-    idempotency_ttl_hours: int = Field(
-        default=48, ge=24, description="How long idempotency keys are kept, in hours (at least 24)."
-    )
-    reservation_ttl_seconds: int = Field(
-        default=300, ge=1, le=86400, description="Time to live of a reservation that names none."
-    )
-    sweep_interval_seconds: float = Field(
-        default=5.0,
-        gt=0,
-        description="How often a server releases expired reservations, expires purchases and "
-        "starts new periods.",
-    )
-    max_body_bytes: int = Field(
-        default=2_000_000, ge=1024, description="Largest request body accepted, in bytes."
+    model_config = SettingsConfigDict(
+        env_prefix="TOKENADMIN_", env_file=".env", extra="ignore", use_attribute_docstrings=True
     )
 
-    session_hours: int = Field(
-        default=12, ge=1, le=720, description="How long a dashboard sign-in lasts, in hours."
-    )
-    sign_in_attempts: int = Field(
-        default=5,
-        ge=1,
-        le=100,
-        description="Failed sign-ins (per email, and per address) before each further attempt "
-        "is slowed down.",
-    )
+    database_url: str = "sqlite:///tokenadmin.db"
+    """Database URL: a SQLite file (the default) or any postgresql:// URL."""
+    host: str = "127.0.0.1"
+    """Address `tokenadmin serve` listens on."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port `tokenadmin serve` listens on."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Server processes started by `tokenadmin serve`."""
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    """Database connections per process (PostgreSQL)."""
+    log_level: str = "info"
+    """Level of the server's log lines: debug, info, warning or error."""
+    log_format: Literal["text", "json"] = "text"
+    """How log lines are written: `text` for people, `json` (one object a line) for tools."""
+    idempotency_ttl_hours: int = Field(default=48, ge=24)
+    """How long idempotency keys are kept, in hours (at least 24)."""
+    reservation_ttl_seconds: int = Field(default=300, ge=1, le=86400)
+    """Time to live of a reservation that names none."""
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    """How often a server releases expired reservations, expires purchases and starts new
+    periods."""
+    max_body_bytes: int = Field(default=2_000_000, ge=1024)
+    """Largest request body accepted, in bytes."""
+
+    session_hours: int = Field(default=12, ge=1, le=720)
+    """How long a dashboard sign-in lasts, in hours."""
+    sign_in_attempts: int = Field(default=5, ge=1, le=100)
+    """Failed sign-ins (per email, and per address) before each further attempt is slowed
+    down."""
 
     @field_validator("log_level")
     @classmethod

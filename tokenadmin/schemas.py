@@ -136,6 +136,16 @@ def check_json_value(value: Any, field: str) -> None:
             check_json_value(item, field)
 
 
+class FieldRule(ValueError):
+    """A rule across fields, checked by a model validator, broken: it names the field a
+    person should fix, which the API's refusal gives as `details.errors[].field` (pydantic
+    itself names no field for a model validator's error)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 class Input(BaseModel):
     """A request body: unknown fields are refused, so nothing is set by accident."""
 

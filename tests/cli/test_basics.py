@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.cli.conftest import Tokenadmin
 from tests.servers import free_port
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.auth.principal import Principal
+from tokenadmin.migrate import Upgraded, alembic_config, upgrade
 
 
 def test_operator_key_prints_the_key_alone(tokenadmin: Tokenadmin) -> None:
@@ -84,6 +86,24 @@ def test_an_unmigrated_database_says_to_migrate(tmp_path: Path) -> None:
     tokenadmin("migrate")
     assert "No organizations yet" in tokenadmin("org", "list").stdout
     assert tokenadmin.json("org", "list") == []
+
+
+def test_migrate_says_whether_it_created_upgraded_or_left_the_tables(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    tokenadmin = Tokenadmin(url)
+
+    created = tokenadmin("migrate").stdout
+    again = tokenadmin("migrate").stdout
+
+    assert f"Created the tables at revision {head}." in created
+    assert "up to date" not in created
+    assert f"Already up to date at revision {head}; nothing to do." in again
+
+    older = f"sqlite:///{tmp_path / 'older.db'}"
+    assert upgrade(older, "0001") == Upgraded(None, "0001")
+    upgraded = Tokenadmin(older)("migrate").stdout
+    assert f"Upgraded from revision 0001 to {head}." in upgraded
 
 
 def test_a_database_out_of_reach_says_why() -> None:

@@ -112,6 +112,7 @@ def serve(
         workers=None if reload else processes,
         reload=reload,
         log_level=settings.log_level,
+        access_log=False,  # each request is logged once, by tokenadmin.access (logs.py)
     )
 
 
@@ -137,12 +138,12 @@ def migrate(ctx: typer.Context) -> None:
     cli = Cli.of(ctx)
     url = cli.settings().database_url
     try:
-        upgrade(url)
+        upgraded = upgrade(url)
     except CommandError as error:
         cli.fail(TokenAdminError(str(error), code="migration_failed"))
     except (SQLAlchemyError, OSError) as error:
         cli.fail(_database_error(error))
-    say(f"Database {_safe(url)} is up to date.")
+    say(f"Database {_safe(url)}: {upgraded}")
 
 
 @app.command()

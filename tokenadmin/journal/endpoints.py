@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.auth.audit import log_denials
 from tokenadmin.deps import DatabaseDep, PrincipalDep
 from tokenadmin.journal import repository
+from tokenadmin.journal import service as journal_service
 from tokenadmin.journal.schemas import JournalEntryOut, JournalPage
 from tokenadmin.journal.service import JournalFilter
 from tokenadmin.organization import service as organization_service
@@ -21,6 +22,7 @@ router = APIRouter(
     dependencies=[Depends(log_denials)],
 )
 
+USER = "Entries of this user: an id or an email (one not in the organization: 404)."
 SINCE = "Entries from this time on: ISO 8601 with an offset, such as 2026-03-01T00:00:00Z."
 UNTIL = "Entries before this time: ISO 8601 with an offset, such as 2026-04-01T00:00:00Z."
 
@@ -30,7 +32,7 @@ async def list_journal(
     org_id: uuid.UUID,
     principal: PrincipalDep,
     db: DatabaseDep,
-    user: uuid.UUID | None = None,
+    user: Annotated[Text | None, Query(min_length=1, max_length=320, description=USER)] = None,
     kind: Kind | None = None,
     action: Annotated[Text | None, Query(max_length=32)] = None,
     actor: Annotated[Text | None, Query(max_length=200)] = None,
@@ -43,7 +45,6 @@ async def list_journal(
     principal.require(org_id, "read")
     query = JournalFilter(
         org_id=org_id,
-        user_id=user,
         kind=kind,
         action=action,
         actor=actor,
@@ -55,6 +56,8 @@ async def list_journal(
 
     async def work(session: AsyncSession) -> JournalPage:
         await organization_service.get(session, org_id)
+        if user is not None:
+            query.user_id = await journal_service.user_id_of(session, org_id, user)
         entries = await repository.list_entries(session, query)
         next_id = entries[-1].id if len(entries) == limit else None
         return JournalPage(entries=[JournalEntryOut.of(e) for e in entries], next_before_id=next_id)

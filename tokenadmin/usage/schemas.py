@@ -5,7 +5,15 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StrictInt, field_validator, model_validator
 
-from tokenadmin.schemas import WHOLE, Amount, Input, PositiveAmount, Text, check_json_value
+from tokenadmin.schemas import (
+    WHOLE,
+    Amount,
+    FieldRule,
+    Input,
+    PositiveAmount,
+    Text,
+    check_json_value,
+)
 from tokenadmin.tokens import Kind
 
 MAX_METADATA_BYTES = 4096
@@ -23,9 +31,13 @@ class UsageFields(Input):
 
     @model_validator(mode="after")
     def _consistent(self) -> UsageFields:
-        counts = (self.prompt_tokens, self.completion_tokens)
-        if None not in counts and sum(c or 0 for c in counts) != self.tokens:
-            raise ValueError("prompt_tokens + completion_tokens must equal tokens")
+        prompt, completion = self.prompt_tokens, self.completion_tokens
+        if prompt is not None and completion is not None and prompt + completion != self.tokens:
+            raise FieldRule(
+                "tokens",
+                f"prompt_tokens + completion_tokens must equal tokens: {prompt:,} +"
+                f" {completion:,} is {prompt + completion:,}, not {self.tokens:,}",
+            )
         return self
 
     @field_validator("metadata")
