@@ -162,6 +162,17 @@ class Write:
     key_required: bool = False
     takes_key: bool = True
     """Whether the Idempotency-Key header applies (a batch's events carry their own keys)."""
+    writes: bool = True
+    """Whether the valid request changes the database (a preview answers without writing)."""
+
+
+def _distribution(w: World) -> dict[str, Any]:
+    return {
+        "inference": {"method": "fixed", "amount": 1_000, "minimum": 10, "maximum": 5_000},
+        "training": {"method": "percent", "percent": 10, "minimum": 0, "maximum": None},
+        "users": [w.ana_email],
+        "reason": "more",
+    }
 
 
 def _usage(w: World) -> dict[str, Any]:
@@ -273,6 +284,17 @@ API_WRITES: dict[tuple[str, str], Write] = {
             "dry_run": False,
             "reason": "more",
         },
+        200,
+    ),
+    ("POST", "/v1/organizations/{org_id}/distribution/preview"): Write(
+        lambda w: f"/v1/organizations/{w.org}/distribution/preview",
+        lambda w: _distribution(w),
+        200,
+        writes=False,
+    ),
+    ("POST", "/v1/organizations/{org_id}/distribution"): Write(
+        lambda w: f"/v1/organizations/{w.org}/distribution",
+        lambda w: {**_distribution(w), "preview_token": None},
         200,
     ),
     ("POST", "/v1/usage"): Write(lambda w: "/v1/usage", _usage, 200, key_required=True),
@@ -1051,7 +1073,7 @@ async def test_every_bad_input_is_refused_with_a_documented_code_and_changes_not
     )
     assert isinstance(response, httpx.Response), response
     assert response.status_code == write.status, response.text
-    assert changed_tables(before, await snapshot(db))
+    assert bool(changed_tables(before, await snapshot(db))) is write.writes
 
 
 @pytest.mark.parametrize("route", sorted(API_WRITES), ids=" ".join)

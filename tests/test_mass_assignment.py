@@ -131,6 +131,16 @@ JSON_WRITES: dict[Route, Write] = {
         lambda w: {"changes": [{"user": w.alice_email, "max_tokens": 250_000}]},
         items="changes",
     ),
+    ("POST", "/v1/organizations/{org_id}/distribution/preview"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/distribution/preview",
+        lambda w: {"inference": {"method": "equal"}, "users": [w.alice_email]},
+    ),
+    ("POST", "/v1/organizations/{org_id}/distribution"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/distribution",
+        lambda w: {"training": {"method": "fixed", "amount": 1_000}, "users": [w.alice]},
+    ),
     ("PATCH", "/v1/users/{user_id}"): Write(
         "a-admin-key", lambda w: f"/v1/users/{w.to_patch}", lambda w: {"max_tokens": 260_000}
     ),

@@ -77,6 +77,8 @@ DELETE /v1/organizations/{org_id}/api-keys/{key_id}          -  Y -  Y - - - -  
 GET    /v1/organizations/{org_id}/users                      -  Y -  Y - Y - -  - - - - -
 POST   /v1/organizations/{org_id}/users                      -  Y -  Y - - - -  - - - - -
 POST   /v1/organizations/{org_id}/allowances                 -  Y -  Y - - - -  - - - - -
+POST   /v1/organizations/{org_id}/distribution/preview       -  Y -  Y - - - -  - - - - -
+POST   /v1/organizations/{org_id}/distribution               -  Y -  Y - - - -  - - - - -
 GET    /v1/organizations/{org_id}/journal                    -  Y -  Y - Y - -  - - - - -
 GET    /v1/users/{user_id}                                   -  Y -  Y - Y - -  - - - - -
 PATCH  /v1/users/{user_id}                                   -  Y -  Y - - - -  - - - - -
@@ -253,6 +255,16 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
         "POST",
         f"/v1/organizations/{w.a_org}/allowances",
         {"changes": [{"user": w.alice_email, "max_tokens": 250_000}]},
+    ),
+    ("POST", "/v1/organizations/{org_id}/distribution/preview"): lambda w: Req(
+        "POST",
+        f"/v1/organizations/{w.a_org}/distribution/preview",
+        {"inference": {"method": "equal"}, "training": {"method": "percent", "percent": 10}},
+    ),
+    ("POST", "/v1/organizations/{org_id}/distribution"): lambda w: Req(
+        "POST",
+        f"/v1/organizations/{w.a_org}/distribution",
+        {"inference": {"method": "fixed", "amount": 1_000}, "users": [w.alice_email]},
     ),
     ("GET", "/v1/organizations/{org_id}/journal"): lambda w: Req(
         "GET", f"/v1/organizations/{w.a_org}/journal"

@@ -32,6 +32,7 @@ from tokenadmin.dashboard import router as dashboard_router
 from tokenadmin.dashboard.transfer import MAX_UPLOAD_BYTES
 from tokenadmin.dashboard.web import SignInRequired, error_page, sign_in_url, wants_html
 from tokenadmin.database import Database
+from tokenadmin.distribution.endpoints import router as distribution_router
 from tokenadmin.errors import TokenAdminError
 from tokenadmin.journal.endpoints import router as journal_router
 from tokenadmin.organization.endpoints import router as organization_router
@@ -434,6 +435,7 @@ def create_app(
         org_user_router,
         user_router,
         allowance_router,
+        distribution_router,
         journal_router,
         token_request_endpoints.router,
         token_request_endpoints.org_router,

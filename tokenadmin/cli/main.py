@@ -18,6 +18,7 @@ from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.cli.allowances import allowance_app
 from tokenadmin.cli.common import Cli, emit_json, out, progress_bar, say
+from tokenadmin.cli.distribute import distribute
 from tokenadmin.cli.orgs import org_app, purchase_app
 from tokenadmin.cli.requests import requests_app
 from tokenadmin.cli.usage import journal_app, key_app, usage_app
@@ -40,6 +41,7 @@ app.add_typer(purchase_app, name="purchase")
 app.add_typer(user_app, name="user")
 app.add_typer(users_app, name="users")
 app.add_typer(allowance_app, name="allowance")
+app.command("distribute")(distribute)
 app.add_typer(usage_app, name="usage")
 app.add_typer(journal_app, name="journal")
 app.add_typer(key_app, name="key")

@@ -1,10 +1,9 @@
-"""Distribute the balance: the same amount added to each chosen user's allowance, computed
-as an equal split, a fixed amount or a percentage of the balance, between a minimum and a
-maximum per user. Previewed first, then applied as one atomic allowance change."""
+"""Distribute the balance, one kind at a time: the form read into the request of
+`distribution.service`, which computes the preview and applies it (as the API and the CLI
+do); this page only reads the form and renders the preview."""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -12,25 +11,25 @@ from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
-from tokenadmin.allowance import service as allowance_service
 from tokenadmin.amounts import parse_amount
 from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
 from tokenadmin.deps import clock_of, db_of
+from tokenadmin.distribution import service as distribution_service
+from tokenadmin.distribution.schemas import DistributionRequest, Method
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
 from tokenadmin.schemas import Text
-from tokenadmin.tokens import Kind
+from tokenadmin.tokens import ALLOWANCE_LABEL, Kind
 from tokenadmin.user import repository as user_repository
 
 router = APIRouter(include_in_schema=False)
 PICK_LIMIT = 100
 PREVIEW_ROWS = 200
-MAX_USERS = 200_000
-Method = Literal["equal", "fixed", "percent"]
-KIND_NAMES = {Kind.inference: "Max Tokens", Kind.training: "Max Train Tokens"}
+KIND_NAMES = ALLOWANCE_LABEL
 
 
 @dataclass
@@ -58,15 +57,9 @@ class DistributionForm:
             return None
 
 
-@dataclass
-class Amounts:
-    fixed: int | None
-    share: int | None
-    minimum: int
-    maximum: int | None
-
-
-def read_amounts(form: DistributionForm) -> Amounts | None:
+def read_request(form: DistributionForm) -> DistributionRequest | None:
+    """The form as the service's request (one kind at a time), or None with its problems
+    in `form.errors`, each by its field."""
     fixed = form.number("amount", required=form.method == "fixed", positive=True)
     share = None
     if form.method == "percent":
@@ -83,41 +76,19 @@ def read_amounts(form: DistributionForm) -> Amounts | None:
         form.errors["users"] = "Choose at least one user, or distribute over all active users."
     if form.errors:
         return None
-    return Amounts(fixed, share, minimum, maximum)
-
-
-def amount_per_user(method: Method, balance: int, users: int, amounts: Amounts) -> int:
-    """Integers only: an equal split leaves the remainder in the balance."""
-    available = max(0, balance)
-    if method == "fixed":
-        per_user = amounts.fixed or 0
-    elif method == "percent":
-        per_user = available * (amounts.share or 0) // 100 // users
-    else:
-        per_user = available // users
-    per_user = max(per_user, amounts.minimum)
-    if amounts.maximum is not None:
-        per_user = min(per_user, amounts.maximum)
-    return per_user
-
-
-def _digest(kind: Kind, requests: list[allowance_service.Request]) -> str:
-    """Names exactly what a preview showed, so Apply writes that or nothing."""
-    text = "|".join(
-        f"{r.user.id}:{r.user.version}:{r.user.allowance(kind)}:{r.allowances[kind]}"
-        for r in requests
-    )
-    return hashlib.sha256(f"{kind}|{text}".encode()).hexdigest()
-
-
-async def _users(session: AsyncSession, org: Organization, form: DistributionForm) -> list[User]:
-    if form.scope == "selected":
-        return list(await user_repository.find_in_org(session, org.id, ids=form.user_ids))
-    query = user_repository.UserQuery(
-        org_id=org.id, period_start=org.period_start, status="active", sort="email", limit=MAX_USERS
-    )
-    users, _total = await user_repository.search(session, query)
-    return list(users)
+    rule = {
+        "method": form.method,
+        "amount": fixed if form.method == "fixed" else None,
+        "percent": share,
+        "minimum": minimum,
+        "maximum": maximum,
+    }
+    users = [str(i) for i in form.user_ids] if form.scope == "selected" else None
+    try:
+        return DistributionRequest.model_validate({form.kind.value: rule, "users": users})
+    except ValidationError as error:  # more users chosen than one distribution takes
+        form.errors["users"] = str(error.errors()[0]["msg"])
+        return None
 
 
 async def _pickable(
@@ -197,43 +168,37 @@ async def distribute(
     require_org(viewer, org_id, "admin")
     db = db_of(request)
     form = DistributionForm(kind, method, amount, share, minimum, maximum, scope, users or [])
-    amounts = read_amounts(form)
+    asked = read_request(form)
 
     async def work(session: AsyncSession) -> dict[str, Any]:
         act = Act(viewer.principal.actor, clock_of(request).now())
         org = await organization_service.lock_for_change(session, act, org_id)
         result: dict[str, Any] = {"org": org, "applied": False}
-        if amounts is not None:
-            chosen = await _users(session, org, form)
-            if not chosen:
+        if asked is not None:
+            try:
+                found = await distribution_service.preview(session, act, org, asked)
+            except distribution_service.NoActiveUsers:
                 form.errors["users"] = "There is no active user to distribute to."
             else:
-                before = org.capacity(kind) - org.allocated(kind)
-                per_user = amount_per_user(method, before, len(chosen), amounts)
-                requests = [
-                    allowance_service.Request(
-                        u, {kind: u.allowance(kind) + per_user}, expected_version=u.version
-                    )
-                    for u in chosen
-                ]
-                plan = allowance_service.plan(org, requests, act)
-                result.update(
-                    preview=allowance_service.preview(plan),
-                    accepted=plan.accepted,
-                    per_user=per_user,
-                    user_count=len(chosen),
-                    balance_before=before,
-                    balance_after=plan.after[kind].balance,
-                    digest=_digest(kind, requests),
-                )
-                if action == "apply" and plan.accepted:
-                    if digest != result["digest"]:
-                        result["stale"] = True
-                    else:
-                        await allowance_service.apply(
-                            session, act, org, plan, reason=f"Distribution ({method})"
-                        )
+                if action == "apply" and found.accepted:
+                    try:
+                        await distribution_service.commit(session, act, found, digest)
                         result["applied"] = True
+                    except distribution_service.PreviewStale:
+                        result["stale"] = True
+                answer = found.out()
+                if any(r["code"] == "user_not_found" for r in answer.refused):
+                    form.errors["users"] = "Some chosen users are not in this organization."
+                changes = answer.kinds[kind.value].rows
+                result.update(
+                    preview={"refused": answer.refused, "changes": changes},
+                    accepted=answer.accepted,
+                    per_user=found.per_user[kind],
+                    user_count=answer.users,
+                    balance_before=answer.kinds[kind.value].balance_before,
+                    balance_after=answer.kinds[kind.value].balance_after,
+                    digest=answer.preview_token,
+                )
         result["balance"] = await organization_service.balance(session, org, act.now)
         result["pickable"] = await _pickable(session, org, q, form.user_ids)
         return result

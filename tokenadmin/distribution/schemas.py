@@ -1,0 +1,112 @@
+"""Distributing the balance: what a caller asks for and what it is answered.
+
+Imported by the Python client too: pydantic, the standard library and tokenadmin.schemas
+only."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, StrictInt, model_validator
+
+from tokenadmin.schemas import WHOLE, Amount, Input, PositiveAmount, Text
+
+Method = Literal["equal", "fixed", "percent"]
+Percent = Annotated[StrictInt, Field(ge=1, le=100, description="1 to 100."), WHOLE]
+PreviewToken = Annotated[
+    str,
+    Field(
+        min_length=64,
+        max_length=64,
+        pattern="^[0-9a-f]{64}$",
+        description="The `preview_token` of the preview being applied.",
+    ),
+]
+
+
+class KindRule(Input):
+    """How much each chosen user gets of one kind, added to their allowance."""
+
+    method: Method = Field(
+        description="`equal`: the balance split equally (the remainder stays in the balance);"
+        " `fixed`: `amount` to each user; `percent`: `percent` of the balance, split equally."
+    )
+    amount: PositiveAmount | None = Field(default=None, description="With `fixed` only.")
+    percent: Percent | None = Field(default=None, description="With `percent` only.")
+    minimum: Amount = Field(default=0, description="The least added to each user.")
+    maximum: Amount | None = Field(default=None, description="The most added to each user.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KindRule:
+        if self.method == "fixed" and self.amount is None:
+            raise ValueError("method fixed needs an amount")
+        if self.method != "fixed" and self.amount is not None:
+            raise ValueError("amount goes with method fixed only")
+        if self.method == "percent" and self.percent is None:
+            raise ValueError("method percent needs a percent (1 to 100)")
+        if self.method != "percent" and self.percent is not None:
+            raise ValueError("percent goes with method percent only")
+        if self.maximum is not None and self.maximum < self.minimum:
+            raise ValueError("the maximum is below the minimum")
+        return self
+
+
+class DistributionRequest(Input):
+    """What to distribute, of one kind or both, to whom."""
+
+    inference: KindRule | None = Field(default=None, description="Added to Max Tokens.")
+    training: KindRule | None = Field(default=None, description="Added to Max Train Tokens.")
+    users: list[Annotated[Text, Field(min_length=1, max_length=320)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100_000,
+        description="User ids or emails; left out, every active user of the organization.",
+    )
+    reason: Text | None = Field(default=None, max_length=500, description="For the journal.")
+
+    @model_validator(mode="after")
+    def _a_kind(self) -> DistributionRequest:
+        if self.inference is None and self.training is None:
+            raise ValueError("give inference, training or both")
+        return self
+
+
+class DistributionApply(DistributionRequest):
+    """A distribution to apply; with `preview_token`, only if nothing changed since that
+    preview (else 409 preview_stale); without, as computed now."""
+
+    preview_token: PreviewToken | None = None
+
+
+class DistributionRow(BaseModel):
+    user_id: str
+    email: str
+    before: int
+    after: int
+
+
+class KindDistribution(BaseModel):
+    kind: str
+    field: str
+    method: Method
+    per_user: int
+    """Added to each user's allowance."""
+    added: int
+    """Added in all: `per_user` times the users whose allowance changes."""
+    balance_before: int
+    balance_after: int
+    rows: list[DistributionRow]
+    """The users whose allowance changes, with their allowance before and after."""
+
+
+class DistributionOut(BaseModel):
+    applied: bool
+    accepted: bool
+    """Whether applying would be (or was) accepted: no refused rows."""
+    users: int
+    """The users chosen (all active users, or those named)."""
+    kinds: dict[str, KindDistribution]
+    refused: list[dict[str, object]]
+    """Each refused row with its `code` and `message` (and the `kind` where it applies)."""
+    preview_token: str
+    """Names exactly what this answer shows; send it back to apply only that."""

@@ -1,0 +1,244 @@
+"""Distributing the balance: the same amount added to each chosen user's allowance, of one
+kind or both, computed as an equal split, a fixed amount or a percentage of the balance,
+between a minimum and a maximum per user.
+
+`preview` computes it (nothing is written) as one allowance plan of both kinds, and names
+what it shows with a `preview_token`; `commit` writes that plan in the caller's
+transaction, all rows of both kinds or none, and only if the token still names it. The API,
+the CLI and the dashboard call these; none computes anything of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.act import Act
+from tokenadmin.allowance import service as allowance_service
+from tokenadmin.distribution.schemas import (
+    DistributionOut,
+    DistributionRequest,
+    DistributionRow,
+    KindDistribution,
+    KindRule,
+)
+from tokenadmin.errors import Conflict, RuleRefused
+from tokenadmin.models import Organization, User
+from tokenadmin.tokens import ALLOWANCE_FIELD, Kind, balance
+from tokenadmin.user import repository as user_repository
+
+MAX_USERS = 200_000
+"""The most active users one distribution over "all active users" reaches."""
+
+
+class PreviewStale(Conflict):
+    """Apply was given the token of a preview that no longer matches what is stored."""
+
+    code = "preview_stale"
+
+
+class NoActiveUsers(RuleRefused):
+    code = "no_active_users"
+
+
+@dataclass
+class Distribution:
+    """A distribution computed for an organization: its allowance plan, and the token that
+    names what it shows."""
+
+    org: Organization
+    rules: dict[Kind, KindRule]
+    users: list[User]
+    per_user: dict[Kind, int]
+    balance_before: dict[Kind, int]
+    plan: allowance_service.Plan
+    reason: str
+    preview_token: str
+    applied: bool = False
+
+    @property
+    def accepted(self) -> bool:
+        return self.plan.accepted
+
+    def out(self) -> DistributionOut:
+        kinds = {}
+        for kind, rule in self.rules.items():
+            rows = [
+                DistributionRow(
+                    user_id=str(c.user.id), email=c.user.email, before=c.before, after=c.after
+                )
+                for c in self.plan.changes
+                if c.kind is kind
+            ]
+            kinds[kind.value] = KindDistribution(
+                kind=kind.value,
+                field=ALLOWANCE_FIELD[kind],
+                method=rule.method,
+                per_user=self.per_user[kind],
+                added=sum(r.after - r.before for r in rows),
+                balance_before=self.balance_before[kind],
+                balance_after=self.plan.after[kind].balance,
+                rows=rows,
+            )
+        return DistributionOut(
+            applied=self.applied,
+            accepted=self.accepted,
+            users=len(self.users),
+            kinds=kinds,
+            refused=[r.to_dict() for r in self.plan.refused],
+            preview_token=self.preview_token,
+        )
+
+
+def amount_per_user(rule: KindRule, balance_now: int, users: int) -> int:
+    """Integers only: an equal split (or a percentage's) leaves the remainder in the
+    balance; the minimum and the maximum bound the result."""
+    available = max(0, balance_now)
+    if rule.method == "fixed":
+        per_user = rule.amount or 0
+    elif rule.method == "percent":
+        per_user = available * (rule.percent or 0) // 100 // users
+    else:
+        per_user = available // users
+    per_user = max(per_user, rule.minimum)
+    if rule.maximum is not None:
+        per_user = min(per_user, rule.maximum)
+    return per_user
+
+
+@dataclass
+class _Ref:
+    """A user named by id or email whom the organization doesn't have: the allowance
+    change refuses the row (user_not_found)."""
+
+    user: str
+    max_tokens: int | None = None
+    max_train_tokens: int | None = None
+    expected_version: int | None = None
+
+
+async def chosen_users(
+    session: AsyncSession, org: Organization, refs: Sequence[str] | None
+) -> list[User | _Ref]:
+    """Every active user (by email) when none are named; else each user named by id or
+    email, in the order given, or the reference when no such user is here."""
+    if refs is None:
+        query = user_repository.UserQuery(
+            org_id=org.id,
+            period_start=org.period_start,
+            status="active",
+            sort="email",
+            limit=MAX_USERS,
+        )
+        users, _total = await user_repository.search(session, query)
+        if not users:
+            raise NoActiveUsers("There is no active user to distribute to; add users first.")
+        return list(users)
+    unique = list(dict.fromkeys(ref.strip() for ref in refs))
+    ids, emails = [], []
+    for ref in unique:
+        try:
+            ids.append(uuid.UUID(ref))
+        except ValueError:
+            emails.append(ref.lower())
+    found: dict[str, User] = {}
+    for user in await user_repository.find_in_org(session, org.id, ids=ids, emails=emails):
+        found[str(user.id)] = found[user.email] = user
+    return [found.get(ref) or found.get(ref.lower()) or _Ref(ref) for ref in unique]
+
+
+async def preview(
+    session: AsyncSession, act: Act, org: Organization, request: DistributionRequest
+) -> Distribution:
+    """The distribution as it would be applied now: both kinds in one allowance plan, with
+    every refused row; nothing is written. `org` is locked for change
+    (organization.service.lock_for_change)."""
+    rules = {
+        kind: rule
+        for kind, rule in ((Kind.inference, request.inference), (Kind.training, request.training))
+        if rule is not None
+    }
+    chosen = await chosen_users(session, org, request.users)
+    users = [u for u in chosen if isinstance(u, User)]
+    before = {kind: balance(org.capacity(kind), org.allocated(kind)) for kind in rules}
+    per_user = {
+        kind: amount_per_user(rule, before[kind], max(1, len(users)))
+        for kind, rule in rules.items()
+    }
+    rows: list[allowance_service.Request | _Ref] = [
+        allowance_service.Request(
+            u,
+            {kind: u.allowance(kind) + per_user[kind] for kind in rules},
+            expected_version=u.version,
+        )
+        if isinstance(u, User)
+        else u
+        for u in chosen
+    ]
+    result = await allowance_service.change(session, act, org, rows, dry_run=True)
+    methods = ", ".join(f"{kind}: {rule.method}" for kind, rule in rules.items())
+    reason = f"Distribution ({methods})" + (f": {request.reason}" if request.reason else "")
+    return Distribution(
+        org=org,
+        rules=rules,
+        users=users,
+        per_user=per_user,
+        balance_before=before,
+        plan=result.plan,
+        reason=reason,
+        preview_token=_token(org, before, rows),
+    )
+
+
+def _token(
+    org: Organization,
+    before: dict[Kind, int],
+    rows: Sequence[allowance_service.Request | _Ref],
+) -> str:
+    """Names exactly what a preview shows: the organization, each kind's balance, and each
+    chosen user with their version and their allowances before and after (and any user
+    named who isn't there)."""
+    parts = [str(org.id)]
+    parts += [f"{kind}={before[kind]}" for kind in sorted(before)]
+    for r in rows:
+        if isinstance(r, _Ref):
+            parts.append(f"?{r.user}")
+            continue
+        values = ",".join(
+            f"{kind}:{r.user.allowance(kind)}>{r.allowances[kind]}" for kind in sorted(r.allowances)
+        )
+        parts.append(f"{r.user.id}@{r.user.version}:{values}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+async def commit(
+    session: AsyncSession, act: Act, distribution: Distribution, preview_token: str | None
+) -> Distribution:
+    """Write a previewed distribution in this transaction: both kinds, every row, or
+    nothing. With a `preview_token`, only if it names this distribution (else
+    PreviewStale); a plan with refused rows raises AllowanceChangeRefused."""
+    if preview_token is not None and preview_token != distribution.preview_token:
+        raise PreviewStale(
+            "The balance or the users changed since that preview; nothing was saved."
+            " Preview again, check it, and apply the new preview.",
+        )
+    await allowance_service.apply(
+        session, act, distribution.org, distribution.plan, reason=distribution.reason
+    )
+    distribution.applied = True
+    return distribution
+
+
+async def apply(
+    session: AsyncSession,
+    act: Act,
+    org: Organization,
+    request: DistributionRequest,
+    preview_token: str | None,
+) -> Distribution:
+    """Preview and commit in one transaction (see `commit`)."""
+    return await commit(session, act, await preview(session, act, org, request), preview_token)
