@@ -12,7 +12,6 @@ import pytest
 from tests.helpers import Api, funded_org
 from tests.scenarios import entries_since, error_of, get_user, last_entry_id, org_api
 
-
 REQUESTS = "/v1/token-requests"
 
 
@@ -39,7 +38,8 @@ async def test_a_member_asks_and_the_request_is_pending_in_both_lists(api: Api) 
         300_000,
     )
     assert asked["reason"] == "a fine-tuning run"
-    assert asked["decided_at"] is None and asked["approved_amount"] is None
+    assert asked["decided_at"] is None
+    assert asked["approved_amount"] is None
 
     reader = await org_api(api, org_id, "read")
     pending = await reader.get(f"/v1/organizations/{org_id}/token-requests")
@@ -88,7 +88,7 @@ async def test_approving_raises_the_allowance_journals_it_and_bumps_the_version(
 
 
 async def test_an_approval_may_grant_another_amount(api: Api) -> None:
-    org_id, member = await _org_with_member(api)
+    _org_id, member = await _org_with_member(api)
     asked = await _ask(api, member["id"])
     approved = await api.post(f"{REQUESTS}/{asked['id']}/approve", {"amount": 50_000}, expect=200)
     assert (approved["amount"], approved["approved_amount"]) == (300_000, 50_000)
@@ -203,10 +203,11 @@ async def test_another_organization_sees_nothing(api: Api) -> None:
     ):
         response = await other.call(method, path, json=body)
         assert response.status_code == 404, (path, response.text)
-        assert rid not in response.text and member["email"] not in response.text
+        assert rid not in response.text
+        assert member["email"] not in response.text
     for ref in (member["id"], member["email"]):
-        body = {"user": ref, "kind": "inference", "amount": 5, "reason": "x"}
-        error_of(await other.call("POST", REQUESTS, json=body), 404, "user_not_found")
+        ask: dict[str, Any] = {"user": ref, "kind": "inference", "amount": 5, "reason": "x"}
+        error_of(await other.call("POST", REQUESTS, json=ask), 404, "user_not_found")
     own = await other.get(f"/v1/organizations/{other_org}/token-requests", params={"state": "any"})
     assert own["requests"] == []
     assert (await api.get(f"{REQUESTS}/{rid}"))["state"] == "pending"
@@ -226,7 +227,7 @@ async def test_amounts_outside_rule_8_are_refused(api: Api, amount: Any) -> None
 
 
 async def test_a_bad_approved_amount_or_a_missing_reason_is_refused(api: Api) -> None:
-    org_id, member = await _org_with_member(api)
+    _org_id, member = await _org_with_member(api)
     for reason in ("", "   "):
         body = {"user": member["id"], "kind": "inference", "amount": 5, "reason": reason}
         error_of(await api.call("POST", REQUESTS, json=body), 422, "invalid_request")
@@ -251,7 +252,7 @@ async def test_an_approval_past_2_to_the_53_is_refused(api: Api) -> None:
 
 
 async def test_a_replayed_ask_and_approval_answer_the_first_answer(api: Api) -> None:
-    org_id, member = await _org_with_member(api)
+    _org_id, member = await _org_with_member(api)
     body = {"user": member["id"], "kind": "inference", "amount": 1_000, "reason": "x"}
     key = uuid.uuid4().hex
     first = await api.call("POST", REQUESTS, json=body, idempotency_key=key, expect=201)
@@ -272,7 +273,7 @@ async def test_a_replayed_ask_and_approval_answer_the_first_answer(api: Api) -> 
 async def test_a_deactivated_user_can_not_ask_and_their_request_can_not_be_approved(
     api: Api,
 ) -> None:
-    org_id, member = await _org_with_member(api)
+    _org_id, member = await _org_with_member(api)
     asked = await _ask(api, member["id"])
     await api.post(f"/v1/users/{member['id']}/deactivate", expect=200)
     response = await api.call("POST", f"{REQUESTS}/{asked['id']}/approve", json={})

@@ -12,7 +12,7 @@ from playwright.sync_api import Page, expect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.browser.conftest import Site, screenshot, sign_in
-from tests.browser.test_table import cell, edit, save
+from tests.browser.test_table import cell
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.database import Database
@@ -101,9 +101,19 @@ def test_a_request_reaches_the_admin_and_usage_downloads_as_csv(page: Page, site
     request.get_by_role("link", name="Ben Member").click()
     assert _csv_rows(page, site, "Download per day (CSV)") == days
 
-    page.goto(f"{site.url}/orgs/{site.org_id}?q=ben")
-    edit(page, site, site.member_email, "max_tokens", "500K")
-    save(page)
-    expect(cell(page, site, site.member_email, "max_tokens")).to_have_text("500,000")
+    # The request is decided on the home: approved for another amount than asked, once.
     page.goto(f"{site.url}/orgs/{site.org_id}")
+    request = page.locator(f"#requests li[data-email='{site.member_email}']")
+    expect(request.get_by_label("Tokens to grant")).to_have_value("300,000")
+    request.get_by_label("Tokens to grant").fill("250K")
+    request.get_by_role("button", name="Approve").click()
+    expect(page.get_by_role("status")).to_contain_text("Request approved")
     expect(page.locator("#requests")).to_have_count(0)
+    page.goto(f"{site.url}/orgs/{site.org_id}?q=ben")
+    expect(cell(page, site, site.member_email, "max_tokens")).to_have_text("450,000")
+
+    page.context.clear_cookies()
+    sign_in(page, site, site.member_email)
+    mine = page.locator("#my-requests li[data-kind=inference]")
+    expect(mine).to_contain_text("approved")
+    expect(mine).to_contain_text("250,000 tokens granted")

@@ -1,15 +1,12 @@
-"""Members ask for more tokens; their administrators see the open requests on their home.
+"""Token requests on the dashboard: a member asks and withdraws on /me; the admin's home
+lists the pending ones to approve (the amount editable) or deny (with a note).
 
-A request is an audit entry of the journal ("tokens_requested", no kind and no deltas, so
-no balance moves). It stays open until the user's allowance of that kind changes after
-it: the administrator grants it by editing the user table as usual, and nothing else.
+Thin callers of token_request.service, one transaction per form.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -18,63 +15,43 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.amounts import parse_amount
-from tokenadmin.dashboard.web import WriterDep
+from tokenadmin.auth.service import Viewer
+from tokenadmin.dashboard.web import WriterDep, require_org
 from tokenadmin.deps import clock_of, db_of
-from tokenadmin.errors import NotFound, TokenAdminError
-from tokenadmin.journal import repository as journal_repository
-from tokenadmin.journal import service as journal_service
+from tokenadmin.errors import InvalidRequest, NotFound, TokenAdminError
+from tokenadmin.models import Organization
 from tokenadmin.organization import service as organization_service
 from tokenadmin.schemas import Text
+from tokenadmin.token_request import service
+from tokenadmin.token_request.schemas import TokenRequestOut
 from tokenadmin.tokens import Kind
 from tokenadmin.user import repository as user_repository
 
 router = APIRouter(include_in_schema=False)
-ACTION = "tokens_requested"
 SHOWN = 20
-LOOK_BACK = timedelta(days=90)
-"""Requests older than this are no longer shown: the journal has no index on its action,
-so the search for requests reads the organization's entries of this window."""
+"""Requests shown on a page: the newest pending ones on the home, a member's latest on /me."""
 
 
-@dataclass(frozen=True)
-class TokenRequest:
-    user_id: uuid.UUID
-    name: str
-    email: str
-    kind: str
-    amount: int
-    reason: str
-    requested_at: datetime
+async def pending_requests(session: AsyncSession, org_id: uuid.UUID) -> list[TokenRequestOut]:
+    """The organization's pending requests, newest first, for its home."""
+    query = service.RequestQuery(org_id=org_id, state="pending", limit=SHOWN)
+    return (await service.search(session, query)).requests
 
 
-async def open_requests(
-    session: AsyncSession,
-    org_id: uuid.UUID,
-    now: datetime,
-    *,
-    user_id: uuid.UUID | None = None,
-    limit: int = SHOWN,
-) -> list[TokenRequest]:
-    """The latest requests of the organization (or of one user) made after the user's last
-    change of allowance of that kind, newest first."""
-    rows = await journal_repository.open_token_requests(
-        session, org_id, since=now - LOOK_BACK, user_id=user_id, limit=limit
-    )
-    found: list[TokenRequest] = []
-    for entry, user in rows:
-        details = entry.details or {}
-        found.append(
-            TokenRequest(
-                user_id=user.id,
-                name=user.name,
-                email=user.email,
-                kind=str(details.get("kind", "")),
-                amount=int(details.get("amount", 0)),
-                reason=str(details.get("reason") or ""),
-                requested_at=entry.created_at,
-            )
-        )
-    return found
+async def member_requests(session: AsyncSession, user_id: uuid.UUID) -> list[TokenRequestOut]:
+    """A member's latest requests in every state, for /me."""
+    query = service.RequestQuery(user_id=user_id, limit=SHOWN)
+    return (await service.search(session, query)).requests
+
+
+def _me(viewer: Viewer) -> tuple[uuid.UUID, uuid.UUID]:
+    if viewer.user_id is None or viewer.org_id is None:
+        raise NotFound("Page not found.")  # operators have no allowance to ask for
+    return viewer.user_id, viewer.org_id
+
+
+def _act(request: Request, viewer: Viewer) -> Act:
+    return Act(viewer.principal.actor, clock_of(request).now())
 
 
 @router.post("/me/requests")
@@ -88,33 +65,16 @@ async def request_tokens(
     """Ask the organization's administrators for more tokens of one kind."""
     from tokenadmin.dashboard.member import my_page_response  # member imports this module
 
-    user_id, org_id = viewer.user_id, viewer.org_id
-    if user_id is None or org_id is None:
-        raise NotFound("Page not found.")  # operators have no allowance to ask for
-    try:
-        tokens = parse_amount(amount, positive=True)
-    except ValueError as error:
-        return await my_page_response(
-            request, viewer, status_code=422, request_error=str(error), asked=(kind, amount)
-        )
-    why = reason.strip() or None
+    user_id, org_id = _me(viewer)
 
     async def work(session: AsyncSession) -> None:
-        act = Act(viewer.principal.actor, clock_of(request).now())
-        # The entry extends the user's hash chain: metering of the organization waits.
+        tokens = _amount(amount, "Tokens")
+        act = _act(request, viewer)
         org = await organization_service.lock_for_change(session, act, org_id)
         user = await user_repository.get(session, user_id)
-        if user is None or user.org_id != org.id or not user.active:
+        if user is None or user.org_id != org.id:
             raise NotFound("User not found.")
-        journal_service.record(
-            session,
-            act,
-            org,
-            "tokens_requested",
-            user=user,
-            reason=why,
-            details={"kind": kind.value, "amount": tokens, "reason": why},
-        )
+        await service.ask(session, act, org, user, kind, tokens, reason)
 
     try:
         await db_of(request).write(work)
@@ -124,6 +84,99 @@ async def request_tokens(
             viewer,
             status_code=error.status_code,
             request_error=error.message,
-            asked=(kind, amount),
+            asked=(kind, amount, reason),
         )
     return RedirectResponse("/me?notice=requested", status_code=303)
+
+
+@router.post("/me/requests/{request_id}/withdraw")
+async def withdraw_request(request: Request, request_id: uuid.UUID, viewer: WriterDep) -> Response:
+    """Take back one of my pending requests."""
+    from tokenadmin.dashboard.member import my_page_response
+
+    user_id, _ = _me(viewer)
+
+    async def work(session: AsyncSession) -> None:
+        act = _act(request, viewer)
+        org = await service.lock_org_of(session, act, request_id)
+        await service.withdraw(session, act, org, request_id, user_id=user_id)
+
+    try:
+        await db_of(request).write(work)
+    except NotFound:
+        raise
+    except TokenAdminError as error:
+        return await my_page_response(
+            request, viewer, status_code=error.status_code, request_error=error.message
+        )
+    return RedirectResponse("/me?notice=withdrawn", status_code=303)
+
+
+def _amount(text: str, label: str) -> int:
+    try:
+        return parse_amount(text, positive=True)
+    except ValueError as error:
+        raise InvalidRequest(f"{label}: {error}", code="invalid_amount") from error
+
+
+async def _decide(
+    request: Request, viewer: Viewer, org_id: uuid.UUID, decide: service.Decision, notice: str
+) -> Response:
+    """Run a decision on a request of this organization; refused, the home says why."""
+    from tokenadmin.dashboard.home import TableView, home_page  # home imports this module
+
+    require_org(viewer, org_id, "admin")
+
+    async def work(session: AsyncSession) -> None:
+        act = _act(request, viewer)
+        org = await organization_service.lock_for_change(session, act, org_id)
+        await decide(session, act, org)
+
+    try:
+        await db_of(request).write(work)
+    except NotFound:
+        raise
+    except TokenAdminError as error:
+        return await home_page(
+            request,
+            viewer,
+            org_id,
+            TableView(),
+            status_code=error.status_code,
+            error=error.message,
+        )
+    return RedirectResponse(f"/orgs/{org_id}?notice={notice}#requests", status_code=303)
+
+
+@router.post("/orgs/{org_id}/token-requests/{request_id}/approve")
+async def approve_request(
+    request: Request,
+    org_id: uuid.UUID,
+    request_id: uuid.UUID,
+    viewer: WriterDep,
+    amount: Annotated[str, Form(max_length=64)] = "",
+    note: Annotated[Text, Form(max_length=500)] = "",
+) -> Response:
+    """Grant a request: the user's allowance rises by the amount (as asked unless edited)."""
+
+    async def decide(session: AsyncSession, act: Act, org: Organization) -> TokenRequestOut:
+        granted = _amount(amount, "Tokens to grant") if amount.strip() else None
+        return await service.approve(session, act, org, request_id, amount=granted, note=note)
+
+    return await _decide(request, viewer, org_id, decide, "approved")
+
+
+@router.post("/orgs/{org_id}/token-requests/{request_id}/deny")
+async def deny_request(
+    request: Request,
+    org_id: uuid.UUID,
+    request_id: uuid.UUID,
+    viewer: WriterDep,
+    note: Annotated[Text, Form(max_length=500)] = "",
+) -> Response:
+    """Refuse a request, with a note the member reads."""
+
+    async def decide(session: AsyncSession, act: Act, org: Organization) -> TokenRequestOut:
+        return await service.deny(session, act, org, request_id, note=note)
+
+    return await _decide(request, viewer, org_id, decide, "denied")
