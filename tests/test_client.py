@@ -485,6 +485,15 @@ def test_bodies_send_dates_kinds_and_a_null_expiry_as_json() -> None:
     assert cleared == {"expires_at": None}
 
 
+def test_a_text_answer_is_read_as_the_text_itself() -> None:
+    csv = "email,max_tokens\nana@example.com,200000\n"
+    client, script, _ = scripted(
+        httpx.Response(200, text=csv, headers={"content-type": "text/csv; charset=utf-8"})
+    )
+    assert client._send(Call("GET", "/v1/organizations/o/users.csv", str)) == csv
+    assert script.requests[0].url.path == "/v1/organizations/o/users.csv"
+
+
 def test_batch_events_keep_their_keys_through_retries() -> None:
     batch = {"accepted": 2, "refused": 0, "results": []}
     client, script, _ = scripted(httpx.Response(500), httpx.Response(200, json=batch))

@@ -90,6 +90,17 @@ ROUTES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
         ("GET", f"/v1/users/{w.a_user}/balance", None)
     ],
     ("GET", "/v1/users/{user_id}/usage"): lambda w: [("GET", f"/v1/users/{w.a_user}/usage", None)],
+    ("GET", "/v1/users/{user_id}/forecast"): lambda w: [
+        ("GET", f"/v1/users/{w.a_user}/forecast", None)
+    ],
+    ("GET", "/v1/organizations/{org_id}/forecast"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/forecast?users=10", None)
+    ],
+    ("GET", "/v1/organizations/{org_id}/usage-report"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/usage-report?group_by=model", None),
+        ("GET", f"/v1/organizations/{w.b_org}/usage-report?user={w.a_email}", None),
+        ("GET", f"/v1/organizations/{w.b_org}/usage-report?user={w.a_user}&format=csv", None),
+    ],
     ("POST", "/v1/organizations/{org_id}/allowances"): lambda w: [
         (
             "POST",

@@ -1,10 +1,11 @@
-"""The run-out forecast shared by a user's page, /me and the organization's home."""
+"""The run-out forecast's arithmetic, shared by the API, the CLI, a user's page, /me and the
+organization's home (report/service.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tokenadmin.dashboard.user_page import Forecast, forecast
+from tokenadmin.report.service import HORIZON, Forecast, Window, forecast
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
 END = datetime(2025, 4, 1, tzinfo=UTC)
@@ -46,3 +47,21 @@ def test_without_periods_a_date_within_ten_years_is_given_and_none_beyond() -> N
     assert soon == Forecast(10_000, NOW + timedelta(days=300))
     # 10^12 at 10,000 a day would be 10^8 days, past what a date can hold.
     assert forecast(100_000, ELAPSED, 10**12, NOW, None) == Forecast(10_000, None)
+
+
+def test_the_pace_is_rounded_down_to_whole_tokens_a_day() -> None:
+    # 10 tokens in 3 days is 3.33 a day: 3; the date stays exact (what is left over 10 tokens
+    # takes 3 days more per 10 left).
+    result = forecast(10, timedelta(days=3), 10, NOW, END)
+    assert result == Forecast(3, NOW + timedelta(days=3))
+
+
+def test_beyond_the_horizon_even_within_a_period_is_no_date() -> None:
+    far = NOW + HORIZON + timedelta(days=1)
+    assert forecast(1, timedelta(days=1), 10**6, NOW, far).runs_out_on is None
+
+
+def test_days_observed_counts_whole_days_measured() -> None:
+    assert Window(START, START + timedelta(hours=23), END).days_observed == 0
+    assert Window(START, START + timedelta(days=1), END).days_observed == 1
+    assert Window(START, NOW, END).days_observed == 10

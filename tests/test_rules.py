@@ -57,7 +57,7 @@ async def test_rule1_allocating_exactly_the_capacity_is_allowed(api: Api) -> Non
             "POST", f"/v1/organizations/{org}/users", json={"email": "bo@example.com", "name": "Bo"}
         ),
         422,
-        "allowance_change_refused",
+        "exceeds_balance",
     )
 
 
@@ -265,11 +265,16 @@ async def test_rule4_creating_a_user_fails_clearly_when_the_balance_cannot_cover
         "POST", f"/v1/organizations/{org}/users", json={"email": "bo@example.com", "name": "Bo"}
     )
 
-    details = error_of(response, 422, "allowance_change_refused")
+    # One user's change answers the rule's own code, and names no user that doesn't exist.
+    details = error_of(response, 422, "exceeds_balance")
+    assert (details["kind"], details["shortfall"]) == ("inference", 50_000)
     [row] = details["refused"]
-    assert row["code"] == "exceeds_balance"
-    assert row["email"] == "bo@example.com"
-    assert row["shortfall"] == 50_000
+    assert (row["code"], row["email"], row["shortfall"]) == (
+        "exceeds_balance",
+        "bo@example.com",
+        50_000,
+    )
+    assert "user_id" not in row
     assert await last_entry_id(api, org) == before
     users = await api.get(f"/v1/organizations/{org}/users")
     assert users["total"] == 1
@@ -283,7 +288,8 @@ async def test_rule4_a_user_cannot_be_created_below_the_minimum(api: Api) -> Non
         f"/v1/organizations/{org}/users",
         json={"email": "bo@example.com", "name": "Bo", "max_tokens": 199_999},
     )
-    details = error_of(response, 422, "allowance_change_refused")
+    details = error_of(response, 422, "below_minimum")
+    assert (details["minimum"], details["requested"]) == (200_000, 199_999)
     assert [(r["code"], r["minimum"]) for r in details["refused"]] == [("below_minimum", 200_000)]
 
 

@@ -44,6 +44,7 @@ from tokenadmin.usage.endpoints import KEY
 from tokenadmin.usage.endpoints import router as usage_router
 from tokenadmin.user.endpoints import org_router as org_user_router
 from tokenadmin.user.endpoints import router as user_router
+from tokenadmin.user.endpoints import table_router as user_table_router
 
 log = logging.getLogger("tokenadmin")
 HERE = Path(__file__).parent
@@ -170,8 +171,12 @@ AMOUNT_FIELDS = frozenset(
 
 
 API_ERRORS = error_answers(400, 401, 403, 404, 409, 413, 422, 503)
-# The dashboard's CSV import reads a file of up to MAX_UPLOAD_BYTES, with room for its form.
-UPLOADS = {re.compile(r"/orgs/[^/]+/import"): MAX_UPLOAD_BYTES + 64 * 1024}
+# The CSV imports read a file of up to MAX_UPLOAD_BYTES: the dashboard's with room for its
+# form, the API's with room for the file's JSON escapes (a quote or a line break is two bytes).
+UPLOADS = {
+    re.compile(r"/orgs/[^/]+/import"): MAX_UPLOAD_BYTES + 64 * 1024,
+    re.compile(r"/v1/organizations/[^/]+/users/import"): MAX_UPLOAD_BYTES * 5 // 4 + 64 * 1024,
+}
 """What any operation of the REST API may answer, in the one error shape of the handlers
 below; declared, FastAPI no longer adds its own 422 (HTTPValidationError), which the API
 never answers."""
@@ -433,6 +438,7 @@ def create_app(
     for router in (
         organization_router,
         org_user_router,
+        user_table_router,
         user_router,
         allowance_router,
         distribution_router,

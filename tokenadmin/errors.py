@@ -118,6 +118,12 @@ class RequestAlreadyPending(Conflict, code="request_already_pending"):
     """At most one pending token request per user and kind."""
 
 
+class ReportRangeRefused(InvalidRequest, code="report_range_too_long"):
+    """A usage report over more days or months than one report spans; the same class says
+    `report_range_reversed` for a range that ends before it begins and `report_too_large`
+    for a report of too many rows."""
+
+
 class Unavailable(TokenAdminError, code="unavailable", status_code=503):
     """The server is stopping, or can't reach its database (database.UNREACHABLE). Send the
     request again: a stopping server did not apply it, but a write cut off from the database

@@ -96,7 +96,8 @@ def test_one_bad_row_refuses_the_whole_import_and_names_its_line(
     )
     result = tokenadmin("users", "import", "--org", org, str(upload), expect=2)
     assert result.stderr.startswith("error: import_refused: Nothing was saved: 1 row refused.")
-    assert "'1.5' is 1.5 tokens" in result.stdout
+    assert "line 4: invalid_amount: " in result.stderr
+    assert "'1.5' is 1.5 tokens" in result.stderr
 
     answer = tokenadmin.json("users", "import", "--org", org, str(upload), expect=2)
     assert not answer["applied"]

@@ -11,7 +11,6 @@ from tokenadmin.allowance import service
 from tokenadmin.allowance.schemas import AllowanceChange, AllowancePreview
 from tokenadmin.auth.audit import log_denials
 from tokenadmin.deps import PrincipalDep, idempotent_write
-from tokenadmin.organization import service as organization_service
 
 router = APIRouter(
     prefix="/v1/organizations/{org_id}/allowances",
@@ -28,12 +27,9 @@ async def change_allowances(
     principal.require(org_id, "admin")
 
     async def work(session: AsyncSession, act: Act) -> AllowancePreview:
-        org = await organization_service.lock_for_change(session, act, org_id)
-        requests = await service.resolve(session, org, body.changes)
-        plan = service.plan(org, requests, act)
-        if body.dry_run:
-            return AllowancePreview(applied=False, dry_run=True, **service.preview(plan))
-        await service.apply(session, act, org, plan, reason=body.reason)
-        return AllowancePreview(applied=True, dry_run=False, **service.preview(plan))
+        result = await service.change(
+            session, act, org_id, body.changes, dry_run=body.dry_run, reason=body.reason
+        )
+        return AllowancePreview(**result.preview())
 
     return await idempotent_write(request, principal, work)

@@ -1,8 +1,10 @@
 """Allowances: the one place where "Max Tokens" and "Max Train Tokens" change.
 
-Every change, of one user or of many, both kinds at once, goes through `plan` (which
-applies SPEC rules 1, 4 and 5 and the version check to every row, and refuses nothing
-silently) and then `apply` (all rows, or none when any row is refused).
+Every change, of one user or of many, both kinds at once, goes through `change`: it names
+the users, `plan`s the change (SPEC rules 1, 4, 5 and 8 and the version check, for every
+row, refusing nothing silently and listing every reason of every row), and then refuses it
+or `apply`s it (all rows, or none when any row is refused). The API, the dashboard, the
+CLI, the CSV import and user creation, update and reactivation all call it.
 """
 
 from __future__ import annotations
@@ -15,15 +17,33 @@ from typing import Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
-from tokenadmin.errors import AllowanceChangeRefused, RuleRefused, VersionConflict
-
-__all__ = ["AllowanceChangeRefused", "Plan", "Request", "apply", "plan", "resolve"]
+from tokenadmin.errors import (
+    AllowanceChangeRefused,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    RuleRefused,
+    TokenAdminError,
+    VersionConflict,
+)
 from tokenadmin.journal.service import record
 from tokenadmin.models import Organization, User
-from tokenadmin.organization.service import current_period
-from tokenadmin.tokens import ALLOWANCE_FIELD, Kind, fmt
+from tokenadmin.organization.service import current_period, lock_for_change
+from tokenadmin.tokens import ALLOWANCE_FIELD, ALLOWANCE_LABEL, MAX_AMOUNT, Kind, balance, fmt
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user.periods import start_current_period
+
+__all__ = [
+    "AllowanceChangeRefused",
+    "ChangeResult",
+    "Plan",
+    "Request",
+    "apply",
+    "change",
+    "plan",
+    "preview",
+    "refusal",
+]
 
 
 @dataclass
@@ -38,21 +58,27 @@ class Request:
 
 @dataclass
 class Refusal:
+    """Why one row can't be applied: one reason; a row may have several."""
+
     index: int
-    user: User
+    user: User | None
+    """None when the row names no user of this organization (`ref` is what it named)."""
     code: str
     message: str
     details: dict[str, Any] = field(default_factory=dict)
+    new: bool = False
+    """The row would create this user: it has no id to mention yet."""
+    ref: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "user_id": str(self.user.id),
-            "email": self.user.email,
-            "code": self.code,
-            "message": self.message,
-            **self.details,
-        }
+        row: dict[str, Any] = {"index": self.index}
+        if self.user is None:
+            row["user"] = self.ref
+        else:
+            if not self.new:
+                row["user_id"] = str(self.user.id)
+            row["email"] = self.user.email
+        return {**row, "code": self.code, "message": self.message, **self.details}
 
 
 @dataclass
@@ -75,7 +101,7 @@ class KindAfter:
 
     @property
     def balance(self) -> int:
-        return self.capacity - self.allocated
+        return balance(self.capacity, self.allocated)
 
 
 @dataclass
@@ -90,65 +116,97 @@ class Plan:
 
 
 def plan(org: Organization, requests: list[Request], act: Act) -> Plan:
-    """Check every row against every rule; nothing is written."""
+    """Check every row against every rule; nothing is written.
+
+    Every reason of every row is listed: a row whose Max Tokens is under the minimum may
+    also raise Max Train Tokens past the balance, and is refused for both. A kind refused
+    on its own (under the minimum, under what was used, over 2^53) takes no part in the
+    balance; a row refused as a whole (a deactivated user, a stale version) takes none.
+    """
     start = current_period(org, act.now)
     refused: list[Refusal] = []
     changes: list[Change] = []
-    raises: dict[Kind, list[tuple[int, Change]]] = {kind: [] for kind in Kind}
+    raises: dict[Kind, list[tuple[int, Request, Change]]] = {kind: [] for kind in Kind}
     for index, request in enumerate(requests):
-        user = request.user
         row_refusals = _check_row(org, index, request, start)
         refused.extend(row_refusals)
-        if row_refusals:
-            continue
+        refused_kinds = {r.details.get("kind") for r in row_refusals}
+        if None in refused_kinds:
+            continue  # refused as a whole
         for kind, after in request.allowances.items():
-            before = 0 if request.new else user.allowance(kind)
-            if after != before or request.new:
-                change = Change(user, kind, before, after, request.new)
-                changes.append(change)
-                if change.delta > 0:
-                    raises[kind].append((index, change))
+            before = 0 if request.new else request.user.allowance(kind)
+            if kind.value in refused_kinds or (after == before and not request.new):
+                continue
+            change = Change(request.user, kind, before, after, request.new)
+            changes.append(change)
+            if change.delta > 0:
+                raises[kind].append((index, request, change))
 
     totals: dict[Kind, KindAfter] = {}
     for kind in Kind:
         delta = sum(c.delta for c in changes if c.kind is kind)
-        totals[kind] = KindAfter(org.capacity(kind), org.allocated(kind) + delta)
-        shortfall = totals[kind].allocated - totals[kind].capacity
-        if org.overallocation or shortfall <= 0:
-            continue
-        # Over the capacity: every row that raises this kind is refused. Rows that lower
-        # it may go ahead (they are how an administrator resolves a shortfall).
-        for index, change in raises[kind]:
-            refused.append(
-                Refusal(
-                    index,
-                    change.user,
-                    "exceeds_balance",
-                    f"{_label(kind)} for {change.user.email} would be {fmt(change.after)};"
-                    f" the organization would be {fmt(shortfall)} {kind} tokens over its"
-                    f" capacity of {fmt(org.capacity(kind))}.",
-                    {
-                        "kind": kind.value,
-                        "requested": change.after,
-                        "capacity": org.capacity(kind),
-                        "allocated_after": totals[kind].allocated,
-                        "shortfall": shortfall,
-                    },
-                )
-            )
+        totals[kind] = total = KindAfter(org.capacity(kind), org.allocated(kind) + delta)
+        # Rows that lower an allowance may always go ahead: they are how an administrator
+        # resolves a shortfall. Every row that raises this kind shares the refusal.
+        for index, request, change in raises[kind]:
+            refused.extend(_check_total(org, kind, total, index, request, change))
     refused.sort(key=lambda r: r.index)
     return Plan(changes=changes, refused=refused, after=totals)
 
 
-def _label(kind: Kind) -> str:
-    return "Max Tokens" if kind is Kind.inference else "Max Train Tokens"
+def _check_total(
+    org: Organization, kind: Kind, after: KindAfter, index: int, request: Request, change: Change
+) -> list[Refusal]:
+    """Rules 1 and 8 for the organization's total of one kind, for a row that raises it."""
+    refusals = []
+    user, label = change.user, ALLOWANCE_LABEL[kind]
+    shortfall = after.allocated - after.capacity
+    if shortfall > 0 and not org.overallocation:
+        refusals.append(
+            Refusal(
+                index,
+                user,
+                "exceeds_balance",
+                f"{label} for {user.email} would be {fmt(change.after)};"
+                f" the organization would be {fmt(shortfall)} {kind} tokens over its"
+                f" capacity of {fmt(after.capacity)}.",
+                {
+                    "kind": kind.value,
+                    "requested": change.after,
+                    "capacity": after.capacity,
+                    "allocated_after": after.allocated,
+                    "shortfall": shortfall,
+                },
+                new=request.new,
+            )
+        )
+    if after.allocated > MAX_AMOUNT:
+        refusals.append(
+            Refusal(
+                index,
+                user,
+                "amount_too_large",
+                f"{label} for {user.email} would be {fmt(change.after)}; the organization"
+                f" would then have allocated {fmt(after.allocated)} {kind} tokens, more than"
+                f" the {fmt(MAX_AMOUNT)} (2^53) any amount may be.",
+                {
+                    "kind": kind.value,
+                    "requested": change.after,
+                    "allocated_after": after.allocated,
+                    "maximum": MAX_AMOUNT,
+                },
+                new=request.new,
+            )
+        )
+    return refusals
 
 
 def check_many_new_users(org: Organization, allowances: dict[Kind, int], count: int) -> None:
-    """Rules 1 and 4 for `count` new users with the same allowances, without a row each
-    (bulk seeding): refused as a whole with below_minimum or exceeds_balance."""
+    """Rules 1, 4 and 8 for `count` new users with the same allowances, without a row each
+    (bulk seeding): refused as a whole with below_minimum, exceeds_balance or
+    amount_too_large."""
     for kind, allowance in allowances.items():
-        label = _label(kind)
+        label = ALLOWANCE_LABEL[kind]
         if allowance < org.minimum(kind):
             raise RuleRefused(
                 f"{label} would be {fmt(allowance)}; the minimum is {fmt(org.minimum(kind))}.",
@@ -157,6 +215,7 @@ def check_many_new_users(org: Organization, allowances: dict[Kind, int], count: 
             )
         allocated_after = org.allocated(kind) + allowance * count
         shortfall = allocated_after - org.capacity(kind)
+        details = {"kind": kind.value, "requested": allowance * count}
         if allowance and shortfall > 0 and not org.overallocation:
             raise RuleRefused(
                 f"{fmt(count)} users with {label} {fmt(allowance)} need {fmt(allowance * count)}"
@@ -164,16 +223,24 @@ def check_many_new_users(org: Organization, allowances: dict[Kind, int], count: 
                 f" of {fmt(org.capacity(kind))}.",
                 code="exceeds_balance",
                 details={
-                    "kind": kind.value,
-                    "requested": allowance * count,
+                    **details,
                     "capacity": org.capacity(kind),
                     "allocated_after": allocated_after,
                     "shortfall": shortfall,
                 },
             )
+        if allowance and allocated_after > MAX_AMOUNT:
+            raise RuleRefused(
+                f"{fmt(count)} users with {label} {fmt(allowance)} would bring the"
+                f" organization's allocated {kind} tokens to {fmt(allocated_after)}, more than"
+                f" the {fmt(MAX_AMOUNT)} (2^53) any amount may be.",
+                code="amount_too_large",
+                details={**details, "allocated_after": allocated_after, "maximum": MAX_AMOUNT},
+            )
 
 
 def _check_row(org: Organization, index: int, request: Request, start: Any) -> list[Refusal]:
+    """The rules of one row on its own: every reason, each kind's with its `kind`."""
     user = request.user
     if not request.new and not user.active:
         if all(user.allowance(kind) == value for kind, value in request.allowances.items()):
@@ -193,28 +260,34 @@ def _check_row(org: Organization, index: int, request: Request, start: Any) -> l
     for kind, after in request.allowances.items():
         minimum = org.minimum(kind)
         committed = 0 if request.new else user.used_in(kind, start) + user.reserved(kind)
-        if after < minimum:
-            refusals.append(
-                Refusal(
-                    index,
-                    user,
-                    "below_minimum",
-                    f"{_label(kind)} for {user.email} would be {fmt(after)};"
-                    f" the minimum is {fmt(minimum)}.",
-                    {"kind": kind.value, "requested": after, "minimum": minimum},
-                )
+        rule: tuple[str, str, dict[str, int]]
+        if after > MAX_AMOUNT:
+            rule = (
+                "amount_too_large",
+                f"no allowance may exceed {fmt(MAX_AMOUNT)} (2^53)",
+                {"maximum": MAX_AMOUNT},
             )
+        elif after < minimum:
+            rule = ("below_minimum", f"the minimum is {fmt(minimum)}", {"minimum": minimum})
         elif after < committed:
-            refusals.append(
-                Refusal(
-                    index,
-                    user,
-                    "below_used",
-                    f"{_label(kind)} for {user.email} would be {fmt(after)}; they have already"
-                    f" used or reserved {fmt(committed)} this period.",
-                    {"kind": kind.value, "requested": after, "used_and_reserved": committed},
-                )
+            rule = (
+                "below_used",
+                f"they have already used or reserved {fmt(committed)} this period",
+                {"used_and_reserved": committed},
             )
+        else:
+            continue
+        code, why, details = rule
+        refusals.append(
+            Refusal(
+                index,
+                user,
+                code,
+                f"{ALLOWANCE_LABEL[kind]} for {user.email} would be {fmt(after)}; {why}.",
+                {"kind": kind.value, "requested": after, **details},
+                new=request.new,
+            )
+        )
     return refusals
 
 
@@ -240,19 +313,38 @@ def version_conflict(user: User, expected: int | None) -> VersionConflict | None
     )
 
 
-def refuse(plan_: Plan) -> None:
-    """Raise the refusal that names every refused row."""
+_ONE_USER_ERRORS: dict[str, type[TokenAdminError]] = {
+    "version_conflict": VersionConflict,
+    "user_deactivated": Conflict,
+    "user_not_found": NotFound,
+    "duplicate_user": InvalidRequest,
+}
+"""One user's refusals about the user's state rather than the values sent (409), or about
+who was named (404): the status docs/api.md gives each code. Any other rule is a 422."""
+
+
+def refusal(plan_: Plan, *, one_user: bool = False) -> TokenAdminError:
+    """The error of a refused plan. A batch answers `allowance_change_refused` (or
+    `version_conflict` when some user changed meanwhile) with every refused row in
+    `details.refused`; one user's change answers its first reason's own code, with that
+    reason's details and every reason in `details.refused`."""
     rows = [r.to_dict() for r in plan_.refused]
+    first = plan_.refused[0]
+    more = len(rows) - 1
+    if one_user:
+        error = _ONE_USER_ERRORS.get(first.code, RuleRefused)
+        also = f" (and {more} more {'reason' if more == 1 else 'reasons'})" if more else ""
+        return error(
+            f"{first.message}{also}", code=first.code, details={**first.details, "refused": rows}
+        )
     details = {"refused": rows, "balance_after": _after_dict(plan_)}
     if any(r.code == "version_conflict" for r in plan_.refused):
-        raise VersionConflict(
+        return VersionConflict(
             "Some users were changed by someone else meanwhile; nothing was saved.",
             details=details,
         )
-    count = len(rows)
-    first = plan_.refused[0].message
-    more = f" (and {count - 1} more refused rows)" if count > 1 else ""
-    raise AllowanceChangeRefused(f"Nothing was saved: {first}{more}", details=details)
+    also = f" (and {more} more refused rows)" if more else ""
+    return AllowanceChangeRefused(f"Nothing was saved: {first.message}{also}", details=details)
 
 
 def _after_dict(plan_: Plan) -> dict[str, Any]:
@@ -296,7 +388,7 @@ async def apply(
 ) -> None:
     """Write an accepted plan: every change with its journal entry, in this transaction."""
     if not plan_.accepted:
-        refuse(plan_)
+        raise refusal(plan_)
     start = current_period(org, act.now)
     touched: dict[uuid.UUID, User] = {}
     created: set[uuid.UUID] = set()
@@ -329,70 +421,128 @@ async def apply(
 
 
 class RowLike(Protocol):
+    """A row naming its user by id or email (an API, dashboard or CLI row)."""
+
     user: str
     max_tokens: int | None
     max_train_tokens: int | None
     expected_version: int | None
 
 
-async def resolve(
-    session: AsyncSession, org: Organization, rows: Sequence[RowLike]
-) -> list[Request]:
-    """Turn rows naming users by id or email into requests; unknown or repeated users are
-    refused together, each with its row."""
+@dataclass
+class _Named:
+    """The rows that name users of this organization, as requests, with their positions
+    among all rows; the others refused."""
+
+    requests: list[Request] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+
+
+async def _name_users(
+    session: AsyncSession, org: Organization, rows: Sequence[RowLike | Request]
+) -> _Named:
+    """Rows naming users by id or email become requests; a user unknown here or named
+    twice is refused with its row."""
+    refs = [row.user for row in rows if not isinstance(row, Request)]
     ids: list[uuid.UUID] = []
     emails: list[str] = []
-    for row in rows:
+    for ref in refs:
         try:
-            ids.append(uuid.UUID(row.user))
+            ids.append(uuid.UUID(ref))
         except ValueError:
-            emails.append(row.user.lower())
-    users = await user_repository.find_in_org(session, org.id, ids=ids, emails=emails)
+            emails.append(ref.lower())
     by_ref: dict[str, User] = {}
-    for user in users:
-        by_ref[str(user.id)] = user
-        by_ref[user.email] = user
-    problems = []
-    requests = []
+    if refs:
+        for user in await user_repository.find_in_org(session, org.id, ids=ids, emails=emails):
+            by_ref[str(user.id)] = by_ref[user.email] = user
+    named = _Named()
     seen: dict[uuid.UUID, int] = {}
     for index, row in enumerate(rows):
-        ref = row.user if "@" not in row.user else row.user.lower()
-        found = by_ref.get(ref) or by_ref.get(ref.lower())
-        if found is None:
-            problems.append(
-                {
-                    "index": index,
-                    "user": row.user,
-                    "code": "user_not_found",
-                    "message": f"No user '{row.user}' in this organization.",
-                }
+        if isinstance(row, Request):
+            request = row
+        else:
+            found = by_ref.get(row.user) or by_ref.get(row.user.lower())
+            if found is None:
+                message = f"No user '{row.user}' in this organization."
+                named.refused.append(Refusal(index, None, "user_not_found", message, ref=row.user))
+                continue
+            allowances = {
+                kind: value
+                for kind, value in (
+                    (Kind.inference, row.max_tokens),
+                    (Kind.training, row.max_train_tokens),
+                )
+                if value is not None
+            }
+            request = Request(found, allowances, row.expected_version)
+        if request.user.id in seen:
+            message = (
+                f"{request.user.email} appears in rows {seen[request.user.id]} and {index};"
+                " put both columns in one row."
             )
+            ref = request.user.email if isinstance(row, Request) else row.user
+            named.refused.append(Refusal(index, None, "duplicate_user", message, ref=ref))
             continue
-        if found.id in seen:
-            problems.append(
-                {
-                    "index": index,
-                    "user": row.user,
-                    "code": "duplicate_user",
-                    "message": f"{found.email} appears in rows {seen[found.id]} and {index};"
-                    " put both columns in one row.",
-                }
-            )
-            continue
-        seen[found.id] = index
-        allowances = {
-            kind: value
-            for kind, value in (
-                (Kind.inference, row.max_tokens),
-                (Kind.training, row.max_train_tokens),
-            )
-            if value is not None
-        }
-        requests.append(Request(found, allowances, row.expected_version))
-    if problems:
-        raise AllowanceChangeRefused(
-            f"Nothing was saved: {problems[0]['message']}"
-            + (f" (and {len(problems) - 1} more refused rows)" if len(problems) > 1 else ""),
-            details={"refused": problems},
-        )
-    return requests
+        seen[request.user.id] = index
+        named.requests.append(request)
+        named.positions.append(index)
+    return named
+
+
+@dataclass
+class ChangeResult:
+    """What a change did or, when not `applied` (a dry run, or refused), would do."""
+
+    plan: Plan
+    """Its changes, every refused row (indexes are those of the rows given) and the
+    balance after."""
+    users: list[User]
+    """The users of the rows that named one, in row order (new ones included)."""
+    applied: bool
+    dry_run: bool
+
+    @property
+    def accepted(self) -> bool:
+        return self.plan.accepted
+
+    def preview(self) -> dict[str, Any]:
+        """The result in the shape of `allowance.schemas.AllowancePreview`."""
+        return {"applied": self.applied, "dry_run": self.dry_run, **preview(self.plan)}
+
+
+async def change(
+    session: AsyncSession,
+    act: Act,
+    org: Organization | uuid.UUID,
+    rows: Sequence[RowLike | Request],
+    *,
+    dry_run: bool = False,
+    reason: str | None = None,
+    one_user: bool = False,
+    refuse: bool = True,
+    action: str = "allowance_changed",
+) -> ChangeResult:
+    """THE allowance change: name the users, plan every row, then refuse or apply.
+
+    `org` is the organization's id (locked here for the change) or the organization the
+    caller already locked. `rows` name users by id or email (`RowLike`) or are requests.
+    A dry run only plans. A refused plan raises `refusal(plan, one_user=one_user)`, or,
+    with `refuse=False`, is returned unapplied for the caller to report (the CLI's
+    preview, the CSV import's rows). Nothing is written unless every row is accepted.
+    """
+    if not isinstance(org, Organization):
+        org = await lock_for_change(session, act, org)
+    named = await _name_users(session, org, rows)
+    plan_ = plan(org, named.requests, act)
+    for refused in plan_.refused:
+        refused.index = named.positions[refused.index]
+    plan_.refused = sorted(plan_.refused + named.refused, key=lambda r: r.index)
+    result = ChangeResult(plan_, [r.user for r in named.requests], False, dry_run)
+    if dry_run or (not plan_.accepted and not refuse):
+        return result
+    if not plan_.accepted:
+        raise refusal(plan_, one_user=one_user)
+    await apply(session, act, org, plan_, reason=reason, action=action)
+    result.applied = True
+    return result

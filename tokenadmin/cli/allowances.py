@@ -1,7 +1,7 @@
 """`tokenadmin allowance ...`: Max Tokens and Max Train Tokens, of one user or a file of them.
 
-Both commands go through `allowance.service.resolve`, `plan` and `apply`, as the API's
-batch endpoint does: every row is checked, and all rows are saved or none.
+Both commands make their change with `allowance.service.change`, as the API and the
+dashboard do: every row is checked, and all rows are saved or none.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.allowance import service as allowance_service
+from tokenadmin.allowance.service import ChangeResult
 from tokenadmin.amounts import parse_amount
-from tokenadmin.cli.common import Cli, emit_json, lock_org, out, say, table
-from tokenadmin.errors import AllowanceChangeRefused, InvalidRequest, TokenAdminError
+from tokenadmin.cli.common import Cli, emit_json, find_org, out, say, table
+from tokenadmin.errors import InvalidRequest
 from tokenadmin.tokens import ALLOWANCE_FIELD
 from tokenadmin.user.csv_io import CsvRow, read_csv
 
@@ -35,7 +36,7 @@ FILE_ALIASES = {"email": "user", "version": "expected_version"}
 
 @dataclass
 class Row:
-    """One change, in the shape `allowance.service.resolve` reads."""
+    """One change, in the shape `allowance.service.change` reads (`RowLike`)."""
 
     user: str
     max_tokens: int | None = None
@@ -43,69 +44,52 @@ class Row:
     expected_version: int | None = None
 
 
-@dataclass
-class Outcome:
-    preview: dict[str, Any]
-    applied: bool
-
-
 async def _change(
     session: AsyncSession,
     act: Act,
     org_ref: str,
     rows: list[Row],
-    lines: list[int] | None,
     *,
     dry_run: bool,
     reason: str | None,
-) -> Outcome:
-    org = await lock_org(session, act, org_ref)
-    try:
-        requests = await allowance_service.resolve(session, org, rows)
-    except AllowanceChangeRefused as error:
-        raise _with_lines(error, lines) from None
-    plan = allowance_service.plan(org, requests, act)
-    preview = allowance_service.preview(plan)
-    if lines is not None:
-        for refusal in preview["refused"]:
-            refusal["line"] = lines[refusal["index"]]
-    if dry_run or not plan.accepted:
-        return Outcome(preview, applied=False)
-    await allowance_service.apply(session, act, org, plan, reason=reason)
-    return Outcome(preview, applied=True)
+) -> ChangeResult:
+    org = await find_org(session, org_ref)
+    return await allowance_service.change(
+        session, act, org.id, rows, dry_run=dry_run, reason=reason, refuse=False
+    )
 
 
-def _with_lines(error: TokenAdminError, lines: list[int] | None) -> TokenAdminError:
-    if lines is not None:
-        for row in error.details.get("refused", []):
-            row["line"] = lines[row["index"]]
-    return error
-
-
-def _report(cli: Cli, outcome: Outcome, *, dry_run: bool, single: bool) -> None:
-    preview = outcome.preview
+def _report(cli: Cli, result: ChangeResult, lines: list[int] | None, *, single: bool) -> None:
+    """The preview; then, when refused, the refusal with every refused row (and its line
+    in the file). One user's change fails with its rule's code, as the API's user update
+    does; a file of changes with the batch's code, as the API's batch endpoint does."""
+    preview = result.preview()
+    _with_lines(preview["refused"], lines)
     if cli.json:
-        emit_json({"applied": outcome.applied, "dry_run": dry_run, **preview})
+        emit_json(preview)
     else:
         _print_preview(preview)
-    if preview["refused"]:
+    if not result.accepted:
         cli.json = False  # the preview printed above is the answer
-        refused = preview["refused"]
-        more = f" (and {len(refused) - 1} more refused rows)" if len(refused) > 1 else ""
-        start = "Would refuse" if dry_run else "Nothing was saved"
-        # One user's change fails with its rule's code, as the API's user update does; a
-        # file of changes with the batch's code, as the API's batch endpoint does.
-        code = refused[0]["code"] if single else AllowanceChangeRefused.code
-        cli.fail(AllowanceChangeRefused(f"{start}: {refused[0]['message']}{more}", code=code))
+        error = allowance_service.refusal(result.plan, one_user=single)
+        _with_lines(error.details["refused"], lines)
+        cli.fail(error)
     if cli.json:
         return
-    if dry_run:
+    if result.dry_run:
         say("Dry run: nothing was saved.", style="yellow")
     elif not preview["changes"]:
         say("Nothing to change: every allowance already has that value.")
     else:
         users = len({c["email"] for c in preview["changes"]})
         say(f"Saved {len(preview['changes'])} changes of {users} users in one step.")
+
+
+def _with_lines(refused: list[dict[str, Any]], lines: list[int] | None) -> None:
+    """Name each refused row by its line in the file too."""
+    for row in refused:
+        if lines is not None:
+            row["line"] = lines[row["index"]]
 
 
 def _print_preview(preview: dict[str, Any]) -> None:
@@ -116,18 +100,15 @@ def _print_preview(preview: dict[str, Any]) -> None:
         ]
         columns = ("email", "field", "before", "after", "change")
         out().print(table("Changes", columns, rows))
-    if preview["refused"]:
-        refused = [
-            (str(r.get("line", r["index"])), r["email"], r["code"], r["message"])
-            for r in preview["refused"]
-        ]
-        where = "line" if "line" in preview["refused"][0] else "row"
-        out().print(table("Refused", (where, "email", "code", "why"), refused))
-    after = [
-        (kind, a["capacity"], a["allocated"], a["balance"])
-        for kind, a in preview["balance_after"].items()
+    print_balance_after(preview["balance_after"])
+
+
+def print_balance_after(balance_after: dict[str, dict[str, int]]) -> None:
+    """Per kind, the capacity, allocated and balance a change leaves (or would leave)."""
+    rows = [
+        (kind, a["capacity"], a["allocated"], a["balance"]) for kind, a in balance_after.items()
     ]
-    out().print(table("Balance after", ("kind", "capacity", "allocated", "balance"), after))
+    out().print(table("Balance after", ("kind", "capacity", "allocated", "balance"), rows))
 
 
 @allowance_app.command("set")
@@ -158,10 +139,10 @@ def allowance_set(
     )
     if row.max_tokens is None and row.max_train_tokens is None:
         cli.fail(InvalidRequest("Give --max-tokens, --max-train-tokens or both."))
-    outcome = cli.write(
-        lambda session, act: _change(session, act, org, [row], None, dry_run=dry_run, reason=reason)
+    result = cli.write(
+        lambda session, act: _change(session, act, org, [row], dry_run=dry_run, reason=reason)
     )
-    _report(cli, outcome, dry_run=dry_run, single=True)
+    _report(cli, result, None, single=True)
 
 
 def _file_rows(cli: Cli, path: Path) -> tuple[list[Row], list[int]]:
@@ -242,7 +223,7 @@ def allowance_apply(
     """Change many users' allowances from a CSV file in one atomic step."""
     cli = Cli.of(ctx, json_output)
     rows, lines = _file_rows(cli, file)
-    outcome = cli.write(
-        lambda session, act: _change(session, act, org, rows, lines, dry_run=dry_run, reason=reason)
+    result = cli.write(
+        lambda session, act: _change(session, act, org, rows, dry_run=dry_run, reason=reason)
     )
-    _report(cli, outcome, dry_run=dry_run, single=False)
+    _report(cli, result, lines, single=False)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin import bulk
 from tokenadmin.act import Act
 from tokenadmin.auth.passwords import MIN_PASSWORD_LENGTH
+from tokenadmin.cli.allowances import print_balance_after
 from tokenadmin.cli.common import (
     Cli,
     emit_json,
@@ -33,16 +34,11 @@ from tokenadmin.database import Database
 from tokenadmin.errors import InvalidRequest
 from tokenadmin.organization.service import current_period
 from tokenadmin.tokens import Kind
+from tokenadmin.user import csv_io
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user import service as user_service
-from tokenadmin.user.csv_io import (
-    CsvRow,
-    ImportResult,
-    count_users,
-    export_chunks,
-    import_users,
-    read_csv,
-)
+from tokenadmin.user.csv_io import CsvRow, count_users, export_chunks
+from tokenadmin.user.csv_schemas import ImportResult
 from tokenadmin.user.schemas import UserOut, UserPage
 
 user_app = typer.Typer(help="One user: create, show, change, deactivate, reactivate.")
@@ -467,13 +463,14 @@ def _read_file(cli: Cli, path: Path) -> list[CsvRow]:
     except OSError as error:
         cli.fail(InvalidRequest(f"Can't read {path}: {error.strerror}."))
     try:
-        return read_csv(text)
+        return csv_io.read_upload(text)
     except InvalidRequest as error:
         cli.fail(error)
 
 
 def print_import(result: ImportResult) -> None:
-    """The preview of an import: new users, changes, refused rows, the balance after."""
+    """The preview of an import: new users, changes, the balance after (refused rows are
+    listed with the refusal, on stderr)."""
     if result.new_users:
         new_rows = [
             (str(n.line), n.email, n.name, n.role, n.max_tokens, n.max_train_tokens)
@@ -490,11 +487,7 @@ def print_import(result: ImportResult) -> None:
         title = f"Changes ({len(result.changes):,} in {result.changed_users:,} users)"
         out().print(table(title, ("line", "email", "field", "before", "after"), changes))
         _more(len(result.changes))
-    if result.refused:
-        refused = [(str(p.line), p.email, p.code, p.message) for p in result.refused]
-        title = f"Refused rows ({len(result.refused):,})"
-        out().print(table(title, ("line", "email", "code", "why"), refused))
-    _print_after(result.balance_after)
+    print_balance_after(result.model_dump()["balance_after"])
     say(
         f"{result.rows:,} rows: {len(result.new_users):,} new users,"
         f" {result.changed_users:,} changed, {result.unchanged:,} unchanged,"
@@ -502,21 +495,9 @@ def print_import(result: ImportResult) -> None:
     )
 
 
-def _rows(count: int) -> str:
-    return f"{count:,} row" if count == 1 else f"{count:,} rows"
-
-
 def _more(count: int) -> None:
     if count > PREVIEW_ROWS:
         say(f"… and {count - PREVIEW_ROWS:,} more (use --json for all of them).", style="dim")
-
-
-def _print_after(balance_after: dict[str, dict[str, int]]) -> None:
-    rows = [
-        (kind, after["capacity"], after["allocated"], after["balance"])
-        for kind, after in balance_after.items()
-    ]
-    out().print(table("Balance after", ("kind", "capacity", "allocated", "balance"), rows))
 
 
 @users_app.command("import")
@@ -537,21 +518,16 @@ def users_import(
         found = await find_org(session, org)  # import_users locks it
         with progress_bar() as progress:
             progress.add_task(f"Checking {len(rows):,} rows", total=None)
-            return await import_users(session, act, found, rows, dry_run=dry_run)
+            return await csv_io.import_users(session, act, found.id, rows, dry_run=dry_run)
 
     result = cli.write(work)
     if cli.json:
-        emit_json(result.to_dict())
+        emit_json(result)
     else:
         print_import(result)
     if not result.accepted:
         cli.json = False  # the preview above already is the JSON answer
-        cli.fail(
-            InvalidRequest(
-                f"Nothing was saved: {_rows(len(result.refused))} refused.",
-                code="import_refused",
-            )
-        )
+        cli.fail(csv_io.refusal(result))
     if not cli.json:
         if dry_run:
             say("Dry run: nothing was saved.", style="yellow")

@@ -147,7 +147,7 @@ _ADAPTERS: dict[object, TypeAdapter[Any]] = {}
 
 
 def parse(answer: type[T], data: Any) -> T:
-    """`data` read as an `answer` (a response model, or a list or dict of them)."""
+    """`data` read as an `answer`: a response model, a list or dict of them, or `str`."""
     adapter = _ADAPTERS.get(answer)
     if adapter is None:
         adapter = _ADAPTERS[answer] = TypeAdapter(answer)
@@ -283,7 +283,9 @@ class Core:
         if response.status_code >= 400:
             raise api_error(call, response)
         try:
-            return parse(call.answer, response.json())
+            # A CSV download answers `str`: the text itself.
+            data = response.text if call.answer is str else response.json()
+            return parse(call.answer, data)
         except (ValueError, ValidationError) as error:
             raise TokenAdminAPIError(
                 response.status_code,

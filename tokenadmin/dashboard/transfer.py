@@ -12,15 +12,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
-from tokenadmin.dashboard.web import ViewerDep, WriterDep, csv_download, render, require_org
+from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
 from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import InvalidRequest
 from tokenadmin.organization import service as organization_service
-from tokenadmin.schemas import storable
 from tokenadmin.user import csv_io
+from tokenadmin.user.csv_schemas import MAX_IMPORT_BYTES, ImportResult
+from tokenadmin.user.endpoints import users_csv
 
 router = APIRouter(include_in_schema=False)
-MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+MAX_UPLOAD_BYTES = MAX_IMPORT_BYTES
 PREVIEW_ROWS = 500
 
 
@@ -52,20 +53,6 @@ async def import_page(
     return render(request, "transfer.html", viewer, **context)
 
 
-async def _text(file: UploadFile | None, csv_text: str) -> str:
-    text = await _uploaded(file) if file is not None and file.filename else csv_text
-    if not text.strip():
-        raise InvalidRequest("Choose a CSV file to upload.", code="invalid_csv")
-    if not storable(text):
-        line = next(n for n, row in enumerate(text.split("\n"), 1) if not storable(row))
-        raise InvalidRequest(
-            f"Line {line:,} holds a NUL character or an unpaired surrogate, which no name or"
-            " email may hold; remove it and upload the file again.",
-            code="invalid_csv",
-        )
-    return text
-
-
 async def _uploaded(file: UploadFile) -> str:
     content = await file.read(MAX_UPLOAD_BYTES + 1)
     if len(content) > MAX_UPLOAD_BYTES:
@@ -94,18 +81,17 @@ async def import_csv(
     require_org(viewer, org_id, "admin")
     db = db_of(request)
     try:
-        text = await _text(file, csv_text)
-        rows = csv_io.read_csv(text)
+        text = await _uploaded(file) if file is not None and file.filename else csv_text
+        rows = csv_io.read_upload(text)
     except InvalidRequest as error:
         context = await _page(
             request, org_id, error=error.message, csv_text=csv_text, columns=csv_io.IMPORT_COLUMNS
         )
         return render(request, "transfer.html", viewer, status_code=422, **context)
 
-    async def work(session: AsyncSession) -> csv_io.ImportResult:
+    async def work(session: AsyncSession) -> ImportResult:
         act = Act(viewer.principal.actor, clock_of(request).now())
-        org = await organization_service.get(session, org_id)
-        return await csv_io.import_users(session, act, org, rows, dry_run=action != "apply")
+        return await csv_io.import_users(session, act, org_id, rows, dry_run=action != "apply")
 
     result = await db.write(work)
     if result.applied:
@@ -130,11 +116,4 @@ async def import_csv(
 @router.get("/orgs/{org_id}/export.csv")
 async def export_csv(request: Request, org_id: uuid.UUID, viewer: ViewerDep) -> Response:
     require_org(viewer, org_id, "admin")
-    db, now = db_of(request), clock_of(request).now()
-    await organization_service.up_to_date(db, org_id, now)
-    org = await db.read(lambda session: organization_service.get(session, org_id))
-
-    stamp = now.astimezone(ZoneInfo(org.time_zone)).strftime("%Y-%m-%d")
-    return await csv_download(
-        db, lambda session: csv_io.export_chunks(session, org, now), f"users-{stamp}.csv"
-    )
+    return await users_csv(db_of(request), org_id, clock_of(request).now())

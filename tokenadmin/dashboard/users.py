@@ -49,18 +49,11 @@ async def save_allowances(
     require_org(viewer, org_id, "admin")
 
     async def work(session: AsyncSession, act: Act) -> dict[str, Any]:
-        org = await organization_service.lock_for_change(session, act, org_id)
-        requests = await allowance_service.resolve(session, org, body.changes)
-        plan = allowance_service.plan(org, requests, act)
-        if not body.dry_run:
-            await allowance_service.apply(session, act, org, plan, reason=body.reason)
-        return {
-            "applied": not body.dry_run,
-            "dry_run": body.dry_run,
-            **allowance_service.preview(plan),
-            # The page goes on editing these rows: it needs their new versions.
-            "users": [_row(r.user) for r in requests],
-        }
+        result = await allowance_service.change(
+            session, act, org_id, body.changes, dry_run=body.dry_run, reason=body.reason
+        )
+        # The page goes on editing these rows: it needs their new versions.
+        return {**result.preview(), "users": [_row(user) for user in result.users]}
 
     return await idempotent_write(request, viewer.principal, work)
 

@@ -5,12 +5,11 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import ColumnElement, Table, func, inspect, select
+from sqlalchemy import ColumnElement, Table, inspect, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokenadmin.models import JournalEntry, Organization, Reservation, User
+from tokenadmin.models import Organization, Reservation, User
 from tokenadmin.rows import update_many
-from tokenadmin.tokens import Kind
 
 USERS = cast(Table, User.__table__)
 # What metering changes on a user: this period's counters, and when they were last used.
@@ -127,44 +126,6 @@ async def user_open_reservation_ids(
         Reservation.expires_at <= now,
     )
     return (await session.scalars(statement)).all()
-
-
-async def usage_by_bucket(
-    session: AsyncSession,
-    user_id: uuid.UUID,
-    since: datetime,
-) -> Sequence[tuple[datetime, str, int]]:
-    """Usage entries (usage and commits) of a user since a moment, one row per entry."""
-    statement = (
-        select(JournalEntry.created_at, JournalEntry.kind, JournalEntry.used_delta)
-        .where(
-            JournalEntry.user_id == user_id,
-            JournalEntry.created_at >= since,
-            JournalEntry.action.in_(("usage", "commit")),
-        )
-        .order_by(JournalEntry.id)
-    )
-    return [(r[0], str(r[1]), int(r[2])) for r in (await session.execute(statement)).all()]
-
-
-async def org_usage_since(
-    session: AsyncSession, org_id: uuid.UUID, since: datetime
-) -> dict[Kind, int]:
-    """The organization's usage (usage and commits) since a moment, from the journal."""
-    statement = (
-        select(JournalEntry.kind, func.coalesce(func.sum(JournalEntry.used_delta), 0))
-        .where(
-            JournalEntry.org_id == org_id,
-            JournalEntry.action.in_(("usage", "commit")),
-            JournalEntry.created_at >= since,
-        )
-        .group_by(JournalEntry.kind)
-    )
-    used = {kind: 0 for kind in Kind}
-    for kind, total in (await session.execute(statement)).all():
-        if kind is not None:
-            used[Kind(kind)] = int(total)
-    return used
 
 
 async def save_counters(session: AsyncSession, users: Iterable[User]) -> None:

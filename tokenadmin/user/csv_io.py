@@ -1,20 +1,22 @@
-"""The user table as CSV, for the CLI and the dashboard.
+"""The user table as CSV, for the API, the CLI and the dashboard.
 
 Export streams an organization's users with their allowances and this period's usage.
 Import creates new users and changes existing users' Max Tokens and Max Train Tokens (and
 names and roles) in ONE atomic change: every row is checked first, every refused row is
 reported with its CSV line, and nothing is written unless every row is accepted. The
-allowance rules themselves are applied by `allowance.service.plan`, as for any other change.
+allowance rules themselves are applied by `allowance.service.change`, as for any other
+change.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from zoneinfo import ZoneInfo
 
 from pydantic import EmailStr, TypeAdapter, ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -22,13 +24,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.allowance import service as allowance_service
+from tokenadmin.allowance.schemas import KindAfterOut
 from tokenadmin.amounts import parse_amount
-from tokenadmin.errors import AllowanceChangeRefused, EmailTaken, InvalidRequest
+from tokenadmin.errors import EmailTaken, InvalidRequest
 from tokenadmin.models import Organization, User
 from tokenadmin.organization.service import current_period, lock_for_change
+from tokenadmin.schemas import storable
 from tokenadmin.tokens import ALLOWANCE_FIELD, Kind
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user import service as user_service
+from tokenadmin.user.csv_schemas import FieldChange, ImportResult, NewUserRow, RowProblem
 
 EXPORT_COLUMNS = (
     "email",
@@ -67,6 +72,11 @@ def _cell(text: str) -> str:
 def _uncell(text: str) -> str:
     """Undo `_cell`, so an exported file imports back unchanged."""
     return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_START) else text
+
+
+def export_filename(org: Organization, now: datetime) -> str:
+    """ "users-2026-03-15.csv": the day of the export in the organization's time zone."""
+    return f"users-{now.astimezone(ZoneInfo(org.time_zone)):%Y-%m-%d}.csv"
 
 
 async def count_users(session: AsyncSession, org: Organization) -> int:
@@ -175,6 +185,19 @@ def read_csv(
     return rows
 
 
+def read_upload(text: str) -> list[CsvRow]:
+    """An uploaded file's rows (the dashboard's, the API's, the CLI's), or invalid_csv."""
+    if not text.strip():
+        raise _invalid_csv("The file is empty; it needs a header and a row per user.")
+    if not storable(text):
+        line = next(n for n, row in enumerate(text.split("\n"), 1) if not storable(row))
+        raise _invalid_csv(
+            f"Line {line:,} holds a NUL character or an unpaired surrogate, which no name or"
+            " email may hold; remove it and upload the file again."
+        )
+    return read_csv(text)
+
+
 def _invalid_csv(message: str) -> InvalidRequest:
     return InvalidRequest(message, code="invalid_csv")
 
@@ -198,73 +221,6 @@ def _check_header(names: list[str], columns: Sequence[str], required: Sequence[s
 # --- import: checking and applying ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RowProblem:
-    line: int
-    email: str
-    code: str
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"line": self.line, "email": self.email, "code": self.code, "message": self.message}
-
-
-@dataclass(frozen=True)
-class NewUserRow:
-    line: int
-    email: str
-    name: str
-    role: str
-    max_tokens: int
-    max_train_tokens: int
-
-
-@dataclass(frozen=True)
-class FieldChange:
-    """One column of one existing user: max_tokens, max_train_tokens, name or role."""
-
-    line: int
-    email: str
-    field: str
-    before: int | str
-    after: int | str
-
-
-@dataclass
-class ImportResult:
-    """What an import did, or (dry run, or any row refused) would do."""
-
-    dry_run: bool
-    applied: bool
-    rows: int
-    new_users: list[NewUserRow] = field(default_factory=list)
-    changes: list[FieldChange] = field(default_factory=list)
-    unchanged: int = 0
-    refused: list[RowProblem] = field(default_factory=list)
-    balance_after: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def accepted(self) -> bool:
-        return not self.refused
-
-    @property
-    def changed_users(self) -> int:
-        return len({c.email for c in self.changes})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dry_run": self.dry_run,
-            "applied": self.applied,
-            "accepted": self.accepted,
-            "rows": self.rows,
-            "new_users": [vars(n) for n in self.new_users],
-            "changes": [vars(c) for c in self.changes],
-            "unchanged": self.unchanged,
-            "refused": [p.to_dict() for p in self.refused],
-            "balance_after": self.balance_after,
-        }
-
-
 @dataclass
 class _Row:
     line: int
@@ -276,22 +232,6 @@ class _Row:
     amounts: dict[Kind, int] = field(default_factory=dict)
 
 
-@dataclass
-class _AllowanceRow:
-    """A row in the shape `allowance.service.resolve` reads."""
-
-    user: str
-    max_tokens: int | None
-    max_train_tokens: int | None
-    expected_version: int | None
-
-    @classmethod
-    def of(cls, row: _Row) -> _AllowanceRow:
-        return cls(
-            row.email, row.amounts.get(Kind.inference), row.amounts.get(Kind.training), row.version
-        )
-
-
 def _parse_row(row: CsvRow, problems: list[RowProblem]) -> _Row | None:
     """The row's values, or None (with its problems added) when a cell is not valid."""
     values = {k: _uncell(v.strip()) for k, v in row.values.items()}
@@ -299,7 +239,7 @@ def _parse_row(row: CsvRow, problems: list[RowProblem]) -> _Row | None:
     raw_email = values.get("email", "")
 
     def problem(code: str, message: str) -> None:
-        problems.append(RowProblem(row.line, raw_email, code, message))
+        problems.append(_problem(row.line, raw_email, code, message))
 
     if "" in values:
         problem("extra_cells", f"The row has more cells than the header: '{values['']}'.")
@@ -354,7 +294,7 @@ async def _users_by_email(
 async def import_users(
     session: AsyncSession,
     act: Act,
-    org: Organization,
+    org_id: uuid.UUID,
     rows: Sequence[CsvRow],
     *,
     dry_run: bool,
@@ -367,7 +307,7 @@ async def import_users(
     the change; when the result is not `applied`, nothing but the organization's own
     catching up (expired purchases, a new period) was written.
     """
-    org = await lock_for_change(session, act, org.id)
+    org = await lock_for_change(session, act, org_id)
     result = ImportResult(dry_run=dry_run, applied=False, rows=len(rows))
     problems: list[RowProblem] = []
     parsed: list[_Row] = []
@@ -378,7 +318,7 @@ async def import_users(
             continue
         if entry.email in first_line:
             problems.append(
-                RowProblem(
+                _problem(
                     entry.line,
                     entry.email,
                     "duplicate_user",
@@ -392,6 +332,7 @@ async def import_users(
 
     existing, elsewhere = await _users_by_email(session, org, [r.email for r in parsed])
     to_change: list[_Row] = []
+    changed: list[allowance_service.Request] = []
     new_requests: list[allowance_service.Request] = []
     new_rows: list[_Row] = []
     profiles: list[tuple[User, _Row]] = []
@@ -412,7 +353,7 @@ async def import_users(
             continue
         if entry.status is not None and entry.status != user.status:
             problems.append(
-                RowProblem(
+                _problem(
                     entry.line,
                     entry.email,
                     "status_not_importable",
@@ -426,57 +367,53 @@ async def import_users(
         entry.amounts = {k: v for k, v in entry.amounts.items() if v != user.allowance(k)}
         if entry.amounts:
             to_change.append(entry)  # `plan` checks the version of these rows
+            changed.append(allowance_service.Request(user, entry.amounts, entry.version))
         elif entry.version is not None and entry.version != user.version:
             problems.append(_version_conflict(entry, user))
             continue
         if (entry.name and entry.name != user.name) or (entry.role and entry.role != user.role):
             profiles.append((user, entry))
 
-    try:
-        changed = await allowance_service.resolve(
-            session, org, [_AllowanceRow.of(r) for r in to_change]
-        )
-    except AllowanceChangeRefused as error:  # only if the table changed under the lock
-        for refusal in error.details.get("refused", []):
-            entry = to_change[refusal["index"]]
-            problems.append(
-                RowProblem(entry.line, entry.email, refusal["code"], refusal["message"])
-            )
-        changed, to_change = [], []
     requests = changed + new_requests
     lines = [r.line for r in to_change] + [r.line for r in new_rows]
-    plan = allowance_service.plan(org, requests, act)
-    for refusal in plan.refused:
-        problems.append(
-            RowProblem(lines[refusal.index], refusal.user.email, refusal.code, refusal.message)
-        )
-
+    change = await allowance_service.change(
+        session,
+        act,
+        org,
+        requests,
+        dry_run=dry_run or bool(problems),
+        reason=IMPORT_REASON,
+        refuse=False,
+    )
+    for refusal in change.plan.refused:
+        email = refusal.user.email if refusal.user is not None else str(refusal.ref)
+        problems.append(_problem(lines[refusal.index], email, refusal.code, refusal.message))
     result.refused = sorted(problems, key=lambda p: (p.line, p.code))
     result.balance_after = {
-        kind.value: {"capacity": a.capacity, "allocated": a.allocated, "balance": a.balance}
-        for kind, a in plan.after.items()
+        kind.value: KindAfterOut(capacity=a.capacity, allocated=a.allocated, balance=a.balance)
+        for kind, a in change.plan.after.items()
     }
     line_of = {r.user.email: line for r, line in zip(requests, lines, strict=True)}
     for entry, request in zip(new_rows, new_requests, strict=True):
         result.new_users.append(
             NewUserRow(
-                entry.line,
-                entry.email,
-                entry.name or "",
-                entry.role or "member",
-                request.allowances[Kind.inference],
-                request.allowances[Kind.training],
+                line=entry.line,
+                email=entry.email,
+                name=entry.name or "",
+                role=entry.role or "member",
+                max_tokens=request.allowances[Kind.inference],
+                max_train_tokens=request.allowances[Kind.training],
             )
         )
-    for change in plan.changes:
-        if not change.new:
+    for planned in change.plan.changes:
+        if not planned.new:
             result.changes.append(
                 FieldChange(
-                    line_of[change.user.email],
-                    change.user.email,
-                    ALLOWANCE_FIELD[change.kind],
-                    change.before,
-                    change.after,
+                    line=line_of[planned.user.email],
+                    email=planned.user.email,
+                    field=ALLOWANCE_FIELD[planned.kind],
+                    before=planned.before,
+                    after=planned.after,
                 )
             )
     for user, entry in profiles:
@@ -484,7 +421,13 @@ async def import_users(
             after = getattr(entry, column)
             if after and after != getattr(user, column):
                 result.changes.append(
-                    FieldChange(entry.line, user.email, column, getattr(user, column), after)
+                    FieldChange(
+                        line=entry.line,
+                        email=user.email,
+                        field=column,
+                        before=getattr(user, column),
+                        after=after,
+                    )
                 )
     result.changes.sort(key=lambda c: (c.line, c.field))
     refused_lines = {p.line for p in problems}
@@ -496,10 +439,9 @@ async def import_users(
         and entry.line not in refused_lines
         and entry.email not in changed_emails
     )
-    if dry_run or not result.accepted:
+    if not change.applied:
         return result
 
-    await allowance_service.apply(session, act, org, plan, reason=IMPORT_REASON)
     for user, entry in profiles:
         await user_service.update(
             session, act, org, user, name=entry.name, role=entry.role, reason=IMPORT_REASON
@@ -520,7 +462,7 @@ def _check_new(entry: _Row, taken: bool, problems: list[RowProblem]) -> bool:
     known_problems = len(problems)
 
     def problem(code: str, message: str) -> None:
-        problems.append(RowProblem(entry.line, entry.email, code, message))
+        problems.append(_problem(entry.line, entry.email, code, message))
 
     if taken:
         problem("email_taken", f"{entry.email} belongs to a user of another organization.")
@@ -538,8 +480,22 @@ def _check_new(entry: _Row, taken: bool, problems: list[RowProblem]) -> bool:
     return len(problems) == known_problems
 
 
+def refusal(result: ImportResult) -> InvalidRequest:
+    """The error of an import with refused rows (each in `details.refused`, with its line)."""
+    count = len(result.refused)
+    return InvalidRequest(
+        f"Nothing was saved: {count:,} {'row' if count == 1 else 'rows'} refused.",
+        code="import_refused",
+        details={"refused": [p.model_dump() for p in result.refused]},
+    )
+
+
+def _problem(line: int, email: str, code: str, message: str) -> RowProblem:
+    return RowProblem(line=line, email=email, code=code, message=message)
+
+
 def _version_conflict(entry: _Row, user: User) -> RowProblem:
-    return RowProblem(
+    return _problem(
         entry.line,
         entry.email,
         "version_conflict",

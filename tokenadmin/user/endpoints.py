@@ -7,12 +7,14 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.auth.audit import log_denials
 from tokenadmin.auth.principal import Principal
+from tokenadmin.dashboard.web import csv_download
+from tokenadmin.database import Database
 from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep, idempotent_write
 from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization, User
@@ -22,7 +24,8 @@ from tokenadmin.schemas import Text
 from tokenadmin.tokens import Kind
 from tokenadmin.usage import repository as usage_repository
 from tokenadmin.usage.service import availability
-from tokenadmin.user import repository, service
+from tokenadmin.user import csv_io, repository, service
+from tokenadmin.user.csv_schemas import ImportResult, UserImport
 from tokenadmin.user.schemas import (
     Reactivate,
     SortField,
@@ -40,6 +43,7 @@ org_router = APIRouter(
     prefix="/v1/organizations/{org_id}/users", tags=["users"], dependencies=AUDITED
 )
 router = APIRouter(prefix="/v1/users", tags=["users"], dependencies=AUDITED)
+table_router = APIRouter(prefix="/v1/organizations/{org_id}", tags=["users"], dependencies=AUDITED)
 
 
 @org_router.get("", response_model=UserPage)
@@ -99,6 +103,51 @@ async def create_user(
         return UserOut.of(user, current_period(org, act.now))
 
     return await idempotent_write(request, principal, work, status_code=201)
+
+
+async def users_csv(db: Database, org_id: uuid.UUID, now: datetime) -> StreamingResponse:
+    """The user table as a CSV download (the API's and the dashboard's export)."""
+    await organization_service.up_to_date(db, org_id, now)
+    org = await db.read(lambda session: organization_service.get(session, org_id))
+    return await csv_download(
+        db,
+        lambda session: csv_io.export_chunks(session, org, now),
+        csv_io.export_filename(org, now),
+    )
+
+
+@table_router.get(
+    "/users.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "The user table as CSV."}},
+)
+async def export_users_csv(
+    org_id: uuid.UUID, principal: PrincipalDep, db: DatabaseDep, clock: ClockDep
+) -> StreamingResponse:
+    """The user table as CSV: email, name, role, status, max_tokens, max_train_tokens,
+    this period's inference_used and training_used, last_activity_at (the columns an import
+    reads back)."""
+    principal.require(org_id, "read")
+    return await users_csv(db, org_id, clock.now())
+
+
+@table_router.post("/users/import", response_model=ImportResult)
+async def import_users_csv(
+    org_id: uuid.UUID, body: UserImport, request: Request, principal: PrincipalDep
+) -> JSONResponse:
+    """Create users and change allowances, names and roles from a CSV of the user table in
+    one atomic change: every row is checked, and nothing is saved unless every row is
+    accepted (`dry_run` previews). Refused rows are listed with their line and reason."""
+    principal.require(org_id, "admin")
+    rows = csv_io.read_upload(body.csv)
+
+    async def work(session: AsyncSession, act: Act) -> ImportResult:
+        result = await csv_io.import_users(session, act, org_id, rows, dry_run=body.dry_run)
+        if not result.accepted and not body.dry_run:
+            raise csv_io.refusal(result)
+        return result
+
+    return await idempotent_write(request, principal, work)
 
 
 async def _user_and_org(

@@ -15,14 +15,7 @@ from tokenadmin import allowance
 from tokenadmin.act import Act
 from tokenadmin.allowance.service import Request
 from tokenadmin.auth.passwords import MIN_PASSWORD_LENGTH, hash_password
-from tokenadmin.errors import (
-    AllowanceChangeRefused,
-    Conflict,
-    EmailTaken,
-    InvalidRequest,
-    NotFound,
-    VersionConflict,
-)
+from tokenadmin.errors import Conflict, EmailTaken, InvalidRequest, NotFound, TokenAdminError
 from tokenadmin.journal.service import record
 from tokenadmin.models import DashboardSession, Organization, Reservation, User
 from tokenadmin.organization.service import current_period
@@ -91,8 +84,7 @@ async def create(session: AsyncSession, act: Act, org: Organization, spec: NewUs
     """Create an active user with at least the minimum, taken from the balance (rule 4)."""
     await check_emails_free(session, [spec.email])
     request = new_user_request(org, act, spec)
-    plan = allowance.service.plan(org, [request], act)
-    await allowance.service.apply(session, act, org, plan)
+    await allowance.service.change(session, act, org, [request], one_user=True)
     try:
         await session.flush()
     except IntegrityError as error:
@@ -123,11 +115,12 @@ async def update(
     stale = allowance.service.version_conflict(user, expected_version)
     if stale is not None:
         raise stale
+    versioned = False
     if allowances:
-        plan = allowance.service.plan(org, [Request(user, allowances)], act)
-        if not plan.accepted:
-            _refuse_single(plan)
-        await allowance.service.apply(session, act, org, plan, reason=reason)
+        result = await allowance.service.change(
+            session, act, org, [Request(user, allowances)], reason=reason, one_user=True
+        )
+        versioned = bool(result.plan.changes)
     profile: dict[str, Any] = {}
     for field, value in (("name", name), ("role", role)):
         if value is not None and getattr(user, field) != value:
@@ -135,25 +128,10 @@ async def update(
             setattr(user, field, value)
     if profile:
         record(session, act, org, "user_changed", user=user, details=profile, reason=reason)
-        if not allowances or not any(c.user is user for c in plan.changes):
+        if not versioned:
             user.version += 1
         user.updated_at = act.now
     return user
-
-
-_CONFLICTS: dict[str, type[Conflict]] = {
-    "version_conflict": VersionConflict,
-    "user_deactivated": Conflict,
-}
-"""Refusals that are about the user's state, not the values sent: 409, as docs/api.md says."""
-
-
-def _refuse_single(plan: allowance.service.Plan) -> None:
-    """One user's change is refused with the code (and status) of its first reason."""
-    first = plan.refused[0]
-    details = {**first.details, "refused": [r.to_dict() for r in plan.refused]}
-    error_type = _CONFLICTS.get(first.code, AllowanceChangeRefused)
-    raise error_type(first.message, code=first.code, details=details)
 
 
 async def deactivate(session: AsyncSession, act: Act, org: Organization, user: User) -> User:
@@ -224,12 +202,14 @@ async def reactivate(
         for kind in Kind
     }
     user.status = "active"
-    plan = allowance.service.plan(org, [Request(user, targets)], act)
-    if not plan.accepted:
+    try:
+        result = await allowance.service.change(
+            session, act, org, [Request(user, targets)], one_user=True, action="user_reactivated"
+        )
+    except TokenAdminError:
         user.status = "deactivated"
-        _refuse_single(plan)
-    await allowance.service.apply(session, act, org, plan, action="user_reactivated")
-    if not plan.changes:
+        raise
+    if not result.plan.changes:
         user.version += 1
     return user
 

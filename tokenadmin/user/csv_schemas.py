@@ -1,0 +1,73 @@
+"""The user table's CSV import: its request and what it answers (the API, the CLI's --json
+and the dashboard's preview show the same result)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, StrictBool, computed_field
+
+from tokenadmin.allowance.schemas import KindAfterOut
+from tokenadmin.schemas import Input, Text
+
+MAX_IMPORT_BYTES = 32 * 1024 * 1024
+"""The largest file an import reads (a 100,000-user export is about 10 MB)."""
+
+
+class UserImport(Input):
+    csv: Text = Field(
+        min_length=1,
+        max_length=MAX_IMPORT_BYTES,
+        description="The CSV file's text, header first (as `users.csv` exports it).",
+    )
+    dry_run: StrictBool = Field(
+        default=False, description="Check and preview every row; save nothing."
+    )
+
+
+class RowProblem(BaseModel):
+    """Why one row of the file is refused (a row may be refused for several reasons)."""
+
+    line: int
+    email: str
+    code: str
+    message: str
+
+
+class NewUserRow(BaseModel):
+    line: int
+    email: str
+    name: str
+    role: str
+    max_tokens: int
+    max_train_tokens: int
+
+
+class FieldChange(BaseModel):
+    """One column of one existing user: max_tokens, max_train_tokens, name or role."""
+
+    line: int
+    email: str
+    field: str
+    before: int | str
+    after: int | str
+
+
+class ImportResult(BaseModel):
+    """What an import did, or (dry run, or any row refused) would do."""
+
+    dry_run: bool
+    applied: bool
+    rows: int
+    new_users: list[NewUserRow] = Field(default_factory=list)
+    changes: list[FieldChange] = Field(default_factory=list)
+    unchanged: int = 0
+    refused: list[RowProblem] = Field(default_factory=list)
+    balance_after: dict[str, KindAfterOut] = Field(default_factory=dict)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def accepted(self) -> bool:
+        return not self.refused
+
+    @property
+    def changed_users(self) -> int:
+        return len({c.email for c in self.changes})
