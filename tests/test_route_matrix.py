@@ -86,9 +86,6 @@ POST   /v1/users/{user_id}/deactivate                        -  Y -  Y - - - -  
 POST   /v1/users/{user_id}/reactivate                        -  Y -  Y - - - -  - - - - -
 GET    /v1/users/{user_id}/balance                           -  Y -  Y Y Y - -  - - - - -
 GET    /v1/users/{user_id}/usage                             -  Y -  Y - Y - -  - - - - -
-GET    /v1/users/{user_id}/forecast                          -  Y -  Y - Y - -  - - - - -
-GET    /v1/organizations/{org_id}/forecast                   -  Y -  Y - Y - -  - - - - -
-GET    /v1/organizations/{org_id}/usage-report               -  Y -  Y - Y - -  - - - - -
 POST   /v1/usage                                             -  Y -  - Y - - -  - - - - -
 POST   /v1/usage/batch                                       -  Y -  - Y - - -  - - - - -
 POST   /v1/reservations                                      -  Y -  - Y - - -  - - - - -
@@ -284,13 +281,6 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
     ),
     ("GET", "/v1/users/{user_id}/balance"): lambda w: Req("GET", f"/v1/users/{w.alice}/balance"),
     ("GET", "/v1/users/{user_id}/usage"): lambda w: Req("GET", f"/v1/users/{w.alice}/usage"),
-    ("GET", "/v1/users/{user_id}/forecast"): lambda w: Req("GET", f"/v1/users/{w.alice}/forecast"),
-    ("GET", "/v1/organizations/{org_id}/forecast"): lambda w: Req(
-        "GET", f"/v1/organizations/{w.a_org}/forecast?users=10"
-    ),
-    ("GET", "/v1/organizations/{org_id}/usage-report"): lambda w: Req(
-        "GET", f"/v1/organizations/{w.a_org}/usage-report?group_by=model&user={w.alice_email}"
-    ),
     ("POST", "/v1/usage"): lambda w: Req(
         "POST", "/v1/usage", {"user": w.alice_email, "kind": "inference", "tokens": 10}
     ),
