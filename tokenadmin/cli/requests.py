@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Annotated
 
@@ -23,7 +22,6 @@ requests_app = typer.Typer(
     " withdraw; each decided once."
 )
 
-Decision = Callable[[AsyncSession, Act, Organization], Awaitable[TokenRequestOut]]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 RequestId = Annotated[str, typer.Argument(metavar="REQUEST_ID", help="The request's id.")]
 
@@ -50,7 +48,7 @@ def _show(cli: Cli, found: TokenRequestOut, message: str) -> None:
         say(message)
 
 
-def _decide(cli: Cli, request_id: uuid.UUID, decide: Decision) -> TokenRequestOut:
+def _decide(cli: Cli, request_id: uuid.UUID, decide: service.Decision) -> TokenRequestOut:
     """Decide with the request's organization locked, in one transaction."""
 
     async def work(session: AsyncSession, act: Act) -> TokenRequestOut:

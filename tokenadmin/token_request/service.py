@@ -20,6 +20,7 @@ Decisions of this module:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid6 import uuid7
@@ -42,7 +43,10 @@ from tokenadmin.tokens import MAX_AMOUNT, Kind, fmt
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user import service as user_service
 
-__all__ = ["RequestQuery", "approve", "ask", "deny", "get", "search", "withdraw"]
+Decision = Callable[[AsyncSession, Act, Organization], Awaitable[TokenRequestOut]]
+"""A decision on a request, run once its organization is locked (`lock_org_of`)."""
+
+__all__ = ["Decision", "RequestQuery", "approve", "ask", "deny", "get", "search", "withdraw"]
 
 
 def out(request: TokenRequest, user: User) -> TokenRequestOut:
