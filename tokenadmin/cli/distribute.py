@@ -170,26 +170,24 @@ def distribute(
 
 
 def _report(cli: Cli, answer: DistributionOut) -> None:
-    if cli.json:
-        emit_json(answer)
-    else:
-        _print(answer)
-    if not answer.accepted:
-        cli.json = False  # the preview printed above is the answer
-        first = answer.refused[0]["message"]
-        more = len(answer.refused) - 1
-        cli.fail(
-            AllowanceChangeRefused(
-                f"Would refuse: {first}" + (f" (and {more} more refused rows)" if more else ""),
-                details={"refused": answer.refused},
-            )
-        )
-    if cli.json:
+    """The answer (JSON, or tables for people); a refused distribution then exits 2 with
+    every refused row."""
+    (emit_json if cli.json else _print)(answer)
+    if answer.accepted:
+        if answer.applied and not cli.json:
+            say(f"Applied to {answer.users:,} users in one step.", style="green")
+        elif not cli.json:
+            say(f"Preview: nothing was saved. Apply it with --apply --token {answer.preview_token}")
         return
-    if answer.applied:
-        say(f"Applied to {answer.users:,} users in one step.", style="green")
-    else:
-        say("Preview: nothing was saved. Apply it with --apply --token " + answer.preview_token)
+    cli.json = False  # the answer printed above says it all
+    more = len(answer.refused) - 1
+    cli.fail(
+        AllowanceChangeRefused(
+            f"Would refuse: {answer.refused[0]['message']}"
+            + (f" (and {more} more refused rows)" if more else ""),
+            details={"refused": answer.refused},
+        )
+    )
 
 
 def _print(answer: DistributionOut) -> None:

@@ -1,6 +1,9 @@
+"""The REST API of distributing the balance: a preview, and the atomic apply."""
+
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -8,43 +11,52 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.auth.audit import log_denials
+from tokenadmin.auth.principal import Principal
 from tokenadmin.deps import PrincipalDep, idempotent_write
 from tokenadmin.distribution import service
 from tokenadmin.distribution.schemas import DistributionApply, DistributionOut, DistributionRequest
+from tokenadmin.models import Organization
 from tokenadmin.organization import service as organization_service
 
-router = APIRouter(
-    prefix="/v1/organizations/{org_id}/distribution",
-    tags=["distribution"],
-    dependencies=[Depends(log_denials)],
-)
+PATH = "/v1/organizations/{org_id}/distribution"
+router = APIRouter(tags=["distribution"], dependencies=[Depends(log_denials)])
+Step = Callable[[AsyncSession, Act, Organization], Awaitable[service.Distribution]]
 
 
-@router.post("/preview", response_model=DistributionOut)
+async def _answer(
+    org_id: uuid.UUID, request: Request, principal: Principal, step: Step
+) -> JSONResponse:
+    """An administrator of the organization, with it locked for change, in one idempotent
+    write; the service's distribution answered as `DistributionOut`."""
+    principal.require(org_id, "admin")
+
+    async def work(session: AsyncSession, act: Act) -> DistributionOut:
+        org = await organization_service.lock_for_change(session, act, org_id)
+        return (await step(session, act, org)).out()
+
+    return await idempotent_write(request, principal, work)
+
+
+@router.post(f"{PATH}/preview", response_model=DistributionOut)
 async def preview_distribution(
     org_id: uuid.UUID, body: DistributionRequest, request: Request, principal: PrincipalDep
 ) -> JSONResponse:
     """Preview distributing the balance, of one kind or both: nothing is saved. The answer's
     `preview_token` names what it shows, for the apply."""
-    principal.require(org_id, "admin")
-
-    async def work(session: AsyncSession, act: Act) -> DistributionOut:
-        org = await organization_service.lock_for_change(session, act, org_id)
-        return (await service.preview(session, act, org, body)).out()
-
-    return await idempotent_write(request, principal, work)
+    return await _answer(
+        org_id, request, principal, lambda s, act, org: service.preview(s, act, org, body)
+    )
 
 
-@router.post("", response_model=DistributionOut)
+@router.post(PATH, response_model=DistributionOut)
 async def apply_distribution(
     org_id: uuid.UUID, body: DistributionApply, request: Request, principal: PrincipalDep
 ) -> JSONResponse:
     """Distribute the balance: both kinds, every user, in one atomic change, or nothing.
     With `preview_token`, only if nothing changed since that preview (409 preview_stale)."""
-    principal.require(org_id, "admin")
-
-    async def work(session: AsyncSession, act: Act) -> DistributionOut:
-        org = await organization_service.lock_for_change(session, act, org_id)
-        return (await service.apply(session, act, org, body, body.preview_token)).out()
-
-    return await idempotent_write(request, principal, work)
+    return await _answer(
+        org_id,
+        request,
+        principal,
+        lambda s, act, org: service.apply(s, act, org, body, body.preview_token),
+    )
