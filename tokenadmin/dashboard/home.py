@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qs, urlencode
 from zoneinfo import ZoneInfo
@@ -14,16 +13,13 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.auth.service import Viewer
-from tokenadmin.dashboard.requests import pending_requests
-from tokenadmin.dashboard.user_page import Forecast, forecast, pace_since
+from tokenadmin.dashboard.requests import open_requests
 from tokenadmin.dashboard.web import ViewerDep, render, require_org
 from tokenadmin.deps import clock_of, db_of
-from tokenadmin.models import Organization
 from tokenadmin.organization import service as organization_service
-from tokenadmin.organization.service import Balance, current_period
+from tokenadmin.organization.service import current_period
+from tokenadmin.report import service as report_service
 from tokenadmin.schemas import Text
-from tokenadmin.tokens import Kind, Period
-from tokenadmin.usage import repository as usage_repository
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user.schemas import SortField, UserOut
 
@@ -41,8 +37,6 @@ NOTICES = {
     "admin": "{n} now admin.",
     "member": "{n} now member.",
     "unchanged": "Nothing to change: the selected users already were that way.",
-    "approved": "Request approved: the allowance is raised.",
-    "denied": "Request denied; the member sees your note.",
 }
 """What a write redirects back to say; fixed texts, so a link cannot put words on the page."""
 
@@ -112,22 +106,6 @@ async def org_home(
     return await home_page(request, viewer, org_id, view, notice=notice_text(notice, n))
 
 
-async def _organization_forecasts(
-    session: AsyncSession, org: Organization, balance: Balance, now: datetime
-) -> dict[Kind, Forecast]:
-    """When the organization uses its capacity, per kind, at the pace of this period so far
-    (prepaid: of the last 30 days, from the journal)."""
-    since = pace_since(org, now)
-    if org.period == Period.none:
-        paced = await usage_repository.org_usage_since(session, org.id, since)
-    else:
-        paced = {kind: balance.kinds[kind].used for kind in Kind}
-    return {
-        kind: forecast(paced[kind], now - since, b.capacity - b.used, now, balance.period_end)
-        for kind, b in balance.kinds.items()
-    }
-
-
 async def home_page(
     request: Request,
     viewer: Viewer,
@@ -161,11 +139,12 @@ async def home_page(
             offset=(view.page - 1) * PAGE_SIZE,
         )
         users, total = await user_repository.search(session, query)
+        forecast = await report_service.org_forecast(session, org, now, balance=balance)
         return {
             "org": org,
             "balance": balance,
-            "forecasts": await _organization_forecasts(session, org, balance, now),
-            "requests": await pending_requests(session, org_id),
+            "forecasts": forecast.kinds,
+            "requests": await open_requests(session, org_id, now),
             "users": [UserOut.of(u, start) for u in users],
             "total": total,
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Query, Request
@@ -12,20 +13,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.auth.service import Viewer
-from tokenadmin.dashboard.requests import member_requests
-from tokenadmin.dashboard.user_page import Usage, usage_csv, usage_of, user_view
+from tokenadmin.dashboard.requests import open_requests
+from tokenadmin.dashboard.user_page import for_user, usage_csv, user_view
 from tokenadmin.dashboard.web import ViewerDep, render
-from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization, User
-from tokenadmin.organization import service as organization_service
-from tokenadmin.user import repository as user_repository
 
 router = APIRouter(include_in_schema=False)
-NOTICES = {
-    "requested": "Your request is sent: your administrators see it on their page.",
-    "withdrawn": "Your request is withdrawn.",
-}
+NOTICES = {"requested": "Your request is sent: your administrators see it on their page."}
 T = TypeVar("T")
 
 
@@ -35,20 +30,9 @@ async def _as_me(
     work: Callable[[AsyncSession, Organization, User, datetime], Awaitable[T]],
 ) -> T:
     """Run `work` on the signed-in person's own organization and user."""
-    user_id, org_id = viewer.user_id, viewer.org_id
-    if user_id is None or org_id is None:
+    if viewer.user_id is None or viewer.org_id is None:
         raise NotFound("Page not found.")
-    db, now = db_of(request), clock_of(request).now()
-    await organization_service.up_to_date(db, org_id, now)
-
-    async def load(session: AsyncSession) -> T:
-        org = await organization_service.get(session, org_id)
-        user = await user_repository.get(session, user_id)
-        if user is None or user.org_id != org.id:
-            raise NotFound("User not found.")
-        return await work(session, org, user, now)
-
-    return await db.read(load)
+    return await for_user(request, viewer.org_id, viewer.user_id, work)
 
 
 async def my_page_response(
@@ -60,7 +44,7 @@ async def my_page_response(
         session: AsyncSession, org: Organization, user: User, now: datetime
     ) -> dict[str, Any]:
         view = await user_view(session, org, user, now)
-        view["my_requests"] = await member_requests(session, user.id)
+        view["my_requests"] = await open_requests(session, org.id, now, user_id=user.id)
         return view
 
     data = await _as_me(request, viewer, work)
@@ -83,11 +67,4 @@ async def my_usage_csv(
     request: Request, bucket: Literal["day", "month"], viewer: ViewerDep
 ) -> Response:
     """My usage charts' figures as CSV: date, inference, training."""
-
-    async def work(
-        session: AsyncSession, org: Organization, user: User, now: datetime
-    ) -> tuple[Usage, str]:
-        return await usage_of(session, org, user, now), user.email
-
-    usage, email = await _as_me(request, viewer, work)
-    return usage_csv(usage, bucket, email)
+    return await _as_me(request, viewer, partial(usage_csv, bucket=bucket))
