@@ -94,6 +94,13 @@ POST   /v1/usage/batch                                       -  Y -  - Y - - -  
 POST   /v1/reservations                                      -  Y -  - Y - - -  - - - - -
 POST   /v1/reservations/{reservation_id}/commit              -  Y -  - Y - - -  - - - - -
 POST   /v1/reservations/{reservation_id}/release             -  Y -  - Y - - -  - - - - -
+POST   /v1/token-requests                                    -  Y -  Y Y - - -  - - - - -
+GET    /v1/token-requests/{request_id}                       -  Y -  Y Y Y - -  - - - - -
+POST   /v1/token-requests/{request_id}/approve               -  Y -  Y - - - -  - - - - -
+POST   /v1/token-requests/{request_id}/deny                  -  Y -  Y - - - -  - - - - -
+POST   /v1/token-requests/{request_id}/withdraw              -  Y -  Y Y - - -  - - - - -
+GET    /v1/organizations/{org_id}/token-requests             -  Y -  Y Y Y - -  - - - - -
+GET    /v1/users/{user_id}/token-requests                    -  Y -  Y Y Y - -  - - - - -
 GET    /                                                     Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
 GET    /login                                                Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
 POST   /login                                                Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
@@ -101,6 +108,7 @@ POST   /logout                                               -  - Y  - - - Y Y  
 GET    /me                                                   -  - Y  - - - Y Y  - - - Y Y
 GET    /me/usage-per-{bucket}.csv                            -  - -  - - - Y Y  - - - Y Y
 POST   /me/requests                                          -  - -  - - - Y Y  - - - Y Y
+POST   /me/requests/{request_id}/withdraw                    -  - -  - - - - Y  - - - - -
 GET    /operator                                             -  - Y  - - - - -  - - - - -
 POST   /operator/orgs                                        -  - Y  - - - - -  - - - - -
 POST   /operator/purchases                                   -  - Y  - - - - -  - - - - -
@@ -108,6 +116,8 @@ GET    /orgs/{org_id}                                        -  - Y  - - - Y -  
 POST   /orgs/{org_id}/allowances                             -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/users                                  -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/users/actions                          -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/token-requests/{request_id}/approve    -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/token-requests/{request_id}/deny       -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/users/{user_id}                        -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/users/{user_id}/usage-per-{bucket}.csv -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/distribute                             -  - Y  - - - Y -  - - - - -
@@ -192,6 +202,9 @@ class World:
     page_key_to_revoke: str
     to_commit: str
     to_release: str
+    to_approve: str
+    to_deny: str
+    to_withdraw: str
     b_org: str
     b_user: str
     operator_email: str
@@ -313,6 +326,29 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
     ("POST", "/v1/reservations/{reservation_id}/release"): lambda w: Req(
         "POST", f"/v1/reservations/{w.to_release}/release"
     ),
+    ("POST", "/v1/token-requests"): lambda w: Req(
+        "POST",
+        "/v1/token-requests",
+        {"user": w.to_patch, "kind": "inference", "amount": 10, "reason": "a run"},
+    ),
+    ("GET", "/v1/token-requests/{request_id}"): lambda w: Req(
+        "GET", f"/v1/token-requests/{w.to_approve}"
+    ),
+    ("POST", "/v1/token-requests/{request_id}/approve"): lambda w: Req(
+        "POST", f"/v1/token-requests/{w.to_approve}/approve", {"amount": 500}
+    ),
+    ("POST", "/v1/token-requests/{request_id}/deny"): lambda w: Req(
+        "POST", f"/v1/token-requests/{w.to_deny}/deny", {"note": "not now"}
+    ),
+    ("POST", "/v1/token-requests/{request_id}/withdraw"): lambda w: Req(
+        "POST", f"/v1/token-requests/{w.to_withdraw}/withdraw"
+    ),
+    ("GET", "/v1/organizations/{org_id}/token-requests"): lambda w: Req(
+        "GET", f"/v1/organizations/{w.a_org}/token-requests"
+    ),
+    ("GET", "/v1/users/{user_id}/token-requests"): lambda w: Req(
+        "GET", f"/v1/users/{w.alice}/token-requests"
+    ),
     # --- the dashboard
     ("GET", "/"): lambda w: Req("GET", "/", page=True),
     ("GET", "/login"): lambda w: Req("GET", "/login", page=True),
@@ -327,7 +363,13 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
     ("GET", "/me"): lambda w: Req("GET", "/me", page=True),
     ("GET", "/me/usage-per-{bucket}.csv"): lambda w: Req("GET", "/me/usage-per-day.csv"),
     ("POST", "/me/requests"): lambda w: Req(
-        "POST", "/me/requests", form={"kind": "inference", "amount": "50K"}, page=True
+        "POST",
+        "/me/requests",
+        form={"kind": "inference", "amount": "50K", "reason": "a run"},
+        page=True,
+    ),
+    ("POST", "/me/requests/{request_id}/withdraw"): lambda w: Req(
+        "POST", f"/me/requests/{w.to_withdraw}/withdraw", form={}, page=True
     ),
     ("GET", "/operator"): lambda w: Req("GET", "/operator", page=True),
     ("POST", "/operator/orgs"): lambda w: Req(
@@ -355,6 +397,18 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
         "POST",
         f"/orgs/{w.a_org}/users/actions",
         form={"action": "deactivate", "user": [w.to_act_on]},
+        page=True,
+    ),
+    ("POST", "/orgs/{org_id}/token-requests/{request_id}/approve"): lambda w: Req(
+        "POST",
+        f"/orgs/{w.a_org}/token-requests/{w.to_approve}/approve",
+        form={"amount": "500"},
+        page=True,
+    ),
+    ("POST", "/orgs/{org_id}/token-requests/{request_id}/deny"): lambda w: Req(
+        "POST",
+        f"/orgs/{w.a_org}/token-requests/{w.to_deny}/deny",
+        form={"note": "not now"},
         page=True,
     ),
     ("GET", "/orgs/{org_id}/users/{user_id}"): lambda w: Req(
@@ -501,6 +555,20 @@ async def build_world(api: Api, db: Database, clock: FakeClock) -> World:
         ]
         for n in ("api victim", "page victim")
     ]
+    asked = {
+        name: (
+            await api.post(
+                "/v1/token-requests",
+                {"user": user, "kind": kind, "amount": 1_000, "reason": "matrix"},
+                expect=201,
+            )
+        )["id"]
+        for name, user, kind in (
+            ("approve", alice["id"], "inference"),
+            ("deny", alice["id"], "training"),
+            ("withdraw", a_member["id"], "training"),
+        )
+    }
     b_org = await funded_org(api)
     b_user = await api.user(b_org, "bob@b.example", name="Bob Bee")
     b_admin = await api.user(b_org, "bea@b.example", role="admin")
@@ -539,6 +607,9 @@ async def build_world(api: Api, db: Database, clock: FakeClock) -> World:
         page_key_to_revoke=victims[1],
         to_commit=reservations[0],
         to_release=reservations[1],
+        to_approve=asked["approve"],
+        to_deny=asked["deny"],
+        to_withdraw=asked["withdraw"],
         b_org=b_org,
         b_user=b_user["id"],
         operator_email="olga@ops.example",

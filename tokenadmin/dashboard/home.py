@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.auth.service import Viewer
-from tokenadmin.dashboard.requests import open_requests
+from tokenadmin.dashboard.requests import pending_requests
 from tokenadmin.dashboard.web import ViewerDep, render, require_org
 from tokenadmin.deps import clock_of, db_of
 from tokenadmin.organization import service as organization_service
@@ -37,6 +37,8 @@ NOTICES = {
     "admin": "{n} now admin.",
     "member": "{n} now member.",
     "unchanged": "Nothing to change: the selected users already were that way.",
+    "approved": "Request approved: the allowance is raised.",
+    "denied": "Request denied; the member sees your note.",
 }
 """What a write redirects back to say; fixed texts, so a link cannot put words on the page."""
 
@@ -144,7 +146,7 @@ async def home_page(
             "org": org,
             "balance": balance,
             "forecasts": forecast.kinds,
-            "requests": await open_requests(session, org_id, now),
+            "requests": await pending_requests(session, org_id),
             "users": [UserOut.of(u, start) for u in users],
             "total": total,
         }

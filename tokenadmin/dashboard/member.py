@@ -13,14 +13,17 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.auth.service import Viewer
-from tokenadmin.dashboard.requests import open_requests
+from tokenadmin.dashboard.requests import member_requests
 from tokenadmin.dashboard.user_page import for_user, usage_csv, user_view
 from tokenadmin.dashboard.web import ViewerDep, render
 from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization, User
 
 router = APIRouter(include_in_schema=False)
-NOTICES = {"requested": "Your request is sent: your administrators see it on their page."}
+NOTICES = {
+    "requested": "Your request is sent: your administrators see it on their page.",
+    "withdrawn": "Your request is withdrawn.",
+}
 T = TypeVar("T")
 
 
@@ -44,7 +47,7 @@ async def my_page_response(
         session: AsyncSession, org: Organization, user: User, now: datetime
     ) -> dict[str, Any]:
         view = await user_view(session, org, user, now)
-        view["my_requests"] = await open_requests(session, org.id, now, user_id=user.id)
+        view["my_requests"] = await member_requests(session, user.id)
         return view
 
     data = await _as_me(request, viewer, work)
