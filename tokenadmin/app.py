@@ -36,6 +36,7 @@ from tokenadmin.distribution.endpoints import router as distribution_router
 from tokenadmin.errors import TokenAdminError
 from tokenadmin.journal.endpoints import router as journal_router
 from tokenadmin.organization.endpoints import router as organization_router
+from tokenadmin.report.endpoints import router as report_router
 from tokenadmin.schemas import FieldRule, error_answers
 from tokenadmin.token_request import endpoints as token_request_endpoints
 from tokenadmin.usage import service as usage_service
@@ -443,6 +444,7 @@ def create_app(
         allowance_router,
         distribution_router,
         journal_router,
+        report_router,
         token_request_endpoints.router,
         token_request_endpoints.org_router,
         token_request_endpoints.user_router,

@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -20,9 +18,9 @@ from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.service import current_period
+from tokenadmin.report import service as report_service
 from tokenadmin.schemas import Text
 from tokenadmin.tokens import Kind
-from tokenadmin.usage import repository as usage_repository
 from tokenadmin.usage.service import availability
 from tokenadmin.user import csv_io, repository, service
 from tokenadmin.user.csv_schemas import ImportResult, UserImport
@@ -308,24 +306,18 @@ async def get_usage_history(
 
     async def work(session: AsyncSession) -> UsageHistoryOut:
         user, org = await _user_and_org(session, principal, user_id, "read")
-        zone = ZoneInfo(org.time_zone)
-        if granularity == "day":
-            since = current_period(org, now)
-            if org.period == "none":
-                since = now - timedelta(days=31)
-        else:
-            local = now.astimezone(zone)
-            since = datetime(local.year - 1, local.month, 1, tzinfo=zone)
-        buckets: dict[datetime, dict[str, int]] = defaultdict(
-            lambda: {"inference": 0, "training": 0}
+        report = await report_service.usage_report(
+            session, org, now, granularity=granularity, user=user
         )
-        for moment, kind, used in await usage_repository.usage_by_bucket(session, user.id, since):
-            local = moment.astimezone(zone)
-            key = datetime(
-                local.year, local.month, 1 if granularity == "month" else local.day, tzinfo=zone
+        points = [
+            UsagePoint(
+                start=row.start,
+                inference=row.tokens[Kind.inference],
+                training=row.tokens[Kind.training],
             )
-            buckets[key][kind] += used
-        points = [UsagePoint(start=k, **v) for k, v in sorted(buckets.items())]
+            for row in report.rows
+            if any(row.tokens.values())
+        ]
         return UsageHistoryOut(user_id=user.id, granularity=granularity, points=points)
 
     return await db.read(work)
