@@ -81,6 +81,9 @@ class World:
     purchase: str
     key: str
     reservation: str
+    token_request: str
+    member_request: str = ""
+    """A pending request of the dashboard's signed-in member, when there is one."""
 
 
 async def make_world(api: Api) -> World:
@@ -93,6 +96,11 @@ async def make_world(api: Api) -> World:
         f"/v1/organizations/{org}/api-keys", {"name": "spare", "scopes": ["read"]}, expect=201
     )
     reservation = (await reserve(api, ana["id"], 100)).json()
+    asked = await api.post(
+        "/v1/token-requests",
+        {"user": ana["id"], "kind": "inference", "amount": 1_000, "reason": "a project"},
+        expect=201,
+    )
     return World(
         org=org,
         ana=ana["id"],
@@ -101,6 +109,7 @@ async def make_world(api: Api) -> World:
         purchase=purchases[0]["id"],
         key=key["id"],
         reservation=reservation["id"],
+        token_request=asked["id"],
     )
 
 
@@ -189,6 +198,24 @@ def _usage(w: World) -> dict[str, Any]:
 
 
 API_WRITES: dict[tuple[str, str], Write] = {
+    ("POST", "/v1/token-requests"): Write(
+        lambda w: "/v1/token-requests",
+        lambda w: {"user": w.ana_email, "kind": "training", "amount": 1_000, "reason": "a run"},
+        201,
+    ),
+    ("POST", "/v1/token-requests/{request_id}/approve"): Write(
+        lambda w: f"/v1/token-requests/{w.token_request}/approve",
+        lambda w: {"amount": 500, "note": "go"},
+        200,
+    ),
+    ("POST", "/v1/token-requests/{request_id}/deny"): Write(
+        lambda w: f"/v1/token-requests/{w.token_request}/deny",
+        lambda w: {"note": "not now"},
+        200,
+    ),
+    ("POST", "/v1/token-requests/{request_id}/withdraw"): Write(
+        lambda w: f"/v1/token-requests/{w.token_request}/withdraw", lambda w: None, 200
+    ),
     ("POST", "/v1/organizations"): Write(
         lambda w: "/v1/organizations",
         lambda w: {
@@ -268,6 +295,11 @@ API_WRITES: dict[tuple[str, str], Write] = {
     ("POST", "/v1/users/{user_id}/reactivate"): Write(
         lambda w: f"/v1/users/{w.bo}/reactivate",
         lambda w: {"max_tokens": 210_000, "max_train_tokens": 10},
+        200,
+    ),
+    ("POST", "/v1/organizations/{org_id}/users/import"): Write(
+        lambda w: f"/v1/organizations/{w.org}/users/import",
+        lambda w: {"csv": f"email,name,max_tokens\n{w.ana_email},Ana B,250000\n", "dry_run": False},
         200,
     ),
     ("POST", "/v1/organizations/{org_id}/allowances"): Write(
@@ -714,6 +746,9 @@ async def dashboard_world(
             fields["password"] = PASSWORD
         user = await api.user(world.org, email, **fields)
         ids["user_id"] = uuid.UUID(user["id"])
+        if role == "member":
+            body = {"user": user["id"], "kind": "training", "amount": 5, "reason": "a project"}
+            world.member_request = (await api.post("/v1/token-requests", body, expect=201))["id"]
     if role == "anonymous":
         return world, ""
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
@@ -924,6 +959,21 @@ DASHBOARD_WRITES: dict[tuple[str, str], Page] = {
         lambda w: "/me/requests",
         lambda w: {"kind": "inference", "amount": "50K", "reason": "a project"},
         {"kind": "choice", "amount": "positive", "reason": "text"},
+    ),
+    ("POST", "/me/requests/{request_id}/withdraw"): Page(
+        "member", lambda w: f"/me/requests/{w.member_request}/withdraw", lambda w: {}, {}
+    ),
+    ("POST", "/orgs/{org_id}/token-requests/{request_id}/approve"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/token-requests/{w.token_request}/approve",
+        lambda w: {"amount": "500", "note": "go"},
+        {"amount": "positive", "note": "text"},
+    ),
+    ("POST", "/orgs/{org_id}/token-requests/{request_id}/deny"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/token-requests/{w.token_request}/deny",
+        lambda w: {"note": "not now"},
+        {"note": "text"},
     ),
 }
 

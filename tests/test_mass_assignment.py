@@ -27,7 +27,15 @@ from tests.helpers import Api
 from tests.test_route_matrix import Caller, Req, World, build_world, send, snapshot
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
-from tokenadmin.models import ApiKey, JournalEntry, Organization, Purchase, Reservation, User
+from tokenadmin.models import (
+    ApiKey,
+    JournalEntry,
+    Organization,
+    Purchase,
+    Reservation,
+    TokenRequest,
+    User,
+)
 
 FIXED_ID = "00000000-0000-4000-8000-000000000001"
 LONG_AGO = "2020-01-01T00:00:00Z"
@@ -94,6 +102,22 @@ class Write:
 
 
 JSON_WRITES: dict[Route, Write] = {
+    ("POST", "/v1/token-requests"): Write(
+        "a-admin-key",
+        lambda w: "/v1/token-requests",
+        lambda w: {"user": w.to_patch, "kind": "inference", "amount": 10, "reason": "a run"},
+    ),
+    ("POST", "/v1/token-requests/{request_id}/approve"): Write(
+        "a-admin-key", lambda w: f"/v1/token-requests/{w.to_approve}/approve", lambda w: {}
+    ),
+    ("POST", "/v1/token-requests/{request_id}/deny"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/token-requests/{w.to_deny}/deny",
+        lambda w: {"note": "not now"},
+    ),
+    ("POST", "/v1/token-requests/{request_id}/withdraw"): Write(
+        "a-admin-key", lambda w: f"/v1/token-requests/{w.to_withdraw}/withdraw", None
+    ),
     ("POST", "/v1/organizations"): Write(
         "operator-key", lambda w: "/v1/organizations", lambda w: {"name": "New"}
     ),
@@ -124,6 +148,11 @@ JSON_WRITES: dict[Route, Write] = {
         "a-admin-key",
         lambda w: f"/v1/organizations/{w.a_org}/users",
         lambda w: {"email": "new@a.example", "name": "New"},
+    ),
+    ("POST", "/v1/organizations/{org_id}/users/import"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/users/import",
+        lambda w: {"csv": f"email,max_tokens\n{w.alice_email},260000\n", "dry_run": False},
     ),
     ("POST", "/v1/organizations/{org_id}/allowances"): Write(
         "a-admin-key",
@@ -551,8 +580,34 @@ async def _request_tokens(page: Page) -> None:
         page.world.a_org,
     )
     assert entry.actor == "user:max@a.example"
-    assert entry.details == {"kind": "inference", "amount": 50_000, "reason": "a launch"}
+    assert entry.reason == "a launch"
+    assert entry.details is not None
+    assert (entry.details["kind"], entry.details["amount"]) == ("inference", 50_000)
     assert (entry.capacity_delta, entry.allocated_delta, entry.allowance_delta) == (0, 0, 0)
+
+
+async def _decide_request(page: Page) -> None:
+    # A decision does what its form says; the state, amounts and users it names are ignored.
+    w = page.world
+    approve = f"/orgs/{w.a_org}/token-requests/{w.to_approve}/approve"
+    response = await page.post("a-admin-session", approve, {"amount": "500", "note": "ok"})
+    assert response.status_code == 303, response.text
+    deny = f"/orgs/{w.a_org}/token-requests/{w.to_deny}/deny"
+    response = await page.post("a-admin-session", deny, {"note": "not now"})
+    assert response.status_code == 303, response.text
+    withdraw = f"/me/requests/{w.to_withdraw}/withdraw"
+    response = await page.post("a-member-session", withdraw, {})
+    assert response.status_code == 303, response.text
+    found = {str(r.id): r for r in await page.db.read(lambda s: _all(s, TokenRequest)) if r.org_id}
+    assert (found[w.to_approve].state, found[w.to_approve].approved_amount) == ("approved", 500)
+    assert (found[w.to_deny].state, found[w.to_deny].note) == ("denied", "not now")
+    assert found[w.to_withdraw].state == "withdrawn"
+    alice = await _row(page.db, User, w.alice)
+    assert alice.max_tokens == 200_500
+
+
+async def _all(session: AsyncSession, model: type[TokenRequest]) -> list[TokenRequest]:
+    return list((await session.scalars(select(model))).all())
 
 
 async def _operator_org(page: Page) -> None:
@@ -628,6 +683,9 @@ FORMS: dict[Route, Callable[[Page], Awaitable[None]]] = {
     ("POST", "/orgs/{org_id}/distribute"): _distribute,
     ("POST", "/orgs/{org_id}/import"): _import,
     ("POST", "/me/requests"): _request_tokens,
+    ("POST", "/me/requests/{request_id}/withdraw"): _decide_request,
+    ("POST", "/orgs/{org_id}/token-requests/{request_id}/approve"): _decide_request,
+    ("POST", "/orgs/{org_id}/token-requests/{request_id}/deny"): _decide_request,
     ("POST", "/operator/orgs"): _operator_org,
     ("POST", "/operator/purchases"): _operator_purchase,
     ("POST", "/login"): _sign_in,
