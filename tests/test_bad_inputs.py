@@ -297,11 +297,6 @@ API_WRITES: dict[tuple[str, str], Write] = {
         lambda w: {"max_tokens": 210_000, "max_train_tokens": 10},
         200,
     ),
-    ("POST", "/v1/organizations/{org_id}/users/import"): Write(
-        lambda w: f"/v1/organizations/{w.org}/users/import",
-        lambda w: {"csv": f"email,name,max_tokens\n{w.ana_email},Ana B,250000\n", "dry_run": False},
-        200,
-    ),
     ("POST", "/v1/organizations/{org_id}/allowances"): Write(
         lambda w: f"/v1/organizations/{w.org}/allowances",
         lambda w: {
