@@ -20,6 +20,7 @@ from tokenadmin.cli.allowances import allowance_app
 from tokenadmin.cli.common import Cli, emit_json, out, progress_bar, say
 from tokenadmin.cli.distribute import distribute
 from tokenadmin.cli.orgs import org_app, purchase_app
+from tokenadmin.cli.report import report_app
 from tokenadmin.cli.requests import requests_app
 from tokenadmin.cli.usage import journal_app, key_app, usage_app
 from tokenadmin.cli.users import user_app, users_app
@@ -46,6 +47,7 @@ app.add_typer(usage_app, name="usage")
 app.add_typer(journal_app, name="journal")
 app.add_typer(key_app, name="key")
 app.add_typer(requests_app, name="requests")
+app.add_typer(report_app, name="report")
 
 operator_app = typer.Typer(help="Platform operators: people who sign in to the dashboard.")
 app.add_typer(operator_app, name="operator")
