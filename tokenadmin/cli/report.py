@@ -39,9 +39,6 @@ def _day(cli: Cli, option: str, text: str | None) -> date | None:
 def report_usage(
     ctx: typer.Context,
     org: OrgOption,
-    user: Annotated[
-        str | None, typer.Option("--user", metavar="USER", help="Only this user (email or id).")
-    ] = None,
     granularity: Annotated[
         str, typer.Option(help="day or month: one row a day or a month.")
     ] = "day",
@@ -56,6 +53,9 @@ def report_usage(
     ] = None,
     until: Annotated[
         str | None, typer.Option(metavar="DATE", help="Last day, included (default: today).")
+    ] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", metavar="USER", help="Only this user (email or id).")
     ] = None,
     by_model: Annotated[
         bool, typer.Option("--by-model", help="One row a day (or month) and model.")
@@ -134,8 +134,6 @@ def report_forecast(
 ) -> None:
     """When an organization (--org) or a user (--user) runs out of each kind at their pace."""
     cli = Cli.of(ctx, json_output)
-    if org is None and user is None:
-        cli.fail(InvalidRequest("Name an organization (--org) or a user (--user)."))
 
     async def work(db: Database) -> OrgForecastOut | UserForecastOut:
         now = now_act().now
@@ -143,7 +141,8 @@ def report_forecast(
         async def subject(session: AsyncSession) -> tuple[uuid.UUID, str | None]:
             found = await find_org(session, org) if org is not None else None
             if user is None:
-                assert found is not None
+                if found is None:
+                    raise InvalidRequest("Name an organization (--org) or a user (--user).")
                 return found.id, None
             person = await find_user(session, user, found)
             return person.org_id, str(person.id)

@@ -55,13 +55,10 @@ async def get_user_forecast(
 ) -> UserForecastOut:
     """When the user runs out of each kind at their pace this period (without periods: of
     the last 30 days), with the window, the tokens and the days of usage it rests on."""
-    now = clock.now()
-    user, _ = await db.read(lambda session: _visible_user(session, principal, user_id))
-    await organization_service.up_to_date(db, user.org_id, now)
 
     async def work(session: AsyncSession) -> UserForecastOut:
-        fresh, org = await _visible_user(session, principal, user_id)
-        return UserForecastOut.of(await service.user_forecast(session, org, fresh, now))
+        user, org = await _visible_user(session, principal, user_id)
+        return UserForecastOut.of(await service.user_forecast(session, org, user, clock.now()))
 
     return await db.read(work)
 

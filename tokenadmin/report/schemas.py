@@ -21,20 +21,21 @@ if TYPE_CHECKING:
 
 
 class KindForecastOut(BaseModel):
-    remaining: int = Field(
-        description="What is left: the user's remaining allowance, or the organization's"
-        " capacity less its usage this period."
-    )
-    used: int = Field(description="Tokens used from measured_from to measured_until.")
-    pace_per_day: int = Field(description="used over the window's length, per day (rounded down).")
-    runs_out_on: datetime | None = Field(
-        description="When remaining reaches 0 at this pace; null: no usage, not before the"
-        " period ends (ten years without periods), or a deactivated user."
-    )
-    days_with_usage: int | None = Field(
-        description="Days of the window (in the organization's time zone) with usage of this"
-        " kind; null in an organization's list of users."
-    )
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    remaining: int
+    """What is left: the user's remaining allowance, or the organization's capacity less its
+    usage this period."""
+    used: int
+    """Tokens used from measured_from to measured_until: what makes the pace."""
+    pace_per_day: int
+    """used over the window's length, per day (rounded down)."""
+    runs_out_on: datetime | None
+    """When remaining reaches 0 at this pace; null: no usage, not before the period ends (ten
+    years without periods), or a deactivated user."""
+    days_with_usage: int | None
+    """Days of the window (in the organization's time zone) with usage of this kind; null in
+    an organization's list of users."""
 
     @classmethod
     def of(cls, kind: KindForecast) -> KindForecastOut:
@@ -42,13 +43,16 @@ class KindForecastOut(BaseModel):
 
 
 class WindowOut(BaseModel):
-    measured_from: datetime = Field(
-        description="Where the pace is measured from: the period's start, or 30 days ago"
-        " without periods."
-    )
-    measured_until: datetime = Field(description="Now.")
-    days_observed: int = Field(description="Whole days from measured_from to measured_until.")
-    period_end: datetime | None = Field(description="When the period ends; null without periods.")
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    measured_from: datetime
+    """Where the pace is measured from: the period's start, or 30 days ago without periods."""
+    measured_until: datetime
+    """Now."""
+    days_observed: int
+    """Whole days from measured_from to measured_until: 0 on a period's first day."""
+    period_end: datetime | None
+    """When the period ends; null without periods."""
 
 
 def _forecast_fields(window: Window, kinds: dict[Kind, KindForecast]) -> dict[str, Any]:
@@ -61,25 +65,6 @@ def _forecast_fields(window: Window, kinds: dict[Kind, KindForecast]) -> dict[st
     }
 
 
-class UserForecastOut(WindowOut):
-    user_id: uuid.UUID
-    email: str
-    status: str
-    inference: KindForecastOut
-    training: KindForecastOut
-
-    @classmethod
-    def of(cls, forecast: UserForecast) -> UserForecastOut:
-        return cls.model_validate(
-            {
-                "user_id": forecast.user.id,
-                "email": forecast.user.email,
-                "status": forecast.user.status,
-                **_forecast_fields(forecast.window, forecast.kinds),
-            }
-        )
-
-
 class ListedUserForecast(BaseModel):
     user_id: uuid.UUID
     email: str
@@ -89,14 +74,34 @@ class ListedUserForecast(BaseModel):
 
     @classmethod
     def of(cls, forecast: UserForecast) -> ListedUserForecast:
-        return cls.model_validate(
-            {
-                "user_id": forecast.user.id,
-                "email": forecast.user.email,
-                "runs_out_on": forecast.soonest,
-                **{k.value: KindForecastOut.of(f) for k, f in forecast.kinds.items()},
-            }
-        )
+        return cls.model_validate(_user_fields(forecast))
+
+
+class UserForecastOut(WindowOut):
+    user_id: uuid.UUID
+    email: str
+    status: str
+    inference: KindForecastOut
+    training: KindForecastOut
+
+    @classmethod
+    def of(cls, forecast: UserForecast) -> UserForecastOut:
+        fields = _user_fields(forecast) | _forecast_fields(forecast.window, forecast.kinds)
+        return cls.model_validate(fields)
+
+
+def _user_fields(forecast: UserForecast) -> dict[str, Any]:
+    """The user's part of a forecast (the answer's models leave out what they don't have)."""
+    user = forecast.user
+    kinds = {kind.value: KindForecastOut.of(f) for kind, f in forecast.kinds.items()}
+    soonest = forecast.soonest
+    return {
+        "user_id": user.id,
+        "email": user.email,
+        "status": user.status,
+        "runs_out_on": soonest,
+        **kinds,
+    }
 
 
 class OrgForecastOut(WindowOut):

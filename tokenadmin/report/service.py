@@ -432,16 +432,8 @@ async def usage_report(
             details={"max_rows": MAX_ROWS},
         )
     ordered = sorted(sums, key=lambda k: (k[0], k[1] is not None, k[1] or ""))
-    return UsageReport(
-        org=org,
-        user=user,
-        granularity=granularity,
-        first=first,
-        last=last,
-        by_model=by_model,
-        buckets=starts,
-        rows=[UsageRow(starts[index], model, sums[index, model]) for index, model in ordered],
-    )
+    report = [UsageRow(starts[index], model, sums[index, model]) for index, model in ordered]
+    return UsageReport(org, user, granularity, first, last, by_model, starts, report)
 
 
 async def find_user(session: AsyncSession, org: Organization, ref: str) -> User:
