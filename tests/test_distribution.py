@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
 
 from tests.helpers import Api, funded_org
 from tests.scenarios import entries_since, error_of, get_user, journal, last_entry_id
+from tests.test_route_matrix import Req, send, session_of
+from tokenadmin.clock import FakeClock
+from tokenadmin.database import Database
 from tokenadmin.tokens import MAX_AMOUNT
 
 
@@ -266,3 +270,37 @@ async def test_only_an_admin_of_the_organization_may_distribute(api: Api) -> Non
     error_of(await stranger.call("POST", _path(org, preview=True), json=body), 404, "not_found")
     admin = api.as_key(await api.key(org, "admin"))
     assert (await admin.call("POST", _path(org), json=body)).status_code == 200
+
+
+async def test_the_dashboard_applies_through_the_same_service_and_refuses_a_stale_preview(
+    api: Api, client: httpx.AsyncClient, db: Database, clock: FakeClock
+) -> None:
+    org, (ana, bo, _cy) = await _org_of_three(api)
+    admin = await api.user(org, "ada@example.com", role="admin")
+    caller = await session_of(db, clock, user_id=admin["id"])
+    page = f"/orgs/{org}/distribute"
+    form: dict[str, str | list[str]] = {"kind": "training", "method": "fixed", "amount": "1K"}
+    form |= {"scope": "selected", "users": [ana["id"], bo["id"]]}
+
+    preview = await send(client, Req("POST", page, form=form | {"action": "preview"}), caller)
+    assert preview.status_code == 200, preview.text
+    digest = re.search(r'name="digest" value="([0-9a-f]{64})"', preview.text)
+    assert digest
+    api_preview = await _preview(
+        api, org, {"training": {"method": "fixed", "amount": 1_000}, "users": [ana["id"], bo["id"]]}
+    )
+    assert digest.group(1) == api_preview["preview_token"]  # the same preview, the same token
+
+    await api.allowances(org, {"user": bo["id"], "max_train_tokens": 5}, expect=200)
+    apply = form | {"action": "apply", "digest": digest.group(1)}
+    stale = await send(client, Req("POST", page, form=apply), caller)
+    assert stale.status_code == 200, stale.text
+    assert "changed since your preview; nothing was saved" in stale.text
+    assert (await get_user(api, ana["id"]))["max_train_tokens"] == 0
+
+    fresh = re.search(r'name="digest" value="([0-9a-f]{64})"', stale.text)
+    assert fresh
+    applied = await send(client, Req("POST", page, form=apply | {"digest": fresh.group(1)}), caller)
+    assert applied.status_code == 303, applied.text
+    assert (await get_user(api, ana["id"]))["max_train_tokens"] == 1_000
+    assert (await get_user(api, bo["id"]))["max_train_tokens"] == 1_005
