@@ -7,6 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers import Api, funded_org
 from tests.scenarios import (
@@ -22,7 +24,8 @@ from tests.scenarios import (
     run_sweeper,
 )
 from tokenadmin.clock import FakeClock
-from tokenadmin.database import Database
+from tokenadmin.database import MAX_ATTEMPTS, Database, Retry
+from tokenadmin.errors import InvalidRequest, TokenAdminError
 from tokenadmin.idempotency import service as idempotency
 
 
@@ -336,3 +339,68 @@ async def _claims_see_each_other(db: Database) -> None:
             assert await idempotency.claim(second, "org:y", ["k1"]) == set()  # other scope
     async with db.session() as later, later.begin():
         assert await idempotency.claim(later, "org:x", ["k1"]) == set()  # it ended
+
+
+# --- the one path, called without a request (as the CLI or a script may) ---------------------
+
+
+async def test_a_write_once_with_a_key_runs_once_and_keeps_its_answer_and_its_refusal(
+    db: Database, clock: FakeClock
+) -> None:
+    runs: list[str] = []
+
+    async def work(session: AsyncSession, name: str) -> dict[str, str]:
+        runs.append(name)
+        if name == "refused":
+            raise InvalidRequest("not this one")
+        return {"name": name}
+
+    async def send(name: str, key: str, print_: str) -> idempotency.Answer:
+        return await idempotency.write_once(
+            db,
+            lambda session: work(session, name),
+            lambda body: idempotency.Answer(201, body),
+            key=idempotency.Keyed(key, print_),
+            scope="script",
+            clock=clock,
+            ttl=IDEMPOTENCY_TTL,
+            in_flight=idempotency.KeysInFlight(),
+        )
+
+    first = await send("made", "k-1", "p-1")
+    again = await send("made", "k-1", "p-1")
+    refused = await send("refused", "k-2", "p-2")
+    refused_again = await send("refused", "k-2", "p-2")
+    other = await send("other", "k-1", "p-other")
+
+    assert (first.status_code, first.body, first.replayed) == (201, {"name": "made"}, False)
+    assert (again.status_code, again.body, again.replayed) == (201, {"name": "made"}, True)
+    assert (refused.status_code, refused.body["error"]["code"]) == (422, "invalid_request")
+    assert refused_again == idempotency.Answer(422, refused.body, replayed=True)
+    assert (other.status_code, other.body["error"]["code"]) == (422, "idempotency_key_reused")
+    assert runs == ["made", "refused"]
+
+
+async def test_a_retried_transaction_runs_what_it_needs_first_then_gives_up_with_409(
+    db: Database,
+) -> None:
+    done: list[str] = []
+
+    async def needs_upkeep(session: AsyncSession) -> str:
+        if "upkeep" not in done:
+            raise Retry("upkeep first", first=upkeep)
+        return "applied"
+
+    async def upkeep(session: AsyncSession) -> None:
+        done.append("upkeep")
+
+    async def always_raced(session: AsyncSession) -> None:
+        done.append("raced")
+        raise Retry("a key stored first")
+
+    assert await db.write(needs_upkeep) == "applied"
+    assert done == ["upkeep"]
+    with pytest.raises(TokenAdminError) as gave_up:
+        await db.write(always_raced)
+    assert (gave_up.value.status_code, gave_up.value.code) == (409, "retry")
+    assert done.count("raced") == MAX_ATTEMPTS

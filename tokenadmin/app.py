@@ -9,7 +9,6 @@ import logging
 import re
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +33,13 @@ from tokenadmin.dashboard.web import SignInRequired, error_page, sign_in_url, wa
 from tokenadmin.database import Database
 from tokenadmin.distribution.endpoints import router as distribution_router
 from tokenadmin.errors import TokenAdminError
+from tokenadmin.idempotency.service import KeysInFlight
 from tokenadmin.journal.endpoints import router as journal_router
 from tokenadmin.organization.endpoints import router as organization_router
 from tokenadmin.report.endpoints import router as report_router
 from tokenadmin.schemas import FieldRule, error_answers
 from tokenadmin.token_request import endpoints as token_request_endpoints
-from tokenadmin.usage import service as usage_service
-from tokenadmin.usage.coalescer import Coalescer
-from tokenadmin.usage.endpoints import KEY
+from tokenadmin.usage.endpoints import KEY, metering
 from tokenadmin.usage.endpoints import router as usage_router
 from tokenadmin.user.endpoints import org_router as org_user_router
 from tokenadmin.user.endpoints import router as user_router
@@ -362,16 +360,8 @@ def create_app(
     app.state.db = db
     app.state.clock = clock
     app.state.key_cache = KeyCache()
-    app.state.writes_in_flight = set()
-    app.state.coalescer = Coalescer(
-        partial(
-            usage_service.run,
-            db,
-            clock,
-            default_ttl=settings.reservation_ttl_seconds,
-            idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
-        )
-    )
+    app.state.keys_in_flight = KeysInFlight()  # API writes and metering alike
+    app.state.coalescer = metering(db, clock, settings, app.state.keys_in_flight)
     app.state.settings = settings
 
     @app.exception_handler(TokenAdminError)

@@ -2,8 +2,10 @@
 
 Every change runs inside `Database.write(fn)`: `fn` gets a session inside a transaction,
 services do their work without committing, and the transaction commits once when `fn`
-returns (or rolls back when it raises). Transient failures (deadlocks, serialization
-failures, a busy SQLite file) are retried here, so they never reach a caller.
+returns (or rolls back when it raises). It is the one place a transaction is tried again:
+on transient failures (deadlocks, serialization failures, a busy SQLite file), and when the
+work asks for it by raising `Retry` (an idempotency key another transaction stored first,
+an organization that needs its upkeep first), so neither reaches a caller.
 
 SQLite: one writer connection per process (`BEGIN IMMEDIATE`, so writers queue instead of
 failing), WAL journal with `synchronous=FULL`: an acknowledged write is on disk.
@@ -31,7 +33,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from tokenadmin.errors import Unavailable
+from tokenadmin.errors import Conflict, Unavailable
 
 T = TypeVar("T")
 log = logging.getLogger("tokenadmin.database")
@@ -56,6 +58,21 @@ UNREACHABLE = (
     " the same Idempotency-Key, a write is applied at most once."
 )
 MAX_ATTEMPTS = 12
+
+
+class Retry(Exception):
+    """Raised by a transaction's work when the same work tried again will get further: the
+    transaction rolls back, `first` (if given) runs in a transaction of its own, and the work
+    runs again (`Database.write`)."""
+
+    def __init__(
+        self, reason: str, first: Callable[[AsyncSession], Awaitable[Any]] | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.first = first
+
+
+GAVE_UP = "The request could not be applied; send it again with the same idempotency key."
 
 
 def async_url(url: str) -> str:
@@ -158,7 +175,8 @@ class Database:
             await self.read_engine.dispose()
 
     async def write(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """Run `work` in one transaction and commit once; retry it on transient failures."""
+        """Run `work` in one transaction and commit once; run it again after a transient
+        failure or a `Retry`. Out of attempts, a `Retry` answers 409 `retry`."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 async with (
@@ -167,6 +185,11 @@ class Database:
                     session.begin(),
                 ):
                     return await work(session)
+            except Retry as retry:
+                if attempt == MAX_ATTEMPTS:
+                    raise Conflict(GAVE_UP, code="retry", status_code=409) from retry
+                if retry.first is not None:
+                    await self.write(retry.first)
             except DBAPIError as error:
                 if not is_transient(error) or attempt == MAX_ATTEMPTS:
                     raise

@@ -30,6 +30,7 @@ from tokenadmin.database import Database
 from tokenadmin.models import Organization
 from tokenadmin.organization import service as organization_service
 from tokenadmin.tokens import Kind
+from tokenadmin.usage.endpoints import answer_of
 from tokenadmin.usage.service import Caller, Operation, run
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user import service as user_service
@@ -291,6 +292,7 @@ class _Loader:
             self.clock,
             self.caller,
             operations,
+            answer=answer_of,
             default_ttl=self.settings.reservation_ttl_seconds,
             idempotency_ttl=timedelta(hours=self.settings.idempotency_ttl_hours),
         )

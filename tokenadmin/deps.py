@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from functools import partial
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
@@ -21,9 +19,8 @@ from tokenadmin.auth.principal import Principal
 from tokenadmin.clock import Clock
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
-from tokenadmin.errors import TokenAdminError, Unauthenticated
+from tokenadmin.errors import Unauthenticated
 from tokenadmin.idempotency import service as idempotency
-from tokenadmin.logs import note_actor
 
 # The dependencies are coroutines although they do not wait: FastAPI runs a plain
 # function in a worker thread, a round trip that costs more than the work.
@@ -74,9 +71,7 @@ def _bearer(request: Request) -> str:
 
 async def get_principal(request: Request, db: DatabaseDep) -> Principal:
     secret = _bearer(request)
-    principal = await db.read(lambda session: api_key_service.authenticate(session, secret))
-    note_actor(request.scope, principal.actor)
-    return principal
+    return await db.read(lambda session: api_key_service.authenticate(session, secret))
 
 
 async def remembered_principal(request: Request) -> Principal:
@@ -90,7 +85,6 @@ async def remembered_principal(request: Request) -> Principal:
             lambda session: api_key_service.authenticate_hash(session, key_hash)
         )
         cache.put(key_hash, principal)
-    note_actor(request.scope, principal.actor)
     return principal
 
 
@@ -125,85 +119,21 @@ async def idempotent_write(
     *,
     status_code: int = 200,
 ) -> JSONResponse:
-    """Run a write in one transaction; with an Idempotency-Key, answer replays the same."""
-    db = db_of(request)
+    """Run a write in one transaction; with an Idempotency-Key, answer replays the same
+    (`idempotency.write_once`, the one path of every write)."""
     clock = clock_of(request)
     key = request.headers.get("idempotency-key")
-    if key is None:
-        act = act_of(principal, clock)
-        result = await db.write(lambda session: work(session, act))
-        return JSONResponse(_jsonable(result), status_code=status_code)
-
-    idempotency.check_key(key)
-    scope = principal.idempotency_scope
-    print_ = await _body_print(request)
-    ttl = timedelta(hours=settings_of(request).idempotency_ttl_hours)
-
-    async def attempt(session: AsyncSession) -> idempotency.Answer:
-        stored = await idempotency.find(session, scope, [key])
-        if key in stored:
-            return idempotency.replay(stored[key], print_)
-        if await idempotency.claim(session, scope, [key]):
-            raise idempotency.in_flight(key)
-        act = act_of(principal, clock)
-        answer = idempotency.Answer(status_code, _jsonable(await work(session, act)))
-        await idempotency.remember(
-            session, [idempotency.remembered(scope, key, print_, answer, act.now, ttl)]
-        )
-        return answer
-
-    async def remember_refusal(session: AsyncSession, error: TokenAdminError) -> idempotency.Answer:
-        stored = await idempotency.find(session, scope, [key])
-        if key in stored:
-            return idempotency.replay(stored[key], print_)
-        answer = idempotency.Answer(error.status_code, error.to_dict())
-        await idempotency.remember(
-            session, [idempotency.remembered(scope, key, print_, answer, clock.now(), ttl)]
-        )
-        return answer
-
-    # In this process, a second request with the key while the first is being applied is
-    # told so at once (across processes on PostgreSQL, `idempotency.claim` tells it).
-    in_flight: set[tuple[str, str]] = request.app.state.writes_in_flight
-    if (scope, key) in in_flight:
-        raise idempotency.in_flight(key)
-    in_flight.add((scope, key))
-    try:
-        return await _apply_once(db, attempt, remember_refusal)
-    finally:
-        in_flight.discard((scope, key))
-
-
-class RememberRefusal(Protocol):
-    def __call__(
-        self, session: AsyncSession, error: TokenAdminError
-    ) -> Awaitable[idempotency.Answer]: ...
-
-
-async def _apply_once(
-    db: Database,
-    attempt: Callable[[AsyncSession], Awaitable[idempotency.Answer]],
-    remember_refusal: RememberRefusal,
-) -> JSONResponse:
-    for _attempt in range(3):
-        try:
-            answer = await db.write(attempt)
-        except IntegrityError:
-            continue  # the same key committed meanwhile: the next attempt replays it
-        except TokenAdminError as error:
-            if error.code in {
-                "idempotency_key_reused",
-                "invalid_idempotency_key",
-                "idempotency_key_in_flight",
-            }:
-                raise
-            if not idempotency.kept(error.status_code):
-                raise
-            answer = await db.write(partial(remember_refusal, error=error))
-        return answer_response(answer)
-    raise TokenAdminError(
-        "Please retry with the same idempotency key.", code="retry", status_code=409
+    answer = await idempotency.write_once(
+        db_of(request),
+        lambda session: work(session, act_of(principal, clock)),
+        lambda result: idempotency.Answer(status_code, _jsonable(result)),
+        key=None if key is None else idempotency.Keyed(key, await _body_print(request)),
+        scope=principal.idempotency_scope,
+        clock=clock,
+        ttl=timedelta(hours=settings_of(request).idempotency_ttl_hours),
+        in_flight=request.app.state.keys_in_flight,
     )
+    return answer_response(answer)
 
 
 def answer_response(answer: idempotency.Answer) -> JSONResponse:

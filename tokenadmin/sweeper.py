@@ -20,6 +20,7 @@ from tokenadmin.idempotency import service as idempotency
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization.service import lock_for_change, maintenance_due
 from tokenadmin.usage import repository as usage_repository
+from tokenadmin.usage.endpoints import answer_of
 from tokenadmin.usage.service import Caller, Operation, run
 
 log = logging.getLogger("tokenadmin.sweeper")
@@ -54,7 +55,13 @@ async def sweep(db: Database, clock: Clock, *, idempotency_ttl: timedelta) -> Sw
             by_org[org_id].append(Operation("expire", reservation_id=reservation_id))
         for operations in by_org.values():
             answers = await run(
-                db, clock, SYSTEM, operations, default_ttl=1, idempotency_ttl=idempotency_ttl
+                db,
+                clock,
+                SYSTEM,
+                operations,
+                answer=answer_of,
+                default_ttl=1,
+                idempotency_ttl=idempotency_ttl,
             )
             report.reservations_expired += sum(1 for a in answers if a.status_code == 200)
         if len(overdue) < 500:

@@ -35,6 +35,7 @@ from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.schemas import ApiKeyCreated, ApiKeyOut
 from tokenadmin.tokens import Kind
 from tokenadmin.usage import service as usage_service
+from tokenadmin.usage.endpoints import answer_of
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user.schemas import UserBalanceOut
 
@@ -97,6 +98,7 @@ def usage_record(
             SystemClock(),
             caller,
             [operation],
+            answer=answer_of,
             default_ttl=settings.reservation_ttl_seconds,
             idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
         )

@@ -1,25 +1,41 @@
 """Idempotency keys: the same key and body answer the first answer again and change nothing.
 
-A record holds the first answer (success or refusal) and is written in the same transaction
-as the change it describes, so a change and its record commit together or not at all.
+Every keyed write goes through one path: `write_group` in the write's transaction (one
+request or a group of many, as metering sends), and `write_once` around it for a single
+write. A record holds the first answer (success or refusal) and is written in the same
+transaction as the change it describes, so a change and its record commit together or not
+at all. Keys in flight are refused with 409: in this process by `KeysInFlight`, across
+processes by `claim`. A key another transaction stored first makes the transaction raise
+`Retry`, and `Database.write`, the one retry loop, runs it again to replay that answer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from functools import partial
+from typing import Any, NamedTuple, TypeAlias, TypeVar, cast
 
 from sqlalchemy import Table, delete, select, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokenadmin.errors import IdempotencyKeyInFlight, IdempotencyKeyReused, InvalidRequest
+from tokenadmin.clock import Clock
+from tokenadmin.database import Database, Retry
+from tokenadmin.errors import (
+    IdempotencyKeyInFlight,
+    IdempotencyKeyReused,
+    InvalidRequest,
+    TokenAdminError,
+)
 from tokenadmin.models import IdempotencyRecord
 from tokenadmin.rows import insert_many
 
+T = TypeVar("T")
 RECORDS = cast(Table, IdempotencyRecord.__table__)
 
 MAX_KEY_LENGTH = 255
@@ -27,12 +43,30 @@ MAX_KEY_LENGTH = 255
 
 @dataclass(frozen=True)
 class Answer:
+    """What a request was answered, as it is kept for replays: its status and its body."""
+
     status_code: int
     body: dict[str, Any]
     replayed: bool = False
 
 
+class Keyed(NamedTuple):
+    """A request's idempotency key and the fingerprint of what it asks."""
+
+    key: str
+    fingerprint: str
+
+
+Render = Callable[[T], Answer]
+"""How the caller answers a result: its status code and body (kept for replays)."""
+Outcome: TypeAlias = T | TokenAdminError
+"""A result, or the refusal that took its place."""
+
 DENIED = frozenset({401, 403, 404})
+# Refusals of the key itself, or of this attempt: never an answer to keep.
+NOT_KEPT = frozenset(
+    {"idempotency_key_reused", "invalid_idempotency_key", "idempotency_key_in_flight", "retry"}
+)
 
 
 def kept(answer_status: int) -> bool:
@@ -41,6 +75,11 @@ def kept(answer_status: int) -> bool:
     nor does a server-side failure (503: the database out of reach), which the client
     sends again with the same key to have the request applied then."""
     return answer_status not in DENIED and answer_status < 500
+
+
+def refused(error: TokenAdminError) -> Answer:
+    """A refusal's answer: the one body every interface gives for an error."""
+    return Answer(error.status_code, error.to_dict())
 
 
 def check_key(key: str) -> str:
@@ -63,6 +102,17 @@ def reused(key: str) -> IdempotencyKeyReused:
         " use a new key for a new request.",
         details={"idempotency_key": key},
     )
+
+
+def in_flight(key: str) -> IdempotencyKeyInFlight:
+    return IdempotencyKeyInFlight(
+        f"A request with the idempotency key '{key}' is being applied right now;"
+        " send it again in a moment to get its answer.",
+        details={"idempotency_key": key},
+    )
+
+
+# --- the records ----------------------------------------------------------------------------
 
 
 async def find(
@@ -100,6 +150,55 @@ def remembered(
     }
 
 
+async def remember(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Store records (from `remembered`) in this transaction, in one statement.
+
+    A key another transaction stored first raises `Retry`: the transaction runs again and
+    replays that transaction's answer."""
+    if not rows:
+        return
+    try:
+        await session.run_sync(insert_many, RECORDS, rows)
+    except IntegrityError as error:
+        raise Retry("an idempotency key was stored by another transaction first") from error
+
+
+async def purge(session: AsyncSession, now: datetime) -> int:
+    result = await session.execute(
+        delete(IdempotencyRecord).where(IdempotencyRecord.expires_at < now)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- keys in flight -------------------------------------------------------------------------
+
+
+class KeysInFlight:
+    """The keys being applied in this process (API writes and metering alike): a second
+    request with one of them is answered 409 at once instead of queueing behind the first.
+    Across processes, `claim` tells the same in the transaction."""
+
+    def __init__(self) -> None:
+        self._held: set[tuple[str, str]] = set()
+
+    def take(self, scope: str, key: str) -> None:
+        if (scope, key) in self._held:
+            raise in_flight(key)
+        self._held.add((scope, key))
+
+    def give_back(self, scope: str, keys: Iterable[str | None]) -> None:
+        for key in keys:
+            self._held.discard((scope, key or ""))
+
+    @contextmanager
+    def holding(self, scope: str, key: str) -> Iterator[None]:
+        self.take(scope, key)
+        try:
+            yield
+        finally:
+            self.give_back(scope, [key])
+
+
 # PostgreSQL advisory locks (two-key form, their own space) that mark keys in flight.
 _KEY_LOCKS = 0x1DE4
 _CLAIM = text(
@@ -113,7 +212,7 @@ async def claim(session: AsyncSession, scope: str, keys: Sequence[str]) -> set[s
     transaction has in flight right now are returned (their requests answer 409).
 
     Only PostgreSQL needs it: on SQLite one transaction writes at a time, so a request
-    never sees another one's key in flight (within a process, see `usage.coalescer`).
+    never sees another one's key in flight (within a process, see `KeysInFlight`).
     Two different keys may share a lock (a 32-bit hash): that only answers a rare,
     harmless 409 that the client retries."""
     if not keys or session.get_bind().dialect.name != "postgresql":
@@ -122,25 +221,123 @@ async def claim(session: AsyncSession, scope: str, keys: Sequence[str]) -> set[s
     return set((await session.scalars(_CLAIM, parameters)).all())
 
 
-def in_flight(key: str) -> IdempotencyKeyInFlight:
-    return IdempotencyKeyInFlight(
-        f"A request with the idempotency key '{key}' is being applied right now;"
-        " send it again in a moment to get its answer.",
-        details={"idempotency_key": key},
-    )
+# --- the one path ---------------------------------------------------------------------------
 
 
-async def remember(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Store records (from `remembered`) in this transaction, in one statement.
+async def write_group(
+    session: AsyncSession,
+    scope: str,
+    requests: Sequence[Keyed | None],
+    apply: Callable[[list[int]], Awaitable[list[Outcome[T]]]],
+    answer: Render[T],
+    *,
+    now: datetime,
+    ttl: timedelta,
+    claiming: bool = True,
+) -> list[Answer]:
+    """Answer a group of requests (`None`: one sent without a key) in this transaction.
 
-    A key another transaction stored first raises IntegrityError: the caller retries and
-    replays that transaction's answer."""
-    if rows:
-        await session.run_sync(insert_many, RECORDS, rows)
+    One statement finds the records of all their keys; a stored key answers its answer
+    again (or `idempotency_key_reused`), a key seen earlier in the group answers the first
+    one's answer, a key in flight elsewhere answers 409. `apply` gets the indices of the
+    rest, in order, and gives each a result (answered by `answer`) or a refusal; one
+    statement then stores the answers to keep."""
+    answers: list[Answer | None] = [None] * len(requests)
+    first: dict[str, int] = {}  # the index of the request that applies each key
+    stored = await find(session, scope, [r.key for r in requests if r is not None])
+    todo: list[int] = []
+    for index, request in enumerate(requests):
+        if request is None:
+            todo.append(index)
+            continue
+        key = request.key
+        if key in stored:
+            answers[index] = _replayed(stored[key], request.fingerprint)
+        elif key in first:
+            first_print = cast(Keyed, requests[first[key]]).fingerprint
+            if first_print != request.fingerprint:
+                answers[index] = refused(reused(key))
+            # else: answered below with the first one's answer
+        else:
+            first[key] = index
+            todo.append(index)
+    busy = await claim(session, scope, list(first)) if claiming else set()
+    for key in busy:
+        answers[first[key]] = refused(in_flight(key))
+        todo.remove(first[key])
+    if todo:
+        for index, outcome in zip(todo, await apply(todo), strict=True):
+            if isinstance(outcome, TokenAdminError):
+                answers[index] = refused(outcome)
+            else:
+                answers[index] = answer(outcome)
+
+    final: list[Answer] = []
+    for index, request in enumerate(requests):
+        given = answers[index]
+        if given is None:
+            assert request is not None
+            applied = answers[first[request.key]]
+            assert applied is not None
+            given = Answer(applied.status_code, applied.body, replayed=True)
+        final.append(given)
+    rows = [
+        remembered(scope, key, cast(Keyed, requests[i]).fingerprint, final[i], now, ttl)
+        for key, i in first.items()
+        if key not in busy and kept(final[i].status_code)
+    ]
+    await remember(session, rows)
+    return final
 
 
-async def purge(session: AsyncSession, now: datetime) -> int:
-    result = await session.execute(
-        delete(IdempotencyRecord).where(IdempotencyRecord.expires_at < now)
-    )
-    return int(getattr(result, "rowcount", 0) or 0)
+def _replayed(record: IdempotencyRecord, print_: str) -> Answer:
+    try:
+        return replay(record, print_)
+    except IdempotencyKeyReused as error:
+        return refused(error)
+
+
+async def write_once(
+    db: Database,
+    work: Callable[[AsyncSession], Awaitable[T]],
+    answer: Render[T],
+    *,
+    key: Keyed | None,
+    scope: str,
+    clock: Clock,
+    ttl: timedelta,
+    in_flight: KeysInFlight | None = None,
+) -> Answer:
+    """Run one write in one transaction and answer it; with a key, through `write_group`.
+
+    `work` refuses by raising: its transaction rolls back, and a refusal worth keeping is
+    stored in a transaction of its own, so the same request is refused the same way again.
+    Callable from any interface (API, dashboard, CLI), with or without a request."""
+    if key is None:
+        return answer(await db.write(work))
+    check_key(key.key)
+    requests = [key]
+
+    async def attempt(session: AsyncSession, refusal: TokenAdminError | None = None) -> Answer:
+        async def apply(_todo: list[int]) -> list[Outcome[T]]:
+            return [refusal if refusal is not None else await work(session)]
+
+        answers = await write_group(
+            session,
+            scope,
+            requests,
+            apply,
+            answer,
+            now=clock.now(),
+            ttl=ttl,
+            claiming=refusal is None,
+        )
+        return answers[0]
+
+    with in_flight.holding(scope, key.key) if in_flight else nullcontext():
+        try:
+            return await db.write(attempt)
+        except TokenAdminError as error:
+            if error.code in NOT_KEPT or not kept(error.status_code):
+                raise
+            return await db.write(partial(attempt, refusal=error))

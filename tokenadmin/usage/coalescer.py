@@ -25,8 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from tokenadmin.errors import Unavailable
-from tokenadmin.idempotency import service as idempotency
-from tokenadmin.idempotency.service import Answer
+from tokenadmin.idempotency.service import Answer, KeysInFlight
 from tokenadmin.usage.service import Caller, Operation
 
 log = logging.getLogger("tokenadmin.usage")
@@ -39,23 +38,24 @@ Run = Callable[[Caller, Sequence[Operation]], Awaitable[list[Answer]]]
 class _Queue:
     waiting: list[tuple[Operation, asyncio.Future[Answer]]] = field(default_factory=list)
     draining: asyncio.Task[None] | None = None
-    keys: set[str] = field(default_factory=set)  # idempotency keys waiting or being applied
 
 
 class Coalescer:
-    def __init__(self, run: Run, *, max_batch: int = 500) -> None:
-        self._run = run
+    def __init__(
+        self, run: Run, *, in_flight: KeysInFlight | None = None, max_batch: int = 500
+    ) -> None:
+        self.run = run
+        """Meters operations in one transaction of their own (the batch of a request)."""
+        self._in_flight = in_flight or KeysInFlight()
         self._max_batch = max_batch
         self._queues: dict[Caller, _Queue] = {}
 
     async def submit(self, caller: Caller, operation: Operation) -> Answer:
         """Meter `operation` in the next transaction of its caller; its answer once committed."""
+        if operation.idempotency_key is not None:
+            # Waiting or being applied: told at once (`KeysInFlight`), given back once answered.
+            self._in_flight.take(caller.idempotency_scope, operation.idempotency_key)
         queue = self._queues.setdefault(caller, _Queue())
-        key = operation.idempotency_key
-        if key is not None:
-            if key in queue.keys:
-                raise idempotency.in_flight(key)
-            queue.keys.add(key)
         answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         queue.waiting.append((operation, answer))
         if queue.draining is None:
@@ -72,7 +72,8 @@ class Coalescer:
                 try:
                     await self._settle(caller, group)
                 finally:
-                    queue.keys.difference_update(op.idempotency_key for op, _ in group)
+                    keys = (op.idempotency_key for op, _ in group if op.idempotency_key)
+                    self._in_flight.give_back(caller.idempotency_scope, keys)
         finally:
             queue.draining = None
             if not queue.waiting:
@@ -82,7 +83,7 @@ class Coalescer:
         self, caller: Caller, group: list[tuple[Operation, asyncio.Future[Answer]]]
     ) -> None:
         try:
-            answers = await self._run(caller, [operation for operation, _ in group])
+            answers = await self.run(caller, [operation for operation, _ in group])
         except BaseException as error:
             if not isinstance(error, Exception):
                 # Cancelled at shutdown: the transaction did not commit.

@@ -1,8 +1,12 @@
+"""The metering routes: each turns its request into operations, and the metering results
+into answers (`answer_of`: the status code and body, kept for replays)."""
+
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, status
@@ -14,7 +18,7 @@ from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.deps import answer_response, remembered_principal
 from tokenadmin.errors import Forbidden, TokenAdminError
-from tokenadmin.idempotency.service import Answer, check_key
+from tokenadmin.idempotency.service import Answer, KeysInFlight, check_key
 from tokenadmin.schemas import error_answers
 from tokenadmin.usage import service
 from tokenadmin.usage.coalescer import Coalescer
@@ -33,26 +37,68 @@ REFUSALS = error_answers(402)
 """What metering may answer besides the errors of every operation (app.API_ERRORS)."""
 
 
+def answer_of(result: service.Metered) -> Answer:
+    """How metering answers a result: usage 200, a new reservation 201, a reservation
+    committed, released or expired 200."""
+    if isinstance(result, service.Used):
+        body = {"accepted": True, **_whose(result), "journal_entry_id": result.entry.id}
+        return Answer(200, body)
+    assert isinstance(result, service.Held)
+    entry = result.entry
+    body = {
+        "id": str(result.id),
+        "status": result.status,
+        **_whose(result),
+        "journal_entry_id": None if entry is None else entry.id,
+    }
+    return Answer(201 if result.status == "open" else 200, body)
+
+
+def _whose(result: service.Metered) -> dict[str, Any]:
+    """The user, kind and tokens of a result, and the user's balance after it."""
+    balance = result.balance
+    fields: dict[str, Any] = {
+        "user_id": str(result.user_id),
+        "email": result.email,
+        "kind": result.kind.value,
+        "tokens": result.tokens,
+    }
+    if isinstance(result, service.Held):
+        fields["committed"] = result.committed
+        fields["expires_at"] = result.expires_at.isoformat()
+    fields.update(
+        allowance=balance.allowance,
+        used=balance.used,
+        reserved=balance.reserved,
+        remaining=balance.remaining,
+    )
+    return fields
+
+
+def metering(db: Database, clock: Clock, settings: Settings, in_flight: KeysInFlight) -> Coalescer:
+    """The metering engine of the routes (`app.state.coalescer`)."""
+    run = partial(
+        service.run,
+        db,
+        clock,
+        answer=answer_of,
+        default_ttl=settings.reservation_ttl_seconds,
+        idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
+    )
+    return Coalescer(run, in_flight=in_flight)
+
+
 @dataclass(frozen=True)
 class Meter:
-    """A caller allowed to meter, with what running the metering engine needs."""
+    """A caller allowed to meter, with the metering engine."""
 
     caller: service.Caller
-    db: Database
-    clock: Clock
-    settings: Settings
     coalescer: Coalescer
     request: Request
 
     async def run(self, operations: list[service.Operation]) -> list[Answer]:
-        return await service.run(
-            self.db,
-            self.clock,
-            self.caller,
-            operations,
-            default_ttl=self.settings.reservation_ttl_seconds,
-            idempotency_ttl=timedelta(hours=self.settings.idempotency_ttl_hours),
-        )
+        """Operations in one transaction of their own."""
+        return await self.coalescer.run(self.caller, operations)
 
     async def one(self, operation: service.Operation) -> JSONResponse:
         """One operation, in a transaction shared with the caller's concurrent ones."""
@@ -79,8 +125,7 @@ async def get_meter(request: Request) -> Meter:
     caller = service.Caller(
         principal.actor, principal.org_id, principal.idempotency_scope, principal.key_id
     )
-    state = request.app.state
-    return Meter(caller, state.db, state.clock, state.settings, state.coalescer, request)
+    return Meter(caller, request.app.state.coalescer, request)
 
 
 MeterDep = Annotated[Meter, Depends(get_meter)]
@@ -98,31 +143,27 @@ RequiredKeyDep = Annotated[str, KEY]
 @router.post("/usage", response_model=UsageAccepted, responses=REFUSALS)
 async def record_usage(body: UsageFields, meter: MeterDep, key: RequiredKeyDep) -> JSONResponse:
     """Record usage; refused as a whole with insufficient_tokens when it does not fit."""
-    operation = service.Operation(
-        "usage",
+    return await meter.one(_debit("usage", body, key))
+
+
+def _debit(
+    action: service.Action, body: UsageFields, key: str | None, ttl_seconds: int | None = None
+) -> service.Operation:
+    return service.Operation(
+        action,
         user=body.user,
         kind=body.kind,
         tokens=body.tokens,
+        ttl_seconds=ttl_seconds,
         details=body.details(),
         idempotency_key=key,
     )
-    return await meter.one(operation)
 
 
 @router.post("/usage/batch", response_model=BatchOut)
 async def record_usage_batch(body: UsageBatch, meter: MeterDep) -> JSONResponse:
     """Record up to 1,000 usage events; each is accepted or refused on its own."""
-    operations = [
-        service.Operation(
-            "usage",
-            user=e.user,
-            kind=e.kind,
-            tokens=e.tokens,
-            details=e.details(),
-            idempotency_key=check_key(e.idempotency_key),
-        )
-        for e in body.events
-    ]
+    operations = [_debit("usage", e, check_key(e.idempotency_key)) for e in body.events]
     # Built as plain data, not as BatchResult models: a thousand models to validate and
     # serialize would cost more than metering the events.
     results = [
@@ -154,16 +195,7 @@ def _batch_result(index: int, answer: Answer) -> dict[str, Any]:
 )
 async def reserve(body: ReservationCreate, meter: MeterDep, key: KeyDep = None) -> JSONResponse:
     """Hold tokens for a long or streaming operation until commit, release or expiry."""
-    operation = service.Operation(
-        "reserve",
-        user=body.user,
-        kind=body.kind,
-        tokens=body.tokens,
-        ttl_seconds=body.ttl_seconds,
-        details=body.details(),
-        idempotency_key=key,
-    )
-    return await meter.one(operation)
+    return await meter.one(_debit("reserve", body, key, body.ttl_seconds))
 
 
 @router.post(

@@ -1,11 +1,14 @@
 """Metering: usage, reservations, commits, releases and expiries, exact under concurrency.
 
 All metering goes through `meter`, which takes any number of operations and applies them
-in one transaction, each accepted or refused on its own. It locks what it touches in one
+in one transaction, each accepted or refused on its own: its outcome is a typed result
+(`Used`, `Held`) or the refusal (a TokenAdminError). It locks what it touches in one
 order (organization advisory lock shared, then users by id, then reservations, then the
 rows of organizations whose capacity binds), so concurrent requests on any number of
 processes can never let used + reserved exceed an allowance, nor (SPEC rule 3) an
-organization's period usage exceed its capacity.
+organization's period usage exceed its capacity. `run` meters a group through the one
+idempotent-write path (`idempotency.write_group`); its caller says how outcomes are
+answered.
 """
 
 from __future__ import annotations
@@ -17,25 +20,23 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.clock import Clock
-from tokenadmin.database import Database, lock_organization
+from tokenadmin.database import Database, Retry, lock_organization
 from tokenadmin.errors import (
     Conflict,
     InsufficientTokens,
     NotFound,
     ReservationClosed,
-    ReservationExpired,
     TokenAdminError,
     Unauthenticated,
 )
 from tokenadmin.idempotency import service as idempotency
 from tokenadmin.journal import service as journal
-from tokenadmin.journal.service import record
+from tokenadmin.journal.service import Entry, record
 from tokenadmin.models import Organization, Reservation, User
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization.service import (
@@ -64,8 +65,11 @@ class Operation:
     details: dict[str, Any] | None = None
     idempotency_key: str | None = None
 
-    def fingerprint(self) -> str:
-        return idempotency.fingerprint(
+    def keyed(self) -> idempotency.Keyed | None:
+        """Its key and the fingerprint of what it asks, if sent with a key."""
+        if self.idempotency_key is None:
+            return None
+        print_ = idempotency.fingerprint(
             self.action,
             self.user,
             self.kind,
@@ -74,6 +78,49 @@ class Operation:
             self.ttl_seconds,
             self.details,
         )
+        return idempotency.Keyed(self.idempotency_key, print_)
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """A user's balance of one kind right after an operation."""
+
+    allowance: int
+    used: int
+    reserved: int
+    remaining: int  # what the user may still use: min(user remaining, organization remaining)
+
+
+@dataclass(frozen=True, slots=True)
+class Metered:
+    """What an accepted operation did: whose tokens, how many, and the balance after it."""
+
+    user_id: uuid.UUID
+    email: str
+    kind: Kind
+    tokens: int
+    balance: Balance
+
+
+@dataclass(frozen=True, slots=True)
+class Used(Metered):
+    """Usage accepted."""
+
+    entry: Entry  # its id is known once the transaction's journal is written
+
+
+@dataclass(frozen=True, slots=True)
+class Held(Metered):
+    """A reservation as an operation left it: made (`open`), committed, released or expired."""
+
+    id: uuid.UUID
+    status: str
+    committed: int | None
+    expires_at: datetime
+    entry: Entry | None
+
+
+Outcome = idempotency.Outcome[Metered]
 
 
 @dataclass(frozen=True)
@@ -84,9 +131,14 @@ class Caller:
     key_id: uuid.UUID | None = None  # confirmed not revoked in the metering transaction
 
 
-class MaintenanceDue(Exception):
-    def __init__(self, org_ids: Sequence[uuid.UUID]) -> None:
-        super().__init__("organizations need maintenance first")
+class MaintenanceDue(Retry):
+    """Organizations whose period or expiries must be brought up to date first: done in a
+    transaction of their own (`maintain`), then the metering runs again."""
+
+    def __init__(self, act: Act, org_ids: Sequence[uuid.UUID]) -> None:
+        super().__init__(
+            "organizations need maintenance first", partial(maintain, act=act, org_ids=org_ids)
+        )
         self.org_ids = list(org_ids)
 
 
@@ -119,83 +171,19 @@ async def meter(
     operations: Sequence[Operation],
     *,
     default_ttl: int,
-    idempotency_ttl: timedelta,
-) -> list[idempotency.Answer]:
-    """Apply operations in order in this transaction; one answer per operation."""
-    if caller.key_id is not None and not await api_key_service.is_live(session, caller.key_id):
-        revoked = _refusal(Unauthenticated("The API key is not valid or was revoked."))
-        return [revoked] * len(operations)
-    answers: list[idempotency.Answer | None] = [None] * len(operations)
-    prints = [op.fingerprint() for op in operations]
-    first_with_key: dict[str, int] = {}
-    keys = [op.idempotency_key for op in operations if op.idempotency_key]
-    stored = await idempotency.find(session, caller.idempotency_scope, keys)
-    todo: list[int] = []
-    for index, op in enumerate(operations):
-        key = op.idempotency_key
-        if key is None:
-            todo.append(index)
-            continue
-        try:
-            if key in stored:
-                answers[index] = idempotency.replay(stored[key], prints[index])
-                continue
-            if key in first_with_key:
-                if prints[first_with_key[key]] != prints[index]:
-                    raise idempotency.reused(key)
-                continue  # answered below with the first one's answer
-        except TokenAdminError as error:
-            answers[index] = _refusal(error)
-            continue
-        first_with_key[key] = index
-        todo.append(index)
-    busy = await idempotency.claim(session, caller.idempotency_scope, list(first_with_key))
-    for key in busy:
-        index = first_with_key[key]
-        answers[index] = _refusal(idempotency.in_flight(key))
-        todo.remove(index)
-
+) -> list[Outcome]:
+    """Apply operations in order in this transaction; one outcome per operation."""
     batch = _Batch(session, act, caller)
-    await _load(batch, [operations[i] for i in todo])
-    for index in todo:
+    await _load(batch, operations)
+    outcomes: list[Outcome] = []
+    for operation in operations:
         try:
-            answers[index] = await _apply(batch, operations[index], default_ttl)
+            outcomes.append(await _apply(batch, operation, default_ttl))
         except TokenAdminError as error:
-            answers[index] = _refusal(error)
+            outcomes.append(error)
     await repository.save_counters(session, batch.users.values())
     await journal.write_pending(session)
-
-    final: list[idempotency.Answer] = []
-    for index, op in enumerate(operations):
-        answer = answers[index]
-        if answer is None:
-            first = answers[first_with_key[op.idempotency_key or ""]]
-            assert first is not None
-            answer = idempotency.Answer(first.status_code, first.body, replayed=True)
-        final.append(_with_entry_ids(answer))
-    await idempotency.remember(
-        session,
-        [
-            idempotency.remembered(
-                caller.idempotency_scope, key, prints[i], final[i], act.now, idempotency_ttl
-            )
-            for key, i in first_with_key.items()
-            if key not in busy and idempotency.kept(final[i].status_code)
-        ],
-    )
-    return final
-
-
-def _refusal(error: TokenAdminError) -> idempotency.Answer:
-    return idempotency.Answer(error.status_code, error.to_dict())
-
-
-def _with_entry_ids(answer: idempotency.Answer) -> idempotency.Answer:
-    entry = answer.body.get("journal_entry_id")
-    if isinstance(entry, journal.Entry):
-        body = {**answer.body, "journal_entry_id": entry.id}
-        return idempotency.Answer(answer.status_code, body, answer.replayed)
-    return answer
+    return outcomes
 
 
 async def _load(batch: _Batch, operations: Sequence[Operation]) -> None:
@@ -238,7 +226,7 @@ async def _lock_organizations(batch: _Batch, org_ids: Sequence[uuid.UUID]) -> li
     orgs = await repository.organizations(batch.session, org_ids)
     due = [o.id for o in orgs if maintenance_due(o, batch.act.now)]
     if due:
-        raise MaintenanceDue(due)
+        raise MaintenanceDue(batch.act, due)
     batch.orgs = {o.id: o for o in orgs}
     batch.starts = {o.id: current_period(o, batch.act.now) for o in orgs}
     return orgs
@@ -280,7 +268,7 @@ def _take(batch: _Batch, user: User, kind: Kind, tokens: int) -> None:
         batch.org_room[key] -= tokens
 
 
-async def _apply(batch: _Batch, op: Operation, default_ttl: int) -> idempotency.Answer:
+async def _apply(batch: _Batch, op: Operation, default_ttl: int) -> Metered:
     if op.action in ("usage", "reserve"):
         assert op.user is not None
         assert op.kind is not None
@@ -296,7 +284,7 @@ async def _apply(batch: _Batch, op: Operation, default_ttl: int) -> idempotency.
 
 async def _debit(
     batch: _Batch, op: Operation, user: User, kind: Kind, tokens: int, default_ttl: int
-) -> idempotency.Answer:
+) -> Metered:
     org = batch.orgs[user.org_id]
     if not user.active:
         raise Conflict(
@@ -322,18 +310,7 @@ async def _debit(
             used=tokens,
             details=op.details,
         )
-        return idempotency.Answer(
-            200,
-            {
-                "accepted": True,
-                "user_id": str(user.id),
-                "email": user.email,
-                "kind": kind.value,
-                "tokens": tokens,
-                **_balances(batch, user, kind),
-                "journal_entry_id": entry,
-            },
-        )
+        return Used(user.id, user.email, kind, tokens, _balance(batch, user, kind), entry)
     ttl = op.ttl_seconds or default_ttl
     reservation = Reservation(
         id=uuid.uuid4(),
@@ -360,7 +337,7 @@ async def _debit(
         reservation_id=reservation.id,
         details=op.details,
     )
-    return idempotency.Answer(201, _reservation_body(batch, reservation, user, entry))
+    return _held(batch, reservation, user, entry)
 
 
 def _touch(batch: _Batch, user: User) -> None:
@@ -393,40 +370,33 @@ def _insufficient(
     )
 
 
-def _balances(batch: _Batch, user: User, kind: Kind) -> dict[str, int]:
-    return {
-        "allowance": user.allowance(kind),
-        "used": user.used(kind),
-        "reserved": user.reserved(kind),
-        "remaining": available(batch, user, kind),
-    }
+def _balance(batch: _Batch, user: User, kind: Kind) -> Balance:
+    return Balance(
+        user.allowance(kind), user.used(kind), user.reserved(kind), available(batch, user, kind)
+    )
 
 
-def _reservation_body(
-    batch: _Batch, reservation: Reservation, user: User, entry: journal.Entry | None
-) -> dict[str, Any]:
+def _held(batch: _Batch, reservation: Reservation, user: User, entry: Entry | None) -> Held:
     kind = Kind(reservation.kind)
-    return {
-        "id": str(reservation.id),
-        "status": reservation.status,
-        "user_id": str(user.id),
-        "email": user.email,
-        "kind": kind.value,
-        "tokens": reservation.amount,
-        "committed": reservation.committed_amount,
-        "expires_at": reservation.expires_at.isoformat(),
-        **_balances(batch, user, kind),
-        "journal_entry_id": entry,
-    }
+    return Held(
+        user.id,
+        user.email,
+        kind,
+        reservation.amount,
+        _balance(batch, user, kind),
+        id=reservation.id,
+        status=reservation.status,
+        committed=reservation.committed_amount,
+        expires_at=reservation.expires_at,
+        entry=entry,
+    )
 
 
-async def _close(batch: _Batch, op: Operation, reservation: Reservation) -> idempotency.Answer:
+async def _close(batch: _Batch, op: Operation, reservation: Reservation) -> Held:
     user = batch.users[reservation.user_id]
     org = batch.orgs[reservation.org_id]
     kind = Kind(reservation.kind)
     start_current_period(batch.session, batch.act, org, user, batch.starts[org.id])
-    if reservation.status == "expired" and op.action == "commit":
-        raise _expired(reservation)
     if reservation.status != "open":
         raise ReservationClosed(
             f"This reservation is already {reservation.status}.",
@@ -436,25 +406,20 @@ async def _close(batch: _Batch, op: Operation, reservation: Reservation) -> idem
     if op.action == "expire" or (op.action == "commit" and overdue):
         entry = _expire(batch, org, user, reservation)
         if op.action == "commit":
-            raise _expired(reservation)
-        return idempotency.Answer(200, _reservation_body(batch, reservation, user, entry))
+            raise ReservationClosed(
+                "This reservation expired before it was committed; its tokens were released.",
+                code="reservation_expired",
+                details={
+                    "id": str(reservation.id),
+                    "expires_at": reservation.expires_at.isoformat(),
+                },
+            )
+        return _held(batch, reservation, user, entry)
     held = reservation.amount
     if op.action == "release":
         _take(batch, user, kind, -held)
-        entry = record(
-            batch.session,
-            batch.act,
-            org,
-            "release",
-            kind=kind,
-            user=user,
-            amount=held,
-            reserved=-held,
-            reservation_id=reservation.id,
-        )
-        reservation.status = "released"
-        reservation.closed_at = batch.act.now
-        return idempotency.Answer(200, _reservation_body(batch, reservation, user, entry))
+        entry = give_back(batch.session, batch.act, org, user, reservation, "released")
+        return _held(batch, reservation, user, entry)
     actual = op.tokens if op.tokens is not None else held
     extra = actual - held
     if extra > 0:
@@ -479,34 +444,40 @@ async def _close(batch: _Batch, op: Operation, reservation: Reservation) -> idem
     reservation.status = "committed"
     reservation.committed_amount = actual
     reservation.closed_at = batch.act.now
-    return idempotency.Answer(200, _reservation_body(batch, reservation, user, entry))
+    return _held(batch, reservation, user, entry)
 
 
-def _expired(reservation: Reservation) -> ReservationExpired:
-    return ReservationExpired(
-        "This reservation expired before it was committed; its tokens were released.",
-        details={"id": str(reservation.id), "expires_at": reservation.expires_at.isoformat()},
-    )
+def _expire(batch: _Batch, org: Organization, user: User, reservation: Reservation) -> Entry:
+    _take(batch, user, Kind(reservation.kind), -reservation.amount)
+    return give_back(batch.session, batch.act, org, user, reservation, "expired")
 
 
-def _expire(
-    batch: _Batch, org: Organization, user: User, reservation: Reservation
-) -> journal.Entry:
-    kind = Kind(reservation.kind)
-    _take(batch, user, kind, -reservation.amount)
+def give_back(
+    session: AsyncSession,
+    act: Act,
+    org: Organization,
+    user: User,
+    reservation: Reservation,
+    status: Literal["released", "expired"],
+    *,
+    reason: str | None = None,
+) -> Entry:
+    """Close an open reservation without using it: what it held goes back to the user, in
+    the journal as a release or an expiry."""
     entry = record(
-        batch.session,
-        batch.act,
+        session,
+        act,
         org,
-        "reservation_expired",
-        kind=kind,
+        "release" if status == "released" else "reservation_expired",
+        kind=Kind(reservation.kind),
         user=user,
         amount=reservation.amount,
         reserved=-reservation.amount,
+        reason=reason,
         reservation_id=reservation.id,
     )
-    reservation.status = "expired"
-    reservation.closed_at = batch.act.now
+    reservation.status = status
+    reservation.closed_at = act.now
     return entry
 
 
@@ -526,33 +497,36 @@ async def run(
     caller: Caller,
     operations: Sequence[Operation],
     *,
+    answer: idempotency.Render[Metered],
     default_ttl: int,
     idempotency_ttl: timedelta,
 ) -> list[idempotency.Answer]:
-    """Meter in one transaction, first bringing organizations up to date when due."""
-    for _attempt in range(5):
+    """Meter in one transaction through the one idempotent-write path, each operation
+    answered by `answer` (its caller's choice of status and body, kept for replays).
+    Organizations due for upkeep are brought up to date first (`MaintenanceDue`)."""
+    requests = [operation.keyed() for operation in operations]
+
+    async def work(session: AsyncSession) -> list[idempotency.Answer]:
         act = Act(caller.actor, clock.now())
-        work = partial(
-            meter,
-            act=act,
-            caller=caller,
-            operations=operations,
-            default_ttl=default_ttl,
-            idempotency_ttl=idempotency_ttl,
+        if caller.key_id is not None and not await api_key_service.is_live(session, caller.key_id):
+            revoked = Unauthenticated("The API key is not valid or was revoked.")
+            return [idempotency.refused(revoked)] * len(operations)
+
+        async def apply(todo: list[int]) -> list[Outcome]:
+            chosen = [operations[index] for index in todo]
+            return await meter(session, act, caller, chosen, default_ttl=default_ttl)
+
+        return await idempotency.write_group(
+            session,
+            caller.idempotency_scope,
+            requests,
+            apply,
+            answer,
+            now=act.now,
+            ttl=idempotency_ttl,
         )
-        try:
-            return await db.write(work)
-        except MaintenanceDue as due:
-            await db.write(partial(maintain, act=act, org_ids=due.org_ids))
-        except IntegrityError:
-            # Another request with one of these idempotency keys committed first; the next
-            # attempt answers with its answer.
-            continue
-    raise Conflict(
-        "The request could not be applied; try again with the same idempotency key.",
-        code="retry",
-        status_code=409,
-    )
+
+    return await db.write(work)
 
 
 async def maintain(session: AsyncSession, act: Act, org_ids: Sequence[uuid.UUID]) -> None:

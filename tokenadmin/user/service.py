@@ -20,6 +20,7 @@ from tokenadmin.journal.service import record
 from tokenadmin.models import DashboardSession, Organization, Reservation, User
 from tokenadmin.organization.service import current_period
 from tokenadmin.tokens import Kind
+from tokenadmin.usage.service import give_back
 from tokenadmin.user import repository
 from tokenadmin.user.periods import start_current_period
 
@@ -141,21 +142,7 @@ async def deactivate(session: AsyncSession, act: Act, org: Organization, user: U
     start = current_period(org, act.now)
     start_current_period(session, act, org, user, start)
     for reservation in await _open_reservations(session, user):
-        kind = Kind(reservation.kind)
-        record(
-            session,
-            act,
-            org,
-            "release",
-            kind=kind,
-            user=user,
-            amount=reservation.amount,
-            reserved=-reservation.amount,
-            reservation_id=reservation.id,
-            reason="user deactivated",
-        )
-        reservation.status = "released"
-        reservation.closed_at = act.now
+        give_back(session, act, org, user, reservation, "released", reason="user deactivated")
     reason = "unused allowance returned; the used part returns when the period ends"
     returns = {kind: user.allowance(kind) - user.used(kind) for kind in Kind}
     for kind, returned in returns.items():
