@@ -21,6 +21,7 @@ from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.errors import Unauthenticated
 from tokenadmin.idempotency import service as idempotency
+from tokenadmin.logs import note_actor
 
 # The dependencies are coroutines although they do not wait: FastAPI runs a plain
 # function in a worker thread, a round trip that costs more than the work.
@@ -71,7 +72,9 @@ def _bearer(request: Request) -> str:
 
 async def get_principal(request: Request, db: DatabaseDep) -> Principal:
     secret = _bearer(request)
-    return await db.read(lambda session: api_key_service.authenticate(session, secret))
+    principal = await db.read(lambda session: api_key_service.authenticate(session, secret))
+    note_actor(request.scope, principal.actor)
+    return principal
 
 
 async def remembered_principal(request: Request) -> Principal:
@@ -85,6 +88,7 @@ async def remembered_principal(request: Request) -> Principal:
             lambda session: api_key_service.authenticate_hash(session, key_hash)
         )
         cache.put(key_hash, principal)
+    note_actor(request.scope, principal.actor)
     return principal
 
 

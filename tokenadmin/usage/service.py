@@ -31,6 +31,7 @@ from tokenadmin.errors import (
     InsufficientTokens,
     NotFound,
     ReservationClosed,
+    ReservationExpired,
     TokenAdminError,
     Unauthenticated,
 )
@@ -397,6 +398,8 @@ async def _close(batch: _Batch, op: Operation, reservation: Reservation) -> Held
     org = batch.orgs[reservation.org_id]
     kind = Kind(reservation.kind)
     start_current_period(batch.session, batch.act, org, user, batch.starts[org.id])
+    if reservation.status == "expired" and op.action == "commit":
+        raise _expired(reservation)
     if reservation.status != "open":
         raise ReservationClosed(
             f"This reservation is already {reservation.status}.",
@@ -406,14 +409,7 @@ async def _close(batch: _Batch, op: Operation, reservation: Reservation) -> Held
     if op.action == "expire" or (op.action == "commit" and overdue):
         entry = _expire(batch, org, user, reservation)
         if op.action == "commit":
-            raise ReservationClosed(
-                "This reservation expired before it was committed; its tokens were released.",
-                code="reservation_expired",
-                details={
-                    "id": str(reservation.id),
-                    "expires_at": reservation.expires_at.isoformat(),
-                },
-            )
+            raise _expired(reservation)
         return _held(batch, reservation, user, entry)
     held = reservation.amount
     if op.action == "release":
@@ -445,6 +441,13 @@ async def _close(batch: _Batch, op: Operation, reservation: Reservation) -> Held
     reservation.committed_amount = actual
     reservation.closed_at = batch.act.now
     return _held(batch, reservation, user, entry)
+
+
+def _expired(reservation: Reservation) -> ReservationExpired:
+    return ReservationExpired(
+        "This reservation expired before it was committed; its tokens were released.",
+        details={"id": str(reservation.id), "expires_at": reservation.expires_at.isoformat()},
+    )
 
 
 def _expire(batch: _Batch, org: Organization, user: User, reservation: Reservation) -> Entry:
