@@ -299,45 +299,37 @@ async def _debit(
         raise _insufficient(batch, user, kind, tokens, left)
     _take(batch, user, kind, tokens)
     _touch(batch, user)
-    if op.action == "usage":
-        entry = record(
-            batch.session,
-            batch.act,
-            org,
-            "usage",
-            kind=kind,
-            user=user,
+    reservation = None
+    if op.action == "reserve":
+        ttl = op.ttl_seconds or default_ttl
+        reservation = Reservation(
+            id=uuid.uuid4(),
+            org_id=org.id,
+            user_id=user.id,
+            kind=kind.value,
             amount=tokens,
-            used=tokens,
+            status="open",
+            expires_at=batch.act.now + timedelta(seconds=ttl),
+            created_at=batch.act.now,
             details=op.details,
         )
-        return Used(user.id, user.email, kind, tokens, _balance(batch, user, kind), entry)
-    ttl = op.ttl_seconds or default_ttl
-    reservation = Reservation(
-        id=uuid.uuid4(),
-        org_id=org.id,
-        user_id=user.id,
-        kind=kind.value,
-        amount=tokens,
-        status="open",
-        expires_at=batch.act.now + timedelta(seconds=ttl),
-        created_at=batch.act.now,
-        details=op.details,
-    )
-    batch.session.add(reservation)
-    batch.reservations[reservation.id] = reservation
+        batch.session.add(reservation)
+        batch.reservations[reservation.id] = reservation
     entry = record(
         batch.session,
         batch.act,
         org,
-        "reserve",
+        op.action,
         kind=kind,
         user=user,
         amount=tokens,
-        reserved=tokens,
-        reservation_id=reservation.id,
+        used=tokens if reservation is None else 0,
+        reserved=0 if reservation is None else tokens,
+        reservation_id=None if reservation is None else reservation.id,
         details=op.details,
     )
+    if reservation is None:
+        return Used(user.id, user.email, kind, tokens, _balance(batch, user, kind), entry)
     return _held(batch, reservation, user, entry)
 
 
