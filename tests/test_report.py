@@ -155,6 +155,9 @@ async def test_ranges_too_long_or_reversed_are_refused_with_their_codes(api: Api
     error_of(reversed_, 422, "report_range_reversed")
     far = await api.call("GET", path, params=params(from_="0001-01-01", until="0001-01-02"))
     error_of(far, 422, "invalid_request")
+    # A date is written out: a number is not read as seconds since 1970.
+    for number in ("0", "20260301"):
+        error_of(await api.call("GET", path, params={"until": number}), 422, "invalid_request")
 
 
 async def test_another_organization_reads_no_report_nor_forecast(api: Api) -> None:

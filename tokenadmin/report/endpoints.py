@@ -21,10 +21,13 @@ from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
 from tokenadmin.report import service
 from tokenadmin.report.schemas import OrgForecastOut, UsageReportOut, UserForecastOut
-from tokenadmin.schemas import Text
+from tokenadmin.schemas import Text, written_out
 from tokenadmin.user import repository as user_repository
 
 router = APIRouter(tags=["reports"], dependencies=[Depends(log_denials)])
+
+ReportDay = Annotated[date, written_out("2026-03-31")]
+"""A day of a report's range, written out as YYYY-MM-DD (a number is refused)."""
 
 CSV_ANSWER: dict[int | str, dict[str, Any]] = {
     200: {
@@ -99,9 +102,10 @@ async def get_usage_report(
     clock: ClockDep,
     granularity: Literal["day", "month"] = "day",
     from_: Annotated[
-        date | None, Query(alias="from", description="First day (in the organization's zone).")
+        ReportDay | None,
+        Query(alias="from", description="First day (in the organization's zone)."),
     ] = None,
-    until: Annotated[date | None, Query(description="Last day, included.")] = None,
+    until: Annotated[ReportDay | None, Query(description="Last day, included.")] = None,
     user: Annotated[
         Text | None, Query(max_length=320, description="Only this user (id or email).")
     ] = None,
