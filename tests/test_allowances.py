@@ -329,3 +329,52 @@ async def test_patching_one_user_changes_both_columns_and_profile_in_one_step(ap
     )
     error_of(response, 422, "below_minimum")
     assert (await get_user(api, ana["id"]))["name"] == "Ana B."
+
+
+async def test_a_row_that_breaks_two_rules_lists_both_reasons(api: Api) -> None:
+    org = await funded_org(api, inference=2_000_000, training=100_000)
+    ana = await api.user(org, "ana@example.com")
+    mark = await last_entry_id(api, org)
+
+    response = await api.allowances(
+        org, {"user": ana["id"], "max_tokens": 100_000, "max_train_tokens": 150_000}
+    )
+
+    details = error_of(response, 422, "allowance_change_refused")
+    assert [(r["index"], r["code"], r["kind"]) for r in details["refused"]] == [
+        (0, "below_minimum", "inference"),
+        (0, "exceeds_balance", "training"),
+    ]
+    assert details["refused"][1]["shortfall"] == 50_000
+    stored = await get_user(api, ana["id"])
+    assert (stored["max_tokens"], stored["max_train_tokens"]) == (200_000, 0)
+    assert await last_entry_id(api, org) == mark
+
+
+async def test_one_users_change_answers_each_rule_with_its_own_code_listing_every_reason(
+    api: Api,
+) -> None:
+    org = await funded_org(api, inference=2_000_000, training=100_000)
+    ana = await api.user(org, "ana@example.com")
+
+    patched = await api.call(
+        "PATCH",
+        f"/v1/users/{ana['id']}",
+        json={"max_tokens": 100_000, "max_train_tokens": 150_000},
+    )
+    details = error_of(patched, 422, "below_minimum")
+    assert (details["kind"], details["minimum"]) == ("inference", 200_000)
+    assert [r["code"] for r in details["refused"]] == ["below_minimum", "exceeds_balance"]
+    assert "1 more reason" in patched.json()["error"]["message"]
+
+    created = await api.call(
+        "POST",
+        f"/v1/organizations/{org}/users",
+        json={"email": "bo@example.com", "name": "Bo", "max_train_tokens": 150_000},
+    )
+    details = error_of(created, 422, "exceeds_balance")
+    assert (details["kind"], details["shortfall"]) == ("training", 50_000)
+    # Bo was never created: nothing in the answer names an id of his.
+    assert all("user_id" not in row for row in details["refused"])
+    assert [r["email"] for r in details["refused"]] == ["bo@example.com"]
+    assert (await api.get(f"/v1/organizations/{org}/users"))["total"] == 1

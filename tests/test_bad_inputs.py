@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers import Api, funded_org
 from tests.scenarios import reserve
-from tokenadmin.app import AMOUNT_FIELDS
+from tokenadmin.app import AMOUNT_FIELDS, UPLOADS
 from tokenadmin.auth import service as auth_service
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
@@ -295,6 +295,11 @@ API_WRITES: dict[tuple[str, str], Write] = {
     ("POST", "/v1/users/{user_id}/reactivate"): Write(
         lambda w: f"/v1/users/{w.bo}/reactivate",
         lambda w: {"max_tokens": 210_000, "max_train_tokens": 10},
+        200,
+    ),
+    ("POST", "/v1/organizations/{org_id}/users/import"): Write(
+        lambda w: f"/v1/organizations/{w.org}/users/import",
+        lambda w: {"csv": f"email,name,max_tokens\n{w.ana_email},Ana B,250000\n", "dry_run": False},
         200,
     ),
     ("POST", "/v1/organizations/{org_id}/allowances"): Write(
@@ -631,11 +636,16 @@ def key_corpus(write: Write, world: World) -> list[BadInput]:
     return inputs
 
 
-def size_corpus() -> list[BadInput]:
-    big = b'{"pad": "' + b"x" * TEN_MB + b'"}'
+def size_corpus(path: str) -> list[BadInput]:
+    """A body over the route's limit: 10 MB, or more where a route reads larger bodies
+    (the CSV import's, app.UPLOADS)."""
+    limit = next((size for shape, size in UPLOADS.items() if shape.fullmatch(path)), 0)
+    size = max(TEN_MB, limit + 1024)
+    big = b'{"pad": "' + b"x" * size + b'"}'
+    label = f"a {size // (1024 * 1024)} MB body"
     return [
-        BadInput("a 10 MB body", big, code="request_too_large"),
-        BadInput("a 10 MB body, chunked", big, code="request_too_large", chunked=True),
+        BadInput(label, big, code="request_too_large"),
+        BadInput(f"{label}, chunked", big, code="request_too_large", chunked=True),
     ]
 
 
@@ -701,7 +711,7 @@ def api_corpus(app: FastAPI, route: tuple[str, str], world: World) -> list[BadIn
     corpus = body_corpus(write.body(world), body.get("schema"), spec["components"]["schemas"])
     corpus += path_corpus(template, world, write)
     corpus += key_corpus(write, world)
-    corpus += size_corpus()
+    corpus += size_corpus(write.path(world))
     return corpus
 
 

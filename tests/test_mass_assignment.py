@@ -149,6 +149,11 @@ JSON_WRITES: dict[Route, Write] = {
         lambda w: f"/v1/organizations/{w.a_org}/users",
         lambda w: {"email": "new@a.example", "name": "New"},
     ),
+    ("POST", "/v1/organizations/{org_id}/users/import"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/users/import",
+        lambda w: {"csv": f"email,max_tokens\n{w.alice_email},260000\n", "dry_run": False},
+    ),
     ("POST", "/v1/organizations/{org_id}/allowances"): Write(
         "a-admin-key",
         lambda w: f"/v1/organizations/{w.a_org}/allowances",

@@ -76,6 +76,8 @@ GET    /v1/organizations/{org_id}/api-keys                   -  Y -  Y - - - -  
 DELETE /v1/organizations/{org_id}/api-keys/{key_id}          -  Y -  Y - - - -  - - - - -
 GET    /v1/organizations/{org_id}/users                      -  Y -  Y - Y - -  - - - - -
 POST   /v1/organizations/{org_id}/users                      -  Y -  Y - - - -  - - - - -
+GET    /v1/organizations/{org_id}/users.csv                  -  Y -  Y - Y - -  - - - - -
+POST   /v1/organizations/{org_id}/users/import               -  Y -  Y - - - -  - - - - -
 POST   /v1/organizations/{org_id}/allowances                 -  Y -  Y - - - -  - - - - -
 POST   /v1/organizations/{org_id}/distribution/preview       -  Y -  Y - - - -  - - - - -
 POST   /v1/organizations/{org_id}/distribution               -  Y -  Y - - - -  - - - - -
@@ -266,6 +268,14 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
         "POST",
         f"/v1/organizations/{w.a_org}/users",
         {"email": _unique("api"), "name": "Planted", "role": "admin"},
+    ),
+    ("GET", "/v1/organizations/{org_id}/users.csv"): lambda w: Req(
+        "GET", f"/v1/organizations/{w.a_org}/users.csv"
+    ),
+    ("POST", "/v1/organizations/{org_id}/users/import"): lambda w: Req(
+        "POST",
+        f"/v1/organizations/{w.a_org}/users/import",
+        {"csv": f"email,name,max_tokens\n{w.alice_email},,260000\n{_unique('csv')},Planted,\n"},
     ),
     ("POST", "/v1/organizations/{org_id}/allowances"): lambda w: Req(
         "POST",
