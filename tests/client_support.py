@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
+from fastapi import FastAPI
 
 from tests.servers import running_servers
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
+from tokenadmin.client import AsyncClient, Client, OrganizationOut
 from tokenadmin.database import Database
 
 Failure = Literal["503", "connect", "503-after", "timeout-after"]
 """How one exchange fails: before the service saw it (503, connect) or after it answered."""
 
+BASE_URL = "http://tokenadmin.test"
 UNAVAILABLE = {"error": {"code": "unavailable", "message": "try again", "details": {}}}
 
 
@@ -141,3 +144,57 @@ def live_server(database_path: Path) -> Iterator[LiveServer]:
     secret = _operator_key(database_url)
     with running_servers(database_url, 1) as urls:
         yield LiveServer(urls[0], secret)
+
+
+# --- the async client against the app in-process --------------------------------------------
+
+
+@asynccontextmanager
+async def async_client(
+    app: FastAPI, key: str, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[AsyncClient]:
+    """An AsyncClient over the app in-process, through `transport` when given."""
+    http = httpx.AsyncClient(transport=transport or httpx.ASGITransport(app=app))
+    async with http, AsyncClient(BASE_URL, key, http_client=http, backoff=0) as client:
+        yield client
+
+
+async def funded(tokens: AsyncClient, inference: int = 1_000_000) -> OrganizationOut:
+    org = await tokens.create_organization("Acme")
+    await tokens.record_purchase(org.id, inference_amount=inference, training_amount=100_000)
+    return org
+
+
+# --- the sync client against scripted answers -----------------------------------------------
+
+Answer = httpx.Response | type[httpx.TransportError]
+
+
+class Script:
+    """A transport that answers with `answers` in order and keeps what it was sent."""
+
+    def __init__(self, *answers: Answer) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+        self.transport = httpx.MockTransport(self.handle)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0)
+        if isinstance(answer, httpx.Response):
+            return answer
+        raise answer("scripted failure", request=request)
+
+    def keys(self) -> list[str | None]:
+        return [r.headers.get("idempotency-key") for r in self.requests]
+
+
+def scripted(*answers: Answer, **options: Any) -> tuple[Client, Script, list[float]]:
+    script = Script(*answers)
+    options.setdefault("backoff", 0.0)
+    client = Client(
+        BASE_URL, "ta_test", http_client=httpx.Client(transport=script.transport), **options
+    )
+    sleeps: list[float] = []
+    client._sleep = sleeps.append
+    return client, script, sleeps

@@ -7,7 +7,6 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,16 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.client_support import Failure, FlakyAsyncTransport, FlakyTransport, live_server
+from tests.client_support import (
+    BASE_URL,
+    Failure,
+    FlakyAsyncTransport,
+    FlakyTransport,
+    async_client,
+    funded,
+    live_server,
+    scripted,
+)
 from tokenadmin import __version__
 from tokenadmin.app import create_app
 from tokenadmin.client import (
@@ -30,7 +38,6 @@ from tokenadmin.client import (
     InvalidRequest,
     Kind,
     NotFound,
-    OrganizationOut,
     RateLimited,
     RetryPolicy,
     ServerError,
@@ -43,7 +50,6 @@ from tokenadmin.client import (
 from tokenadmin.client._core import Call, retry_after
 from tokenadmin.config import Settings
 
-BASE_URL = "http://tokenadmin.test"
 ACCEPTED = {
     "accepted": True,
     "user_id": "8d7a2c7e-0000-4000-8000-000000000001",
@@ -66,26 +72,10 @@ def refusal(status: int, code: str, **details: Any) -> httpx.Response:
 # --- the async client against the app (SQLite and PostgreSQL) -------------------------------
 
 
-@asynccontextmanager
-async def async_client(
-    app: FastAPI, key: str, transport: httpx.AsyncBaseTransport | None = None
-) -> AsyncIterator[AsyncClient]:
-    """An AsyncClient over the app in-process, through `transport` when given."""
-    http = httpx.AsyncClient(transport=transport or httpx.ASGITransport(app=app))
-    async with http, AsyncClient(BASE_URL, key, http_client=http, backoff=0) as client:
-        yield client
-
-
 @pytest.fixture
 async def tokens(app: FastAPI, operator_key: str) -> AsyncIterator[AsyncClient]:
     async with async_client(app, operator_key) as client:
         yield client
-
-
-async def funded(tokens: AsyncClient, inference: int = 1_000_000) -> OrganizationOut:
-    org = await tokens.create_organization("Acme")
-    await tokens.record_purchase(org.id, inference_amount=inference, training_amount=100_000)
-    return org
 
 
 async def test_async_client_runs_the_whole_flow(app: FastAPI, tokens: AsyncClient) -> None:
@@ -275,38 +265,6 @@ async def test_a_write_retried_after_a_timeout_is_applied_once(
 
 
 # --- the sync client's retries and errors, against scripted answers -------------------------
-
-Answer = httpx.Response | type[httpx.TransportError]
-
-
-class Script:
-    """A transport that answers with `answers` in order and keeps what it was sent."""
-
-    def __init__(self, *answers: Answer) -> None:
-        self.answers = list(answers)
-        self.requests: list[httpx.Request] = []
-        self.transport = httpx.MockTransport(self.handle)
-
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        answer = self.answers.pop(0)
-        if isinstance(answer, httpx.Response):
-            return answer
-        raise answer("scripted failure", request=request)
-
-    def keys(self) -> list[str | None]:
-        return [r.headers.get("idempotency-key") for r in self.requests]
-
-
-def scripted(*answers: Answer, **options: Any) -> tuple[Client, Script, list[float]]:
-    script = Script(*answers)
-    options.setdefault("backoff", 0.0)
-    client = Client(
-        BASE_URL, "ta_test", http_client=httpx.Client(transport=script.transport), **options
-    )
-    sleeps: list[float] = []
-    client._sleep = sleeps.append
-    return client, script, sleeps
 
 
 def test_5xx_is_retried_with_the_same_key_and_growing_backoff() -> None:

@@ -29,6 +29,12 @@ from tokenadmin.client._errors import (
     VersionConflict,
 )
 from tokenadmin.client._sync import Client
+from tokenadmin.distribution.schemas import (
+    DistributionOut,
+    DistributionRow,
+    KindDistribution,
+    KindRule,
+)
 from tokenadmin.journal.schemas import JournalEntryOut, JournalPage
 from tokenadmin.organization.schemas import (
     ApiKeyCreated,
@@ -37,6 +43,15 @@ from tokenadmin.organization.schemas import (
     OrganizationOut,
     PurchaseOut,
 )
+from tokenadmin.report.schemas import (
+    KindForecastOut,
+    ListedUserForecast,
+    OrgForecastOut,
+    UsageReportOut,
+    UsageRowOut,
+    UserForecastOut,
+)
+from tokenadmin.token_request.schemas import TokenRequestOut, TokenRequestPage
 from tokenadmin.tokens import Kind, Period
 from tokenadmin.usage.schemas import (
     BatchOut,
@@ -45,6 +60,7 @@ from tokenadmin.usage.schemas import (
     UsageEvent,
     UsageFields,
 )
+from tokenadmin.user.csv_schemas import FieldChange, ImportResult, NewUserRow, RowProblem
 from tokenadmin.user.schemas import UsageHistoryOut, UserBalanceOut, UserOut, UserPage
 
 __all__ = [
@@ -58,30 +74,46 @@ __all__ = [
     "BatchOut",
     "Client",
     "Conflict",
+    "DistributionOut",
+    "DistributionRow",
+    "FieldChange",
     "Forbidden",
     "IdempotencyKeyReused",
+    "ImportResult",
     "InsufficientTokens",
     "InvalidRequest",
     "JournalEntryOut",
     "JournalPage",
     "Kind",
+    "KindDistribution",
+    "KindForecastOut",
+    "KindRule",
+    "ListedUserForecast",
+    "NewUserRow",
     "NotFound",
+    "OrgForecastOut",
     "OrganizationOut",
     "Period",
     "PurchaseOut",
     "RateLimited",
     "ReservationOut",
     "RetryPolicy",
+    "RowProblem",
     "ServerError",
     "TokenAdminAPIError",
     "TokenAdminClientError",
     "TokenAdminConnectionError",
+    "TokenRequestOut",
+    "TokenRequestPage",
     "Unauthenticated",
     "UsageAccepted",
     "UsageEvent",
     "UsageFields",
     "UsageHistoryOut",
+    "UsageReportOut",
+    "UsageRowOut",
     "UserBalanceOut",
+    "UserForecastOut",
     "UserOut",
     "UserPage",
     "VersionConflict",

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import httpx
 from pydantic_core import to_jsonable_python
@@ -27,6 +27,7 @@ from tokenadmin.client._core import (
     Granularity,
     Id,
     KindName,
+    KindRuleIn,
     Order,
     PeriodName,
     RetryPolicy,
@@ -41,6 +42,7 @@ from tokenadmin.client._core import (
     url,
     write,
 )
+from tokenadmin.distribution.schemas import DistributionOut
 from tokenadmin.journal.schemas import JournalPage
 from tokenadmin.organization.schemas import (
     ApiKeyCreated,
@@ -49,7 +51,10 @@ from tokenadmin.organization.schemas import (
     OrganizationOut,
     PurchaseOut,
 )
+from tokenadmin.report.schemas import OrgForecastOut, UsageReportOut, UserForecastOut
+from tokenadmin.token_request.schemas import RequestState, TokenRequestOut, TokenRequestPage
 from tokenadmin.usage.schemas import BatchOut, ReservationOut, UsageAccepted
+from tokenadmin.user.csv_schemas import ImportResult
 from tokenadmin.user.schemas import (
     Role,
     SortField,
@@ -64,6 +69,7 @@ T = TypeVar("T")
 ORGANIZATION = "/v1/organizations/{}"
 USER = "/v1/users/{}"
 RESERVATION = "/v1/reservations/{}"
+TOKEN_REQUEST = "/v1/token-requests/{}"
 
 
 class AsyncClient:
@@ -329,6 +335,103 @@ class AsyncClient:
         path = url(ORGANIZATION + "/allowances", org_id)
         return await self._send(write("POST", path, AllowancePreview, idempotency_key, body))
 
+    async def export_users_csv(self, org_id: Id) -> str:
+        """The user table as CSV text, the columns an import reads back."""
+        return await self._send(read(url(ORGANIZATION + "/users.csv", org_id), str))
+
+    async def import_users_csv(
+        self, org_id: Id, csv: str, *, dry_run: bool = False, idempotency_key: str | None = None
+    ) -> ImportResult:
+        """Create users and change allowances, names and roles from a CSV of the user table:
+        all rows or none (a refused row raises InvalidRequest `import_refused`, listing every
+        refused row); with dry_run, a preview that saves nothing and lists what is refused."""
+        body = fields(locals(), "org_id")
+        path = url(ORGANIZATION + "/users/import", org_id)
+        return await self._send(write("POST", path, ImportResult, idempotency_key, body))
+
+    # --- distribution ----------------------------------------------------------------------
+
+    async def preview_distribution(
+        self,
+        org_id: Id,
+        *,
+        inference: KindRuleIn | None = None,
+        training: KindRuleIn | None = None,
+        users: Sequence[UserRef] | None = None,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> DistributionOut:
+        """Preview distributing the balance of one kind or both (all active users, or those
+        named): nothing is saved; pass the answer's `preview_token` to `distribute`."""
+        body = fields(locals(), "org_id")
+        path = url(ORGANIZATION + "/distribution/preview", org_id)
+        return await self._send(write("POST", path, DistributionOut, idempotency_key, body))
+
+    async def distribute(
+        self,
+        org_id: Id,
+        *,
+        inference: KindRuleIn | None = None,
+        training: KindRuleIn | None = None,
+        users: Sequence[UserRef] | None = None,
+        reason: str | None = None,
+        preview_token: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> DistributionOut:
+        """Distribute the balance, both kinds to every user in one atomic change or nothing;
+        with preview_token, only if nothing changed since that preview (else Conflict
+        `preview_stale`)."""
+        body = fields(locals(), "org_id")
+        path = url(ORGANIZATION + "/distribution", org_id)
+        return await self._send(write("POST", path, DistributionOut, idempotency_key, body))
+
+    # --- forecasts and usage reports -------------------------------------------------------
+
+    async def get_forecast(
+        self, org_id: Id, *, users: int | None = None, offset: int | None = None
+    ) -> OrgForecastOut:
+        """When the organization uses up each kind at its pace; with `users`, that many of
+        its users who run out soonest (from `offset`)."""
+        params = query(locals(), "org_id")
+        return await self._send(
+            read(url(ORGANIZATION + "/forecast", org_id), OrgForecastOut, params)
+        )
+
+    async def get_user_forecast(self, user_id: Id) -> UserForecastOut:
+        """When a user runs out of each kind at their pace, with the data it rests on."""
+        return await self._send(read(url(USER + "/forecast", user_id), UserForecastOut))
+
+    async def get_usage_report(
+        self,
+        org_id: Id,
+        *,
+        granularity: Granularity | None = None,
+        from_: date | None = None,
+        until: date | None = None,
+        user: UserRef | None = None,
+        group_by: Literal["model"] | None = None,
+    ) -> UsageReportOut:
+        """Usage per day or month of the organization or one user, per kind and (group_by
+        "model") per model, from `from_` to `until` (included)."""
+        params = query(locals(), "org_id")
+        path = url(ORGANIZATION + "/usage-report", org_id)
+        return await self._send(read(path, UsageReportOut, params))
+
+    async def usage_report_csv(
+        self,
+        org_id: Id,
+        *,
+        granularity: Granularity | None = None,
+        from_: date | None = None,
+        until: date | None = None,
+        user: UserRef | None = None,
+        group_by: Literal["model"] | None = None,
+    ) -> str:
+        """The usage report as CSV text: a header, then a row per day or month (and model)."""
+        params = query(locals(), "org_id") | {"format": "csv"}
+        path = url(ORGANIZATION + "/usage-report", org_id)
+        return await self._send(read(path, str, params))
+
     # --- journal ---------------------------------------------------------------------------
 
     async def list_journal(
@@ -347,6 +450,86 @@ class AsyncClient:
         """Journal entries, newest first; the next page starts before `next_before_id`."""
         params = query(locals(), "org_id")
         return await self._send(read(url(ORGANIZATION + "/journal", org_id), JournalPage, params))
+
+    # --- token requests --------------------------------------------------------------------
+
+    async def ask_for_tokens(
+        self,
+        kind: KindName,
+        amount: int,
+        reason: str,
+        *,
+        user: UserRef | None = None,
+        idempotency_key: str | None = None,
+    ) -> TokenRequestOut:
+        """Ask for more tokens of a kind, with a reason: pending until an administrator
+        decides. A key acting for the organization's users names the `user`."""
+        body = fields(locals())
+        path = "/v1/token-requests"
+        return await self._send(write("POST", path, TokenRequestOut, idempotency_key, body))
+
+    async def list_token_requests(
+        self,
+        org_id: Id,
+        *,
+        state: RequestState | Literal["any"] | None = None,
+        user_id: Id | None = None,
+        kind: KindName | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> TokenRequestPage:
+        """An organization's token requests, newest first: pending ones unless `state` says
+        otherwise ("any": every state)."""
+        params = query(locals(), "org_id")
+        path = url(ORGANIZATION + "/token-requests", org_id)
+        return await self._send(read(path, TokenRequestPage, params))
+
+    async def list_user_token_requests(
+        self,
+        user_id: Id,
+        *,
+        state: RequestState | None = None,
+        kind: KindName | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> TokenRequestPage:
+        """A user's token requests in every state (or `state`), newest first."""
+        params = query(locals(), "user_id")
+        path = url(USER + "/token-requests", user_id)
+        return await self._send(read(path, TokenRequestPage, params))
+
+    async def get_token_request(self, request_id: Id) -> TokenRequestOut:
+        """One token request, with its decision once there is one."""
+        return await self._send(read(url(TOKEN_REQUEST, request_id), TokenRequestOut))
+
+    async def approve_token_request(
+        self,
+        request_id: Id,
+        *,
+        amount: int | None = None,
+        note: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> TokenRequestOut:
+        """Grant a pending request: the allowance rises by `amount` (default: the amount
+        asked) through the allowance rules."""
+        body = fields(locals(), "request_id")
+        path = url(TOKEN_REQUEST + "/approve", request_id)
+        return await self._send(write("POST", path, TokenRequestOut, idempotency_key, body))
+
+    async def deny_token_request(
+        self, request_id: Id, note: str, *, idempotency_key: str | None = None
+    ) -> TokenRequestOut:
+        """Refuse a pending request with a note the member reads."""
+        body = fields(locals(), "request_id")
+        path = url(TOKEN_REQUEST + "/deny", request_id)
+        return await self._send(write("POST", path, TokenRequestOut, idempotency_key, body))
+
+    async def withdraw_token_request(
+        self, request_id: Id, *, idempotency_key: str | None = None
+    ) -> TokenRequestOut:
+        """Take back a pending request (the member, or a key acting for them)."""
+        path = url(TOKEN_REQUEST + "/withdraw", request_id)
+        return await self._send(write("POST", path, TokenRequestOut, idempotency_key))
 
     # --- metering --------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from pydantic_core import to_jsonable_python
 from tokenadmin import __version__
 from tokenadmin.allowance.schemas import AllowanceRow
 from tokenadmin.client._errors import TokenAdminAPIError, TokenAdminConnectionError, error_class
+from tokenadmin.distribution.schemas import KindRule
 from tokenadmin.tokens import Kind, Period
 from tokenadmin.usage.schemas import UsageFields
 
@@ -60,6 +61,8 @@ AllowanceRowIn = AllowanceRow | Mapping[str, Any]
 """A row of an allowance change: an `AllowanceRow`, or a mapping with the same fields."""
 UsageEventIn = UsageFields | Mapping[str, Any]
 """A usage event of a batch: `UsageEvent` (with its key), `UsageFields`, or a mapping."""
+KindRuleIn = KindRule | Mapping[str, Any]
+"""How one kind is distributed: a `KindRule`, or a mapping with the same fields."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,18 @@ def url(template: str, *ids: Id) -> str:
 _NOT_FIELDS = frozenset({"self", "idempotency_key"})
 
 
+def _value(value: Any) -> Any:
+    """A mapping as a dict; a request model with the fields it was given (not its None)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_none=True)
+    return dict(value) if isinstance(value, Mapping) else value
+
+
 def _given(arguments: Mapping[str, Any], leave_out: tuple[str, ...]) -> Any:
+    # An argument named like a Python keyword with a trailing underscore (`from_`) is the
+    # field without it (`from`).
     given = {
-        name: dict(value) if isinstance(value, Mapping) else value
+        name.removesuffix("_"): _value(value)
         for name, value in arguments.items()
         if value is not None and name not in _NOT_FIELDS and name not in leave_out
     }
@@ -110,9 +122,10 @@ def _given(arguments: Mapping[str, Any], leave_out: tuple[str, ...]) -> Any:
 def fields(arguments: Mapping[str, Any], *leave_out: str) -> dict[str, Any]:
     """A method's arguments (its `locals()`, taken first thing) as a JSON body.
 
-    The names of a method's arguments are the names of the fields it sends. Arguments left
-    None are not sent, so the service's default (or, on updates, the current value)
-    applies; `self`, the idempotency key and the ids in `leave_out` (they go in the path)
+    The names of a method's arguments are the names of the fields it sends (`from_` sends
+    `from`). Arguments left None are not sent, so the service's default (or, on updates,
+    the current value) applies; a mapping or a request model (its fields given) is sent as
+    an object; `self`, the idempotency key and the ids in `leave_out` (they go in the path)
     are never sent.
     """
     body: dict[str, Any] = _given(arguments, leave_out)
@@ -125,18 +138,14 @@ def query(arguments: Mapping[str, Any], *leave_out: str) -> dict[str, str]:
     return {k: v if isinstance(v, str) else str(v) for k, v in given.items()}
 
 
-def row(row: AllowanceRowIn) -> dict[str, Any]:
-    if isinstance(row, BaseModel):
-        return row.model_dump(mode="json", exclude_none=True)
-    fields: dict[str, Any] = to_jsonable_python(dict(row))
+def row(row: AllowanceRowIn | UsageEventIn) -> dict[str, Any]:
+    """One row of a list in a body (an allowance change, a batch's event) as an object."""
+    fields: dict[str, Any] = to_jsonable_python(_value(row))
     return fields
 
 
 def event(event: UsageEventIn) -> dict[str, Any]:
-    if isinstance(event, BaseModel):
-        fields = event.model_dump(mode="json", exclude_none=True)
-    else:
-        fields = to_jsonable_python(dict(event))
+    fields = row(event)
     # Keys are made now, so a retried batch sends every event with the same key.
     if fields.get("idempotency_key") is None:
         fields["idempotency_key"] = str(uuid.uuid4())
