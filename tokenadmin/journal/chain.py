@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any
 
+from tokenadmin.journal.schemas import CHANGES
+
 # What an entry says, in a fixed order; its id is not part of it (the chain orders it).
 CONTENT = (
     "org_id",
@@ -34,16 +36,7 @@ CONTENT = (
     "kind",
     "amount",
     "reason",
-    "capacity_delta",
-    "allocated_delta",
-    "allowance_delta",
-    "used_delta",
-    "reserved_delta",
-    "capacity_after",
-    "allocated_after",
-    "allowance_after",
-    "used_after",
-    "reserved_after",
+    *CHANGES,
     "details",
 )
 

@@ -10,11 +10,9 @@ from tokenadmin.auth.audit import log_denials
 from tokenadmin.deps import DatabaseDep, PrincipalDep
 from tokenadmin.journal import repository
 from tokenadmin.journal import service as journal_service
-from tokenadmin.journal.schemas import JournalEntryOut, JournalPage
+from tokenadmin.journal.schemas import JournalEntryOut, JournalPage, JournalQuery
 from tokenadmin.journal.service import JournalFilter
 from tokenadmin.organization import service as organization_service
-from tokenadmin.schemas import Moment, Text
-from tokenadmin.tokens import Kind
 
 router = APIRouter(
     prefix="/v1/organizations/{org_id}/journal",
@@ -22,37 +20,18 @@ router = APIRouter(
     dependencies=[Depends(log_denials)],
 )
 
-USER = "Entries of this user: an id or an email (one not in the organization: 404)."
-SINCE = "Entries from this time on: ISO 8601 with an offset, such as 2026-03-01T00:00:00Z."
-UNTIL = "Entries before this time: ISO 8601 with an offset, such as 2026-04-01T00:00:00Z."
-
 
 @router.get("", response_model=JournalPage)
 async def list_journal(
     org_id: uuid.UUID,
     principal: PrincipalDep,
     db: DatabaseDep,
-    user: Annotated[Text | None, Query(min_length=1, max_length=320, description=USER)] = None,
-    kind: Kind | None = None,
-    action: Annotated[Text | None, Query(max_length=32)] = None,
-    actor: Annotated[Text | None, Query(max_length=200)] = None,
-    since: Annotated[Moment | None, Query(description=SINCE)] = None,
-    until: Annotated[Moment | None, Query(description=UNTIL)] = None,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    filters: Annotated[JournalQuery, Query()],
 ) -> JournalPage:
     """Read the journal, newest first; filter by user, kind, action, actor and time."""
     principal.require(org_id, "read")
-    query = JournalFilter(
-        org_id=org_id,
-        kind=kind,
-        action=action,
-        actor=actor,
-        since=since,
-        until=until,
-        before_id=before_id,
-        limit=limit,
-    )
+    query = JournalFilter(org_id=org_id, **filters.model_dump(exclude={"user"}))
+    user, limit = filters.user, filters.limit
 
     async def work(session: AsyncSession) -> JournalPage:
         await organization_service.get(session, org_id)
