@@ -38,6 +38,7 @@ __all__ = [
     "ChangeResult",
     "Plan",
     "Request",
+    "allowances_of",
     "apply",
     "change",
     "plan",
@@ -420,6 +421,12 @@ async def apply(
     org.updated_at = act.now
 
 
+def allowances_of(max_tokens: int | None, max_train_tokens: int | None) -> dict[Kind, int]:
+    """The allowances a request, a row or a command gives (None: that one stays as it is)."""
+    given = {Kind.inference: max_tokens, Kind.training: max_train_tokens}
+    return {kind: value for kind, value in given.items() if value is not None}
+
+
 class RowLike(Protocol):
     """A row naming its user by id or email (an API, dashboard or CLI row)."""
 
@@ -467,14 +474,7 @@ async def _name_users(
                 message = f"No user '{row.user}' in this organization."
                 named.refused.append(Refusal(index, None, "user_not_found", message, ref=row.user))
                 continue
-            allowances = {
-                kind: value
-                for kind, value in (
-                    (Kind.inference, row.max_tokens),
-                    (Kind.training, row.max_train_tokens),
-                )
-                if value is not None
-            }
+            allowances = allowances_of(row.max_tokens, row.max_train_tokens)
             request = Request(found, allowances, row.expected_version)
         if request.user.id in seen:
             message = (

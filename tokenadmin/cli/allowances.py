@@ -30,6 +30,12 @@ OrgOption = Annotated[
 ]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Preview only; save nothing.")]
 Reason = Annotated[str | None, typer.Option(help="Why, for the journal.")]
+NewMaxTokens = Annotated[
+    str | None, typer.Option(metavar="AMOUNT", help="New Max Tokens, e.g. 500K.")
+]
+NewMaxTrainTokens = Annotated[
+    str | None, typer.Option(metavar="AMOUNT", help="New Max Train Tokens, e.g. 1M.")
+]
 FILE_COLUMNS = ("user", "max_tokens", "max_train_tokens", "expected_version")
 FILE_ALIASES = {"email": "user", "version": "expected_version"}
 
@@ -116,12 +122,8 @@ def allowance_set(
     ctx: typer.Context,
     org: OrgOption,
     user: Annotated[str, typer.Option("--user", metavar="USER", help="The user's email or id.")],
-    max_tokens: Annotated[
-        str | None, typer.Option(metavar="AMOUNT", help="New Max Tokens, e.g. 500K.")
-    ] = None,
-    max_train_tokens: Annotated[
-        str | None, typer.Option(metavar="AMOUNT", help="New Max Train Tokens, e.g. 1M.")
-    ] = None,
+    max_tokens: NewMaxTokens = None,
+    max_train_tokens: NewMaxTrainTokens = None,
     expected_version: Annotated[
         int | None, typer.Option(help="Refuse if the user changed since this version.")
     ] = None,

@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin import bulk
 from tokenadmin.act import Act
+from tokenadmin.allowance.service import allowances_of
 from tokenadmin.auth.passwords import MIN_PASSWORD_LENGTH
-from tokenadmin.cli.allowances import print_balance_after
+from tokenadmin.cli.allowances import NewMaxTokens, NewMaxTrainTokens, print_balance_after
 from tokenadmin.cli.common import (
     Cli,
     emit_json,
@@ -58,6 +59,14 @@ InOrg = Annotated[
 PasswordStdin = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from standard input.")
 ]
+MaxTokensOrMinimum = Annotated[
+    str | None,
+    typer.Option(metavar="AMOUNT", help="Max Tokens (default: the organization's minimum)."),
+]
+MaxTrainTokensOrMinimum = Annotated[
+    str | None,
+    typer.Option(metavar="AMOUNT", help="Max Train Tokens (default: the training minimum)."),
+]
 PREVIEW_ROWS = 50
 _emails = TypeAdapter(EmailStr)
 
@@ -86,11 +95,9 @@ class SortField(StrEnum):
 
 
 def _allowances(cli: Cli, max_tokens: str | None, max_train: str | None) -> dict[Kind, int]:
-    values = {
-        Kind.inference: cli.amount("--max-tokens", max_tokens),
-        Kind.training: cli.amount("--max-train-tokens", max_train),
-    }
-    return {kind: value for kind, value in values.items() if value is not None}
+    return allowances_of(
+        cli.amount("--max-tokens", max_tokens), cli.amount("--max-train-tokens", max_train)
+    )
 
 
 def read_password(cli: Cli, from_stdin: bool, *, prompt: bool) -> str | None:
@@ -144,14 +151,8 @@ def user_create(
     email: Annotated[str, typer.Option(help="Email address (also the login).")],
     name: Annotated[str, typer.Option(help="Full name.")],
     role: Annotated[Role, typer.Option(help="admin or member.")] = Role.member,
-    max_tokens: Annotated[
-        str | None,
-        typer.Option(metavar="AMOUNT", help="Max Tokens (default: the organization's minimum)."),
-    ] = None,
-    max_train_tokens: Annotated[
-        str | None,
-        typer.Option(metavar="AMOUNT", help="Max Train Tokens (default: the training minimum)."),
-    ] = None,
+    max_tokens: MaxTokensOrMinimum = None,
+    max_train_tokens: MaxTrainTokensOrMinimum = None,
     password_stdin: PasswordStdin = False,
     json_output: Json = False,
 ) -> None:
@@ -283,12 +284,8 @@ def user_update(
     org: InOrg = None,
     name: Annotated[str | None, typer.Option(help="New name.")] = None,
     role: Annotated[Role | None, typer.Option(help="admin or member.")] = None,
-    max_tokens: Annotated[
-        str | None, typer.Option(metavar="AMOUNT", help="New Max Tokens, e.g. 500K.")
-    ] = None,
-    max_train_tokens: Annotated[
-        str | None, typer.Option(metavar="AMOUNT", help="New Max Train Tokens, e.g. 1M.")
-    ] = None,
+    max_tokens: NewMaxTokens = None,
+    max_train_tokens: NewMaxTrainTokens = None,
     expected_version: Annotated[
         int | None,
         typer.Option(help="The version you saw; refused if someone changed the user since."),
@@ -351,14 +348,8 @@ def user_reactivate(
     ctx: typer.Context,
     user: UserArgument,
     org: InOrg = None,
-    max_tokens: Annotated[
-        str | None,
-        typer.Option(metavar="AMOUNT", help="Max Tokens (default: the organization's minimum)."),
-    ] = None,
-    max_train_tokens: Annotated[
-        str | None,
-        typer.Option(metavar="AMOUNT", help="Max Train Tokens (default: the training minimum)."),
-    ] = None,
+    max_tokens: MaxTokensOrMinimum = None,
+    max_train_tokens: MaxTrainTokensOrMinimum = None,
     json_output: Json = False,
 ) -> None:
     """Reactivate a user with at least the organization's minimums, from the balance."""
@@ -545,14 +536,8 @@ def users_seed(
     prefix: Annotated[
         str, typer.Option(help="Emails are PREFIX000000@bulk.example, numbered on.")
     ] = "user",
-    max_tokens: Annotated[
-        str | None,
-        typer.Option(metavar="AMOUNT", help="Max Tokens of each (default: the minimum)."),
-    ] = None,
-    max_train_tokens: Annotated[
-        str | None,
-        typer.Option(metavar="AMOUNT", help="Max Train Tokens of each (default: the minimum)."),
-    ] = None,
+    max_tokens: MaxTokensOrMinimum = None,
+    max_train_tokens: MaxTrainTokensOrMinimum = None,
     json_output: Json = False,
 ) -> None:
     """Create many active test users at once (load tests, demos), each with an allowance

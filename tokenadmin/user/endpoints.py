@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
+from tokenadmin.allowance.service import allowances_of
 from tokenadmin.auth.audit import log_denials
 from tokenadmin.auth.principal import Principal
 from tokenadmin.dashboard.web import csv_download
@@ -204,14 +205,7 @@ async def update_user(
 
     async def work(session: AsyncSession, act: Act) -> UserOut:
         user, org = await _locked(session, act, principal, user_id)
-        allowances = {
-            kind: value
-            for kind, value in (
-                (Kind.inference, body.max_tokens),
-                (Kind.training, body.max_train_tokens),
-            )
-            if value is not None
-        }
+        allowances = allowances_of(body.max_tokens, body.max_train_tokens)
         await service.update(
             session,
             act,
@@ -250,14 +244,7 @@ async def reactivate_user(
 
     async def work(session: AsyncSession, act: Act) -> UserOut:
         user, org = await _locked(session, act, principal, user_id)
-        wanted = {}
-        if body is not None:
-            for kind, value in (
-                (Kind.inference, body.max_tokens),
-                (Kind.training, body.max_train_tokens),
-            ):
-                if value is not None:
-                    wanted[kind] = value
+        wanted = {} if body is None else allowances_of(body.max_tokens, body.max_train_tokens)
         await service.reactivate(session, act, org, user, wanted)
         return UserOut.of(user, current_period(org, act.now))
 
