@@ -19,7 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.dashboard.web import ViewerDep, csv_download, render, require_org
 from tokenadmin.deps import clock_of, db_of
+from tokenadmin.errors import NotFound
 from tokenadmin.journal import repository as journal_repository
+from tokenadmin.journal import service as journal_service
+from tokenadmin.journal.schemas import CHANGES
 from tokenadmin.journal.service import ACTIONS, JournalFilter
 from tokenadmin.models import JournalEntry, Organization
 from tokenadmin.organization import service as organization_service
@@ -39,16 +42,7 @@ CSV_COLUMNS = (
     "user",
     "amount",
     "reason",
-    "capacity_delta",
-    "allocated_delta",
-    "allowance_delta",
-    "used_delta",
-    "reserved_delta",
-    "capacity_after",
-    "allocated_after",
-    "allowance_after",
-    "used_after",
-    "reserved_after",
+    *CHANGES,
     "details",
 )
 
@@ -85,11 +79,10 @@ async def _query(
     zone = ZoneInfo(org.time_zone)
     user_id = None
     if filters.user:
-        found = await user_repository.find_in_org(session, org.id, emails=[filters.user.lower()])
-        if not found:
-            problems.append(f"No user {filters.user} in this organization.")
-        else:
-            user_id = found[0].id
+        try:
+            user_id = await journal_service.user_id_of(session, org.id, filters.user)
+        except NotFound as error:
+            problems.append(error.message)
     since_day, until_day = _day(filters.since), _day(filters.until)
     if filters.since and since_day is None:
         problems.append("The From date is not a date (YYYY-MM-DD).")
