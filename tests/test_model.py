@@ -1242,6 +1242,7 @@ class LedgerMachine(RuleBasedStateMachine):
         planned: list[tuple[MUser | None, dict[str, int], int | None]] = []
         seen: dict[str, int] = {}
         duplicates: list[tuple[int, str]] = []
+        positions: list[int] = []  # of the rows planned: those that name a user first
         for index, (who, inference, training, version) in enumerate(rows):
             unnamed = [u for u in self.users if u.id not in seen]
             if not repeat and not unnamed:
@@ -1259,11 +1260,13 @@ class LedgerMachine(RuleBasedStateMachine):
             if version is not None:
                 expected = user.version if version == "current" else user.version - 1
                 row["expected_version"] = expected
+            changes_sent.append(row)
             if user.id in seen:
                 duplicates.append((index, "duplicate_user"))
+                continue
             seen[user.id] = index
-            changes_sent.append(row)
             planned.append((user, wanted, expected))
+            positions.append(index)
         body = {"changes": changes_sent, "dry_run": dry_run, "reason": "model"}
         path = f"/v1/organizations/{self.org_id}/allowances"
         key = uuid.uuid4().hex if keyed else None
@@ -1271,12 +1274,12 @@ class LedgerMachine(RuleBasedStateMachine):
         reply = self.send(sent)
         other = Sent("POST", path, self.admin, {**body, "reason": "another"}, key)
         self.remember(sent, other, reply)
-        if duplicates:
-            self.check(reply, Outcome(422, "allowance_change_refused"), "a user named twice")
-            refused_rows = reply.body["error"]["details"]["refused"]
-            assert [(r["index"], r["code"]) for r in refused_rows] == duplicates, refused_rows
-            return
+        # A user named twice is refused with its row, beside every other row's reasons.
         refused, changes = self.model_plan(planned)
+        refused = sorted(
+            [(positions[index], code) for index, code in refused] + duplicates,
+            key=lambda r: r[0],
+        )
         after = self.balance_after(changes)
         listed = [(user.id if user else "", kind, b, a) for _, user, kind, b, a in changes]
         if refused and not dry_run:
@@ -1285,7 +1288,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 if any(c == "version_conflict" for _, c in refused)
                 else "allowance_change_refused"
             )
-            self.check(reply, Outcome(409 if code == "version_conflict" else 422, code), "refused")
+            what = "a user named twice" if duplicates else "refused"
+            self.check(reply, Outcome(409 if code == "version_conflict" else 422, code), what)
             details = reply.body["error"]["details"]
             assert [(r["index"], r["code"]) for r in details["refused"]] == refused, (
                 details,
