@@ -154,13 +154,14 @@ async def approve_request(
     org_id: uuid.UUID,
     request_id: uuid.UUID,
     viewer: WriterDep,
-    amount: Annotated[str, Form(max_length=64)] = "",
+    amount: Annotated[str, Form(max_length=64)],
     note: Annotated[Text, Form(max_length=500)] = "",
 ) -> Response:
-    """Grant a request: the user's allowance rises by the amount (as asked unless edited)."""
+    """Grant a request: the user's allowance rises by the amount (the page fills in the
+    amount asked)."""
 
     async def decide(session: AsyncSession, act: Act, org: Organization) -> TokenRequestOut:
-        granted = _amount(amount, "Tokens to grant") if amount.strip() else None
+        granted = _amount(amount, "Tokens to grant")
         return await service.approve(session, act, org, request_id, amount=granted, note=note)
 
     return await _decide(request, viewer, org_id, decide, "approved")

@@ -3,12 +3,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, and_, func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import Session
 
 from tokenadmin.models import JournalEntry, Organization, Purchase, Reservation, User
 from tokenadmin.schemas import storable
@@ -125,42 +124,3 @@ async def list_entries(session: AsyncSession, query: JournalFilter) -> Sequence[
         statement = statement.where(JournalEntry.id < query.before_id)
     statement = statement.order_by(JournalEntry.id.desc()).limit(query.limit)
     return (await session.scalars(statement)).all()
-
-
-async def open_token_requests(
-    session: AsyncSession,
-    org_id: uuid.UUID,
-    *,
-    since: datetime,
-    user_id: uuid.UUID | None,
-    limit: int,
-) -> list[tuple[JournalEntry, User]]:
-    """`tokens_requested` entries since a moment, newest first, made after the user's last
-    change of allowance of the kind they asked for."""
-    later = aliased(JournalEntry)
-    kind = JournalEntry.details["kind"].as_string()
-    allowance_changed_since = (
-        select(later.id)
-        .where(
-            later.user_id == JournalEntry.user_id,
-            later.id > JournalEntry.id,
-            later.kind == kind,
-            later.allowance_delta != 0,
-        )
-        .exists()
-    )
-    statement = (
-        select(JournalEntry, User)
-        .join(User, and_(User.id == JournalEntry.user_id, User.org_id == org_id))
-        .where(
-            JournalEntry.org_id == org_id,
-            JournalEntry.action == "tokens_requested",
-            JournalEntry.created_at >= since,
-            ~allowance_changed_since,
-        )
-        .order_by(JournalEntry.id.desc())
-        .limit(limit)
-    )
-    if user_id is not None:
-        statement = statement.where(JournalEntry.user_id == user_id)
-    return [(entry, user) for entry, user in (await session.execute(statement)).all()]
