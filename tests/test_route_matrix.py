@@ -10,6 +10,7 @@ what it allows must work. Callers of organization B never see or change anything
 from __future__ import annotations
 
 import hashlib
+import html
 import secrets
 import uuid
 from collections.abc import Callable, Iterable
@@ -834,7 +835,8 @@ async def test_an_admin_naming_another_organizations_users_and_keys_on_their_own
             if ".csv?" in req.path:
                 assert response.text.count("\n") == 1, response.text  # the header alone
             else:
-                assert "No user alice@a.example in this organization." in response.text
+                shown = html.unescape(response.text)
+                assert "No user 'alice@a.example' in this organization." in shown
             continue
         assert response.status_code in (403, 404, 422), (req, response.status_code, response.text)
     assert await snapshot(db) == before

@@ -48,6 +48,7 @@ from tokenadmin.models import Organization, User
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization import service as organization_service
 from tokenadmin.user import repository as user_repository
+from tokenadmin.user.lookup import find_by_ref
 
 T = TypeVar("T")
 
@@ -342,15 +343,9 @@ async def lock_org(session: AsyncSession, act: Act, ref: str) -> Organization:
 
 async def find_user(session: AsyncSession, ref: str, org: Organization | None = None) -> User:
     """A user by email or id; when `org` is given, only one of its users."""
-    user: User | None
-    try:
-        user = await user_repository.get(session, uuid.UUID(ref))
-    except ValueError:
-        user = await user_repository.by_email(session, ref.strip())
-    if user is None or (org is not None and user.org_id != org.id):
-        where = f" in {org.name}" if org is not None else ""
-        raise NotFound(f"No user '{ref}'{where}.", code="user_not_found", details={"user": ref})
-    return user
+    if org is None:
+        return await find_by_ref(session, None, ref, where="")
+    return await find_by_ref(session, org.id, ref, where=org.name)
 
 
 async def lock_user(

@@ -17,6 +17,7 @@ from tokenadmin.organization import service as organization_service
 from tokenadmin.report import service
 from tokenadmin.report.schemas import OrgForecastOut, UsageReportOut, UserForecastOut
 from tokenadmin.tokens import Kind
+from tokenadmin.user.lookup import find_by_ref
 
 report_app = typer.Typer(help="Usage reports and run-out forecasts.")
 
@@ -72,7 +73,7 @@ def report_usage(
 
     async def work(session: AsyncSession) -> service.UsageReport:
         found = await find_org(session, org)
-        who = await service.find_user(session, found, user) if user is not None else None
+        who = await find_by_ref(session, found.id, user) if user is not None else None
         return await service.usage_report(
             session,
             found,
@@ -155,7 +156,7 @@ def report_forecast(
             if user_id is None:
                 whole = await service.org_forecast(session, fresh, now, users=users, offset=offset)
                 return OrgForecastOut.of(whole)
-            person = await service.find_user(session, fresh, user_id)
+            person = await find_by_ref(session, fresh.id, user_id)
             return UserForecastOut.of(await service.user_forecast(session, fresh, person, now))
 
         return await db.read(look)

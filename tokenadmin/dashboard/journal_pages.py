@@ -21,7 +21,6 @@ from tokenadmin.dashboard.web import ViewerDep, csv_download, render, require_or
 from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import NotFound
 from tokenadmin.journal import repository as journal_repository
-from tokenadmin.journal import service as journal_service
 from tokenadmin.journal.schemas import CHANGES
 from tokenadmin.journal.service import ACTIONS, JournalFilter
 from tokenadmin.models import JournalEntry, Organization
@@ -29,6 +28,7 @@ from tokenadmin.organization import service as organization_service
 from tokenadmin.schemas import Text
 from tokenadmin.tokens import Kind
 from tokenadmin.user import repository as user_repository
+from tokenadmin.user.lookup import find_by_ref
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
@@ -80,7 +80,7 @@ async def _query(
     user_id = None
     if filters.user:
         try:
-            user_id = await journal_service.user_id_of(session, org.id, filters.user)
+            user_id = (await find_by_ref(session, org.id, filters.user)).id
         except NotFound as error:
             problems.append(error.message)
     since_day, until_day = _day(filters.since), _day(filters.until)

@@ -11,7 +11,6 @@ the CLI and the dashboard call these; none computes anything of its own.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -139,16 +138,8 @@ async def chosen_users(
             raise NoActiveUsers("There is no active user to distribute to; add users first.")
         return list(users)
     unique = list(dict.fromkeys(ref.strip() for ref in refs))
-    ids, emails = [], []
-    for ref in unique:
-        try:
-            ids.append(uuid.UUID(ref))
-        except ValueError:
-            emails.append(ref.lower())
-    found: dict[str, User] = {}
-    for user in await user_repository.find_in_org(session, org.id, ids=ids, emails=emails):
-        found[str(user.id)] = found[user.email] = user
-    return [found.get(ref) or found.get(ref.lower()) or _Ref(ref) for ref in unique]
+    found = await user_repository.find_by_refs(session, org.id, unique)
+    return [found.get(ref) or _Ref(ref) for ref in unique]
 
 
 async def preview(

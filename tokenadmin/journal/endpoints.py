@@ -9,10 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.auth.audit import log_denials
 from tokenadmin.deps import DatabaseDep, PrincipalDep
 from tokenadmin.journal import repository
-from tokenadmin.journal import service as journal_service
 from tokenadmin.journal.schemas import JournalEntryOut, JournalPage, JournalQuery
 from tokenadmin.journal.service import JournalFilter
 from tokenadmin.organization import service as organization_service
+from tokenadmin.user.lookup import find_by_ref
 
 router = APIRouter(
     prefix="/v1/organizations/{org_id}/journal",
@@ -36,7 +36,7 @@ async def list_journal(
     async def work(session: AsyncSession) -> JournalPage:
         await organization_service.get(session, org_id)
         if user is not None:
-            query.user_id = await journal_service.user_id_of(session, org_id, user)
+            query.user_id = (await find_by_ref(session, org_id, user)).id
         entries = await repository.list_entries(session, query)
         next_id = entries[-1].id if len(entries) == limit else None
         return JournalPage(entries=[JournalEntryOut.of(e) for e in entries], next_before_id=next_id)

@@ -24,12 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from tokenadmin.act import Act
-from tokenadmin.errors import NotFound
 from tokenadmin.journal import chain, repository
 from tokenadmin.models import JournalEntry, Organization, User
 from tokenadmin.rows import insert_many, update_many
 from tokenadmin.tokens import Kind
-from tokenadmin.user import repository as user_repository
 
 ACTIONS = (
     # Every action a journal entry can name, for filters and documentation.
@@ -412,20 +410,6 @@ class _ChainCheck:
 def _compare(differ: Callable[[str], None], label: str, stored: int, expected: int) -> None:
     if stored != expected:
         differ(f"{label}: stored {stored:,}, expected {expected:,}")
-
-
-async def user_id_of(session: AsyncSession, org_id: uuid.UUID, ref: str) -> uuid.UUID:
-    """The id of the organization's user named by `ref`, an id or an email (in any case), for
-    the journal's user filter; anyone else is refused as metering refuses them (404
-    user_not_found), so a mistyped email is not read as "no entries"."""
-    try:
-        ids, emails = [uuid.UUID(ref)], []
-    except ValueError:
-        ids, emails = [], [ref.strip().lower()]
-    found = await user_repository.find_in_org(session, org_id, ids=ids, emails=emails)
-    if not found:
-        raise NotFound(f"No user '{ref}' in this organization.", code="user_not_found")
-    return found[0].id
 
 
 @dataclass

@@ -23,6 +23,7 @@ from tokenadmin.report import service
 from tokenadmin.report.schemas import OrgForecastOut, UsageReportOut, UserForecastOut
 from tokenadmin.schemas import Text, written_out
 from tokenadmin.user import repository as user_repository
+from tokenadmin.user.lookup import find_by_ref
 
 router = APIRouter(tags=["reports"], dependencies=[Depends(log_denials)])
 
@@ -119,7 +120,7 @@ async def get_usage_report(
 
     async def work(session: AsyncSession) -> service.UsageReport:
         org = await organization_service.get(session, org_id)
-        who = await service.find_user(session, org, user) if user is not None else None
+        who = await find_by_ref(session, org.id, user) if user is not None else None
         if who is None or who.id != principal.user_id:
             principal.require(org_id, "read")
         return await service.usage_report(

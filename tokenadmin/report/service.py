@@ -14,7 +14,6 @@ import csv
 import io
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Literal
@@ -22,13 +21,12 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokenadmin.errors import InvalidRequest, NotFound, ReportRangeRefused
+from tokenadmin.errors import InvalidRequest, ReportRangeRefused
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.service import Balance
 from tokenadmin.report import repository
 from tokenadmin.tokens import Kind, Period, current_period, current_period_end
-from tokenadmin.user import repository as user_repository
 
 Granularity = Literal["day", "month"]
 
@@ -434,18 +432,3 @@ async def usage_report(
     ordered = sorted(sums, key=lambda k: (k[0], k[1] is not None, k[1] or ""))
     report = [UsageRow(starts[index], model, sums[index, model]) for index, model in ordered]
     return UsageReport(org, user, granularity, first, last, by_model, starts, report)
-
-
-async def find_user(session: AsyncSession, org: Organization, ref: str) -> User:
-    """A user of the organization by id or email."""
-    try:
-        ids: Sequence[uuid.UUID] = [uuid.UUID(ref)]
-        emails: Sequence[str] = []
-    except ValueError:
-        ids, emails = [], [ref.strip().lower()]
-    found = await user_repository.find_in_org(session, org.id, ids=ids, emails=emails)
-    if not found:
-        raise NotFound(
-            f"No user '{ref}' in this organization.", code="user_not_found", details={"user": ref}
-        )
-    return found[0]

@@ -33,6 +33,7 @@ from tokenadmin.token_request.schemas import (
 )
 from tokenadmin.tokens import Kind
 from tokenadmin.user import repository as user_repository
+from tokenadmin.user.lookup import find_by_ref
 
 AUDITED = [Depends(log_denials)]
 router = APIRouter(prefix="/v1/token-requests", tags=["token requests"], dependencies=AUDITED)
@@ -77,16 +78,8 @@ async def _asker(session: AsyncSession, principal: Principal, ref: str | None) -
                 "Name the user who asks: `user`, their id or email.", details={"field": "user"}
             )
         ref = str(principal.user_id)
-    try:
-        user = await user_repository.get(session, uuid.UUID(ref))
-    except ValueError:
-        user = await user_repository.by_email(session, ref.strip())
-    if user is None:
-        raise NotFound(f"No user '{ref}' in this organization.", code="user_not_found")
-    try:
-        _allow_self_or(principal, user, FOR_USERS, "User")
-    except NotFound as error:
-        raise NotFound(f"No user '{ref}' in this organization.", code="user_not_found") from error
+    user = await find_by_ref(session, principal.org_id, ref)
+    _allow_self_or(principal, user, FOR_USERS, "User")
     return user
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -41,13 +41,14 @@ async def by_email(session: AsyncSession, email: str) -> User | None:
 
 async def find_in_org(
     session: AsyncSession,
-    org_id: uuid.UUID,
+    org_id: uuid.UUID | None,
     *,
     ids: Sequence[uuid.UUID] = (),
     emails: Sequence[str] = (),
     lock: bool = False,
 ) -> list[User]:
-    """Users of one organization named by id or email, in id order (the lock order)."""
+    """Users of one organization (None: of any) named by id or email, in id order (the
+    lock order)."""
     emails = [e for e in emails if storable(e)]
     found: list[User] = []
     for start in range(0, max(len(ids), len(emails), 1), 5000):
@@ -55,9 +56,11 @@ async def find_in_org(
         if not id_chunk and not email_chunk:
             break
         condition = or_(User.id.in_(id_chunk), User.email.in_(email_chunk))
+        if org_id is not None:
+            condition = and_(User.org_id == org_id, condition)
         statement = (
             select(User)
-            .where(User.org_id == org_id, condition)
+            .where(condition)
             .order_by(User.id)
             .execution_options(populate_existing=True)
         )
@@ -65,6 +68,26 @@ async def find_in_org(
             statement = statement.with_for_update()
         found.extend((await session.scalars(statement)).all())
     return sorted({u.id: u for u in found}.values(), key=lambda u: u.id)
+
+
+async def find_by_refs(
+    session: AsyncSession, org_id: uuid.UUID | None, refs: Iterable[str]
+) -> dict[str, User]:
+    """The users of one organization (None: of any) named by `refs`, each an id or an email
+    in any case (blanks around it ignored), by the reference as given; a reference that
+    names no one is left out."""
+    wanted: dict[str, uuid.UUID | str] = {}
+    for ref in refs:
+        try:
+            wanted[ref] = uuid.UUID(ref.strip())
+        except ValueError:
+            wanted[ref] = ref.strip().lower()
+    ids = [key for key in wanted.values() if isinstance(key, uuid.UUID)]
+    emails = [key for key in wanted.values() if isinstance(key, str)]
+    found: dict[uuid.UUID | str, User] = {}
+    for user in await find_in_org(session, org_id, ids=ids, emails=emails):
+        found[user.id] = found[user.email] = user
+    return {ref: found[key] for ref, key in wanted.items() if key in found}
 
 
 SORTABLE: dict[str, InstrumentedAttribute[Any]] = {
