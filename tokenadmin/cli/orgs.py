@@ -28,12 +28,13 @@ from tokenadmin.models import Organization, Purchase
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.schemas import BalanceOut, OrganizationOut, PurchaseOut
-from tokenadmin.tokens import Kind, Period, fmt
+from tokenadmin.tokens import ALLOWANCE_LABEL, DEFAULT_MINIMUM, Kind, Period, fmt
 
 org_app = typer.Typer(help="Organizations: create, list, show and change their policy.")
 purchase_app = typer.Typer(help="Purchases: the capacity an organization bought, and expiries.")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+INFERENCE, TRAINING = ALLOWANCE_LABEL[Kind.inference], ALLOWANCE_LABEL[Kind.training]
 OrgOption = Annotated[
     str, typer.Option("--org", metavar="ORG", help="Organization id or exact name.")
 ]
@@ -42,24 +43,6 @@ OrgOption = Annotated[
 def _check_name(cli: Cli, name: str | None) -> None:
     if name is not None and not 1 <= len(name.strip()) <= 200:
         cli.fail(InvalidRequest("Names are 1 to 200 characters."))
-
-
-def _show_org(org: Organization) -> None:
-    grid = table(
-        None,
-        ("field", "value"),
-        [
-            ("id", str(org.id)),
-            ("name", org.name),
-            ("time zone", org.time_zone),
-            ("period", org.period),
-            ("minimum Max Tokens", org.min_inference),
-            ("minimum Max Train Tokens", org.min_training),
-            ("overallocation", org.overallocation),
-            ("version", org.version),
-        ],
-    )
-    out().print(grid)
 
 
 @org_app.command("create")
@@ -73,11 +56,11 @@ def org_create(
         Period, typer.Option(help="monthly: usage restarts each month; none: prepaid.")
     ] = Period.monthly,
     min_inference: Annotated[
-        str, typer.Option(metavar="AMOUNT", help="Minimum Max Tokens of every active user.")
-    ] = "200000",
-    min_training: Annotated[
-        str, typer.Option(metavar="AMOUNT", help="Minimum Max Train Tokens.")
-    ] = "0",
+        str, typer.Option(metavar="AMOUNT", help=f"Minimum {INFERENCE} of every active user.")
+    ] = str(DEFAULT_MINIMUM[Kind.inference]),
+    min_training: Annotated[str, typer.Option(metavar="AMOUNT", help=f"Minimum {TRAINING}.")] = str(
+        DEFAULT_MINIMUM[Kind.training]
+    ),
     overallocation: Annotated[
         bool, typer.Option(help="Allow allocating more than the capacity.")
     ] = False,
@@ -194,8 +177,8 @@ def org_show(
                 ("id", str(organization.id)),
                 ("time zone", organization.time_zone),
                 ("period", organization.period.value),
-                ("minimum Max Tokens", organization.min_inference),
-                ("minimum Max Train Tokens", organization.min_training),
+                (f"minimum {INFERENCE}", organization.min_inference),
+                (f"minimum {TRAINING}", organization.min_training),
                 ("overallocation", organization.overallocation),
             ],
         )
@@ -259,10 +242,10 @@ def org_update(
     time_zone: Annotated[str | None, typer.Option(help="New IANA time zone.")] = None,
     period: Annotated[Period | None, typer.Option(help="monthly or none.")] = None,
     min_inference: Annotated[
-        str | None, typer.Option(metavar="AMOUNT", help="New minimum Max Tokens.")
+        str | None, typer.Option(metavar="AMOUNT", help=f"New minimum {INFERENCE}.")
     ] = None,
     min_training: Annotated[
-        str | None, typer.Option(metavar="AMOUNT", help="New minimum Max Train Tokens.")
+        str | None, typer.Option(metavar="AMOUNT", help=f"New minimum {TRAINING}.")
     ] = None,
     overallocation: Annotated[
         bool | None,

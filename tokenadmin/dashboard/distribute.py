@@ -29,7 +29,6 @@ from tokenadmin.user import repository as user_repository
 router = APIRouter(include_in_schema=False)
 PICK_LIMIT = 100
 PREVIEW_ROWS = 200
-KIND_NAMES = ALLOWANCE_LABEL
 
 
 @dataclass
@@ -133,7 +132,7 @@ async def distribute_page(
 
     notice = None
     if done is not None and each is not None:
-        notice = f"Added {each:,} {KIND_NAMES[kind]} to each of {done:,} users."
+        notice = f"Added {each:,} {ALLOWANCE_LABEL[kind]} to each of {done:,} users."
     data = await db.read(load)
     return render(
         request,
@@ -143,7 +142,6 @@ async def distribute_page(
         form=DistributionForm(kind=kind),
         q=q,
         notice=notice,
-        kind_names=KIND_NAMES,
         tz=ZoneInfo(data["org"].time_zone),
     )
 
@@ -219,7 +217,6 @@ async def distribute(
         form=form,
         q=q,
         action=action,
-        kind_names=KIND_NAMES,
         rows=result.get("preview", {}).get("changes", [])[:PREVIEW_ROWS],
         tz=ZoneInfo(result["org"].time_zone),
     )

@@ -22,7 +22,7 @@ from tokenadmin.errors import InvalidRequest, NotFound, TokenAdminError
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization import service as organization_service
 from tokenadmin.schemas import Text
-from tokenadmin.tokens import Kind, Period
+from tokenadmin.tokens import ALLOWANCE_LABEL, DEFAULT_MINIMUM, Kind, Period, fmt
 
 router = APIRouter(include_in_schema=False)
 
@@ -78,8 +78,8 @@ async def create_organization(
     name: Annotated[Text, Form(max_length=200)] = "",
     time_zone: Annotated[str, Form(max_length=64)] = "UTC",
     period: Annotated[Literal["monthly", "none"], Form()] = "monthly",
-    min_inference: Annotated[str, Form(max_length=64)] = "200,000",
-    min_training: Annotated[str, Form(max_length=64)] = "0",
+    min_inference: Annotated[str, Form(max_length=64)] = fmt(DEFAULT_MINIMUM[Kind.inference]),
+    min_training: Annotated[str, Form(max_length=64)] = fmt(DEFAULT_MINIMUM[Kind.training]),
 ) -> Response:
     _require_operator(viewer)
 
@@ -93,8 +93,8 @@ async def create_organization(
             name=name.strip(),
             time_zone=time_zone.strip() or "UTC",
             period=Period(period),
-            min_inference=_amount(min_inference, "Minimum Max Tokens"),
-            min_training=_amount(min_training, "Minimum Max Train Tokens"),
+            min_inference=_amount(min_inference, f"Minimum {ALLOWANCE_LABEL[Kind.inference]}"),
+            min_training=_amount(min_training, f"Minimum {ALLOWANCE_LABEL[Kind.training]}"),
         )
         return org.name
 

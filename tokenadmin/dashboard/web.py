@@ -23,6 +23,7 @@ from tokenadmin.auth.service import Viewer
 from tokenadmin.database import Database
 from tokenadmin.deps import clock_of, db_of, settings_of
 from tokenadmin.errors import Forbidden, NotFound, TokenAdminError
+from tokenadmin.tokens import ALLOWANCE_LABEL, DEFAULT_MINIMUM
 
 SESSION_COOKIE = "ta_session"
 LOGIN_CSRF_COOKIE = "ta_login_csrf"
@@ -44,6 +45,10 @@ def percent(part: int, whole: int) -> int:
 templates.env.filters["number"] = number
 templates.env.globals["percent"] = percent
 templates.env.globals["one_day"] = timedelta(days=1)
+templates.env.globals["allowance_label"] = {
+    kind.value: name for kind, name in ALLOWANCE_LABEL.items()
+}
+templates.env.globals["default_minimum"] = {kind.value: n for kind, n in DEFAULT_MINIMUM.items()}
 
 
 class SignInRequired(Exception):

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, StrictInt, model_validator
 
 from tokenadmin.schemas import WHOLE, Amount, Input, PositiveAmount, Text
+from tokenadmin.tokens import ALLOWANCE_LABEL, Kind
 
 Method = Literal["equal", "fixed", "percent"]
 Percent = Annotated[StrictInt, Field(ge=1, le=100, description="1 to 100."), WHOLE]
@@ -54,8 +55,12 @@ class KindRule(Input):
 class DistributionRequest(Input):
     """What to distribute, of one kind or both, to whom."""
 
-    inference: KindRule | None = Field(default=None, description="Added to Max Tokens.")
-    training: KindRule | None = Field(default=None, description="Added to Max Train Tokens.")
+    inference: KindRule | None = Field(
+        default=None, description=f"Added to {ALLOWANCE_LABEL[Kind.inference]}."
+    )
+    training: KindRule | None = Field(
+        default=None, description=f"Added to {ALLOWANCE_LABEL[Kind.training]}."
+    )
     users: list[Annotated[Text, Field(min_length=1, max_length=320)]] | None = Field(
         default=None,
         min_length=1,

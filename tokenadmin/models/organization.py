@@ -8,7 +8,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from uuid6 import uuid7
 
 from tokenadmin.models.base import Base, UTCDateTime
-from tokenadmin.tokens import Kind
+from tokenadmin.tokens import DEFAULT_MINIMUM, Kind, balance
 
 
 class Organization(Base):
@@ -31,8 +31,8 @@ class Organization(Base):
     name: Mapped[str] = mapped_column(String(200))
     time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
     period: Mapped[str] = mapped_column(String(16), default="monthly")
-    min_inference: Mapped[int] = mapped_column(BigInteger, default=200_000)
-    min_training: Mapped[int] = mapped_column(BigInteger, default=0)
+    min_inference: Mapped[int] = mapped_column(BigInteger, default=DEFAULT_MINIMUM[Kind.inference])
+    min_training: Mapped[int] = mapped_column(BigInteger, default=DEFAULT_MINIMUM[Kind.training])
     overallocation: Mapped[bool] = mapped_column(Boolean, default=False)
     capacity_inference: Mapped[int] = mapped_column(BigInteger, default=0)
     capacity_training: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -51,6 +51,9 @@ class Organization(Base):
 
     def allocated(self, kind: Kind) -> int:
         return self.allocated_inference if kind is Kind.inference else self.allocated_training
+
+    def balance(self, kind: Kind) -> int:
+        return balance(self.capacity(kind), self.allocated(kind))
 
     def minimum(self, kind: Kind) -> int:
         return self.min_inference if kind is Kind.inference else self.min_training
