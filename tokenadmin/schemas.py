@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from pydantic import (
     AfterValidator,
@@ -150,6 +150,21 @@ class Input(BaseModel):
     """A request body: unknown fields are refused, so nothing is set by accident."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+class Answer(BaseModel):
+    """An answer made of the attributes of the same names of one object (a row, a service's
+    result): `XOut.of(x)`."""
+
+    @classmethod
+    def of(cls, source: object) -> Self:
+        return cls.model_validate(source, from_attributes=True)
+
+
+def columns_of(answer: type[BaseModel], row: object, *computed: str) -> dict[str, Any]:
+    """The fields of `answer` read from the attributes of the same name of `row` (a model
+    object), all but the `computed` ones, which the caller adds."""
+    return {field: getattr(row, field) for field in answer.model_fields if field not in computed}
 
 
 class ErrorBody(BaseModel):

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from tokenadmin.schemas import Moment, Text
+from tokenadmin.schemas import Answer, Moment, Text
 from tokenadmin.tokens import Kind
 
 if TYPE_CHECKING:
-    from tokenadmin.models import JournalEntry
+    pass
 
 
 CHANGES = (
@@ -57,7 +57,7 @@ class JournalQuery(BaseModel):
     limit: int = Field(default=100, ge=1, le=1000)
 
 
-class JournalEntryOut(BaseModel):
+class JournalEntryOut(Answer):
     id: int
     created_at: datetime
     actor: str
@@ -79,10 +79,6 @@ class JournalEntryOut(BaseModel):
     used_after: int | None
     reserved_after: int | None
     details: dict[str, Any] | None
-
-    @classmethod
-    def of(cls, entry: JournalEntry) -> JournalEntryOut:
-        return cls.model_validate(entry, from_attributes=True)
 
 
 class JournalPage(BaseModel):

@@ -32,5 +32,10 @@ class Purchase(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_by: Mapped[str] = mapped_column(String(200))
 
+    @property
+    def expired(self) -> bool:
+        """Whether its tokens have left the capacity."""
+        return self.expired_at is not None
+
     def amount(self, kind: Kind) -> int:
         return self.inference_amount if kind is Kind.inference else self.training_amount

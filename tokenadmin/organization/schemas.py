@@ -4,14 +4,13 @@ import uuid
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
-from pydantic import BaseModel, Field, StrictBool, model_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator, model_validator
 
 from tokenadmin.auth.principal import SCOPES
-from tokenadmin.schemas import WITHIN_THE_CALENDAR, Amount, Input, Name, Text, written_out
-from tokenadmin.tokens import Period
+from tokenadmin.schemas import WITHIN_THE_CALENDAR, Amount, Answer, Input, Name, Text, written_out
+from tokenadmin.tokens import DEFAULT_MINIMUM, Kind, Period
 
 if TYPE_CHECKING:
-    from tokenadmin.models import ApiKey, Organization, Purchase
     from tokenadmin.organization.service import Balance
 
 Expiry = Annotated[datetime, written_out("2027-01-01 or 2027-01-01T00:00:00Z"), WITHIN_THE_CALENDAR]
@@ -25,8 +24,8 @@ class OrganizationCreate(Input):
     name: Name
     time_zone: str = Field(default="UTC", max_length=64, examples=["Europe/Berlin"])
     period: Period = Period.monthly
-    min_inference: Amount = 200_000
-    min_training: Amount = 0
+    min_inference: Amount = DEFAULT_MINIMUM[Kind.inference]
+    min_training: Amount = DEFAULT_MINIMUM[Kind.training]
     overallocation: StrictBool = False
 
 
@@ -47,7 +46,7 @@ class OrganizationUpdate(Input):
         return self
 
 
-class OrganizationOut(BaseModel):
+class OrganizationOut(Answer):
     id: uuid.UUID
     name: str
     time_zone: str
@@ -57,10 +56,6 @@ class OrganizationOut(BaseModel):
     overallocation: bool
     version: int
     created_at: datetime
-
-    @classmethod
-    def of(cls, org: Organization) -> OrganizationOut:
-        return cls.model_validate(org, from_attributes=True)
 
 
 class PurchaseCreate(Input):
@@ -80,7 +75,7 @@ class PurchaseUpdate(Input):
     expires_at: Expiry | None
 
 
-class PurchaseOut(BaseModel):
+class PurchaseOut(Answer):
     id: uuid.UUID
     inference_amount: int
     training_amount: int
@@ -91,22 +86,8 @@ class PurchaseOut(BaseModel):
     note: str
     created_at: datetime
 
-    @classmethod
-    def of(cls, purchase: Purchase) -> PurchaseOut:
-        return cls(
-            id=purchase.id,
-            inference_amount=purchase.inference_amount,
-            training_amount=purchase.training_amount,
-            purchased_on=purchase.purchased_on,
-            expires_at=purchase.expires_at,
-            expired=purchase.expired_at is not None,
-            payer=purchase.payer,
-            note=purchase.note,
-            created_at=purchase.created_at,
-        )
 
-
-class KindBalanceOut(BaseModel):
+class KindBalanceOut(Answer):
     capacity: int
     allocated: int
     balance: int = Field(description="capacity − allocated: what is left to hand out.")
@@ -126,17 +107,7 @@ class BalanceOut(BaseModel):
 
     @classmethod
     def of(cls, balance: Balance) -> BalanceOut:
-        kinds = {
-            kind.value: KindBalanceOut(
-                capacity=b.capacity,
-                allocated=b.allocated,
-                balance=b.balance,
-                shortfall=b.shortfall,
-                used=b.used,
-                reserved=b.reserved,
-            )
-            for kind, b in balance.kinds.items()
-        }
+        kinds = {kind.value: KindBalanceOut.of(b) for kind, b in balance.kinds.items()}
         return cls(
             organization_id=balance.org.id,
             period_start=balance.period_start,
@@ -157,7 +128,7 @@ class ApiKeyCreate(Input):
     scopes: list[Scope] = Field(min_length=1, examples=[["usage"]])
 
 
-class ApiKeyOut(BaseModel):
+class ApiKeyOut(Answer):
     id: uuid.UUID
     name: str
     prefix: str
@@ -165,16 +136,11 @@ class ApiKeyOut(BaseModel):
     created_at: datetime
     revoked_at: datetime | None
 
+    @field_validator("scopes", mode="before")
     @classmethod
-    def of(cls, key: ApiKey) -> ApiKeyOut:
-        return cls(
-            id=key.id,
-            name=key.name,
-            prefix=key.prefix,
-            scopes=key.scopes.split(),
-            created_at=key.created_at,
-            revoked_at=key.revoked_at,
-        )
+    def _stored_scopes(cls, scopes: object) -> object:
+        """A key's scopes are stored as one space-separated text."""
+        return scopes.split() if isinstance(scopes, str) else scopes
 
 
 class ApiKeyCreated(ApiKeyOut):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenadmin.schemas import Answer
 from tokenadmin.tokens import Kind
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     )
 
 
-class KindForecastOut(BaseModel):
+class KindForecastOut(Answer):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     remaining: int
@@ -36,10 +37,6 @@ class KindForecastOut(BaseModel):
     days_with_usage: int | None
     """Days of the window (in the organization's time zone) with usage of this kind; null in
     an organization's list of users."""
-
-    @classmethod
-    def of(cls, kind: KindForecast) -> KindForecastOut:
-        return cls.model_validate(kind, from_attributes=True)
 
 
 class WindowOut(BaseModel):

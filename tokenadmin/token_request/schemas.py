@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from tokenadmin.schemas import Input, PositiveAmount, Text
+from tokenadmin.schemas import Input, PositiveAmount, Text, columns_of
 from tokenadmin.tokens import Kind
+
+if TYPE_CHECKING:
+    from tokenadmin.models import TokenRequest, User
 
 RequestState = Literal["pending", "approved", "denied", "withdrawn"]
 STATES: tuple[RequestState, ...] = ("pending", "approved", "denied", "withdrawn")
@@ -64,6 +67,11 @@ class TokenRequestOut(BaseModel):
         description="The tokens granted: added to the allowance when the request was approved."
     )
     version: int = Field(description="1 when asked, 2 once decided.")
+
+    @classmethod
+    def of(cls, request: TokenRequest, user: User) -> TokenRequestOut:
+        """A request, with the email and name of the user it is for."""
+        return cls(**columns_of(cls, request, "email", "name"), email=user.email, name=user.name)
 
 
 class TokenRequestPage(BaseModel):

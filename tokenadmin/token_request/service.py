@@ -49,27 +49,6 @@ Decision = Callable[[AsyncSession, Act, Organization], Awaitable[TokenRequestOut
 __all__ = ["Decision", "RequestQuery", "approve", "ask", "deny", "get", "search", "withdraw"]
 
 
-def out(request: TokenRequest, user: User) -> TokenRequestOut:
-    return TokenRequestOut(
-        id=request.id,
-        org_id=request.org_id,
-        user_id=request.user_id,
-        email=user.email,
-        name=user.name,
-        kind=Kind(request.kind),
-        amount=request.amount,
-        reason=request.reason,
-        state=request.state,
-        created_at=request.created_at,
-        created_by=request.created_by,
-        decided_at=request.decided_at,
-        decided_by=request.decided_by,
-        note=request.note,
-        approved_amount=request.approved_amount,
-        version=request.version,
-    )
-
-
 def _amount(amount: int, field: str) -> int:
     """SPEC rule 8 for an amount asked or granted: a whole number from 1 to 2^53."""
     if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
@@ -142,7 +121,7 @@ async def ask(
         reason=why,
         details={"request_id": str(request.id), "kind": kind.value, "amount": amount},
     )
-    return out(request, user)
+    return TokenRequestOut.of(request, user)
 
 
 async def get(session: AsyncSession, request_id: uuid.UUID) -> tuple[TokenRequest, User]:
@@ -166,7 +145,7 @@ async def search(session: AsyncSession, query: RequestQuery) -> TokenRequestPage
     """Requests newest first: of an organization, of a user, in a state, of a kind."""
     rows, total = await repository.search(session, query)
     return TokenRequestPage(
-        requests=[out(request, user) for request, user in rows],
+        requests=[TokenRequestOut.of(request, user) for request, user in rows],
         total=total,
         limit=query.limit,
         offset=query.offset,
@@ -222,7 +201,7 @@ def _decide(
     if request.approved_amount is not None:
         details["approved_amount"] = request.approved_amount
     record(session, act, org, f"token_request_{state}", user=user, reason=note, details=details)
-    return out(request, user)
+    return TokenRequestOut.of(request, user)
 
 
 async def approve(

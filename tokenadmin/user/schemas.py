@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, EmailStr, Field
 
-from tokenadmin.schemas import Amount, Input, Name, Text, WholeNumber
+from tokenadmin.schemas import Amount, Answer, Input, Name, Text, WholeNumber, columns_of
 from tokenadmin.tokens import Kind, current_period, current_period_end
 
 if TYPE_CHECKING:
@@ -88,19 +88,9 @@ class UserOut(BaseModel):
             )
 
         return cls(
-            id=user.id,
-            org_id=user.org_id,
-            email=user.email,
-            name=user.name,
-            role=user.role,
-            status=user.status,
-            max_tokens=user.max_tokens,
-            max_train_tokens=user.max_train_tokens,
+            **columns_of(cls, user, "inference", "training"),
             inference=usage(Kind.inference),
             training=usage(Kind.training),
-            version=user.version,
-            last_activity_at=user.last_activity_at,
-            created_at=user.created_at,
         )
 
 
@@ -111,7 +101,7 @@ class UserPage(BaseModel):
     offset: int
 
 
-class KindBalance(BaseModel):
+class KindBalance(Answer):
     allowance: int
     used: int
     reserved: int
@@ -140,17 +130,7 @@ class UserBalanceOut(BaseModel):
         kinds: dict[Kind, KindAvailability],
         now: datetime,
     ) -> UserBalanceOut:
-        out = {
-            kind: KindBalance(
-                allowance=a.allowance,
-                used=a.used,
-                reserved=a.reserved,
-                remaining=a.remaining,
-                organization_remaining=a.organization_remaining,
-                available=a.available,
-            )
-            for kind, a in kinds.items()
-        }
+        out = {kind: KindBalance.of(a) for kind, a in kinds.items()}
         return cls(
             user_id=user.id,
             email=user.email,
