@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 log = logging.getLogger("tokenadmin.auth")
 
@@ -67,3 +67,7 @@ async def log_denials(request: Request) -> AsyncIterator[None]:
         if status in DENIED:
             log_denied(request, status, str(getattr(error, "code", "denied")))
         raise
+
+
+AUDITED = [Depends(log_denials)]
+"""The dependencies of a router whose refusals are logged: `APIRouter(dependencies=AUDITED)`."""

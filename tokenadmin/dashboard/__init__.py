@@ -1,8 +1,8 @@
 """The web dashboard: server-rendered pages over the same services as the API."""
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 
-from tokenadmin.auth.audit import log_denials
+from tokenadmin.auth.audit import AUDITED
 from tokenadmin.dashboard import (
     auth_pages,
     distribute,
@@ -17,7 +17,7 @@ from tokenadmin.dashboard import (
     users,
 )
 
-router = APIRouter(include_in_schema=False, dependencies=[Depends(log_denials)])
+router = APIRouter(include_in_schema=False, dependencies=AUDITED)
 for module in (
     auth_pages,
     home,

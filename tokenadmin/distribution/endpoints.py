@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
-from tokenadmin.auth.audit import log_denials
+from tokenadmin.auth.audit import AUDITED
 from tokenadmin.auth.principal import Principal
 from tokenadmin.deps import PrincipalDep, idempotent_write
 from tokenadmin.distribution import service
@@ -19,7 +19,7 @@ from tokenadmin.models import Organization
 from tokenadmin.organization import service as organization_service
 
 PATH = "/v1/organizations/{org_id}/distribution"
-router = APIRouter(tags=["distribution"], dependencies=[Depends(log_denials)])
+router = APIRouter(tags=["distribution"], dependencies=AUDITED)
 Step = Callable[[AsyncSession, Act, Organization], Awaitable[service.Distribution]]
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokenadmin.auth.audit import log_denials
+from tokenadmin.auth.audit import AUDITED
 from tokenadmin.deps import DatabaseDep, PrincipalDep
 from tokenadmin.journal import repository
 from tokenadmin.journal.schemas import JournalEntryOut, JournalPage, JournalQuery
@@ -14,11 +14,8 @@ from tokenadmin.journal.service import JournalFilter
 from tokenadmin.organization import service as organization_service
 from tokenadmin.user.lookup import find_by_ref
 
-router = APIRouter(
-    prefix="/v1/organizations/{org_id}/journal",
-    tags=["journal"],
-    dependencies=[Depends(log_denials)],
-)
+PATH = "/v1/organizations/{org_id}/journal"
+router = APIRouter(prefix=PATH, tags=["journal"], dependencies=AUDITED)
 
 
 @router.get("", response_model=JournalPage)

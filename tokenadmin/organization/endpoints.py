@@ -4,13 +4,13 @@ import uuid
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
-from tokenadmin.auth.audit import log_denials
+from tokenadmin.auth.audit import AUDITED
 from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep, idempotent_write
 from tokenadmin.models import Organization
 from tokenadmin.organization import repository, service
@@ -27,9 +27,7 @@ from tokenadmin.organization.schemas import (
     PurchaseUpdate,
 )
 
-router = APIRouter(
-    prefix="/v1/organizations", tags=["organizations"], dependencies=[Depends(log_denials)]
-)
+router = APIRouter(prefix="/v1/organizations", tags=["organizations"], dependencies=AUDITED)
 
 
 def _in_zone(moment: datetime | None, org: Organization) -> datetime | None:

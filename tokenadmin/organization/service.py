@@ -13,13 +13,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenadmin import tokens
 from tokenadmin.act import Act
 from tokenadmin.database import Database, lock_organization
 from tokenadmin.errors import InvalidRequest, NotFound, RuleRefused
 from tokenadmin.journal.service import record
 from tokenadmin.models import Organization, Purchase
 from tokenadmin.organization import repository
-from tokenadmin.tokens import MAX_AMOUNT, Kind, Period, fmt, period_start
+from tokenadmin.tokens import DEFAULT_MINIMUM, MAX_AMOUNT, Kind, Period, fmt, period_start
 from tokenadmin.tokens import current_period as current_period  # re-exported
 from tokenadmin.tokens import current_period_end as current_period_end  # re-exported
 from tokenadmin.user.periods import reset_usage
@@ -55,8 +56,8 @@ async def create(
     name: str,
     time_zone: str = "UTC",
     period: Period = Period.monthly,
-    min_inference: int = 200_000,
-    min_training: int = 0,
+    min_inference: int = DEFAULT_MINIMUM[Kind.inference],
+    min_training: int = DEFAULT_MINIMUM[Kind.training],
     overallocation: bool = False,
 ) -> Organization:
     check_time_zone(time_zone)
@@ -117,19 +118,7 @@ async def bring_up_to_date(session: AsyncSession, act: Act, org: Organization) -
     """Record expired purchases and the start of a new period. Needs the exclusive lock."""
     if org.next_expiry_at is not None and org.next_expiry_at <= act.now:
         for purchase in await repository.due_purchases(session, org.id, act.now):
-            for kind in Kind:
-                amount = purchase.amount(kind)
-                if amount:
-                    record(
-                        session,
-                        act,
-                        org,
-                        "purchase_expired",
-                        kind=kind,
-                        amount=amount,
-                        capacity=-amount,
-                        purchase_id=purchase.id,
-                    )
+            _record_capacity(session, act, org, purchase, "purchase_expired", -1)
             purchase.expired_at = act.now
         await session.flush()
         org.next_expiry_at = await repository.next_expiry(session, org.id)
@@ -291,6 +280,26 @@ async def record_purchase(
         created_by=act.actor,
     )
     session.add(purchase)
+    details = {"payer": payer} if payer else None
+    _record_capacity(session, act, org, purchase, "purchase", 1, note or None, details)
+    if expires_at is not None and (org.next_expiry_at is None or expires_at < org.next_expiry_at):
+        org.next_expiry_at = expires_at
+    org.updated_at = act.now
+    return purchase
+
+
+def _record_capacity(
+    session: AsyncSession,
+    act: Act,
+    org: Organization,
+    purchase: Purchase,
+    action: str,
+    sign: int,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """A purchase's tokens join (`sign` 1) or leave (-1) the capacity: an entry per kind
+    it has tokens of."""
     for kind in Kind:
         amount = purchase.amount(kind)
         if amount:
@@ -298,18 +307,14 @@ async def record_purchase(
                 session,
                 act,
                 org,
-                "purchase",
+                action,
                 kind=kind,
                 amount=amount,
-                capacity=amount,
+                capacity=sign * amount,
                 purchase_id=purchase.id,
-                reason=note or None,
-                details={"payer": payer} if payer else None,
+                reason=reason,
+                details=details,
             )
-    if expires_at is not None and (org.next_expiry_at is None or expires_at < org.next_expiry_at):
-        org.next_expiry_at = expires_at
-    org.updated_at = act.now
-    return purchase
 
 
 async def change_purchase_expiry(
@@ -362,7 +367,7 @@ class KindBalance:
     @property
     def balance(self) -> int:
         """What is left to hand out: negative when over-allocated."""
-        return self.capacity - self.allocated
+        return tokens.balance(self.capacity, self.allocated)
 
     @property
     def shortfall(self) -> int:

@@ -9,11 +9,11 @@ import uuid
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokenadmin.auth.audit import log_denials
+from tokenadmin.auth.audit import AUDITED
 from tokenadmin.auth.principal import Principal
 from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep
 from tokenadmin.errors import NotFound
@@ -25,7 +25,7 @@ from tokenadmin.schemas import Text, written_out
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user.lookup import find_by_ref
 
-router = APIRouter(tags=["reports"], dependencies=[Depends(log_denials)])
+router = APIRouter(tags=["reports"], dependencies=AUDITED)
 
 ReportDay = Annotated[date, written_out("2026-03-31")]
 """A day of a report's range, written out as YYYY-MM-DD (a number is refused)."""

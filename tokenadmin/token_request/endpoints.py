@@ -9,6 +9,7 @@ approves and denies. Another organization's requests do not exist (404).
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, status
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
-from tokenadmin.auth.audit import log_denials
+from tokenadmin.auth.audit import AUDITED
 from tokenadmin.auth.principal import Principal
 from tokenadmin.deps import DatabaseDep, PrincipalDep, db_of, idempotent_write
 from tokenadmin.errors import InvalidRequest, NotFound
@@ -35,7 +36,6 @@ from tokenadmin.tokens import Kind
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user.lookup import find_by_ref
 
-AUDITED = [Depends(log_denials)]
 router = APIRouter(prefix="/v1/token-requests", tags=["token requests"], dependencies=AUDITED)
 org_router = APIRouter(
     prefix="/v1/organizations/{org_id}/token-requests",
@@ -164,7 +164,7 @@ async def get_request(
     """One request, with its decision once there is one."""
 
     async def work(session: AsyncSession) -> TokenRequestOut:
-        return service.out(*await _visible(session, principal, request_id, READERS))
+        return TokenRequestOut.of(*await _visible(session, principal, request_id, READERS))
 
     return await db.read(work)
 
@@ -185,19 +185,25 @@ DeciderDep = Annotated[Principal, Depends(_decider)]
 WithdrawerDep = Annotated[Principal, Depends(_withdrawer)]
 
 
+async def _decide(
+    request: Request, principal: Principal, request_id: uuid.UUID, decision: service.Decision
+) -> JSONResponse:
+    """A decision on the request, with its organization locked, in one idempotent write."""
+
+    async def work(session: AsyncSession, act: Act) -> TokenRequestOut:
+        org = await service.lock_org_of(session, act, request_id)
+        return await decision(session, act, org)
+
+    return await idempotent_write(request, principal, work)
+
+
 @router.post("/{request_id}/approve", response_model=TokenRequestOut)
 async def approve(
     request_id: uuid.UUID, body: TokenRequestApprove, request: Request, principal: DeciderDep
 ) -> JSONResponse:
     """Grant a pending request: the allowance rises by `amount` (default: the amount asked)."""
-
-    async def work(session: AsyncSession, act: Act) -> TokenRequestOut:
-        org = await service.lock_org_of(session, act, request_id)
-        return await service.approve(
-            session, act, org, request_id, amount=body.amount, note=body.note
-        )
-
-    return await idempotent_write(request, principal, work)
+    decision = partial(service.approve, request_id=request_id, amount=body.amount, note=body.note)
+    return await _decide(request, principal, request_id, decision)
 
 
 @router.post("/{request_id}/deny", response_model=TokenRequestOut)
@@ -205,12 +211,8 @@ async def deny(
     request_id: uuid.UUID, body: TokenRequestDeny, request: Request, principal: DeciderDep
 ) -> JSONResponse:
     """Refuse a pending request with a note the member reads."""
-
-    async def work(session: AsyncSession, act: Act) -> TokenRequestOut:
-        org = await service.lock_org_of(session, act, request_id)
-        return await service.deny(session, act, org, request_id, note=body.note)
-
-    return await idempotent_write(request, principal, work)
+    decision = partial(service.deny, request_id=request_id, note=body.note)
+    return await _decide(request, principal, request_id, decision)
 
 
 @router.post("/{request_id}/withdraw", response_model=TokenRequestOut)
@@ -218,9 +220,5 @@ async def withdraw(
     request_id: uuid.UUID, request: Request, principal: WithdrawerDep
 ) -> JSONResponse:
     """Take back a pending request (the member, or a key acting for them)."""
-
-    async def work(session: AsyncSession, act: Act) -> TokenRequestOut:
-        org = await service.lock_org_of(session, act, request_id)
-        return await service.withdraw(session, act, org, request_id, user_id=principal.user_id)
-
-    return await idempotent_write(request, principal, work)
+    decision = partial(service.withdraw, request_id=request_id, user_id=principal.user_id)
+    return await _decide(request, principal, request_id, decision)
