@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.amounts import parse_amount
-from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
+from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org, up_to_date
 from tokenadmin.deps import clock_of, db_of
 from tokenadmin.distribution import service as distribution_service
 from tokenadmin.distribution.schemas import DistributionRequest, Method
@@ -122,8 +122,7 @@ async def distribute_page(
     kind: Kind = Kind.inference,
 ) -> HTMLResponse:
     require_org(viewer, org_id, "admin")
-    db, now = db_of(request), clock_of(request).now()
-    await organization_service.up_to_date(db, org_id, now)
+    db, now = await up_to_date(request, org_id)
 
     async def load(session: AsyncSession) -> dict[str, Any]:
         org = await organization_service.get(session, org_id)

@@ -14,8 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.auth.service import Viewer
 from tokenadmin.dashboard.requests import pending_requests
-from tokenadmin.dashboard.web import ViewerDep, render, require_org
-from tokenadmin.deps import clock_of, db_of
+from tokenadmin.dashboard.web import ViewerDep, render, require_org, up_to_date
 from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.service import current_period
 from tokenadmin.report import service as report_service
@@ -121,8 +120,7 @@ async def home_page(
 ) -> HTMLResponse:
     """The page itself; writes that are refused render it again with their error."""
     require_org(viewer, org_id, "read")
-    db, now = db_of(request), clock_of(request).now()
-    await organization_service.up_to_date(db, org_id, now)
+    db, now = await up_to_date(request, org_id)
 
     async def load(session: AsyncSession) -> dict[str, Any]:
         org = await organization_service.get(session, org_id)

@@ -4,6 +4,7 @@ organization, and recording purchases."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
@@ -83,10 +84,9 @@ async def create_organization(
 ) -> Response:
     _require_operator(viewer)
 
-    async def work(session: AsyncSession) -> str:
+    async def work(session: AsyncSession, act: Act) -> str:
         if not name.strip():
             raise InvalidRequest("The organization needs a name.")
-        act = Act(viewer.principal.actor, clock_of(request).now())
         org = await organization_service.create(
             session,
             act,
@@ -98,17 +98,26 @@ async def create_organization(
         )
         return org.name
 
+    return await _write(request, viewer, work, "create", done="created")
+
+
+async def _write(
+    request: Request,
+    viewer: Viewer,
+    work: Callable[[AsyncSession, Act], Awaitable[str]],
+    form: str,
+    *,
+    done: str,
+) -> Response:
+    """One write of a form of the page, which names an organization: refused, the page again
+    with the message at the form; done, back to the page, which says so (`done`)."""
+    actor, clock = viewer.principal.actor, clock_of(request)
     try:
-        created = await db_of(request).write(work)
+        org_name = await db_of(request).write(lambda s: work(s, Act(actor, clock.now())))
     except TokenAdminError as error:
-        return await _operator_page(
-            request, viewer, status_code=error.status_code, create_error=error.message
-        )
-    return RedirectResponse(f"/operator?{_query('created', created)}", status_code=303)
-
-
-def _query(key: str, value: str) -> str:
-    return urlencode({key: value})
+        refused = {f"{form}_error": error.message}
+        return await _operator_page(request, viewer, status_code=error.status_code, **refused)
+    return RedirectResponse(f"/operator?{urlencode({done: org_name})}", status_code=303)
 
 
 FIRST_DAY, LAST_DAY = date(1, 12, 31), date(9998, 12, 30)
@@ -143,8 +152,7 @@ async def record_purchase(
 ) -> Response:
     _require_operator(viewer)
 
-    async def work(session: AsyncSession) -> str:
-        act = Act(viewer.principal.actor, clock_of(request).now())
+    async def work(session: AsyncSession, act: Act) -> str:
         org = await organization_service.lock_for_change(session, act, org_id)
         expires_at = None
         if valid_through:
@@ -162,10 +170,4 @@ async def record_purchase(
         )
         return org.name
 
-    try:
-        org_name = await db_of(request).write(work)
-    except TokenAdminError as error:
-        return await _operator_page(
-            request, viewer, status_code=error.status_code, purchase_error=error.message
-        )
-    return RedirectResponse(f"/operator?{_query('purchase', org_name)}", status_code=303)
+    return await _write(request, viewer, work, "purchase", done="purchase")

@@ -15,7 +15,7 @@ from tokenadmin.amounts import parse_amount
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.auth.principal import SCOPES
 from tokenadmin.auth.service import Viewer
-from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
+from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org, up_to_date
 from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import InvalidRequest, TokenAdminError
 from tokenadmin.organization import service as organization_service
@@ -70,7 +70,7 @@ async def settings_page(
     notice: Annotated[str, Query(max_length=20)] = "",
 ) -> HTMLResponse:
     require_org(viewer, org_id, "admin")
-    await organization_service.up_to_date(db_of(request), org_id, clock_of(request).now())
+    await up_to_date(request, org_id)
     return await _settings_page(request, org_id, viewer, notice=NOTICES.get(notice))
 
 

@@ -18,8 +18,7 @@ from markupsafe import Markup
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.dashboard.charts import Series, bar_chart
-from tokenadmin.dashboard.web import ViewerDep, render, require_org
-from tokenadmin.deps import clock_of, db_of
+from tokenadmin.dashboard.web import ViewerDep, render, require_org, up_to_date
 from tokenadmin.errors import NotFound
 from tokenadmin.journal import repository as journal_repository
 from tokenadmin.journal.service import JournalFilter
@@ -47,8 +46,7 @@ async def for_user(
 ) -> T:
     """Run `work` on a user of an organization brought up to date (the caller has checked
     who may see them)."""
-    db, now = db_of(request), clock_of(request).now()
-    await organization_service.up_to_date(db, org_id, now)
+    db, now = await up_to_date(request, org_id)
 
     async def load(session: AsyncSession) -> T:
         org = await organization_service.get(session, org_id)

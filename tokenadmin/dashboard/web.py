@@ -6,7 +6,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlparse
@@ -23,6 +23,7 @@ from tokenadmin.auth.service import Viewer
 from tokenadmin.database import Database
 from tokenadmin.deps import clock_of, db_of, settings_of
 from tokenadmin.errors import Forbidden, NotFound, TokenAdminError
+from tokenadmin.organization import service as organization_service
 from tokenadmin.tokens import ALLOWANCE_LABEL, DEFAULT_MINIMUM
 
 SESSION_COOKIE = "ta_session"
@@ -142,6 +143,14 @@ def require_org(viewer: Viewer, org_id: uuid.UUID, scope: str = "admin") -> None
     if viewer.kind == "member":
         raise NotFound("Page not found.")
     viewer.principal.require(org_id, scope)
+
+
+async def up_to_date(request: Request, org_id: uuid.UUID) -> tuple[Database, datetime]:
+    """The organization brought up to date (expired purchases, a new period) before a page
+    reads it; the database and the time now, for the reading."""
+    db, now = db_of(request), clock_of(request).now()
+    await organization_service.up_to_date(db, org_id, now)
+    return db, now
 
 
 def render(
