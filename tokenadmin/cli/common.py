@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any, NoReturn, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
 import typer
@@ -104,6 +104,12 @@ def now_act() -> Act:
     return Act(actor(), SystemClock().now())
 
 
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+OrgOption = Annotated[
+    str, typer.Option("--org", metavar="ORG", help="Organization id or exact name.")
+]
+
+
 @dataclass
 class Cli:
     """The state of one invocation: the global options and how to print."""
@@ -180,6 +186,13 @@ class Cli:
                     code="database_not_migrated",
                 )
             )
+
+    def emit_if_json(self, value: Any) -> bool:
+        """With --json, print `value` as JSON (emit_json) and say so: the command then prints
+        nothing else."""
+        if self.json:
+            emit_json(value)
+        return self.json
 
     def write(self, work: Callable[[AsyncSession, Act], Awaitable[T]]) -> T:
         """One change, in one transaction, by `cli:<login>` at the current time."""

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.cli.allowances import allowance_app
-from tokenadmin.cli.common import Cli, emit_json, out, progress_bar, say
+from tokenadmin.cli.common import Cli, Json, emit_json, out, progress_bar, say
 from tokenadmin.cli.distribute import distribute
 from tokenadmin.cli.orgs import org_app, purchase_app
 from tokenadmin.cli.report import report_app
@@ -51,8 +51,6 @@ app.add_typer(report_app, name="report")
 
 operator_app = typer.Typer(help="Platform operators: people who sign in to the dashboard.")
 app.add_typer(operator_app, name="operator")
-
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 @app.callback()
@@ -284,9 +282,7 @@ def operator_create(
         return str(operator.id), operator.email
 
     operator_id, created = cli.write(work)
-    if cli.json:
-        emit_json({"id": operator_id, "email": created, "name": name.strip()})
-    else:
+    if not cli.emit_if_json({"id": operator_id, "email": created, "name": name.strip()}):
         say(f"Created the operator {created} ({operator_id}); they sign in to the dashboard.")
 
 

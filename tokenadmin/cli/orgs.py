@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.cli.common import (
     Cli,
-    emit_json,
+    Json,
+    OrgOption,
     find_org,
     lock_org,
     note,
@@ -33,11 +34,7 @@ from tokenadmin.tokens import ALLOWANCE_LABEL, DEFAULT_MINIMUM, Kind, Period, fm
 org_app = typer.Typer(help="Organizations: create, list, show and change their policy.")
 purchase_app = typer.Typer(help="Purchases: the capacity an organization bought, and expiries.")
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 INFERENCE, TRAINING = ALLOWANCE_LABEL[Kind.inference], ALLOWANCE_LABEL[Kind.training]
-OrgOption = Annotated[
-    str, typer.Option("--org", metavar="ORG", help="Organization id or exact name.")
-]
 
 
 def _check_name(cli: Cli, name: str | None) -> None:
@@ -92,8 +89,7 @@ def org_create(
         return OrganizationOut.of(org)
 
     created = cli.write(work)
-    if cli.json:
-        emit_json(created)
+    if cli.emit_if_json(created):
         return
     say(f"Created organization {created.name} ({created.id}).")
     say(f"Next: tokenadmin purchase add --org {created.id} --inference 10M")
@@ -104,8 +100,7 @@ def org_list(ctx: typer.Context, json_output: Json = False) -> None:
     """List every organization with its capacity and allocation."""
     cli = Cli.of(ctx, json_output)
     orgs = cli.read(organization_repository.list_all)
-    if cli.json:
-        emit_json([OrganizationOut.of(o) for o in orgs])
+    if cli.emit_if_json([OrganizationOut.of(o) for o in orgs]):
         return
     if not orgs:
         say("No organizations yet. Create one with `tokenadmin org create NAME`.")
@@ -163,8 +158,7 @@ def org_show(
         return await db.read(look)
 
     shown = cli.run(work)
-    if cli.json:
-        emit_json({key: _dump(value) for key, value in shown.items()})
+    if cli.emit_if_json({key: _dump(value) for key, value in shown.items()}):
         return
     organization: OrganizationOut = shown["organization"]
     balance: BalanceOut = shown["balance"]
@@ -279,8 +273,7 @@ def org_update(
         )
 
     updated = cli.write(work)
-    if cli.json:
-        emit_json(updated)
+    if cli.emit_if_json(updated):
         return
     say(f"Updated {updated.name} (version {updated.version}).")
 
@@ -345,8 +338,7 @@ def purchase_add(
         return PurchaseOut.of(purchase)
 
     purchase = cli.write(work)
-    if cli.json:
-        emit_json(purchase)
+    if cli.emit_if_json(purchase):
         return
     bought = " and ".join(
         f"{fmt(amount)} {kind}"
@@ -369,8 +361,7 @@ def purchase_list(ctx: typer.Context, org: OrgOption, json_output: Json = False)
         ]
 
     purchases = cli.read(work)
-    if cli.json:
-        emit_json([p.model_dump(mode="json") for p in purchases])
+    if cli.emit_if_json(purchases):
         return
     _print_purchases(purchases)
 
@@ -420,8 +411,7 @@ def purchase_expire(
         return PurchaseOut.of(changed)
 
     changed = cli.write(work)
-    if cli.json:
-        emit_json(changed)
+    if cli.emit_if_json(changed):
         return
     if changed.expired:
         say(f"Purchase {changed.id} has expired; its tokens no longer count.")

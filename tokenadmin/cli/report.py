@@ -10,7 +10,17 @@ from typing import Annotated, Literal
 import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokenadmin.cli.common import Cli, emit_json, find_org, find_user, now_act, out, say, table
+from tokenadmin.cli.common import (
+    Cli,
+    Json,
+    OrgOption,
+    find_org,
+    find_user,
+    now_act,
+    out,
+    say,
+    table,
+)
 from tokenadmin.database import Database
 from tokenadmin.errors import InvalidRequest
 from tokenadmin.organization import service as organization_service
@@ -20,11 +30,6 @@ from tokenadmin.tokens import Kind
 from tokenadmin.user.lookup import find_by_ref
 
 report_app = typer.Typer(help="Usage reports and run-out forecasts.")
-
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-OrgOption = Annotated[
-    str, typer.Option("--org", metavar="ORG", help="Organization id or exact name.")
-]
 
 
 def _day(cli: Cli, option: str, text: str | None) -> date | None:
@@ -86,8 +91,7 @@ def report_usage(
         )
 
     report = cli.read(work)
-    if cli.json:
-        emit_json(UsageReportOut.of(report).model_dump(mode="json", by_alias=True))
+    if cli.emit_if_json(UsageReportOut.of(report).model_dump(mode="json", by_alias=True)):
         return
     if csv_output:
         typer.echo(report.csv(), nl=False)
@@ -162,8 +166,7 @@ def report_forecast(
         return await db.read(look)
 
     forecast = cli.run(work)
-    if cli.json:
-        emit_json(forecast)
+    if cli.emit_if_json(forecast):
         return
     who = forecast.email if isinstance(forecast, UserForecastOut) else str(org)
     ends = f"; the period ends {forecast.period_end:%Y-%m-%d}" if forecast.period_end else ""

@@ -10,7 +10,16 @@ import typer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
-from tokenadmin.cli.common import Cli, emit_json, find_org, find_user, lock_user, out, say, table
+from tokenadmin.cli.common import (
+    Cli,
+    Json,
+    find_org,
+    find_user,
+    lock_user,
+    out,
+    say,
+    table,
+)
 from tokenadmin.errors import InvalidRequest
 from tokenadmin.models import Organization
 from tokenadmin.token_request import service
@@ -22,7 +31,6 @@ requests_app = typer.Typer(
     " withdraw; each decided once."
 )
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 RequestId = Annotated[str, typer.Argument(metavar="REQUEST_ID", help="The request's id.")]
 
 
@@ -42,9 +50,7 @@ def _request_id(cli: Cli, text: str) -> uuid.UUID:
 
 
 def _show(cli: Cli, found: TokenRequestOut, message: str) -> None:
-    if cli.json:
-        emit_json(found)
-    else:
+    if not cli.emit_if_json(found):
         say(message)
 
 
@@ -99,8 +105,7 @@ def requests_list(
         return await service.search(session, query)
 
     page = cli.read(work)
-    if cli.json:
-        emit_json(page)
+    if cli.emit_if_json(page):
         return
     rows = [
         (

@@ -14,8 +14,9 @@ from tokenadmin.api_key import service as api_key_service
 from tokenadmin.auth.principal import SCOPES
 from tokenadmin.cli.common import (
     Cli,
+    Json,
+    OrgOption,
     actor,
-    emit_json,
     find_org,
     find_user,
     now_act,
@@ -43,10 +44,6 @@ usage_app = typer.Typer(help="Metering: record usage, see what a user has left."
 journal_app = typer.Typer(help="The journal: every change of tokens, newest first.")
 key_app = typer.Typer(help="API keys of an organization: create, list, revoke.")
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-OrgOption = Annotated[
-    str, typer.Option("--org", metavar="ORG", help="Organization id or exact name.")
-]
 UserOption = Annotated[str, typer.Option("--user", metavar="USER", help="The user's email or id.")]
 
 
@@ -111,8 +108,7 @@ def usage_record(
         return {**answer.body, "replayed": answer.replayed}
 
     body = cli.run(work)
-    if cli.json:
-        emit_json(body)
+    if cli.emit_if_json(body):
         return
     again = " (already recorded with this key; nothing changed)" if body["replayed"] else ""
     say(
@@ -141,8 +137,7 @@ def usage_balance(ctx: typer.Context, user: UserOption, json_output: Json = Fals
         return await db.read(look)
 
     balance = cli.run(work)
-    if cli.json:
-        emit_json(balance)
+    if cli.emit_if_json(balance):
         return
     rows = [
         (
@@ -210,8 +205,7 @@ def journal_list(
         return [JournalEntryOut.of(e) for e in entries], {str(u.id): u.email for u in named}
 
     entries, emails = cli.read(work)
-    if cli.json:
-        emit_json([e.model_dump(mode="json") for e in entries])
+    if cli.emit_if_json(entries):
         return
     if not entries:
         say("No journal entries match.")
@@ -283,8 +277,7 @@ def key_create(
         return ApiKeyCreated(**ApiKeyOut.of(key).model_dump(), key=secret)
 
     created = cli.write(work)
-    if cli.json:
-        emit_json(created)
+    if cli.emit_if_json(created):
         return
     typer.echo(created.key)
     typer.echo(
@@ -304,8 +297,7 @@ def key_list(ctx: typer.Context, org: OrgOption, json_output: Json = False) -> N
         return [ApiKeyOut.of(k) for k in await api_key_service.list_keys(session, found.id)]
 
     keys = cli.read(work)
-    if cli.json:
-        emit_json([k.model_dump(mode="json") for k in keys])
+    if cli.emit_if_json(keys):
         return
     if not keys:
         say("No API keys yet: tokenadmin key create --org ORG --name NAME --scope usage")
@@ -350,7 +342,6 @@ def key_revoke(
         return ApiKeyOut.of(await api_key_service.revoke(session, act, found.id, target.id))
 
     revoked = cli.write(work)
-    if cli.json:
-        emit_json(revoked)
+    if cli.emit_if_json(revoked):
         return
     say(f"Revoked key '{revoked.name}' ({revoked.id}).")
