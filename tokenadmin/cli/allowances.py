@@ -16,25 +16,37 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.allowance import service as allowance_service
 from tokenadmin.allowance.service import ChangeResult
-from tokenadmin.amounts import parse_amount
-from tokenadmin.cli.common import Cli, emit_json, find_org, out, say, table
+from tokenadmin.cli.common import (
+    Cli,
+    DryRun,
+    Json,
+    OrgOption,
+    Reason,
+    emit_json,
+    find_org,
+    out,
+    say,
+    table,
+)
 from tokenadmin.errors import InvalidRequest
-from tokenadmin.tokens import ALLOWANCE_FIELD
-from tokenadmin.user.csv_io import CsvRow, read_csv
+from tokenadmin.tokens import ALLOWANCE_LABEL, Kind
+from tokenadmin.user.csv_io import CsvRow, read_amounts, read_csv, read_version
 
-allowance_app = typer.Typer(help="Change Max Tokens and Max Train Tokens: all rows or none.")
+INFERENCE, TRAINING = ALLOWANCE_LABEL[Kind.inference], ALLOWANCE_LABEL[Kind.training]
+allowance_app = typer.Typer(help=f"Change {INFERENCE} and {TRAINING}: all rows or none.")
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-OrgOption = Annotated[
-    str, typer.Option("--org", metavar="ORG", help="Organization id or exact name.")
+
+def _amount_option(help_text: str) -> Any:
+    return typer.Option(metavar="AMOUNT", help=help_text)
+
+
+NewMaxTokens = Annotated[str | None, _amount_option(f"New {INFERENCE}, e.g. 500K.")]
+NewMaxTrainTokens = Annotated[str | None, _amount_option(f"New {TRAINING}, e.g. 1M.")]
+MaxTokensOrMinimum = Annotated[
+    str | None, _amount_option(f"{INFERENCE} (default: the organization's minimum).")
 ]
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Preview only; save nothing.")]
-Reason = Annotated[str | None, typer.Option(help="Why, for the journal.")]
-NewMaxTokens = Annotated[
-    str | None, typer.Option(metavar="AMOUNT", help="New Max Tokens, e.g. 500K.")
-]
-NewMaxTrainTokens = Annotated[
-    str | None, typer.Option(metavar="AMOUNT", help="New Max Train Tokens, e.g. 1M.")
+MaxTrainTokensOrMinimum = Annotated[
+    str | None, _amount_option(f"{TRAINING} (default: the training minimum).")
 ]
 FILE_COLUMNS = ("user", "max_tokens", "max_train_tokens", "expected_version")
 FILE_ALIASES = {"email": "user", "version": "expected_version"}
@@ -194,20 +206,11 @@ def _parse(csv_row: CsvRow, problems: list[dict[str, Any]]) -> Row | None:
         problem("user_required", "The user column is empty.")
     if "" in values:
         problem("extra_cells", f"The row has more cells than the header: '{values['']}'.")
-    for field in ALLOWANCE_FIELD.values():
-        if values.get(field):
-            try:
-                setattr(row, field, parse_amount(values[field]))
-            except ValueError as error:
-                problem("invalid_amount", f"{field}: {error}")
+    amounts = read_amounts(values, problem)
+    row.max_tokens, row.max_train_tokens = amounts.get(Kind.inference), amounts.get(Kind.training)
     if row.max_tokens is None and row.max_train_tokens is None and row.user:
         problem("no_change", "The row has neither max_tokens nor max_train_tokens.")
-    version = values.get("expected_version", "")
-    if version:
-        if version.isascii() and version.isdigit():
-            row.expected_version = int(version)
-        else:
-            problem("invalid_version", f"The version '{version}' is not a whole number.")
+    row.expected_version = read_version(values.get("expected_version", ""), problem)
     return row if len(problems) == found else None
 
 

@@ -22,7 +22,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 from zoneinfo import ZoneInfo
 
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, EmailStr, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -108,6 +108,12 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 OrgOption = Annotated[
     str, typer.Option("--org", metavar="ORG", help="Organization id or exact name.")
 ]
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+]
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Preview only; save nothing.")]
+Reason = Annotated[str | None, typer.Option(help="Why, for the journal.")]
+_emails = TypeAdapter(EmailStr)
 
 
 @dataclass
@@ -225,6 +231,18 @@ class Cli:
                     details={"option": option, "value": text},
                 )
             )
+
+    def name(self, text: str) -> str:
+        """A name (of a user, an organization, a key) without surrounding spaces."""
+        if not 1 <= len(text.strip()) <= 200:
+            self.fail(InvalidRequest("Names are 1 to 200 characters."))
+        return text.strip()
+
+    def email(self, text: str) -> str:
+        try:
+            return _emails.validate_python(text.strip())
+        except ValidationError:
+            self.fail(InvalidRequest(f"'{text}' is not an email address."))
 
     # --- output -------------------------------------------------------------------------
 

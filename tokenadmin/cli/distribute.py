@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
-from tokenadmin.cli.common import Cli, emit_json, lock_org, out, say, table
+from tokenadmin.cli.common import Cli, Reason, emit_json, lock_org, out, say, table
 from tokenadmin.distribution import service
 from tokenadmin.distribution.schemas import DistributionOut, DistributionRequest
 from tokenadmin.errors import AllowanceChangeRefused, InvalidRequest
@@ -102,7 +102,7 @@ def distribute(
     all_users: Annotated[
         bool, typer.Option("--all", help="Every active user (the default without --users).")
     ] = False,
-    reason: Annotated[str | None, typer.Option(help="Why, for the journal.")] = None,
+    reason: Reason = None,
     apply: Annotated[
         bool,
         typer.Option(

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.cli.allowances import allowance_app
-from tokenadmin.cli.common import Cli, Json, emit_json, out, progress_bar, say
+from tokenadmin.cli.common import Cli, Json, PasswordStdin, emit_json, out, progress_bar, say
 from tokenadmin.cli.distribute import distribute
 from tokenadmin.cli.orgs import org_app, purchase_app
 from tokenadmin.cli.report import report_app
@@ -237,12 +237,11 @@ def operator_key(
 ) -> None:
     """Create a platform-operator API key and print it alone (for scripts)."""
     cli = Cli.of(ctx)
-    if not 1 <= len(name.strip()) <= 200:
-        cli.fail(InvalidRequest("Names are 1 to 200 characters."))
+    key_name = cli.name(name)
 
     async def work(session: AsyncSession, act: Act) -> str:
         _, secret = await api_key_service.create(
-            session, act, org_id=None, name=name.strip(), scopes=["admin", "usage", "read"]
+            session, act, org_id=None, name=key_name, scopes=["admin", "usage", "read"]
         )
         return secret
 
@@ -254,35 +253,26 @@ def operator_create(
     ctx: typer.Context,
     email: Annotated[str, typer.Option(help="Email address (the dashboard login).")],
     name: Annotated[str, typer.Option(help="Full name.")],
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
-    ] = False,
+    password_stdin: PasswordStdin = False,
     json_output: Json = False,
 ) -> None:
     """Create a platform operator who signs in to the dashboard (password prompted, hidden)."""
-    from pydantic import EmailStr, TypeAdapter, ValidationError
-
     from tokenadmin.auth import service as auth_service
     from tokenadmin.cli.users import read_password
 
     cli = Cli.of(ctx, json_output)
-    try:
-        address = TypeAdapter(EmailStr).validate_python(email.strip())
-    except ValidationError:
-        cli.fail(InvalidRequest(f"'{email}' is not an email address."))
-    if not 1 <= len(name.strip()) <= 200:
-        cli.fail(InvalidRequest("Names are 1 to 200 characters."))
+    address, full_name = cli.email(email), cli.name(name)
     password = read_password(cli, password_stdin, prompt=True)
     assert password is not None
 
     async def work(session: AsyncSession, act: Act) -> tuple[str, str]:
         operator = await auth_service.create_operator(
-            session, email=address, name=name.strip(), password=password, now=act.now
+            session, email=address, name=full_name, password=password, now=act.now
         )
         return str(operator.id), operator.email
 
     operator_id, created = cli.write(work)
-    if not cli.emit_if_json({"id": operator_id, "email": created, "name": name.strip()}):
+    if not cli.emit_if_json({"id": operator_id, "email": created, "name": full_name}):
         say(f"Created the operator {created} ({operator_id}); they sign in to the dashboard.")
 
 

@@ -37,11 +37,6 @@ purchase_app = typer.Typer(help="Purchases: the capacity an organization bought,
 INFERENCE, TRAINING = ALLOWANCE_LABEL[Kind.inference], ALLOWANCE_LABEL[Kind.training]
 
 
-def _check_name(cli: Cli, name: str | None) -> None:
-    if name is not None and not 1 <= len(name.strip()) <= 200:
-        cli.fail(InvalidRequest("Names are 1 to 200 characters."))
-
-
 @org_app.command("create")
 def org_create(
     ctx: typer.Context,
@@ -65,21 +60,19 @@ def org_create(
 ) -> None:
     """Create an organization (as a platform operator)."""
     cli = Cli.of(ctx, json_output)
-    _check_name(cli, name)
+    org_name = cli.name(name)
     minimums = (
         cli.amount("--min-inference", min_inference) or 0,
         cli.amount("--min-training", min_training) or 0,
     )
 
     async def work(session: AsyncSession, act: Act) -> OrganizationOut:
-        if any(o.name == name.strip() for o in await organization_repository.list_all(session)):
-            note(
-                f"note: another organization is named '{name.strip()}'; use ids to tell them apart."
-            )
+        if any(o.name == org_name for o in await organization_repository.list_all(session)):
+            note(f"note: another organization is named '{org_name}'; use ids to tell them apart.")
         org = await organization_service.create(
             session,
             act,
-            name=name.strip(),
+            name=org_name,
             time_zone=time_zone,
             period=period,
             min_inference=minimums[0],
@@ -253,9 +246,8 @@ def org_update(
 ) -> None:
     """Change an organization's name or policy."""
     cli = Cli.of(ctx, json_output)
-    _check_name(cli, name)
     changes: dict[str, Any] = {
-        "name": name.strip() if name else None,
+        "name": cli.name(name) if name is not None else None,
         "time_zone": time_zone,
         "period": period,
         "min_inference": cli.amount("--min-inference", min_inference),

@@ -266,13 +266,12 @@ def key_create(
                 f"Unknown scope {', '.join(unknown)}; choose from {', '.join(SCOPES)}.",
             )
         )
-    if not 1 <= len(name.strip()) <= 200:
-        cli.fail(InvalidRequest("Names are 1 to 200 characters."))
+    key_name = cli.name(name)
 
     async def work(session: AsyncSession, act: Act) -> ApiKeyCreated:
         found = await find_org(session, org)
         key, secret = await api_key_service.create(
-            session, act, org_id=found.id, name=name.strip(), scopes=scopes
+            session, act, org_id=found.id, name=key_name, scopes=scopes
         )
         return ApiKeyCreated(**ApiKeyOut.of(key).model_dump(), key=secret)
 

@@ -4,21 +4,31 @@ from __future__ import annotations
 
 import sys
 from contextlib import AbstractContextManager, nullcontext
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TextIO
 
 import typer
-from pydantic import EmailStr, TypeAdapter, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin import bulk
 from tokenadmin.act import Act
 from tokenadmin.allowance.service import allowances_of
 from tokenadmin.auth.passwords import MIN_PASSWORD_LENGTH
-from tokenadmin.cli.allowances import NewMaxTokens, NewMaxTrainTokens, print_balance_after
+from tokenadmin.cli.allowances import (
+    INFERENCE,
+    TRAINING,
+    MaxTokensOrMinimum,
+    MaxTrainTokensOrMinimum,
+    NewMaxTokens,
+    NewMaxTrainTokens,
+    print_balance_after,
+)
 from tokenadmin.cli.common import (
     Cli,
+    Json,
+    OrgOption,
+    PasswordStdin,
+    Reason,
     emit_json,
     find_org,
     lock_org,
@@ -40,58 +50,20 @@ from tokenadmin.user import repository as user_repository
 from tokenadmin.user import service as user_service
 from tokenadmin.user.csv_io import CsvRow, count_users, export_chunks
 from tokenadmin.user.csv_schemas import ImportResult
-from tokenadmin.user.schemas import UserOut, UserPage
+from tokenadmin.user.schemas import Role, SortField, Status, UserOut, UserPage
 
 user_app = typer.Typer(help="One user: create, show, change, deactivate, reactivate.")
 users_app = typer.Typer(
     help="The user table: CSV export and import (atomic); many test users at once (seed)."
 )
 
-Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-OrgOption = Annotated[
-    str, typer.Option("--org", metavar="ORG", help="Organization id or exact name.")
-]
 UserArgument = Annotated[str, typer.Argument(help="The user's email or id.")]
 InOrg = Annotated[
     str | None,
     typer.Option("--org", metavar="ORG", help="Only look in this organization (id or name)."),
 ]
-PasswordStdin = Annotated[
-    bool, typer.Option("--password-stdin", help="Read the password from standard input.")
-]
-MaxTokensOrMinimum = Annotated[
-    str | None,
-    typer.Option(metavar="AMOUNT", help="Max Tokens (default: the organization's minimum)."),
-]
-MaxTrainTokensOrMinimum = Annotated[
-    str | None,
-    typer.Option(metavar="AMOUNT", help="Max Train Tokens (default: the training minimum)."),
-]
+RoleOption = Annotated[Role | None, typer.Option(help="admin or member.")]
 PREVIEW_ROWS = 50
-_emails = TypeAdapter(EmailStr)
-
-
-class Role(StrEnum):
-    admin = "admin"
-    member = "member"
-
-
-class Status(StrEnum):
-    active = "active"
-    deactivated = "deactivated"
-
-
-class SortField(StrEnum):
-    name = "name"
-    email = "email"
-    role = "role"
-    status = "status"
-    max_tokens = "max_tokens"
-    inference_used = "inference_used"
-    max_train_tokens = "max_train_tokens"
-    training_used = "training_used"
-    last_activity_at = "last_activity_at"
-    created_at = "created_at"
 
 
 def _allowances(cli: Cli, max_tokens: str | None, max_train: str | None) -> dict[Kind, int]:
@@ -130,8 +102,8 @@ def _print_user(user: UserOut) -> None:
     usage = [
         (label, allowance, kind.used, kind.reserved, kind.remaining)
         for label, allowance, kind in (
-            ("Max Tokens (inference)", user.max_tokens, user.inference),
-            ("Max Train Tokens (training)", user.max_train_tokens, user.training),
+            (f"{INFERENCE} (inference)", user.max_tokens, user.inference),
+            (f"{TRAINING} (training)", user.max_train_tokens, user.training),
         )
     ]
     out().print(table(None, ("allowance", "max", "used", "reserved", "remaining"), usage))
@@ -150,7 +122,7 @@ def user_create(
     org: OrgOption,
     email: Annotated[str, typer.Option(help="Email address (also the login).")],
     name: Annotated[str, typer.Option(help="Full name.")],
-    role: Annotated[Role, typer.Option(help="admin or member.")] = Role.member,
+    role: Annotated[Role, typer.Option(help="admin or member.")] = "member",
     max_tokens: MaxTokensOrMinimum = None,
     max_train_tokens: MaxTrainTokensOrMinimum = None,
     password_stdin: PasswordStdin = False,
@@ -158,17 +130,12 @@ def user_create(
 ) -> None:
     """Add a user; their allowances come from the organization's balance."""
     cli = Cli.of(ctx, json_output)
-    try:
-        address = _emails.validate_python(email.strip())
-    except ValidationError:
-        cli.fail(InvalidRequest(f"'{email}' is not an email address."))
-    if not 1 <= len(name.strip()) <= 200:
-        cli.fail(InvalidRequest("Names are 1 to 200 characters."))
+    address, full_name = cli.email(email), cli.name(name)
     allowances = _allowances(cli, max_tokens, max_train_tokens)
     spec = user_service.NewUser(
         email=address,
-        name=name.strip(),
-        role=role.value,
+        name=full_name,
+        role=role,
         max_tokens=allowances.get(Kind.inference),
         max_train_tokens=allowances.get(Kind.training),
         password=read_password(cli, password_stdin, prompt=False),
@@ -183,8 +150,8 @@ def user_create(
     _user_out(
         cli,
         user,
-        f"Created {user.email} ({user.id}) with {user.max_tokens:,} Max Tokens"
-        f" and {user.max_train_tokens:,} Max Train Tokens.",
+        f"Created {user.email} ({user.id}) with {user.max_tokens:,} {INFERENCE}"
+        f" and {user.max_train_tokens:,} {TRAINING}.",
     )
 
 
@@ -194,8 +161,8 @@ def user_list(
     org: OrgOption,
     search: Annotated[str | None, typer.Option(help="Part of a name or email.")] = None,
     status: Annotated[Status | None, typer.Option(help="active or deactivated.")] = None,
-    role: Annotated[Role | None, typer.Option(help="admin or member.")] = None,
-    sort: Annotated[SortField, typer.Option(help="Column to sort by.")] = SortField.name,
+    role: RoleOption = None,
+    sort: Annotated[SortField, typer.Option(help="Column to sort by.")] = "name",
     desc: Annotated[bool, typer.Option("--desc", help="Sort descending.")] = False,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="Users per page.")] = 50,
     offset: Annotated[int, typer.Option(min=0, help="Users to skip.")] = 0,
@@ -211,9 +178,9 @@ def user_list(
             org_id=found.id,
             period_start=start,
             search=search,
-            status=status.value if status else None,
-            role=role.value if role else None,
-            sort=sort.value,
+            status=status,
+            role=role,
+            sort=sort,
             descending=desc,
             limit=limit,
             offset=offset,
@@ -246,9 +213,9 @@ def user_list(
         "name",
         "role",
         "status",
-        "Max Tokens",
+        INFERENCE,
         "used",
-        "Max Train Tokens",
+        TRAINING,
         "used",
         "last activity",
     )
@@ -283,14 +250,14 @@ def user_update(
     user: UserArgument,
     org: InOrg = None,
     name: Annotated[str | None, typer.Option(help="New name.")] = None,
-    role: Annotated[Role | None, typer.Option(help="admin or member.")] = None,
+    role: RoleOption = None,
     max_tokens: NewMaxTokens = None,
     max_train_tokens: NewMaxTrainTokens = None,
     expected_version: Annotated[
         int | None,
         typer.Option(help="The version you saw; refused if someone changed the user since."),
     ] = None,
-    reason: Annotated[str | None, typer.Option(help="Why, for the journal.")] = None,
+    reason: Reason = None,
     json_output: Json = False,
 ) -> None:
     """Change a user's name, role, Max Tokens and Max Train Tokens in one atomic step."""
@@ -298,8 +265,7 @@ def user_update(
     allowances = _allowances(cli, max_tokens, max_train_tokens)
     if name is None and role is None and not allowances:
         cli.fail(InvalidRequest("Nothing to change: give at least one option."))
-    if name is not None and not 1 <= len(name.strip()) <= 200:
-        cli.fail(InvalidRequest("Names are 1 to 200 characters."))
+    new_name = cli.name(name) if name is not None else None
 
     async def work(session: AsyncSession, act: Act) -> UserOut:
         found, locked = await lock_user(session, act, user, org)
@@ -308,8 +274,8 @@ def user_update(
             act,
             locked,
             found,
-            name=name.strip() if name else None,
-            role=role.value if role else None,
+            name=new_name,
+            role=role,
             allowances=allowances,
             expected_version=expected_version,
             reason=reason,
@@ -320,7 +286,7 @@ def user_update(
     _user_out(
         cli,
         updated,
-        f"Updated {updated.email}: Max Tokens {updated.max_tokens:,}, Max Train Tokens"
+        f"Updated {updated.email}: {INFERENCE} {updated.max_tokens:,}, {TRAINING}"
         f" {updated.max_train_tokens:,} (version {updated.version}).",
     )
 
@@ -365,8 +331,8 @@ def user_reactivate(
     _user_out(
         cli,
         done,
-        f"Reactivated {done.email} with {done.max_tokens:,} Max Tokens"
-        f" and {done.max_train_tokens:,} Max Train Tokens.",
+        f"Reactivated {done.email} with {done.max_tokens:,} {INFERENCE}"
+        f" and {done.max_train_tokens:,} {TRAINING}.",
     )
 
 
@@ -467,7 +433,7 @@ def print_import(result: ImportResult) -> None:
             (str(n.line), n.email, n.name, n.role, n.max_tokens, n.max_train_tokens)
             for n in result.new_users[:PREVIEW_ROWS]
         ]
-        columns = ("line", "email", "name", "role", "Max Tokens", "Max Train Tokens")
+        columns = ("line", "email", "name", "role", INFERENCE, TRAINING)
         out().print(table(f"New users ({len(result.new_users):,})", columns, new_rows))
         _more(len(result.new_users))
     if result.changes:
@@ -576,5 +542,5 @@ def users_seed(
     else:
         say(
             f"Created {count:,} users in {name} ({prefix}…@{bulk.EMAIL_DOMAIN}) with"
-            f" {inference:,} Max Tokens and {training:,} Max Train Tokens each."
+            f" {inference:,} {INFERENCE} and {training:,} {TRAINING} each."
         )

@@ -232,6 +232,33 @@ class _Row:
     amounts: dict[Kind, int] = field(default_factory=dict)
 
 
+Problem = Callable[[str, str], None]
+"""Notes a problem of a row: its code and message."""
+
+
+def read_amounts(values: Mapping[str, str], problem: Problem) -> dict[Kind, int]:
+    """The allowances a row's cells give, per kind (an empty cell gives none)."""
+    amounts: dict[Kind, int] = {}
+    for kind, column in ALLOWANCE_FIELD.items():
+        text = values.get(column, "")
+        if text:
+            try:
+                amounts[kind] = parse_amount(text)
+            except ValueError as error:
+                problem("invalid_amount", f"{column}: {error}")
+    return amounts
+
+
+def read_version(text: str, problem: Problem) -> int | None:
+    """A version cell: empty is none; anything but a whole number is a problem."""
+    if not text:
+        return None
+    if text.isascii() and text.isdigit():
+        return int(text)
+    problem("invalid_version", f"The version '{text}' is not a whole number.")
+    return None
+
+
 def _parse_row(row: CsvRow, problems: list[RowProblem]) -> _Row | None:
     """The row's values, or None (with its problems added) when a cell is not valid."""
     values = {k: _uncell(v.strip()) for k, v in row.values.items()}
@@ -247,14 +274,7 @@ def _parse_row(row: CsvRow, problems: list[RowProblem]) -> _Row | None:
         problem("email_required", "The email is empty.")
     # Stored emails are lower case. Only a new user's email is validated (see _check_new):
     # an existing user's was, and validating 100,000 of them would take seconds.
-    parsed = _Row(row.line, raw_email.lower())
-    for kind, column in ALLOWANCE_FIELD.items():
-        text = values.get(column, "")
-        if text:
-            try:
-                parsed.amounts[kind] = parse_amount(text)
-            except ValueError as error:
-                problem("invalid_amount", f"{column}: {error}")
+    parsed = _Row(row.line, raw_email.lower(), amounts=read_amounts(values, problem))
     name = values.get("name", "")
     if len(name) > 200:
         problem("invalid_name", f"The name has {len(name)} characters; at most 200 are allowed.")
@@ -267,12 +287,7 @@ def _parse_row(row: CsvRow, problems: list[RowProblem]) -> _Row | None:
     if status and status not in ("active", "deactivated"):
         problem("invalid_status", f"Unknown status '{values['status']}'.")
     parsed.status = status or None
-    version = values.get("version", "")
-    if version:
-        if version.isascii() and version.isdigit():
-            parsed.version = int(version)
-        else:
-            problem("invalid_version", f"The version '{version}' is not a whole number.")
+    parsed.version = read_version(values.get("version", ""), problem)
     return parsed if len(problems) == known_problems else None
 
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from tokenadmin.usage.service import KindAvailability
 
 Role = Literal["admin", "member"]
+Status = Literal["active", "deactivated"]
 SortField = Literal[
     "name",
     "email",
@@ -69,7 +70,7 @@ class UserOut(BaseModel):
     email: str
     name: str
     role: Role
-    status: Literal["active", "deactivated"]
+    status: Status
     max_tokens: int
     max_train_tokens: int
     inference: KindUsage
