@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     StrictInt,
     StringConstraints,
+    model_validator,
 )
 
 from tokenadmin.tokens import MAX_AMOUNT
@@ -144,6 +145,17 @@ class FieldRule(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+def one_of_required(*fields: str, message: str) -> Any:
+    """A model check, assigned in the class body: at least one of `fields` is given."""
+
+    def check(model: BaseModel) -> BaseModel:
+        if all(getattr(model, field) is None for field in fields):
+            raise ValueError(message)
+        return model
+
+    return model_validator(mode="after")(check)
 
 
 class Input(BaseModel):

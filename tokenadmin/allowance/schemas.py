@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, StrictBool, model_validator
+from pydantic import BaseModel, Field, StrictBool
 
-from tokenadmin.schemas import Amount, Input, Text, WholeNumber
+from tokenadmin.schemas import Amount, Input, Text, WholeNumber, one_of_required
 
 
 class AllowanceRow(Input):
@@ -10,12 +10,11 @@ class AllowanceRow(Input):
     max_tokens: Amount | None = None
     max_train_tokens: Amount | None = None
     expected_version: WholeNumber | None = None
-
-    @model_validator(mode="after")
-    def _something_to_change(self) -> AllowanceRow:
-        if self.max_tokens is None and self.max_train_tokens is None:
-            raise ValueError("each row needs max_tokens, max_train_tokens or both")
-        return self
+    _something_to_change = one_of_required(
+        "max_tokens",
+        "max_train_tokens",
+        message="each row needs max_tokens, max_train_tokens or both",
+    )
 
 
 class AllowanceChange(Input):

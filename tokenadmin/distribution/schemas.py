@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StrictInt, model_validator
 
-from tokenadmin.schemas import WHOLE, Amount, Input, PositiveAmount, Text
+from tokenadmin.schemas import WHOLE, Amount, Input, PositiveAmount, Text, one_of_required
 from tokenadmin.tokens import ALLOWANCE_LABEL, Kind
 
 Method = Literal["equal", "fixed", "percent"]
@@ -68,12 +68,7 @@ class DistributionRequest(Input):
         description="User ids or emails; left out, every active user of the organization.",
     )
     reason: Text | None = Field(default=None, max_length=500, description="For the journal.")
-
-    @model_validator(mode="after")
-    def _a_kind(self) -> DistributionRequest:
-        if self.inference is None and self.training is None:
-            raise ValueError("give inference, training or both")
-        return self
+    _a_kind = one_of_required("inference", "training", message="give inference, training or both")
 
 
 class DistributionApply(DistributionRequest):
