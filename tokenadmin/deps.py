@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any
@@ -22,6 +23,8 @@ from tokenadmin.database import Database
 from tokenadmin.errors import Unauthenticated
 from tokenadmin.idempotency import service as idempotency
 from tokenadmin.logs import note_actor
+from tokenadmin.models import Organization
+from tokenadmin.organization import service as organization_service
 
 # The dependencies are coroutines although they do not wait: FastAPI runs a plain
 # function in a worker thread, a round trip that costs more than the work.
@@ -138,6 +141,24 @@ async def idempotent_write(
         in_flight=request.app.state.keys_in_flight,
     )
     return answer_response(answer)
+
+
+async def locked_write(
+    request: Request,
+    principal: Principal,
+    org_id: uuid.UUID,
+    work: Callable[[AsyncSession, Act, Organization], Awaitable[Any]],
+    *,
+    status_code: int = 200,
+) -> JSONResponse:
+    """An idempotent write (`idempotent_write`) of a change to one organization, which it
+    locks and brings up to date first (`organization.service.lock_for_change`)."""
+
+    async def locked(session: AsyncSession, act: Act) -> Any:
+        org = await organization_service.lock_for_change(session, act, org_id)
+        return await work(session, act, org)
+
+    return await idempotent_write(request, principal, locked, status_code=status_code)
 
 
 def answer_response(answer: idempotency.Answer) -> JSONResponse:

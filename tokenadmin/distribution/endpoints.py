@@ -12,11 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.auth.audit import AUDITED
 from tokenadmin.auth.principal import Principal
-from tokenadmin.deps import PrincipalDep, idempotent_write
+from tokenadmin.deps import PrincipalDep, locked_write
 from tokenadmin.distribution import service
 from tokenadmin.distribution.schemas import DistributionApply, DistributionOut, DistributionRequest
 from tokenadmin.models import Organization
-from tokenadmin.organization import service as organization_service
 
 PATH = "/v1/organizations/{org_id}/distribution"
 router = APIRouter(tags=["distribution"], dependencies=AUDITED)
@@ -30,11 +29,10 @@ async def _answer(
     write; the service's distribution answered as `DistributionOut`."""
     principal.require(org_id, "admin")
 
-    async def work(session: AsyncSession, act: Act) -> DistributionOut:
-        org = await organization_service.lock_for_change(session, act, org_id)
+    async def work(session: AsyncSession, act: Act, org: Organization) -> DistributionOut:
         return (await step(session, act, org)).out()
 
-    return await idempotent_write(request, principal, work)
+    return await locked_write(request, principal, org_id, work)
 
 
 @router.post(f"{PATH}/preview", response_model=DistributionOut)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.auth.audit import AUDITED
-from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep, idempotent_write
+from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep, idempotent_write, locked_write
 from tokenadmin.models import Organization
 from tokenadmin.organization import repository, service
 from tokenadmin.organization.schemas import (
@@ -75,12 +75,11 @@ async def update_organization(
     """Change an organization's name or policy (time zone, period, minimums, overallocation)."""
     principal.require(org_id, "admin")
 
-    async def work(session: AsyncSession, act: Act) -> OrganizationOut:
-        org = await service.lock_for_change(session, act, org_id)
+    async def work(session: AsyncSession, act: Act, org: Organization) -> OrganizationOut:
         changes = body.model_dump(exclude_unset=True)
         return OrganizationOut.of(await service.update_policy(session, act, org, changes))
 
-    return await idempotent_write(request, principal, work)
+    return await locked_write(request, principal, org_id, work)
 
 
 @router.post("/{org_id}/purchases", status_code=status.HTTP_201_CREATED, response_model=PurchaseOut)
@@ -90,8 +89,7 @@ async def record_purchase(
     """Record a purchase of tokens, with an optional expiry (platform operators)."""
     principal.require_operator()
 
-    async def work(session: AsyncSession, act: Act) -> PurchaseOut:
-        org = await service.lock_for_change(session, act, org_id)
+    async def work(session: AsyncSession, act: Act, org: Organization) -> PurchaseOut:
         purchase = await service.record_purchase(
             session,
             act,
@@ -105,7 +103,7 @@ async def record_purchase(
         )
         return PurchaseOut.of(purchase)
 
-    return await idempotent_write(request, principal, work, status_code=201)
+    return await locked_write(request, principal, org_id, work, status_code=201)
 
 
 @router.get("/{org_id}/purchases", response_model=list[PurchaseOut])
@@ -133,14 +131,13 @@ async def change_purchase_expiry(
     """Set, move or clear a purchase's expiry (platform operators)."""
     principal.require_operator()
 
-    async def work(session: AsyncSession, act: Act) -> PurchaseOut:
-        org = await service.lock_for_change(session, act, org_id)
+    async def work(session: AsyncSession, act: Act, org: Organization) -> PurchaseOut:
         purchase = await service.change_purchase_expiry(
             session, act, org, purchase_id, _in_zone(body.expires_at, org)
         )
         return PurchaseOut.of(purchase)
 
-    return await idempotent_write(request, principal, work)
+    return await locked_write(request, principal, org_id, work)
 
 
 @router.get("/{org_id}/balance", response_model=BalanceOut)

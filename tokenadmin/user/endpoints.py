@@ -14,7 +14,7 @@ from tokenadmin.auth.audit import log_denials
 from tokenadmin.auth.principal import Principal
 from tokenadmin.dashboard.web import csv_download
 from tokenadmin.database import Database
-from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep, idempotent_write
+from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep, idempotent_write, locked_write
 from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
@@ -95,13 +95,12 @@ async def create_user(
     """Add a user; they get the organization's minimum from the balance unless told more."""
     principal.require(org_id, "admin")
 
-    async def work(session: AsyncSession, act: Act) -> UserOut:
-        org = await organization_service.lock_for_change(session, act, org_id)
+    async def work(session: AsyncSession, act: Act, org: Organization) -> UserOut:
         spec = service.NewUser(**body.model_dump())
         user = await service.create(session, act, org, spec)
         return UserOut.of(user, current_period(org, act.now))
 
-    return await idempotent_write(request, principal, work, status_code=201)
+    return await locked_write(request, principal, org_id, work, status_code=201)
 
 
 async def users_csv(db: Database, org_id: uuid.UUID, now: datetime) -> StreamingResponse:
