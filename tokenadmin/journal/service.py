@@ -137,6 +137,32 @@ def record(
     return entry
 
 
+def record_returned(
+    session: AsyncSession,
+    act: Act,
+    org: Organization,
+    action: str,
+    user: User,
+    kind: Kind,
+    returned: int,
+    **more: Any,
+) -> Entry:
+    """`record` an entry of `returned` tokens of a user's allowance going back to the
+    organization's balance (a deactivation, a deactivated user's period ending)."""
+    return record(
+        session,
+        act,
+        org,
+        action,
+        kind=kind,
+        user=user,
+        amount=returned,
+        allowance=-returned,
+        allocated=-returned,
+        **more,
+    )
+
+
 async def write_pending(session: AsyncSession) -> None:
     """Write the session's changes, then its recorded entries in order, giving them ids."""
     await session.run_sync(_write_pending)

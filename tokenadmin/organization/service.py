@@ -17,7 +17,7 @@ from tokenadmin import tokens
 from tokenadmin.act import Act
 from tokenadmin.database import Database, lock_organization
 from tokenadmin.errors import InvalidRequest, NotFound, RuleRefused
-from tokenadmin.journal.service import record
+from tokenadmin.journal.service import record, record_returned
 from tokenadmin.models import Organization, Purchase
 from tokenadmin.organization import repository
 from tokenadmin.tokens import DEFAULT_MINIMUM, MAX_AMOUNT, Kind, Period, fmt, period_start
@@ -136,16 +136,14 @@ async def _start_period(
         for kind in Kind:
             retained = user.allowance(kind)
             if retained or user.used(kind):
-                record(
+                record_returned(
                     session,
                     act,
                     org,
                     "period_reset",
-                    kind=kind,
-                    user=user,
-                    amount=retained,
-                    allowance=-retained,
-                    allocated=-retained,
+                    user,
+                    kind,
+                    retained,
                     used=-user.used(kind),
                     reason="period started; a deactivated user's usage returns to the balance",
                 )

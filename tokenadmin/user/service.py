@@ -16,7 +16,7 @@ from tokenadmin.act import Act
 from tokenadmin.allowance.service import Request
 from tokenadmin.auth.passwords import MIN_PASSWORD_LENGTH, hash_password
 from tokenadmin.errors import Conflict, EmailTaken, InvalidRequest, NotFound, TokenAdminError
-from tokenadmin.journal.service import record
+from tokenadmin.journal.service import record, record_returned
 from tokenadmin.models import DashboardSession, Organization, Reservation, User
 from tokenadmin.organization.service import current_period
 from tokenadmin.tokens import Kind
@@ -147,17 +147,8 @@ async def deactivate(session: AsyncSession, act: Act, org: Organization, user: U
     returns = {kind: user.allowance(kind) - user.used(kind) for kind in Kind}
     for kind, returned in returns.items():
         if returned:
-            record(
-                session,
-                act,
-                org,
-                "user_deactivated",
-                kind=kind,
-                user=user,
-                amount=returned,
-                allowance=-returned,
-                allocated=-returned,
-                reason=reason,
+            record_returned(
+                session, act, org, "user_deactivated", user, kind, returned, reason=reason
             )
     if not any(returns.values()):
         record(session, act, org, "user_deactivated", user=user, reason=reason)
