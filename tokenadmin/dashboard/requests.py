@@ -7,6 +7,7 @@ Thin callers of token_request.service, one transaction per form.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -54,6 +55,26 @@ def _act(request: Request, viewer: Viewer) -> Act:
     return Act(viewer.principal.actor, clock_of(request).now())
 
 
+async def _write(
+    request: Request,
+    work: Callable[[AsyncSession], Awaitable[None]],
+    refused: Callable[[TokenAdminError], Awaitable[Response]],
+    done: str,
+    *,
+    missing_on_page: bool = False,
+) -> Response:
+    """One form's write: saved, a redirect to `done`; refused, the page again through
+    `refused`. Something missing (a request, an organization) is the 404 page unless
+    `missing_on_page`."""
+    try:
+        await db_of(request).write(work)
+    except TokenAdminError as error:
+        if isinstance(error, NotFound) and not missing_on_page:
+            raise
+        return await refused(error)
+    return RedirectResponse(done, status_code=303)
+
+
 @router.post("/me/requests")
 async def request_tokens(
     request: Request,
@@ -76,17 +97,16 @@ async def request_tokens(
             raise NotFound("User not found.")
         await service.ask(session, act, org, user, kind, tokens, reason)
 
-    try:
-        await db_of(request).write(work)
-    except TokenAdminError as error:
-        return await my_page_response(
+    def refused(error: TokenAdminError) -> Awaitable[Response]:
+        return my_page_response(
             request,
             viewer,
             status_code=error.status_code,
             request_error=error.message,
             asked=(kind, amount, reason),
         )
-    return RedirectResponse("/me?notice=requested", status_code=303)
+
+    return await _write(request, work, refused, "/me?notice=requested", missing_on_page=True)
 
 
 @router.post("/me/requests/{request_id}/withdraw")
@@ -101,15 +121,12 @@ async def withdraw_request(request: Request, request_id: uuid.UUID, viewer: Writ
         org = await service.lock_org_of(session, act, request_id)
         await service.withdraw(session, act, org, request_id, user_id=user_id)
 
-    try:
-        await db_of(request).write(work)
-    except NotFound:
-        raise
-    except TokenAdminError as error:
-        return await my_page_response(
+    def refused(error: TokenAdminError) -> Awaitable[Response]:
+        return my_page_response(
             request, viewer, status_code=error.status_code, request_error=error.message
         )
-    return RedirectResponse("/me?notice=withdrawn", status_code=303)
+
+    return await _write(request, work, refused, "/me?notice=withdrawn")
 
 
 def _amount(text: str, label: str) -> int:
@@ -132,20 +149,13 @@ async def _decide(
         org = await organization_service.lock_for_change(session, act, org_id)
         await decide(session, act, org)
 
-    try:
-        await db_of(request).write(work)
-    except NotFound:
-        raise
-    except TokenAdminError as error:
-        return await home_page(
-            request,
-            viewer,
-            org_id,
-            TableView(),
-            status_code=error.status_code,
-            error=error.message,
+    def refused(error: TokenAdminError) -> Awaitable[Response]:
+        view = TableView()
+        return home_page(
+            request, viewer, org_id, view, status_code=error.status_code, error=error.message
         )
-    return RedirectResponse(f"/orgs/{org_id}?notice={notice}#requests", status_code=303)
+
+    return await _write(request, work, refused, f"/orgs/{org_id}?notice={notice}#requests")
 
 
 @router.post("/orgs/{org_id}/token-requests/{request_id}/approve")
