@@ -27,7 +27,7 @@ from tokenadmin.errors import InvalidRequest
 from tokenadmin.journal import chain
 from tokenadmin.models import Organization, User
 from tokenadmin.organization.service import current_period, lock_for_change
-from tokenadmin.tokens import MAX_AMOUNT, Kind, fmt
+from tokenadmin.tokens import DEFAULT_MINIMUM, MAX_AMOUNT, Kind, fmt
 
 EMAIL_DOMAIN = "bulk.example"
 MAX_COUNT = 1_000_000
@@ -60,8 +60,8 @@ async def seed_users(
     org_id: uuid.UUID,
     count: int,
     *,
-    max_tokens: int = 200_000,
-    max_train_tokens: int = 0,
+    max_tokens: int = DEFAULT_MINIMUM[Kind.inference],
+    max_train_tokens: int = DEFAULT_MINIMUM[Kind.training],
     prefix: str = "user",
     act: Act | None = None,
 ) -> None:

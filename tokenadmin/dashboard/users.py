@@ -26,6 +26,7 @@ from tokenadmin.deps import idempotent_write
 from tokenadmin.errors import InvalidRequest, TokenAdminError
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
+from tokenadmin.tokens import ALLOWANCE_FIELD, ALLOWANCE_LABEL
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user import service as user_service
 from tokenadmin.user.schemas import UserCreate
@@ -186,14 +187,14 @@ async def add_user(org_id: uuid.UUID, request: Request, viewer: WriterDep) -> Re
 def _user_create(fields: dict[str, str]) -> UserCreate:
     """The API's own schema checks the form, so both refuse the same things."""
     amounts: dict[str, int | None] = {}
-    for name, label in (("max_tokens", "Max Tokens"), ("max_train_tokens", "Max Train Tokens")):
+    for kind, name in ALLOWANCE_FIELD.items():
         if not fields[name]:
             amounts[name] = None
             continue
         try:
             amounts[name] = parse_amount(fields[name])
         except ValueError as error:
-            raise InvalidRequest(f"{label}: {error}") from error
+            raise InvalidRequest(f"{ALLOWANCE_LABEL[kind]}: {error}") from error
     try:
         return UserCreate(
             email=fields["email"], name=fields["name"], role=fields["role"] or "member", **amounts
