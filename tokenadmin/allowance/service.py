@@ -452,24 +452,14 @@ async def _name_users(
     """Rows naming users by id or email become requests; a user unknown here or named
     twice is refused with its row."""
     refs = [row.user for row in rows if not isinstance(row, Request)]
-    ids: list[uuid.UUID] = []
-    emails: list[str] = []
-    for ref in refs:
-        try:
-            ids.append(uuid.UUID(ref))
-        except ValueError:
-            emails.append(ref.lower())
-    by_ref: dict[str, User] = {}
-    if refs:
-        for user in await user_repository.find_in_org(session, org.id, ids=ids, emails=emails):
-            by_ref[str(user.id)] = by_ref[user.email] = user
+    by_ref = await user_repository.find_by_refs(session, org.id, refs) if refs else {}
     named = _Named()
     seen: dict[uuid.UUID, int] = {}
     for index, row in enumerate(rows):
         if isinstance(row, Request):
             request = row
         else:
-            found = by_ref.get(row.user) or by_ref.get(row.user.lower())
+            found = by_ref.get(row.user)
             if found is None:
                 message = f"No user '{row.user}' in this organization."
                 named.refused.append(Refusal(index, None, "user_not_found", message, ref=row.user))
