@@ -32,6 +32,7 @@ class World:
     a_purchase: str
     a_key: str
     a_reservation: str
+    a_request: str
     b_org: str
     b_user: str
 
@@ -100,6 +101,56 @@ ROUTES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
         ("GET", f"/v1/organizations/{w.a_org}/usage-report?group_by=model", None),
         ("GET", f"/v1/organizations/{w.b_org}/usage-report?user={w.a_email}", None),
         ("GET", f"/v1/organizations/{w.b_org}/usage-report?user={w.a_user}&format=csv", None),
+    ],
+    ("POST", "/v1/organizations/{org_id}/distribution/preview"): lambda w: [
+        (
+            "POST",
+            f"/v1/organizations/{w.a_org}/distribution/preview",
+            {"inference": {"method": "fixed", "amount": 1_000}, "users": [w.a_email]},
+        )
+    ],
+    ("POST", "/v1/organizations/{org_id}/distribution"): lambda w: [
+        (
+            "POST",
+            f"/v1/organizations/{w.a_org}/distribution",
+            {"inference": {"method": "fixed", "amount": 1_000}},
+        )
+    ],
+    ("GET", "/v1/organizations/{org_id}/users.csv"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/users.csv", None)
+    ],
+    ("POST", "/v1/organizations/{org_id}/users/import"): lambda w: [
+        (
+            "POST",
+            f"/v1/organizations/{w.a_org}/users/import",
+            {"csv": f"email,name,max_tokens\n{w.a_email},Alice,300000\n", "dry_run": True},
+        )
+    ],
+    ("POST", "/v1/token-requests"): lambda w: [
+        (
+            "POST",
+            "/v1/token-requests",
+            {"user": ref, "kind": "inference", "amount": 1_000, "reason": "more"},
+        )
+        for ref in (w.a_user, w.a_email)
+    ],
+    ("GET", "/v1/organizations/{org_id}/token-requests"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/token-requests?state=any", None)
+    ],
+    ("GET", "/v1/users/{user_id}/token-requests"): lambda w: [
+        ("GET", f"/v1/users/{w.a_user}/token-requests", None)
+    ],
+    ("GET", "/v1/token-requests/{request_id}"): lambda w: [
+        ("GET", f"/v1/token-requests/{w.a_request}", None)
+    ],
+    ("POST", "/v1/token-requests/{request_id}/approve"): lambda w: [
+        ("POST", f"/v1/token-requests/{w.a_request}/approve", {"amount": 1_000})
+    ],
+    ("POST", "/v1/token-requests/{request_id}/deny"): lambda w: [
+        ("POST", f"/v1/token-requests/{w.a_request}/deny", {"note": "no"})
+    ],
+    ("POST", "/v1/token-requests/{request_id}/withdraw"): lambda w: [
+        ("POST", f"/v1/token-requests/{w.a_request}/withdraw", None)
     ],
     ("POST", "/v1/organizations/{org_id}/allowances"): lambda w: [
         (
@@ -185,6 +236,11 @@ async def world(api: Api) -> World:
         "/v1/reservations", {"user": a_user["id"], "kind": "inference", "tokens": 500}, expect=201
     )
     await a_usage.use(a_user["id"], 1_000, expect=200)
+    request = await a_usage.post(
+        "/v1/token-requests",
+        {"user": a_user["id"], "kind": "inference", "amount": 5_000, "reason": "a big job"},
+        expect=201,
+    )
     assert a_admin
     b_org = await funded_org(api)
     b_user = await api.user(b_org, "bob@b.example")
@@ -195,6 +251,7 @@ async def world(api: Api) -> World:
         a_purchase=purchase["id"],
         a_key=keys[0]["id"],
         a_reservation=reservation["id"],
+        a_request=request["id"],
         b_org=b_org,
         b_user=b_user["id"],
     )
