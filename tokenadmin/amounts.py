@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, Inexact, localcontext
 
+from tokenadmin.errors import InvalidRequest
 from tokenadmin.tokens import MAX_AMOUNT, fmt
 
 SUFFIXES = {"": 1, "k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
@@ -63,4 +64,18 @@ def _checked(cleaned: str, amount: int, positive: bool) -> int:
         raise ValueError(f"'{cleaned}' is more than the largest amount, {fmt(MAX_AMOUNT)}.")
     if positive and amount == 0:
         raise ValueError("The amount must be at least 1 token.")
+    return amount
+
+
+def check_amount(amount: int, *, positive: bool = False, field: str | None = None) -> int:
+    """SPEC rule 8 for an amount a service is handed: a whole number of tokens from 0 (1 when
+    `positive`) to 2^53, else 422 invalid_amount naming `field`."""
+    low = 1 if positive else 0
+    if isinstance(amount, bool) or not isinstance(amount, int) or not low <= amount <= MAX_AMOUNT:
+        raise InvalidRequest(
+            f"{field + ': ' if field else ''}amounts are whole numbers of tokens from {low} to"
+            f" {fmt(MAX_AMOUNT)}.",
+            code="invalid_amount",
+            details={"field": field} if field else None,
+        )
     return amount

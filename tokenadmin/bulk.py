@@ -21,13 +21,14 @@ from uuid6 import uuid7
 
 from tokenadmin.act import Act
 from tokenadmin.allowance import service as allowance_service
+from tokenadmin.amounts import check_amount
 from tokenadmin.clock import SystemClock
 from tokenadmin.database import Database
 from tokenadmin.errors import InvalidRequest
 from tokenadmin.journal import chain
 from tokenadmin.models import Organization, User
 from tokenadmin.organization.service import current_period, lock_for_change
-from tokenadmin.tokens import DEFAULT_MINIMUM, MAX_AMOUNT, Kind, fmt
+from tokenadmin.tokens import DEFAULT_MINIMUM, Kind, fmt
 
 EMAIL_DOMAIN = "bulk.example"
 MAX_COUNT = 1_000_000
@@ -73,11 +74,8 @@ async def seed_users(
         raise InvalidRequest(
             "The prefix is a lowercase letter, then up to 39 letters, digits, dots or dashes."
         )
-    for value in (max_tokens, max_train_tokens):
-        if not 0 <= value <= MAX_AMOUNT:
-            raise InvalidRequest(
-                f"Amounts are whole numbers from 0 to {fmt(MAX_AMOUNT)}.", code="invalid_amount"
-            )
+    check_amount(max_tokens, field="max_tokens")
+    check_amount(max_train_tokens, field="max_train_tokens")
     act = act or Act("bulk", SystemClock().now())
     allowances = {Kind.inference: max_tokens, Kind.training: max_train_tokens}
 

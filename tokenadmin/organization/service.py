@@ -15,12 +15,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin import tokens
 from tokenadmin.act import Act
+from tokenadmin.amounts import check_amount
 from tokenadmin.database import Database, lock_organization
 from tokenadmin.errors import InvalidRequest, NotFound, RuleRefused
 from tokenadmin.journal.service import record, record_returned
 from tokenadmin.models import Organization, Purchase
 from tokenadmin.organization import repository
-from tokenadmin.tokens import DEFAULT_MINIMUM, MAX_AMOUNT, Kind, Period, fmt, period_start
+from tokenadmin.tokens import DEFAULT_MINIMUM, Kind, Period, fmt, period_start
 from tokenadmin.tokens import current_period as current_period  # re-exported
 from tokenadmin.tokens import current_period_end as current_period_end  # re-exported
 from tokenadmin.user.periods import reset_usage
@@ -253,11 +254,8 @@ async def record_purchase(
         raise InvalidRequest(
             "A purchase needs a positive inference or training amount.", code="invalid_amount"
         )
-    for amount in (inference_amount, training_amount):
-        if amount < 0 or amount > MAX_AMOUNT:
-            raise InvalidRequest(
-                f"Amounts must be whole numbers from 0 to {fmt(MAX_AMOUNT)}.", code="invalid_amount"
-            )
+    check_amount(inference_amount, field="inference_amount")
+    check_amount(training_amount, field="training_amount")
     if expires_at is not None and expires_at <= act.now:
         raise InvalidRequest(
             "The expiry must be in the future.",

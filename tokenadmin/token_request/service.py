@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from uuid6 import uuid7
 
 from tokenadmin.act import Act
+from tokenadmin.amounts import check_amount
 from tokenadmin.errors import (
     Conflict,
     InvalidRequest,
@@ -39,7 +40,7 @@ from tokenadmin.organization import service as organization_service
 from tokenadmin.token_request import repository
 from tokenadmin.token_request.repository import RequestQuery
 from tokenadmin.token_request.schemas import TokenRequestOut, TokenRequestPage
-from tokenadmin.tokens import MAX_AMOUNT, Kind, fmt
+from tokenadmin.tokens import Kind, fmt
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user import service as user_service
 
@@ -47,17 +48,6 @@ Decision = Callable[[AsyncSession, Act, Organization], Awaitable[TokenRequestOut
 """A decision on a request, run once its organization is locked (`lock_org_of`)."""
 
 __all__ = ["Decision", "RequestQuery", "approve", "ask", "deny", "get", "search", "withdraw"]
-
-
-def _amount(amount: int, field: str) -> int:
-    """SPEC rule 8 for an amount asked or granted: a whole number from 1 to 2^53."""
-    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
-        raise InvalidRequest(
-            f"{field}: a request is for a whole number of tokens from 1 to {fmt(MAX_AMOUNT)}.",
-            code="invalid_amount",
-            details={"field": field},
-        )
-    return amount
 
 
 def _text(text: str | None, field: str, *, required: str | None = None) -> str | None:
@@ -77,7 +67,7 @@ async def ask(
     reason: str,
 ) -> TokenRequestOut:
     """An active user of `org` asks for `amount` more tokens of `kind`."""
-    _amount(amount, "amount")
+    check_amount(amount, positive=True, field="amount")
     why = _text(
         reason,
         "reason",
@@ -216,7 +206,9 @@ async def approve(
     """Grant a pending request: the user's allowance of its kind rises by `amount` (by
     default the amount asked), through the allowance rules; refused, it stays pending."""
     request, user = await _pending(session, org, request_id)
-    granted = request.amount if amount is None else _amount(amount, "amount")
+    granted = (
+        request.amount if amount is None else check_amount(amount, positive=True, field="amount")
+    )
     why = _text(note, "note")
     kind = Kind(request.kind)
     await user_service.update(
