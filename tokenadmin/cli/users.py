@@ -46,7 +46,6 @@ from tokenadmin.errors import InvalidRequest
 from tokenadmin.organization.service import current_period
 from tokenadmin.tokens import Kind
 from tokenadmin.user import csv_io
-from tokenadmin.user import repository as user_repository
 from tokenadmin.user import service as user_service
 from tokenadmin.user.csv_io import CsvRow, count_users, export_chunks
 from tokenadmin.user.csv_schemas import ImportResult
@@ -173,10 +172,10 @@ def user_list(
 
     async def work(session: AsyncSession) -> UserPage:
         found = await find_org(session, org)
-        start = current_period(found, now_act().now)
-        query = user_repository.UserQuery(
-            org_id=found.id,
-            period_start=start,
+        return await user_service.search(
+            session,
+            found,
+            now_act().now,
             search=search,
             status=status,
             role=role,
@@ -184,10 +183,6 @@ def user_list(
             descending=desc,
             limit=limit,
             offset=offset,
-        )
-        users, total = await user_repository.search(session, query)
-        return UserPage(
-            users=[UserOut.of(u, start) for u in users], total=total, limit=limit, offset=offset
         )
 
     page = cli.read(work)

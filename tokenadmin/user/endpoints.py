@@ -67,10 +67,10 @@ async def list_users(
 
     async def work(session: AsyncSession) -> UserPage:
         org = await organization_service.get(session, org_id)
-        start = current_period(org, clock.now())
-        query = repository.UserQuery(
-            org_id=org_id,
-            period_start=start,
+        return await service.search(
+            session,
+            org,
+            clock.now(),
             search=search,
             status=status_,
             role=role,
@@ -79,10 +79,6 @@ async def list_users(
             descending=order == "desc",
             limit=limit,
             offset=offset,
-        )
-        users, total = await repository.search(session, query)
-        return UserPage(
-            users=[UserOut.of(u, start) for u in users], total=total, limit=limit, offset=offset
         )
 
     return await db.read(work)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete
@@ -23,6 +24,7 @@ from tokenadmin.tokens import Kind
 from tokenadmin.usage.service import give_back
 from tokenadmin.user import repository
 from tokenadmin.user.periods import start_current_period
+from tokenadmin.user.schemas import UserOut, UserPage
 
 
 @dataclass
@@ -91,6 +93,41 @@ async def create(session: AsyncSession, act: Act, org: Organization, spec: NewUs
     except IntegrityError as error:
         raise EmailTaken(f"A user with email {spec.email} already exists.") from error
     return request.user
+
+
+async def search(
+    session: AsyncSession,
+    org: Organization,
+    now: datetime,
+    *,
+    search: str | None = None,
+    status: str | None = None,
+    role: str | None = None,
+    near_limit: float | None = None,
+    sort: str = "name",
+    descending: bool = False,
+    limit: int = 50,
+    offset: int = 0,
+) -> UserPage:
+    """A page of an organization's users, searched, filtered and sorted, each with this
+    period's usage (the API's user list and the CLI's `user list`)."""
+    start = current_period(org, now)
+    query = repository.UserQuery(
+        org_id=org.id,
+        period_start=start,
+        search=search,
+        status=status,
+        role=role,
+        near_limit=near_limit,
+        sort=sort,
+        descending=descending,
+        limit=limit,
+        offset=offset,
+    )
+    users, total = await repository.search(session, query)
+    return UserPage(
+        users=[UserOut.of(u, start) for u in users], total=total, limit=limit, offset=offset
+    )
 
 
 async def get(session: AsyncSession, user_id: uuid.UUID) -> User:
