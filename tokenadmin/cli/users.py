@@ -49,7 +49,7 @@ from tokenadmin.user import csv_io
 from tokenadmin.user import service as user_service
 from tokenadmin.user.csv_io import CsvRow, count_users, export_chunks
 from tokenadmin.user.csv_schemas import ImportResult
-from tokenadmin.user.schemas import Role, SortField, Status, UserOut, UserPage
+from tokenadmin.user.schemas import Role, SortField, Status, UserListQuery, UserOut, UserPage
 
 user_app = typer.Typer(help="One user: create, show, change, deactivate, reactivate.")
 users_app = typer.Typer(
@@ -172,18 +172,16 @@ def user_list(
 
     async def work(session: AsyncSession) -> UserPage:
         found = await find_org(session, org)
-        return await user_service.search(
-            session,
-            found,
-            now_act().now,
+        query = UserListQuery(
             search=search,
             status=status,
             role=role,
             sort=sort,
-            descending=desc,
+            order="desc" if desc else "asc",
             limit=limit,
             offset=offset,
         )
+        return await user_service.search(session, found, now_act().now, query)
 
     page = cli.read(work)
     if cli.json:

@@ -20,18 +20,17 @@ from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.service import current_period
 from tokenadmin.report import service as report_service
-from tokenadmin.schemas import Text
 from tokenadmin.tokens import Kind
 from tokenadmin.usage.service import availability
 from tokenadmin.user import csv_io, repository, service
 from tokenadmin.user.csv_schemas import ImportResult, UserImport
 from tokenadmin.user.schemas import (
     Reactivate,
-    SortField,
     UsageHistoryOut,
     UsagePoint,
     UserBalanceOut,
     UserCreate,
+    UserListParams,
     UserOut,
     UserPage,
     UserUpdate,
@@ -51,35 +50,14 @@ async def list_users(
     principal: PrincipalDep,
     db: DatabaseDep,
     clock: ClockDep,
-    search: Annotated[Text | None, Query(max_length=200)] = None,
-    status_: Annotated[Literal["active", "deactivated"] | None, Query(alias="status")] = None,
-    role: Literal["admin", "member"] | None = None,
-    near_limit: Annotated[
-        float | None, Query(gt=0, le=1, description="Only users who used this share or more.")
-    ] = None,
-    sort: SortField = "name",
-    order: Literal["asc", "desc"] = "asc",
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    query: Annotated[UserListParams, Query()],
 ) -> UserPage:
     """Search, filter, sort and page through an organization's users."""
     principal.require(org_id, "read")
 
     async def work(session: AsyncSession) -> UserPage:
         org = await organization_service.get(session, org_id)
-        return await service.search(
-            session,
-            org,
-            clock.now(),
-            search=search,
-            status=status_,
-            role=role,
-            near_limit=near_limit,
-            sort=sort,
-            descending=order == "desc",
-            limit=limit,
-            offset=offset,
-        )
+        return await service.search(session, org, clock.now(), query)
 
     return await db.read(work)
 

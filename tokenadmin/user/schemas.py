@@ -95,6 +95,27 @@ class UserOut(BaseModel):
         )
 
 
+class UserListQuery(BaseModel):
+    """What a page of the user table shows: search, filters, sort and page."""
+
+    search: Text | None = Field(default=None, max_length=200)
+    status: Status | None = None
+    role: Role | None = None
+    near_limit: float | None = Field(
+        default=None, gt=0, le=1, description="Only users who used this share or more."
+    )
+    sort: SortField = "name"
+    order: Literal["asc", "desc"] = "asc"
+    limit: int = Field(default=50, ge=1, le=10_000)
+    offset: int = Field(default=0, ge=0, le=10_000_000)
+
+
+class UserListParams(UserListQuery):
+    """The query parameters of GET /v1/organizations/{org_id}/users: at most 500 a page."""
+
+    limit: int = Field(default=50, ge=1, le=500)
+
+
 class UserPage(BaseModel):
     users: list[UserOut]
     total: int

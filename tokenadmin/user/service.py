@@ -24,7 +24,7 @@ from tokenadmin.tokens import Kind
 from tokenadmin.usage.service import give_back
 from tokenadmin.user import repository
 from tokenadmin.user.periods import start_current_period
-from tokenadmin.user.schemas import UserOut, UserPage
+from tokenadmin.user.schemas import UserListQuery, UserOut, UserPage
 
 
 @dataclass
@@ -96,37 +96,25 @@ async def create(session: AsyncSession, act: Act, org: Organization, spec: NewUs
 
 
 async def search(
-    session: AsyncSession,
-    org: Organization,
-    now: datetime,
-    *,
-    search: str | None = None,
-    status: str | None = None,
-    role: str | None = None,
-    near_limit: float | None = None,
-    sort: str = "name",
-    descending: bool = False,
-    limit: int = 50,
-    offset: int = 0,
+    session: AsyncSession, org: Organization, now: datetime, query: UserListQuery
 ) -> UserPage:
     """A page of an organization's users, searched, filtered and sorted, each with this
     period's usage (the API's user list and the CLI's `user list`)."""
     start = current_period(org, now)
-    query = repository.UserQuery(
-        org_id=org.id,
-        period_start=start,
-        search=search,
-        status=status,
-        role=role,
-        near_limit=near_limit,
-        sort=sort,
-        descending=descending,
-        limit=limit,
-        offset=offset,
+    users, total = await repository.search(
+        session,
+        repository.UserQuery(
+            org_id=org.id,
+            period_start=start,
+            descending=query.order == "desc",
+            **query.model_dump(exclude={"order"}),
+        ),
     )
-    users, total = await repository.search(session, query)
     return UserPage(
-        users=[UserOut.of(u, start) for u in users], total=total, limit=limit, offset=offset
+        users=[UserOut.of(u, start) for u in users],
+        total=total,
+        limit=query.limit,
+        offset=query.offset,
     )
 
 
