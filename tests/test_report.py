@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import csv
 import io
+import uuid
 from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers import Api, funded_org
 from tests.scenarios import error_of, utc
 from tokenadmin.clock import FakeClock
+from tokenadmin.database import Database
+from tokenadmin.organization import service as organization_service
+from tokenadmin.report import service as report_service
+from tokenadmin.tokens import Kind
 
 
 async def _report(api: Api, org: str, **params: Any) -> Any:
@@ -295,3 +302,31 @@ async def test_a_deactivated_user_runs_out_of_nothing(api: Api, clock: FakeClock
     assert forecast["status"] == "deactivated"
     assert forecast["inference"]["remaining"] == 0
     assert forecast["inference"]["runs_out_on"] is None
+
+
+async def test_the_dashboards_forecast_from_the_cached_balance_equals_the_journals(
+    api: Api, db: Database, clock: FakeClock
+) -> None:
+    org = await funded_org(api)
+    ana = await api.user(org, "ana@example.com", max_train_tokens=10_000)
+    clock.set(utc("2026-03-20 12:00"))
+    await api.use(ana["id"], 40_000, expect=200)
+    await api.use(ana["id"], 900, "training", expect=200)
+    clock.set(utc("2026-03-22 08:00"))
+
+    async def both(session: AsyncSession) -> tuple[Any, Any]:
+        found = await organization_service.get(session, uuid.UUID(org))
+        now = clock.now()
+        counted = await report_service.org_forecast(session, found, now)
+        cached = await report_service.org_forecast(session, found, now, count_days=False)
+        return counted, cached
+
+    counted, cached = await db.read(both)
+    for kind in Kind:
+        assert counted.kinds[kind].used == cached.kinds[kind].used > 0
+        assert counted.kinds[kind].runs_out_on == cached.kinds[kind].runs_out_on
+        assert counted.kinds[kind].pace_per_day == cached.kinds[kind].pace_per_day
+        assert (counted.kinds[kind].days_with_usage, cached.kinds[kind].days_with_usage) == (
+            1,
+            None,
+        )

@@ -139,7 +139,9 @@ async def home_page(
             offset=(view.page - 1) * PAGE_SIZE,
         )
         users, total = await user_repository.search(session, query)
-        forecast = await report_service.org_forecast(session, org, now, balance=balance)
+        forecast = await report_service.org_forecast(
+            session, org, now, balance=balance, count_days=False
+        )
         return {
             "org": org,
             "balance": balance,

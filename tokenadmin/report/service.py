@@ -215,17 +215,27 @@ async def org_forecast(
     balance: Balance | None = None,
     users: int = 0,
     offset: int = 0,
+    count_days: bool = True,
 ) -> OrgForecast:
     """When the organization uses up its capacity of each kind at its pace and, with
     `users`, that many of its active users from `offset` on, who run out soonest first (users
     who never run out by the ordering of their remaining over their pace, then by email).
-    `balance` may be one the caller already has (the dashboard's, up to a few seconds old)."""
+    `balance` may be one the caller already has (the dashboard's, up to a few seconds old).
+
+    Without `count_days`, a monthly organization's pace is the period's usage its balance
+    already holds, and the days with usage are not counted: no read of the period's
+    journal, which a busy organization's page could not afford on every view."""
     if balance is None:
         balance = await organization_service.balance(session, org, now)
     window = _window(org, now)
-    used, days = await _paced(session, org, window, None)
+    if count_days or org.period == Period.none:
+        used, days = await _paced(session, org, window, None)
+        counted: dict[Kind, int | None] = dict(days)
+    else:
+        used = {kind: b.used for kind, b in balance.kinds.items()}
+        counted = {kind: None for kind in Kind}
     kinds = {
-        kind: _kind_forecast(window, used[kind], b.capacity - b.used, days[kind])
+        kind: _kind_forecast(window, used[kind], b.capacity - b.used, counted[kind])
         for kind, b in balance.kinds.items()
     }
     if users <= 0:
