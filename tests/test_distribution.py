@@ -6,12 +6,14 @@ import re
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.helpers import Api, funded_org
 from tests.scenarios import entries_since, error_of, get_user, journal, last_entry_id
 from tests.test_route_matrix import Req, send, session_of
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
+from tokenadmin.distribution import service as distribution_service
 from tokenadmin.tokens import MAX_AMOUNT
 
 
@@ -304,3 +306,20 @@ async def test_the_dashboard_applies_through_the_same_service_and_refuses_a_stal
     assert applied.status_code == 303, applied.text
     assert (await get_user(api, ana["id"]))["max_train_tokens"] == 1_000
     assert (await get_user(api, bo["id"]))["max_train_tokens"] == 1_005
+
+
+async def test_all_users_beyond_what_one_distribution_covers_is_refused_not_cut_short(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    org, users = await _org_of_three(api)
+    before = await _state(api, org, users)
+    monkeypatch.setattr(distribution_service, "MAX_USERS", 2)
+
+    refused = await _apply(api, org, {"inference": {"method": "fixed", "amount": 1_000}})
+
+    details = error_of(refused, 422, "too_many_users")
+    assert details == {"active_users": 3, "maximum": 2}
+    assert await _state(api, org, users) == before
+    # Naming the users is the way.
+    named = {"inference": {"method": "fixed", "amount": 1_000}, "users": [users[0]["email"]]}
+    assert (await _apply(api, org, named)).status_code == 200

@@ -25,9 +25,9 @@ from tokenadmin.distribution.schemas import (
     KindDistribution,
     KindRule,
 )
-from tokenadmin.errors import Conflict, RuleRefused
+from tokenadmin.errors import Conflict, InvalidRequest, RuleRefused
 from tokenadmin.models import Organization, User
-from tokenadmin.tokens import ALLOWANCE_FIELD, Kind, balance
+from tokenadmin.tokens import ALLOWANCE_FIELD, Kind, balance, fmt
 from tokenadmin.user import repository as user_repository
 
 MAX_USERS = 200_000
@@ -133,9 +133,16 @@ async def chosen_users(
             sort="email",
             limit=MAX_USERS,
         )
-        users, _total = await user_repository.search(session, query)
+        users, total = await user_repository.search(session, query)
         if not users:
             raise NoActiveUsers("There is no active user to distribute to; add users first.")
+        if total > len(users):  # never a distribution over some of "all" the users
+            raise InvalidRequest(
+                f"The organization has {fmt(total)} active users; a distribution over all of"
+                f" them covers at most {fmt(MAX_USERS)}. Name the users to distribute to.",
+                code="too_many_users",
+                details={"active_users": total, "maximum": MAX_USERS},
+            )
         return list(users)
     unique = list(dict.fromkeys(ref.strip() for ref in refs))
     found = await user_repository.find_by_refs(session, org.id, unique)
