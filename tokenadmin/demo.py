@@ -29,6 +29,7 @@ from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.models import Organization
 from tokenadmin.organization import service as organization_service
+from tokenadmin.token_request import service as token_request_service
 from tokenadmin.tokens import Kind
 from tokenadmin.usage.endpoints import answer_of
 from tokenadmin.usage.service import Caller, Operation, run
@@ -97,6 +98,11 @@ RAISED = "noah.becker@acme.example"
 JOINER = "olivia.brown@acme.example"
 """Joins on the first working moment of this month."""
 MODELS = ("large-chat", "small-chat", "code-assist")
+ASKERS = (
+    ("lea.wolf@acme.example", Kind.inference, 150_000, "Drafting the annual report this week."),
+    ("jonas.neumann@acme.example", Kind.training, 200_000, "Ingesting the 2026 support tickets."),
+)
+"""Members whose requests for more tokens wait for an administrator's decision."""
 
 
 @dataclass
@@ -352,6 +358,17 @@ async def load(
         await loader._join(JOINER)
 
     act = Act(ACTOR, now)
+
+    async def ask(session: AsyncSession) -> None:
+        org = await organization_service.lock_for_change(session, act, loader.org_id)
+        for email, kind, amount, reason in ASKERS:
+            found = await user_repository.find_by_refs(session, org.id, [email])
+            asking = Act(f"user:{email}", now)
+            await token_request_service.ask(
+                session, asking, org, found[email], kind, amount, reason
+            )
+
+    await db.write(ask)
 
     async def keys(session: AsyncSession) -> tuple[str, str]:
         await auth_service.create_operator(

@@ -33,6 +33,14 @@ def test_demo_loads_acme_and_verify_is_clean(tokenadmin: Tokenadmin) -> None:
     assert all(u["max_tokens"] >= 200_000 for u in active)
     assert len({u["max_tokens"] for u in active}) > 5
 
+    # Two members wait for more tokens: the admin's home lists their requests.
+    pending = tokenadmin.json("requests", "list", "--org", "Acme Corp")
+    assert pending["total"] == 2
+    assert {(r["email"], r["kind"], r["state"]) for r in pending["requests"]} == {
+        ("lea.wolf@acme.example", "inference", "pending"),
+        ("jonas.neumann@acme.example", "training", "pending"),
+    }
+
     # Two periods: the previous month's started and ended for real.
     started = tokenadmin.json("journal", "list", "--org", "Acme Corp", "--action", "period_started")
     assert len(started) == 1
