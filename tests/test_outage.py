@@ -20,11 +20,11 @@ from sqlalchemy.pool import QueuePool
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.helpers import Api, funded_org
 from tests.servers import free_port
+from tokenadmin import deps
 from tokenadmin.app import create_app
 from tokenadmin.config import Settings
-from tokenadmin.dashboard import web
-from tokenadmin.dashboard.web import csv_download
 from tokenadmin.database import UNREACHABLE, Database
+from tokenadmin.deps import csv_download
 from tokenadmin.errors import Unavailable
 from tokenadmin.organization import service as organization_service
 
@@ -148,7 +148,7 @@ async def test_a_csv_download_whose_client_stalls_gives_its_connection_back(
 
     # A client that stops reading (here: for longer than a shortened limit) loses its
     # download when it is next read for, and the connection is not kept.
-    monkeypatch.setattr(web, "STALLED", "100ms")
+    monkeypatch.setattr(deps, "STALLED", "100ms")
 
     async def stalled(session: AsyncSession) -> AsyncIterator[str]:
         yield "first\n"

@@ -1,17 +1,21 @@
-"""FastAPI dependencies: the database, the clock, the caller, and the idempotent write."""
+"""FastAPI dependencies and answers every interface shares: the database, the clock, the
+caller, the idempotent write, and CSV downloads from one snapshot."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.background import BackgroundTask
 
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
@@ -164,3 +168,40 @@ async def locked_write(
 def answer_response(answer: idempotency.Answer) -> JSONResponse:
     headers = {"Idempotent-Replayed": "true"} if answer.replayed else None
     return JSONResponse(answer.body, status_code=answer.status_code, headers=headers)
+
+
+STALLED = "60s"
+"""How long a CSV download may wait for its client between two reads of the database."""
+
+
+async def csv_download(
+    db: Database,
+    produce: Callable[[AsyncSession], AsyncIterator[str]],
+    filename: str,
+) -> StreamingResponse:
+    """A CSV file streamed from one snapshot of the database (its rows all of one moment).
+    The snapshot opens before the answer starts, so a database out of reach answers 503
+    rather than a 200 cut short. On PostgreSQL a client that stalls for longer than
+    STALLED loses its download, and the pool gets its connection back."""
+    stack = AsyncExitStack()
+    session = await stack.enter_async_context(db.reading(snapshot=True))
+    if not db.is_sqlite:
+        # A client that stops reading must not keep a connection of the pool for ever.
+        await session.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = '{STALLED}'"))
+
+    async def chunks() -> AsyncIterator[str]:
+        try:
+            async for chunk in produce(session):
+                yield chunk
+        except BaseException as error:  # the transaction ends as a failed one: rolled back
+            if not await stack.__aexit__(type(error), error, error.__traceback__):
+                raise
+        else:
+            await stack.aclose()
+
+    return StreamingResponse(
+        chunks(),
+        media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{filename}"'},
+        background=BackgroundTask(stack.aclose),  # also when the file was never sent
+    )

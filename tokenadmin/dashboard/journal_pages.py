@@ -17,8 +17,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokenadmin.dashboard.web import ViewerDep, csv_download, render, require_org
-from tokenadmin.deps import clock_of, db_of
+from tokenadmin.dashboard.web import ViewerDep, render, require_org
+from tokenadmin.deps import clock_of, csv_download, db_of
 from tokenadmin.errors import NotFound
 from tokenadmin.journal import repository as journal_repository
 from tokenadmin.journal.schemas import CHANGES

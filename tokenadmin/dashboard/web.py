@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlparse
 
 from fastapi import Depends, Request
-from fastapi.responses import HTMLResponse, StreamingResponse
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.background import BackgroundTask
+from fastapi.responses import HTMLResponse
 from starlette.templating import Jinja2Templates
 
 from tokenadmin.auth import service as auth_service
@@ -178,41 +173,4 @@ def error_page(request: Request, error: TokenAdminError) -> HTMLResponse:
         status_code=error.status_code,
         title=titles.get(error.status_code, "Something is not right"),
         error=error,
-    )
-
-
-STALLED = "60s"
-"""How long a CSV download may wait for its client between two reads of the database."""
-
-
-async def csv_download(
-    db: Database,
-    produce: Callable[[AsyncSession], AsyncIterator[str]],
-    filename: str,
-) -> StreamingResponse:
-    """A CSV file streamed from one snapshot of the database (its rows all of one moment).
-    The snapshot opens before the answer starts, so a database out of reach answers 503
-    rather than a 200 cut short. On PostgreSQL a client that stalls for longer than
-    STALLED loses its download, and the pool gets its connection back."""
-    stack = AsyncExitStack()
-    session = await stack.enter_async_context(db.reading(snapshot=True))
-    if not db.is_sqlite:
-        # A client that stops reading must not keep a connection of the pool for ever.
-        await session.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = '{STALLED}'"))
-
-    async def chunks() -> AsyncIterator[str]:
-        try:
-            async for chunk in produce(session):
-                yield chunk
-        except BaseException as error:  # the transaction ends as a failed one: rolled back
-            if not await stack.__aexit__(type(error), error, error.__traceback__):
-                raise
-        else:
-            await stack.aclose()
-
-    return StreamingResponse(
-        chunks(),
-        media_type="text/csv; charset=utf-8",
-        headers={"content-disposition": f'attachment; filename="{filename}"'},
-        background=BackgroundTask(stack.aclose),  # also when the file was never sent
     )

@@ -12,9 +12,15 @@ from tokenadmin.act import Act
 from tokenadmin.allowance.service import allowances_of
 from tokenadmin.auth.audit import log_denials
 from tokenadmin.auth.principal import Principal
-from tokenadmin.dashboard.web import csv_download
 from tokenadmin.database import Database
-from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep, idempotent_write, locked_write
+from tokenadmin.deps import (
+    ClockDep,
+    DatabaseDep,
+    PrincipalDep,
+    csv_download,
+    idempotent_write,
+    locked_write,
+)
 from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
