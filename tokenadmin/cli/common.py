@@ -48,7 +48,7 @@ from tokenadmin.models import Organization, User
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization import service as organization_service
 from tokenadmin.user import repository as user_repository
-from tokenadmin.user.lookup import find_by_ref
+from tokenadmin.user.service import find_by_ref
 
 T = TypeVar("T")
 

@@ -27,7 +27,7 @@ from tokenadmin.organization import service as organization_service
 from tokenadmin.report import service
 from tokenadmin.report.schemas import OrgForecastOut, UsageReportOut, UserForecastOut
 from tokenadmin.tokens import Kind
-from tokenadmin.user.lookup import find_by_ref
+from tokenadmin.user.service import find_by_ref
 
 report_app = typer.Typer(help="Usage reports and run-out forecasts.")
 

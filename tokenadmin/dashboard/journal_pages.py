@@ -28,7 +28,7 @@ from tokenadmin.organization import service as organization_service
 from tokenadmin.schemas import Text
 from tokenadmin.tokens import Kind
 from tokenadmin.user import repository as user_repository
-from tokenadmin.user.lookup import find_by_ref
+from tokenadmin.user.service import find_by_ref
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50

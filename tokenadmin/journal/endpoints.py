@@ -12,7 +12,7 @@ from tokenadmin.journal import repository
 from tokenadmin.journal.schemas import JournalEntryOut, JournalPage, JournalQuery
 from tokenadmin.journal.service import JournalFilter
 from tokenadmin.organization import service as organization_service
-from tokenadmin.user.lookup import find_by_ref
+from tokenadmin.user.service import find_by_ref
 
 PATH = "/v1/organizations/{org_id}/journal"
 router = APIRouter(prefix=PATH, tags=["journal"], dependencies=AUDITED)

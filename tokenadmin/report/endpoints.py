@@ -23,7 +23,7 @@ from tokenadmin.report import service
 from tokenadmin.report.schemas import OrgForecastOut, UsageReportOut, UserForecastOut
 from tokenadmin.schemas import Text, written_out
 from tokenadmin.user import repository as user_repository
-from tokenadmin.user.lookup import find_by_ref
+from tokenadmin.user.service import find_by_ref
 
 router = APIRouter(tags=["reports"], dependencies=AUDITED)
 

@@ -34,7 +34,7 @@ from tokenadmin.token_request.schemas import (
 )
 from tokenadmin.tokens import Kind
 from tokenadmin.user import repository as user_repository
-from tokenadmin.user.lookup import find_by_ref
+from tokenadmin.user.service import find_by_ref
 
 router = APIRouter(prefix="/v1/token-requests", tags=["token requests"], dependencies=AUDITED)
 org_router = APIRouter(
