@@ -14,15 +14,12 @@ from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.auth.audit import AUDITED
-from tokenadmin.auth.principal import Principal
 from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep
-from tokenadmin.errors import NotFound
-from tokenadmin.models import Organization, User
 from tokenadmin.organization import service as organization_service
 from tokenadmin.report import service
 from tokenadmin.report.schemas import OrgForecastOut, UsageReportOut, UserForecastOut
 from tokenadmin.schemas import Text, written_out
-from tokenadmin.user import repository as user_repository
+from tokenadmin.user import service as user_service
 from tokenadmin.user.service import find_by_ref
 
 router = APIRouter(tags=["reports"], dependencies=AUDITED)
@@ -38,21 +35,6 @@ CSV_ANSWER: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _visible_user(
-    session: AsyncSession, principal: Principal, user_id: uuid.UUID
-) -> tuple[User, Organization]:
-    """The user and their organization, if the caller may read them (as GET /v1/users/{id})."""
-    user = await user_repository.get(session, user_id)
-    if user is None:
-        raise NotFound("User not found.")
-    if principal.user_id != user.id:
-        try:
-            principal.require(user.org_id, "read")
-        except NotFound as error:
-            raise NotFound("User not found.") from error
-    return user, await organization_service.get(session, user.org_id)
-
-
 @router.get("/v1/users/{user_id}/forecast", response_model=UserForecastOut)
 async def get_user_forecast(
     user_id: uuid.UUID, principal: PrincipalDep, db: DatabaseDep, clock: ClockDep
@@ -61,7 +43,7 @@ async def get_user_forecast(
     the last 30 days), with the window, the tokens and the days of usage it rests on."""
 
     async def work(session: AsyncSession) -> UserForecastOut:
-        user, org = await _visible_user(session, principal, user_id)
+        user, org = await user_service.visible(session, principal, user_id, "read")
         return UserForecastOut.of(await service.user_forecast(session, org, user, clock.now()))
 
     return await db.read(work)

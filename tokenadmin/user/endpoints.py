@@ -128,21 +128,6 @@ async def import_users_csv(
     return await idempotent_write(request, principal, work)
 
 
-async def _user_and_org(
-    session: AsyncSession, principal: Principal, user_id: uuid.UUID, scope: str
-) -> tuple[User, Organization]:
-    user = await repository.get(session, user_id)
-    if user is None:
-        raise NotFound("User not found.")
-    if principal.user_id != user.id:
-        try:
-            principal.require(user.org_id, scope)
-        except NotFound as error:
-            raise NotFound("User not found.") from error
-    org = await organization_service.get(session, user.org_id)
-    return user, org
-
-
 @router.get("/{user_id}", response_model=UserOut)
 async def get_user(
     user_id: uuid.UUID, principal: PrincipalDep, db: DatabaseDep, clock: ClockDep
@@ -150,7 +135,7 @@ async def get_user(
     """Read a user with their allowances and this period's usage."""
 
     async def work(session: AsyncSession) -> UserOut:
-        user, org = await _user_and_org(session, principal, user_id, "read")
+        user, org = await service.visible(session, principal, user_id, "read")
         return UserOut.of(user, current_period(org, clock.now()))
 
     return await db.read(work)
@@ -159,7 +144,7 @@ async def get_user(
 async def _user_admin(user_id: uuid.UUID, principal: PrincipalDep, db: DatabaseDep) -> Principal:
     """The caller, once allowed to change this user. Checked before `idempotent_write`,
     which answers a replayed key without running the change, and so its checks, again."""
-    await db.read(lambda session: _user_and_org(session, principal, user_id, "admin"))
+    await db.read(lambda session: service.visible(session, principal, user_id, "admin"))
     return principal
 
 
@@ -169,7 +154,7 @@ UserAdminDep = Annotated[Principal, Depends(_user_admin)]
 async def _locked(
     session: AsyncSession, act: Act, principal: Principal, user_id: uuid.UUID
 ) -> tuple[User, Organization]:
-    user, _ = await _user_and_org(session, principal, user_id, "admin")
+    user, _ = await service.visible(session, principal, user_id, "admin")
     org = await organization_service.lock_for_change(session, act, user.org_id)
     fresh = await repository.get(session, user_id)
     assert fresh is not None
@@ -271,7 +256,7 @@ async def get_usage_history(
     now = clock.now()
 
     async def work(session: AsyncSession) -> UsageHistoryOut:
-        user, org = await _user_and_org(session, principal, user_id, "read")
+        user, org = await service.visible(session, principal, user_id, "read")
         report = await report_service.usage_report(
             session, org, now, granularity=granularity, user=user
         )

@@ -16,9 +16,11 @@ from tokenadmin import allowance
 from tokenadmin.act import Act
 from tokenadmin.allowance.service import Request
 from tokenadmin.auth.passwords import MIN_PASSWORD_LENGTH, hash_password
+from tokenadmin.auth.principal import Principal
 from tokenadmin.errors import Conflict, EmailTaken, InvalidRequest, NotFound, TokenAdminError
 from tokenadmin.journal.service import record, record_returned
 from tokenadmin.models import DashboardSession, Organization, Reservation, User
+from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.service import current_period
 from tokenadmin.tokens import Kind
 from tokenadmin.usage.service import give_back
@@ -128,6 +130,22 @@ async def find_by_ref(
         place = f" in {where}" if where else ""
         raise NotFound(f"No user '{ref}'{place}.", code="user_not_found")
     return found
+
+
+async def visible(
+    session: AsyncSession, principal: Principal, user_id: uuid.UUID, scope: str
+) -> tuple[User, Organization]:
+    """A user and their organization, when the caller is that user or has `scope` in the
+    user's organization; to anyone else the user does not exist (404)."""
+    user = await repository.get(session, user_id)
+    if user is None:
+        raise NotFound("User not found.")
+    if principal.user_id != user.id:
+        try:
+            principal.require(user.org_id, scope)
+        except NotFound as error:
+            raise NotFound("User not found.") from error
+    return user, await organization_service.get(session, user.org_id)
 
 
 async def get(session: AsyncSession, user_id: uuid.UUID) -> User:
