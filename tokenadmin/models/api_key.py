@@ -13,8 +13,9 @@ from tokenadmin.models.base import Base, UTCDateTime
 class ApiKey(Base):
     """A bearer key. Only its SHA-256 is stored; the key itself is shown once, at creation.
 
-    `org_id` is None for platform-operator keys. `scopes` is a space-separated subset of
-    `admin usage read`.
+    `org_id` is None for platform-operator keys. `user_id` is set for a person's own key:
+    it acts as that user, with their role (api_key/service.py). `scopes` is a
+    space-separated subset of `admin usage read` (a personal key's are its user's role's).
     """
 
     __tablename__ = "api_keys"
@@ -22,6 +23,9 @@ class ApiKey(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
     org_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("organizations.id"), nullable=True, index=True
+    )
+    user_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id"), nullable=True, index=True
     )
     name: Mapped[str] = mapped_column(String(200))
     prefix: Mapped[str] = mapped_column(String(16))

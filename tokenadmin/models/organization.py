@@ -3,7 +3,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, Integer, String, Uuid
+from sqlalchemy import JSON, BigInteger, Boolean, CheckConstraint, Integer, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 from uuid6 import uuid7
 
@@ -45,6 +45,12 @@ class Organization(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # The hash of the newest journal entry without a user (journal/chain.py).
     journal_head: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The models its users may call (None: every model of the catalog), and where the
+    # gateway sends a model's requests when the model names no upstream of its own
+    # (catalog/service.py). The upstream key is write-only: no surface returns it.
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    upstream_base_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    upstream_api_key: Mapped[str | None] = mapped_column(String(500), nullable=True)
 
     def capacity(self, kind: Kind) -> int:
         return self.capacity_inference if kind is Kind.inference else self.capacity_training
