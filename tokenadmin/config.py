@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     """Largest request body accepted, in bytes."""
 
+    upstream_base_url: str | None = None
+    """The platform's default upstream: an OpenAI-compatible base URL (such as
+    https://api.openai.com/v1) for the models whose model row and organization name none."""
+    upstream_api_key: str | None = None
+    """The key sent to the default upstream as a bearer token."""
+    access_token_minutes: int = Field(default=60, ge=1, le=1440)
+    """How long an access token of the Ask Sage API (`/user/get-token-with-api-key`) lasts,
+    in minutes."""
+
     session_hours: int = Field(default=12, ge=1, le=720)
     """How long a dashboard sign-in lasts, in hours."""
     sign_in_attempts: int = Field(default=5, ge=1, le=100)

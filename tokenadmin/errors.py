@@ -131,3 +131,20 @@ class Unavailable(TokenAdminError, code="unavailable", status_code=503):
     Idempotency-Key, which applies it at most once."""
 
     headers = MappingProxyType({"Retry-After": "1"})
+
+
+class ModelNotFound(NotFound, code="model_not_found"):
+    """A model the catalog does not have, for this organization or the platform."""
+
+
+class ModelNotAllowed(Forbidden, code="model_not_allowed"):
+    """A model the caller's organization may not use (its model access)."""
+
+
+class UpstreamNotConfigured(TokenAdminError, code="upstream_not_configured", status_code=503):
+    """A model with no upstream to send its requests to: none on the model, the
+    organization or the platform's settings."""
+
+
+class InvalidRate(InvalidRequest, code="invalid_rate"):
+    """A rate that is not an exact decimal from 0 to 1,000,000 with at most 6 decimal places."""

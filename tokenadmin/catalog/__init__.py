@@ -1,0 +1,2 @@
+"""The model catalog: per-model rates, which models an organization may use, and where
+each model's requests go."""
