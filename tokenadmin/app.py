@@ -24,7 +24,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenadmin import __version__, logs, sweeper
 from tokenadmin.allowance.endpoints import router as allowance_router
+from tokenadmin.api_key import endpoints as api_key_endpoints
 from tokenadmin.api_key.cache import KeyCache
+from tokenadmin.catalog import endpoints as catalog_endpoints
+from tokenadmin.catalog.schemas import RATE_ERROR
 from tokenadmin.clock import Clock, SystemClock
 from tokenadmin.config import Settings, get_settings
 from tokenadmin.dashboard import router as dashboard_router
@@ -278,6 +281,8 @@ def _validation_details(error: RequestValidationError) -> tuple[str, str, list[d
         # SPEC rule 8: say what an amount is, not only what was wrong with this one.
         message = f"{where}{first['message']}. Token amounts are whole numbers up to 2^53."
         return "invalid_amount", message, problems
+    if all(item.get("type") == RATE_ERROR for item in items):
+        return RATE_ERROR, f"{where}{first['message']}", problems
     return "invalid_request", f"{where}{first['message']}", problems
 
 
@@ -438,6 +443,9 @@ def create_app(
         token_request_endpoints.router,
         token_request_endpoints.org_router,
         token_request_endpoints.user_router,
+        catalog_endpoints.router,
+        catalog_endpoints.org_router,
+        api_key_endpoints.router,
     ):
         app.include_router(router, responses=API_ERRORS)
     _declare_what_deps_check(app)

@@ -1,0 +1,279 @@
+"""Bodies and answers of the model catalog routes: per-model rates, model access and an
+organization's upstream (the Python client imports these).
+
+Rates are exact decimals. A body gives them as JSON text ("0.5", "1.25") or integers; a
+JSON fraction is accepted only when it is exactly what it says (0.5, 0.25), since 0.1 as a
+binary float is not 0.1. Answers give them as text. Upstream keys are write-only: answers
+say whether one is set, never what it is.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+
+from tokenadmin.errors import InvalidRate
+from tokenadmin.schemas import Input, PositiveAmount, Text
+
+if TYPE_CHECKING:
+    from tokenadmin.catalog.service import ModelInfo
+    from tokenadmin.models import LlmModel, Organization
+
+RATE_PLACES = 6
+"""A rate has at most this many decimal places (0.000001 is the smallest above zero)."""
+MAX_RATE = Decimal(1_000_000)
+"""The largest rate: a million tokens charged per token used."""
+RATE_ERROR = "invalid_rate"
+"""The code of every refused rate, on every interface."""
+MAX_MODELS_ALLOWED = 1_000
+"""The most model names an organization's access list holds."""
+
+_RATE_TEXT = re.compile(r"[0-9]{1,7}(?:\.[0-9]+)?|\.[0-9]+")
+_EXAMPLES = '"0.5", "1.25" or 2'
+
+
+def parse_rate(value: object) -> Decimal:
+    """An exact rate from text ("0.5"), an integer, a Decimal, or a float that is exactly
+    a short decimal (0.5, not 0.1). Raises ValueError with a message a person can act on."""
+    rate: Decimal
+    if isinstance(value, bool):
+        raise ValueError(f"a rate is a number such as {_EXAMPLES}, not true or false")
+    if isinstance(value, int):
+        rate = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"a rate is a number such as {_EXAMPLES}")
+        rate = Decimal(repr(value))
+        if rate != Decimal(value):
+            # 0.1 as a JSON number is the binary float nearest to it, not 0.1 itself.
+            raise ValueError(
+                f'{value!r} can\'t be held exactly as a JSON number; send it as text: "{value!r}"'
+            )
+    elif isinstance(value, Decimal):
+        rate = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("-"):
+            raise ValueError(f"'{text}' is negative; a rate is 0 or more")
+        if not _RATE_TEXT.fullmatch(text):
+            raise ValueError(f"'{text[:40]}' is not a rate; write it like {_EXAMPLES}")
+        try:
+            rate = Decimal(text)
+        except InvalidOperation as error:  # the pattern admits none, but say so plainly
+            raise ValueError(f"'{text}' is not a rate; write it like {_EXAMPLES}") from error
+    else:
+        raise ValueError(f"a rate is a number such as {_EXAMPLES}")
+    if not rate.is_finite():
+        raise ValueError(f"a rate is a number such as {_EXAMPLES}")
+    if rate < 0:
+        raise ValueError(f"{rate} is negative; a rate is 0 or more")
+    if rate > MAX_RATE:
+        raise ValueError(f"{rate} is over the largest rate, {MAX_RATE:,}")
+    exponent = rate.normalize().as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -RATE_PLACES:
+        raise ValueError(f"{rate} has more than {RATE_PLACES} decimal places")
+    return plain(rate)
+
+
+def plain(rate: Decimal) -> Decimal:
+    """A rate without trailing zeros, written out (2, not 2.00 nor 2E+0)."""
+    if rate == rate.to_integral_value():
+        return rate.quantize(Decimal(1))
+    return rate.normalize()
+
+
+def rate_or_refuse(value: object, field: str) -> Decimal:
+    """`parse_rate` for the CLI and the dashboard: a refusal is InvalidRate naming `field`."""
+    try:
+        return parse_rate(value)
+    except ValueError as error:
+        raise InvalidRate(f"{field}: {error}.", details={"field": field}) from error
+
+
+def _rate_input(value: object) -> Decimal:
+    try:
+        return parse_rate(value)
+    except ValueError as error:
+        # The error's type is the refusal's code: the API answers 422 invalid_rate (app.py).
+        raise PydanticCustomError(RATE_ERROR, str(error)) from error
+
+
+RATE_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^\s*([0-9]{1,7}(\.[0-9]{1,6})?|\.[0-9]{1,6})\s*$"},
+        {"type": "integer", "minimum": 0, "maximum": int(MAX_RATE)},
+    ],
+    "description": f"An exact decimal from 0 to {int(MAX_RATE):,} with at most {RATE_PLACES}"
+    ' decimal places, as text ("0.5") or an integer.',
+    "examples": ["0.5"],
+}
+
+RateIn = Annotated[Decimal, BeforeValidator(_rate_input), WithJsonSchema(RATE_SCHEMA)]
+"""A rate in a body: text or an integer, refused as `invalid_rate`."""
+
+RateOut = Annotated[
+    Decimal,
+    PlainSerializer(lambda rate: f"{plain(rate):f}", return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["0.5"]}, mode="serialization"),
+]
+"""A rate in an answer: its exact decimal as text, "0.5"."""
+
+ModelName = Annotated[
+    Text,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    Field(examples=["gpt-4o-mini"]),
+]
+"""A model's name as clients send it to the gateway (1 to 200 characters)."""
+
+
+def _upstream_url(value: object) -> object:
+    if isinstance(value, str):
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("an upstream base URL is http(s)://host[:port][/path]")
+    return value
+
+
+UpstreamUrl = Annotated[
+    Text,
+    BeforeValidator(_upstream_url),
+    Field(min_length=1, max_length=500, examples=["https://api.openai.com/v1"]),
+]
+Secret = Annotated[Text, Field(min_length=1, max_length=500, description="Write-only.")]
+Source = Literal["platform", "organization"]
+
+
+class ModelSet(Input):
+    """A model's rates and where its requests go (the platform's default, or an
+    organization's own)."""
+
+    prompt_rate: RateIn = Field(description="Tokens charged per prompt token.")
+    completion_rate: RateIn = Field(description="Tokens charged per completion token.")
+    upstream_base_url: UpstreamUrl | None = Field(
+        default=None,
+        description="The OpenAI-compatible server for this model (default: the"
+        " organization's upstream, then the platform's).",
+    )
+    upstream_api_key: Secret | None = Field(
+        default=None,
+        description="The upstream's key. Write-only: left out, the stored key stays; null"
+        " clears it.",
+    )
+    upstream_model: ModelName | None = Field(
+        default=None, description="The name sent upstream (default: the model's name)."
+    )
+    max_output_tokens: PositiveAmount | None = Field(
+        default=None,
+        description="Completion tokens reserved for a request that names no max_tokens.",
+    )
+
+
+class CatalogModelOut(BaseModel):
+    """A stored row of the catalog: the platform's default (`org_id` null) or an
+    organization's own."""
+
+    name: str
+    org_id: str | None
+    prompt_rate: RateOut
+    completion_rate: RateOut
+    upstream_base_url: str | None
+    upstream_api_key_set: bool = Field(description="Whether a key is stored; never the key.")
+    upstream_model: str | None
+    max_output_tokens: int | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, row: LlmModel) -> CatalogModelOut:
+        return cls(
+            name=row.name,
+            org_id=None if row.org_id is None else str(row.org_id),
+            prompt_rate=Decimal(row.prompt_rate),
+            completion_rate=Decimal(row.completion_rate),
+            upstream_base_url=row.upstream_base_url,
+            upstream_api_key_set=row.upstream_api_key is not None,
+            upstream_model=row.upstream_model,
+            max_output_tokens=row.max_output_tokens,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
+class ModelOut(BaseModel):
+    """A model as an organization sees it: its rates (its own, else the platform's),
+    whether it may use it, and whether its requests have somewhere to go."""
+
+    name: str
+    prompt_rate: RateOut
+    completion_rate: RateOut
+    source: Source = Field(description="Whose rates apply: the platform's or its own.")
+    allowed: bool = Field(description="Whether the organization's users may call it.")
+    max_output_tokens: int | None
+    upstream_configured: bool = Field(
+        description="Whether an upstream is set for it (its own, the organization's or the"
+        " platform's)."
+    )
+
+    @classmethod
+    def of(cls, info: ModelInfo) -> ModelOut:
+        return cls(
+            name=info.name,
+            prompt_rate=info.rate.prompt,
+            completion_rate=info.rate.completion,
+            source=info.source,
+            allowed=info.allowed,
+            max_output_tokens=info.max_output_tokens,
+            upstream_configured=info.upstream_configured,
+        )
+
+
+class UpstreamOut(BaseModel):
+    base_url: str | None
+    api_key_set: bool = Field(description="Whether a key is stored; never the key.")
+
+    @classmethod
+    def of(cls, org: Organization) -> UpstreamOut:
+        return cls(base_url=org.upstream_base_url, api_key_set=org.upstream_api_key is not None)
+
+
+class OrganizationModelsOut(BaseModel):
+    models: list[ModelOut] = Field(description="Every model of the catalog, by name.")
+    allowed_models: list[str] | None = Field(
+        description="The models its users may call; null: all of them."
+    )
+    upstream: UpstreamOut = Field(description="The organization's own upstream.")
+
+
+class ModelAccessIn(Input):
+    allowed: Annotated[list[ModelName], Field(max_length=MAX_MODELS_ALLOWED)] | None = Field(
+        description="The models the organization's users may call; null: every model."
+    )
+
+
+class AccessOut(BaseModel):
+    allowed_models: list[str] | None
+
+
+class UpstreamIn(Input):
+    base_url: UpstreamUrl | None = Field(
+        description="The organization's OpenAI-compatible server; null clears it (and its key)."
+    )
+    api_key: Secret | None = Field(
+        default=None,
+        description="Its key. Write-only: left out, the stored key stays; null clears it.",
+    )
