@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     https://api.openai.com/v1) for the models whose model row and organization name none."""
     upstream_api_key: str | None = None
     """The key sent to the default upstream as a bearer token."""
+    upstream_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+    """How long the gateway waits for a model's upstream, in seconds: for its answer, and
+    between two pieces of a streamed one."""
+    gateway_max_tokens: int = Field(default=4096, ge=1, le=1_000_000)
+    """Completion tokens the gateway reserves for a request that names no `max_tokens`, when
+    its model names no `max_output_tokens`."""
     access_token_minutes: int = Field(default=60, ge=1, le=1440)
     """How long an access token of the Ask Sage API (`/user/get-token-with-api-key`) lasts,
     in minutes."""
