@@ -26,6 +26,7 @@ from tokenadmin import __version__, logs, sweeper
 from tokenadmin.allowance.endpoints import router as allowance_router
 from tokenadmin.api_key import endpoints as api_key_endpoints
 from tokenadmin.api_key.cache import KeyCache
+from tokenadmin.asksage import envelope as asksage
 from tokenadmin.catalog import endpoints as catalog_endpoints
 from tokenadmin.catalog.schemas import RATE_ERROR
 from tokenadmin.clock import Clock, SystemClock
@@ -430,6 +431,7 @@ def create_app(
         return {"status": "ok", "database": db.dialect, "version": __version__}
 
     app.mount("/static", StaticFiles(directory=HERE / "dashboard" / "static"), name="static")
+    asksage.mount(app)  # /user and /server: the Ask Sage API, its own sub-apps and handlers
     app.include_router(dashboard_router)
     for router in (
         organization_router,
