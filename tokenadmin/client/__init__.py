@@ -11,6 +11,14 @@ answer with the service's own response models. See docs/client.md.
 """
 
 from tokenadmin.allowance.schemas import AllowancePreview, AllowanceRow
+from tokenadmin.api_key.schemas import PersonalKeyCreated, PersonalKeyOut
+from tokenadmin.catalog.schemas import (
+    AccessOut,
+    CatalogModelOut,
+    ModelOut,
+    OrganizationModelsOut,
+    UpstreamOut,
+)
 from tokenadmin.client._async import AsyncClient
 from tokenadmin.client._core import USER_AGENT, RetryPolicy
 from tokenadmin.client._errors import (
@@ -65,6 +73,7 @@ from tokenadmin.user.schemas import UsageHistoryOut, UserBalanceOut, UserOut, Us
 
 __all__ = [
     "USER_AGENT",
+    "AccessOut",
     "AllowancePreview",
     "AllowanceRow",
     "ApiKeyCreated",
@@ -72,6 +81,7 @@ __all__ = [
     "AsyncClient",
     "BalanceOut",
     "BatchOut",
+    "CatalogModelOut",
     "Client",
     "Conflict",
     "DistributionOut",
@@ -89,11 +99,15 @@ __all__ = [
     "KindForecastOut",
     "KindRule",
     "ListedUserForecast",
+    "ModelOut",
     "NewUserRow",
     "NotFound",
     "OrgForecastOut",
+    "OrganizationModelsOut",
     "OrganizationOut",
     "Period",
+    "PersonalKeyCreated",
+    "PersonalKeyOut",
     "PurchaseOut",
     "RateLimited",
     "ReservationOut",
@@ -106,6 +120,7 @@ __all__ = [
     "TokenRequestOut",
     "TokenRequestPage",
     "Unauthenticated",
+    "UpstreamOut",
     "UsageAccepted",
     "UsageEvent",
     "UsageFields",

@@ -18,6 +18,13 @@ import httpx
 from pydantic_core import to_jsonable_python
 
 from tokenadmin.allowance.schemas import AllowancePreview
+from tokenadmin.api_key.schemas import PersonalKeyCreated, PersonalKeyOut
+from tokenadmin.catalog.schemas import (
+    AccessOut,
+    CatalogModelOut,
+    OrganizationModelsOut,
+    UpstreamOut,
+)
 from tokenadmin.client._core import (
     DEFAULT_TIMEOUT,
     AllowanceRowIn,
@@ -30,6 +37,7 @@ from tokenadmin.client._core import (
     KindRuleIn,
     Order,
     PeriodName,
+    RateIn,
     RetryPolicy,
     UsageEventIn,
     UserRef,
@@ -70,6 +78,7 @@ ORGANIZATION = "/v1/organizations/{}"
 USER = "/v1/users/{}"
 RESERVATION = "/v1/reservations/{}"
 TOKEN_REQUEST = "/v1/token-requests/{}"
+MODEL = "/v1/models/{}"
 
 
 class AsyncClient:
@@ -530,6 +539,115 @@ class AsyncClient:
         """Take back a pending request (the member, or a key acting for them)."""
         path = url(TOKEN_REQUEST + "/withdraw", request_id)
         return await self._send(write("POST", path, TokenRequestOut, idempotency_key))
+
+    # --- models: rates, access, upstreams ----------------------------------------------------
+
+    async def list_models(self, org_id: Id) -> OrganizationModelsOut:
+        """Every model with the rates that apply to the organization (its own or the
+        platform's), whether its users may call it, its access list and its upstream."""
+        return await self._send(read(url(ORGANIZATION + "/models", org_id), OrganizationModelsOut))
+
+    async def list_platform_models(self) -> list[CatalogModelOut]:
+        """The platform's default rates (platform operators)."""
+        return await self._send(read("/v1/models", list[CatalogModelOut]))
+
+    async def set_model_rate(
+        self,
+        org_id: Id,
+        name: str,
+        prompt_rate: RateIn,
+        completion_rate: RateIn,
+        *,
+        upstream_base_url: str | None = None,
+        upstream_api_key: str | None = None,
+        upstream_model: str | None = None,
+        max_output_tokens: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> CatalogModelOut:
+        """Set the organization's own rates of a model (exact decimals: Decimal, text or
+        int), over the platform's, and optionally its upstream. An upstream key left None
+        stays as stored."""
+        body = fields(locals(), "org_id", "name")
+        path = url(ORGANIZATION + "/models/{}", org_id, name)
+        return await self._send(write("PUT", path, CatalogModelOut, idempotency_key, body))
+
+    async def delete_model_rate(
+        self, org_id: Id, name: str, *, idempotency_key: str | None = None
+    ) -> CatalogModelOut:
+        """Remove the organization's own rates of a model: the platform's apply again."""
+        path = url(ORGANIZATION + "/models/{}", org_id, name)
+        return await self._send(write("DELETE", path, CatalogModelOut, idempotency_key))
+
+    async def set_platform_model_rate(
+        self,
+        name: str,
+        prompt_rate: RateIn,
+        completion_rate: RateIn,
+        *,
+        upstream_base_url: str | None = None,
+        upstream_api_key: str | None = None,
+        upstream_model: str | None = None,
+        max_output_tokens: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> CatalogModelOut:
+        """Set a model's default rates and upstream for every organization (platform
+        operators). An upstream key left None stays as stored."""
+        body = fields(locals(), "name")
+        return await self._send(
+            write("PUT", url(MODEL, name), CatalogModelOut, idempotency_key, body)
+        )
+
+    async def delete_platform_model_rate(
+        self, name: str, *, idempotency_key: str | None = None
+    ) -> CatalogModelOut:
+        """Take a model out of the platform's catalog (platform operators)."""
+        return await self._send(write("DELETE", url(MODEL, name), CatalogModelOut, idempotency_key))
+
+    async def set_model_access(
+        self, org_id: Id, allowed: Sequence[str] | None, *, idempotency_key: str | None = None
+    ) -> AccessOut:
+        """Choose the models the organization's users may call (None: every model)."""
+        body = {"allowed": None if allowed is None else list(allowed)}  # null is sent: all
+        path = url(ORGANIZATION + "/model-access", org_id)
+        return await self._send(write("PUT", path, AccessOut, idempotency_key, body))
+
+    async def set_upstream(
+        self,
+        org_id: Id,
+        base_url: str | None,
+        *,
+        api_key: str | None = None,
+        clear_api_key: bool = False,
+        idempotency_key: str | None = None,
+    ) -> UpstreamOut:
+        """Set the organization's upstream (None: none of its own). The key is write-only:
+        left None it stays as stored, unless `clear_api_key`."""
+        body: dict[str, Any] = {"base_url": base_url}
+        if api_key is not None or clear_api_key:
+            body["api_key"] = api_key
+        path = url(ORGANIZATION + "/upstream", org_id)
+        return await self._send(write("PUT", path, UpstreamOut, idempotency_key, body))
+
+    # --- personal API keys -------------------------------------------------------------------
+
+    async def create_personal_key(
+        self, user_id: Id, name: str, *, idempotency_key: str | None = None
+    ) -> PersonalKeyCreated:
+        """Create a key that acts as the user, with their role; `.key` is in this answer only."""
+        body = fields(locals(), "user_id")
+        path = url(USER + "/api-keys", user_id)
+        return await self._send(write("POST", path, PersonalKeyCreated, idempotency_key, body))
+
+    async def list_personal_keys(self, user_id: Id) -> list[PersonalKeyOut]:
+        """The user's own keys, revoked ones included (never the keys themselves)."""
+        return await self._send(read(url(USER + "/api-keys", user_id), list[PersonalKeyOut]))
+
+    async def revoke_personal_key(
+        self, user_id: Id, key_id: Id, *, idempotency_key: str | None = None
+    ) -> PersonalKeyOut:
+        """Revoke one of the user's keys; it stops working at once."""
+        path = url(USER + "/api-keys/{}", user_id, key_id)
+        return await self._send(write("DELETE", path, PersonalKeyOut, idempotency_key))
 
     # --- metering --------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import quote
 
@@ -61,6 +62,8 @@ AllowanceRowIn = AllowanceRow | Mapping[str, Any]
 """A row of an allowance change: an `AllowanceRow`, or a mapping with the same fields."""
 UsageEventIn = UsageFields | Mapping[str, Any]
 """A usage event of a batch: `UsageEvent` (with its key), `UsageFields`, or a mapping."""
+RateIn = Decimal | str | int
+"""A rate: an exact Decimal, its text ("0.5") or an integer (sent as text)."""
 KindRuleIn = KindRule | Mapping[str, Any]
 """How one kind is distributed: a `KindRule`, or a mapping with the same fields."""
 
