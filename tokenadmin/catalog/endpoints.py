@@ -23,7 +23,6 @@ from tokenadmin.catalog.schemas import (
     AccessOut,
     CatalogModelOut,
     ModelAccessIn,
-    ModelOut,
     ModelSet,
     OrganizationModelsOut,
     UpstreamIn,
@@ -60,15 +59,7 @@ async def organization_models(
 ) -> OrganizationModelsOut:
     """An organization's models merged with the platform's, its access list and upstream."""
     org = await organization_service.get(session, org_id)
-    return models_out(org, await service.models_for(session, org_id, settings))
-
-
-def models_out(org: Organization, models: list[service.ModelInfo]) -> OrganizationModelsOut:
-    return OrganizationModelsOut(
-        models=[ModelOut.of(info) for info in models],
-        allowed_models=None if org.allowed_models is None else list(org.allowed_models),
-        upstream=UpstreamOut.of(org),
-    )
+    return OrganizationModelsOut.of(org, await service.models_for(session, org_id, settings))
 
 
 async def set_model(

@@ -258,6 +258,16 @@ class OrganizationModelsOut(BaseModel):
     )
     upstream: UpstreamOut = Field(description="The organization's own upstream.")
 
+    @classmethod
+    def of(cls, org: Organization, models: list[ModelInfo]) -> OrganizationModelsOut:
+        """The catalog as `org` sees it (catalog.service.models_for), with its access list
+        and its upstream."""
+        return cls(
+            models=[ModelOut.of(info) for info in models],
+            allowed_models=None if org.allowed_models is None else list(org.allowed_models),
+            upstream=UpstreamOut.of(org),
+        )
+
 
 class ModelAccessIn(Input):
     allowed: Annotated[list[ModelName], Field(max_length=MAX_MODELS_ALLOWED)] | None = Field(

@@ -19,6 +19,7 @@ from tokenadmin.api_key import service as api_key_service
 from tokenadmin.cli.allowances import allowance_app
 from tokenadmin.cli.common import Cli, Json, PasswordStdin, emit_json, out, progress_bar, say
 from tokenadmin.cli.distribute import distribute
+from tokenadmin.cli.models import models_app, personal_key_app
 from tokenadmin.cli.orgs import org_app, purchase_app
 from tokenadmin.cli.report import report_app
 from tokenadmin.cli.requests import requests_app
@@ -48,6 +49,8 @@ app.add_typer(journal_app, name="journal")
 app.add_typer(key_app, name="key")
 app.add_typer(requests_app, name="requests")
 app.add_typer(report_app, name="report")
+app.add_typer(models_app, name="models")
+app.add_typer(personal_key_app, name="personal-key")
 
 operator_app = typer.Typer(help="Platform operators: people who sign in to the dashboard.")
 app.add_typer(operator_app, name="operator")
