@@ -223,3 +223,53 @@ async def test_a_personal_key_acts_as_its_user_with_their_role_until_deactivated
     await api.post(f"/v1/users/{member['id']}/deactivate", expect=200)
     with pytest.raises(Unauthenticated):
         await db.read(lambda s: api_key_service.authenticate(s, secret))
+
+
+async def test_usage_sent_as_counts_is_charged_by_the_models_rates_and_keeps_them(
+    api: Api, db: Database, clock: FakeClock
+) -> None:
+    org_id = await _org(api)
+    ana = await api.user(str(org_id), "ana@example.com")
+    act = Act("test", clock.now())
+    await db.write(
+        lambda s: catalog.set_model(s, act, None, "gpt-x", prompt_rate="0.5", completion_rate="1.5")
+    )
+    event = {"user": ana["id"], "kind": "inference", "model": "gpt-x"}
+    accepted = await api.post(
+        "/v1/usage",
+        {**event, "prompt_tokens": 1_001, "completion_tokens": 100},
+        expect=200,
+        idempotency_key="u1",
+    )
+    assert accepted["tokens"] == 651  # ceil(500.5 + 150)
+    [entry] = (await api.get(f"/v1/organizations/{org_id}/journal?action=usage"))["entries"]
+    assert entry["amount"] == 651
+    assert entry["details"] == {
+        "model": "gpt-x",
+        "prompt_tokens": 1_001,
+        "completion_tokens": 100,
+        "prompt_rate": "0.5",
+        "completion_rate": "1.5",
+    }
+    # With a model, `tokens` is what the platform charged: the counts need not add up.
+    charged = await api.post(
+        "/v1/usage",
+        {**event, "tokens": 10, "prompt_tokens": 100, "completion_tokens": 100},
+        expect=200,
+        idempotency_key="u2",
+    )
+    assert charged["tokens"] == 10
+    # Neither tokens nor both counts: refused, nothing metered.
+    refused = await api.call(
+        "POST", "/v1/usage", json={**event, "prompt_tokens": 5}, idempotency_key="u3"
+    )
+    assert refused.status_code == 422
+    assert refused.json()["error"]["details"]["errors"][0]["field"] == "tokens"
+    free = await api.call(
+        "POST",
+        "/v1/usage",
+        json={**event, "model": None, "prompt_tokens": 0, "completion_tokens": 0},
+        idempotency_key="u4",
+    )
+    assert (free.status_code, free.json()["error"]["code"]) == (422, "invalid_amount")
+    assert (await api.get(f"/v1/users/{ana['id']}"))["inference"]["used"] == 661

@@ -22,7 +22,12 @@ MAX_METADATA_BYTES = 4096
 class UsageFields(Input):
     user: Text = Field(min_length=1, max_length=320, description="User id or email.")
     kind: Kind
-    tokens: PositiveAmount
+    tokens: PositiveAmount | None = Field(
+        default=None,
+        description="Tokens charged. Leave it out and send prompt_tokens and completion_tokens"
+        " to have them charged by the model's rates: ceil(prompt x prompt rate + completion x"
+        " completion rate).",
+    )
     model: Text | None = Field(default=None, max_length=200)
     prompt_tokens: Amount | None = None
     completion_tokens: Amount | None = None
@@ -32,7 +37,21 @@ class UsageFields(Input):
     @model_validator(mode="after")
     def _consistent(self) -> UsageFields:
         prompt, completion = self.prompt_tokens, self.completion_tokens
-        if prompt is not None and completion is not None and prompt + completion != self.tokens:
+        if self.tokens is None:
+            if prompt is None or completion is None:
+                raise FieldRule(
+                    "tokens",
+                    "send tokens, or prompt_tokens and completion_tokens to be charged by the"
+                    " model's rates",
+                )
+        elif (
+            self.model is None
+            and prompt is not None
+            and completion is not None
+            and prompt + completion != self.tokens
+        ):
+            # Without a model no rate applies: the counts are the tokens. With one, `tokens`
+            # is what the platform charged and the counts are the raw counts.
             raise FieldRule(
                 "tokens",
                 f"prompt_tokens + completion_tokens must equal tokens: {prompt:,} +"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal
@@ -24,11 +24,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
+from tokenadmin.catalog import service as catalog
 from tokenadmin.clock import Clock
 from tokenadmin.database import Database, Retry, lock_organization
 from tokenadmin.errors import (
     Conflict,
     InsufficientTokens,
+    InvalidRequest,
     NotFound,
     ReservationClosed,
     ReservationExpired,
@@ -45,7 +47,7 @@ from tokenadmin.organization.service import (
     lock_for_change,
     maintenance_due,
 )
-from tokenadmin.tokens import Kind
+from tokenadmin.tokens import MAX_AMOUNT, Kind
 from tokenadmin.usage import repository
 from tokenadmin.user.periods import start_current_period
 
@@ -163,6 +165,7 @@ class _Batch:
     reservations: dict[uuid.UUID, Reservation] = field(default_factory=dict)
     org_room: dict[tuple[uuid.UUID, Kind], int] = field(default_factory=dict)
     starts: dict[uuid.UUID, datetime] = field(default_factory=dict)
+    rates: dict[tuple[uuid.UUID, str | None], catalog.Rate] = field(default_factory=dict)
 
 
 async def meter(
@@ -273,14 +276,41 @@ async def _apply(batch: _Batch, op: Operation, default_ttl: int) -> Metered:
     if op.action in ("usage", "reserve"):
         assert op.user is not None
         assert op.kind is not None
-        assert op.tokens is not None
         user = _find_user(batch, op.user)
+        if op.tokens is None:
+            op = await _charged(batch, user, op)
+        assert op.tokens is not None
+        assert op.kind is not None
         return await _debit(batch, op, user, op.kind, op.tokens, default_ttl)
     assert op.reservation_id is not None
     reservation = batch.reservations.get(op.reservation_id)
     if reservation is None:
         raise NotFound("Reservation not found.", code="reservation_not_found")
     return await _close(batch, op, reservation)
+
+
+async def _charged(batch: _Batch, user: User, op: Operation) -> Operation:
+    """The operation with its tokens charged by the model's rates (the catalog's, read in
+    this transaction): ceil(prompt x prompt rate + completion x completion rate). Its
+    journal entry keeps the model, the raw counts and the rates."""
+    details = op.details or {}
+    model = details.get("model")
+    key = (user.org_id, model)
+    rate = batch.rates.get(key)
+    if rate is None:
+        rate = catalog.DEFAULT_RATE
+        if model is not None:
+            rate = await catalog.rate_for(batch.session, user.org_id, model)
+        batch.rates[key] = rate
+    tokens = rate.charge(details["prompt_tokens"], details["completion_tokens"])
+    if not 1 <= tokens <= MAX_AMOUNT:
+        raise InvalidRequest(
+            f"These counts are charged {tokens:,} tokens at the rates of"
+            f" {model or 'no model'}; usage is 1 to 2^53 tokens.",
+            code="invalid_amount",
+            details={"field": "tokens", "charged": tokens},
+        )
+    return replace(op, tokens=tokens, details={**details, **rate.as_details()})
 
 
 async def _debit(
