@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from tests.servers import free_port
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.app import create_app
+from tokenadmin.catalog import service as catalog
 from tokenadmin.clock import FakeClock
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
@@ -53,8 +55,27 @@ async def personal_key(db: Database, clock: FakeClock, user_id: str) -> str:
     return await db.write(work)
 
 
+async def demo_model(db: Database, clock: FakeClock, org_id: str, **rates: Any) -> None:
+    """The built-in demo model ("demo-echo", answered in this process) for the organization,
+    at 1 token a token unless `rates` say otherwise."""
+    rate = {"prompt_rate": 1, "completion_rate": 1, **rates}
+
+    async def work(session: AsyncSession) -> None:
+        await catalog.set_model(
+            session,
+            Act("test", clock.now()),
+            uuid.UUID(org_id),
+            "demo-echo",
+            upstream_base_url=catalog.DEMO_BASE_URL,
+            **rate,
+        )
+
+    await db.write(work)
+
+
 async def make_org(api: Api, db: Database, clock: FakeClock, name: str = "Acme") -> Org:
     org_id = await funded_org(api, 1_000_000, 100_000, name=name)
+    await demo_model(db, clock, org_id)
     people = []
     for role in ("admin", "member"):
         email = f"{role}.{name.lower()}@example.com"

@@ -103,3 +103,62 @@ async def test_refusals_raise_as_http_errors_with_the_status_in_the_body(
     assert answered(over).status_code == 422
     assert answered(over).json()["code"] == "exceeds_balance"
     assert (await get_user(api, org.member.id))["max_tokens"] == 200_000
+
+
+async def test_query_train_tokenizer_and_models_meter_through_the_same_service(
+    live: LiveServer, org: Org, api: Api
+) -> None:
+    member = client(live, org.member.email, org.member.key)
+    models = member.get_models()["response"]
+    assert models["object"] == "list"
+    demo = next(m for m in models["data"] if m["id"] == "demo-echo")
+    assert (demo["prompt_rate"], demo["completion_rate"]) == ("1", "1")
+    count = member.tokenizer("How many tokens is this?")
+    assert count["status"] == 200
+    assert isinstance(count["response"], int)
+    assert count["response"] > 0
+
+    answer = member.query("Hello there, model", model="demo-echo", dataset="none")
+    assert answer["status"] == 200
+    assert answer["response"] == "OK"
+    assert "Hello there, model" in answer["message"]
+    assert answer["type"] == "completion"
+    usage = answer["usage"]
+    charged = usage["prompt_tokens"] + usage["completion_tokens"]
+    assert member.count_monthly_tokens()["response"] == charged
+
+    trained = member.train("A document of a few words to ingest.", context="notes")
+    assert trained["status"] == 200
+    assert trained["tokens"] == count_of(member, "A document of a few words to ingest.")
+    assert member.count_monthly_teach_tokens()["response"] == trained["tokens"]
+    user = await get_user(api, org.member.id)
+    assert user["inference"]["used"] == charged
+    assert user["inference"]["reserved"] == 0
+    assert user["training"]["used"] == trained["tokens"]
+    entries = await journal(api, org.id, user_id=org.member.id)
+    assert [e["action"] for e in entries if e["kind"] == "inference"][-2:] == ["reserve", "commit"]
+
+
+def count_of(member: AskSageClient, text: str) -> int:
+    counted: int = member.tokenizer(text)["response"]
+    return counted
+
+
+async def test_a_query_that_does_not_fit_is_refused_with_402_and_meters_nothing(
+    live: LiveServer, org: Org, api: Api
+) -> None:
+    member = client(live, org.member.email, org.member.key)
+    await api.use(org.member.email, 199_990)
+    with pytest.raises(requests.HTTPError) as short:
+        member.query("Tell me everything", model="demo-echo")
+    assert answered(short).status_code == 402
+    assert answered(short).json()["code"] == "insufficient_tokens"
+    assert member.count_monthly_tokens()["response"] == 199_990
+    with pytest.raises(requests.HTTPError) as unknown:
+        member.query("Hi", model="no-such-model")
+    assert answered(unknown).status_code == 404
+    assert answered(unknown).json()["code"] == "model_not_found"
+    with pytest.raises(requests.HTTPError) as dataset:
+        member.query("Hi", model="demo-echo", dataset="user_content_1_docs_content")
+    assert answered(dataset).status_code == 422
+    assert "Datasets are not served" in answered(dataset).json()["response"]

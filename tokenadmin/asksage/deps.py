@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
@@ -103,20 +104,26 @@ async def read_fields(request: Request) -> dict[str, Any]:
     (files as UploadFile); no body at all is no field."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.form()
-        return {name: value for name, value in form.multi_items()}
+        fields: dict[str, Any] = {}
+        async with request.form() as form:  # closed here: its files are read now
+            for name, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    fields[name] = Upload(value.filename, await value.read())
+                else:
+                    fields[name] = value
+        return fields
     raw = await request.body()
     if not raw.strip():
         return {}
     try:
-        fields = json.loads(raw)
+        parsed = json.loads(raw)
     except (ValueError, RecursionError) as error:
         raise MalformedRequest(
             f"The body is not valid JSON ({error}); send a JSON object or form fields."
         ) from error
-    if not isinstance(fields, dict):
+    if not isinstance(parsed, dict):
         raise MalformedRequest("The body must be a JSON object (or form fields).")
-    return fields
+    return parsed
 
 
 def _message(error: ValidationError) -> str:
@@ -142,8 +149,16 @@ def fields(model: type[M]) -> Callable[[Request], Awaitable[M]]:
     return read
 
 
-def upload(value: Any, field: str) -> UploadFile:
-    if not isinstance(value, UploadFile):
+@dataclass(frozen=True)
+class Upload:
+    """A file of a multipart body, read whole (bodies are bounded by TOKENADMIN_MAX_BODY_BYTES)."""
+
+    filename: str | None
+    content: bytes
+
+
+def upload(value: Any, field: str) -> Upload:
+    if not isinstance(value, Upload):
         raise InvalidRequest(f"{field}: send a file, as multipart/form-data.")
     return value
 

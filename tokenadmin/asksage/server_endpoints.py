@@ -5,33 +5,53 @@ services."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenadmin import logs
 from tokenadmin.act import Act
-from tokenadmin.asksage.deps import PrincipalDep, admin_org, fields, member, read, write
+from tokenadmin.asksage.deps import (
+    PrincipalDep,
+    admin_org,
+    caller_of,
+    fields,
+    member,
+    read,
+    upload,
+    write,
+)
 from tokenadmin.asksage.envelope import answer
 from tokenadmin.asksage.schemas import (
     AddPurchase,
     AskTokens,
+    Content,
     DistributionExecute,
     DistributionPreview,
     MyRequests,
     Nothing,
     OrgPurchases,
     OrgRequests,
+    Query,
     Review,
+    Train,
+    TrainWithFile,
 )
 from tokenadmin.auth.principal import Principal
-from tokenadmin.deps import clock_of, db_of
+from tokenadmin.catalog import service as catalog
+from tokenadmin.deps import clock_of, db_of, settings_of
 from tokenadmin.distribution import service as distribution_service
 from tokenadmin.distribution.schemas import DistributionOut, DistributionRequest
-from tokenadmin.errors import NotFound
+from tokenadmin.errors import InvalidRequest, NotFound, TokenAdminError
+from tokenadmin.gateway.estimate import estimate_tokens
+from tokenadmin.gateway.ingest import ingest
+from tokenadmin.gateway.service import Member, UpstreamFailed, complete_chat
 from tokenadmin.models import Organization
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization import service as organization_service
@@ -89,6 +109,221 @@ async def count_monthly_tokens_left_with_org(
     organization's), as metering counts it; `training` beside it, the same for training."""
     kinds = await _availability(request, member(principal))
     return answer(kinds[Kind.inference].available, training=kinds[Kind.training].available)
+
+
+# --- models, tokenizer and metering --------------------------------------------------------
+
+
+@router.post("/get-models")
+async def get_models(request: Request, principal: PrincipalDep, _: NoFields) -> JSONResponse:
+    """The models the caller's organization may use, with their rates (the catalog's)."""
+    settings = settings_of(request)
+    models = await db_of(request).read(
+        lambda session: catalog.models_for(session, principal.org_id, settings)
+    )
+    owner = "platform" if principal.org_id is None else "organization"
+    data = [
+        {
+            "id": model.name,
+            "name": model.name,
+            "object": "model",
+            "owned_by": "tokenadmin" if model.source == "platform" else owner,
+            **model.rate.as_details(),
+            "max_output_tokens": model.max_output_tokens,
+            "upstream_configured": model.upstream_configured,
+        }
+        for model in models
+        if model.allowed
+    ]
+    return answer({"object": "list", "data": data})
+
+
+@router.post("/tokenizer")
+async def tokenizer(
+    principal: PrincipalDep, body: Annotated[Content, Depends(fields(Content))]
+) -> JSONResponse:
+    """The token count of `content`, by the estimator the gateway meters with."""
+    return answer(estimate_tokens(body.content))
+
+
+NOT_SERVED_DATASETS = frozenset({"", "all", "none"})
+
+
+def _refuse_unserved(body: Query) -> None:
+    """What tokenadmin does not do is refused rather than silently left out of the answer."""
+    if body.file is not None:
+        raise InvalidRequest(
+            "Files are not read by query here: put the text in `message`.",
+            code="not_served",
+            details={"field": "file"},
+        )
+    if body.dataset is not None and body.dataset.strip().lower() not in NOT_SERVED_DATASETS:
+        raise InvalidRequest(
+            f"Datasets are not served here, so '{body.dataset}' can't be searched: send"
+            " dataset 'none' (or 'all', which has no dataset to search either).",
+            code="not_served",
+            details={"field": "dataset"},
+        )
+    if body.live:
+        raise InvalidRequest(
+            "Live web search is not served here: send live 0.",
+            code="not_served",
+            details={"field": "live"},
+        )
+
+
+def _json_field(text: str | None, field: str) -> Any:
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise InvalidRequest(f"{field}: not valid JSON ({error}).") from error
+
+
+def chat_messages(message: str, system_prompt: str | None) -> list[dict[str, Any]]:
+    """OpenAI chat messages of an Ask Sage `message`: a prompt, or a JSON list of turns
+    [{user: "me"|"gpt", message}] (a turn of "gpt" is the assistant's)."""
+    messages: list[dict[str, Any]] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    turns: Any = None
+    if message.lstrip().startswith("["):
+        with contextlib.suppress(ValueError):
+            turns = json.loads(message)
+    if (
+        isinstance(turns, list)
+        and turns
+        and all(isinstance(t, dict) and isinstance(t.get("message"), str) for t in turns)
+    ):
+        for turn in turns:
+            role = "assistant" if turn.get("user") == "gpt" else "user"
+            messages.append({"role": role, "content": turn["message"]})
+    else:
+        messages.append({"role": "user", "content": message})
+    return messages
+
+
+def _answer_id(request: Request) -> str:
+    """The answer's `uuid`: the request's id, as the server's log lines name it."""
+    rid = logs.request_id_of(request.scope) or uuid.uuid4().hex
+    try:
+        return str(uuid.UUID(rid))
+    except ValueError:
+        return rid
+
+
+@router.post("/query")
+async def query(
+    request: Request, principal: PrincipalDep, body: Annotated[Query, Depends(fields(Query))]
+) -> JSONResponse:
+    """A prompt to a model of the organization, through the metering gateway (inference
+    tokens, reserved first, committed at the model's rates); the text in `message`."""
+    user_id = member(principal)
+    _refuse_unserved(body)
+    completion: dict[str, Any] = {
+        "model": body.model,
+        "messages": chat_messages(body.message, body.system_prompt),
+    }
+    optional = {
+        "temperature": body.temperature,
+        "max_tokens": body.max_tokens,
+        "tools": _json_field(body.tools, "tools"),
+        "tool_choice": _json_field(body.tool_choice, "tool_choice"),
+        "reasoning_effort": body.reasoning_effort,
+    }
+    completion.update({name: value for name, value in optional.items() if value is not None})
+    assert principal.org_id is not None
+    who = Member(caller_of(principal), str(user_id), principal.org_id)
+    try:
+        result = await complete_chat(request.app.state.gateway, who, completion)
+    except UpstreamFailed as failed:
+        raise upstream_refusal(failed) from failed
+    choices = result.get("choices") or [{}]
+    said = choices[0].get("message") or {}
+    return JSONResponse(
+        {
+            "response": "OK",
+            "status": 200,
+            "message": said.get("content") or "",
+            "uuid": _answer_id(request),
+            "type": "completion",
+            "references": "",
+            "embedding_down": False,
+            "vectors_down": False,
+            "tool_calls": said.get("tool_calls"),
+            "model": result.get("model", body.model),
+            "usage": result.get("usage"),
+        }
+    )
+
+
+def upstream_refusal(failed: UpstreamFailed) -> TokenAdminError:
+    """The model's upstream refused or failed: its own 4xx passes through, anything else is
+    502; the upstream's message is kept."""
+    error = failed.body.get("error") if isinstance(failed.body, dict) else None
+    said = error.get("message") if isinstance(error, dict) else None
+    status = failed.status if 400 <= failed.status < 500 else 502
+    return TokenAdminError(
+        f"The model's upstream answered {failed.status}: {said or 'no message'}",
+        code="upstream_failed",
+        status_code=status,
+    )
+
+
+async def _train(
+    request: Request, principal: Principal, text: str, dataset: str | None, details: Any
+) -> JSONResponse:
+    user_id = member(principal)
+    metered = await ingest(
+        request.app.state.coalescer,
+        caller_of(principal),
+        str(user_id),
+        tokens=None,
+        text=text,
+        dataset=dataset,
+        idempotency_key=request.headers.get("idempotency-key"),
+        details=details,
+    )
+    used = metered.body
+    return JSONResponse(
+        {
+            "response": "OK",
+            "status": 200,
+            "tokens": used["tokens"],
+            "remaining": used["remaining"],
+            "journal_entry_id": used["journal_entry_id"],
+        }
+    )
+
+
+@router.post("/train")
+async def train(
+    request: Request, principal: PrincipalDep, body: Annotated[Train, Depends(fields(Train))]
+) -> JSONResponse:
+    """Meter `content` as training tokens (ingest, by the gateway's estimator). Nothing is
+    stored: tokenadmin meters, the platform keeps its datasets."""
+    details = {"context": body.context} if body.context else None
+    return await _train(request, principal, body.content, body.force_dataset, details)
+
+
+@router.post("/train-with-file")
+async def train_with_file(
+    request: Request,
+    principal: PrincipalDep,
+    body: Annotated[TrainWithFile, Depends(fields(TrainWithFile))],
+) -> JSONResponse:
+    """Meter a text file's content as training tokens (UTF-8 text only)."""
+    file = upload(body.file, "file")
+    try:
+        text = file.content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidRequest(
+            "file: only UTF-8 text files are read here; send the document's text.",
+            code="not_served",
+        ) from error
+    details = {"file": file.filename} if file.filename else None
+    return await _train(request, principal, text, body.dataset, details)
 
 
 # --- token requests ------------------------------------------------------------------------
