@@ -24,6 +24,7 @@ from tokenadmin.act import Act
 from tokenadmin.allowance import service as allowance_service
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.auth import service as auth_service
+from tokenadmin.catalog import service as catalog
 from tokenadmin.clock import Clock, FakeClock, SystemClock
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
@@ -98,6 +99,15 @@ RAISED = "noah.becker@acme.example"
 JOINER = "olivia.brown@acme.example"
 """Joins on the first working moment of this month."""
 MODELS = ("large-chat", "small-chat", "code-assist")
+"""The models of the simulated history (reported by the platform through /v1/usage)."""
+GATEWAY_MEMBER = "elias.koch@acme.example"
+"""The member whose own key the how-to prints, for the gateway and the Ask Sage API."""
+DEMO_MODELS = (
+    # name, prompt rate, completion rate: the built-in demo model, answering in-process
+    # (gateway/demo.py), at two prices to show rates at work.
+    ("demo-echo", "1", "1"),
+    ("demo-echo-premium", "2", "4"),
+)
 ASKERS = (
     ("lea.wolf@acme.example", Kind.inference, 150_000, "Drafting the annual report this week."),
     ("jonas.neumann@acme.example", Kind.training, 200_000, "Ingesting the 2026 support tickets."),
@@ -116,6 +126,8 @@ class DemoResult:
     refused: int
     operator_key: str
     admin_key: str
+    member_key: str
+    member_email: str = GATEWAY_MEMBER
     admin_email: str = ADMIN_EMAIL
     admin_password: str = ADMIN_PASSWORD
     operator_email: str = OPERATOR_EMAIL
@@ -370,7 +382,7 @@ async def load(
 
     await db.write(ask)
 
-    async def keys(session: AsyncSession) -> tuple[str, str]:
+    async def keys(session: AsyncSession) -> tuple[str, str, str]:
         await auth_service.create_operator(
             session, email=OPERATOR_EMAIL, name=OPERATOR_NAME, password=OPERATOR_PASSWORD, now=now
         )
@@ -380,9 +392,25 @@ async def load(
         _, admin = await api_key_service.create(
             session, act, org_id=loader.org_id, name="demo admin", scopes=["admin", "read", "usage"]
         )
-        return operator, admin
+        for name, prompt_rate, completion_rate in DEMO_MODELS:
+            await catalog.set_model(
+                session,
+                act,
+                None,
+                name,
+                prompt_rate=prompt_rate,
+                completion_rate=completion_rate,
+                upstream_base_url=catalog.DEMO_BASE_URL,
+                upstream_model="demo-echo",
+                max_output_tokens=512,
+            )
+        found = await user_repository.find_by_refs(session, loader.org_id, [GATEWAY_MEMBER])
+        _, member = await api_key_service.create_personal(
+            session, act, found[GATEWAY_MEMBER], name="demo laptop"
+        )
+        return operator, admin, member
 
-    operator_key, admin_key = await db.write(keys)
+    operator_key, admin_key, member_key = await db.write(keys)
     return DemoResult(
         org_id=str(loader.org_id),
         org_name=ORG_NAME,
@@ -393,6 +421,7 @@ async def load(
         refused=loader.refused,
         operator_key=operator_key,
         admin_key=admin_key,
+        member_key=member_key,
     )
 
 
@@ -408,6 +437,7 @@ Loaded the demo organization {result.org_name} ({org}): {result.users} users, \
   API docs        {base_url}/docs
   Operator key    {result.operator_key}
   Admin key       {result.admin_key}   ({result.org_name}: admin, read, usage)
+  Member key      {result.member_key}   ({result.member_email}'s own key)
   Dashboard login {result.admin_email} / {result.admin_password}   ({result.org_name} admin)
                   {result.operator_email} / {result.operator_password}   (platform operator)
 
@@ -420,6 +450,17 @@ With the server running (`make run` starts it; otherwise `tokenadmin serve`), tr
     -H "Authorization: Bearer {result.admin_key}" \\
     -H "Idempotency-Key: $(uuidgen)" -H "Content-Type: application/json" \\
     -d '{{"user": "sophie.mueller@acme.example", "kind": "inference", "tokens": 1500}}'
+
+The OpenAI-compatible gateway meters the member's own tokens; demo-echo is a built-in demo
+model that echoes the prompt (no external service is called):
+
+  curl {base_url}/openai/v1/chat/completions \
+    -H "Authorization: Bearer {result.member_key}" -H "Content-Type: application/json" \
+    -d '{{"model": "demo-echo", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+
+  Python: OpenAI(base_url="{base_url}/openai/v1", api_key=MEMBER_KEY)
+          AskSageClient("{result.member_email}", MEMBER_KEY,
+                        user_base_url="{base_url}/user", server_base_url="{base_url}/server")
 
 The keys are shown only this once; `tokenadmin operator-key --name NAME` makes another."""
 
