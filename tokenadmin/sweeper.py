@@ -1,6 +1,6 @@
 """Background upkeep that time alone makes due: expired reservations, expired purchases,
-new periods and old idempotency keys. Every server process runs it; running it twice is
-harmless (each step is a locked, idempotent change)."""
+new periods, old idempotency keys, ended sign-ins and ended access tokens. Every server
+process runs it; running it twice is harmless (each step is a locked, idempotent change)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from datetime import timedelta
 from functools import partial
 
 from tokenadmin.act import Act
+from tokenadmin.asksage import access_token
 from tokenadmin.auth import service as auth_service
 from tokenadmin.clock import Clock
 from tokenadmin.database import Database
@@ -33,6 +34,7 @@ class SweepReport:
     reservations_expired: int = 0
     idempotency_keys_purged: int = 0
     sessions_ended: int = 0
+    access_tokens_ended: int = 0
 
 
 async def sweep(db: Database, clock: Clock, *, idempotency_ttl: timedelta) -> SweepReport:
@@ -71,6 +73,9 @@ async def sweep(db: Database, clock: Clock, *, idempotency_ttl: timedelta) -> Sw
     )
     report.sessions_ended = await db.write(
         lambda session: auth_service.forget_expired(session, clock.now())
+    )
+    report.access_tokens_ended = await db.write(
+        lambda session: access_token.forget_expired(session, clock.now())
     )
     return report
 
