@@ -37,6 +37,8 @@ from tokenadmin.dashboard.web import SignInRequired, error_page, sign_in_url, wa
 from tokenadmin.database import Database
 from tokenadmin.distribution.endpoints import router as distribution_router
 from tokenadmin.errors import TokenAdminError
+from tokenadmin.gateway.endpoints import create_openai_app, ingest_router
+from tokenadmin.gateway.service import Gateway
 from tokenadmin.idempotency.service import KeysInFlight
 from tokenadmin.journal.endpoints import router as journal_router
 from tokenadmin.organization.endpoints import router as organization_router
@@ -347,6 +349,7 @@ def create_app(
         try:
             yield
         finally:
+            await app.state.gateway.close()  # its reservations settled, through the coalescer
             await app.state.coalescer.close()
             if task is not None:
                 task.cancel()
@@ -363,11 +366,13 @@ def create_app(
     )
     # Routes are matched in order: metering, the most frequent request by far, goes first.
     app.include_router(usage_router, responses=API_ERRORS)
+    app.include_router(ingest_router, responses=API_ERRORS)
     app.state.db = db
     app.state.clock = clock
     app.state.key_cache = KeyCache()
     app.state.keys_in_flight = KeysInFlight()  # API writes and metering alike
     app.state.coalescer = metering(db, clock, settings, app.state.keys_in_flight)
+    app.state.gateway = Gateway.create(db, clock, settings, app.state.coalescer)
     app.state.settings = settings
 
     @app.exception_handler(TokenAdminError)
@@ -431,6 +436,8 @@ def create_app(
         return {"status": "ok", "database": db.dialect, "version": __version__}
 
     app.mount("/static", StaticFiles(directory=HERE / "dashboard" / "static"), name="static")
+    # /openai/v1: the OpenAI-compatible gateway, its own sub-app answering in OpenAI's shape
+    app.mount("/openai", create_openai_app(app.state))
     asksage.mount(app)  # /user and /server: the Ask Sage API, its own sub-apps and handlers
     app.include_router(dashboard_router)
     for router in (
