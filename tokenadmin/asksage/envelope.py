@@ -79,7 +79,7 @@ def sub_app(router: APIRouter, state: State, *, title: str) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        codes = {400: "malformed_request", 404: "not_found", 405: "method_not_allowed"}
+        codes = {400: "malformed_json", 404: "not_found", 405: "method_not_allowed"}
         message = str(error.detail)
         if error.status_code == 404:
             message = f"No Ask Sage endpoint {request.url.path} here (docs/api.md lists them)."
