@@ -9,7 +9,9 @@ from tokenadmin.dashboard import (
     home,
     journal_pages,
     member,
+    models_page,
     operator,
+    personal_keys,
     requests,
     settings_pages,
     transfer,
@@ -29,6 +31,8 @@ for module in (
     operator,
     member,
     requests,
+    personal_keys,
+    models_page,
     user_page,
 ):
     router.include_router(module.router)

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenadmin.api_key import service as api_key_service
 from tokenadmin.auth.service import Viewer
 from tokenadmin.dashboard.requests import member_requests
 from tokenadmin.dashboard.user_page import for_user, usage_csv, user_view
@@ -23,6 +24,7 @@ router = APIRouter(include_in_schema=False)
 NOTICES = {
     "requested": "Your request is sent: your administrators see it on their page.",
     "withdrawn": "Your request is withdrawn.",
+    "key-revoked": "The API key is revoked; it no longer works.",
 }
 T = TypeVar("T")
 
@@ -48,6 +50,7 @@ async def my_page_response(
     ) -> dict[str, Any]:
         view = await user_view(session, org, user, now)
         view["my_requests"] = await member_requests(session, user.id)
+        view["my_keys"] = await api_key_service.list_personal(session, user.id)
         return view
 
     data = await _as_me(request, viewer, work)
