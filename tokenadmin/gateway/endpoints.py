@@ -152,8 +152,7 @@ async def member_of(request: Request, body: dict[str, Any]) -> tuple[Member, boo
     if principal.org_id is None:
         raise Forbidden(
             "The gateway meters a member's tokens: call it with the member's own API key, or"
-            " an organization's key with the 'usage' scope and the member in 'user'.",
-            code="permission_denied",
+            " an organization's key with the 'usage' scope and the member in 'user'."
         )
     caller = Caller(
         principal.actor, principal.org_id, principal.idempotency_scope, principal.key_id
