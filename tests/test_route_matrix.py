@@ -104,6 +104,17 @@ POST   /v1/token-requests/{request_id}/deny                  -  Y -  Y - - - -  
 POST   /v1/token-requests/{request_id}/withdraw              -  Y -  Y Y - - -  - - - - -
 GET    /v1/organizations/{org_id}/token-requests             -  Y -  Y Y Y - -  - - - - -
 GET    /v1/users/{user_id}/token-requests                    -  Y -  Y Y Y - -  - - - - -
+GET    /v1/models                                            -  Y -  - - - - -  - - - - -
+PUT    /v1/models/{name:path}                                -  Y -  - - - - -  - - - - -
+DELETE /v1/models/{name:path}                                -  Y -  - - - - -  - - - - -
+GET    /v1/organizations/{org_id}/models                     -  Y -  Y Y Y - -  - - - - -
+PUT    /v1/organizations/{org_id}/models/{name:path}         -  Y -  Y - - - -  - - - - -
+DELETE /v1/organizations/{org_id}/models/{name:path}         -  Y -  Y - - - -  - - - - -
+PUT    /v1/organizations/{org_id}/model-access               -  Y -  Y - - - -  - - - - -
+PUT    /v1/organizations/{org_id}/upstream                   -  Y -  Y - - - -  - - - - -
+POST   /v1/users/{user_id}/api-keys                          -  Y -  Y - - - -  - - - - -
+GET    /v1/users/{user_id}/api-keys                          -  Y -  Y - - - -  - - - - -
+DELETE /v1/users/{user_id}/api-keys/{key_id}                 -  Y -  Y - - - -  - - - - -
 GET    /                                                     Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
 GET    /login                                                Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
 POST   /login                                                Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
@@ -134,6 +145,13 @@ GET    /orgs/{org_id}/settings                               -  - Y  - - - Y -  
 POST   /orgs/{org_id}/settings/policy                        -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/settings/keys                          -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/settings/keys/{key_id}/revoke          -  - Y  - - - Y -  - - - - -
+POST   /me/api-keys                                          -  - -  - - - Y Y  - - - Y Y
+POST   /me/api-keys/{key_id}/revoke                          -  - -  - - - - Y  - - - - -
+GET    /orgs/{org_id}/models                                 -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/models/rates                           -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/models/reset                           -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/models/access                          -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/models/upstream                        -  - Y  - - - Y -  - - - - -
 """
 
 Route = tuple[str, str]
@@ -208,6 +226,8 @@ class World:
     to_approve: str
     to_deny: str
     to_withdraw: str
+    personal_key_to_revoke: str
+    my_key_to_revoke: str
     b_org: str
     b_user: str
     operator_email: str
@@ -219,6 +239,8 @@ class World:
 
 
 OPERATOR_PASSWORD = "operator password 1"
+MODEL = "matrix-model"
+"""A model of the platform's catalog, with organization A's own rates of it."""
 
 
 def _unique(name: str) -> str:
@@ -360,6 +382,37 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
     ("GET", "/v1/users/{user_id}/token-requests"): lambda w: Req(
         "GET", f"/v1/users/{w.alice}/token-requests"
     ),
+    ("GET", "/v1/models"): lambda w: Req("GET", "/v1/models"),
+    ("PUT", "/v1/models/{name:path}"): lambda w: Req(
+        "PUT", "/v1/models/made-here", {"prompt_rate": "0.5", "completion_rate": 2}
+    ),
+    ("DELETE", "/v1/models/{name:path}"): lambda w: Req("DELETE", f"/v1/models/{MODEL}"),
+    ("GET", "/v1/organizations/{org_id}/models"): lambda w: Req(
+        "GET", f"/v1/organizations/{w.a_org}/models"
+    ),
+    ("PUT", "/v1/organizations/{org_id}/models/{name:path}"): lambda w: Req(
+        "PUT",
+        f"/v1/organizations/{w.a_org}/models/{MODEL}",
+        {"prompt_rate": "0.25", "completion_rate": "1", "upstream_api_key": "sk-planted"},
+    ),
+    ("DELETE", "/v1/organizations/{org_id}/models/{name:path}"): lambda w: Req(
+        "DELETE", f"/v1/organizations/{w.a_org}/models/{MODEL}"
+    ),
+    ("PUT", "/v1/organizations/{org_id}/model-access"): lambda w: Req(
+        "PUT", f"/v1/organizations/{w.a_org}/model-access", {"allowed": [MODEL]}
+    ),
+    ("PUT", "/v1/organizations/{org_id}/upstream"): lambda w: Req(
+        "PUT",
+        f"/v1/organizations/{w.a_org}/upstream",
+        {"base_url": "https://planted.example/v1", "api_key": "sk-planted"},
+    ),
+    ("POST", "/v1/users/{user_id}/api-keys"): lambda w: Req(
+        "POST", f"/v1/users/{w.alice}/api-keys", {"name": "planted"}
+    ),
+    ("GET", "/v1/users/{user_id}/api-keys"): lambda w: Req("GET", f"/v1/users/{w.alice}/api-keys"),
+    ("DELETE", "/v1/users/{user_id}/api-keys/{key_id}"): lambda w: Req(
+        "DELETE", f"/v1/users/{w.alice}/api-keys/{w.personal_key_to_revoke}"
+    ),
     # --- the dashboard
     ("GET", "/"): lambda w: Req("GET", "/", page=True),
     ("GET", "/login"): lambda w: Req("GET", "/login", page=True),
@@ -472,6 +525,34 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
     ("POST", "/orgs/{org_id}/settings/keys/{key_id}/revoke"): lambda w: Req(
         "POST", f"/orgs/{w.a_org}/settings/keys/{w.page_key_to_revoke}/revoke", form={}, page=True
     ),
+    ("POST", "/me/api-keys"): lambda w: Req(
+        "POST", "/me/api-keys", form={"name": "mine"}, page=True
+    ),
+    ("POST", "/me/api-keys/{key_id}/revoke"): lambda w: Req(
+        "POST", f"/me/api-keys/{w.my_key_to_revoke}/revoke", form={}, page=True
+    ),
+    ("GET", "/orgs/{org_id}/models"): lambda w: Req("GET", f"/orgs/{w.a_org}/models", page=True),
+    ("POST", "/orgs/{org_id}/models/rates"): lambda w: Req(
+        "POST",
+        f"/orgs/{w.a_org}/models/rates",
+        form={"name": MODEL, "prompt_rate": "2", "completion_rate": "3"},
+        page=True,
+    ),
+    ("POST", "/orgs/{org_id}/models/reset"): lambda w: Req(
+        "POST", f"/orgs/{w.a_org}/models/reset", form={"name": MODEL}, page=True
+    ),
+    ("POST", "/orgs/{org_id}/models/access"): lambda w: Req(
+        "POST",
+        f"/orgs/{w.a_org}/models/access",
+        form={"mode": "selected", "allowed": [MODEL]},
+        page=True,
+    ),
+    ("POST", "/orgs/{org_id}/models/upstream"): lambda w: Req(
+        "POST",
+        f"/orgs/{w.a_org}/models/upstream",
+        form={"base_url": "https://planted.example/v1", "api_key": "sk-planted"},
+        page=True,
+    ),
 }
 
 
@@ -580,6 +661,13 @@ async def build_world(api: Api, db: Database, clock: FakeClock) -> World:
             ("withdraw", a_member["id"], "training"),
         )
     }
+    rates = {"prompt_rate": "1", "completion_rate": "1"}
+    await api.call("PUT", f"/v1/models/{MODEL}", json=rates, expect=200)
+    await api.call("PUT", f"/v1/organizations/{a_org}/models/{MODEL}", json=rates, expect=200)
+    personal = {
+        name: (await api.post(f"/v1/users/{user}/api-keys", {"name": "victim"}, expect=201))["id"]
+        for name, user in (("alice", alice["id"]), ("member", a_member["id"]))
+    }
     b_org = await funded_org(api)
     b_user = await api.user(b_org, "bob@b.example", name="Bob Bee")
     b_admin = await api.user(b_org, "bea@b.example", role="admin")
@@ -621,6 +709,8 @@ async def build_world(api: Api, db: Database, clock: FakeClock) -> World:
         to_approve=asked["approve"],
         to_deny=asked["deny"],
         to_withdraw=asked["withdraw"],
+        personal_key_to_revoke=personal["alice"],
+        my_key_to_revoke=personal["member"],
         b_org=b_org,
         b_user=b_user["id"],
         operator_email="olga@ops.example",
@@ -738,7 +828,7 @@ def test_every_served_route_is_in_the_matrix_and_every_row_is_served(app: FastAP
 
 def test_the_matrix_denies_another_organization_everything_of_a() -> None:
     own = {("GET", "/v1/organizations"), ("GET", "/me"), ("GET", "/me/usage-per-{bucket}.csv")}
-    own |= {("POST", "/me/requests"), ("POST", "/logout")}
+    own |= {("POST", "/me/requests"), ("POST", "/me/api-keys"), ("POST", "/logout")}
     public = {route for route, cells in MATRIX.items() if all(cells.values())}
     for route, cells in MATRIX.items():
         if route in own or route in public:
