@@ -60,10 +60,12 @@ bench-dashboard: $(DEV) $(SYNC)
 # Metering (usage, batch, reservations) under load against the limit of each database
 # (pgbench; a bare sqlite3 loop), how its cost grows to 100,000 users and 1,000,000 journal
 # entries, and administration at scale, with exactness checks; needs wrk and pgbench; under
-# ten minutes. Appends its figures to bench/RESULTS.md. BENCH_ARGS=--quick for a short run
-# that records nothing.
+# ten minutes. Then the gateway's overhead per request against the fake upstream called
+# directly (bench/gateway.py, under a minute). Appends its figures to bench/RESULTS.md.
+# BENCH_ARGS=--quick for a short run that records nothing.
 bench: $(DEV) $(SYNC)
 	$(BIN)/python -m bench.metering $(BENCH_ARGS)
+	$(BIN)/python -m bench.gateway $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache $(SYNC)
