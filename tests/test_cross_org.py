@@ -67,6 +67,39 @@ ROUTES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
     ("GET", "/v1/organizations/{org_id}/api-keys"): lambda w: [
         ("GET", f"/v1/organizations/{w.a_org}/api-keys", None)
     ],
+    ("GET", "/v1/models"): lambda w: [("GET", "/v1/models", None)],
+    ("PUT", "/v1/models/{name:path}"): lambda w: [
+        ("PUT", "/v1/models/planted", {"prompt_rate": "0", "completion_rate": "0"})
+    ],
+    ("DELETE", "/v1/models/{name:path}"): lambda w: [("DELETE", "/v1/models/planted", None)],
+    ("GET", "/v1/organizations/{org_id}/models"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/models", None)
+    ],
+    ("PUT", "/v1/organizations/{org_id}/models/{name:path}"): lambda w: [
+        (
+            "PUT",
+            f"/v1/organizations/{w.a_org}/models/m",
+            {"prompt_rate": "0", "completion_rate": "0"},
+        )
+    ],
+    ("DELETE", "/v1/organizations/{org_id}/models/{name:path}"): lambda w: [
+        ("DELETE", f"/v1/organizations/{w.a_org}/models/m", None)
+    ],
+    ("PUT", "/v1/organizations/{org_id}/model-access"): lambda w: [
+        ("PUT", f"/v1/organizations/{w.a_org}/model-access", {"allowed": []})
+    ],
+    ("PUT", "/v1/organizations/{org_id}/upstream"): lambda w: [
+        ("PUT", f"/v1/organizations/{w.a_org}/upstream", {"base_url": "https://evil.example"})
+    ],
+    ("POST", "/v1/users/{user_id}/api-keys"): lambda w: [
+        ("POST", f"/v1/users/{w.a_user}/api-keys", {"name": "mine now"})
+    ],
+    ("GET", "/v1/users/{user_id}/api-keys"): lambda w: [
+        ("GET", f"/v1/users/{w.a_user}/api-keys", None)
+    ],
+    ("DELETE", "/v1/users/{user_id}/api-keys/{key_id}"): lambda w: [
+        ("DELETE", f"/v1/users/{w.a_user}/api-keys/{w.a_key}", None)
+    ],
     ("DELETE", "/v1/organizations/{org_id}/api-keys/{key_id}"): lambda w: [
         ("DELETE", f"/v1/organizations/{w.a_org}/api-keys/{w.a_key}", None),
         ("DELETE", f"/v1/organizations/{w.b_org}/api-keys/{w.a_key}", None),

@@ -24,12 +24,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers import Api
-from tests.test_route_matrix import Caller, Req, World, build_world, send, snapshot
+from tests.test_route_matrix import MODEL, Caller, Req, World, build_world, send, snapshot
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
 from tokenadmin.models import (
     ApiKey,
     JournalEntry,
+    LlmModel,
     Organization,
     Purchase,
     Reservation,
@@ -102,6 +103,38 @@ class Write:
 
 
 JSON_WRITES: dict[Route, Write] = {
+    ("PUT", "/v1/models/{name:path}"): Write(
+        "operator-key",
+        lambda w: "/v1/models/made-here",
+        lambda w: {"prompt_rate": "0.5", "completion_rate": "1"},
+    ),
+    ("DELETE", "/v1/models/{name:path}"): Write("operator-key", lambda w: "/v1/models/gone", None),
+    ("PUT", "/v1/organizations/{org_id}/models/{name:path}"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/models/{MODEL}",
+        lambda w: {"prompt_rate": "2", "completion_rate": "3"},
+    ),
+    ("DELETE", "/v1/organizations/{org_id}/models/{name:path}"): Write(
+        "a-admin-key", lambda w: f"/v1/organizations/{w.a_org}/models/gone", None
+    ),
+    ("PUT", "/v1/organizations/{org_id}/model-access"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/model-access",
+        lambda w: {"allowed": [MODEL]},
+    ),
+    ("PUT", "/v1/organizations/{org_id}/upstream"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/upstream",
+        lambda w: {"base_url": "https://up.example/v1", "api_key": "sk-x"},
+    ),
+    ("POST", "/v1/users/{user_id}/api-keys"): Write(
+        "a-admin-key", lambda w: f"/v1/users/{w.alice}/api-keys", lambda w: {"name": "laptop"}
+    ),
+    ("DELETE", "/v1/users/{user_id}/api-keys/{key_id}"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/users/{w.alice}/api-keys/{w.personal_key_to_revoke}",
+        None,
+    ),
     ("POST", "/v1/token-requests"): Write(
         "a-admin-key",
         lambda w: "/v1/token-requests",
@@ -674,7 +707,87 @@ async def _sign_out(page: Page) -> None:
     assert me.status_code == 303
 
 
+async def _model_row(page: Page, org_id: str | None) -> LlmModel | None:
+    async def read(session: AsyncSession) -> LlmModel | None:
+        owner = (
+            LlmModel.org_id.is_(None) if org_id is None else LlmModel.org_id == uuid.UUID(org_id)
+        )
+        return await session.scalar(select(LlmModel).where(owner, LlmModel.name == MODEL))
+
+    return await page.db.read(read)
+
+
+async def _model_rates(page: Page) -> None:
+    # The form's organization is the page's, whatever org_id or id the form names.
+    form = {"name": MODEL, "prompt_rate": "2", "completion_rate": "3"}
+    response = await page.post("a-admin-session", f"/orgs/{page.world.a_org}/models/rates", form)
+    assert response.status_code == 303, response.text
+    own = await _model_row(page, page.world.a_org)
+    assert own is not None
+    assert str(own.id) != FIXED_ID
+    assert (own.prompt_rate, own.completion_rate) == ("2", "3")
+    assert await _model_row(page, page.world.b_org) is None
+    platform = await _model_row(page, None)
+    assert platform is not None
+    assert (platform.prompt_rate, platform.completion_rate) == ("1", "1")
+
+
+async def _model_reset(page: Page) -> None:
+    path = f"/orgs/{page.world.a_org}/models/reset"
+    response = await page.post("a-admin-session", path, {"name": MODEL})
+    assert response.status_code == 303, response.text
+    assert await _model_row(page, page.world.a_org) is None
+    assert await _model_row(page, None) is not None
+
+
+async def _model_access(page: Page) -> None:
+    path = f"/orgs/{page.world.a_org}/models/access"
+    response = await page.post("a-admin-session", path, {"mode": "selected", "allowed": [MODEL]})
+    assert response.status_code == 303, response.text
+    assert (await page.org()).allowed_models == [MODEL]
+
+
+async def _model_upstream(page: Page) -> None:
+    form = {"base_url": "https://up.example/v1", "api_key": "sk-x"}
+    path = f"/orgs/{page.world.a_org}/models/upstream"
+    response = await page.post("a-admin-session", path, form)
+    assert response.status_code == 303, response.text
+    org = await page.org()
+    assert (org.upstream_base_url, org.upstream_api_key) == ("https://up.example/v1", "sk-x")
+
+
+async def _my_key(page: Page) -> None:
+    # A key of one's own is the signed-in person's, with no scopes, whatever the form says.
+    response = await page.post("a-member-session", "/me/api-keys", {"name": "mine"})
+    assert response.status_code == 200, response.text
+
+    async def read(session: AsyncSession) -> ApiKey | None:
+        return await session.scalar(select(ApiKey).where(ApiKey.name == "mine"))
+
+    key = await page.db.read(read)
+    assert key is not None
+    assert key.user_id is not None
+    assert str(key.user_id) != page.world.alice
+    assert (str(key.org_id), key.scopes, key.prefix != "ta_planted") == (page.world.a_org, "", True)
+
+
+async def _revoke_my_key(page: Page) -> None:
+    path = f"/me/api-keys/{page.world.my_key_to_revoke}/revoke"
+    response = await page.post("a-member-session", path, {})
+    assert response.status_code == 303, response.text
+    key = await _row(page.db, ApiKey, page.world.my_key_to_revoke)
+    assert key.revoked_at == page.clock.now()
+    other = await _row(page.db, ApiKey, page.world.personal_key_to_revoke)
+    assert other.revoked_at is None
+
+
 FORMS: dict[Route, Callable[[Page], Awaitable[None]]] = {
+    ("POST", "/orgs/{org_id}/models/rates"): _model_rates,
+    ("POST", "/orgs/{org_id}/models/reset"): _model_reset,
+    ("POST", "/orgs/{org_id}/models/access"): _model_access,
+    ("POST", "/orgs/{org_id}/models/upstream"): _model_upstream,
+    ("POST", "/me/api-keys"): _my_key,
+    ("POST", "/me/api-keys/{key_id}/revoke"): _revoke_my_key,
     ("POST", "/orgs/{org_id}/users"): _add_user,
     ("POST", "/orgs/{org_id}/users/actions"): _user_actions,
     ("POST", "/orgs/{org_id}/settings/policy"): _policy,
