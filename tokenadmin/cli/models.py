@@ -72,7 +72,7 @@ def models_list(ctx: typer.Context, org: OrgOrPlatform = None, json_output: Json
         rows = cli.read(platform)
         if cli.emit_if_json(rows):
             return
-        columns = ("model", "prompt rate", "completion rate", "upstream", "upstream key")
+        platform_columns = ("model", "prompt rate", "completion rate", "upstream", "upstream key")
         shown = [
             (
                 r.name,
@@ -83,7 +83,7 @@ def models_list(ctx: typer.Context, org: OrgOrPlatform = None, json_output: Json
             )
             for r in rows
         ]
-        out().print(table(None, columns, shown))
+        out().print(table(None, platform_columns, shown))
         say(f"{len(rows):,} platform models.")
         return
 
