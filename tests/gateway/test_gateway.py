@@ -217,6 +217,29 @@ async def test_a_client_leaving_mid_stream_commits_what_was_streamed_and_release
     assert (user.used(Kind.inference), user.reserved(Kind.inference)) == (committed, 0)
 
 
+async def test_a_client_leaving_before_the_first_word_still_pays_for_the_prompt(
+    world: World,
+) -> None:
+    stream = await world.client().chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=50,
+        stream=True,
+        extra_body={"fake": {"words": 20, "hold_after": 0}},
+    )
+    await world.upstream.holding.wait()
+    await stream.close()
+    await world.gateway.settled()
+    world.upstream.release()
+
+    committed = RATE.charge(estimate_messages(MESSAGES), 0)
+    [reservation] = await world.reservations()
+    assert (reservation.status, reservation.committed_amount) == ("committed", committed)
+    assert committed > 0
+    user = await world.user()
+    assert (user.used(Kind.inference), user.reserved(Kind.inference)) == (committed, 0)
+
+
 async def test_an_upstream_dying_mid_stream_tells_the_client_and_commits_what_was_streamed(
     world: World,
 ) -> None:

@@ -10,7 +10,8 @@ reservation by usage.service, the one metering path (SPEC rule 10).
 4. What the upstream reports in `usage` is committed at the model's rates (the reservation's
    rest is released); an upstream error releases it all. A stream is committed when it
    ends, also when the client leaves or the upstream fails midway: the usage reported, else
-   the prompt's estimate plus an estimate of the text streamed. Settling runs in a task of
+   the prompt's estimate plus an estimate of the text streamed (the prompt counts once the
+   upstream accepted the request, even if no word followed). Settling runs in a task of
    its own, so the request being cancelled can't stop it, and `Gateway.close` waits for it.
    If the process dies instead, the reservation expires (sweeper) and is journaled.
 
@@ -532,11 +533,11 @@ class Stream:
         return True
 
     def counts(self) -> tuple[int, int]:
-        """What to commit: the usage reported, else the prompt's estimate and the text's."""
+        """What to commit: the usage reported, else the prompt's estimate and the text's.
+        The upstream accepted the request, so it read the prompt: a stream cut before its
+        first word still costs the prompt (upstreams bill it), never nothing."""
         if self.usage is not None:
             return self.usage
-        if not self.text and not self.ended:
-            return (0, 0)  # nothing was produced: released
         return (self.metering.prompt_tokens, estimate_tokens("".join(self.text)))
 
     async def finish(self) -> None:
