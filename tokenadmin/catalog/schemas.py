@@ -42,7 +42,9 @@ RATE_ERROR = "invalid_rate"
 MAX_MODELS_ALLOWED = 1_000
 """The most model names an organization's access list holds."""
 
-_RATE_TEXT = re.compile(r"[0-9]{1,7}(?:\.[0-9]+)?|\.[0-9]+")
+_RATE_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
+RATE_TEXT_LENGTH = 40
+"""The longest rate text a body may hold (spaces around it included)."""
 _EXAMPLES = '"0.5", "1.25" or 2'
 
 
@@ -67,6 +69,8 @@ def parse_rate(value: object) -> Decimal:
         rate = value
     elif isinstance(value, str):
         text = value.strip()
+        if len(value) > RATE_TEXT_LENGTH:
+            raise ValueError(f"a rate is at most {RATE_TEXT_LENGTH} characters")
         if text.startswith("-"):
             raise ValueError(f"'{text}' is negative; a rate is 0 or more")
         if not _RATE_TEXT.fullmatch(text):
@@ -114,7 +118,11 @@ def _rate_input(value: object) -> Decimal:
 
 RATE_SCHEMA: dict[str, Any] = {
     "anyOf": [
-        {"type": "string", "pattern": r"^\s*([0-9]{1,7}(\.[0-9]{1,6})?|\.[0-9]{1,6})\s*$"},
+        {
+            "type": "string",
+            "maxLength": RATE_TEXT_LENGTH,
+            "pattern": r"^\s*(0*[0-9]{1,6}(\.[0-9]{1,6})?|0*1000000(\.0{1,6})?|\.[0-9]{1,6})\s*$",
+        },
         {"type": "integer", "minimum": 0, "maximum": int(MAX_RATE)},
     ],
     "description": f"An exact decimal from 0 to {int(MAX_RATE):,} with at most {RATE_PLACES}"
