@@ -84,6 +84,10 @@ class World:
     token_request: str
     member_request: str = ""
     """A pending request of the dashboard's signed-in member, when there is one."""
+    personal_key: str = ""
+    """A personal key of ana's."""
+    member_key: str = ""
+    """A personal key of the dashboard's signed-in member, when there is one."""
 
 
 async def make_world(api: Api) -> World:
@@ -101,7 +105,12 @@ async def make_world(api: Api) -> World:
         {"user": ana["id"], "kind": "inference", "amount": 1_000, "reason": "a project"},
         expect=201,
     )
+    rates = {"prompt_rate": "1", "completion_rate": "1"}
+    await api.call("PUT", "/v1/models/m1", json=rates, expect=200)
+    await api.call("PUT", f"/v1/organizations/{org}/models/m1", json=rates, expect=200)
+    personal = await api.post(f"/v1/users/{ana['id']}/api-keys", {"name": "ana's"}, expect=201)
     return World(
+        personal_key=personal["id"],
         org=org,
         ana=ana["id"],
         ana_email=ana["email"],
@@ -173,6 +182,8 @@ class Write:
     """Whether the Idempotency-Key header applies (a batch's events carry their own keys)."""
     writes: bool = True
     """Whether the valid request changes the database (a preview answers without writing)."""
+    names: tuple[str, ...] = ()
+    """Path parameters that are names any text may be (a model's): not tried as bad values."""
 
 
 def _distribution(w: World) -> dict[str, Any]:
@@ -197,7 +208,42 @@ def _usage(w: World) -> dict[str, Any]:
     }
 
 
+def _model(w: World) -> dict[str, Any]:
+    return {
+        "prompt_rate": "0.5",
+        "completion_rate": 2,
+        "upstream_base_url": "https://up.example/v1",
+        "upstream_api_key": "sk-x",
+        "upstream_model": "m2-up",
+        "max_output_tokens": 100,
+    }
+
+
 API_WRITES: dict[tuple[str, str], Write] = {
+    ("PUT", "/v1/models/{name:path}"): Write(
+        lambda w: "/v1/models/m2", _model, 200, names=("{name:path}",)
+    ),
+    ("DELETE", "/v1/models/{name:path}"): Write(lambda w: "/v1/models/m1", lambda w: None, 200),
+    ("PUT", "/v1/organizations/{org_id}/models/{name:path}"): Write(
+        lambda w: f"/v1/organizations/{w.org}/models/m1", _model, 200, names=("{name:path}",)
+    ),
+    ("DELETE", "/v1/organizations/{org_id}/models/{name:path}"): Write(
+        lambda w: f"/v1/organizations/{w.org}/models/m1", lambda w: None, 200
+    ),
+    ("PUT", "/v1/organizations/{org_id}/model-access"): Write(
+        lambda w: f"/v1/organizations/{w.org}/model-access", lambda w: {"allowed": ["m1"]}, 200
+    ),
+    ("PUT", "/v1/organizations/{org_id}/upstream"): Write(
+        lambda w: f"/v1/organizations/{w.org}/upstream",
+        lambda w: {"base_url": "https://up.example/v1", "api_key": "sk-x"},
+        200,
+    ),
+    ("POST", "/v1/users/{user_id}/api-keys"): Write(
+        lambda w: f"/v1/users/{w.ana}/api-keys", lambda w: {"name": "laptop"}, 201
+    ),
+    ("DELETE", "/v1/users/{user_id}/api-keys/{key_id}"): Write(
+        lambda w: f"/v1/users/{w.ana}/api-keys/{w.personal_key}", lambda w: None, 200
+    ),
     ("POST", "/v1/token-requests"): Write(
         lambda w: "/v1/token-requests",
         lambda w: {"user": w.ana_email, "kind": "training", "amount": 1_000, "reason": "a run"},
@@ -387,7 +433,9 @@ def _resolve(schema: Schema, components: Schema) -> tuple[Schema, bool]:
     if "anyOf" in schema:
         options = [s for s in schema["anyOf"] if s.get("type") != "null"]
         nullable = len(options) < len(schema["anyOf"])
-        schema = options[0]
+        # Text or an integer (a rate): tried as text, where an integer is then no bad value.
+        others = {str(s.get("type")) for s in options[1:]}
+        schema = {**options[0], "x-also": sorted(others)} if others else options[0]
     while "$ref" in schema:
         schema = components[schema["$ref"].rsplit("/", 1)[-1]]
     return schema, nullable
@@ -506,7 +554,7 @@ def _bad_values(
         for label, value in NUMBERS:
             yield label, value, "invalid_amount" if amount else None
     elif kind == "string":
-        values = list(TEXTS)
+        values = [v for v in TEXTS if not ("integer" in schema.get("x-also", ()) and v[1] == 123)]
         if schema.get("format") == "email":
             values += EMAILS
         elif schema.get("format") == "date-time":
@@ -600,7 +648,7 @@ def path_corpus(template: str, world: World, write: Write) -> list[BadInput]:
     real = write.path(world)
     raw = None if write.body(world) is None else _encode(write.body(world))
     for index, segment in enumerate(template.split("/")):
-        if not segment.startswith("{"):
+        if not segment.startswith("{") or segment in write.names:
             continue
         for label, value in PATH_VALUES:
             parts = real.split("/")
@@ -702,11 +750,16 @@ def judge(response: httpx.Response | str, bad: BadInput) -> str | None:
     return None
 
 
+def openapi_path(template: str) -> str:
+    """A route's path as the OpenAPI writes it: `{name}` for `{name:path}`."""
+    return re.sub(r"\{(\w+):\w+\}", r"{\1}", template)
+
+
 def api_corpus(app: FastAPI, route: tuple[str, str], world: World) -> list[BadInput]:
     method, template = route
     write = API_WRITES[route]
     spec = app.openapi()
-    operation = spec["paths"][template][method.lower()]
+    operation = spec["paths"][openapi_path(template)][method.lower()]
     body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
     corpus = body_corpus(write.body(world), body.get("schema"), spec["components"]["schemas"])
     corpus += path_corpus(template, world, write)
@@ -754,6 +807,10 @@ async def dashboard_world(
         if role == "member":
             body = {"user": user["id"], "kind": "training", "amount": 5, "reason": "a project"}
             world.member_request = (await api.post("/v1/token-requests", body, expect=201))["id"]
+            mine = {"name": "mine"}
+            world.member_key = (
+                await api.post(f"/v1/users/{user['id']}/api-keys", mine, expect=201)
+            )["id"]
     if role == "anonymous":
         return world, ""
     token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
@@ -959,6 +1016,33 @@ DASHBOARD_WRITES: dict[tuple[str, str], Page] = {
             "note": "text",
         },
     ),
+    ("POST", "/orgs/{org_id}/models/rates"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/models/rates",
+        lambda w: {"name": "m1", "prompt_rate": "2", "completion_rate": "0.25"},
+        {"name": "name", "prompt_rate": "rate", "completion_rate": "rate"},
+    ),
+    ("POST", "/orgs/{org_id}/models/reset"): Page(
+        "admin", lambda w: f"/orgs/{w.org}/models/reset", lambda w: {"name": "m1"}, {"name": "name"}
+    ),
+    ("POST", "/orgs/{org_id}/models/access"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/models/access",
+        lambda w: {"mode": "selected", "allowed": "m1"},
+        {"mode": "choice", "allowed": "name"},
+    ),
+    ("POST", "/orgs/{org_id}/models/upstream"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/models/upstream",
+        lambda w: {"base_url": "https://up.example/v1", "api_key": "sk-x"},
+        {"base_url": "url", "api_key": "text"},
+    ),
+    ("POST", "/me/api-keys"): Page(
+        "member", lambda w: "/me/api-keys", lambda w: {"name": "laptop"}, {"name": "name"}, 200
+    ),
+    ("POST", "/me/api-keys/{key_id}/revoke"): Page(
+        "member", lambda w: f"/me/api-keys/{w.member_key}/revoke", lambda w: {}, {}
+    ),
     ("POST", "/me/requests"): Page(
         "member",
         lambda w: "/me/requests",
@@ -1011,6 +1095,8 @@ FIELD_VALUES: dict[str, list[str]] = {
     "email": ["not-an-email", "ana\x00@example.com", "a" * 400 + "@example.com", "<b>@example.com"],
     "zone": ["Mars/Base", "localtime", "../../etc/passwd", "/etc/passwd", "UT\x00C", "x" * 65],
     "choice": ["nonsense", "\x00", "x" * 100_000],
+    "rate": ["-1", "0.1234567", "1e3", "abc", "2000000", "", "5\x00", "x" * 100_000],
+    "url": ["ftp://up.example", "not a url", "https://", "http://a b", "x" * 501, "http://a\x00"],
     "uuid": ["not-a-uuid", "' OR '1'='1", "\x00", "00000000-0000-0000-0000-000000000000"],
     "date": ["2026-02-30", "yesterday", "2026-01-01\x00", "0001-01-01", "9998-12-31", "9999-12-31"],
     "csv": [
@@ -1155,7 +1241,9 @@ async def test_every_write_that_honours_an_idempotency_key_declares_it_in_the_op
     replayed = answers[1].headers.get("Idempotent-Replayed") == "true"
     assert replayed is write.takes_key, "the header is honoured as API_WRITES says"
 
-    parameters = app.openapi()["paths"][template][method.lower()].get("parameters", [])
+    parameters = app.openapi()["paths"][openapi_path(template)][method.lower()].get(
+        "parameters", []
+    )
     declared = [p for p in parameters if (p["in"], p["name"]) == ("header", "Idempotency-Key")]
     if not write.takes_key:
         assert not declared, declared

@@ -84,6 +84,7 @@ async def set_model(
 
 
 async def stored(session: AsyncSession, org_id: uuid.UUID | None, name: str) -> CatalogModelOut:
+    service.check_name(name)  # before any query: a name with NUL can't reach PostgreSQL
     row = await repository.named(session, org_id, name)
     if row is None:
         where = "The platform" if org_id is None else "This organization"

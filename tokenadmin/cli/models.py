@@ -52,6 +52,7 @@ def _stdin_secret(cli: Cli, what: str) -> str:
 
 
 async def _stored(session: AsyncSession, org_id: uuid.UUID | None, name: str) -> CatalogModelOut:
+    service.check_name(name)
     row = await repository.named(session, org_id, name)
     if row is None:
         raise ModelNotFound(f"There is no model '{name}' here.")

@@ -101,6 +101,7 @@ async def save_rates(
     async def change(session: AsyncSession, act: Act) -> None:
         prompt = rate_or_refuse(prompt_rate, "Prompt rate")
         completion = rate_or_refuse(completion_rate, "Completion rate")
+        service.check_name(name.strip())
         own = await repository.named(session, org_id, name.strip())
         await service.set_model(
             session,
@@ -128,6 +129,7 @@ async def reset_rates(
     require_org(viewer, org_id, "admin")
 
     async def change(session: AsyncSession, act: Act) -> None:
+        service.check_name(name.strip())  # before any query: NUL can't reach PostgreSQL
         await service.delete_model(session, act, org_id, name.strip())
 
     return await _write(request, viewer, org_id, change, "reset", "rates_error")
@@ -156,7 +158,7 @@ async def save_upstream(
     request: Request,
     org_id: uuid.UUID,
     viewer: WriterDep,
-    base_url: Annotated[str, Form(max_length=500)] = "",
+    base_url: Annotated[Text, Form(max_length=500)] = "",
     api_key: Annotated[str, Form(max_length=500)] = "",
     clear_key: Annotated[bool, Form()] = False,
 ) -> Response:
