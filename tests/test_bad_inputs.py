@@ -1578,7 +1578,11 @@ async def test_null_where_the_openapi_allows_it_is_answered_never_a_500(
     problems = []
     for (method, template), write in sorted(API_WRITES.items()):
         body = write.body(world)
-        content = spec["paths"][template][method.lower()].get("requestBody", {}).get("content")
+        content = (
+            spec["paths"][openapi_path(template)][method.lower()]
+            .get("requestBody", {})
+            .get("content")
+        )
         if body is None or content is None:
             continue
         root, _ = _resolve(content["application/json"]["schema"], components)
