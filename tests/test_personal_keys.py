@@ -102,7 +102,7 @@ async def test_a_deactivated_users_keys_stop_working_and_none_are_given(api: Api
     )
     error_of(
         await api.call("POST", _keys(member["id"]), json={"name": "again"}),
-        422,
+        409,
         "user_deactivated",
     )
 

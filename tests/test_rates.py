@@ -54,11 +54,11 @@ def test_rates_are_exact_decimals_kept_in_canonical_text(text: str, canonical: s
 
 
 @pytest.mark.parametrize(
-    "bad", ["-1", "0.0000001", "1e400", "NaN", "Infinity", "abc", "", "1000000.5", True, 0.5]
+    "bad", ["-1", "0.0000001", "1e3", "NaN", "Infinity", "abc", "", "1000000.5", True, 0.1]
 )
 def test_rates_out_of_range_or_too_fine_are_refused_by_name(bad: object) -> None:
     with pytest.raises(InvalidRate) as refused:
-        catalog.parse_rate(bad, "prompt_rate")  # type: ignore[arg-type]
+        catalog.parse_rate(bad, "prompt_rate")
     assert refused.value.code == "invalid_rate"
     assert refused.value.details == {"field": "prompt_rate"}
 

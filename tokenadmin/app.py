@@ -28,7 +28,7 @@ from tokenadmin.api_key import endpoints as api_key_endpoints
 from tokenadmin.api_key.cache import KeyCache
 from tokenadmin.asksage import envelope as asksage
 from tokenadmin.catalog import endpoints as catalog_endpoints
-from tokenadmin.catalog.schemas import RATE_ERROR
+from tokenadmin.catalog.rates import RATE_ERROR
 from tokenadmin.clock import Clock, SystemClock
 from tokenadmin.config import Settings, get_settings
 from tokenadmin.dashboard import router as dashboard_router

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.auth.principal import SCOPES, Principal
 from tokenadmin.database import lock_organization
-from tokenadmin.errors import InvalidRequest, NotFound, Unauthenticated
+from tokenadmin.errors import Conflict, InvalidRequest, NotFound, Unauthenticated
 from tokenadmin.journal.service import record
 from tokenadmin.models import ApiKey, Organization, User
 
@@ -115,7 +115,7 @@ async def create_personal(
     """A person's own key: it acts as the user, with their role at each use (the gateway and
     the Ask Sage API meter the user's own tokens with it). The secret is shown once."""
     if not user.active:
-        raise InvalidRequest(
+        raise Conflict(
             f"{user.email} is deactivated: reactivate them before giving them a key.",
             code="user_deactivated",
         )

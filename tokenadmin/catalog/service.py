@@ -14,17 +14,16 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, Context, Decimal, InvalidOperation
+from decimal import ROUND_CEILING, Context, Decimal
 from typing import Any, Final, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.amounts import check_amount
-from tokenadmin.catalog import repository
+from tokenadmin.catalog import rates, repository
 from tokenadmin.config import Settings
 from tokenadmin.errors import (
-    InvalidRate,
     InvalidRequest,
     ModelNotAllowed,
     ModelNotFound,
@@ -39,19 +38,16 @@ DEMO_BASE_URL = "http://demo-model.invalid/v1"
 """The built-in demo model's upstream: the gateway's HTTP client answers this host itself
 (gateway/demo.py); `.invalid` never resolves, so nothing leaves the machine."""
 
-MAX_RATE = Decimal(1_000_000)
-RATE_PLACES = 6
-MAX_MODELS_ALLOWED = 1000
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 _EXACT = Context(prec=80)  # wide enough for 2^53 tokens times the largest rate, exactly
 
 
-class _Unset:
+class Unset:
     def __repr__(self) -> str:
         return "UNSET"
 
 
-UNSET: Final = _Unset()
+UNSET: Final = Unset()
 """An upstream key left as it is (keys are write-only: a form that can't show one sends this)."""
 
 
@@ -102,32 +98,15 @@ class Route:
     upstream: Upstream
 
 
-def parse_rate(value: str | int | Decimal, field: str = "rate") -> Decimal:
-    """A rate as an exact decimal from 0 to 1,000,000 with at most 6 decimal places."""
-    refusal = InvalidRate(
-        f"{field} must be a decimal from 0 to {MAX_RATE:,} with at most {RATE_PLACES} decimal"
-        f' places, such as "0.5" or "2"; got {str(value)[:40]!r}.',
-        details={"field": field},
-    )
-    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise refusal
-    try:
-        rate = Decimal(value.strip() if isinstance(value, str) else value)
-    except (InvalidOperation, ValueError):
-        raise refusal from None
-    if not rate.is_finite() or not Decimal(0) <= rate <= MAX_RATE:
-        raise refusal
-    exponent = rate.as_tuple().exponent
-    assert isinstance(exponent, int)
-    if exponent < -RATE_PLACES and rate != rate.quantize(Decimal(1).scaleb(-RATE_PLACES)):
-        raise refusal
-    return rate
+def parse_rate(value: object, field: str = "rate") -> Decimal:
+    """A rate as an exact decimal from 0 to 1,000,000 with at most 6 decimal places, else
+    422 invalid_rate naming `field` (catalog/rates.py: the one parser of every interface)."""
+    return rates.rate_or_refuse(value, field)
 
 
 def rate_text(rate: Decimal) -> str:
     """The canonical text of a rate: no exponent, no trailing zeros ("0.5", "2")."""
-    text = format(rate.normalize(), "f")
-    return text
+    return f"{rates.plain(rate):f}"
 
 
 def check_name(name: str, field: str = "model") -> str:
@@ -142,7 +121,8 @@ def check_name(name: str, field: str = "model") -> str:
 
 
 def _check_base_url(url: str) -> str:
-    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url) or len(url) > 500:
+    shaped = re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", url)
+    if not shaped or len(url) > 500 or not url.isprintable():
         raise InvalidRequest(
             "The upstream base URL must be an http:// or https:// URL of at most 500"
             f" characters, such as https://api.openai.com/v1; got {url[:80]!r}.",
@@ -293,7 +273,7 @@ async def set_model(
     prompt_rate: str | int | Decimal,
     completion_rate: str | int | Decimal,
     upstream_base_url: str | None = None,
-    upstream_api_key: str | _Unset | None = UNSET,
+    upstream_api_key: str | Unset | None = UNSET,
     upstream_model: str | None = None,
     max_output_tokens: int | None = None,
 ) -> ModelInfo:
@@ -315,7 +295,7 @@ async def set_model(
     row.prompt_rate = rate_text(prompt)
     row.completion_rate = rate_text(completion)
     row.upstream_base_url = base_url
-    if not isinstance(upstream_api_key, _Unset):
+    if not isinstance(upstream_api_key, Unset):
         row.upstream_api_key = None if upstream_api_key is None else _check_key(upstream_api_key)
     if base_url is None:
         row.upstream_api_key = None
@@ -345,6 +325,7 @@ async def delete_model(
 ) -> None:
     """Remove a platform model, or an organization's override (the platform's rates apply
     again, if it has the model)."""
+    check_name(name)
     org = None if org_id is None else await lock_for_change(session, act, org_id)
     row = await repository.named(session, org_id, name, lock=True)
     if row is None:
@@ -362,9 +343,9 @@ async def set_access(
     """Which models the organization's users may call: the names given, or every model
     (None). Names need not be in the catalog yet (a model added later is then allowed)."""
     if allowed is not None:
-        if len(allowed) > MAX_MODELS_ALLOWED:
+        if len(allowed) > rates.MAX_MODELS_ALLOWED:
             raise InvalidRequest(
-                f"At most {MAX_MODELS_ALLOWED:,} models can be named.", code="invalid_request"
+                f"At most {rates.MAX_MODELS_ALLOWED:,} models can be named.", code="invalid_request"
             )
         allowed = sorted({check_name(name) for name in allowed})
     org = await lock_for_change(session, act, org_id)
@@ -380,14 +361,14 @@ async def set_upstream(
     act: Act,
     org_id: uuid.UUID,
     base_url: str | None,
-    api_key: str | _Unset | None = UNSET,
+    api_key: str | Unset | None = UNSET,
 ) -> Organization:
     """The organization's own upstream, for its models that name none (None: no upstream of
     its own). The key is write-only: UNSET keeps the one saved."""
     checked = None if base_url is None else _check_base_url(base_url)
     org = await lock_for_change(session, act, org_id)
     org.upstream_base_url = checked
-    if not isinstance(api_key, _Unset):
+    if not isinstance(api_key, Unset):
         org.upstream_api_key = None if api_key is None else _check_key(api_key)
     if checked is None:
         org.upstream_api_key = None

@@ -21,8 +21,8 @@ from tokenadmin.catalog.schemas import (
     CatalogModelOut,
     OrganizationModelsOut,
     UpstreamOut,
-    rate_or_refuse,
 )
+from tokenadmin.catalog.service import parse_rate
 from tokenadmin.cli.common import Cli, Json, OrgOption, find_org, find_user, out, say, table
 from tokenadmin.errors import InvalidRate, InvalidRequest, ModelNotFound
 
@@ -156,12 +156,12 @@ def models_set(
     cap = cli.amount("--max-output-tokens", max_output_tokens, positive=True)
     try:
         rates = (
-            rate_or_refuse(prompt_rate, "--prompt-rate"),
-            rate_or_refuse(completion_rate, "--completion-rate"),
+            parse_rate(prompt_rate, "--prompt-rate"),
+            parse_rate(completion_rate, "--completion-rate"),
         )
     except InvalidRate as error:
         cli.fail(error)
-    api_key: str | service._Unset = service.UNSET
+    api_key: str | service.Unset = service.UNSET
     if upstream_api_key_stdin:
         api_key = _stdin_secret(cli, "upstream API key")
 
@@ -263,7 +263,7 @@ def models_upstream(
     cli = Cli.of(ctx, json_output)
     if clear == (base_url is not None):
         cli.fail(InvalidRequest("Give either --base-url URL or --clear."))
-    api_key: str | service._Unset = service.UNSET
+    api_key: str | service.Unset = service.UNSET
     if api_key_stdin:
         api_key = _stdin_secret(cli, "upstream API key")
 

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.auth.service import Viewer
 from tokenadmin.catalog import repository, service
-from tokenadmin.catalog.schemas import OrganizationModelsOut, rate_or_refuse
+from tokenadmin.catalog.schemas import OrganizationModelsOut
+from tokenadmin.catalog.service import parse_rate
 from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
 from tokenadmin.deps import clock_of, db_of, settings_of
 from tokenadmin.errors import TokenAdminError
@@ -99,8 +100,8 @@ async def save_rates(
     require_org(viewer, org_id, "admin")
 
     async def change(session: AsyncSession, act: Act) -> None:
-        prompt = rate_or_refuse(prompt_rate, "Prompt rate")
-        completion = rate_or_refuse(completion_rate, "Completion rate")
+        prompt = parse_rate(prompt_rate, "Prompt rate")
+        completion = parse_rate(completion_rate, "Completion rate")
         service.check_name(name.strip())
         own = await repository.named(session, org_id, name.strip())
         await service.set_model(
@@ -165,7 +166,7 @@ async def save_upstream(
     """The organization's upstream. The key field is write-only: left blank, the stored key
     stays."""
     require_org(viewer, org_id, "admin")
-    key: str | service._Unset | None = service.UNSET
+    key: str | service.Unset | None = service.UNSET
     if clear_key:
         key = None
     elif api_key.strip():
