@@ -42,9 +42,7 @@ class LlmModel(Base):
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
-    org_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("organizations.id"), nullable=True
-    )
+    org_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("organizations.id"), nullable=True)
     name: Mapped[str] = mapped_column(String(200))
     prompt_rate: Mapped[str] = mapped_column(String(40))
     completion_rate: Mapped[str] = mapped_column(String(40))
