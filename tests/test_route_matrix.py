@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -95,6 +96,7 @@ GET    /v1/organizations/{org_id}/usage-report               -  Y -  Y - Y - -  
 POST   /v1/usage                                             -  Y -  - Y - - -  - - - - -
 POST   /v1/usage/batch                                       -  Y -  - Y - - -  - - - - -
 POST   /v1/reservations                                      -  Y -  - Y - - -  - - - - -
+POST   /v1/ingest                                            -  Y -  - Y - - -  - - - - -
 POST   /v1/reservations/{reservation_id}/commit              -  Y -  - Y - - -  - - - - -
 POST   /v1/reservations/{reservation_id}/release             -  Y -  - Y - - -  - - - - -
 POST   /v1/token-requests                                    -  Y -  Y Y - - -  - - - - -
@@ -349,6 +351,9 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
                 {"user": w.alice_email, "kind": "training", "tokens": 5, "idempotency_key": "e2"},
             ]
         },
+    ),
+    ("POST", "/v1/ingest"): lambda w: Req(
+        "POST", "/v1/ingest", {"user": w.alice_email, "tokens": 5, "dataset": "docs"}
     ),
     ("POST", "/v1/reservations"): lambda w: Req(
         "POST", "/v1/reservations", {"user": w.alice, "kind": "inference", "tokens": 10}
@@ -622,7 +627,9 @@ async def session_of(
 
 async def build_world(api: Api, db: Database, clock: FakeClock) -> World:
     a_org = await funded_org(api, 10_000_000, 1_000_000)
-    alice = await api.user(a_org, "alice@a.example", name="Alice Aardvark")
+    alice = await api.user(
+        a_org, "alice@a.example", name="Alice Aardvark", max_train_tokens=100_000
+    )
     a_admin = await api.user(a_org, "ada@a.example", role="admin")
     a_member = await api.user(a_org, "max@a.example")
     users = {
@@ -815,8 +822,23 @@ def by_order(routes: Iterable[Route]) -> list[Route]:
 # --- the tests ------------------------------------------------------------------------------
 
 
+SUITES_OF_THEIR_OWN = {
+    # Mounted surfaces with their own credentials (an API key as Bearer or in
+    # x-access-tokens, personal keys) and their own error shapes: each has a suite that
+    # runs every endpoint against the callers that may and may not call it, other
+    # organizations' objects included.
+    ("GET", "/openai"): "tests/gateway",
+    ("GET", "/user"): "tests/asksage",
+    ("GET", "/server"): "tests/asksage",
+}
+
+
 def test_every_served_route_is_in_the_matrix_and_every_row_is_served(app: FastAPI) -> None:
     served = served_routes(app)
+    for route, suite in SUITES_OF_THEIR_OWN.items():
+        assert route in served, f"{route} is no longer mounted"
+        assert any(Path(suite).glob("test_*.py")), f"{route}: {suite} has no tests"
+        served.discard(route)
     assert ("POST", "/v1/usage") in served  # the walk sees into included routers
     assert ("POST", "/orgs/{org_id}/users/actions") in served
     missing = sorted(served - set(MATRIX))
