@@ -92,7 +92,7 @@ class World:
 
 async def make_world(api: Api) -> World:
     org = await funded_org(api)
-    ana = await api.user(org, "ana@example.com")
+    ana = await api.user(org, "ana@example.com", max_train_tokens=50_000)
     bo = await api.user(org, "bo@example.com")
     await api.post(f"/v1/users/{bo['id']}/deactivate", expect=200)
     purchases = await api.get(f"/v1/organizations/{org}/purchases")
@@ -376,6 +376,12 @@ API_WRITES: dict[tuple[str, str], Write] = {
         200,
     ),
     ("POST", "/v1/usage"): Write(lambda w: "/v1/usage", _usage, 200, key_required=True),
+    ("POST", "/v1/ingest"): Write(
+        lambda w: "/v1/ingest",
+        lambda w: {"user": w.ana, "tokens": 10, "dataset": "docs", "document": "a.pdf"},
+        200,
+        key_required=True,
+    ),
     ("POST", "/v1/usage/batch"): Write(
         lambda w: "/v1/usage/batch",
         lambda w: {"events": [{**_usage(w), "idempotency_key": "event-1"}]},

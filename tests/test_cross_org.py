@@ -209,6 +209,10 @@ ROUTES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
         ("POST", "/v1/usage", {"user": w.a_user, "kind": "inference", "tokens": 10}),
         ("POST", "/v1/usage", {"user": w.a_email, "kind": "inference", "tokens": 10}),
     ],
+    ("POST", "/v1/ingest"): lambda w: [
+        ("POST", "/v1/ingest", {"user": w.a_user, "tokens": 10, "dataset": "docs"}),
+        ("POST", "/v1/ingest", {"user": w.a_email, "text": "a document of A"}),
+    ],
     ("POST", "/v1/usage/batch"): lambda w: [
         (
             "POST",
@@ -305,7 +309,7 @@ async def test_another_organization_is_invisible_and_untouched_on_every_route(
     before = await snapshot(db)
     for (_method, _path), build in sorted(ROUTES.items()):
         for method, path, body in build(world):
-            key = uuid.uuid4().hex if path == "/v1/usage" else None
+            key = uuid.uuid4().hex if path in ("/v1/usage", "/v1/ingest") else None
             response = await other.call(method, path, json=body, idempotency_key=key)
             text = response.text
             if (method, path) == ("GET", "/v1/organizations"):

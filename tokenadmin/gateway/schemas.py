@@ -1,8 +1,8 @@
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from tokenadmin.schemas import Input, PositiveAmount, Text, one_of_required
+from tokenadmin.schemas import FieldRule, Input, PositiveAmount, Text, one_of_required
 
 
 class IngestIn(Input):
@@ -19,3 +19,9 @@ class IngestIn(Input):
     document: Text | None = Field(default=None, max_length=200, description="The document's name.")
 
     _one = one_of_required("tokens", "text", message="give the document's tokens or its text")
+
+    @model_validator(mode="after")
+    def _not_both(self) -> IngestIn:
+        if self.tokens is not None and self.text is not None:
+            raise FieldRule("text", "give the document's tokens or its text, not both")
+        return self
