@@ -85,3 +85,23 @@ async def test_personal_keys_are_created_listed_and_revoked(
     async with async_client(app, second.key) as revoked_key:
         with pytest.raises(Unauthenticated):
             await revoked_key.get_user(ana.id)
+
+
+async def test_usage_by_counts_is_charged_at_the_rates_and_documents_are_ingested(
+    tokens: AsyncClient,
+) -> None:
+    org = await funded(tokens)
+    ana = await tokens.create_user(org.id, "ana@example.com", "Ana", max_train_tokens=10_000)
+    await tokens.set_model_rate(org.id, "gpt-x", "0.5", 3)
+    used = await tokens.record_usage(
+        ana.id, "inference", model="gpt-x", prompt_tokens=11, completion_tokens=2
+    )
+    assert used.tokens == 12  # ceil(5.5 + 6)
+    by_count = await tokens.ingest(ana.id, tokens=40, dataset="handbook", document="a.md")
+    by_text = await tokens.ingest(ana.email, text="Ingest this sentence, please.")
+    assert by_count.tokens == 40
+    assert by_text.tokens > 0
+    assert by_text.used == 40 + by_text.tokens
+    assert by_text.kind == "training"
+    with pytest.raises(InvalidRequest):
+        await tokens.ingest(ana.id, tokens=1, text="both")

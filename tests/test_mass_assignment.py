@@ -219,6 +219,11 @@ JSON_WRITES: dict[Route, Write] = {
         lambda w: "/v1/usage",
         lambda w: {"user": w.alice, "kind": "inference", "tokens": 10},
     ),
+    ("POST", "/v1/ingest"): Write(
+        "a-usage-key",
+        lambda w: "/v1/ingest",
+        lambda w: {"user": w.alice, "tokens": 10, "dataset": "docs"},
+    ),
     ("POST", "/v1/usage/batch"): Write(
         "a-usage-key",
         lambda w: "/v1/usage/batch",

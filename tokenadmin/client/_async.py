@@ -655,7 +655,7 @@ class AsyncClient:
         self,
         user: UserRef,
         kind: KindName,
-        tokens: int,
+        tokens: int | None = None,
         *,
         model: str | None = None,
         prompt_tokens: int | None = None,
@@ -664,9 +664,25 @@ class AsyncClient:
         metadata: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> UsageAccepted:
-        """Record usage; raises InsufficientTokens when it does not fit what remains."""
+        """Record usage; raises InsufficientTokens when it does not fit what remains. Without
+        `tokens`, `prompt_tokens` and `completion_tokens` are charged by the model's rates."""
         body = fields(locals())
         return await self._send(write("POST", "/v1/usage", UsageAccepted, idempotency_key, body))
+
+    async def ingest(
+        self,
+        user: UserRef,
+        *,
+        tokens: int | None = None,
+        text: str | None = None,
+        dataset: str | None = None,
+        document: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> UsageAccepted:
+        """Meter the training tokens of a document ingested outside the gateway: its token
+        count, or its text (estimated); raises InsufficientTokens when it does not fit."""
+        body = fields(locals())
+        return await self._send(write("POST", "/v1/ingest", UsageAccepted, idempotency_key, body))
 
     async def record_usage_batch(self, events: Sequence[UsageEventIn]) -> BatchOut:
         """Record up to 1,000 usage events; each is accepted or refused on its own."""

@@ -22,7 +22,9 @@ MAX_METADATA_BYTES = 4096
 class UsageFields(Input):
     user: Text = Field(min_length=1, max_length=320, description="User id or email.")
     kind: Kind
-    tokens: PositiveAmount | None = Field(
+    # Left out, the counts are charged by rates; null is refused like any other bad amount
+    # (SPEC rule 8), so the type admits no None although the default is one.
+    tokens: PositiveAmount = Field(  # type: ignore[assignment]
         default=None,
         description="Tokens charged. Leave it out and send prompt_tokens and completion_tokens"
         " to have them charged by the model's rates: ceil(prompt x prompt rate + completion x"
