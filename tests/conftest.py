@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+import requests.adapters
 from fastapi import FastAPI
 
 from tests.databases import empty_postgres
@@ -31,6 +32,22 @@ from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.journal.service import verify
 from tokenadmin.migrate import upgrade
+
+
+def _without_pip_system_certs_patch() -> None:
+    """pip_system_certs (installed beside asksageclient, which imports it) patches every
+    `requests` adapter to load the system's CA bundle when it is made: 36 ms each, for
+    connections the tests make only to loopback over plain HTTP. Schemathesis makes an
+    adapter per case, so the patch cost it minutes; the tests use requests as it is."""
+    adapter = requests.adapters.HTTPAdapter
+    for name in ("init_poolmanager", "cert_verify"):
+        original = getattr(vars(adapter).get(name), "__wrapped__", None)
+        if original is not None:
+            setattr(adapter, name, original)
+
+
+_without_pip_system_certs_patch()
+
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "TOKENADMIN_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
