@@ -55,7 +55,6 @@ from tokenadmin.gateway.service import Member, UpstreamFailed, complete_chat
 from tokenadmin.models import Organization
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization import service as organization_service
-from tokenadmin.organization.endpoints import _in_zone
 from tokenadmin.organization.schemas import OrganizationCreate, OrganizationOut, PurchaseOut
 from tokenadmin.token_request import service as token_request_service
 from tokenadmin.token_request.schemas import TokenRequestOut, TokenRequestPage
@@ -534,7 +533,7 @@ async def superadmin_add_organization_purchase(
             inference_amount=body.inference_amount,
             training_amount=body.training_amount,
             purchased_on=body.purchased_on,
-            expires_at=_in_zone(body.expires_at, org),
+            expires_at=organization_service.in_zone(body.expires_at, org),
             payer=body.payer,
             note=body.note,
         )

@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
@@ -28,14 +26,6 @@ from tokenadmin.organization.schemas import (
 )
 
 router = APIRouter(prefix="/v1/organizations", tags=["organizations"], dependencies=AUDITED)
-
-
-def _in_zone(moment: datetime | None, org: Organization) -> datetime | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=ZoneInfo(org.time_zone))
-    return moment.astimezone(UTC)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=OrganizationOut)
@@ -97,7 +87,7 @@ async def record_purchase(
             inference_amount=body.inference_amount,
             training_amount=body.training_amount,
             purchased_on=body.purchased_on,
-            expires_at=_in_zone(body.expires_at, org),
+            expires_at=service.in_zone(body.expires_at, org),
             payer=body.payer,
             note=body.note,
         )
@@ -133,7 +123,7 @@ async def change_purchase_expiry(
 
     async def work(session: AsyncSession, act: Act, org: Organization) -> PurchaseOut:
         purchase = await service.change_purchase_expiry(
-            session, act, org, purchase_id, _in_zone(body.expires_at, org)
+            session, act, org, purchase_id, service.in_zone(body.expires_at, org)
         )
         return PurchaseOut.of(purchase)
 

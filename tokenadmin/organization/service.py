@@ -6,7 +6,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cache, partial
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -89,6 +89,16 @@ async def get(session: AsyncSession, org_id: uuid.UUID) -> Organization:
     if org is None:
         raise NotFound("Organization not found.")
     return org
+
+
+def in_zone(moment: datetime | None, org: Organization) -> datetime | None:
+    """A moment as UTC; one without an offset (a purchase's expiry typed as a date and
+    time) is read in the organization's time zone."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(org.time_zone))
+    return moment.astimezone(UTC)
 
 
 async def lock_for_change(session: AsyncSession, act: Act, org_id: uuid.UUID) -> Organization:
