@@ -44,6 +44,15 @@ def parse_amount(text: str, *, positive: bool = False) -> int:
     match = _AMOUNT.fullmatch(cleaned)
     if match is None:
         raise ValueError(f"'{cleaned}' is not an amount; write it like {_EXAMPLES}.")
+    if match["fraction"] is not None and len(match["fraction"]) == 3 and not match["suffix"]:
+        # "250.000" groups thousands where a point does (de-DE: 250,000) and is a fraction
+        # where it doesn't (250): never guessed, since the wrong guess is 1,000 times off.
+        whole = match["number"]
+        raise ValueError(
+            f"'{cleaned}' is ambiguous: {whole} or {whole},{match['fraction']}? Write it"
+            f" without the point ({whole}{match['fraction']}) or with a comma"
+            f" ({whole},{match['fraction']})."
+        )
     digits = match["number"].replace(",", "")
     if match["fraction"]:
         digits += "." + match["fraction"]

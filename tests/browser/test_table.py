@@ -120,6 +120,11 @@ def test_escape_cancels_an_edit_and_undo_drops_a_pending_change(page: Page, site
     expect(target).to_have_text("200,000")
     edit(page, site, "di@acme.example", "max_tokens", "1,5M")
     expect(target.locator(".cell-error")).to_contain_text("not an amount")
+    # A point before three digits (Europe's 250.000) is asked about, never read as 250.
+    target.locator("input").fill("250.000")
+    target.locator("input").press("Enter")
+    expect(target.locator(".cell-error")).to_contain_text("ambiguous: 250 or 250,000")
+    expect(page.locator("#savebar")).to_be_hidden()
     target.locator("input").fill("210000")
     target.locator("input").press("Enter")
     expect(target).to_have_class("num editable changed")

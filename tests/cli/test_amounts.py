@@ -23,6 +23,8 @@ from tokenadmin.tokens import MAX_AMOUNT
         ("1,000.5k", 1_000_500),
         ("  1.5 M ", 1_500_000),
         ("1.0", 1),
+        ("250.0", 250),
+        ("1.500K", 1_500),
         ("0", 0),
         ("9007199254740992", MAX_AMOUNT),
     ],
@@ -40,6 +42,11 @@ def test_reads_amounts_as_people_write_them(text: str, expected: int) -> None:
         ("-5", "negative"),
         ("-1.5M", "negative"),
         ("1.5", "whole tokens"),
+        # A point before three digits groups thousands in much of Europe: refused, not read
+        # as 250 (nor as 250,000).
+        ("250.000", "ambiguous"),
+        ("1.500", "ambiguous"),
+        ("1,250.000", "ambiguous"),
         ("1.0000005K", "whole tokens"),
         ("0.0001k", "whole tokens"),
         # Past the 28 digits of Decimal's default precision: must not round to a whole number.

@@ -36,6 +36,14 @@
     }
     var match = AMOUNT.exec(cleaned);
     if (!match) return { error: "'" + cleaned + "' is not an amount; write it like " + EXAMPLES + "." };
+    if (match[2] !== undefined && match[2].length === 3 && !match[3]) {
+      /* "250.000": thousands where a point groups them, 250 where it is a fraction. */
+      return {
+        error: "'" + cleaned + "' is ambiguous: " + match[1] + " or " + match[1] + "," + match[2] +
+          "? Write it without the point (" + match[1] + match[2] + ") or with a comma (" +
+          match[1] + "," + match[2] + ")."
+      };
+    }
     var whole = match[1].replace(/,/g, "");
     var fraction = match[2] || "";
     var zeros = SUFFIX_ZEROS[match[3].toLowerCase()];
