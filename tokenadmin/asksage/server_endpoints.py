@@ -533,7 +533,7 @@ async def superadmin_add_organization_purchase(
             inference_amount=body.inference_amount,
             training_amount=body.training_amount,
             purchased_on=body.purchased_on,
-            expires_at=organization_service.in_zone(body.expires_at, org),
+            expires_at=body.expires_at,
             payer=body.payer,
             note=body.note,
         )

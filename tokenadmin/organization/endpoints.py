@@ -87,7 +87,7 @@ async def record_purchase(
             inference_amount=body.inference_amount,
             training_amount=body.training_amount,
             purchased_on=body.purchased_on,
-            expires_at=service.in_zone(body.expires_at, org),
+            expires_at=body.expires_at,
             payer=body.payer,
             note=body.note,
         )
@@ -123,7 +123,7 @@ async def change_purchase_expiry(
 
     async def work(session: AsyncSession, act: Act, org: Organization) -> PurchaseOut:
         purchase = await service.change_purchase_expiry(
-            session, act, org, purchase_id, service.in_zone(body.expires_at, org)
+            session, act, org, purchase_id, body.expires_at
         )
         return PurchaseOut.of(purchase)
 

@@ -266,6 +266,7 @@ async def record_purchase(
         )
     check_amount(inference_amount, field="inference_amount")
     check_amount(training_amount, field="training_amount")
+    expires_at = in_zone(expires_at, org)
     if expires_at is not None and expires_at <= act.now:
         raise InvalidRequest(
             "The expiry must be in the future.",
@@ -330,7 +331,9 @@ async def change_purchase_expiry(
     purchase_id: uuid.UUID,
     expires_at: datetime | None,
 ) -> Purchase:
-    """Set or clear a purchase's expiry; an expiry at or before now expires it at once."""
+    """Set or clear a purchase's expiry (one without an offset is read in the organization's
+    time zone); an expiry at or before now expires it at once."""
+    expires_at = in_zone(expires_at, org)
     purchase = await repository.get_purchase(session, purchase_id)
     if purchase is None or purchase.org_id != org.id:
         raise NotFound("Purchase not found.")
