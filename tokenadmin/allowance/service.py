@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from uuid6 import uuid7
 
 from tokenadmin.act import Act
 from tokenadmin.errors import (
@@ -386,10 +387,14 @@ async def apply(
     *,
     reason: str | None = None,
     action: str = "allowance_changed",
-) -> None:
-    """Write an accepted plan: every change with its journal entry, in this transaction."""
+) -> str:
+    """Write an accepted plan: every change with its journal entry, in this transaction.
+
+    Returns the batch's id: every entry of the change carries it (`details.batch`), so the
+    change can be listed, and reverted, as the one save it was."""
     if not plan_.accepted:
         raise refusal(plan_)
+    batch = str(uuid7())
     start = current_period(org, act.now)
     touched: dict[uuid.UUID, User] = {}
     created: set[uuid.UUID] = set()
@@ -411,7 +416,7 @@ async def apply(
             allowance=change.delta,
             allocated=change.delta,
             reason=reason,
-            details={"before": change.before, "after": change.after},
+            details={"before": change.before, "after": change.after, "batch": batch},
         )
         touched[user.id] = user
     for user in touched.values():
@@ -419,6 +424,7 @@ async def apply(
         if user.id not in created:
             user.version += 1
     org.updated_at = act.now
+    return batch
 
 
 def allowances_of(max_tokens: int | None, max_train_tokens: int | None) -> dict[Kind, int]:
@@ -491,6 +497,8 @@ class ChangeResult:
     """The users of the rows that named one, in row order (new ones included)."""
     applied: bool
     dry_run: bool
+    batch: str | None = None
+    """The id of the saved batch (journal entries' `details.batch`) once applied."""
 
     @property
     def accepted(self) -> bool:
@@ -533,6 +541,6 @@ async def change(
         return result
     if not plan_.accepted:
         raise refusal(plan_, one_user=one_user)
-    await apply(session, act, org, plan_, reason=reason, action=action)
+    result.batch = await apply(session, act, org, plan_, reason=reason, action=action)
     result.applied = True
     return result

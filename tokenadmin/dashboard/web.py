@@ -15,6 +15,7 @@ from starlette.templating import Jinja2Templates
 
 from tokenadmin.auth import service as auth_service
 from tokenadmin.auth.service import Viewer
+from tokenadmin.dashboard.words import action_words, kind_words
 from tokenadmin.database import Database
 from tokenadmin.deps import clock_of, db_of, settings_of
 from tokenadmin.errors import Forbidden, NotFound, TokenAdminError
@@ -39,6 +40,8 @@ def percent(part: int, whole: int) -> int:
 
 
 templates.env.filters["number"] = number
+templates.env.filters["action_words"] = action_words
+templates.env.filters["kind_words"] = kind_words
 templates.env.globals["percent"] = percent
 templates.env.globals["one_day"] = timedelta(days=1)
 templates.env.globals["allowance_label"] = {
