@@ -10,7 +10,7 @@ CLI, the CSV import and user creation, update and reactivation all call it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -387,11 +387,13 @@ async def apply(
     *,
     reason: str | None = None,
     action: str = "allowance_changed",
+    details: Mapping[str, Any] | None = None,
 ) -> str:
     """Write an accepted plan: every change with its journal entry, in this transaction.
 
     Returns the batch's id: every entry of the change carries it (`details.batch`), so the
-    change can be listed, and reverted, as the one save it was."""
+    change can be listed, and reverted, as the one save it was. `details` adds keys to
+    every entry's details (a revert's `reverts`: the batch it reverts)."""
     if not plan_.accepted:
         raise refusal(plan_)
     batch = str(uuid7())
@@ -416,7 +418,12 @@ async def apply(
             allowance=change.delta,
             allocated=change.delta,
             reason=reason,
-            details={"before": change.before, "after": change.after, "batch": batch},
+            details={
+                **(details or {}),
+                "before": change.before,
+                "after": change.after,
+                "batch": batch,
+            },
         )
         touched[user.id] = user
     for user in touched.values():
@@ -520,6 +527,7 @@ async def change(
     one_user: bool = False,
     refuse: bool = True,
     action: str = "allowance_changed",
+    details: Mapping[str, Any] | None = None,
 ) -> ChangeResult:
     """THE allowance change: name the users, plan every row, then refuse or apply.
 
@@ -541,6 +549,8 @@ async def change(
         return result
     if not plan_.accepted:
         raise refusal(plan_, one_user=one_user)
-    result.batch = await apply(session, act, org, plan_, reason=reason, action=action)
+    result.batch = await apply(
+        session, act, org, plan_, reason=reason, action=action, details=details
+    )
     result.applied = True
     return result
