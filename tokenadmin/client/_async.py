@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 import httpx
 from pydantic_core import to_jsonable_python
 
-from tokenadmin.allowance.schemas import AllowancePreview
+from tokenadmin.allowance.schemas import AllowancePreview, BatchPage, RevertPreview
 from tokenadmin.api_key.schemas import PersonalKeyCreated, PersonalKeyOut
 from tokenadmin.catalog.schemas import (
     AccessOut,
@@ -343,6 +343,33 @@ class AsyncClient:
         body = fields(locals(), "org_id", "rows") | {"changes": [row(r) for r in rows]}
         path = url(ORGANIZATION + "/allowances", org_id)
         return await self._send(write("POST", path, AllowancePreview, idempotency_key, body))
+
+    async def list_allowance_batches(
+        self, org_id: Id, *, before: str | None = None, limit: int | None = None
+    ) -> BatchPage:
+        """Saved allowance changes (batches), newest first, each with whether it was
+        reverted; the next page starts before `next_before`."""
+        params = query(locals(), "org_id")
+        path = url(ORGANIZATION + "/allowance-batches", org_id)
+        return await self._send(read(path, BatchPage, params))
+
+    async def revert_allowance_batch(
+        self,
+        org_id: Id,
+        batch: str,
+        *,
+        dry_run: bool = False,
+        preview_token: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> RevertPreview:
+        """Revert a saved allowance change: every row that can still be reverted, in one
+        change, or nothing; each other row says why. dry_run previews it; with
+        preview_token, only if nothing changed since that preview (else Conflict
+        `preview_stale`). Conflict `already_reverted`, `nothing_to_revert`; NotFound
+        `batch_not_found`."""
+        body = fields(locals(), "org_id", "batch")
+        path = url(ORGANIZATION + "/allowance-batches/{}/revert", org_id, batch)
+        return await self._send(write("POST", path, RevertPreview, idempotency_key, body))
 
     async def export_users_csv(self, org_id: Id) -> str:
         """The user table as CSV text, the columns an import reads back."""

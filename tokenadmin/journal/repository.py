@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -124,3 +124,163 @@ async def list_entries(session: AsyncSession, query: JournalFilter) -> Sequence[
         statement = statement.where(JournalEntry.id < query.before_id)
     statement = statement.order_by(JournalEntry.id.desc()).limit(query.limit)
     return (await session.scalars(statement)).all()
+
+
+# --- saved allowance batches (allowance/revert.py) ------------------------------------------
+
+SAVED = "allowance_changed"
+"""The action of a saved allowance change: its entries share `details.batch`."""
+
+
+def _batch_of() -> Any:
+    return JournalEntry.details["batch"].as_string()
+
+
+def _reverts_of() -> Any:
+    return JournalEntry.details["reverts"].as_string()
+
+
+@dataclass
+class BatchRow:
+    """A saved batch as the journal tells it: one row per batch, its entries summed."""
+
+    batch: str
+    created_at: Any
+    actor: str
+    reason: str | None
+    entries: int
+    users: int
+    inference_delta: int
+    training_delta: int
+    reverts: str | None
+
+
+async def list_batches(
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    *,
+    before: str | None,
+    limit: int,
+    only: str | None = None,
+) -> list[BatchRow]:
+    """The organization's saved batches, newest first (batch ids are UUIDv7: they sort by
+    time), `limit` of them older than the batch `before`; or only the batch `only`."""
+    batch = _batch_of()
+    entries = select(
+        batch.label("batch"),
+        _reverts_of().label("reverts"),
+        JournalEntry.created_at,
+        JournalEntry.actor,
+        JournalEntry.reason,
+        JournalEntry.user_id,
+        JournalEntry.kind,
+        JournalEntry.allowance_delta,
+    ).where(JournalEntry.org_id == org_id, JournalEntry.action == SAVED, batch.is_not(None))
+    if before is not None:
+        entries = entries.where(batch < before)
+    if only is not None:
+        entries = entries.where(batch == only)
+    # Grouped outside: PostgreSQL groups by a JSON path only when it is the very same
+    # expression, and a path written twice is two bound parameters.
+    e = entries.subquery()
+    statement = (
+        select(
+            e.c.batch,
+            func.min(e.c.created_at),
+            func.min(e.c.actor),
+            func.min(e.c.reason),
+            func.count(),
+            func.count(func.distinct(e.c.user_id)),
+            func.sum(case((e.c.kind == Kind.inference.value, e.c.allowance_delta), else_=0)),
+            func.sum(case((e.c.kind == Kind.training.value, e.c.allowance_delta), else_=0)),
+            func.min(e.c.reverts),
+        )
+        .group_by(e.c.batch)
+        .order_by(e.c.batch.desc())
+        .limit(limit)
+    )
+    return [
+        BatchRow(
+            batch=row[0],
+            created_at=row[1],
+            actor=row[2],
+            reason=row[3],
+            entries=int(row[4]),
+            users=int(row[5]),
+            inference_delta=int(row[6] or 0),
+            training_delta=int(row[7] or 0),
+            reverts=row[8],
+        )
+        for row in await session.execute(statement)
+    ]
+
+
+async def batch_entries(
+    session: AsyncSession, org_id: uuid.UUID, batch: str
+) -> Sequence[JournalEntry]:
+    """The entries of one saved batch, in the order they were written."""
+    statement = (
+        select(JournalEntry)
+        .where(JournalEntry.org_id == org_id, JournalEntry.action == SAVED, _batch_of() == batch)
+        .order_by(JournalEntry.id)
+    )
+    return (await session.scalars(statement)).all()
+
+
+@dataclass
+class RevertRow:
+    """A batch that reverted another: when and by whom."""
+
+    reverted: str
+    batch: str
+    created_at: Any
+    actor: str
+
+
+async def reverts_of(
+    session: AsyncSession, org_id: uuid.UUID, batches: Sequence[str]
+) -> dict[str, RevertRow]:
+    """For each of `batches` that was reverted, the batch that reverted it."""
+    if not batches:
+        return {}
+    reverts = _reverts_of()
+    e = (
+        select(
+            reverts.label("reverted"),
+            _batch_of().label("batch"),
+            JournalEntry.created_at,
+            JournalEntry.actor,
+        )
+        .where(
+            JournalEntry.org_id == org_id,
+            JournalEntry.action == SAVED,
+            reverts.in_(list(batches)),
+        )
+        .subquery()
+    )
+    statement = select(
+        e.c.reverted, e.c.batch, func.min(e.c.created_at), func.min(e.c.actor)
+    ).group_by(e.c.reverted, e.c.batch)
+    return {
+        row[0]: RevertRow(row[0], row[1], row[2], row[3])
+        for row in await session.execute(statement)
+    }
+
+
+async def allowance_changes_since(
+    session: AsyncSession, user_id: uuid.UUID, kind: Kind, after_id: int, *, limit: int = 20
+) -> Sequence[JournalEntry]:
+    """The entries that changed a user's allowance of one kind after entry `after_id`,
+    oldest first (at most `limit`, the newest)."""
+    statement = (
+        select(JournalEntry)
+        .where(
+            JournalEntry.user_id == user_id,
+            JournalEntry.kind == kind.value,
+            JournalEntry.id > after_id,
+            JournalEntry.allowance_delta != 0,
+        )
+        .order_by(JournalEntry.id.desc())
+        .limit(limit)
+    )
+    return list(reversed((await session.scalars(statement)).all()))
