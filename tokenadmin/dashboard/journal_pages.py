@@ -1,4 +1,5 @@
-"""The journal and audit trail of an organization: filtered, newest first, paged, and as CSV."""
+"""The journal and audit trail of an organization: filtered, newest first, paged, and as CSV;
+its saved allowance changes, each of which can be reverted (previewed, then applied)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi import APIRouter, Depends, Form, Path, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tokenadmin.dashboard.web import ViewerDep, render, require_org
+from tokenadmin.act import Act
+from tokenadmin.allowance import revert as revert_service
+from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org, up_to_date
 from tokenadmin.deps import clock_of, csv_download, db_of
 from tokenadmin.errors import NotFound
 from tokenadmin.journal import repository as journal_repository
@@ -32,6 +35,8 @@ from tokenadmin.user.service import find_by_ref
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
+SAVED_PAGE_SIZE = 10
+"""Saved changes listed above the entries, newest first."""
 CSV_CHUNK = 1000
 CSV_COLUMNS = (
     "id",
@@ -140,6 +145,9 @@ async def journal_page(
     viewer: ViewerDep,
     filters: FiltersDep,
     before_id: Annotated[int | None, Query(ge=1)] = None,
+    saved_before: Annotated[str | None, Query(pattern="^[0-9a-f-]{36}$")] = None,
+    reverted: Annotated[int | None, Query(ge=0)] = None,
+    kept: Annotated[int | None, Query(ge=0)] = None,
 ) -> HTMLResponse:
     require_org(viewer, org_id, "read")
     db = db_of(request)
@@ -150,8 +158,13 @@ async def journal_page(
         entries = list(await journal_repository.list_entries(session, query)) if query else []
         more = len(entries) > PAGE_SIZE
         entries = entries[:PAGE_SIZE]
+        saved = await revert_service.batches(
+            session, org, before=saved_before, limit=SAVED_PAGE_SIZE + 1
+        )
         return {
             "org": org,
+            "saved": saved[:SAVED_PAGE_SIZE],
+            "older_saved": saved[SAVED_PAGE_SIZE - 1].id if len(saved) > SAVED_PAGE_SIZE else None,
             "entries": entries,
             "emails": await _emails(session, org, entries),
             "problems": problems,
@@ -160,11 +173,21 @@ async def journal_page(
 
     data = await db.read(load)
     params = filters.params()
+    notice = None
+    if reverted is not None:
+        notice = f"Reverted {reverted:,} {'change' if reverted == 1 else 'changes'}."
+        if kept:
+            notice += f" {kept:,} could not be reverted and stay as they are."
     return render(
         request,
         "journal.html",
         viewer,
         **data,
+        notice=notice,
+        saved_before=saved_before,
+        older_saved_link="?" + urlencode({**params, "saved_before": data["older_saved"]})
+        if data["older_saved"]
+        else None,
         filters=filters,
         actions=ACTIONS,
         kinds=list(Kind),
@@ -246,3 +269,87 @@ async def journal_csv(
             before_id = entries[-1].id
 
     return await csv_download(db, chunks, "journal.csv")
+
+
+# --- reverting a saved change -----------------------------------------------------------------
+
+BatchId = Annotated[uuid.UUID, Path(description="The id of a saved allowance change.")]
+
+
+def _act(request: Request, viewer: ViewerDep) -> Act:
+    return Act(viewer.principal.actor, clock_of(request).now())
+
+
+def _revert_page(
+    request: Request,
+    viewer: ViewerDep,
+    org: Organization,
+    *,
+    plan: revert_service.RevertPlan | None = None,
+    problem: str | None = None,
+    status_code: int = 200,
+) -> HTMLResponse:
+    return render(
+        request,
+        "revert.html",
+        viewer,
+        status_code=status_code,
+        org=org,
+        plan=plan,
+        problem=problem,
+        tz=ZoneInfo(org.time_zone),
+    )
+
+
+@router.get("/orgs/{org_id}/batches/{batch}/revert")
+async def revert_preview(
+    request: Request, org_id: uuid.UUID, batch: BatchId, viewer: ViewerDep
+) -> HTMLResponse:
+    require_org(viewer, org_id, "admin")
+    db, now = await up_to_date(request, org_id)
+    act = Act(viewer.principal.actor, now)
+
+    async def load(session: AsyncSession) -> dict[str, Any]:
+        org = await organization_service.get(session, org_id)
+        try:
+            return {
+                "org": org,
+                "plan": await revert_service.plan_revert(session, act, org, str(batch)),
+            }
+        except revert_service.AlreadyReverted as error:
+            return {"org": org, "problem": error.message, "status_code": error.status_code}
+
+    return _revert_page(request, viewer, **await db.read(load))
+
+
+@router.post("/orgs/{org_id}/batches/{batch}/revert")
+async def revert_apply(
+    request: Request,
+    org_id: uuid.UUID,
+    batch: BatchId,
+    viewer: WriterDep,
+    preview_token: Annotated[str, Form(max_length=64)] = "",
+) -> Response:
+    require_org(viewer, org_id, "admin")
+    act = _act(request, viewer)
+
+    async def work(session: AsyncSession) -> dict[str, Any]:
+        try:
+            plan = await revert_service.revert(
+                session, act, org_id, str(batch), preview_token=preview_token or None
+            )
+        except (revert_service.RevertPreviewStale, revert_service.NothingToRevert) as error:
+            org = await organization_service.get(session, org_id)
+            found = await revert_service.plan_revert(session, act, org, str(batch))
+            return {"org": org, "plan": found, "problem": error.message, "status_code": 409}
+        except revert_service.AlreadyReverted as error:
+            org = await organization_service.get(session, org_id)
+            return {"org": org, "problem": error.message, "status_code": error.status_code}
+        return {"done": plan}
+
+    result = await db_of(request).write(work)
+    done: revert_service.RevertPlan | None = result.pop("done", None)
+    if done is None:
+        return _revert_page(request, viewer, **result)
+    query = urlencode({"reverted": len(done.revertable), "kept": len(done.refused)})
+    return RedirectResponse(f"/orgs/{org_id}/journal?{query}", status_code=303)
