@@ -23,6 +23,7 @@ from tokenadmin.cli.models import models_app, personal_key_app
 from tokenadmin.cli.orgs import org_app, purchase_app
 from tokenadmin.cli.report import report_app
 from tokenadmin.cli.requests import requests_app
+from tokenadmin.cli.revert import batches, revert
 from tokenadmin.cli.usage import journal_app, key_app, usage_app
 from tokenadmin.cli.users import user_app, users_app
 from tokenadmin.config import get_settings
@@ -44,6 +45,8 @@ app.add_typer(user_app, name="user")
 app.add_typer(users_app, name="users")
 app.add_typer(allowance_app, name="allowance")
 app.command("distribute")(distribute)
+app.command("batches")(batches)
+app.command("revert")(revert)
 app.add_typer(usage_app, name="usage")
 app.add_typer(journal_app, name="journal")
 app.add_typer(key_app, name="key")
