@@ -106,6 +106,68 @@ async def test_fixed_and_percent_with_a_minimum_and_a_maximum_apply_both_kinds_i
     assert reasons == {"Distribution (inference: percent, training: fixed): Q3"}
 
 
+async def _org_with_expiring_purchases(api: Api) -> tuple[str, list[dict[str, Any]], Any, Any]:
+    """Besides the 1,000,000 / 100,000 of `_org_of_three` (now is 15 Mar 2026): A, 500,000
+    inference and 50,000 training expiring on 31 Mar (before the period ends); B, 300,000
+    inference expiring on 10 Apr (within 30 days); and 1,000,000 inference expiring in
+    September, not soon. Capacity 2,800,000 / 150,000; allocated 600,000 / 0."""
+    org, users = await _org_of_three(api)
+    a = await api.purchase(org, 500_000, 50_000, expires_at="2026-03-31T12:00:00Z")
+    b = await api.purchase(org, 300_000, expires_at="2026-04-10T00:00:00Z")
+    await api.purchase(org, 1_000_000, expires_at="2026-09-01T00:00:00Z")
+    return org, users, a, b
+
+
+async def test_the_purchases_expiring_soon_that_would_leave_it_over_allocated_are_named(
+    api: Api,
+) -> None:
+    org, _users, a, b = await _org_with_expiring_purchases(api)
+    body = {
+        "inference": {"method": "fixed", "amount": 600_000},  # allocated 2,400,000
+        "training": {"method": "fixed", "amount": 10_000},  # allocated 30,000
+    }
+
+    preview = await _preview(api, org, body)
+
+    assert preview["accepted"]
+    fields = ("purchase_id", "kind", "amount", "capacity_after", "allocated_after", "over")
+    named = [(*(e[f] for f in fields), e["expires_at"]) for e in preview["expiring"]]
+    # Without A, 2,300,000 of capacity; without A and B, 2,000,000. Training keeps 100,000
+    # of capacity for 30,000 allocated: A is not named for it.
+    assert named == [
+        (a["id"], "inference", 500_000, 2_300_000, 2_400_000, 100_000, "2026-03-31T12:00:00Z"),
+        (b["id"], "inference", 300_000, 2_000_000, 2_400_000, 400_000, "2026-04-10T00:00:00Z"),
+    ]
+    assert preview["expiring"][0]["message"] == (
+        "The purchase of 500,000 inference tokens expiring on 31 Mar 2026 funds part of this;"
+        " after it expires the organization would be 100,000 over."
+    )
+    response = await _apply(api, org, {**body, "preview_token": preview["preview_token"]})
+    assert response.status_code == 200, response.text
+    assert response.json()["expiring"] == preview["expiring"]
+
+
+async def test_no_purchase_is_named_when_none_expires_soon_or_its_expiry_leaves_enough(
+    api: Api,
+) -> None:
+    org, (ana, _bo, _cy) = await _org_of_three(api)
+    await api.purchase(org, 1_000_000, 100_000, expires_at="2026-09-01T00:00:00Z")
+    everything = {"inference": {"method": "equal"}, "training": {"method": "equal"}}
+    assert (await _preview(api, org, everything))["expiring"] == []  # none expires soon
+
+    await api.purchase(org, 500_000, 50_000, expires_at="2026-03-31T12:00:00Z")
+    within = {"inference": {"method": "fixed", "amount": 200_000}}  # 1,200,000 ≤ 2,000,000
+    assert (await _preview(api, org, within))["expiring"] == []
+
+    # Inference would be over once it expires, but a training distribution depends on no
+    # inference tokens, and training keeps enough.
+    await api.allowances(org, {"user": ana["id"], "max_tokens": 1_700_000}, expect=200)
+    training = {"training": {"method": "fixed", "amount": 10_000}}
+    assert (await _preview(api, org, training))["expiring"] == []
+    one_more = {"inference": {"method": "fixed", "amount": 1}}
+    assert [e["over"] for e in (await _preview(api, org, one_more))["expiring"]] == [100_003]
+
+
 async def test_only_the_chosen_users_by_id_or_email_get_the_amount(api: Api) -> None:
     org, (ana, bo, cy) = await _org_of_three(api)
     body = {"inference": {"method": "equal"}, "users": [ana["id"], "BO@example.com"]}
@@ -152,7 +214,7 @@ async def test_when_one_kind_is_refused_neither_kind_is_written(api: Api) -> Non
     response = await _apply(api, org, {**body, "preview_token": preview["preview_token"]})
 
     details = error_of(response, 422, "allowance_change_refused")
-    assert len(details["refused"]) == 3
+    assert {(r["code"], r["kind"]) for r in details["refused"]} == {("exceeds_balance", "training")}
     assert await _state(api, org, users) == before
 
 
@@ -274,23 +336,29 @@ async def test_only_an_admin_of_the_organization_may_distribute(api: Api) -> Non
     assert (await admin.call("POST", _path(org), json=body)).status_code == 200
 
 
-async def test_the_dashboard_applies_through_the_same_service_and_refuses_a_stale_preview(
+async def test_the_dashboard_applies_both_kinds_by_the_service_and_refuses_a_stale_preview(
     api: Api, client: httpx.AsyncClient, db: Database, clock: FakeClock
 ) -> None:
     org, (ana, bo, _cy) = await _org_of_three(api)
     admin = await api.user(org, "ada@example.com", role="admin")
     caller = await session_of(db, clock, user_id=admin["id"])
     page = f"/orgs/{org}/distribute"
-    form: dict[str, str | list[str]] = {"kind": "training", "method": "fixed", "amount": "1K"}
-    form |= {"scope": "selected", "users": [ana["id"], bo["id"]]}
+    form: dict[str, str | list[str]] = {
+        "inference_method": "fixed",
+        "inference_amount": "2K",
+        "training_method": "fixed",
+        "training_amount": "1K",
+        "scope": "selected",
+        "users": [ana["id"], bo["id"]],
+    }
 
     preview = await send(client, Req("POST", page, form=form | {"action": "preview"}), caller)
     assert preview.status_code == 200, preview.text
     digest = re.search(r'name="digest" value="([0-9a-f]{64})"', preview.text)
     assert digest
-    api_preview = await _preview(
-        api, org, {"training": {"method": "fixed", "amount": 1_000}, "users": [ana["id"], bo["id"]]}
-    )
+    rules = {"inference": {"method": "fixed", "amount": 2_000}}
+    rules |= {"training": {"method": "fixed", "amount": 1_000}}
+    api_preview = await _preview(api, org, rules | {"users": [ana["id"], bo["id"]]})
     assert digest.group(1) == api_preview["preview_token"]  # the same preview, the same token
 
     await api.allowances(org, {"user": bo["id"], "max_train_tokens": 5}, expect=200)
@@ -304,8 +372,29 @@ async def test_the_dashboard_applies_through_the_same_service_and_refuses_a_stal
     assert fresh
     applied = await send(client, Req("POST", page, form=apply | {"digest": fresh.group(1)}), caller)
     assert applied.status_code == 303, applied.text
-    assert (await get_user(api, ana["id"]))["max_train_tokens"] == 1_000
-    assert (await get_user(api, bo["id"]))["max_train_tokens"] == 1_005
+    assert applied.headers["location"] == f"{page}?done=2&inference=2000&training=1000"
+    stored = [await get_user(api, u["id"]) for u in (ana, bo)]
+    assert [(u["max_tokens"], u["max_train_tokens"]) for u in stored] == [
+        (202_000, 1_000),
+        (202_000, 1_005),
+    ]
+
+
+async def test_the_dashboard_refuses_a_form_that_leaves_both_kinds_alone(
+    api: Api, client: httpx.AsyncClient, db: Database, clock: FakeClock
+) -> None:
+    org, users = await _org_of_three(api)
+    admin = await api.user(org, "ada@example.com", role="admin")
+    caller = await session_of(db, clock, user_id=admin["id"])
+    before = await _state(api, org, users)
+    form: dict[str, str | list[str]] = {"inference_method": "none", "training_method": "none"}
+    form["action"] = "apply"
+
+    refused = await send(client, Req("POST", f"/orgs/{org}/distribute", form=form), caller)
+
+    assert refused.status_code == 422
+    assert "Choose how to distribute Max Tokens, Max Train Tokens or both." in refused.text
+    assert await _state(api, org, users) == before
 
 
 async def test_all_users_beyond_what_one_distribution_covers_is_refused_not_cut_short(

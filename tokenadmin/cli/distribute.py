@@ -214,3 +214,5 @@ def _print(answer: DistributionOut) -> None:
             for r in answer.refused
         ]
         out().print(table("Refused", ("user", "code", "why"), refused))
+    for expiring in answer.expiring:
+        say(f"Expiring soon: {expiring.message}", style="yellow")

@@ -5,6 +5,7 @@ only."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StrictInt, model_validator
@@ -99,6 +100,25 @@ class KindDistribution(BaseModel):
     """The users whose allowance changes, with their allowance before and after."""
 
 
+class ExpiringPurchase(BaseModel):
+    """A purchase that expires soon (within 30 days, or before the current period ends) and
+    funds part of this distribution: once it expires, the organization would have allocated
+    more of this kind than its capacity."""
+
+    purchase_id: str
+    kind: str
+    amount: int
+    """The purchase's tokens of this kind."""
+    expires_at: datetime
+    capacity_after: int
+    """The capacity of this kind once it has expired (and every purchase named before it)."""
+    allocated_after: int
+    """Allocated of this kind after this distribution."""
+    over: int
+    """`allocated_after` - `capacity_after`: by how much the organization would be over."""
+    message: str
+
+
 class DistributionOut(BaseModel):
     applied: bool
     accepted: bool
@@ -110,3 +130,6 @@ class DistributionOut(BaseModel):
     """Each refused row with its `code` and `message` (and the `kind` where it applies)."""
     preview_token: str
     """Names exactly what this answer shows; send it back to apply only that."""
+    expiring: list[ExpiringPurchase] = []
+    """The purchases expiring soon whose expiry would leave the organization over-allocated
+    after this distribution, soonest first, one entry per purchase and kind."""

@@ -2,8 +2,9 @@
 kind or both, computed as an equal split, a fixed amount or a percentage of the balance,
 between a minimum and a maximum per user.
 
-`preview` computes it (nothing is written) as one allowance plan of both kinds, and names
-what it shows with a `preview_token`; `commit` writes that plan in the caller's
+`preview` computes it (nothing is written) as one allowance plan of both kinds, names the
+purchases expiring soon that it depends on (`expiring_purchases`), and names what it shows
+with a `preview_token`; `commit` writes that plan in the caller's
 transaction, all rows of both kinds or none, and only if the token still names it. The API,
 the CLI and the dashboard call these; none computes anything of its own.
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -22,11 +25,13 @@ from tokenadmin.distribution.schemas import (
     DistributionOut,
     DistributionRequest,
     DistributionRow,
+    ExpiringPurchase,
     KindDistribution,
     KindRule,
 )
 from tokenadmin.errors import Conflict, InvalidRequest, RuleRefused
-from tokenadmin.models import Organization, User
+from tokenadmin.models import Organization, Purchase, User
+from tokenadmin.organization import service as organization_service
 from tokenadmin.tokens import ALLOWANCE_FIELD, Kind, balance, fmt
 from tokenadmin.user import repository as user_repository
 
@@ -57,6 +62,7 @@ class Distribution:
     plan: allowance_service.Plan
     reason: str
     preview_token: str
+    expiring: list[ExpiringPurchase] = field(default_factory=list)
     applied: bool = False
 
     @property
@@ -90,6 +96,7 @@ class Distribution:
             kinds=kinds,
             refused=[r.to_dict() for r in self.plan.refused],
             preview_token=self.preview_token,
+            expiring=self.expiring,
         )
 
 
@@ -180,6 +187,8 @@ async def preview(
     result = await allowance_service.change(session, act, org, rows, dry_run=True)
     methods = ", ".join(f"{kind}: {rule.method}" for kind, rule in rules.items())
     reason = f"Distribution ({methods})" + (f": {request.reason}" if request.reason else "")
+    raised = [k for k in rules if any(c.kind is k and c.delta > 0 for c in result.plan.changes)]
+    purchases = await organization_service.list_purchases(session, org)
     return Distribution(
         org=org,
         rules=rules,
@@ -189,7 +198,71 @@ async def preview(
         plan=result.plan,
         reason=reason,
         preview_token=_token(org, before, rows),
+        expiring=expiring_purchases(org, purchases, result.plan, raised, act.now),
     )
+
+
+def expiring_soon_until(org: Organization, now: datetime) -> datetime:
+    """Purchases expiring up to this moment are "expiring soon": within the warning the
+    balance card gives (30 days), or before the current period ends, whichever is later."""
+    soon = now + organization_service.EXPIRY_WARNING
+    period_end = organization_service.current_period_end(org, now)
+    return soon if period_end is None else max(soon, period_end)
+
+
+def expiring_purchases(
+    org: Organization,
+    purchases: Sequence[Purchase],
+    plan: allowance_service.Plan,
+    kinds: Sequence[Kind],
+    now: datetime,
+) -> list[ExpiringPurchase]:
+    """The purchases expiring soon that this distribution depends on: for each kind it
+    raises, each such purchase (soonest first) whose expiry would leave the capacity below
+    what is allocated after the plan. An expiry takes capacity away and no allowance with
+    it (SPEC: capacity counts unexpired purchases only), so the capacity after each one
+    also lacks every purchase expiring before it."""
+    until = expiring_soon_until(org, now)
+    soon = sorted(
+        (
+            p
+            for p in purchases
+            if p.expired_at is None and p.expires_at is not None and p.expires_at <= until
+        ),
+        key=lambda p: (p.expires_at or now, str(p.id)),
+    )
+    zone = ZoneInfo(org.time_zone)
+    named = []
+    for kind in kinds:
+        after = plan.after[kind]
+        capacity = after.capacity
+        for purchase in soon:
+            amount = purchase.amount(kind)
+            if not amount:
+                continue
+            capacity -= amount
+            over = after.allocated - capacity
+            if over <= 0:
+                continue
+            expires_at = purchase.expires_at or now
+            day = expires_at.astimezone(zone)
+            named.append(
+                ExpiringPurchase(
+                    purchase_id=str(purchase.id),
+                    kind=kind.value,
+                    amount=amount,
+                    expires_at=expires_at,
+                    capacity_after=capacity,
+                    allocated_after=after.allocated,
+                    over=over,
+                    message=(
+                        f"The purchase of {fmt(amount)} {kind.value} tokens expiring on"
+                        f" {day.day} {day:%b %Y} funds part of this; after it expires the"
+                        f" organization would be {fmt(over)} over."
+                    ),
+                )
+            )
+    return sorted(named, key=lambda e: (e.expires_at, e.kind))
 
 
 def _token(
