@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.routing import iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
@@ -53,6 +53,7 @@ from tokenadmin.user.endpoints import table_router as user_table_router
 
 log = logging.getLogger("tokenadmin")
 HERE = Path(__file__).parent
+FAVICON = HERE / "dashboard" / "static" / "favicon.svg"
 
 
 def _error(
@@ -434,6 +435,12 @@ def create_app(
         """Whether the service and its database answer."""
         await db.read(lambda session: session.execute(text("SELECT 1")))
         return {"status": "ok", "database": db.dialect, "version": __version__}
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        # Browsers ask for it whatever the page links; every current one reads SVG icons.
+        cache = {"Cache-Control": "public, max-age=604800"}  # a week
+        return FileResponse(FAVICON, media_type="image/svg+xml", headers=cache)
 
     app.mount("/static", StaticFiles(directory=HERE / "dashboard" / "static"), name="static")
     # /openai/v1: the OpenAI-compatible gateway, its own sub-app answering in OpenAI's shape

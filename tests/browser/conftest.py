@@ -10,14 +10,23 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    BrowserContext,
+    Page,
+    Playwright,
+    ViewportSize,
+    sync_playwright,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.servers import running_servers
@@ -39,6 +48,9 @@ CHROMIUM_FLAGS = [
 ]
 SCREENSHOTS = Path(__file__).parent.parent / "artifacts" / "screenshots"
 PASSWORD = "browser-test-password"
+T = TypeVar("T")
+DESKTOP: ViewportSize = {"width": 1440, "height": 900}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @dataclass
@@ -166,7 +178,7 @@ def browser(playwright_instance: Playwright) -> Iterator[Browser]:
 
 @pytest.fixture
 def context(browser: Browser) -> Iterator[BrowserContext]:
-    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    context = browser.new_context(viewport=DESKTOP)
     context.set_default_timeout(10_000)
     yield context
     context.close()
@@ -183,6 +195,56 @@ def sign_in(page: Page, site: Site, email: str, password: str = PASSWORD) -> Non
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_load_state("networkidle")
+
+
+def write(site: Site, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `work` in one transaction on the site's database, from a thread of its own
+    (Playwright's sync API runs an event loop in this one)."""
+
+    async def run() -> T:
+        db = Database(site.database_url, pool_size=1)
+        try:
+            return await db.write(work)
+        finally:
+            await db.dispose()
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, run()).result()
+
+
+def deactivate(site: Site, email: str) -> None:
+    """Deactivate a user of the seeded organization, as an administrator would."""
+
+    async def work(session: AsyncSession) -> None:
+        act = Act("seed", datetime.now(UTC))
+        org = await organization_service.get(session, uuid.UUID(site.org_id))
+        user = await user_service.get(session, uuid.UUID(site.users[email]))
+        await user_service.deactivate(session, act, org, user)
+
+    write(site, work)
+
+
+def main_pages(site: Site, role: str) -> list[tuple[str, str]]:
+    """(name, path) of the main pages a role sees, for the checks of every page (layout,
+    accessibility): "anonymous", "admin", "member" or "operator"."""
+    org = f"/orgs/{site.org_id}"
+    if role == "anonymous":
+        return [("sign in", "/login")]
+    if role == "member":
+        return [("my tokens", "/me")]
+    if role == "operator":
+        return [("all organizations", "/operator"), ("organization home", org)]
+    return [
+        ("users", org),
+        ("journal", f"{org}/journal"),
+        ("distribute", f"{org}/distribute"),
+        ("import & export", f"{org}/import"),
+        ("settings", f"{org}/settings"),
+        ("models", f"{org}/models"),
+        ("user page", f"{org}/users/{site.users[site.member_email]}"),
+        ("my tokens", "/me"),
+        ("not found", f"{org}/users/{uuid.UUID(int=0)}"),
+    ]
 
 
 def screenshot(page: Page, name: str) -> None:

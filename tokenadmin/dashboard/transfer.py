@@ -16,6 +16,7 @@ from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org
 from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import InvalidRequest
 from tokenadmin.organization import service as organization_service
+from tokenadmin.tokens import ALLOWANCE_LABEL, Kind
 from tokenadmin.user import csv_io
 from tokenadmin.user.csv_schemas import MAX_IMPORT_BYTES, ImportResult
 from tokenadmin.user.endpoints import users_csv
@@ -23,6 +24,13 @@ from tokenadmin.user.endpoints import users_csv
 router = APIRouter(include_in_schema=False)
 MAX_UPLOAD_BYTES = MAX_IMPORT_BYTES
 PREVIEW_ROWS = 500
+COLUMN_WORDS = {
+    "max_tokens": ALLOWANCE_LABEL[Kind.inference],
+    "max_train_tokens": ALLOWANCE_LABEL[Kind.training],
+    "name": "Name",
+    "role": "Role",
+}
+"""The preview's words for the columns an import changes (the file's own headers are codes)."""
 
 
 async def _page(request: Request, org_id: uuid.UUID, **context: Any) -> dict[str, Any]:
@@ -31,7 +39,12 @@ async def _page(request: Request, org_id: uuid.UUID, **context: Any) -> dict[str
     async def load(session: AsyncSession) -> dict[str, Any]:
         org = await organization_service.get(session, org_id)
         balance = await organization_service.balance(session, org, now)
-        return {"org": org, "balance": balance, "tz": ZoneInfo(org.time_zone)}
+        return {
+            "org": org,
+            "balance": balance,
+            "tz": ZoneInfo(org.time_zone),
+            "column_words": COLUMN_WORDS,
+        }
 
     return {**await db.read(load), **context}
 

@@ -168,12 +168,22 @@ def render(
     )
 
 
+ERROR_TITLES = {403: "Not allowed", 404: "Not found", 413: "Too large", 429: "Slow down"}
+ERROR_HINTS = {
+    403: "If you should be able to do this, ask an administrator of your organization.",
+    404: "The link may be out of date, or the page is not one your account can see.",
+    429: "Wait a moment, then try again.",
+}
+
+
 def error_page(request: Request, error: TokenAdminError) -> HTMLResponse:
-    titles = {403: "Not allowed", 404: "Not found", 429: "Slow down"}
+    """A refusal as a page: a title and the message in words; the machine code only in a
+    data attribute (data-code), never as text to read."""
     return render(
         request,
         "error.html",
         status_code=error.status_code,
-        title=titles.get(error.status_code, "Something is not right"),
+        title=ERROR_TITLES.get(error.status_code, "Something is not right"),
+        hint=ERROR_HINTS.get(error.status_code),
         error=error,
     )
