@@ -64,6 +64,14 @@ FIGURES_OUTSIDE_THEIR_CARDS = """() => [...document.querySelectorAll(".balance .
   })"""
 
 
+NAV = ["Users", "Distribute", "Import & export", "Journal", "Models", "Settings", "My tokens"]
+"""An administrator's main links, in order."""
+
+OWN_TEXT = """(e) => [...e.childNodes].filter((n) => n.nodeType === Node.TEXT_NODE)
+  .map((n) => n.textContent).join("").trim()"""
+"""An element's text without its children's (a heading's own words, not its <small> aside)."""
+
+
 def _big_purchase(site: Site) -> Callable[[AsyncSession], Awaitable[None]]:
     async def work(session: AsyncSession) -> None:
         org = await organization_service.get(session, uuid.UUID(site.org_id))
@@ -137,14 +145,23 @@ def test_on_a_phone_the_top_bar_is_small_and_every_link_and_sign_out_are_reachab
         assert bar["height"] <= 0.2 * PHONE["height"], f"the top bar is {bar['height']} px high"
         screenshot(page, "phone-home")
 
-        nav = page.get_by_role("navigation", name="Main")
-        for name in ["Users", "Distribute", "Import & export", "Journal", "Models", "Settings"]:
-            link = nav.get_by_role("link", name=name, exact=True)
+        # Each link of the phone's nav row is reached and leads to a page of that name: the
+        # same words in the link, the page's heading and the first part of its title.
+        misnamed = []
+        for name in NAV:
+            link = page.get_by_role("navigation", name="Main").get_by_role(
+                "link", name=name, exact=True
+            )
             link.scroll_into_view_if_needed()
             expect(link).to_be_in_viewport()
-        nav.get_by_role("link", name="My tokens").click()
+            link.click()
+            expect(link).to_have_attribute("aria-current", "page")
+            heading = page.locator("h1").evaluate(OWN_TEXT)
+            title = page.title()
+            if heading != name or not title.startswith(f"{name} · "):
+                misnamed.append(f"link {name!r}: heading {heading!r}, title {title!r}")
+        assert not misnamed, "pages named unlike their links:\n" + "\n".join(misnamed)
         expect(page).to_have_url(f"{site.url}/me")
-        expect(page.get_by_role("link", name="My tokens")).to_have_attribute("aria-current", "page")
         sign_out = page.get_by_role("button", name="Sign out")
         expect(sign_out).to_be_in_viewport()
         sign_out.click()
