@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tokenadmin.report.service import HORIZON, Forecast, Window, forecast
+from tokenadmin.report.service import HORIZON, Forecast, Window, basis, forecast
 
 START = datetime(2025, 3, 1, tzinfo=UTC)
 END = datetime(2025, 4, 1, tzinfo=UTC)
@@ -65,3 +65,24 @@ def test_days_observed_counts_whole_days_measured() -> None:
     assert Window(START, START + timedelta(hours=23), END).days_observed == 0
     assert Window(START, START + timedelta(days=1), END).days_observed == 1
     assert Window(START, NOW, END).days_observed == 10
+
+
+def test_the_basis_says_how_much_usage_a_forecast_rests_on_and_when_it_is_too_little() -> None:
+    early = Window(START, START + timedelta(hours=5, minutes=59), END)
+    assert early.too_short
+    assert basis(early, 1_000, 1) == "Based on 5 hours of this period — too little to be sure."
+    first_minutes = Window(START, START + timedelta(minutes=20), END)
+    assert basis(first_minutes, 10, 1) == (
+        "Based on under an hour of this period — too little to be sure."
+    )
+    assert basis(first_minutes, 0, 0) == "No usage in under an hour of this period."
+    one_day = Window(START, START + timedelta(days=1, hours=2), END)
+    assert not one_day.too_short
+    assert basis(one_day, 10, 2) == "Based on 1 day of this period, with usage on 2 days."
+    assert basis(Window(START, NOW, END), 10, 1) == (
+        "Based on 10 days of this period, with usage on 1 day."
+    )
+    # An organization's list of users does not count days; without periods, the last 30.
+    assert basis(Window(START, NOW, END), 10, None) == "Based on 10 days of this period."
+    prepaid = Window(NOW - timedelta(days=30), NOW, None)
+    assert basis(prepaid, 10, 4) == "Based on the last 30 days, with usage on 4 days."

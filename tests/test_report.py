@@ -17,6 +17,7 @@ from tokenadmin.database import Database
 from tokenadmin.organization import service as organization_service
 from tokenadmin.report import service as report_service
 from tokenadmin.tokens import Kind
+from tokenadmin.user import repository as user_repository
 
 
 async def _report(api: Api, org: str, **params: Any) -> Any:
@@ -206,26 +207,31 @@ async def test_a_forecast_at_the_start_of_a_period_shows_how_little_it_rests_on(
     await api.use(ana["id"], 1_000, expect=200)
     after = await api.get(f"/v1/users/{ana['id']}/forecast")
 
-    assert before["days_observed"] == 0
+    assert (before["days_observed"], before["hours_observed"]) == (0, 6)
     assert before["inference"] == {
         "remaining": 200_000,
         "used": 0,
         "pace_per_day": 0,
         "runs_out_on": None,
         "days_with_usage": 0,
+        "basis": "No usage in 6 hours of this period.",
+        "too_little_data": False,
     }
     assert (after["measured_from"], after["measured_until"]) == (
         "2026-04-01T00:00:00Z",
         "2026-04-01T06:00:00Z",
     )
     assert after["period_end"] == "2026-05-01T00:00:00Z"
-    # 1,000 in six hours is 4,000 a day: the 199,000 left last past the end of April.
+    # 1,000 in six hours is 4,000 a day: the 199,000 left last past the end of April. A
+    # pace of six hours is a guess, and the answer says so.
     assert after["inference"] == {
         "remaining": 199_000,
         "used": 1_000,
         "pace_per_day": 4_000,
         "runs_out_on": None,
         "days_with_usage": 1,
+        "basis": "Based on 6 hours of this period — too little to be sure.",
+        "too_little_data": True,
     }
     clock.set(utc("2026-04-02 06:00"))
     assert (await api.get(f"/v1/users/{ana['id']}/forecast"))["days_observed"] == 1
@@ -252,6 +258,8 @@ async def test_a_forecast_gives_the_day_a_user_runs_out_at_their_pace(
         "pace_per_day": 10_000,
         "runs_out_on": "2026-03-21T00:00:00Z",
         "days_with_usage": 2,
+        "basis": "Based on 10 days of this period, with usage on 2 days.",
+        "too_little_data": False,
     }
     assert forecast["training"]["runs_out_on"] is None
 
@@ -330,3 +338,48 @@ async def test_the_dashboards_forecast_from_the_cached_balance_equals_the_journa
             1,
             None,
         )
+
+
+async def test_the_charts_usage_spans_30_days_and_12_months_zero_filled_across_periods(
+    api: Api, db: Database, clock: FakeClock
+) -> None:
+    clock.set(utc("2026-02-13 12:00"))
+    org = await funded_org(api)
+    ana = await api.user(org, "ana@example.com", max_train_tokens=1_000)
+    bo = await api.user(org, "bo@example.com")
+    await api.use(ana["id"], 1_000, model="large-chat", expect=200)  # 31 days back: out
+    clock.set(utc("2026-02-20 12:00"))
+    await api.use(ana["id"], 100, model="large-chat", expect=200)
+    clock.set(utc("2026-03-01 01:00"))  # a new period
+    await api.use(ana["id"], 7, "training", expect=200)
+    clock.set(utc("2026-03-10 09:00"))
+    await api.use(ana["id"], 50, model="small", expect=200)
+    await api.use(bo["id"], 20, expect=200)
+    clock.set(utc("2026-03-15 12:00"))
+
+    async def recent(session: AsyncSession, email: str) -> report_service.RecentUsage:
+        found = await organization_service.get(session, uuid.UUID(org))
+        user = (await user_repository.find_by_refs(session, found.id, [email]))[email]
+        return await report_service.recent_usage(session, found, clock.now(), user)
+
+    mine = await db.read(lambda session: recent(session, "ana@example.com"))
+
+    days = [f"{d:%m-%d}" for d in mine.daily.buckets]
+    assert (len(days), days[0], days[-1]) == (30, "02-14", "03-15")
+    inference = dict(zip(days, mine.daily.series(Kind.inference), strict=True))
+    assert {day: n for day, n in inference.items() if n} == {"02-20": 100, "03-10": 50}
+    assert dict(zip(days, mine.daily.series(Kind.training), strict=True))["03-01"] == 7
+    months = [f"{m:%Y-%m}" for m in mine.monthly.buckets]
+    assert (len(months), months[0], months[-1]) == (12, "2025-04", "2026-03")
+    assert mine.monthly.series(Kind.inference)[-2:] == [1_100, 50]
+    assert sum(mine.monthly.series(Kind.inference)) == 1_150
+    # Per model, the last 30 days: most used first, usage naming none last.
+    assert [(m.model, m.tokens[Kind.inference], m.tokens[Kind.training]) for m in mine.models] == [
+        ("large-chat", 100, 0),
+        ("small", 50, 0),
+        (None, 0, 7),
+    ]
+    # Usage that names no model has no breakdown per model.
+    theirs = await db.read(lambda session: recent(session, "bo@example.com"))
+    assert theirs.models == []
+    assert sum(theirs.daily.series(Kind.inference)) == 20

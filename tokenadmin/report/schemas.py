@@ -37,6 +37,13 @@ class KindForecastOut(Answer):
     days_with_usage: int | None
     """Days of the window (in the organization's time zone) with usage of this kind; null in
     an organization's list of users."""
+    basis: str
+    """What the forecast rests on, in words: e.g. "Based on 9 days of this period, with usage
+    on 3 days." or, under a day, "Based on 5 hours of this period — too little to be
+    sure." """
+    too_little_data: bool
+    """True when the pace rests on under a day of usage (the window is shorter than a day):
+    a date from it is a guess."""
 
 
 class WindowOut(BaseModel):
@@ -48,6 +55,8 @@ class WindowOut(BaseModel):
     """Now."""
     days_observed: int
     """Whole days from measured_from to measured_until: 0 on a period's first day."""
+    hours_observed: int
+    """Whole hours from measured_from to measured_until."""
     period_end: datetime | None
     """When the period ends; null without periods."""
 
@@ -57,6 +66,7 @@ def _forecast_fields(window: Window, kinds: dict[Kind, KindForecast]) -> dict[st
         "measured_from": window.measured_from,
         "measured_until": window.measured_until,
         "days_observed": window.days_observed,
+        "hours_observed": window.hours_observed,
         "period_end": window.period_end,
         **{kind.value: KindForecastOut.of(forecast) for kind, forecast in kinds.items()},
     }

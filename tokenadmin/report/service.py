@@ -102,9 +102,47 @@ class Window:
     """When the period ends (None without periods): running out after it is not running out."""
 
     @property
+    def seconds_observed(self) -> int:
+        return max(0, int((self.measured_until - self.measured_from).total_seconds()))
+
+    @property
     def days_observed(self) -> int:
         """Whole days measured: 0 on the first day of a period."""
-        return int((self.measured_until - self.measured_from).total_seconds()) // DAY_SECONDS
+        return self.seconds_observed // DAY_SECONDS
+
+    @property
+    def hours_observed(self) -> int:
+        """Whole hours measured."""
+        return self.seconds_observed // 3600
+
+    @property
+    def too_short(self) -> bool:
+        """Under a day measured: the pace stretches a few hours of use to a day, too little
+        to be sure of."""
+        return self.seconds_observed < DAY_SECONDS
+
+
+def _count(number: int, unit: str) -> str:
+    return f"{number:,} {unit}{'' if number == 1 else 's'}"
+
+
+def basis(window: Window, used: int, days_with_usage: int | None) -> str:
+    """What a forecast rests on, in words: "Based on 9 days of this period, with usage on 3
+    days.", or under a day "Based on 5 hours of this period — too little to be sure."."""
+    if window.too_short:
+        hours = window.hours_observed
+        span = f"{_count(hours, 'hour') if hours else 'under an hour'} of this period"
+    elif window.period_end is None:
+        span = f"the last {_count(window.days_observed, 'day')}"
+    else:
+        span = f"{_count(window.days_observed, 'day')} of this period"
+    if used <= 0:
+        return f"No usage in {span}."
+    if window.too_short:
+        return f"Based on {span} — too little to be sure."
+    if days_with_usage is None:
+        return f"Based on {span}."
+    return f"Based on {span}, with usage on {_count(days_with_usage, 'day')}."
 
 
 @dataclass(frozen=True)
@@ -122,6 +160,10 @@ class KindForecast:
     days_with_usage: int | None = None
     """Days of the window (in the organization's zone) with usage of this kind; None in an
     organization's list of users, which does not count them."""
+    basis: str = ""
+    """What the forecast rests on, in words (see `basis`)."""
+    too_little_data: bool = False
+    """The window is under a day: the pace stretches hours of use to a day."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +200,15 @@ def _kind_forecast(
     elapsed = window.measured_until - window.measured_from
     result = forecast(used, elapsed, remaining, window.measured_until, window.period_end)
     runs_out_on = result.runs_out_on if may_use else None
-    return KindForecast(remaining, used, result.pace_per_day, runs_out_on, days)
+    return KindForecast(
+        remaining,
+        used,
+        result.pace_per_day,
+        runs_out_on,
+        days,
+        basis(window, used, days),
+        window.too_short and used > 0,
+    )
 
 
 def _day_edges(zone: ZoneInfo, since: datetime, until: datetime) -> list[datetime]:
@@ -442,3 +492,67 @@ async def usage_report(
     ordered = sorted(sums, key=lambda k: (k[0], k[1] is not None, k[1] or ""))
     report = [UsageRow(starts[index], model, sums[index, model]) for index, model in ordered]
     return UsageReport(org, user, granularity, first, last, by_model, starts, report)
+
+
+# --- the charts' recent usage -------------------------------------------------------------
+
+RECENT_DAYS = 30
+"""The charts per day cover today and the 29 days before, whatever the period."""
+RECENT_MONTHS = 12
+"""The charts per month cover this month and the 11 before."""
+
+
+def recent_range(org: Organization, now: datetime, granularity: Granularity) -> tuple[date, date]:
+    """The days the charts cover: the last 30 days, or the last 12 months (this one
+    included), in the organization's zone."""
+    today = now.astimezone(ZoneInfo(org.time_zone)).date()
+    if granularity == "day":
+        return today - timedelta(days=RECENT_DAYS - 1), today
+    months = today.year * 12 + today.month - 1 - (RECENT_MONTHS - 1)
+    return date(months // 12, months % 12 + 1, 1), today
+
+
+@dataclass(frozen=True)
+class ModelTotal:
+    model: str | None
+    """None: usage recorded without naming a model."""
+    tokens: dict[Kind, int]
+
+
+@dataclass(frozen=True)
+class RecentUsage:
+    """What a user's charts draw: usage per day of the last 30 days (per model) and per
+    month of the last 12 months, every day and month present, zero or not."""
+
+    daily: UsageReport
+    monthly: UsageReport
+
+    @property
+    def models(self) -> list[ModelTotal]:
+        """Usage of the last 30 days per model, most used first (usage without a model
+        last); empty when no usage named a model."""
+        sums: dict[str | None, dict[Kind, int]] = {}
+        for row in self.daily.rows:
+            totals = sums.setdefault(row.model, {kind: 0 for kind in Kind})
+            for kind in Kind:
+                totals[kind] += row.tokens[kind]
+        if all(model is None for model in sums):
+            return []
+        found = [ModelTotal(model, tokens) for model, tokens in sums.items()]
+        found.sort(key=lambda t: (t.model is None, -sum(t.tokens.values()), t.model or ""))
+        return found
+
+
+async def recent_usage(
+    session: AsyncSession, org: Organization, now: datetime, user: User | None = None
+) -> RecentUsage:
+    """An organization's (or one user's) usage of the last 30 days and 12 months."""
+    first_day, today = recent_range(org, now, "day")
+    daily = await usage_report(
+        session, org, now, first=first_day, last=today, user=user, by_model=True
+    )
+    first_month, _ = recent_range(org, now, "month")
+    monthly = await usage_report(
+        session, org, now, granularity="month", first=first_month, last=today, user=user
+    )
+    return RecentUsage(daily, monthly)
