@@ -380,20 +380,26 @@ async def test_the_dashboard_applies_both_kinds_by_the_service_and_refuses_a_sta
     ]
 
 
-async def test_the_dashboard_refuses_a_form_that_leaves_both_kinds_alone(
+async def test_the_dashboard_refuses_a_form_that_leaves_both_kinds_alone_or_is_mistyped(
     api: Api, client: httpx.AsyncClient, db: Database, clock: FakeClock
 ) -> None:
     org, users = await _org_of_three(api)
     admin = await api.user(org, "ada@example.com", role="admin")
     caller = await session_of(db, clock, user_id=admin["id"])
     before = await _state(api, org, users)
-    form: dict[str, str | list[str]] = {"inference_method": "none", "training_method": "none"}
-    form["action"] = "apply"
+    page = f"/orgs/{org}/distribute"
+    alone: dict[str, str | list[str]] = {"inference_method": "none", "training_method": "none"}
+    mistyped: dict[str, str | list[str]] = {"training_method": "fixed", "training_amount": "lots"}
 
-    refused = await send(client, Req("POST", f"/orgs/{org}/distribute", form=form), caller)
+    refused = await send(client, Req("POST", page, form=alone | {"action": "apply"}), caller)
+    wrong = await send(client, Req("POST", page, form=mistyped | {"action": "preview"}), caller)
 
-    assert refused.status_code == 422
+    assert (refused.status_code, wrong.status_code) == (422, 422)
+    assert "Nothing to preview yet" in refused.text
     assert "Choose how to distribute Max Tokens, Max Train Tokens or both." in refused.text
+    # The problem is listed where the browser lands (#preview), linked to its field.
+    assert '<a href="#training-amount">Max Train Tokens, fixed amount per user</a>' in wrong.text
+    assert 'id="training-amount"' in wrong.text
     assert await _state(api, org, users) == before
 
 

@@ -40,7 +40,8 @@ async def preview_distribution(
     org_id: uuid.UUID, body: DistributionRequest, request: Request, principal: PrincipalDep
 ) -> JSONResponse:
     """Preview distributing the balance, of one kind or both: nothing is saved. The answer's
-    `preview_token` names what it shows, for the apply."""
+    `preview_token` names what it shows, for the apply; `expiring`, the purchases expiring
+    soon whose expiry would leave the organization over-allocated after it."""
     return await _answer(
         org_id, request, principal, lambda s, act, org: service.preview(s, act, org, body)
     )
