@@ -190,6 +190,8 @@ def test_adding_a_user_and_deactivating_users_from_the_page(page: Page, site: Si
     assert user_row(site, "ben@acme.example")[2] == "deactivated"
     assert user_row(site, "cy@acme.example")[2] == "deactivated"
 
+    # Row actions are in a menu beside the row.
+    page.get_by_label("Actions for ben@acme.example").click()
     page.get_by_role("button", name="Reactivate ben@acme.example").click()
     expect(page.get_by_role("status")).to_contain_text("Reactivated 1 user ")
     assert user_row(site, "ben@acme.example")[2] == "active"

@@ -53,8 +53,13 @@ async def save_allowances(
         result = await allowance_service.change(
             session, act, org_id, body.changes, dry_run=body.dry_run, reason=body.reason
         )
-        # The page goes on editing these rows: it needs their new versions.
-        return {**result.preview(), "users": [_row(user) for user in result.users]}
+        # The page goes on editing these rows: it needs their new versions; and it offers
+        # to revert the save it just made, by its batch.
+        return {
+            **result.preview(),
+            "batch": result.batch,
+            "users": [_row(user) for user in result.users],
+        }
 
     return await idempotent_write(request, viewer.principal, work)
 
