@@ -51,11 +51,16 @@ def _buy_expiring(site: Site, inference: int, expires_at: datetime) -> None:
         pool.submit(asyncio.run, buy()).result()
 
 
-def _preview_both_kinds(page: Page, site: Site) -> Locator:
-    """Max Tokens: an equal split; Max Train Tokens: 50,000 to each. Preview."""
+def _preview_both_kinds(page: Page, site: Site, inference_fixed: str | None = None) -> Locator:
+    """Max Tokens: an equal split (or `inference_fixed` to each); Max Train Tokens: 50,000
+    to each. Preview."""
     page.goto(f"{site.url}/orgs/{site.org_id}/distribute")
     inference = page.get_by_role("group", name="Max Tokens · inference tokens")
-    inference.get_by_role("radio", name="Equal split of the balance").check()
+    if inference_fixed is None:
+        inference.get_by_role("radio", name="Equal split of the balance").check()
+    else:
+        inference.get_by_role("radio", name="Fixed amount per user").check()
+        inference.get_by_role("textbox", name="Fixed amount per user").fill(inference_fixed)
     training = page.get_by_role("group", name="Max Train Tokens · training tokens")
     training.get_by_role("radio", name="Fixed amount per user").check()
     training.get_by_role("textbox", name="Fixed amount per user").fill("50K")
@@ -98,6 +103,10 @@ def test_both_kinds_preview_in_view_with_apply_warn_of_an_expiring_purchase_and_
     try:
         small = phone.new_page()
         sign_in(small, site, site.admin_email)
+        # 2,000,000 to each of 4 is over the balance: refused as a whole, Apply disabled.
+        preview = _preview_both_kinds(small, site, inference_fixed="2M")
+        expect(preview.locator("#refusals")).to_contain_text("nothing will be saved")
+        expect(preview.get_by_role("button", name="Apply to 4 users")).to_be_disabled()
         preview = _preview_both_kinds(small, site)
         apply = preview.get_by_role("button", name="Apply to 4 users")
         expect(apply).to_be_enabled()
