@@ -12,8 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.browser.conftest import DESKTOP, PHONE, Site, screenshot, sign_in, write
 from tokenadmin.act import Act
+from tokenadmin.allowance import service as allowance_service
 from tokenadmin.tokens import Kind
 from tokenadmin.usage import service as usage_service
+from tokenadmin.user import service as user_service
 
 # Every visible text of the charts: its box, and its font size as rendered (the computed
 # size times the scale of the SVG's coordinates on screen).
@@ -49,6 +51,18 @@ def _meter(site: Site, email: str, uses: list[tuple[int, str | None]]) -> None:
     write(site, work)
 
 
+def _set_max_tokens(site: Site, email: str, amount: int) -> None:
+    """Another administrator's change of a user's Max Tokens."""
+
+    async def work(session: AsyncSession) -> None:
+        act = Act("ravi@acme.example", datetime.now(UTC))
+        user = await user_service.get(session, uuid.UUID(site.users[email]))
+        request = allowance_service.Request(user, {Kind.inference: amount})
+        await allowance_service.change(session, act, uuid.UUID(site.org_id), [request])
+
+    write(site, work)
+
+
 def _overlaps(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(
         a["left"] < b["right"]
@@ -77,6 +91,8 @@ def test_chart_labels_never_overlap_stay_readable_and_models_are_listed(
             expect(days.locator("rect.series.inference title").last).to_contain_text(
                 "inference 1,550 tokens"
             )
+            basis = page.locator("#allowances [data-kind=inference] [data-role=forecast-basis]")
+            expect(basis).to_contain_text("Based on")
             months = page.get_by_role("img", name="Usage per month of ben@acme.example, past year")
             expect(months.locator("rect.series.training title")).to_have_count(12)
 
@@ -128,6 +144,16 @@ def test_an_admin_changes_a_users_allowances_on_their_page_and_reads_refusals(
         "20,000"
     )
     expect(page.locator("table.journal tbody tr").first).to_contain_text("Allowance changed")
+
+    # Another admin raises Max Tokens meanwhile: this page's change of it is refused, with
+    # who changed it, and nothing is overwritten.
+    _set_max_tokens(site, "cy@acme.example", 500_000)
+    max_tokens.fill("400K")
+    form.get_by_role("button", name="Save allowances").click()
+    expect(form).to_contain_text("changed")
+    expect(page.locator("#allowances [data-kind=inference] [data-role=allowance]")).to_have_text(
+        "500,000"
+    )
 
     max_tokens.fill("150,000")
     form.get_by_role("button", name="Save allowances").click()

@@ -1,5 +1,5 @@
-"""A member's own page: their allowances, this period's usage, what remains, their chart,
-and the form to ask their administrators for more tokens."""
+"""A person's own page, "My tokens" (an admin's too): their allowances, usage and charts,
+what remains, and the form to ask their administrators for more tokens."""
 
 from __future__ import annotations
 
@@ -72,5 +72,5 @@ async def my_page(
 async def my_usage_csv(
     request: Request, bucket: Literal["day", "month"], viewer: ViewerDep
 ) -> Response:
-    """My usage charts' figures as CSV: date, inference, training."""
+    """My charts' figures as CSV: date, inference, training."""
     return await _as_me(request, viewer, partial(usage_csv, bucket=bucket))
