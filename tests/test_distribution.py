@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.asksage.conftest import personal_key
 from tests.helpers import Api, funded_org
 from tests.scenarios import entries_since, error_of, get_user, journal, last_entry_id
 from tests.test_route_matrix import Req, send, session_of
@@ -119,12 +120,13 @@ async def _org_with_expiring_purchases(api: Api) -> tuple[str, list[dict[str, An
 
 
 async def test_the_purchases_expiring_soon_that_would_leave_it_over_allocated_are_named(
-    api: Api,
+    api: Api, client: httpx.AsyncClient, db: Database, clock: FakeClock
 ) -> None:
     org, _users, a, b = await _org_with_expiring_purchases(api)
+    admin = await api.user(org, "ada@example.com", role="admin")  # allocated 800,000 / 0
     body = {
-        "inference": {"method": "fixed", "amount": 600_000},  # allocated 2,400,000
-        "training": {"method": "fixed", "amount": 10_000},  # allocated 30,000
+        "inference": {"method": "fixed", "amount": 400_000},  # allocated 2,400,000
+        "training": {"method": "fixed", "amount": 10_000},  # allocated 40,000
     }
 
     preview = await _preview(api, org, body)
@@ -133,7 +135,7 @@ async def test_the_purchases_expiring_soon_that_would_leave_it_over_allocated_ar
     fields = ("purchase_id", "kind", "amount", "capacity_after", "allocated_after", "over")
     named = [(*(e[f] for f in fields), e["expires_at"]) for e in preview["expiring"]]
     # Without A, 2,300,000 of capacity; without A and B, 2,000,000. Training keeps 100,000
-    # of capacity for 30,000 allocated: A is not named for it.
+    # of capacity for 40,000 allocated: A is not named for it.
     assert named == [
         (a["id"], "inference", 500_000, 2_300_000, 2_400_000, 100_000, "2026-03-31T12:00:00Z"),
         (b["id"], "inference", 300_000, 2_000_000, 2_400_000, 400_000, "2026-04-10T00:00:00Z"),
@@ -142,6 +144,12 @@ async def test_the_purchases_expiring_soon_that_would_leave_it_over_allocated_ar
         "The purchase of 500,000 inference tokens expiring on 31 Mar 2026 funds part of this;"
         " after it expires the organization would be 100,000 over."
     )
+    # The Ask Sage API's preview answers the same.
+    key = await personal_key(db, clock, admin["id"])
+    asksage = await client.post(
+        "/server/admin-token-distribution-preview", headers={"x-access-tokens": key}, json=body
+    )
+    assert asksage.json()["response"]["expiring"] == preview["expiring"]
     response = await _apply(api, org, {**body, "preview_token": preview["preview_token"]})
     assert response.status_code == 200, response.text
     assert response.json()["expiring"] == preview["expiring"]
