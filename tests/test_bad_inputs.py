@@ -88,6 +88,8 @@ class World:
     """A personal key of ana's."""
     member_key: str = ""
     """A personal key of the dashboard's signed-in member, when there is one."""
+    batch: str = ""
+    """A saved allowance change (of cy's, whom no other write touches), to revert."""
 
 
 async def make_world(api: Api) -> World:
@@ -109,7 +111,11 @@ async def make_world(api: Api) -> World:
     await api.call("PUT", "/v1/models/m1", json=rates, expect=200)
     await api.call("PUT", f"/v1/organizations/{org}/models/m1", json=rates, expect=200)
     personal = await api.post(f"/v1/users/{ana['id']}/api-keys", {"name": "ana's"}, expect=201)
+    cy = await api.user(org, "cy@example.com")
+    await api.allowances(org, {"user": cy["id"], "max_train_tokens": 1_000}, expect=200)
+    saved = await api.get(f"/v1/organizations/{org}/allowance-batches", params={"limit": 1})
     return World(
+        batch=saved["batches"][0]["id"],
         personal_key=personal["id"],
         org=org,
         ana=ana["id"],
@@ -362,6 +368,11 @@ API_WRITES: dict[tuple[str, str], Write] = {
             "dry_run": False,
             "reason": "more",
         },
+        200,
+    ),
+    ("POST", "/v1/organizations/{org_id}/allowance-batches/{batch}/revert"): Write(
+        lambda w: f"/v1/organizations/{w.org}/allowance-batches/{w.batch}/revert",
+        lambda w: {"dry_run": False, "preview_token": None},
         200,
     ),
     ("POST", "/v1/organizations/{org_id}/distribution/preview"): Write(
@@ -919,6 +930,24 @@ DASHBOARD_WRITES: dict[tuple[str, str], Page] = {
             "max_tokens": "amount",
             "max_train_tokens": "amount",
         },
+    ),
+    ("POST", "/orgs/{org_id}/users/{user_id}/allowances"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/users/{w.ana}/allowances",
+        lambda w: {
+            "max_tokens": "250,000",
+            "max_tokens_was": "200000",
+            "max_train_tokens": "50,000",
+            "max_train_tokens_was": "50000",
+            "version": "1",
+        },
+        {"max_tokens": "amount", "max_train_tokens": "amount"},
+    ),
+    ("POST", "/orgs/{org_id}/batches/{batch}/revert"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/batches/{w.batch}/revert",
+        lambda w: {"preview_token": ""},
+        {"preview_token": "text"},
     ),
     ("POST", "/orgs/{org_id}/distribute"): Page(
         "admin",

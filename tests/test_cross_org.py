@@ -33,6 +33,7 @@ class World:
     a_key: str
     a_reservation: str
     a_request: str
+    a_batch: str
     b_org: str
     b_user: str
 
@@ -202,6 +203,14 @@ ROUTES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
             {"changes": [{"user": w.a_user, "max_tokens": 250_000}]},
         ),
     ],
+    ("GET", "/v1/organizations/{org_id}/allowance-batches"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/allowance-batches", None)
+    ],
+    ("POST", "/v1/organizations/{org_id}/allowance-batches/{batch}/revert"): lambda w: [
+        ("POST", f"/v1/organizations/{w.a_org}/allowance-batches/{w.a_batch}/revert", {}),
+        # A's batch through the caller's own organization: no such batch there.
+        ("POST", f"/v1/organizations/{w.b_org}/allowance-batches/{w.a_batch}/revert", {}),
+    ],
     ("GET", "/v1/organizations/{org_id}/journal"): lambda w: [
         ("GET", f"/v1/organizations/{w.a_org}/journal", None)
     ],
@@ -279,6 +288,8 @@ async def world(api: Api) -> World:
         expect=201,
     )
     assert a_admin
+    await api.allowances(a_org, {"user": a_user["id"], "max_tokens": 300_000}, expect=200)
+    batches = await api.get(f"/v1/organizations/{a_org}/allowance-batches")
     b_org = await funded_org(api)
     b_user = await api.user(b_org, "bob@b.example")
     return World(
@@ -289,6 +300,7 @@ async def world(api: Api) -> World:
         a_key=keys[0]["id"],
         a_reservation=reservation["id"],
         a_request=request["id"],
+        a_batch=batches["batches"][0]["id"],
         b_org=b_org,
         b_user=b_user["id"],
     )

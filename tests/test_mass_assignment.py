@@ -193,6 +193,11 @@ JSON_WRITES: dict[Route, Write] = {
         lambda w: {"changes": [{"user": w.alice_email, "max_tokens": 250_000}]},
         items="changes",
     ),
+    ("POST", "/v1/organizations/{org_id}/allowance-batches/{batch}/revert"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/allowance-batches/{w.batch_to_revert}/revert",
+        lambda w: {"dry_run": True},
+    ),
     ("POST", "/v1/organizations/{org_id}/distribution/preview"): Write(
         "a-admin-key",
         lambda w: f"/v1/organizations/{w.a_org}/distribution/preview",
@@ -786,7 +791,52 @@ async def _revoke_my_key(page: Page) -> None:
     assert other.revoked_at is None
 
 
+async def _revert(page: Page) -> None:
+    # The form has only the preview's token: the batch and the organization are the path's.
+    alice = await _row(page.db, User, page.world.alice)
+    path = f"/orgs/{page.world.a_org}/batches/{page.world.batch_to_revert}/revert"
+    response = await page.post("a-admin-session", path, {})
+    assert response.status_code == 303, response.text
+    batches = await page.api.get(f"/v1/organizations/{page.world.a_org}/allowance-batches")
+    newest, reverted = batches["batches"][:2]
+    assert (reverted["id"], reverted["reverted"]) == (page.world.batch_to_revert, True)
+    assert (newest["reverts"], newest["delta"]["inference"], newest["rows"]) == (
+        page.world.batch_to_revert,
+        -100_000,
+        1,
+    )
+    after = await _row(page.db, User, page.world.alice)
+    assert (after.max_tokens, after.version) == (alice.max_tokens, alice.version)
+
+
+async def _user_allowances(page: Page) -> None:
+    # One user's allowances from their page: the path names the user, not the form.
+    before = await _row(page.db, User, page.world.to_patch)
+    path = f"/orgs/{page.world.a_org}/users/{page.world.to_patch}/allowances"
+    form = {
+        "max_tokens": "260000",
+        "max_tokens_was": str(before.max_tokens),
+        "max_train_tokens": str(before.max_train_tokens),
+        "max_train_tokens_was": str(before.max_train_tokens),
+        "version": str(before.version),
+    }
+    response = await page.post("a-admin-session", path, form)
+    assert response.status_code == 303, response.text
+    user = await _row(page.db, User, page.world.to_patch)
+    assert (user.max_tokens, user.role, user.status, str(user.org_id)) == (
+        260_000,
+        before.role,
+        before.status,
+        page.world.a_org,
+    )
+    assert (user.inference_used, user.version) == (before.inference_used, before.version + 1)
+    alice = await _row(page.db, User, page.world.alice)
+    assert alice.max_tokens != 260_000
+
+
 FORMS: dict[Route, Callable[[Page], Awaitable[None]]] = {
+    ("POST", "/orgs/{org_id}/batches/{batch}/revert"): _revert,
+    ("POST", "/orgs/{org_id}/users/{user_id}/allowances"): _user_allowances,
     ("POST", "/orgs/{org_id}/models/rates"): _model_rates,
     ("POST", "/orgs/{org_id}/models/reset"): _model_reset,
     ("POST", "/orgs/{org_id}/models/access"): _model_access,

@@ -65,6 +65,7 @@ GET    /docs                                                 Y  Y Y  Y Y Y Y Y  
 GET    /docs/oauth2-redirect                                 Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
 GET    /redoc                                                Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
 GET    /static                                               Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
+GET    /favicon.ico                                          Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
 POST   /v1/organizations                                     -  Y -  - - - - -  - - - - -
 GET    /v1/organizations                                     -  Y -  Y Y Y - -  Y Y Y - -
 GET    /v1/organizations/{org_id}                            -  Y -  Y - Y - -  - - - - -
@@ -81,6 +82,8 @@ POST   /v1/organizations/{org_id}/users                      -  Y -  Y - - - -  
 GET    /v1/organizations/{org_id}/users.csv                  -  Y -  Y - Y - -  - - - - -
 POST   /v1/organizations/{org_id}/users/import               -  Y -  Y - - - -  - - - - -
 POST   /v1/organizations/{org_id}/allowances                 -  Y -  Y - - - -  - - - - -
+GET    /v1/organizations/{org_id}/allowance-batches          -  Y -  Y - Y - -  - - - - -
+POST   /v1/organizations/{org_id}/allowance-batches/{batch}/revert -  Y -  Y - - - -  - - - - -
 POST   /v1/organizations/{org_id}/distribution/preview       -  Y -  Y - - - -  - - - - -
 POST   /v1/organizations/{org_id}/distribution               -  Y -  Y - - - -  - - - - -
 GET    /v1/organizations/{org_id}/journal                    -  Y -  Y - Y - -  - - - - -
@@ -135,6 +138,7 @@ POST   /orgs/{org_id}/users/actions                          -  - Y  - - - Y -  
 POST   /orgs/{org_id}/token-requests/{request_id}/approve    -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/token-requests/{request_id}/deny       -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/users/{user_id}                        -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/users/{user_id}/allowances             -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/users/{user_id}/usage-per-{bucket}.csv -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/distribute                             -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/distribute                             -  - Y  - - - Y -  - - - - -
@@ -143,6 +147,8 @@ POST   /orgs/{org_id}/import                                 -  - Y  - - - Y -  
 GET    /orgs/{org_id}/export.csv                             -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/journal                                -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/journal.csv                            -  - Y  - - - Y -  - - - - -
+GET    /orgs/{org_id}/batches/{batch}/revert                 -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/batches/{batch}/revert                 -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/settings                               -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/settings/policy                        -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/settings/keys                          -  - Y  - - - Y -  - - - - -
@@ -230,6 +236,7 @@ class World:
     to_withdraw: str
     personal_key_to_revoke: str
     my_key_to_revoke: str
+    batch_to_revert: str
     b_org: str
     b_user: str
     operator_email: str
@@ -256,6 +263,7 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
     ("GET", "/docs/oauth2-redirect"): lambda w: Req("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"): lambda w: Req("GET", "/redoc"),
     ("GET", "/static"): lambda w: Req("GET", "/static/app.css"),
+    ("GET", "/favicon.ico"): lambda w: Req("GET", "/favicon.ico"),
     # --- the REST API
     ("POST", "/v1/organizations"): lambda w: Req("POST", "/v1/organizations", {"name": "New"}),
     ("GET", "/v1/organizations"): lambda w: Req("GET", "/v1/organizations"),
@@ -306,6 +314,12 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
         "POST",
         f"/v1/organizations/{w.a_org}/allowances",
         {"changes": [{"user": w.alice_email, "max_tokens": 250_000}]},
+    ),
+    ("GET", "/v1/organizations/{org_id}/allowance-batches"): lambda w: Req(
+        "GET", f"/v1/organizations/{w.a_org}/allowance-batches"
+    ),
+    ("POST", "/v1/organizations/{org_id}/allowance-batches/{batch}/revert"): lambda w: Req(
+        "POST", f"/v1/organizations/{w.a_org}/allowance-batches/{w.batch_to_revert}/revert", {}
     ),
     ("POST", "/v1/organizations/{org_id}/distribution/preview"): lambda w: Req(
         "POST",
@@ -483,6 +497,17 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
     ("GET", "/orgs/{org_id}/users/{user_id}"): lambda w: Req(
         "GET", f"/orgs/{w.a_org}/users/{w.alice}", page=True
     ),
+    ("POST", "/orgs/{org_id}/users/{user_id}/allowances"): lambda w: Req(
+        "POST",
+        f"/orgs/{w.a_org}/users/{w.alice}/allowances",
+        form={
+            "max_tokens": "250000",
+            "max_tokens_was": "250000",
+            "max_train_tokens": "120000",
+            "max_train_tokens_was": "100000",
+        },
+        page=True,
+    ),
     ("GET", "/orgs/{org_id}/users/{user_id}/usage-per-{bucket}.csv"): lambda w: Req(
         "GET", f"/orgs/{w.a_org}/users/{w.alice}/usage-per-month.csv"
     ),
@@ -505,6 +530,12 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
     ("GET", "/orgs/{org_id}/export.csv"): lambda w: Req("GET", f"/orgs/{w.a_org}/export.csv"),
     ("GET", "/orgs/{org_id}/journal"): lambda w: Req("GET", f"/orgs/{w.a_org}/journal", page=True),
     ("GET", "/orgs/{org_id}/journal.csv"): lambda w: Req("GET", f"/orgs/{w.a_org}/journal.csv"),
+    ("GET", "/orgs/{org_id}/batches/{batch}/revert"): lambda w: Req(
+        "GET", f"/orgs/{w.a_org}/batches/{w.batch_to_revert}/revert", page=True
+    ),
+    ("POST", "/orgs/{org_id}/batches/{batch}/revert"): lambda w: Req(
+        "POST", f"/orgs/{w.a_org}/batches/{w.batch_to_revert}/revert", form={}, page=True
+    ),
     ("GET", "/orgs/{org_id}/settings"): lambda w: Req(
         "GET", f"/orgs/{w.a_org}/settings", page=True
     ),
@@ -634,8 +665,11 @@ async def build_world(api: Api, db: Database, clock: FakeClock) -> World:
     a_member = await api.user(a_org, "max@a.example")
     users = {
         name: (await api.user(a_org, f"{name}@a.example"))["id"]
-        for name in ("patch", "deactivate", "reactivate", "act-on")
+        for name in ("patch", "deactivate", "reactivate", "act-on", "revert")
     }
+    # A save of a user no other request touches, so that reverting it always works.
+    await api.allowances(a_org, {"user": users["revert"], "max_tokens": 300_000}, expect=200)
+    saved = await api.get(f"/v1/organizations/{a_org}/allowance-batches", params={"limit": 1})
     await api.post(f"/v1/users/{users['reactivate']}/deactivate", expect=200)
     purchase = await api.purchase(a_org, 100_000)
     a_usage = await org_api(api, a_org, "usage")
@@ -718,6 +752,7 @@ async def build_world(api: Api, db: Database, clock: FakeClock) -> World:
         to_withdraw=asked["withdraw"],
         personal_key_to_revoke=personal["alice"],
         my_key_to_revoke=personal["member"],
+        batch_to_revert=saved["batches"][0]["id"],
         b_org=b_org,
         b_user=b_user["id"],
         operator_email="olga@ops.example",
@@ -921,6 +956,10 @@ FOREIGN: list[Callable[[World], Req]] = [
         page=True,
     ),
     lambda w: Req("GET", f"/orgs/{w.b_org}/journal?user={w.alice_email}", page=True),
+    lambda w: Req("GET", f"/orgs/{w.b_org}/batches/{w.batch_to_revert}/revert", page=True),
+    lambda w: Req(
+        "POST", f"/orgs/{w.b_org}/batches/{w.batch_to_revert}/revert", form={}, page=True
+    ),
     lambda w: Req("GET", f"/orgs/{w.b_org}/journal.csv?user={w.alice_email}"),
     lambda w: Req(
         "POST",
