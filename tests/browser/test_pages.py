@@ -46,7 +46,7 @@ def test_a_distribution_over_the_balance_is_refused_as_a_whole(page: Page, site:
     page.get_by_role("radio", name="Fixed amount per user").check()
     page.get_by_role("textbox", name="Fixed amount per user").fill("1M")
     page.get_by_role("button", name="Preview").click()
-    expect(page.locator("#refusals")).to_contain_text("over its capacity")
+    expect(page.locator("#refusals")).to_contain_text("inference tokens left")
     expect(page.get_by_role("button", name="Apply to 4 users")).to_be_disabled()
     assert _balance(page) == "2,200,000"
 
@@ -64,7 +64,11 @@ def test_an_import_with_a_bad_row_saves_nothing_until_fixed_then_applies(
     page.get_by_label("CSV file", exact=True).set_input_files(files=_csv(content))
     page.get_by_role("button", name="Preview the import").click()
     errors = page.locator("#row-errors")
-    expect(errors.locator("tr[data-line='3']")).to_contain_text("max_tokens")
+    refused = errors.locator("tr[data-line='3']")
+    expect(refused).to_contain_text("max_tokens")  # the file's own column, as the admin typed it
+    code = refused.get_attribute("data-code")
+    assert code
+    expect(refused).not_to_contain_text(code)  # words, not the machine code
     expect(page.locator("#new-users tr[data-email='eve@acme.example']")).to_be_visible()
     expect(page.get_by_role("button", name="Apply the import")).to_be_disabled()
     screenshot(page, "import-preview")
@@ -78,6 +82,8 @@ def test_an_import_with_a_bad_row_saves_nothing_until_fixed_then_applies(
     page.get_by_role("button", name="Preview the import").click()
     expect(page.locator("#row-errors")).to_have_count(0)
     expect(page.locator("[data-role=balance-after-inference]")).to_have_text("1,700,000")
+    changes = page.locator("#changes tr[data-email='ben@acme.example']")
+    expect(changes.locator("td[data-field]")).to_have_text(["Max Tokens", "Max Train Tokens"])
     page.get_by_role("button", name="Apply the import").click()
     expect(page.get_by_role("status")).to_have_text("Imported: 1 new users, 1 users changed.")
     assert _balance(page) == "1,700,000"
@@ -136,6 +142,13 @@ def test_the_user_page_shows_allowances_charts_and_the_journal(page: Page, site:
     ).to_be_visible()
     expect(page.locator("table.journal tbody tr")).to_have_count(2)
     screenshot(page, "user-page")
+
+    # A user who is not there: the page says so in words; the code is for machines only.
+    page.goto(f"{site.url}/orgs/{site.org_id}/users/00000000-0000-0000-0000-000000000000")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Not found")
+    expect(page.locator("main")).to_contain_text("User not found.")
+    expect(page.locator("main")).not_to_contain_text("not_found")
+    expect(page.locator("[data-code=not_found]")).to_have_count(1)
 
 
 def test_settings_create_an_api_key_shown_once_and_refuse_an_unknown_time_zone(
