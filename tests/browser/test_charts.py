@@ -132,6 +132,7 @@ def test_an_admin_changes_a_users_allowances_on_their_page_and_reads_refusals(
     form = page.locator("#allowance-edit")
     max_tokens, max_train = form.get_by_label("Max Tokens"), form.get_by_label("Max Train Tokens")
     expect(max_tokens).to_have_value("200,000")
+    expect(page.locator("#chart-days .empty")).to_have_text("No usage")  # no made-up scale
 
     max_tokens.fill("300K")
     max_train.fill("20,000")

@@ -139,7 +139,8 @@ def bar_chart(
     """Grouped bars: one group per bucket (`names` are the buckets' full names, for the
     titles), one bar per series; `labels` the buckets labelled under the axis."""
     e = escape
-    top = _nice_top(max((v for s in series for v in s.values), default=0))
+    peak = max((v for s in series for v in s.values), default=0)
+    top = _nice_top(peak)
     plot_h = HEIGHT - TOP - BOTTOM
     groups = max(1, len(names))
     group_w = 100 / groups
@@ -156,7 +157,12 @@ def bar_chart(
         f" totals: {e(totals)}.</desc>",
         STYLE,
     ]
-    for step in range(5):
+    if peak == 0:  # no scale to draw: a scale of 0 to 4 tokens would be made up
+        parts.append(
+            f'<text class="axis-label empty" x="50%" y="{TOP + plot_h / 2:.1f}"'
+            ' text-anchor="middle">No usage</text>'
+        )
+    for step in range(5 if peak else 1):
         y = TOP + plot_h - plot_h * step / 4
         parts.append(
             f'<line class="grid" x1="0" x2="100%" y1="{y:.1f}" y2="{y:.1f}"/>'
