@@ -74,10 +74,24 @@ def test_a_save_is_reverted_from_the_journal_after_a_preview(page: Page, site: S
         "Reverted 3 changes. 1 could not be reverted and stay as they are."
     )
     reverted = page.locator("#saved tbody tr").nth(1)
-    expect(reverted.locator('[data-role="revert"]')).to_contain_text("Reverted by ada@acme.example")
+    expect(reverted.locator('[data-role="revert"]')).to_contain_text("Reverted")
+    expect(reverted.locator('[data-role="revert"]')).to_contain_text("by ada@acme.example")
     after = allowances(site, "ben@acme.example", "cy@acme.example")
     assert after == {k: before[k] for k in after}
+    first, second = (
+        page.locator("#saved tbody tr").nth(i).get_attribute("data-batch") for i in (0, 1)
+    )
 
-    # The revert itself is a save that can be reverted; the reverted one can't be again.
-    page.goto(f"{org}/batches/{reverted.get_attribute('data-batch')}/revert")
+    # The reverted save can't be reverted again.
+    page.goto(f"{org}/batches/{second}/revert")
     expect(page.locator("#revert-problem")).to_contain_text("already reverted by ada@acme.example")
+
+    # The revert is a save too; its preview fits a phone, each change a block of lines.
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{org}/batches/{first}/revert")
+    ben = page.locator('#revert-rows tr[data-email="ben@acme.example"]')
+    expect(ben.locator('[data-role="back-to"]')).to_have_text("400,000")
+    expect(ben.locator('[data-role="back-to"]')).to_be_in_viewport()
+    expect(page.get_by_role("button", name="Revert 3 changes")).to_be_in_viewport()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    screenshot(page, "revert-preview-phone")
