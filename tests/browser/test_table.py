@@ -199,7 +199,7 @@ def test_two_admins_see_each_conflicting_cell_and_other_columns_merge(
         screenshot(second, "table-conflict")
         assert stored(site, di) == (200_000, 10_000)
 
-        second.get_by_role("button", name="Keep my Max Tokens for ben@acme.example").click()
+        second.get_by_role("button", name="Keep mine: Max Tokens for ben@acme.example").click()
         expect(note).to_have_count(0)
         save(second)
         expect(second.locator("#savebar [data-role=message]")).to_have_text("Saved 3 changes.")
@@ -216,7 +216,7 @@ def test_two_admins_see_each_conflicting_cell_and_other_columns_merge(
         expect(mine).to_contain_text("changed Max Tokens from 300,000 to 500,000")
         expect(page.locator("#users .note")).to_have_count(1)
         expect(cell(page, site, ben, "max_train_tokens")).to_have_text("20,000")
-        page.get_by_role("button", name="Take their Max Tokens for ben@acme.example").click()
+        page.get_by_role("button", name="Take theirs: Max Tokens for ben@acme.example").click()
         expect(cell(page, site, ben, "max_tokens")).to_have_text("500,000")
         save(page)
         expect(page.locator("#savebar [data-role=message]")).to_have_text("Saved 1 change.")

@@ -636,15 +636,15 @@
       note.dataset.mine = mine;
       var choices = document.createElement("span");
       choices.className = "choices";
-      [["Keep mine", "Keep my ", true], ["Take theirs", "Take their ", false]].forEach(function (choice) {
+      [["Keep mine", true], ["Take theirs", false]].forEach(function (choice) {
         var button = document.createElement("button");
         button.type = "button";
         button.textContent = choice[0];
-        button.setAttribute("aria-label", choice[1] + cell.dataset.label + " for " + row.dataset.email);
+        button.setAttribute("aria-label", choice[0] + ": " + describe(cell));
         button.addEventListener("click", function () {
-          resolveCell(cell, choice[2]);
+          resolveCell(cell, choice[1]);
           changed();
-          say(choice[2] ? "Your " + describe(cell) + " is queued again; save to apply it."
+          say(choice[1] ? "Your " + describe(cell) + " is queued again; save to apply it."
                         : "Took their " + describe(cell) + ".", "", "undo");
           update();
           focusCell(cell);
