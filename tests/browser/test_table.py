@@ -9,7 +9,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
-from playwright.sync_api import Browser, Dialog, Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.browser.conftest import Site, screenshot, sign_in
@@ -140,30 +140,6 @@ def test_only_the_row_that_causes_a_shortfall_is_refused_with_the_figures_of_the
     assert stored(site, "cy@acme.example") == (300_000, 10_000)
 
 
-def test_escape_cancels_an_edit_and_undo_drops_a_pending_change(page: Page, site: Site) -> None:
-    sign_in(page, site, site.admin_email)
-    target = cell(page, site, "di@acme.example", "max_tokens")
-    target.locator("button.cell-value").focus()
-    page.keyboard.press("F2")
-    page.keyboard.type("999K")
-    page.keyboard.press("Escape")
-    expect(target).not_to_have_class("num editable changed")
-    expect(target).to_have_text("200,000")
-    edit(page, site, "di@acme.example", "max_tokens", "1,5M")
-    expect(target.locator(".cell-error")).to_contain_text("not an amount")
-    # A point before three digits (Europe's 250.000) is asked about, never read as 250.
-    target.locator("input").fill("250.000")
-    target.locator("input").press("Enter")
-    expect(target.locator(".cell-error")).to_contain_text("ambiguous: 250 or 250,000")
-    expect(page.locator("#savebar")).to_be_hidden()
-    target.locator("input").fill("210000")
-    target.locator("input").press("Enter")
-    expect(target).to_have_class("num editable changed")
-    target.get_by_role("button", name="Undo").click()
-    expect(target).to_have_text("200,000")
-    expect(page.locator("#savebar")).to_be_hidden()
-
-
 def test_two_admins_see_each_conflicting_cell_and_other_columns_merge(
     browser: Browser, page: Page, site: Site
 ) -> None:
@@ -225,25 +201,6 @@ def test_two_admins_see_each_conflicting_cell_and_other_columns_merge(
         assert stored(site, ben) == (500_000, 20_000)
     finally:
         other.close()
-
-
-def test_leaving_with_unsaved_edits_asks_first(page: Page, site: Site) -> None:
-    sign_in(page, site, site.admin_email)
-    edit(page, site, "ben@acme.example", "max_tokens", "250000")
-    dialogs: list[str] = []
-
-    def dismiss(dialog: Dialog) -> None:
-        dialogs.append(dialog.type)
-        dialog.dismiss()
-
-    page.on("dialog", dismiss)
-    page.get_by_role("link", name="Email").click()  # a sort link
-    page.get_by_role("button", name="Apply").click()  # the search form
-    assert dialogs == ["confirm", "confirm"]
-    expect(page.locator("td.changed")).to_have_count(1)
-    with page.expect_event("dialog") as leaving:
-        page.close(run_before_unload=True)
-    assert leaving.value.type == "beforeunload"
 
 
 async def _hundred_thousand_users(site: Site) -> None:

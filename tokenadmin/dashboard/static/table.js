@@ -159,7 +159,7 @@
 
   /* ---- pending edits, and the history Ctrl/Cmd+Z walks back ---- */
 
-  var history = []; // groups of {cell, before}: one per edit, paste or undo click
+  var history = []; // groups of {cell, before}: one per edit or paste
 
   function setPending(cell, value) {
     if (value === null || value === Number(cell.dataset.value)) {
@@ -184,6 +184,13 @@
     if (group.length) history.push(group);
     changed();
     return group.length;
+  }
+
+  /* A cell's own Undo takes it out of the history: Ctrl/Cmd+Z never brings it back. */
+  function forget(cell) {
+    history = history.map(function (group) {
+      return group.filter(function (step_) { return step_.cell !== cell; });
+    }).filter(function (group) { return group.length > 0; });
   }
 
   function undoLast() {
@@ -327,7 +334,9 @@
     if (!cell) return;
     if (target.closest(".note")) return;
     if (target.closest("button.undo")) {
-      record([[cell, null]]);
+      forget(cell);
+      setPending(cell, null);
+      changed();
       focusCell(cell);
       return;
     }
