@@ -122,6 +122,11 @@
     notes.forEach(function (note) { cell.appendChild(note); });
   }
 
+  /* Renders a cell again unless it is being edited (an answer may come in meanwhile). */
+  function refresh(cell) {
+    if (!(editor && editor.cell === cell)) renderCell(cell);
+  }
+
   /* ---- the grid of allowance cells: rows of this page that can be edited ---- */
 
   function grid() {
@@ -621,7 +626,7 @@
       if (fields.indexOf(field) < 0) {
         cell.dataset.value = String(current[field]);
         if (Number(cell.dataset.pending) === current[field]) delete cell.dataset.pending;
-        renderCell(cell);
+        refresh(cell);
         return;
       }
       shown += 1;
@@ -661,7 +666,7 @@
         choices.appendChild(button);
       });
       note.appendChild(choices);
-      renderCell(cell);
+      refresh(cell);
     });
     if (!shown) addNote(row.querySelector("td.who"), "refusal", item.message);
     markRow(row);
@@ -764,7 +769,12 @@
   function save() {
     if (editor && !editor.finish(true)) return;
     var changes = batch();
-    if (!changes.length || saving) return;
+    if (saving) return;
+    if (!changes.length) {
+      say("Nothing to save.", "", "undo");
+      update();
+      return;
+    }
     saving = true;
     generation += 1;
     window.clearTimeout(previewTimer);
@@ -802,6 +812,9 @@
   }
 
   function discard() {
+    table.querySelectorAll(".note.conflict").forEach(function (note) {
+      resolveCell(note.closest("td"), false);
+    });
     pendingCells().forEach(function (cell) {
       delete cell.dataset.pending;
       clearRefusals(cell);
