@@ -378,3 +378,135 @@ async def test_one_users_change_answers_each_rule_with_its_own_code_listing_ever
     assert all("user_id" not in row for row in details["refused"])
     assert [r["email"] for r in details["refused"]] == ["bo@example.com"]
     assert (await api.get(f"/v1/organizations/{org}/users"))["total"] == 1
+
+
+async def test_only_the_rows_that_cause_a_shortfall_are_refused_in_balance_words(
+    api: Api,
+) -> None:
+    org = await funded_org(api, inference=2_000_000)
+    ana, bo, cy, di = [await api.user(org, f"{n}@example.com") for n in ("ana", "bo", "cy", "di")]
+    mark = await last_entry_id(api, org)
+
+    # 1,200,000 left for raises of 50,000, 1,800,000 and 100,000 (and a training change):
+    # 750,000 over, which Bo's raise alone causes.
+    response = await api.allowances(
+        org,
+        {"user": ana["id"], "max_tokens": 250_000},
+        {"user": bo["id"], "max_tokens": 2_000_000},
+        {"user": cy["id"], "max_tokens": 300_000},
+        {"user": di["id"], "max_tokens": 200_000, "max_train_tokens": 1_000},
+    )
+
+    details = error_of(response, 422, "allowance_change_refused")
+    [row] = details["refused"]
+    after = details["balance_after"]["inference"]
+    assert after == {"capacity": 2_000_000, "allocated": 2_750_000, "balance": -750_000}
+    assert {k: row[k] for k in ("index", "email", "code", "kind")} == {
+        "index": 1,
+        "email": "bo@example.com",
+        "code": "exceeds_balance",
+        "kind": "inference",
+    }
+    assert (row["requested"], row["before"], row["needed"]) == (2_000_000, 200_000, 1_800_000)
+    # Left for it: the balance once every other row is saved; the shortfall is the card's.
+    assert (row["left"], row["shortfall"]) == (1_050_000, -after["balance"])
+    assert row["message"] == (
+        "Only 1,050,000 inference tokens left; Bo's Max Tokens of 2,000,000 needs 1,800,000 more."
+    )
+    message = response.json()["error"]["message"]
+    assert message.startswith("Nothing was saved: The inference balance would be 750,000 short.")
+    assert "Only 1,050,000 inference tokens left" in message
+    assert await last_entry_id(api, org) == mark
+
+    # The same batch as a preview names the same row, with the same figures.
+    preview = (
+        await api.allowances(
+            org,
+            {"user": ana["id"], "max_tokens": 250_000},
+            {"user": bo["id"], "max_tokens": 2_000_000},
+            {"user": cy["id"], "max_tokens": 300_000},
+            dry_run=True,
+            expect=200,
+        )
+    ).json()
+    assert [(r["index"], r["left"], r["shortfall"]) for r in preview["refused"]] == [
+        (1, 1_050_000, 750_000)
+    ]
+    assert preview["balance_after"]["inference"]["balance"] == -750_000
+    assert preview["batch"] is None
+
+    # Without the culprit the rest is saved, and the answer names its batch.
+    saved = (
+        await api.allowances(
+            org,
+            {"user": ana["id"], "max_tokens": 250_000},
+            {"user": cy["id"], "max_tokens": 300_000},
+            expect=200,
+        )
+    ).json()
+    entries = await entries_since(api, org, mark)
+    assert saved["batch"]
+    assert {e["details"]["batch"] for e in entries} == {saved["batch"]}
+
+
+async def test_the_fewest_largest_raises_are_refused_and_lowering_rows_never_are(
+    api: Api,
+) -> None:
+    org = await funded_org(api, inference=1_500_000)
+    users = [await api.user(org, f"u{n}@example.com") for n in range(5)]
+    u0, u1, u2, u3, u4 = (u["id"] for u in users)
+    await api.allowances(org, {"user": u4, "max_tokens": 400_000}, expect=200)
+    # Balance 300,000, and 200,000 more from a lowering row: 500,000 left for raises of
+    # 300,000, 300,000, 250,000 and 50,000, 400,000 over. Refusing one 300,000 raise is not
+    # enough; refusing both is.
+    response = await api.allowances(
+        org,
+        {"user": u0, "max_tokens": 500_000},
+        {"user": u1, "max_tokens": 500_000},
+        {"user": u2, "max_tokens": 450_000},
+        {"user": u3, "max_tokens": 250_000},
+        {"user": u4, "max_tokens": 200_000},
+    )
+    details = error_of(response, 422, "allowance_change_refused")
+    assert details["balance_after"]["inference"]["balance"] == -400_000
+    assert [(r["index"], r["needed"], r["left"], r["shortfall"]) for r in details["refused"]] == [
+        (0, 300_000, 200_000, 400_000),
+        (1, 300_000, 200_000, 400_000),
+    ]
+
+    # Of two equal raises of which one is enough, the later row is refused.
+    response = await api.allowances(
+        org, {"user": u0, "max_tokens": 400_000}, {"user": u1, "max_tokens": 400_000}
+    )
+    details = error_of(response, 422, "allowance_change_refused")
+    assert [(r["index"], r["left"], r["shortfall"]) for r in details["refused"]] == [
+        (1, 100_000, 100_000)
+    ]
+    assert details["refused"][0]["message"] == (
+        "Only 100,000 inference tokens left; U1's Max Tokens of 400,000 needs 200,000 more."
+    )
+
+    # With overallocation on, nothing is refused.
+    await api.call("PATCH", f"/v1/organizations/{org}", json={"overallocation": True}, expect=200)
+    await api.allowances(
+        org,
+        {"user": u0, "max_tokens": 500_000},
+        {"user": u1, "max_tokens": 500_000},
+        expect=200,
+    )
+    assert (await api.balance(org))["inference"]["balance"] == -300_000
+
+
+async def test_new_users_count_like_raises_of_the_balance(api: Api) -> None:
+    org = await funded_org(api, inference=1_000_000)
+    await api.user(org, "ana@example.com", max_tokens=900_000)
+    created = await api.call(
+        "POST",
+        f"/v1/organizations/{org}/users",
+        json={"email": "bo@example.com", "name": "Bo Li", "max_tokens": 300_000},
+    )
+    details = error_of(created, 422, "exceeds_balance")
+    assert (details["left"], details["needed"], details["shortfall"]) == (100_000, 300_000, 200_000)
+    assert created.json()["error"]["message"] == (
+        "Only 100,000 inference tokens left; Bo Li's Max Tokens of 300,000 needs 300,000 more."
+    )

@@ -129,7 +129,8 @@ async def test_a_distribution_with_a_refused_row_raises_and_saves_nothing(
         await tokens.distribute(org.id, training=too_much, preview_token=preview.preview_token)
 
     assert refused.value.code == "allowance_change_refused"
-    assert len(refused.value.details["refused"]) == 3
+    # Refusing one of the three equal raises (the last row) is enough; only it is named.
+    assert len(refused.value.details["refused"]) == 1
     assert await _allowances(tokens, users) == [(200_000, 0)] * 3
     with pytest.raises(InvalidRequest) as inconsistent:
         await tokens.preview_distribution(org.id, inference={"method": "fixed"})

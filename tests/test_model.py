@@ -118,6 +118,9 @@ class MUser:
     used: dict[str, int] = field(default_factory=zeros)  # this period
     active: bool = True
     version: int = 1
+    last_change: frozenset[str] | None = None
+    """The fields the change that made `version` changed, as the journal tells them (None:
+    it can't tell, as after a reactivation, or any field: a creation sets both)."""
 
 
 @dataclass
@@ -878,7 +881,7 @@ class LedgerMachine(RuleBasedStateMachine):
             if not new and user is not None and not user.active:
                 if any(self.allowance_of(user, k) != v for k, v in wanted.items()):
                     row_refused.append(("user_deactivated", None))
-            elif not new and user is not None and expected not in (None, user.version):
+            elif not new and user is not None and self.stale(user, wanted, expected):
                 row_refused.append(("version_conflict", None))
             else:
                 for kind, after in wanted.items():
@@ -899,13 +902,31 @@ class LedgerMachine(RuleBasedStateMachine):
                     changes.append((index, user, kind, before, after))
         for kind in KINDS:
             delta = sum(after - before for _, _, k, before, after in changes if k == kind)
-            if self.overallocation or self.allocated(kind) + delta <= self.capacity(kind):
+            over = self.allocated(kind) + delta - self.capacity(kind)
+            if self.overallocation or over <= 0:
                 continue
-            for index, _, k, before, after in changes:
-                if k == kind and after > before:
-                    refused.append((index, "exceeds_balance"))
+            # Only the rows that cause the shortfall: the fewest largest raises whose removal
+            # brings the kind back within the balance (of equal raises, the later row).
+            raises = [(i, a - b) for i, _, k, b, a in changes if k == kind and a > b]
+            for index, raised in sorted(raises, key=lambda r: (-r[1], -r[0])):
+                if over <= 0:
+                    break
+                refused.append((index, "exceeds_balance"))
+                over -= raised
         refused.sort(key=lambda r: r[0])
         return refused, changes
+
+    def stale(self, user: MUser, wanted: dict[str, int], expected: int | None) -> bool:
+        """The version check: a change sent with an older version merges unless a field it
+        changes, or the user's status, was changed since (or the journal can't tell)."""
+        if expected is None or expected == user.version:
+            return False
+        mine = {ALLOWANCE_FIELD[k] for k, v in wanted.items() if v != self.allowance_of(user, k)}
+        if not mine:
+            return False
+        if expected != user.version - 1 or user.last_change is None:
+            return True
+        return bool(mine & user.last_change) or "status" in user.last_change
 
     def balance_after(
         self, changes: list[tuple[int, MUser | None, str, int, int]]
@@ -1184,6 +1205,7 @@ class LedgerMachine(RuleBasedStateMachine):
                     reservation.status = "released"
             user.active = False
             user.version += 1
+            user.last_change = frozenset({"status"})
             self.check(reply, Outcome(200, fields=self.user_fields(user)), "deactivating")
         other = Sent("POST", f"/v1/users/{user.id}/reactivate", self.admin, None, key)
         self.remember(sent, other, reply)
@@ -1224,6 +1246,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 user.active = True
                 user.allowance = dict(targets)
                 user.version += 1
+                user.last_change = None
                 self.check(reply, Outcome(200, fields=self.user_fields(user)), "reactivating")
         other = Sent("POST", f"/v1/users/{user.id}/deactivate", self.admin, None, key)
         self.remember(sent, other, reply)
@@ -1307,14 +1330,15 @@ class LedgerMachine(RuleBasedStateMachine):
         OUTCOMES[("allowance batch", "previewed" if dry_run else "applied")] += 1
         if dry_run:
             return
-        touched: set[str] = set()
+        touched: dict[str, set[str]] = {}
         for _, changed, kind, _before, value in changes:
             assert changed is not None
             changed.allowance[kind] = value
-            touched.add(changed.id)
+            touched.setdefault(changed.id, set()).add(ALLOWANCE_FIELD[kind])
         for user in self.users:
             if user.id in touched:
                 user.version += 1
+                user.last_change = frozenset(touched[user.id])
 
     def change_one_user(
         self,
@@ -1343,7 +1367,7 @@ class LedgerMachine(RuleBasedStateMachine):
         sent = Sent("PATCH", path, self.admin, body, key)
         reply = self.send(sent)
         self.remember(sent, Sent("PATCH", path, self.admin, {**body, "reason": "x"}, key), reply)
-        if expected is not None and expected != user.version:
+        if self.stale(user, wanted, expected):
             self.check(reply, Outcome(409, "version_conflict"), "a stale version")
             return
         refused, changes = self.model_plan([(user, wanted, None)])
@@ -1356,6 +1380,7 @@ class LedgerMachine(RuleBasedStateMachine):
             user.allowance[kind] = value
         if changes:
             user.version += 1
+            user.last_change = frozenset(ALLOWANCE_FIELD[kind] for _, _, kind, _, _ in changes)
         self.check(reply, Outcome(200, fields=self.user_fields(user)), "one user's change")
 
     # --- metering -----------------------------------------------------------------------------

@@ -88,7 +88,11 @@ async def test_name_and_role_changes_are_journaled_and_bump_the_version(api: Api
     assert (user["name"], user["role"], user["version"]) == ("Ana Lima", "admin", 2)
     [entry] = await entries_since(api, org, mark)
     assert (entry["action"], entry["kind"], entry["reason"]) == ("user_changed", None, "lead")
-    assert entry["details"] == {"name": ["Ana", "Ana Lima"], "role": ["member", "admin"]}
+    assert entry["details"] == {
+        "name": ["Ana", "Ana Lima"],
+        "role": ["member", "admin"],
+        "version": 2,
+    }
     same = await api.patch(f"/v1/users/{ana['id']}", {"name": "Ana Lima"}, expect=200)
     assert same["version"] == 2
     assert await last_entry_id(api, org) == entry["id"]

@@ -61,7 +61,7 @@ def test_allowance_set_checks_the_version(tokenadmin: Tokenadmin) -> None:
     tokenadmin("allowance", "set", "--org", org, "--user", "ana@example.com", "--max-tokens", "1M")
     result = tokenadmin(
         "allowance", "set", "--org", org, "--user", "ana@example.com",
-        "--max-train-tokens", "10K", "--expected-version", str(user["version"]), expect=2,
+        "--max-tokens", "3M", "--expected-version", str(user["version"]), expect=2,
     )  # fmt: skip
     assert result.stderr.startswith("error: version_conflict: ")
     preview = tokenadmin.json(

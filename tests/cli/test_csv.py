@@ -115,7 +115,7 @@ def test_every_refused_row_is_reported_together(tokenadmin: Tokenadmin, tmp_path
     upload = tmp_path / "import.csv"
     upload.write_text(
         HEADER
-        + "ok@example.com,Okay,member,,\n"  # 2: would be fine, but see line 9
+        + "ok@example.com,Okay,member,,\n"  # 2: fine (line 9 alone causes the shortfall)
         + "ana@example.com,,boss,,\n"  # 3: unknown role
         + "not-an-email,X,member,,\n"  # 4: bad email
         + "ok@example.com,Okay,member,,\n"  # 5: duplicate of line 2
@@ -129,8 +129,7 @@ def test_every_refused_row_is_reported_together(tokenadmin: Tokenadmin, tmp_path
     answer = tokenadmin.json("users", "import", "--org", org, str(upload), expect=2)
     refused = {(r["line"], r["code"]) for r in answer["refused"]}
     assert refused == {
-        # Over the capacity, every row that raises Max Tokens is refused (plan's rule).
-        (2, "exceeds_balance"),
+        # Over the balance, only the rows that cause the shortfall are refused (plan's rule).
         (3, "invalid_role"),
         (4, "invalid_email"),
         (5, "duplicate_user"),

@@ -12,8 +12,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid6 import uuid7
 
@@ -28,7 +31,7 @@ from tokenadmin.errors import (
     VersionConflict,
 )
 from tokenadmin.journal.service import record
-from tokenadmin.models import Organization, User
+from tokenadmin.models import JournalEntry, Organization, User
 from tokenadmin.organization.service import current_period, lock_for_change
 from tokenadmin.tokens import ALLOWANCE_FIELD, ALLOWANCE_LABEL, MAX_AMOUNT, Kind, balance, fmt
 from tokenadmin.user import repository as user_repository
@@ -42,6 +45,9 @@ __all__ = [
     "allowances_of",
     "apply",
     "change",
+    "changes_since",
+    "check_version",
+    "conflict_since",
     "plan",
     "preview",
     "refusal",
@@ -56,6 +62,9 @@ class Request:
     allowances: dict[Kind, int]
     expected_version: int | None = None
     new: bool = False
+    since: Since | None = None
+    """What changed of the user after `expected_version` (read by `change` when the version
+    is stale), so `plan` can merge a change of other fields instead of refusing it."""
 
 
 @dataclass
@@ -117,6 +126,10 @@ class Plan:
         return not self.refused
 
 
+Raise = tuple[int, Request, Change]
+"""A row that raises an allowance of one kind: its position, request and change."""
+
+
 def plan(org: Organization, requests: list[Request], act: Act) -> Plan:
     """Check every row against every rule; nothing is written.
 
@@ -128,9 +141,9 @@ def plan(org: Organization, requests: list[Request], act: Act) -> Plan:
     start = current_period(org, act.now)
     refused: list[Refusal] = []
     changes: list[Change] = []
-    raises: dict[Kind, list[tuple[int, Request, Change]]] = {kind: [] for kind in Kind}
+    raises: dict[Kind, list[Raise]] = {kind: [] for kind in Kind}
     for index, request in enumerate(requests):
-        row_refusals = _check_row(org, index, request, start)
+        row_refusals = _check_row(org, index, request, start, act.now)
         refused.extend(row_refusals)
         refused_kinds = {r.details.get("kind") for r in row_refusals}
         if None in refused_kinds:
@@ -149,58 +162,90 @@ def plan(org: Organization, requests: list[Request], act: Act) -> Plan:
         delta = sum(c.delta for c in changes if c.kind is kind)
         totals[kind] = total = KindAfter(org.capacity(kind), org.allocated(kind) + delta)
         # Rows that lower an allowance may always go ahead: they are how an administrator
-        # resolves a shortfall. Every row that raises this kind shares the refusal.
-        for index, request, change in raises[kind]:
-            refused.extend(_check_total(org, kind, total, index, request, change))
+        # resolves a shortfall. Of the rows that raise this kind, only those that cause a
+        # shortfall are refused (`_culprits`); all of them when the total passes 2^53.
+        if total.balance < 0 and not org.overallocation:
+            culprits = _culprits(raises[kind], -total.balance)
+            left = total.balance + sum(change.delta for _, _, change in culprits)
+            for index, request, change in culprits:
+                refused.append(_over_balance(kind, total, left, index, request, change))
+        if total.allocated > MAX_AMOUNT:
+            for index, request, change in raises[kind]:
+                refused.append(_over_maximum(kind, total, index, request, change))
     refused.sort(key=lambda r: r.index)
     return Plan(changes=changes, refused=refused, after=totals)
 
 
-def _check_total(
-    org: Organization, kind: Kind, after: KindAfter, index: int, request: Request, change: Change
-) -> list[Refusal]:
-    """Rules 1 and 8 for the organization's total of one kind, for a row that raises it."""
-    refusals = []
+def _culprits(raises: list[Raise], shortfall: int) -> list[Raise]:
+    """The rows that cause a shortfall of one kind: the fewest raises whose removal brings
+    the kind back within its balance, taken largest first (of two equal raises, the later
+    row: the one added last). When even removing every raise leaves the kind over (an
+    organization over-allocated since a purchase expired), every raise is a culprit."""
+    culprits: list[Raise] = []
+    for raise_ in sorted(raises, key=lambda r: (-r[2].delta, -r[0])):
+        if shortfall <= 0:
+            break
+        culprits.append(raise_)
+        shortfall -= raise_[2].delta
+    return culprits
+
+
+def _who(user: User) -> str:
+    return user.name or user.email
+
+
+def _over_balance(
+    kind: Kind, after: KindAfter, left: int, index: int, request: Request, change: Change
+) -> Refusal:
+    """Rule 1 for a row that causes a shortfall: in the words of the balance an
+    administrator looks at. `left` is the balance left for this row once every accepted
+    change is made; `shortfall` the batch's, as `balance_after` shows it."""
     user, label = change.user, ALLOWANCE_LABEL[kind]
-    shortfall = after.allocated - after.capacity
-    if shortfall > 0 and not org.overallocation:
-        refusals.append(
-            Refusal(
-                index,
-                user,
-                "exceeds_balance",
-                f"{label} for {user.email} would be {fmt(change.after)};"
-                f" the organization would be {fmt(shortfall)} {kind} tokens over its"
-                f" capacity of {fmt(after.capacity)}.",
-                {
-                    "kind": kind.value,
-                    "requested": change.after,
-                    "capacity": after.capacity,
-                    "allocated_after": after.allocated,
-                    "shortfall": shortfall,
-                },
-                new=request.new,
-            )
-        )
-    if after.allocated > MAX_AMOUNT:
-        refusals.append(
-            Refusal(
-                index,
-                user,
-                "amount_too_large",
-                f"{label} for {user.email} would be {fmt(change.after)}; the organization"
-                f" would then have allocated {fmt(after.allocated)} {kind} tokens, more than"
-                f" the {fmt(MAX_AMOUNT)} (2^53) any amount may be.",
-                {
-                    "kind": kind.value,
-                    "requested": change.after,
-                    "allocated_after": after.allocated,
-                    "maximum": MAX_AMOUNT,
-                },
-                new=request.new,
-            )
-        )
-    return refusals
+    if left > 0:
+        have = f"Only {fmt(left)} {kind} tokens left"
+    elif left == 0:
+        have = f"No {kind} tokens left"
+    else:
+        have = f"No {kind} tokens left (the balance is already {fmt(-left)} short)"
+    return Refusal(
+        index,
+        user,
+        "exceeds_balance",
+        f"{have}; {_who(user)}'s {label} of {fmt(change.after)} needs {fmt(change.delta)} more.",
+        {
+            "kind": kind.value,
+            "requested": change.after,
+            "before": change.before,
+            "needed": change.delta,
+            "left": left,
+            "shortfall": -after.balance,
+            "capacity": after.capacity,
+            "allocated_after": after.allocated,
+        },
+        new=request.new,
+    )
+
+
+def _over_maximum(
+    kind: Kind, after: KindAfter, index: int, request: Request, change: Change
+) -> Refusal:
+    """Rule 8 for the organization's total of one kind, for a row that raises it."""
+    user, label = change.user, ALLOWANCE_LABEL[kind]
+    return Refusal(
+        index,
+        user,
+        "amount_too_large",
+        f"{label} for {user.email} would be {fmt(change.after)}; the organization"
+        f" would then have allocated {fmt(after.allocated)} {kind} tokens, more than"
+        f" the {fmt(MAX_AMOUNT)} (2^53) any amount may be.",
+        {
+            "kind": kind.value,
+            "requested": change.after,
+            "allocated_after": after.allocated,
+            "maximum": MAX_AMOUNT,
+        },
+        new=request.new,
+    )
 
 
 def check_many_new_users(org: Organization, allowances: dict[Kind, int], count: int) -> None:
@@ -216,19 +261,23 @@ def check_many_new_users(org: Organization, allowances: dict[Kind, int], count: 
                 details={"kind": kind.value, "requested": allowance, "minimum": org.minimum(kind)},
             )
         allocated_after = org.allocated(kind) + allowance * count
+        left = org.capacity(kind) - org.allocated(kind)
         shortfall = allocated_after - org.capacity(kind)
         details = {"kind": kind.value, "requested": allowance * count}
         if allowance and shortfall > 0 and not org.overallocation:
+            have = f"Only {fmt(left)} {kind} tokens left" if left > 0 else f"No {kind} tokens left"
             raise RuleRefused(
-                f"{fmt(count)} users with {label} {fmt(allowance)} need {fmt(allowance * count)}"
-                f" {kind} tokens; the organization would be {fmt(shortfall)} over its capacity"
-                f" of {fmt(org.capacity(kind))}.",
+                f"{have}; {fmt(count)} users with {label} of {fmt(allowance)} need"
+                f" {fmt(allowance * count)}, {fmt(shortfall)} more than the balance.",
                 code="exceeds_balance",
                 details={
                     **details,
+                    "before": 0,
+                    "needed": allowance * count,
+                    "left": left,
+                    "shortfall": shortfall,
                     "capacity": org.capacity(kind),
                     "allocated_after": allocated_after,
-                    "shortfall": shortfall,
                 },
             )
         if allowance and allocated_after > MAX_AMOUNT:
@@ -241,7 +290,9 @@ def check_many_new_users(org: Organization, allowances: dict[Kind, int], count: 
             )
 
 
-def _check_row(org: Organization, index: int, request: Request, start: Any) -> list[Refusal]:
+def _check_row(
+    org: Organization, index: int, request: Request, start: Any, now: datetime
+) -> list[Refusal]:
     """The rules of one row on its own: every reason, each kind's with its `kind`."""
     user = request.user
     if not request.new and not user.active:
@@ -255,7 +306,12 @@ def _check_row(org: Organization, index: int, request: Request, start: Any) -> l
                 f"{user.email} is deactivated; reactivate them to give them an allowance.",
             )
         ]
-    stale = None if request.new else version_conflict(user, request.expected_version)
+    stale = None
+    if not request.new and request.expected_version not in (None, user.version):
+        assert request.expected_version is not None
+        stale = conflict_since(
+            org, user, request.expected_version, _wanted(request), request.since, now
+        )
     if stale is not None:
         return [Refusal(index, user, "version_conflict", stale.message, stale.details)]
     refusals = []
@@ -293,26 +349,248 @@ def _check_row(org: Organization, index: int, request: Request, start: Any) -> l
     return refusals
 
 
+def _wanted(request: Request) -> dict[str, Any]:
+    """The fields a row changes, with the values it sets."""
+    user = request.user
+    return {
+        ALLOWANCE_FIELD[kind]: value
+        for kind, value in request.allowances.items()
+        if request.new or user.allowance(kind) != value
+    }
+
+
+def _stale_details(user: User, expected: int) -> dict[str, Any]:
+    return {
+        "expected_version": expected,
+        "current": {
+            "version": user.version,
+            "max_tokens": user.max_tokens,
+            "max_train_tokens": user.max_train_tokens,
+            "name": user.name,
+            "role": user.role,
+            "status": user.status,
+        },
+    }
+
+
 def version_conflict(user: User, expected: int | None) -> VersionConflict | None:
     """The refusal when a change carries a version the user no longer has, with the
-    current values so the client can show both (the one place this rule lives)."""
+    current values so the client can show both, for a caller without the user's history
+    at hand (`check_version` and `plan` read it, and merge changes of other fields)."""
     if expected is None or expected == user.version:
         return None
     return VersionConflict(
-        f"{user.email} was changed by someone else since you loaded it"
-        f" (version {expected}, now {user.version}).",
+        f"{user.email} was changed by someone else since you loaded it;"
+        " reload to see the current values.",
+        details=_stale_details(user, expected),
+    )
+
+
+VERSIONED_ACTIONS = (
+    "allowance_changed",
+    "user_changed",
+    "user_created",
+    "user_deactivated",
+    "user_reactivated",
+)
+"""The journal actions that change a user's version; their entries carry the version the
+user had after the change (`details.version`)."""
+
+HISTORY_LIMIT = 200
+"""How many of a user's latest versioned entries a version check reads; a user changed more
+often since the version sent is a conflict (the history it would need is not read)."""
+
+
+@dataclass
+class Since:
+    """What changed of one user after a version, as the journal tells it."""
+
+    expected: int
+    changes: list[dict[str, Any]]
+    """Oldest first: {field, kind, from, to, by, at} (`by` the actor as journaled, `at`
+    ISO 8601 UTC); a deactivation or reactivation is a change of `status`."""
+    complete: bool
+    """Every version after `expected` up to the user's own was found: `changes` is all."""
+    names: dict[str, str] = field(default_factory=dict)
+    """Actors as a person reads them ("user:ravi@acme.example" → "Ravi")."""
+
+    @property
+    def fields(self) -> set[str]:
+        return {c["field"] for c in self.changes}
+
+
+async def changes_since(
+    session: AsyncSession, org: Organization, user: User, expected: int
+) -> Since:
+    """The changes of `user` after version `expected`, from their journal entries (the
+    newest HISTORY_LIMIT versioned ones)."""
+    statement = (
+        select(JournalEntry)
+        .where(JournalEntry.user_id == user.id, JournalEntry.action.in_(VERSIONED_ACTIONS))
+        .order_by(JournalEntry.id.desc())
+        .limit(HISTORY_LIMIT)
+    )
+    entries = list(reversed((await session.scalars(statement)).all()))
+    changes: list[dict[str, Any]] = []
+    found: set[int] = set()
+    for entry in entries:
+        version = (entry.details or {}).get("version")
+        if not isinstance(version, int) or not expected < version <= user.version:
+            continue
+        at = entry.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        said = {"by": entry.actor, "at": at}
+        status = {"user_deactivated": "deactivated", "user_reactivated": "active"}
+        if entry.action in status and version not in found:
+            to = status[entry.action]
+            was = "active" if to == "deactivated" else "deactivated"
+            changes.append({"field": "status", "kind": None, "from": was, "to": to, **said})
+        found.add(version)
+        if entry.action == "user_changed":
+            for name, pair in (entry.details or {}).items():
+                if name in ("name", "role") and isinstance(pair, list) and len(pair) == 2:
+                    changes.append(
+                        {"field": name, "kind": None, "from": pair[0], "to": pair[1], **said}
+                    )
+        elif entry.action != "user_deactivated" and entry.kind is not None:
+            kind = Kind(entry.kind)
+            after = entry.allowance_after or 0
+            changes.append(
+                {
+                    "field": ALLOWANCE_FIELD[kind],
+                    "kind": kind.value,
+                    "from": after - entry.allowance_delta,
+                    "to": after,
+                    **said,
+                }
+            )
+    complete = found >= set(range(expected + 1, user.version + 1))
+    return Since(expected, changes, complete, await _actor_names(session, org, changes))
+
+
+async def _actor_names(
+    session: AsyncSession, org: Organization, changes: list[dict[str, Any]]
+) -> dict[str, str]:
+    actors = {c["by"] for c in changes}
+    emails = [a.removeprefix("user:") for a in actors if a.startswith("user:")]
+    people = await user_repository.find_in_org(session, org.id, emails=emails) if emails else []
+    named = {f"user:{p.email}": p.name or p.email for p in people}
+    words = {}
+    for actor in actors:
+        label, _, name = actor.partition(":")
+        if actor in named:
+            words[actor] = named[actor]
+        elif label == "user":
+            words[actor] = name
+        elif label == "key":
+            words[actor] = f"the API key {name}"
+        elif label == "operator":
+            words[actor] = f"the operator {name}"
+        else:
+            words[actor] = "the system" if actor == "system" else actor
+    return words
+
+
+def _when(at: str, org: Organization, now: datetime) -> str:
+    """A moment of `changes_since` in the organization's time zone, with its date unless
+    it is today."""
+    zone = ZoneInfo(org.time_zone)
+    moment = datetime.fromisoformat(at).astimezone(zone)
+    clock = f"{moment:%H:%M} {moment.tzname() or org.time_zone}"
+    if moment.date() == now.astimezone(zone).date():
+        return f"at {clock}"
+    return f"on {moment:%Y-%m-%d} at {clock}"
+
+
+def _value(value: Any) -> str:
+    return fmt(value) if isinstance(value, int) else str(value)
+
+
+FIELD_WORDS = {
+    "max_tokens": ALLOWANCE_LABEL[Kind.inference],
+    "max_train_tokens": ALLOWANCE_LABEL[Kind.training],
+    "name": "name",
+    "role": "role",
+}
+
+
+def conflict_since(
+    org: Organization,
+    user: User,
+    expected: int,
+    wanted: dict[str, Any],
+    since: Since | None,
+    now: datetime,
+) -> VersionConflict | None:
+    """The version check with the journal's help: a change made with a version the user no
+    longer has goes ahead (merges) when none of the fields it changes (`wanted`: field →
+    the value sent, only those that differ from the current ones) was changed since, nor
+    the user's status. Otherwise the conflict, naming who changed what, from what to what
+    and when. Without the history (`since` None, or incomplete) every field is in
+    conflict: nothing is overwritten on a guess."""
+    if expected == user.version or not wanted:
+        return None
+    # A version before the first (0) is one the journal can't speak of: the user did not
+    # exist yet.
+    known = since is not None and since.complete and 1 <= expected < user.version
+    changes = since.changes if since is not None else []
+    theirs = {c["field"] for c in changes}
+    if known:
+        conflicts = [f for f in wanted if f in theirs]
+        if "status" in theirs:
+            conflicts.append("status")
+        if not conflicts:
+            return None
+    else:
+        conflicts = list(wanted)
+    names = since.names if since is not None else {}
+    sentences = []
+    for name in [*wanted, "status"]:
+        mine = [c for c in changes if c["field"] == name]
+        if not mine or name not in conflicts:
+            continue
+        who = " and ".join(dict.fromkeys(names.get(c["by"], c["by"]) for c in mine))
+        when = _when(mine[-1]["at"], org, now)
+        if name == "status":
+            sentences.append(f"{who} {'re' if mine[-1]['to'] == 'active' else 'de'}activated")
+            sentences[-1] += f" {user.email} {when}."
+            continue
+        sentences.append(
+            f"{who} changed {user.email}'s {FIELD_WORDS.get(name, name)}"
+            f" from {_value(mine[0]['from'])} to {_value(mine[-1]['to'])} {when};"
+            f" yours is {_value(wanted[name])}."
+        )
+    if not known:
+        sentences.append(
+            f"{user.email} was changed by someone else since you loaded it"
+            + (" (and the journal can't tell all of what)" if sentences else "")
+            + "; reload to see the current values."
+        )
+    return VersionConflict(
+        " ".join(f"{s[:1].upper()}{s[1:]}" for s in sentences),
         details={
-            "expected_version": expected,
-            "current": {
-                "version": user.version,
-                "max_tokens": user.max_tokens,
-                "max_train_tokens": user.max_train_tokens,
-                "name": user.name,
-                "role": user.role,
-                "status": user.status,
-            },
+            **_stale_details(user, expected),
+            "conflicts": conflicts,
+            "changes_since": changes,
+            "yours": wanted,
         },
     )
+
+
+async def check_version(
+    session: AsyncSession,
+    act: Act,
+    org: Organization,
+    user: User,
+    expected: int | None,
+    wanted: dict[str, Any],
+) -> VersionConflict | None:
+    """`conflict_since` with the user's history read here (one user's change, as the API's
+    PATCH of a user makes it). `wanted`: the fields the change sets, with their values."""
+    if expected is None or expected == user.version:
+        return None
+    wanted = {f: v for f, v in wanted.items() if getattr(user, f) != v}
+    since = await changes_since(session, org, user, expected) if expected < user.version else None
+    return conflict_since(org, user, expected, wanted, since, act.now)
 
 
 _ONE_USER_ERRORS: dict[str, type[TokenAdminError]] = {
@@ -345,8 +623,18 @@ def refusal(plan_: Plan, *, one_user: bool = False) -> TokenAdminError:
             "Some users were changed by someone else meanwhile; nothing was saved.",
             details=details,
         )
-    also = f" (and {more} more refused rows)" if more else ""
-    return AllowanceChangeRefused(f"Nothing was saved: {first.message}{also}", details=details)
+    also = f" (and {more} more refused {'row' if more == 1 else 'rows'})" if more else ""
+    over_kinds = {r.details["kind"] for r in plan_.refused if r.code == "exceeds_balance"}
+    short = [
+        f"the {kind} balance would be {fmt(-after.balance)} short"
+        for kind, after in plan_.after.items()
+        if kind.value in over_kinds
+    ]
+    over = " and ".join(short)
+    over = f"{over[:1].upper()}{over[1:]}. " if over else ""
+    return AllowanceChangeRefused(
+        f"Nothing was saved: {over}{first.message}{also}", details=details
+    )
 
 
 def _after_dict(plan_: Plan) -> dict[str, Any]:
@@ -423,6 +711,8 @@ async def apply(
                 "before": change.before,
                 "after": change.after,
                 "batch": batch,
+                # The user's version after this change (`changes_since` reads it).
+                "version": user.version if change.new else user.version + 1,
             },
         )
         touched[user.id] = user
@@ -513,7 +803,12 @@ class ChangeResult:
 
     def preview(self) -> dict[str, Any]:
         """The result in the shape of `allowance.schemas.AllowancePreview`."""
-        return {"applied": self.applied, "dry_run": self.dry_run, **preview(self.plan)}
+        return {
+            "applied": self.applied,
+            "dry_run": self.dry_run,
+            **preview(self.plan),
+            "batch": self.batch,
+        }
 
 
 async def change(
@@ -540,6 +835,12 @@ async def change(
     if not isinstance(org, Organization):
         org = await lock_for_change(session, act, org)
     named = await _name_users(session, org, rows)
+    for request in named.requests:
+        expected, user = request.expected_version, request.user
+        stale = expected is not None and expected < user.version and not request.new
+        if stale and request.since is None and _wanted(request):
+            assert expected is not None
+            request.since = await changes_since(session, org, user, expected)
     plan_ = plan(org, named.requests, act)
     for refused in plan_.refused:
         refused.index = named.positions[refused.index]

@@ -22,7 +22,7 @@ from tokenadmin.journal.service import record, record_returned
 from tokenadmin.models import DashboardSession, Organization, Reservation, User
 from tokenadmin.organization import service as organization_service
 from tokenadmin.organization.service import current_period
-from tokenadmin.tokens import Kind
+from tokenadmin.tokens import ALLOWANCE_FIELD, Kind
 from tokenadmin.usage.service import give_back
 from tokenadmin.user import repository
 from tokenadmin.user.periods import start_current_period
@@ -168,7 +168,18 @@ async def update(
     reason: str | None = None,
 ) -> User:
     """Change a user's profile and allowances together; all or nothing."""
-    stale = allowance.service.version_conflict(user, expected_version)
+    # Stale: refused only when a field this change sets was changed since (or the journal
+    # can't tell); a change of other fields merges.
+    wanted: dict[str, Any] = {"name": name, "role": role}
+    wanted |= {ALLOWANCE_FIELD[kind]: value for kind, value in (allowances or {}).items()}
+    stale = await allowance.service.check_version(
+        session,
+        act,
+        org,
+        user,
+        expected_version,
+        {f: v for f, v in wanted.items() if v is not None},
+    )
     if stale is not None:
         raise stale
     versioned = False
@@ -183,9 +194,10 @@ async def update(
             profile[field] = [getattr(user, field), value]
             setattr(user, field, value)
     if profile:
-        record(session, act, org, "user_changed", user=user, details=profile, reason=reason)
         if not versioned:
             user.version += 1
+        details = {**profile, "version": user.version}
+        record(session, act, org, "user_changed", user=user, details=details, reason=reason)
         user.updated_at = act.now
     return user
 
@@ -200,13 +212,22 @@ async def deactivate(session: AsyncSession, act: Act, org: Organization, user: U
         give_back(session, act, org, user, reservation, "released", reason="user deactivated")
     reason = "unused allowance returned; the used part returns when the period ends"
     returns = {kind: user.allowance(kind) - user.used(kind) for kind in Kind}
+    version = {"version": user.version + 1}  # the version this leaves (see below)
     for kind, returned in returns.items():
         if returned:
             record_returned(
-                session, act, org, "user_deactivated", user, kind, returned, reason=reason
+                session,
+                act,
+                org,
+                "user_deactivated",
+                user,
+                kind,
+                returned,
+                reason=reason,
+                details=version,
             )
     if not any(returns.values()):
-        record(session, act, org, "user_deactivated", user=user, reason=reason)
+        record(session, act, org, "user_deactivated", user=user, reason=reason, details=version)
     # Signed out everywhere: a session of before must not work again on reactivation.
     await session.execute(delete(DashboardSession).where(DashboardSession.user_id == user.id))
     user.status = "deactivated"
