@@ -222,7 +222,7 @@ async def test_the_client_lists_batches_and_reverts_one(app: FastAPI, operator_k
         )
         page = await tokens.list_allowance_batches(org.id, limit=1)
         batch = page.batches[0]
-        assert saved_change.batch in (None, batch.id)  # the change's answer names it too
+        assert saved_change.batch == batch.id  # the change's answer names it too
         assert (batch.rows, batch.delta["inference"], batch.reverted) == (1, 100_000, False)
         preview = await tokens.revert_allowance_batch(org.id, batch.id, dry_run=True)
         assert [(r.now, r.back_to) for r in preview.rows] == [(300_000, 200_000)]
@@ -232,3 +232,27 @@ async def test_the_client_lists_batches_and_reverts_one(app: FastAPI, operator_k
         assert done.applied
         assert (await tokens.get_user(ana.id)).max_tokens == 200_000
         assert (await tokens.list_allowance_batches(org.id)).batches[1].reverted
+
+
+async def test_a_row_the_balance_no_longer_covers_is_explained_and_the_rest_is_reverted(
+    api: Api,
+) -> None:
+    org = await funded_org(api, inference=1_000_000)
+    ana = await api.user(org, "ana@example.com", max_tokens=500_000)
+    bo = await api.user(org, "bo@example.com", max_tokens=300_000)
+    batch = await saved(
+        api,
+        org,
+        {"user": ana["id"], "max_tokens": 200_000},
+        {"user": bo["id"], "max_tokens": 200_000},
+    )
+    await api.user(org, "cy@example.com", max_tokens=500_000)  # the balance is now 100,000
+
+    preview = await api.post(revert_path(org, batch), {"dry_run": True}, expect=200)
+    rows = {r["email"]: r for r in preview["rows"]}
+    assert [x["code"] for x in rows["ana@example.com"]["reasons"]] == ["exceeds_balance"]
+    assert rows["bo@example.com"]["revertable"]
+    assert preview["balance_after"]["inference"]["balance"] == 0
+    await api.post(revert_path(org, batch), {}, expect=200)
+    assert (await get_user(api, ana["id"]))["max_tokens"] == 200_000
+    assert (await get_user(api, bo["id"]))["max_tokens"] == 300_000

@@ -33,6 +33,8 @@ from tokenadmin.user import repository as user_repository
 
 PAGE_LIMIT = 200
 """The most batches one page lists."""
+MAX_CHANGES_SHOWN = 20
+"""A row changed since lists its last changes, at most this many."""
 
 
 class BatchNotFound(NotFound, code="batch_not_found"):
@@ -255,10 +257,11 @@ def _refuse_reverted(org: Organization, batch: Batch) -> None:
         )
 
 
-async def _changed_since(
-    session: AsyncSession, org: Organization, row: RevertRow, entry: JournalEntry
+def _changed_since(
+    org: Organization, row: RevertRow, entry: JournalEntry, since: list[JournalEntry]
 ) -> dict[str, Any]:
-    """The reason a row can't be reverted when its allowance changed after the save."""
+    """The reason a row can't be reverted when its allowance changed after the save
+    (`since`: the entries that changed that user's allowances after the batch's first)."""
     changes = [
         Change(
             e.id,
@@ -268,9 +271,8 @@ async def _changed_since(
             e.actor,
             e.created_at,
         )
-        for e in await journal_repository.allowance_changes_since(
-            session, row.user_id, row.kind, entry.id
-        )
+        for e in since
+        if e.id > entry.id
     ]
     label = ALLOWANCE_LABEL[row.kind]
     now = fmt(row.now or 0)
@@ -288,22 +290,23 @@ async def _changed_since(
         "kind": row.kind.value,
         "now": row.now,
         "saved_to": row.saved_to,
-        "changes_since": [c.out() for c in changes],
+        "changes_since": [c.out() for c in changes[-MAX_CHANGES_SHOWN:]],
     }
 
 
 async def plan_revert(
-    session: AsyncSession, act: Act, org: Organization, batch_id: str, *, batch: Batch | None = None
+    session: AsyncSession, act: Act, org: Organization, batch_id: str
 ) -> RevertPlan:
     """Every row of the batch and its inverse, or why it can't be reverted; nothing is
     written. `org` is read as it stands (lock it first to apply the plan)."""
-    batch = batch or await find(session, org, batch_id)
+    batch = await find(session, org, batch_id)
     _refuse_reverted(org, batch)
     entries = await journal_repository.batch_entries(session, org.id, batch.id)
     user_ids = sorted({e.user_id for e in entries if e.user_id is not None})
     users = {u.id: u for u in await user_repository.find_in_org(session, org.id, ids=user_ids)}
     rows: list[RevertRow] = []
     wanted: dict[uuid.UUID, dict[Kind, RevertRow]] = {}
+    changed: list[tuple[RevertRow, JournalEntry]] = []
     for entry in entries:
         if entry.user_id is None or entry.kind is None:
             continue
@@ -330,10 +333,18 @@ async def plan_revert(
                 }
             )
         elif user.active and row.now != row.saved_to:
-            row.reasons.append(await _changed_since(session, org, row, entry))
+            changed.append((row, entry))
         else:
             # A deactivated user is the allowance service's to refuse, with its words.
             wanted.setdefault(user.id, {})[kind] = row
+    if changed:
+        since = await journal_repository.allowance_changes_since(
+            session, sorted({row.user_id for row, _ in changed}), entries[0].id
+        )
+        for row, entry in changed:
+            row.reasons.append(
+                _changed_since(org, row, entry, since.get((row.user_id, row.kind), []))
+            )
     result = await _dry_run(session, act, org, users, wanted)
     reason = f"Revert of the save of {_when(org, batch.at)} by {_words_of(batch.actor)}"
     return RevertPlan(
@@ -436,9 +447,9 @@ async def revert(
     wanted: dict[uuid.UUID, dict[Kind, RevertRow]] = {}
     users: dict[uuid.UUID, User] = {}
     for row in plan.revertable:
-        assert row.user is not None  # a row without its user is never revertable
-        users[row.user_id] = row.user
-        wanted.setdefault(row.user_id, {})[row.kind] = row
+        if row.user is not None:  # always: a row without its user is never revertable
+            users[row.user_id] = row.user
+            wanted.setdefault(row.user_id, {})[row.kind] = row
     applied = await allowance_service.change(
         session,
         act,

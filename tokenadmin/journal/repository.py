@@ -267,20 +267,26 @@ async def reverts_of(
     }
 
 
+USERS_PER_QUERY = 5_000
+
+
 async def allowance_changes_since(
-    session: AsyncSession, user_id: uuid.UUID, kind: Kind, after_id: int, *, limit: int = 20
-) -> Sequence[JournalEntry]:
-    """The entries that changed a user's allowance of one kind after entry `after_id`,
-    oldest first (at most `limit`, the newest)."""
-    statement = (
-        select(JournalEntry)
-        .where(
-            JournalEntry.user_id == user_id,
-            JournalEntry.kind == kind.value,
-            JournalEntry.id > after_id,
-            JournalEntry.allowance_delta != 0,
+    session: AsyncSession, user_ids: Sequence[uuid.UUID], after_id: int
+) -> dict[tuple[uuid.UUID, Kind], list[JournalEntry]]:
+    """The entries that changed the allowances of these users after entry `after_id`, per
+    user and kind, oldest first."""
+    found: dict[tuple[uuid.UUID, Kind], list[JournalEntry]] = {}
+    for start in range(0, len(user_ids), USERS_PER_QUERY):
+        statement = (
+            select(JournalEntry)
+            .where(
+                JournalEntry.user_id.in_(user_ids[start : start + USERS_PER_QUERY]),
+                JournalEntry.id > after_id,
+                JournalEntry.allowance_delta != 0,
+            )
+            .order_by(JournalEntry.id)
         )
-        .order_by(JournalEntry.id.desc())
-        .limit(limit)
-    )
-    return list(reversed((await session.scalars(statement)).all()))
+        for entry in await session.scalars(statement):
+            if entry.user_id is not None and entry.kind is not None:
+                found.setdefault((entry.user_id, Kind(entry.kind)), []).append(entry)
+    return found
