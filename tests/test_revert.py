@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import FastAPI
@@ -256,3 +257,23 @@ async def test_a_row_the_balance_no_longer_covers_is_explained_and_the_rest_is_r
     await api.post(revert_path(org, batch), {}, expect=200)
     assert (await get_user(api, ana["id"]))["max_tokens"] == 200_000
     assert (await get_user(api, bo["id"]))["max_tokens"] == 300_000
+
+
+async def test_two_reverts_of_one_save_at_once_apply_it_once(api: Api) -> None:
+    org, ana, bo = await _org(api)
+    batch = await saved(
+        api,
+        org,
+        {"user": ana["id"], "max_tokens": 300_000},
+        {"user": bo["id"], "max_tokens": 300_000},
+    )
+    mark = await last_entry_id(api, org)
+
+    answers = await asyncio.gather(
+        *(api.call("POST", revert_path(org, batch), json={}) for _ in range(2))
+    )
+
+    assert sorted(a.status_code for a in answers) == [200, 409]
+    error_of(next(a for a in answers if a.status_code == 409), 409, "already_reverted")
+    assert len(await entries_since(api, org, mark)) == 2
+    assert (await api.balance(org))["inference"]["allocated"] == 400_000
