@@ -6,12 +6,30 @@ from __future__ import annotations
 
 import re
 import uuid
+from pathlib import Path
 
 from playwright.sync_api import Page, expect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.browser.conftest import Site, deactivate, screenshot, sign_in, write
+from tests.browser.conftest import REQUIRE_BROWSER, Site, deactivate, screenshot, sign_in, write
 from tokenadmin.models import User
+
+AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def severe_violations(page: Page) -> list[str]:
+    """axe-core's serious and critical findings on the page (none to find without axe-core,
+    outside CI)."""
+    if not AXE.exists():
+        assert not REQUIRE_BROWSER, f"axe-core not found at {AXE}"
+        return []
+    page.add_script_tag(path=str(AXE))
+    found = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
+    return [
+        f"{v['id']}: {v['help']}"
+        for v in found["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
 
 
 def allowances(site: Site, *emails: str) -> dict[str, tuple[int, int]]:
@@ -67,12 +85,14 @@ def test_a_save_is_reverted_from_the_journal_after_a_preview(page: Page, site: S
     assert "max_tokens" not in text
     assert "user_deactivated" not in text
     screenshot(page, "revert-preview")
+    assert severe_violations(page) == []
 
     page.get_by_role("button", name=re.compile(r"^Revert 3 changes")).click()
     expect(page).to_have_url(re.compile(r"/journal\?reverted=3&kept=1$"))
     expect(page.locator("#notice")).to_have_text(
         "Reverted 3 changes. 1 could not be reverted and stay as they are."
     )
+    assert severe_violations(page) == []
     reverted = page.locator("#saved tbody tr").nth(1)
     expect(reverted.locator('[data-role="revert"]')).to_contain_text("Reverted")
     expect(reverted.locator('[data-role="revert"]')).to_contain_text("by ada@acme.example")
