@@ -192,3 +192,31 @@ async def test_plan_without_history_refuses_and_check_version_merges(
     assert merged is None
     assert isinstance(conflict, VersionConflict)
     assert conflict.details["current"]["version"] == 2
+
+
+async def test_in_one_batch_each_stale_row_merges_or_conflicts_on_its_own(api: Api) -> None:
+    org = await funded_org(api)
+    ana = await api.user(org, "ana@example.com")
+    bo = await api.user(org, "bo@example.com")
+    await api.allowances(
+        org,
+        {"user": ana["id"], "max_tokens": 210_000},
+        {"user": bo["id"], "max_tokens": 220_000},
+        expect=200,
+    )
+    rows = [
+        {"user": ana["id"], "max_train_tokens": 1_000, "expected_version": 1},
+        {"user": bo["id"], "max_tokens": 230_000, "expected_version": 1},
+    ]
+    details = error_of(await api.allowances(org, *rows), 409, "version_conflict")
+    assert [(r["index"], r["conflicts"]) for r in details["refused"]] == [(1, ["max_tokens"])]
+    assert details["refused"][0]["changes_since"][0]["by"] == "operator:ops"
+    assert details["refused"][0]["message"].startswith("The operator ops changed bo@example.com")
+
+    await api.allowances(org, rows[0], expect=200)
+    stored = await get_user(api, ana["id"])
+    assert (stored["max_tokens"], stored["max_train_tokens"], stored["version"]) == (
+        210_000,
+        1_000,
+        3,
+    )

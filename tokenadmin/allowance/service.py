@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid6 import uuid7
 
@@ -46,6 +46,7 @@ __all__ = [
     "apply",
     "change",
     "changes_since",
+    "changes_since_many",
     "check_version",
     "conflict_since",
     "plan",
@@ -422,31 +423,74 @@ class Since:
 async def changes_since(
     session: AsyncSession, org: Organization, user: User, expected: int
 ) -> Since:
-    """The changes of `user` after version `expected`, from their journal entries (the
-    newest HISTORY_LIMIT versioned ones)."""
-    statement = (
-        select(JournalEntry)
-        .where(JournalEntry.user_id == user.id, JournalEntry.action.in_(VERSIONED_ACTIONS))
-        .order_by(JournalEntry.id.desc())
-        .limit(HISTORY_LIMIT)
-    )
-    entries = list(reversed((await session.scalars(statement)).all()))
+    """The changes of `user` after version `expected`, from their journal entries."""
+    return (await changes_since_many(session, org, [(user, expected)]))[user.id]
+
+
+_HISTORY_COLUMNS = (
+    JournalEntry.id,
+    JournalEntry.user_id,
+    JournalEntry.created_at,
+    JournalEntry.actor,
+    JournalEntry.action,
+    JournalEntry.kind,
+    JournalEntry.allowance_delta,
+    JournalEntry.allowance_after,
+    JournalEntry.details,
+)
+
+
+async def changes_since_many(
+    session: AsyncSession, org: Organization, stale: Sequence[tuple[User, int]]
+) -> dict[uuid.UUID, Since]:
+    """For each (user, expected version): the user's changes since, from the newest
+    HISTORY_LIMIT versioned journal entries of each (one query per 500 users)."""
+    rows: dict[uuid.UUID, list[Any]] = {user.id: [] for user, _ in stale}
+    ids = list(rows)
+    for start in range(0, len(ids), 500):
+        newest = (
+            select(
+                *_HISTORY_COLUMNS,
+                func.row_number()
+                .over(partition_by=JournalEntry.user_id, order_by=JournalEntry.id.desc())
+                .label("newest"),
+            )
+            .where(
+                JournalEntry.user_id.in_(ids[start : start + 500]),
+                JournalEntry.action.in_(VERSIONED_ACTIONS),
+            )
+            .subquery()
+        )
+        statement = select(newest).where(newest.c.newest <= HISTORY_LIMIT).order_by(newest.c.id)
+        for row in await session.execute(statement):
+            rows[row.user_id].append(row)
+    found = {user.id: _since(user, expected, rows[user.id]) for user, expected in stale}
+    names = await _actor_names(session, org, [c for s in found.values() for c in s.changes])
+    for since in found.values():
+        since.names = names
+    return found
+
+
+def _since(user: User, expected: int, entries: list[Any]) -> Since:
+    """What `entries` (a user's versioned journal entries, oldest first) tell of the changes
+    after version `expected`."""
     changes: list[dict[str, Any]] = []
     found: set[int] = set()
+    status = {"user_deactivated": "deactivated", "user_reactivated": "active"}
     for entry in entries:
-        version = (entry.details or {}).get("version")
+        details = entry.details if isinstance(entry.details, dict) else {}
+        version = details.get("version")
         if not isinstance(version, int) or not expected < version <= user.version:
             continue
         at = entry.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
         said = {"by": entry.actor, "at": at}
-        status = {"user_deactivated": "deactivated", "user_reactivated": "active"}
         if entry.action in status and version not in found:
             to = status[entry.action]
             was = "active" if to == "deactivated" else "deactivated"
             changes.append({"field": "status", "kind": None, "from": was, "to": to, **said})
         found.add(version)
         if entry.action == "user_changed":
-            for name, pair in (entry.details or {}).items():
+            for name, pair in details.items():
                 if name in ("name", "role") and isinstance(pair, list) and len(pair) == 2:
                     changes.append(
                         {"field": name, "kind": None, "from": pair[0], "to": pair[1], **said}
@@ -464,7 +508,7 @@ async def changes_since(
                 }
             )
     complete = found >= set(range(expected + 1, user.version + 1))
-    return Since(expected, changes, complete, await _actor_names(session, org, changes))
+    return Since(expected, changes, complete)
 
 
 async def _actor_names(
@@ -835,12 +879,20 @@ async def change(
     if not isinstance(org, Organization):
         org = await lock_for_change(session, act, org)
     named = await _name_users(session, org, rows)
-    for request in named.requests:
-        expected, user = request.expected_version, request.user
-        stale = expected is not None and expected < user.version and not request.new
-        if stale and request.since is None and _wanted(request):
-            assert expected is not None
-            request.since = await changes_since(session, org, user, expected)
+    stale = [
+        (request, request.expected_version)
+        for request in named.requests
+        if request.expected_version is not None
+        and request.expected_version < request.user.version
+        and not request.new
+        and request.since is None
+        and _wanted(request)
+    ]
+    if stale:
+        users = [(request.user, expected) for request, expected in stale if expected is not None]
+        history = await changes_since_many(session, org, users)
+        for request, _ in stale:
+            request.since = history[request.user.id]
     plan_ = plan(org, named.requests, act)
     for refused in plan_.refused:
         refused.index = named.positions[refused.index]
