@@ -132,6 +132,8 @@ def test_arrows_enter_tab_escape_undo_and_save_from_the_keyboard(page: Page, sit
     revert = page.locator("#savebar").get_by_role("link", name="Revert this save")
     revert_page = re.compile(f"^/orgs/{site.org_id}/batches/[^/]+/revert$")
     expect(revert).to_have_attribute("href", revert_page)
+    preview = page.request.get(site.url + (revert.get_attribute("href") or ""))
+    assert preview.status == 200, "the link leads to the save's revert preview"
     page.keyboard.press("Control+z")  # saved edits are no longer pending
     expect(message(page)).to_have_text("Nothing to undo.")
     value(page, site, di, "max_tokens").focus()
