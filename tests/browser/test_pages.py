@@ -114,6 +114,10 @@ def test_the_user_page_shows_allowances_charts_and_the_journal(page: Page, site:
     expect(page.locator("main")).to_contain_text("User not found.")
     expect(page.locator("main")).not_to_contain_text("not_found")
     expect(page.locator("[data-code=not_found]")).to_have_count(1)
+    # Still signed in: the top bar keeps the way home and Sign out.
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Users").click()
+    expect(page).to_have_url(f"{site.url}/orgs/{site.org_id}")
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
 
 
 def test_settings_create_an_api_key_shown_once_and_refuse_an_unknown_time_zone(

@@ -176,13 +176,21 @@ ERROR_HINTS = {
 }
 
 
+HOME_WORDS = {"operator": "All organizations", "admin": "Users", "member": "My tokens"}
+"""The name of each kind of viewer's home page, as their nav says it."""
+
+
 def error_page(request: Request, error: TokenAdminError) -> HTMLResponse:
     """A refusal as a page: a title and the message in words; the machine code only in a
-    data attribute (data-code), never as text to read."""
+    data attribute (data-code), never as text to read. A person signed in keeps the top bar's
+    way home and Sign out."""
+    viewer = getattr(request.state, "viewer", None)
     return render(
         request,
         "error.html",
+        viewer if isinstance(viewer, Viewer) else None,
         status_code=error.status_code,
+        home_words=HOME_WORDS,
         title=ERROR_TITLES.get(error.status_code, "Something is not right"),
         hint=ERROR_HINTS.get(error.status_code),
         error=error,
