@@ -116,3 +116,27 @@ async def test_a_file_that_is_not_the_user_table_is_refused_as_a_whole(api: Api)
     error_of(await api.call("POST", path, json={"csv": "x", "extra": 1}), 422, "invalid_request")
     reader = api.as_key(await api.key(org, "read"))
     await reader.call("POST", path, json={"csv": "email\na@example.com\n"}, expect=403)
+
+
+async def test_a_stale_import_merges_other_fields_and_names_who_changed_the_same_one(
+    api: Api,
+) -> None:
+    org, ana = await _org(api)
+    seen = (await get_user(api, ana["id"]))["version"]
+    await api.patch(f"/v1/users/{ana['id']}", {"name": "Ana Lee"}, expect=200)
+    path = f"/v1/organizations/{org}/users/import"
+    head = "email,name,role,max_tokens,version\n"
+
+    # The file's version of Ana is stale now, but her Max Tokens was not changed since.
+    raised = f"{head}ana@example.com,Ana Lee,member,250000,{seen}\n"
+    merged = await api.post(path, {"csv": raised, "dry_run": True}, expect=200)
+    assert (merged["accepted"], merged["refused"]) == (True, [])
+
+    # Her name was: renaming her from the stale file conflicts and says who renamed her.
+    renamed = f"{head}ana@example.com,Ana B,member,200000,{seen}\n"
+    refused = await api.post(path, {"csv": renamed, "dry_run": True}, expect=200)
+    (row,) = refused["refused"]
+    assert (row["line"], row["code"]) == (2, "version_conflict")
+    assert "Ana Lee" in row["message"]
+    assert "(version" not in row["message"]
+    assert (await get_user(api, ana["id"]))["name"] == "Ana Lee"

@@ -50,7 +50,8 @@ IMPORT_COLUMNS = ("email", "name", "role", "max_tokens", "max_train_tokens")
 CHECKED_COLUMNS = ("status", "version")
 """Accepted on import but never changed by it: a row whose status differs from the user's
 is refused (an import does not deactivate anyone), and `version`, when given, is the
-version the editor saw (refused with version_conflict if the user changed since)."""
+version the editor saw (refused with version_conflict when a field the row changes was
+changed since; changes of other fields merge)."""
 READ_ONLY_COLUMNS = ("inference_used", "training_used", "last_activity_at")
 """Export columns an import ignores, so an exported file can be edited and imported back."""
 ROLES = ("admin", "member")
@@ -380,13 +381,24 @@ async def import_users(
         # Only what differs is a change: an exported row imports back as no change at all,
         # even for a deactivated user (whom `plan` would refuse any allowance change).
         entry.amounts = {k: v for k, v in entry.amounts.items() if v != user.allowance(k)}
+        profile = {
+            field: value
+            for field, value in (("name", entry.name), ("role", entry.role))
+            if value and value != getattr(user, field)
+        }
+        if profile:
+            # A stale row's name and role merge like its amounts: refused only when that
+            # field was changed since the export (`plan` checks the amounts' fields).
+            stale = await allowance_service.check_version(
+                session, act, org, user, entry.version, profile
+            )
+            if stale is not None:
+                problems.append(_problem(entry.line, entry.email, stale.code, stale.message))
+                continue
         if entry.amounts:
             to_change.append(entry)  # `plan` checks the version of these rows
             changed.append(allowance_service.Request(user, entry.amounts, entry.version))
-        elif entry.version is not None and entry.version != user.version:
-            problems.append(_version_conflict(entry, user))
-            continue
-        if (entry.name and entry.name != user.name) or (entry.role and entry.role != user.role):
+        if profile:
             profiles.append((user, entry))
 
     requests = changed + new_requests
@@ -507,13 +519,3 @@ def refusal(result: ImportResult) -> InvalidRequest:
 
 def _problem(line: int, email: str, code: str, message: str) -> RowProblem:
     return RowProblem(line=line, email=email, code=code, message=message)
-
-
-def _version_conflict(entry: _Row, user: User) -> RowProblem:
-    return _problem(
-        entry.line,
-        entry.email,
-        "version_conflict",
-        f"{user.email} was changed by someone else since the file was exported"
-        f" (version {entry.version}, now {user.version}).",
-    )
