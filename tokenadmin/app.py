@@ -1,4 +1,4 @@
-"""create_app(): the REST API, health, and the background sweeper."""
+"""create_app(): the REST API, health, and the background jobs."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ from tokenadmin.errors import TokenAdminError
 from tokenadmin.gateway.endpoints import create_openai_app, ingest_router
 from tokenadmin.gateway.service import Gateway
 from tokenadmin.idempotency.service import KeysInFlight
+from tokenadmin.jobs import Scheduler
+from tokenadmin.jobs.clock import FileClock
 from tokenadmin.journal.endpoints import router as journal_router
 from tokenadmin.organization.endpoints import router as organization_router
 from tokenadmin.report.endpoints import router as report_router
@@ -332,21 +334,19 @@ def create_app(
 ) -> FastAPI:
     settings = settings or get_settings()
     logs.configure(settings)
-    clock = clock or SystemClock()
+    if clock is None:
+        clock = FileClock(settings.clock_file) if settings.clock_file else SystemClock()
     db = database or Database(settings.database_url, pool_size=settings.db_pool_size)
+    scheduler = Scheduler(db, clock, lease=timedelta(seconds=settings.job_lease_seconds))
+    sweeper.register(scheduler, settings)  # later jobs register here the same way
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
         if run_sweeper:
-            task = asyncio.create_task(
-                sweeper.run_forever(
-                    db,
-                    clock,
-                    interval=settings.sweep_interval_seconds,
-                    idempotency_ttl=timedelta(hours=settings.idempotency_ttl_hours),
-                )
-            )
+            for name in sorted(set(settings.job_intervals) - set(scheduler.jobs)):
+                log.warning("TOKENADMIN_JOB_INTERVALS names %s, which is no job", name)
+            task = asyncio.create_task(scheduler.run_forever())
         try:
             yield
         finally:
@@ -370,6 +370,7 @@ def create_app(
     app.include_router(ingest_router, responses=API_ERRORS)
     app.state.db = db
     app.state.clock = clock
+    app.state.jobs = scheduler
     app.state.key_cache = KeyCache()
     app.state.keys_in_flight = KeysInFlight()  # API writes and metering alike
     app.state.coalescer = metering(db, clock, settings, app.state.keys_in_flight)

@@ -37,8 +37,17 @@ class Settings(BaseSettings):
     reservation_ttl_seconds: int = Field(default=300, ge=1, le=86400)
     """Time to live of a reservation that names none."""
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
-    """How often a server releases expired reservations, expires purchases and starts new
-    periods."""
+    """How often the background jobs run (each once across all server processes): releasing
+    expired reservations, expiring purchases, starting new periods, forgetting old keys."""
+    job_intervals: dict[str, float] = Field(default_factory=dict)
+    """Intervals of single jobs, in seconds, by job name (JSON), overriding
+    `sweep_interval_seconds` for them."""
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    """How long a server process holds a job's lease without renewing it; another process
+    takes the job over when it ends."""
+    clock_file: Path | None = None
+    """For tests of several server processes: a file holding the time the servers read
+    (one ISO 8601 moment), instead of the system clock."""
     max_body_bytes: int = Field(default=2_000_000, ge=1024)
     """Largest request body accepted, in bytes."""
 

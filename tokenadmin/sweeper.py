@@ -1,11 +1,11 @@
 """Background upkeep that time alone makes due: expired reservations, expired purchases,
-new periods, old idempotency keys, ended sign-ins and ended access tokens. Every server
-process runs it; running it twice is harmless (each step is a locked, idempotent change)."""
+new periods, old idempotency keys, ended sign-ins and ended access tokens. Each step is a
+job of the scheduler (tokenadmin.jobs), run once across all server processes; each is also
+idempotent (a locked change), and does everything overdue at its `now`, so a run after
+downtime catches up at once."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,16 +15,16 @@ from tokenadmin.act import Act
 from tokenadmin.asksage import access_token
 from tokenadmin.auth import service as auth_service
 from tokenadmin.clock import Clock
+from tokenadmin.config import Settings
 from tokenadmin.database import Database
-from tokenadmin.errors import Unavailable
 from tokenadmin.idempotency import service as idempotency
+from tokenadmin.jobs import JobFunc, Scheduler
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization.service import lock_for_change, maintenance_due
 from tokenadmin.usage import repository as usage_repository
 from tokenadmin.usage.endpoints import answer_of
 from tokenadmin.usage.service import Caller, Operation, run
 
-log = logging.getLogger("tokenadmin.sweeper")
 SYSTEM = Caller(actor="system", org_id=None, idempotency_scope="system")
 
 
@@ -37,15 +37,22 @@ class SweepReport:
     access_tokens_ended: int = 0
 
 
-async def sweep(db: Database, clock: Clock, *, idempotency_ttl: timedelta) -> SweepReport:
-    report = SweepReport()
+async def maintain_organizations(db: Database, clock: Clock) -> int:
+    """Record expired purchases and start new periods, in each organization that has one
+    due (every period boundary passed since, at once)."""
+    updated = 0
     now = clock.now()
     act = Act("system", now)
-    organizations = await db.read(organization_repository.list_all)
-    for org in organizations:
+    for org in await db.read(organization_repository.list_all):
         if maintenance_due(org, now):
             await db.write(partial(lock_for_change, act=act, org_id=org.id))
-            report.organizations_updated += 1
+            updated += 1
+    return updated
+
+
+async def expire_reservations(db: Database, clock: Clock, *, idempotency_ttl: timedelta) -> int:
+    """Release every reservation whose time to live has run out, 500 at a time."""
+    expired = 0
     while True:
         overdue = await db.read(
             lambda session: usage_repository.expired_reservations(session, clock.now(), 500)
@@ -65,31 +72,47 @@ async def sweep(db: Database, clock: Clock, *, idempotency_ttl: timedelta) -> Sw
                 default_ttl=1,
                 idempotency_ttl=idempotency_ttl,
             )
-            report.reservations_expired += sum(1 for a in answers if a.status_code == 200)
+            expired += sum(1 for a in answers if a.status_code == 200)
         if len(overdue) < 500:
             break
-    report.idempotency_keys_purged = await db.write(
-        lambda session: idempotency.purge(session, clock.now())
+    return expired
+
+
+async def purge_idempotency_keys(db: Database, clock: Clock) -> int:
+    return await db.write(lambda session: idempotency.purge(session, clock.now()))
+
+
+async def end_sessions(db: Database, clock: Clock) -> int:
+    return await db.write(lambda session: auth_service.forget_expired(session, clock.now()))
+
+
+async def end_access_tokens(db: Database, clock: Clock) -> int:
+    return await db.write(lambda session: access_token.forget_expired(session, clock.now()))
+
+
+async def sweep(db: Database, clock: Clock, *, idempotency_ttl: timedelta) -> SweepReport:
+    """Every step once, in this process (tests and scripts; servers run them as jobs)."""
+    report = SweepReport()
+    report.organizations_updated = await maintain_organizations(db, clock)
+    report.reservations_expired = await expire_reservations(
+        db, clock, idempotency_ttl=idempotency_ttl
     )
-    report.sessions_ended = await db.write(
-        lambda session: auth_service.forget_expired(session, clock.now())
-    )
-    report.access_tokens_ended = await db.write(
-        lambda session: access_token.forget_expired(session, clock.now())
-    )
+    report.idempotency_keys_purged = await purge_idempotency_keys(db, clock)
+    report.sessions_ended = await end_sessions(db, clock)
+    report.access_tokens_ended = await end_access_tokens(db, clock)
     return report
 
 
-async def run_forever(
-    db: Database, clock: Clock, *, interval: float, idempotency_ttl: timedelta
-) -> None:
-    while True:
-        try:
-            await sweep(db, clock, idempotency_ttl=idempotency_ttl)
-        except asyncio.CancelledError:
-            raise
-        except Unavailable:
-            log.warning("the database can't be reached; sweeping again in %.0f s", interval)
-        except Exception:
-            log.exception("sweep failed; trying again in %.0f s", interval)
-        await asyncio.sleep(interval)
+def register(scheduler: Scheduler, settings: Settings) -> None:
+    """The upkeep jobs, each every `sweep_interval_seconds` unless `job_intervals` names it."""
+    ttl = timedelta(hours=settings.idempotency_ttl_hours)
+    steps: dict[str, JobFunc] = {
+        "organizations.maintenance": maintain_organizations,
+        "reservations.expire": partial(expire_reservations, idempotency_ttl=ttl),
+        "idempotency.purge": purge_idempotency_keys,
+        "sessions.end": end_sessions,
+        "access_tokens.end": end_access_tokens,
+    }
+    for name, step in steps.items():
+        interval = settings.job_intervals.get(name, settings.sweep_interval_seconds)
+        scheduler.register(name, interval, step)

@@ -5,6 +5,7 @@ from tokenadmin.models.api_key import ApiKey
 from tokenadmin.models.base import Base
 from tokenadmin.models.dashboard import DashboardSession, Operator, SignInFailure
 from tokenadmin.models.idempotency import IdempotencyRecord
+from tokenadmin.models.job import JobLease
 from tokenadmin.models.journal import JournalEntry
 from tokenadmin.models.llm_model import LlmModel
 from tokenadmin.models.organization import Organization
@@ -19,6 +20,7 @@ __all__ = [
     "Base",
     "DashboardSession",
     "IdempotencyRecord",
+    "JobLease",
     "JournalEntry",
     "LlmModel",
     "Operator",
