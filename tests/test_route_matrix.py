@@ -60,6 +60,8 @@ MATRIX_TEXT = """
 #                                                               op   A (target) B (another)
 #                                                            an k s  k u r S m  k u r S m
 GET    /healthz                                              Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
+GET    /readyz                                               Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
+GET    /metrics                                              -  - -  - - - - -  - - - - -
 GET    /openapi.json                                         Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
 GET    /docs                                                 Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
 GET    /docs/oauth2-redirect                                 Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
@@ -258,6 +260,10 @@ def _unique(name: str) -> str:
 
 REQUESTS: dict[Route, Callable[[World], Req]] = {
     ("GET", "/healthz"): lambda w: Req("GET", "/healthz"),
+    ("GET", "/readyz"): lambda w: Req("GET", "/readyz"),
+    # Only for its own token (TOKENADMIN_METRICS_TOKEN, tests/test_metrics.py): no API key or
+    # session opens it.
+    ("GET", "/metrics"): lambda w: Req("GET", "/metrics"),
     ("GET", "/openapi.json"): lambda w: Req("GET", "/openapi.json"),
     ("GET", "/docs"): lambda w: Req("GET", "/docs"),
     ("GET", "/docs/oauth2-redirect"): lambda w: Req("GET", "/docs/oauth2-redirect"),
@@ -806,6 +812,8 @@ def is_sign_in_redirect(response: httpx.Response) -> bool:
 def refusal(req: Req, role: str, caller: Caller, response: httpx.Response) -> str | None:
     """None when `response` is the refusal this caller must get; else what is wrong."""
     status, what = response.status_code, f"{req.method} {req.path} as {role}"
+    if req.path == "/metrics":  # its own token or nothing (404: metrics off), for everyone
+        return None if status in (401, 404) else f"{what}: {status} (expected 401 or 404)"
     if req.is_api:
         if caller.key is None:
             expected = {401}

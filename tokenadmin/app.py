@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenadmin import __version__, logs, sweeper
+from tokenadmin import __version__, health, logs, metrics, sweeper
 from tokenadmin.allowance.endpoints import router as allowance_router
 from tokenadmin.api_key import endpoints as api_key_endpoints
 from tokenadmin.api_key.cache import KeyCache
@@ -358,6 +358,7 @@ def create_app(
                     await task
             if database is None:
                 await db.dispose()
+            metrics.process_ended()
 
     app = FastAPI(
         title="tokenadmin",
@@ -376,6 +377,7 @@ def create_app(
     app.state.coalescer = metering(db, clock, settings, app.state.keys_in_flight)
     app.state.gateway = Gateway.create(db, clock, settings, app.state.coalescer)
     app.state.settings = settings
+    metrics.watch_pools(db)
 
     @app.exception_handler(TokenAdminError)
     async def _refusal(request: Request, error: TokenAdminError) -> Response:
@@ -436,6 +438,9 @@ def create_app(
         """Whether the service and its database answer."""
         await db.read(lambda session: session.execute(text("SELECT 1")))
         return {"status": "ok", "database": db.dialect, "version": __version__}
+
+    health.add_routes(app, db)  # GET /readyz
+    metrics.add_route(app, settings, db)  # GET /metrics
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> FileResponse:

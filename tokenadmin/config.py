@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     """Level of the server's log lines: debug, info, warning or error."""
     log_format: Literal["text", "json"] = "text"
     """How log lines are written: `text` for people, `json` (one object a line) for tools."""
+    metrics_token: SecretStr | None = None
+    """The bearer token a Prometheus scraper sends to GET /metrics; unset, /metrics answers
+    404 (metrics off)."""
     idempotency_ttl_hours: int = Field(default=48, ge=24)
     """How long idempotency keys are kept, in hours (at least 24)."""
     reservation_ttl_seconds: int = Field(default=300, ge=1, le=86400)

@@ -7,7 +7,10 @@ runs in one transaction by `cli:<login>`. See docs/cli.md for each command and o
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from functools import partial
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -112,16 +115,37 @@ def serve(
         f"Serving tokenadmin on http://{shown_host}:{bind_port} (API docs at /docs)"
         f" with {processes} process{plural}, database {_safe(settings.database_url)}."
     )
-    uvicorn.run(
-        "tokenadmin.app:create_app",
-        factory=True,
-        host=bind_host,
-        port=bind_port,
-        workers=None if reload else processes,
-        reload=reload,
-        log_level=settings.log_level,
-        access_log=False,  # each request is logged once, by tokenadmin.access (logs.py)
-    )
+    made = _metrics_directory() if processes > 1 and not reload else None
+    try:
+        uvicorn.run(
+            "tokenadmin.app:create_app",
+            factory=True,
+            host=bind_host,
+            port=bind_port,
+            workers=None if reload else processes,
+            reload=reload,
+            log_level=settings.log_level,
+            access_log=False,  # each request is logged once, by tokenadmin.access (logs.py)
+        )
+    finally:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+
+
+def _metrics_directory() -> Path | None:
+    """Several processes: each writes its metrics to files in PROMETHEUS_MULTIPROC_DIR and a
+    scrape of any of them sums them all (tokenadmin.metrics). The directory (the one set in the
+    environment, else a new temporary one, removed at the end: returned) is emptied first, as
+    a previous run's values would be summed in."""
+    from tokenadmin.metrics import MULTIPROCESS_DIR
+
+    chosen = os.environ.get(MULTIPROCESS_DIR)
+    directory = Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="tokenadmin-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROCESS_DIR] = str(directory)  # the workers inherit it
+    return None if chosen else directory
 
 
 def _safe(url: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenadmin import metrics
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.catalog import service as catalog
@@ -185,9 +186,26 @@ async def meter(
             outcomes.append(await _apply(batch, operation, default_ttl))
         except TokenAdminError as error:
             outcomes.append(error)
+        metrics.metered(session, operation.action, *_counted(batch, operation, outcomes[-1]))
     await repository.save_counters(session, batch.users.values())
     await journal.write_pending(session)
     return outcomes
+
+
+def _counted(
+    batch: _Batch, op: Operation, outcome: Outcome
+) -> tuple[uuid.UUID | None, str | None, int | None, TokenAdminError | None]:
+    """Whose and what an outcome is, for the usage counters of /metrics: organization, kind,
+    tokens, and the refusal if refused."""
+    if isinstance(outcome, Metered):
+        user = batch.users[outcome.user_id]
+        return user.org_id, outcome.kind.value, outcome.tokens, None
+    reservation = batch.reservations.get(op.reservation_id) if op.reservation_id else None
+    if reservation is not None:
+        return reservation.org_id, reservation.kind, op.tokens or reservation.amount, outcome
+    named = batch.by_ref.get(_parse_user_ref(op.user)) if op.user else None
+    org_id = named.org_id if named is not None else batch.caller.org_id
+    return org_id, op.kind.value if op.kind else None, op.tokens, outcome
 
 
 async def _load(batch: _Batch, operations: Sequence[Operation]) -> None:
