@@ -69,6 +69,7 @@ ROUTES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
         ("GET", f"/v1/organizations/{w.a_org}/api-keys", None)
     ],
     ("GET", "/v1/models"): lambda w: [("GET", "/v1/models", None)],
+    ("GET", "/v1/jobs"): lambda w: [("GET", "/v1/jobs", None)],
     ("PUT", "/v1/models/{name:path}"): lambda w: [
         ("PUT", "/v1/models/planted", {"prompt_rate": "0", "completion_rate": "0"})
     ],

@@ -6,6 +6,7 @@ PostgreSQL with one clock, one of them killed while it holds a job."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -13,13 +14,18 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from fastapi import FastAPI
+from typer.testing import CliRunner
 
 from tests.conftest import START
+from tests.helpers import Api, funded_org
 from tests.servers import Server
+from tokenadmin.cli.main import app as cli
 from tokenadmin.clock import Clock, FakeClock
 from tokenadmin.database import Database
-from tokenadmin.jobs import JobFunc, Scheduler, repository
+from tokenadmin.jobs import repository
 from tokenadmin.jobs.clock import FileClock
+from tokenadmin.jobs.scheduler import JobFunc, Scheduler
 from tokenadmin.models import JobLease
 
 MINUTE = timedelta(minutes=1)
@@ -179,6 +185,56 @@ def test_a_job_is_registered_once_with_an_interval() -> None:
         scheduler.register("test.once", 1, counting([], "x"))
     with pytest.raises(ValueError, match="above 0"):
         scheduler.register("test.never", 0, counting([], "x"))
+
+
+async def test_operators_read_each_jobs_last_run_lag_and_holder_others_are_refused(
+    app: FastAPI, api: Api, clock: FakeClock
+) -> None:
+    scheduler: Scheduler = app.state.jobs
+    assert sorted(await scheduler.run_due()) == list(UPKEEP)
+    clock.advance(seconds=65)  # due 5 s after each run; late by 60 s
+
+    listed = await api.get("/v1/jobs")
+    assert [job["name"] for job in listed] == list(UPKEEP)
+    job = listed[0]
+    assert (job["state"], job["lag_seconds"], job["runs"]) == ("due", 60.0, 1)
+    assert (job["interval_seconds"], job["last_ok"], job["last_error"]) == (5.0, True, None)
+    assert job["holder"] == scheduler.holder
+    assert job["last_finished_at"] == START.isoformat().replace("+00:00", "Z")
+
+    org = await funded_org(api)
+    admin = api.as_key(await api.key(org, "admin"))
+    refused = await admin.get("/v1/jobs", expect=403)
+    assert refused["error"]["code"] == "forbidden"
+
+
+def test_tokenadmin_jobs_lists_the_jobs_and_a_failure(database_url: str, db: Database) -> None:
+    async def history() -> None:
+        database = Database(database_url, pool_size=1)
+        try:
+            scheduler = Scheduler(database, FakeClock(START), holder="host:1:ab")
+
+            async def failing(_db: Database, _clock: Clock) -> None:
+                raise RuntimeError("the database said no")
+
+            scheduler.register("sessions.end", 5, failing)
+            await scheduler.run_due()
+        finally:
+            await database.dispose()
+
+    asyncio.run(history())
+    tokenadmin = CliRunner()
+    listed = json.loads(
+        tokenadmin.invoke(cli, ["--database-url", database_url, "jobs", "--json"]).stdout
+    )
+    assert [(j["name"], j["state"], j["last_ok"], j["holder"]) for j in listed] == [
+        ("sessions.end", "due", False, "host:1:ab")
+    ]
+    assert listed[0]["lag_seconds"] > 0  # the CLI reads the system clock; START is past
+    assert listed[0]["last_error"] == "RuntimeError: the database said no"
+    shown = tokenadmin.invoke(cli, ["--database-url", database_url, "jobs"])
+    assert shown.exit_code == 0
+    assert "the database said no" in shown.stdout
 
 
 async def wait_for_leases(

@@ -114,6 +114,7 @@ GET    /v1/users/{user_id}/token-requests                    -  Y -  Y Y Y - -  
 GET    /v1/models                                            -  Y -  - - - - -  - - - - -
 PUT    /v1/models/{name:path}                                -  Y -  - - - - -  - - - - -
 DELETE /v1/models/{name:path}                                -  Y -  - - - - -  - - - - -
+GET    /v1/jobs                                              -  Y -  - - - - -  - - - - -
 GET    /v1/organizations/{org_id}/models                     -  Y -  Y Y Y - -  - - - - -
 PUT    /v1/organizations/{org_id}/models/{name:path}         -  Y -  Y - - - -  - - - - -
 DELETE /v1/organizations/{org_id}/models/{name:path}         -  Y -  Y - - - -  - - - - -
@@ -412,6 +413,7 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
         "PUT", "/v1/models/made-here", {"prompt_rate": "0.5", "completion_rate": 2}
     ),
     ("DELETE", "/v1/models/{name:path}"): lambda w: Req("DELETE", f"/v1/models/{MODEL}"),
+    ("GET", "/v1/jobs"): lambda w: Req("GET", "/v1/jobs"),
     ("GET", "/v1/organizations/{org_id}/models"): lambda w: Req(
         "GET", f"/v1/organizations/{w.a_org}/models"
     ),

@@ -40,8 +40,9 @@ from tokenadmin.errors import TokenAdminError
 from tokenadmin.gateway.endpoints import create_openai_app, ingest_router
 from tokenadmin.gateway.service import Gateway
 from tokenadmin.idempotency.service import KeysInFlight
-from tokenadmin.jobs import Scheduler
 from tokenadmin.jobs.clock import FileClock
+from tokenadmin.jobs.endpoints import router as jobs_router
+from tokenadmin.jobs.scheduler import Scheduler
 from tokenadmin.journal.endpoints import router as journal_router
 from tokenadmin.organization.endpoints import router as organization_router
 from tokenadmin.report.endpoints import router as report_router
@@ -468,6 +469,7 @@ def create_app(
         catalog_endpoints.router,
         catalog_endpoints.org_router,
         api_key_endpoints.router,
+        jobs_router,
     ):
         app.include_router(router, responses=API_ERRORS)
     _declare_what_deps_check(app)

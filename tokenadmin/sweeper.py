@@ -18,7 +18,7 @@ from tokenadmin.clock import Clock
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.idempotency import service as idempotency
-from tokenadmin.jobs import JobFunc, Scheduler
+from tokenadmin.jobs.scheduler import JobFunc, Scheduler
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization.service import lock_for_change, maintenance_due
 from tokenadmin.usage import repository as usage_repository

@@ -22,6 +22,7 @@ from tokenadmin.api_key import service as api_key_service
 from tokenadmin.cli.allowances import allowance_app
 from tokenadmin.cli.common import Cli, Json, PasswordStdin, emit_json, out, progress_bar, say
 from tokenadmin.cli.distribute import distribute
+from tokenadmin.cli.jobs import jobs
 from tokenadmin.cli.models import models_app, personal_key_app
 from tokenadmin.cli.orgs import org_app, purchase_app
 from tokenadmin.cli.report import report_app
@@ -50,6 +51,7 @@ app.add_typer(allowance_app, name="allowance")
 app.command("distribute")(distribute)
 app.command("batches")(batches)
 app.command("revert")(revert)
+app.command("jobs")(jobs)
 app.add_typer(usage_app, name="usage")
 app.add_typer(journal_app, name="journal")
 app.add_typer(key_app, name="key")

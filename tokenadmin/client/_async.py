@@ -51,6 +51,7 @@ from tokenadmin.client._core import (
     write,
 )
 from tokenadmin.distribution.schemas import DistributionOut
+from tokenadmin.jobs.schemas import JobOut
 from tokenadmin.journal.schemas import JournalPage
 from tokenadmin.organization.schemas import (
     ApiKeyCreated,
@@ -566,6 +567,13 @@ class AsyncClient:
         """Take back a pending request (the member, or a key acting for them)."""
         path = url(TOKEN_REQUEST + "/withdraw", request_id)
         return await self._send(write("POST", path, TokenRequestOut, idempotency_key))
+
+    # --- background jobs --------------------------------------------------------------------
+
+    async def list_jobs(self) -> list[JobOut]:
+        """The background jobs: state, lag, last run, holder, last error (platform
+        operators)."""
+        return await self._send(read("/v1/jobs", list[JobOut]))
 
     # --- models: rates, access, upstreams ----------------------------------------------------
 
