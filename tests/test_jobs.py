@@ -151,6 +151,35 @@ async def test_a_running_job_renews_its_lease_so_no_one_takes_it_over(
     assert runs == ["slow"]
 
 
+async def test_a_server_that_stops_mid_job_hands_it_back_due_at_once(
+    processes: list[Database], clock: FakeClock
+) -> None:
+    started = asyncio.Event()
+    runs: list[str] = []
+
+    async def slow(_db: Database, _clock: Clock) -> None:
+        runs.append("stopping")
+        started.set()
+        await asyncio.Event().wait()  # until the server stops
+
+    stopping = Scheduler(processes[0], clock, lease=LEASE, holder="stopping")
+    stopping.register("test.slow", 60, slow)
+    other = Scheduler(processes[1], clock, lease=LEASE, holder="other")
+    other.register("test.slow", 60, counting(runs, "other"))
+    serving = asyncio.create_task(stopping.run_forever())
+    await started.wait()
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+
+    row = await lease_of(processes[0], "test.slow")
+    assert row.lease_until is None
+    assert row.next_due_at == clock.now()
+    assert (row.last_ok, row.last_error) == (False, "stopped: the server shut down while it ran")
+    assert await other.run_due() == ["test.slow"]  # without waiting for a lease to end
+    assert runs == ["stopping", "other"]
+
+
 async def test_after_downtime_an_overdue_job_runs_once_and_a_failure_is_recorded(
     processes: list[Database], clock: FakeClock
 ) -> None:

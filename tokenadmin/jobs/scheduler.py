@@ -20,12 +20,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from tokenadmin.clock import Clock
 from tokenadmin.database import Database
 from tokenadmin.errors import Unavailable
 from tokenadmin.jobs import repository
 
 log = logging.getLogger("tokenadmin.jobs")
+
+STOPPED = "stopped: the server shut down while it ran"
 
 JobFunc = Callable[[Database, Clock], Awaitable[object]]
 
@@ -56,7 +60,6 @@ class Scheduler:
         self.lease = lease
         self.holder = holder or process_name()
         self.jobs: dict[str, Job] = {}
-        self._ensured: set[str] = set()
 
     def register(self, name: str, interval: float | timedelta, func: JobFunc) -> None:
         """Run `func(db, clock)` every `interval` (seconds), once across all processes."""
@@ -70,22 +73,33 @@ class Scheduler:
     async def attempt(self, name: str) -> bool:
         """Claim the job if it is due and free, run it, release it. True when it ran here."""
         job = self.jobs[name]
-        if name not in self._ensured:
-            await self.db.write(lambda s: repository.ensure(s, name, self.clock.now()))
-            self._ensured.add(name)
-        won = await self.db.write(
-            lambda s: repository.claim(s, name, self.holder, self.clock.now(), self.lease)
-        )
-        if not won:
+
+        async def claim(session: AsyncSession) -> bool:
+            now = self.clock.now()
+            await repository.ensure(session, name, now)  # a job without a row is due now
+            return await repository.claim(session, name, self.holder, now, self.lease)
+
+        if not await self.db.write(claim):
             return False
-        error = await self._run_renewing(job)
+        try:
+            error = await self._run_renewing(job)
+        except asyncio.CancelledError:
+            # The server stops: hand the job back, due at once, instead of leaving it
+            # to the end of the lease.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._release(job, STOPPED, due_now=True), 2)
+            raise
+        await self._release(job, error)
+        return True
+
+    async def _release(self, job: Job, error: str | None, *, due_now: bool = False) -> None:
         now = self.clock.now()
+        due = now if due_now else now + job.interval
         released = await self.db.write(
-            lambda s: repository.release(s, name, self.holder, now, now + job.interval, error)
+            lambda s: repository.release(s, job.name, self.holder, now, due, error)
         )
         if not released:
-            log.warning("job %s was taken over by another process before it ended here", name)
-        return True
+            log.warning("job %s was taken over by another process before it ended here", job.name)
 
     async def run_due(self) -> list[str]:
         """Attempt every job once; the names of those that ran in this process."""
