@@ -17,6 +17,8 @@ import httpx
 import pytest
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import POSTGRES_ADMIN_URL
@@ -211,17 +213,32 @@ def test_a_scrape_of_any_worker_reports_the_sum_of_all_workers(
 
         await asyncio.gather(*(one() for _ in range(count)))
 
-    # Until both workers have timed a request (each writes its own file of histograms).
-    while len(list(directory.glob("histogram_*.db"))) < 2:
+    count = "tokenadmin_http_request_duration_seconds_count"
+    # Until both workers have answered some (each writes its own file of histograms).
+    while len([n for n in _per_process(directory, count, route) if n > 0]) < 2:
         assert sent < 2_000, "one worker served every request"
         asyncio.run(send(20))
         sent += 20
+    assert sum(_per_process(directory, count, route)) == sent
     assert not (directory / "counter_1.db").exists()
 
     for _ in range(4):  # whichever worker answers, it reports every worker's requests
         scraped = samples(httpx.get(f"{server.url}/metrics", headers=SCRAPER).text)
-        assert value(scraped, "tokenadmin_http_request_duration_seconds_count", **route) == sent
+        assert value(scraped, count, **route) == sent
         assert value(scraped, "tokenadmin_db_pool_size", pool="write") == 2  # one a worker
+
+
+def _per_process(directory: Path, name: str, labels: dict[str, str]) -> list[float]:
+    """A sample's value in each process's own file."""
+    values = []
+    for path in sorted(directory.glob("histogram_*.db")):
+        alone = directory.parent / "alone" / path.stem
+        alone.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, alone / path.name)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(alone))  # type: ignore[no-untyped-call]
+        values.append(value(samples(generate_latest(registry).decode()), name, **labels))
+    return values
 
 
 # --- /readyz --------------------------------------------------------------------------------
