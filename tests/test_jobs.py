@@ -267,7 +267,7 @@ def test_tokenadmin_jobs_lists_the_jobs_and_a_failure(database_url: str, db: Dat
 
 
 async def wait_for_leases(
-    db: Database, ready: Callable[[dict[str, JobLease]], bool], seconds: float = 15
+    db: Database, ready: Callable[[dict[str, JobLease]], bool], seconds: float = 30
 ) -> dict[str, JobLease]:
     deadline = time.monotonic() + seconds
     while True:

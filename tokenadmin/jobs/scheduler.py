@@ -134,7 +134,9 @@ class Scheduler:
         try:
             await asyncio.wait({work})
         except asyncio.CancelledError:
-            work.cancel()  # the server stops: the lease ends by itself
+            work.cancel()  # the server stops; its transaction rolls back before the release
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({work}, timeout=2)
             raise
         finally:
             heartbeat.cancel()
