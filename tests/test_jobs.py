@@ -15,13 +15,16 @@ from pathlib import Path
 import asyncpg
 import pytest
 from fastapi import FastAPI
+from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from tests.conftest import START
 from tests.helpers import Api, funded_org
 from tests.servers import Server
+from tokenadmin import sweeper
 from tokenadmin.cli.main import app as cli
 from tokenadmin.clock import Clock, FakeClock
+from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.jobs import repository
 from tokenadmin.jobs.clock import FileClock
@@ -205,6 +208,16 @@ async def test_after_downtime_an_overdue_job_runs_once_and_a_failure_is_recorded
     assert len(failed.last_error) == repository.ERROR_CHARS
     assert failed.lease_until is None
     assert failed.next_due_at == clock.now() + MINUTE
+
+
+def test_job_intervals_come_from_settings_each_above_0() -> None:
+    settings = Settings(job_intervals={"idempotency.purge": 300}, sweep_interval_seconds=7)
+    scheduler = Scheduler(Database("sqlite:///unused.db"), FakeClock(START))
+    sweeper.register(scheduler, settings)
+    intervals = {name: job.interval.total_seconds() for name, job in scheduler.jobs.items()}
+    assert intervals == {**dict.fromkeys(UPKEEP, 7.0), "idempotency.purge": 300.0}
+    with pytest.raises(ValidationError, match=r"sessions\.end needs a number of seconds above 0"):
+        Settings(job_intervals={"sessions.end": 0})
 
 
 def test_a_job_is_registered_once_with_an_interval() -> None:

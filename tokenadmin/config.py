@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     """Failed sign-ins (per email, and per address) before each further attempt is slowed
     down."""
 
+    @field_validator("job_intervals")
+    @classmethod
+    def _positive_intervals(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, seconds in value.items():
+            if not seconds > 0:
+                raise ValueError(f"job_intervals: {name} needs a number of seconds above 0")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, value: str) -> str:
