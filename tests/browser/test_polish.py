@@ -96,6 +96,7 @@ def test_a_request_reaches_the_admin_and_usage_downloads_as_csv(page: Page, site
     expect(request).to_contain_text("a fine-tuning run")
     forecast = page.locator("#balance [data-kind=inference] [data-role=forecast]")
     expect(forecast).to_contain_text("At the current pace")
+    expect(forecast.locator("[data-role=basis]")).to_contain_text("Based on")
     screenshot(page, "admin-home-requests")
 
     request.get_by_role("link", name="Ben Member").click()
