@@ -96,6 +96,7 @@ def test_report_forecast_of_a_user_and_of_the_organization(tokenadmin: Tokenadmi
     assert [u["email"] for u in whole["users"]] == ["ana@example.com"]
     assert whole["users_total"] == 1
     assert "days with usage" in shown.stdout
+    assert f"Inference: {whole['inference']['basis']}" in shown.stdout
     assert "ana@example.com" in shown.stdout
     nobody = tokenadmin("report", "forecast", expect=2)
     assert "Name an organization (--org) or a user (--user)." in nobody.stderr

@@ -180,6 +180,8 @@ def report_forecast(
         for kind, k in (("inference", forecast.inference), ("training", forecast.training))
     ]
     out().print(table(None, columns, rows))
+    for kind, k in (("inference", forecast.inference), ("training", forecast.training)):
+        say(f"{kind.capitalize()}: {k.basis}")
     if isinstance(forecast, OrgForecastOut) and forecast.users:
         listed = [
             (u.email, u.inference.runs_out_on, u.training.runs_out_on) for u in forecast.users
