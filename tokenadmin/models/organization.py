@@ -10,6 +10,13 @@ from uuid6 import uuid7
 from tokenadmin.models.base import Base, UTCDateTime
 from tokenadmin.tokens import DEFAULT_MINIMUM, Kind, balance
 
+AUTO_APPROVE_DEFAULTS = {
+    "auto_approve_max_amount": 1_000_000,
+    "auto_approve_max_per_period": 1,
+    "auto_approve_max_allocated_percent": 90,
+}
+"""The rule's numbers until an administrator sets them (it is off until enabled)."""
+
 
 class Organization(Base):
     """An enterprise account with its policy and its two stored balances per kind.
@@ -51,6 +58,20 @@ class Organization(Base):
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     upstream_base_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     upstream_api_key: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # The auto-approval rule (token_request/service.py): a request of at most
+    # `max_amount` tokens (of either kind) is approved at once, for at most `max_per_period`
+    # such requests per user and period, while the kind's allocated share of the capacity
+    # after the grant stays at most `max_allocated_percent` %.
+    auto_approve_enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    auto_approve_max_amount: Mapped[int] = mapped_column(
+        BigInteger, default=AUTO_APPROVE_DEFAULTS["auto_approve_max_amount"]
+    )
+    auto_approve_max_per_period: Mapped[int] = mapped_column(
+        Integer, default=AUTO_APPROVE_DEFAULTS["auto_approve_max_per_period"]
+    )
+    auto_approve_max_allocated_percent: Mapped[int] = mapped_column(
+        Integer, default=AUTO_APPROVE_DEFAULTS["auto_approve_max_allocated_percent"]
+    )
 
     def capacity(self, kind: Kind) -> int:
         return self.capacity_inference if kind is Kind.inference else self.capacity_training

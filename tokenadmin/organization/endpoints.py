@@ -62,7 +62,8 @@ async def get_organization(
 async def update_organization(
     org_id: uuid.UUID, body: OrganizationUpdate, request: Request, principal: PrincipalDep
 ) -> JSONResponse:
-    """Change an organization's name or policy (time zone, period, minimums, overallocation)."""
+    """Change an organization's name or policy (time zone, period, minimums, overallocation,
+    auto-approval of token requests)."""
     principal.require(org_id, "admin")
 
     async def work(session: AsyncSession, act: Act, org: Organization) -> OrganizationOut:

@@ -4,10 +4,19 @@ import uuid
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
-from pydantic import BaseModel, Field, StrictBool, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictBool, StrictInt, field_validator, model_validator
 
 from tokenadmin.auth.principal import SCOPES
-from tokenadmin.schemas import WITHIN_THE_CALENDAR, Amount, Answer, Input, Name, Text, written_out
+from tokenadmin.schemas import (
+    WHOLE,
+    WITHIN_THE_CALENDAR,
+    Amount,
+    Answer,
+    Input,
+    Name,
+    Text,
+    written_out,
+)
 from tokenadmin.tokens import DEFAULT_MINIMUM, Kind, Period
 
 if TYPE_CHECKING:
@@ -18,6 +27,8 @@ Expiry = Annotated[datetime, written_out("2027-01-01 or 2027-01-01T00:00:00Z"), 
 organization's time zone (organization.endpoints), as the CLI and the dashboard read it."""
 
 Day = Annotated[date, written_out("2027-01-01")]
+PerPeriod = Annotated[StrictInt, Field(ge=0, le=10_000), WHOLE]
+Percent = Annotated[StrictInt, Field(ge=0, le=100), WHOLE]
 
 
 class OrganizationCreate(Input):
@@ -36,6 +47,20 @@ class OrganizationUpdate(Input):
     min_inference: Amount | None = None
     min_training: Amount | None = None
     overallocation: StrictBool | None = None
+    auto_approve_enabled: StrictBool | None = Field(
+        default=None, description="Whether token requests within the rule are approved at once."
+    )
+    auto_approve_max_amount: Amount | None = Field(
+        default=None, description="The largest request (tokens of either kind) approved at once."
+    )
+    auto_approve_max_per_period: PerPeriod | None = Field(
+        default=None, description="How many requests of one user are approved at once per period."
+    )
+    auto_approve_max_allocated_percent: Percent | None = Field(
+        default=None,
+        description="Nothing is approved at once when the kind's allocated share of the"
+        " capacity would be above this percent after the grant.",
+    )
 
     @model_validator(mode="after")
     def _null_keeps_a_setting(self) -> OrganizationUpdate:
@@ -54,6 +79,10 @@ class OrganizationOut(Answer):
     min_inference: int
     min_training: int
     overallocation: bool
+    auto_approve_enabled: bool
+    auto_approve_max_amount: int
+    auto_approve_max_per_period: int
+    auto_approve_max_allocated_percent: int
     version: int
     created_at: datetime
 

@@ -20,6 +20,7 @@ from tokenadmin.database import Database, lock_organization
 from tokenadmin.errors import InvalidRequest, NotFound, RuleRefused
 from tokenadmin.journal.service import record, record_returned
 from tokenadmin.models import Organization, Purchase
+from tokenadmin.models.organization import AUTO_APPROVE_DEFAULTS
 from tokenadmin.organization import repository
 from tokenadmin.tokens import DEFAULT_MINIMUM, Kind, Period, fmt, period_start
 from tokenadmin.tokens import current_period as current_period  # re-exported
@@ -70,6 +71,8 @@ async def create(
         min_inference=min_inference,
         min_training=min_training,
         overallocation=overallocation,
+        auto_approve_enabled=False,
+        **AUTO_APPROVE_DEFAULTS,
         capacity_inference=0,
         capacity_training=0,
         allocated_inference=0,
@@ -174,7 +177,18 @@ async def _start_period(
     org.period_start = start
 
 
-_POLICY_FIELDS = ("name", "time_zone", "period", "min_inference", "min_training", "overallocation")
+AUTO_APPROVAL_FIELDS = ("auto_approve_enabled", *AUTO_APPROVE_DEFAULTS)
+"""The auto-approval rule's part of the policy (Organization's auto_approve_* columns)."""
+
+_POLICY_FIELDS = (
+    "name",
+    "time_zone",
+    "period",
+    "min_inference",
+    "min_training",
+    "overallocation",
+    *AUTO_APPROVAL_FIELDS,
+)
 
 
 async def update_policy(
@@ -183,6 +197,7 @@ async def update_policy(
     """Change name and policy. A minimum can't rise above what active users already have."""
     if "time_zone" in changes:
         check_time_zone(changes["time_zone"])
+    check_auto_approval(changes)
     for kind, field in ((Kind.inference, "min_inference"), (Kind.training, "min_training")):
         new_minimum = changes.get(field)
         if new_minimum is not None and new_minimum > org.minimum(kind):
@@ -221,6 +236,32 @@ async def update_policy(
             if own_start > org.period_start:
                 await _move_period_start(session, org, own_start)
     return org
+
+
+AUTO_APPROVAL_LIMITS = {
+    "auto_approve_max_per_period": (0, 10_000, "automatic approvals per user and period"),
+    "auto_approve_max_allocated_percent": (0, 100, "percent of the capacity allocated"),
+}
+
+
+def check_auto_approval(changes: dict[str, Any]) -> None:
+    """The auto-approval rule's numbers: whole, within their range (422 naming the field)."""
+    enabled = changes.get("auto_approve_enabled")
+    if enabled is not None and not isinstance(enabled, bool):
+        raise InvalidRequest(
+            "auto_approve_enabled: true or false.", details={"field": "auto_approve_enabled"}
+        )
+    if changes.get("auto_approve_max_amount") is not None:
+        check_amount(changes["auto_approve_max_amount"], field="auto_approve_max_amount")
+    for field, (low, high, words) in AUTO_APPROVAL_LIMITS.items():
+        value = changes.get(field)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InvalidRequest(
+                f"{field}: a whole number of {words} from {low} to {high:,}.",
+                details={"field": field},
+            )
 
 
 def _check_within_capacity(org: Organization) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,6 +45,19 @@ async def pending_of(session: AsyncSession, user_id: uuid.UUID, kind: str) -> To
     )
     found: TokenRequest | None = await session.scalar(statement)
     return found
+
+
+async def count_decided_by(
+    session: AsyncSession, user_id: uuid.UUID, decided_by: str, since: datetime
+) -> int:
+    """How many of a user's requests `decided_by` approved at or after `since`."""
+    statement = select(func.count()).where(
+        TokenRequest.user_id == user_id,
+        TokenRequest.state == "approved",
+        TokenRequest.decided_by == decided_by,
+        TokenRequest.decided_at >= since,
+    )
+    return int(await session.scalar(statement) or 0)
 
 
 async def search(

@@ -13,6 +13,14 @@ Decisions of this module:
 - Every change of state is also an audit entry of the journal (no deltas), in the same
   transaction: tokens_requested, token_request_approved, token_request_denied,
   token_request_withdrawn, each with the request's id in its details.
+- Auto-approval (the organization's rule, `auto_approve_*`): a request asked while the rule
+  is on is approved at once, in the same transaction, through `approve` (so the allowance
+  rules apply exactly as for an administrator), by AUTO_APPROVER, when its amount is at most
+  the rule's largest amount, the user has had fewer than the rule's number of automatic
+  approvals this period (both kinds counted together), and the kind's allocated share of the
+  capacity after the grant is at most the rule's percent. Its journal entry carries the
+  rule (`details.rule`). Otherwise, or when the allowance rules refuse the raise, the
+  request stays pending for the administrators: the rule never refuses a request.
 - Callers lock the organization (`organization.service.lock_for_change`) first: the
   entries extend the user's hash chain, and the lock makes each decision happen once.
 """
@@ -33,6 +41,7 @@ from tokenadmin.errors import (
     NotFound,
     RequestAlreadyDecided,
     RequestAlreadyPending,
+    TokenAdminError,
 )
 from tokenadmin.journal.service import record
 from tokenadmin.models import Organization, TokenRequest, User
@@ -47,7 +56,20 @@ from tokenadmin.user import service as user_service
 Decision = Callable[[AsyncSession, Act, Organization], Awaitable[TokenRequestOut]]
 """A decision on a request, run once its organization is locked (`lock_org_of`)."""
 
-__all__ = ["Decision", "RequestQuery", "approve", "ask", "deny", "get", "search", "withdraw"]
+AUTO_APPROVER = "system:auto-approval"
+"""Who decides a request the auto-approval rule approves (its `decided_by`, the actor)."""
+
+__all__ = [
+    "AUTO_APPROVER",
+    "Decision",
+    "RequestQuery",
+    "approve",
+    "ask",
+    "deny",
+    "get",
+    "search",
+    "withdraw",
+]
 
 
 def _text(text: str | None, field: str, *, required: str | None = None) -> str | None:
@@ -111,7 +133,38 @@ async def ask(
         reason=why,
         details={"request_id": str(request.id), "kind": kind.value, "amount": amount},
     )
+    if await _within_rule(session, act, org, user, kind, amount):
+        system = Act(AUTO_APPROVER, act.now)
+        try:
+            return await approve(session, system, org, request.id, rule=auto_approval_rule(org))
+        except TokenAdminError:
+            # The allowance rules refused the raise (nothing of it was written, see
+            # allowance.service.change): the administrators decide instead.
+            pass
     return TokenRequestOut.of(request, user)
+
+
+def auto_approval_rule(org: Organization) -> dict[str, int]:
+    """The organization's auto-approval rule as its decisions journal it."""
+    return {
+        "max_amount": org.auto_approve_max_amount,
+        "max_per_period": org.auto_approve_max_per_period,
+        "max_allocated_percent": org.auto_approve_max_allocated_percent,
+    }
+
+
+async def _within_rule(
+    session: AsyncSession, act: Act, org: Organization, user: User, kind: Kind, amount: int
+) -> bool:
+    if not org.auto_approve_enabled or amount > org.auto_approve_max_amount:
+        return False
+    # The share after the grant, in whole numbers: allocated / capacity <= percent / 100.
+    allocated_after = org.allocated(kind) + amount
+    if allocated_after * 100 > org.auto_approve_max_allocated_percent * org.capacity(kind):
+        return False
+    since = organization_service.current_period(org, act.now)
+    approved = await repository.count_decided_by(session, user.id, AUTO_APPROVER, since)
+    return approved < org.auto_approve_max_per_period
 
 
 async def get(session: AsyncSession, request_id: uuid.UUID) -> tuple[TokenRequest, User]:
@@ -177,6 +230,8 @@ def _decide(
     user: User,
     state: str,
     note: str | None,
+    *,
+    rule: dict[str, int] | None = None,
 ) -> TokenRequestOut:
     request.state = state
     request.decided_at = act.now
@@ -190,6 +245,8 @@ def _decide(
     }
     if request.approved_amount is not None:
         details["approved_amount"] = request.approved_amount
+    if rule is not None:
+        details["rule"] = rule
     record(session, act, org, f"token_request_{state}", user=user, reason=note, details=details)
     return TokenRequestOut.of(request, user)
 
@@ -202,9 +259,11 @@ async def approve(
     *,
     amount: int | None = None,
     note: str | None = None,
+    rule: dict[str, int] | None = None,
 ) -> TokenRequestOut:
     """Grant a pending request: the user's allowance of its kind rises by `amount` (by
-    default the amount asked), through the allowance rules; refused, it stays pending."""
+    default the amount asked), through the allowance rules; refused, it stays pending.
+    `rule`: the auto-approval rule that decided it, for the journal."""
     request, user = await _pending(session, org, request_id)
     granted = (
         request.amount if amount is None else check_amount(amount, positive=True, field="amount")
@@ -220,7 +279,7 @@ async def approve(
         reason=f"token request {request.id}" + (f": {why}" if why else ""),
     )
     request.approved_amount = granted
-    return _decide(session, act, org, request, user, "approved", why)
+    return _decide(session, act, org, request, user, "approved", why, rule=rule)
 
 
 async def deny(
