@@ -276,6 +276,30 @@ async def test_a_request_is_asked_listed_and_approved_for_another_amount(
     )
 
 
+async def test_the_auto_approval_rule_is_set_and_approves_a_request_at_once(
+    tokens: AsyncClient,
+) -> None:
+    org = await funded(tokens)
+    mia = await tokens.create_user(org.id, "mia@example.com", "Mia")
+    updated = await tokens.update_organization(
+        org.id,
+        auto_approve_enabled=True,
+        auto_approve_max_amount=100_000,
+        auto_approve_max_per_period=1,
+        auto_approve_max_allocated_percent=100,
+    )
+    assert (updated.auto_approve_enabled, updated.auto_approve_max_amount) == (True, 100_000)
+    with pytest.raises(InvalidRequest):
+        await tokens.update_organization(org.id, auto_approve_max_allocated_percent=101)
+
+    asked = await tokens.ask_for_tokens("inference", 100_000, "evals", user=mia.id)
+
+    assert (asked.state, asked.decided_by) == ("approved", "system:auto-approval")
+    assert (await tokens.get_user(mia.id)).max_tokens == 300_000
+    second = await tokens.ask_for_tokens("inference", 100_000, "more evals", user=mia.id)
+    assert second.state == "pending", "one automatic approval per user and period"
+
+
 async def test_a_request_is_denied_with_a_note_or_withdrawn(tokens: AsyncClient) -> None:
     org = await funded(tokens)
     mia = await tokens.create_user(org.id, "mia@example.com", "Mia")

@@ -78,3 +78,34 @@ def test_deny_withdraw_and_bad_input(tokenadmin: Tokenadmin) -> None:
     assert "not_found" in tokenadmin("requests", "list", "--user", "zed@x.example", expect=2).stderr
     assert tokenadmin("requests", "list", expect=2).stderr
     assert tokenadmin.json("user", "show", "ana@example.com")["max_tokens"] == 200_000
+
+
+def test_org_update_sets_the_auto_approval_rule_and_a_request_within_it_is_approved(
+    tokenadmin: Tokenadmin,
+) -> None:
+    org = tokenadmin.org(inference="1M")
+    tokenadmin.user(org, "ana@example.com")
+    for bad in (
+        ("--auto-approve-max-amount", "lots"),
+        ("--auto-approve-max-per-period", "-1"),
+        ("--auto-approve-max-allocated-percent", "101"),
+    ):
+        assert "invalid_" in tokenadmin("org", "update", org, *bad, expect=2).stderr
+    updated = tokenadmin.json(
+        "org", "update", org, "--auto-approve", "--auto-approve-max-amount", "300K",
+        "--auto-approve-max-per-period", "2", "--auto-approve-max-allocated-percent", "80",
+    )  # fmt: skip
+    assert updated["auto_approve_enabled"] is True
+    assert (updated["auto_approve_max_amount"], updated["auto_approve_max_per_period"]) == (
+        300_000,
+        2,
+    )
+    assert "up to 300,000 tokens" in tokenadmin("org", "show", org).stdout
+
+    asked = tokenadmin(
+        "requests", "ask", "--user", "ana@example.com", "--kind", "inference",
+        "--amount", "300K", "--reason", "evals",
+    )  # fmt: skip
+    assert "approved at once" in asked.stdout
+    assert tokenadmin.json("user", "show", "ana@example.com")["max_tokens"] == 500_000
+    _ask(tokenadmin, "300001")  # above the largest amount: it stays pending (asserted)

@@ -167,11 +167,22 @@ def org_show(
                 (f"minimum {INFERENCE}", organization.min_inference),
                 (f"minimum {TRAINING}", organization.min_training),
                 ("overallocation", organization.overallocation),
+                ("auto-approval", _auto_approval_words(organization)),
             ],
         )
     )
     _print_balance(balance)
     _print_purchases(shown["purchases"])
+
+
+def _auto_approval_words(organization: OrganizationOut) -> str:
+    if not organization.auto_approve_enabled:
+        return "off"
+    return (
+        f"on: up to {organization.auto_approve_max_amount:,} tokens,"
+        f" {organization.auto_approve_max_per_period} per user and period, while at most"
+        f" {organization.auto_approve_max_allocated_percent} % of the capacity is allocated"
+    )
 
 
 def _dump(value: Any) -> Any:
@@ -242,6 +253,31 @@ def org_update(
             show_default=False,
         ),
     ] = None,
+    auto_approve: Annotated[
+        bool | None,
+        typer.Option(
+            "--auto-approve/--no-auto-approve",
+            help="Approve token requests within the auto-approval rule at once, or not.",
+            show_default=False,
+        ),
+    ] = None,
+    auto_approve_max_amount: Annotated[
+        str | None,
+        typer.Option(
+            metavar="AMOUNT", help="The largest request (of either kind) approved at once."
+        ),
+    ] = None,
+    auto_approve_max_per_period: Annotated[
+        int | None,
+        typer.Option(metavar="N", help="Requests of one user approved at once per period."),
+    ] = None,
+    auto_approve_max_allocated_percent: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PERCENT",
+            help="Nothing is approved at once above this share of the capacity allocated.",
+        ),
+    ] = None,
     json_output: Json = False,
 ) -> None:
     """Change an organization's name or policy."""
@@ -253,6 +289,10 @@ def org_update(
         "min_inference": cli.amount("--min-inference", min_inference),
         "min_training": cli.amount("--min-training", min_training),
         "overallocation": overallocation,
+        "auto_approve_enabled": auto_approve,
+        "auto_approve_max_amount": cli.amount("--auto-approve-max-amount", auto_approve_max_amount),
+        "auto_approve_max_per_period": auto_approve_max_per_period,
+        "auto_approve_max_allocated_percent": auto_approve_max_allocated_percent,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if not changes:

@@ -137,7 +137,8 @@ def requests_ask(
     reason: Annotated[str, typer.Option(help="Why the tokens are needed.")],
     json_output: Json = False,
 ) -> None:
-    """Ask for more tokens for a user; pending until an administrator decides."""
+    """Ask for more tokens for a user; pending until an administrator decides, or approved
+    at once within the organization's auto-approval rule."""
     cli = Cli.of(ctx, json_output)
     tokens = cli.amount("--amount", amount, positive=True)
     assert tokens is not None
@@ -151,7 +152,12 @@ def requests_ask(
         cli,
         found,
         f"Asked for {found.amount:,} {found.kind.value} tokens for {found.email}:"
-        f" request {found.id}, pending.",
+        f" request {found.id}, "
+        + (
+            "approved at once by the auto-approval rule."
+            if found.state == "approved"
+            else "pending."
+        ),
     )
 
 

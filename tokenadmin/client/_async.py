@@ -182,9 +182,14 @@ class AsyncClient:
         min_inference: int | None = None,
         min_training: int | None = None,
         overallocation: bool | None = None,
+        auto_approve_enabled: bool | None = None,
+        auto_approve_max_amount: int | None = None,
+        auto_approve_max_per_period: int | None = None,
+        auto_approve_max_allocated_percent: int | None = None,
         idempotency_key: str | None = None,
     ) -> OrganizationOut:
-        """Change an organization's name or policy; what you leave None stays."""
+        """Change an organization's name or policy (the auto-approval rule of token requests
+        included); what you leave None stays."""
         body = fields(locals(), "org_id")
         path = url(ORGANIZATION, org_id)
         return await self._send(write("PATCH", path, OrganizationOut, idempotency_key, body))
