@@ -23,6 +23,7 @@ from tokenadmin.models import Organization, User
 router = APIRouter(include_in_schema=False)
 NOTICES = {
     "requested": "Your request is sent: your administrators see it on their page.",
+    "approved": "Your request is approved: your allowance is raised already.",
     "withdrawn": "Your request is withdrawn.",
     "key-revoked": "The API key is revoked; it no longer works.",
 }

@@ -59,20 +59,20 @@ async def _write(
     request: Request,
     work: Callable[[AsyncSession], Awaitable[None]],
     refused: Callable[[TokenAdminError], Awaitable[Response]],
-    done: str,
+    done: str | Callable[[], str],
     *,
     missing_on_page: bool = False,
 ) -> Response:
-    """One form's write: saved, a redirect to `done`; refused, the page again through
-    `refused`. Something missing (a request, an organization) is the 404 page unless
-    `missing_on_page`."""
+    """One form's write: saved, a redirect to `done` (or to where `done()` says once saved);
+    refused, the page again through `refused`. Something missing (a request, an
+    organization) is the 404 page unless `missing_on_page`."""
     try:
         await db_of(request).write(work)
     except TokenAdminError as error:
         if isinstance(error, NotFound) and not missing_on_page:
             raise
         return await refused(error)
-    return RedirectResponse(done, status_code=303)
+    return RedirectResponse(done if isinstance(done, str) else done(), status_code=303)
 
 
 @router.post("/me/requests")
@@ -87,15 +87,18 @@ async def request_tokens(
     from tokenadmin.dashboard.member import my_page_response  # member imports this module
 
     user_id, org_id = _me(viewer)
+    states: list[str] = []  # the request's state once asked (a retried write asks again)
 
     async def work(session: AsyncSession) -> None:
+        del states[:]
         tokens = _amount(amount, "Tokens")
         act = _act(request, viewer)
         org = await organization_service.lock_for_change(session, act, org_id)
         user = await user_repository.get(session, user_id)
         if user is None or user.org_id != org.id:
             raise NotFound("User not found.")
-        await service.ask(session, act, org, user, kind, tokens, reason)
+        asked = await service.ask(session, act, org, user, kind, tokens, reason)
+        states.append(asked.state)
 
     def refused(error: TokenAdminError) -> Awaitable[Response]:
         return my_page_response(
@@ -106,7 +109,11 @@ async def request_tokens(
             asked=(kind, amount, reason),
         )
 
-    return await _write(request, work, refused, "/me?notice=requested", missing_on_page=True)
+    def done() -> str:
+        # Within the organization's auto-approval rule, the request is approved at once.
+        return "/me?notice=" + ("approved" if states == ["approved"] else "requested")
+
+    return await _write(request, work, refused, done, missing_on_page=True)
 
 
 @router.post("/me/requests/{request_id}/withdraw")

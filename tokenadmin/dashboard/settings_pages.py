@@ -1,4 +1,5 @@
-"""Organization settings: time zone, period, minimums and overallocation; API keys."""
+"""Organization settings: time zone, period, minimums, overallocation and the auto-approval
+rule of token requests; API keys."""
 
 from __future__ import annotations
 
@@ -85,6 +86,10 @@ async def save_policy(
     min_inference: Annotated[str, Form(max_length=64)],
     min_training: Annotated[str, Form(max_length=64)],
     overallocation: Annotated[bool, Form()] = False,
+    auto_approve_enabled: Annotated[bool, Form()] = False,
+    auto_approve_max_amount: Annotated[str, Form(max_length=64)] = "",
+    auto_approve_max_per_period: Annotated[str, Form(max_length=64)] = "",
+    auto_approve_max_allocated_percent: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
     require_org(viewer, org_id, "admin")
     try:
@@ -100,6 +105,35 @@ async def save_policy(
         return await _settings_page(
             request, org_id, viewer, status_code=422, policy_error=f"Minimums: {error}"
         )
+    # A blank number of the auto-approval rule leaves it as it is.
+    changes["auto_approve_enabled"] = auto_approve_enabled
+    try:
+        if auto_approve_max_amount.strip():
+            changes["auto_approve_max_amount"] = parse_amount(auto_approve_max_amount)
+    except ValueError as error:
+        return await _settings_page(
+            request,
+            org_id,
+            viewer,
+            status_code=422,
+            policy_error=f"Largest request approved at once: {error}",
+        )
+    for field, text, words in (
+        ("auto_approve_max_per_period", auto_approve_max_per_period, "Requests per period"),
+        ("auto_approve_max_allocated_percent", auto_approve_max_allocated_percent, "Share"),
+    ):
+        if not text.strip():
+            continue
+        try:
+            changes[field] = int(text.strip().rstrip("%").strip())
+        except ValueError:
+            return await _settings_page(
+                request,
+                org_id,
+                viewer,
+                status_code=422,
+                policy_error=f"{words}: write a whole number, such as 2.",
+            )
 
     async def work(session: AsyncSession) -> None:
         act = Act(viewer.principal.actor, clock_of(request).now())

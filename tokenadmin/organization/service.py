@@ -239,8 +239,16 @@ async def update_policy(
 
 
 AUTO_APPROVAL_LIMITS = {
-    "auto_approve_max_per_period": (0, 10_000, "automatic approvals per user and period"),
-    "auto_approve_max_allocated_percent": (0, 100, "percent of the capacity allocated"),
+    "auto_approve_max_per_period": (
+        0,
+        10_000,
+        "The number of requests approved at once per user and period",
+    ),
+    "auto_approve_max_allocated_percent": (
+        0,
+        100,
+        "The allocated share of the capacity (percent) up to which requests are approved at once",
+    ),
 }
 
 
@@ -249,17 +257,25 @@ def check_auto_approval(changes: dict[str, Any]) -> None:
     enabled = changes.get("auto_approve_enabled")
     if enabled is not None and not isinstance(enabled, bool):
         raise InvalidRequest(
-            "auto_approve_enabled: true or false.", details={"field": "auto_approve_enabled"}
+            "Auto-approval is on (true) or off (false).", details={"field": "auto_approve_enabled"}
         )
-    if changes.get("auto_approve_max_amount") is not None:
-        check_amount(changes["auto_approve_max_amount"], field="auto_approve_max_amount")
+    largest = changes.get("auto_approve_max_amount")
+    if largest is not None:
+        try:
+            check_amount(largest)
+        except InvalidRequest as error:
+            raise InvalidRequest(
+                f"The largest request approved at once: {error.message}",
+                code="invalid_amount",
+                details={"field": "auto_approve_max_amount"},
+            ) from None
     for field, (low, high, words) in AUTO_APPROVAL_LIMITS.items():
         value = changes.get(field)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise InvalidRequest(
-                f"{field}: a whole number of {words} from {low} to {high:,}.",
+                f"{words} is a whole number from {low} to {high:,}.",
                 details={"field": field},
             )
 
