@@ -206,6 +206,13 @@ async def test_token_requests_from_asking_to_approval(
     deny = {"id": str(uuid.uuid4()), "decision": "deny", "note": "no"}
     await call(client, "/server/admin-review-token-request", admin, 404, json=deny)
 
+    # Within the organization's auto-approval rule, the request is approved as it is asked.
+    await api.patch(f"/v1/organizations/{org.id}", {"auto_approve_enabled": True}, expect=200)
+    small = {"tokens": 5_000, "kind": "training", "reason": "An evaluation set"}
+    at_once = (await call(client, "/server/request-tokens", member, json=small))["response"]
+    assert (at_once["state"], at_once["decided_by"]) == ("approved", "system:auto-approval")
+    assert (await get_user(api, org.member.id))["max_train_tokens"] == 15_000
+
 
 async def test_distribution_preview_then_execute(
     client: httpx.AsyncClient, org: Org, api: Api
