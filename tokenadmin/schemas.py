@@ -220,3 +220,16 @@ def error_answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
         if status == 503:
             answers[status]["headers"] = RETRY_AFTER
     return answers
+
+
+PreviewToken = Annotated[
+    str,
+    Field(
+        min_length=64,
+        max_length=64,
+        pattern="^[0-9a-f]{64}$",
+        description="The `preview_token` of the preview being applied.",
+    ),
+]
+"""A preview's fingerprint, sent back to apply exactly what was previewed (a distribution,
+a revert): refused as preview_stale when anything changed since."""

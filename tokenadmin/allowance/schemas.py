@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
 
 from pydantic import BaseModel, Field, StrictBool
 
-from tokenadmin.schemas import Amount, Input, Text, WholeNumber, one_of_required
+from tokenadmin.schemas import Amount, Input, PreviewToken, Text, WholeNumber, one_of_required
 
 
 class AllowanceRow(Input):
@@ -90,17 +89,6 @@ class BatchPage(BaseModel):
     batches: list[BatchOut]
     next_before: str | None
     """Pass as `before` for the next (older) page; null on the last page."""
-
-
-PreviewToken = Annotated[
-    str,
-    Field(
-        min_length=64,
-        max_length=64,
-        pattern="^[0-9a-f]{64}$",
-        description="The `preview_token` of the revert preview being applied.",
-    ),
-]
 
 
 class RevertRequest(Input):

@@ -10,20 +10,19 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StrictInt, model_validator
 
-from tokenadmin.schemas import WHOLE, Amount, Input, PositiveAmount, Text, one_of_required
+from tokenadmin.schemas import (
+    WHOLE,
+    Amount,
+    Input,
+    PositiveAmount,
+    PreviewToken,
+    Text,
+    one_of_required,
+)
 from tokenadmin.tokens import ALLOWANCE_LABEL, Kind
 
 Method = Literal["equal", "fixed", "percent"]
 Percent = Annotated[StrictInt, Field(ge=1, le=100, description="1 to 100."), WHOLE]
-PreviewToken = Annotated[
-    str,
-    Field(
-        min_length=64,
-        max_length=64,
-        pattern="^[0-9a-f]{64}$",
-        description="The `preview_token` of the preview being applied.",
-    ),
-]
 
 
 class KindRule(Input):
