@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from typing import Any
 
 from playwright.sync_api import Browser, Dialog, Locator, Page, expect
 
 from tests.browser.conftest import Site, sign_in
-
-
-def stored(site: Site, email: str) -> tuple[int, int]:
-    path = site.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as connection:
-        row = connection.execute(
-            "SELECT max_tokens, max_train_tokens FROM users WHERE email = ?", (email,)
-        ).fetchone()
-    return int(row[0]), int(row[1])
-
-
-def cell(page: Page, site: Site, email: str, field: str) -> Locator:
-    return page.locator(f'tr[data-user="{site.users[email]}"] td[data-field="{field}"]')
+from tests.browser.test_table import cell, stored
 
 
 def value(page: Page, site: Site, email: str, field: str) -> Locator:
