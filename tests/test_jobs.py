@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 from fastapi import FastAPI
 from pydantic import ValidationError
@@ -20,7 +22,9 @@ from typer.testing import CliRunner
 from tests.conftest import START
 from tests.helpers import Api, funded_org
 from tests.servers import Server
+from tests.test_bad_inputs import HTML, PASSWORD, sign_in
 from tokenadmin import sweeper
+from tokenadmin.auth import service as auth_service
 from tokenadmin.cli.main import app as cli
 from tokenadmin.clock import Clock, FakeClock
 from tokenadmin.config import Settings
@@ -381,3 +385,40 @@ def taken_over(rows: dict[str, JobLease]) -> bool:
 
 def pid(holder: str) -> str:
     return holder.split(":")[1]
+
+
+async def test_the_operators_jobs_page_shows_each_jobs_state_lag_and_last_failure(
+    app: FastAPI, api: Api, db: Database, clock: FakeClock
+) -> None:
+    scheduler: Scheduler = app.state.jobs
+
+    async def failing(_db: Database, _clock: Clock) -> None:
+        raise RuntimeError("the mail server said no")
+
+    scheduler.register("test.failing", 5, failing)
+    await scheduler.run_due()
+    clock.advance(seconds=65)  # each job is due 5 s after its run: late by a minute
+    await db.write(
+        lambda s: auth_service.create_operator(
+            s, email="olga@ops.example", name="Olga", password=PASSWORD, now=clock.now()
+        )
+    )
+    org = await funded_org(api)
+    await api.user(org, "ada@example.com", role="admin", password=PASSWORD)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        httpx.AsyncClient(transport=transport, base_url="http://tokenadmin.test") as operator,
+        httpx.AsyncClient(transport=transport, base_url="http://tokenadmin.test") as admin,
+    ):
+        await sign_in(operator, "olga@ops.example")
+        await sign_in(admin, "ada@example.com")
+        page = await operator.get("/operator/jobs", headers=HTML)
+        assert page.status_code == 200
+        rows = dict(re.findall(r'<tr data-job="([^"]+)" data-state="([^"]+)"', page.text))
+        assert rows == {name: "due" for name in (*UPKEEP, "test.failing")}
+        assert "1 job failed on its last run: test.failing." in page.text
+        assert "the mail server said no" in page.text
+        assert page.text.count("1 min</td>") == len(rows)  # late by a minute, each
+
+        refused = await admin.get("/operator/jobs", headers=HTML)
+        assert refused.status_code == 404

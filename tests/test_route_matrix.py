@@ -132,6 +132,7 @@ GET    /me/usage-per-{bucket}.csv                            -  - -  - - - Y Y  
 POST   /me/requests                                          -  - -  - - - Y Y  - - - Y Y
 POST   /me/requests/{request_id}/withdraw                    -  - -  - - - - Y  - - - - -
 GET    /operator                                             -  - Y  - - - - -  - - - - -
+GET    /operator/jobs                                        -  - Y  - - - - -  - - - - -
 POST   /operator/orgs                                        -  - Y  - - - - -  - - - - -
 POST   /operator/purchases                                   -  - Y  - - - - -  - - - - -
 GET    /orgs/{org_id}                                        -  - Y  - - - Y -  - - - - -
@@ -463,6 +464,7 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
         "POST", f"/me/requests/{w.to_withdraw}/withdraw", form={}, page=True
     ),
     ("GET", "/operator"): lambda w: Req("GET", "/operator", page=True),
+    ("GET", "/operator/jobs"): lambda w: Req("GET", "/operator/jobs", page=True),
     ("POST", "/operator/orgs"): lambda w: Req(
         "POST", "/operator/orgs", form={"name": "Made on the page"}, page=True
     ),

@@ -233,7 +233,11 @@ def main_pages(site: Site, role: str) -> list[tuple[str, str]]:
     if role == "member":
         return [("my tokens", "/me")]
     if role == "operator":
-        return [("all organizations", "/operator"), ("organization home", org)]
+        return [
+            ("all organizations", "/operator"),
+            ("background jobs", "/operator/jobs"),
+            ("organization home", org),
+        ]
     return [
         ("users", org),
         ("journal", f"{org}/journal"),
