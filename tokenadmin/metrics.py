@@ -5,8 +5,8 @@ in prometheus-client metrics. With several server processes (`tokenadmin serve -
 which sets PROMETHEUS_MULTIPROC_DIR before the workers start) each process writes its values
 to files in that directory and a scrape of any process reads them all, so it reports the sum
 over every process; in one process they are plain in-memory metrics. What the database
-knows (reservations open, background jobs' runs and lag) is read from it at each scrape, so
-every process reports the same.
+knows (reservations open, background jobs' runs and lag, webhooks and emails pending) is
+read from it at each scrape, so every process reports the same.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from starlette.types import Scope
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.errors import NotFound, TokenAdminError, Unauthenticated
-from tokenadmin.models import JobLease, Reservation
+from tokenadmin.models import EmailNotification, JobLease, Reservation, WebhookDelivery
 
 MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client's multiprocess mode: set (to an empty directory) before the server's
@@ -90,6 +90,25 @@ POOL_LIMIT = Gauge(
     " server's processes.",
     ["pool"],
     multiprocess_mode="livesum",
+    registry=REGISTRY,
+)
+WEBHOOK_DELIVERIES = Counter(
+    "tokenadmin_webhook_deliveries",
+    "Webhook POSTs by result: delivered (answered 2xx), failed_attempt (to be tried again),"
+    " gave_up (the last attempt of a day of retries failed).",
+    ["result"],
+    registry=REGISTRY,
+)
+WEBHOOK_DELIVERY_SECONDS = Histogram(
+    "tokenadmin_webhook_delivery_seconds",
+    "Time from a webhook POST to its answer (or its failure).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+EMAILS = Counter(
+    "tokenadmin_emails",
+    "Notification emails by result: sent, failed_attempt (to be tried again), gave_up.",
+    ["result"],
     registry=REGISTRY,
 )
 
@@ -223,6 +242,16 @@ async def _from_database(db: Database, now: datetime) -> list[Metric]:
             lag.add_metric([job.name], max((now - job.next_due_at).total_seconds(), 0.0))
             if job.last_ok is not None:
                 last_ok.add_metric([job.name], 1 if job.last_ok else 0)
+        pending.add_metric(
+            ["webhook"],
+            await session.scalar(select(func.count()).where(WebhookDelivery.state == "pending"))
+            or 0,
+        )
+        pending.add_metric(
+            ["email"],
+            await session.scalar(select(func.count()).where(EmailNotification.state == "pending"))
+            or 0,
+        )
 
     runs = CounterMetricFamily(
         "tokenadmin_job_runs",
@@ -239,8 +268,13 @@ async def _from_database(db: Database, now: datetime) -> list[Metric]:
         "Whether each background job's last run ended without an error (1) or not (0).",
         labels=["job"],
     )
+    pending = GaugeMetricFamily(
+        "tokenadmin_notifications_pending",
+        "Webhook deliveries and emails not yet delivered nor given up, by channel.",
+        labels=["channel"],
+    )
     await db.read(read)
-    return [count, held, runs, lag, last_ok]
+    return [count, held, runs, lag, last_ok, pending]
 
 
 def _registry() -> CollectorRegistry:
