@@ -1,0 +1,1 @@
+"""Allocation policies: floor, ceiling, auto-increase, reclamation and temporary boosts."""
