@@ -3,7 +3,9 @@
 `events`: one row per crossing (a user passing a threshold of an allowance, the balance
 falling low, a purchase expiring, a period beginning, a token request made or decided),
 unique per organization and dedupe `key`, so concurrent writers of one crossing insert
-one row. organizations: the alert settings, `alert_thresholds` (percents of an allowance,
+one row. `alert_states`: whether a condition that re-arms (a kind's balance is low, the
+organization is over-allocated) holds, and its episode, the number in its events' keys.
+organizations: the alert settings, `alert_thresholds` (percents of an allowance,
 [80, 100] by default) and `alert_balance_below_percent` (10: a kind's balance below 10 %
 of its capacity is low).
 
@@ -45,6 +47,18 @@ def upgrade() -> None:
     )
     op.create_index("ix_events_org_id_created_at", "events", ["org_id", "created_at"])
     op.create_index("ix_events_user_id_created_at", "events", ["user_id", "created_at"])
+    op.create_table(
+        "alert_states",
+        sa.Column("org_id", sa.Uuid(), nullable=False),
+        sa.Column("subject", sa.String(length=60), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("episode", sa.Integer(), nullable=False),
+        sa.Column("changed_at", UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["org_id"], ["organizations.id"], name=op.f("fk_alert_states_org_id_organizations")
+        ),
+        sa.PrimaryKeyConstraint("org_id", "subject", name=op.f("pk_alert_states")),
+    )
     op.add_column(
         "organizations",
         sa.Column(
@@ -66,6 +80,7 @@ def downgrade() -> None:
     with op.batch_alter_table("organizations") as batch:
         batch.drop_column("alert_balance_below_percent")
         batch.drop_column("alert_thresholds")
+    op.drop_table("alert_states")
     op.drop_index("ix_events_user_id_created_at", table_name="events")
     op.drop_index("ix_events_org_id_created_at", table_name="events")
     op.drop_table("events")

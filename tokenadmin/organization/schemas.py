@@ -61,6 +61,16 @@ class OrganizationUpdate(Input):
         description="Nothing is approved at once when the kind's allocated share of the"
         " capacity would be above this percent after the grant.",
     )
+    alert_thresholds: list[Annotated[StrictInt, WHOLE]] | None = Field(
+        default=None,
+        description="The percents of an allowance whose passing is an event"
+        " (allowance.threshold): at most 5 whole numbers from 1 to 100, e.g. [80, 100].",
+    )
+    alert_balance_below_percent: Percent | None = Field(
+        default=None,
+        description="A kind's balance below this percent of its capacity is an event"
+        " (balance.low); 0 turns it off.",
+    )
 
     @model_validator(mode="after")
     def _null_keeps_a_setting(self) -> OrganizationUpdate:
@@ -83,6 +93,8 @@ class OrganizationOut(Answer):
     auto_approve_max_amount: int
     auto_approve_max_per_period: int
     auto_approve_max_allocated_percent: int
+    alert_thresholds: list[int]
+    alert_balance_below_percent: int
     version: int
     created_at: datetime
 

@@ -18,9 +18,10 @@ from tokenadmin.act import Act
 from tokenadmin.amounts import check_amount
 from tokenadmin.database import Database, lock_organization
 from tokenadmin.errors import InvalidRequest, NotFound, RuleRefused
+from tokenadmin.events import service as events
 from tokenadmin.journal.service import record, record_returned
 from tokenadmin.models import Organization, Purchase
-from tokenadmin.models.organization import AUTO_APPROVE_DEFAULTS
+from tokenadmin.models.organization import ALERT_DEFAULTS, AUTO_APPROVE_DEFAULTS
 from tokenadmin.organization import repository
 from tokenadmin.tokens import DEFAULT_MINIMUM, Kind, Period, fmt, period_start
 from tokenadmin.tokens import current_period as current_period  # re-exported
@@ -73,6 +74,8 @@ async def create(
         overallocation=overallocation,
         auto_approve_enabled=False,
         **AUTO_APPROVE_DEFAULTS,
+        alert_thresholds=list(ALERT_DEFAULTS["alert_thresholds"]),
+        alert_balance_below_percent=ALERT_DEFAULTS["alert_balance_below_percent"],
         capacity_inference=0,
         capacity_training=0,
         allocated_inference=0,
@@ -134,8 +137,10 @@ async def bring_up_to_date(session: AsyncSession, act: Act, org: Organization) -
         for purchase in await repository.due_purchases(session, org.id, act.now):
             _record_capacity(session, act, org, purchase, "purchase_expired", -1)
             purchase.expired_at = act.now
+            await events.purchase_expired(session, act, org, purchase)
         await session.flush()
         org.next_expiry_at = await repository.next_expiry(session, org.id)
+        await events.balance_alerts(session, act, org)  # the capacity fell
     start = current_period(org, act.now)
     if org.period_start != start:
         await _start_period(session, act, org, start)
@@ -174,6 +179,7 @@ async def _start_period(
         "period_started",
         details={"period_start": start.isoformat(), "previous": org.period_start.isoformat()},
     )
+    await events.period_began(session, act, org, start, org.period_start)
     org.period_start = start
 
 
@@ -188,6 +194,8 @@ _POLICY_FIELDS = (
     "min_training",
     "overallocation",
     *AUTO_APPROVAL_FIELDS,
+    "alert_thresholds",
+    "alert_balance_below_percent",
 )
 
 
@@ -198,6 +206,7 @@ async def update_policy(
     if "time_zone" in changes:
         check_time_zone(changes["time_zone"])
     check_auto_approval(changes)
+    events.check_alert_settings(changes)
     for kind, field in ((Kind.inference, "min_inference"), (Kind.training, "min_training")):
         new_minimum = changes.get(field)
         if new_minimum is not None and new_minimum > org.minimum(kind):

@@ -43,6 +43,7 @@ from tokenadmin.errors import (
     RequestAlreadyPending,
     TokenAdminError,
 )
+from tokenadmin.events import service as events
 from tokenadmin.journal.service import record
 from tokenadmin.models import Organization, TokenRequest, User
 from tokenadmin.organization import service as organization_service
@@ -133,6 +134,7 @@ async def ask(
         reason=why,
         details={"request_id": str(request.id), "kind": kind.value, "amount": amount},
     )
+    await events.token_request_made(session, act, org, request, user)
     if await _within_rule(session, act, org, user, kind, amount):
         system = Act(AUTO_APPROVER, act.now)
         try:
@@ -279,7 +281,9 @@ async def approve(
         reason=f"token request {request.id}" + (f": {why}" if why else ""),
     )
     request.approved_amount = granted
-    return _decide(session, act, org, request, user, "approved", why, rule=rule)
+    decided = _decide(session, act, org, request, user, "approved", why, rule=rule)
+    await events.token_request_decided(session, act, org, request, user, automatic=rule is not None)
+    return decided
 
 
 async def deny(
@@ -288,7 +292,9 @@ async def deny(
     """Refuse a pending request, saying why (the member reads the note)."""
     why = _text(note, "note", required="Say why the request is denied: the member reads it.")
     request, user = await _pending(session, org, request_id)
-    return _decide(session, act, org, request, user, "denied", why)
+    decided = _decide(session, act, org, request, user, "denied", why)
+    await events.token_request_decided(session, act, org, request, user)
+    return decided
 
 
 async def withdraw(
@@ -301,4 +307,6 @@ async def withdraw(
 ) -> TokenRequestOut:
     """The member takes back a pending request (with `user_id`: only their own)."""
     request, user = await _pending(session, org, request_id, user_id)
-    return _decide(session, act, org, request, user, "withdrawn", None)
+    decided = _decide(session, act, org, request, user, "withdrawn", None)
+    await events.token_request_decided(session, act, org, request, user)
+    return decided

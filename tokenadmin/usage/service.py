@@ -38,6 +38,7 @@ from tokenadmin.errors import (
     TokenAdminError,
     Unauthenticated,
 )
+from tokenadmin.events import service as events
 from tokenadmin.idempotency import service as idempotency
 from tokenadmin.journal import service as journal
 from tokenadmin.journal.service import Entry, record
@@ -180,6 +181,7 @@ async def meter(
     """Apply operations in order in this transaction; one outcome per operation."""
     batch = _Batch(session, act, caller)
     await _load(batch, operations)
+    used_before = events.used_now(batch.users.values(), batch.starts)
     outcomes: list[Outcome] = []
     for operation in operations:
         try:
@@ -187,6 +189,10 @@ async def meter(
         except TokenAdminError as error:
             outcomes.append(error)
         metrics.metered(session, operation.action, *_counted(batch, operation, outcomes[-1]))
+    # Under the users' row locks: one transaction sees each crossing of a threshold.
+    await events.thresholds(
+        session, act, batch.orgs, batch.users.values(), batch.starts, used_before
+    )
     await repository.save_counters(session, batch.users.values())
     await journal.write_pending(session)
     return outcomes
