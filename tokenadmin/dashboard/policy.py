@@ -7,6 +7,7 @@ Thin callers of policy.service: this page reads the form and renders the answers
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, time
 from typing import Annotated, Any, Literal
@@ -119,17 +120,22 @@ class PolicyForm:
         return changes
 
 
-def _policy_form(
-    values: dict[str, str], switches: dict[str, bool], presets: dict[Kind, str]
-) -> PolicyForm:
+def _policy_form(data: Mapping[str, Any]) -> PolicyForm:
+    """The form as posted: each kind's preset, switches (a checkbox sent or not) and the
+    numbers as typed."""
+
+    def text(name: str, default: str = "") -> str:
+        value = data.get(name, default)
+        return value[:64] if isinstance(value, str) else default
+
     kinds = {}
     for kind in Kind:
         kinds[kind] = KindForm(
-            preset=presets[kind],
-            enabled=switches[f"{kind}_enabled"],
-            increase_enabled=switches[f"{kind}_increase_enabled"],
-            reclaim_enabled=switches[f"{kind}_reclaim_enabled"],
-            **{name: values[f"{kind}_{name}"] for name in TYPED},
+            preset=text(f"{kind}_preset", "standard"),
+            enabled=f"{kind}_enabled" in data,
+            increase_enabled=f"{kind}_increase_enabled" in data,
+            reclaim_enabled=f"{kind}_reclaim_enabled" in data,
+            **{name: text(f"{kind}_{name}") for name in TYPED},
         )
     return PolicyForm(kinds)
 
@@ -206,39 +212,10 @@ async def save_policy(
     org_id: uuid.UUID,
     viewer: WriterDep,
     action: Annotated[Literal["preview", "save"], Form()] = "preview",
-    inference_preset: Annotated[str, Form(max_length=20)] = "standard",
-    training_preset: Annotated[str, Form(max_length=20)] = "standard",
-    inference_enabled: Annotated[bool, Form()] = False,
-    training_enabled: Annotated[bool, Form()] = False,
-    inference_increase_enabled: Annotated[bool, Form()] = False,
-    training_increase_enabled: Annotated[bool, Form()] = False,
-    inference_reclaim_enabled: Annotated[bool, Form()] = False,
-    training_reclaim_enabled: Annotated[bool, Form()] = False,
-    inference_floor: Typed = "",
-    inference_ceiling: Typed = "",
-    inference_trigger_percent: Typed = "",
-    inference_bump: Typed = "",
-    inference_cooldown_hours: Typed = "",
-    inference_idle_days: Typed = "",
-    training_floor: Typed = "",
-    training_ceiling: Typed = "",
-    training_trigger_percent: Typed = "",
-    training_bump: Typed = "",
-    training_cooldown_hours: Typed = "",
-    training_idle_days: Typed = "",
 ) -> Response:
     """Preview the policy as typed (nothing saved), or save it."""
     require_org(viewer, org_id, "admin")
-    typed = {
-        name: value
-        for name, value in locals().items()
-        if name.startswith(("inference_", "training_"))
-    }
-    form = _policy_form(
-        {n: v for n, v in typed.items() if isinstance(v, str)},
-        {n: v for n, v in typed.items() if isinstance(v, bool)},
-        {Kind.inference: inference_preset, Kind.training: training_preset},
-    )
+    form = _policy_form(await request.form())
     changes = form.changes()
     if form.errors:
         return await _page(request, viewer, org_id, form=form, status_code=422)
@@ -284,9 +261,8 @@ async def run_policy(request: Request, org_id: uuid.UUID, viewer: WriterDep) -> 
 
 
 def _end_of(day: str, org_tz: str) -> datetime:
-    """The end of a boost typed as a date (its end: midnight starting the next day in the
-    organization's zone is not asked; the boost ends at the start of that date) or a
-    date and time."""
+    """The end of a boost as typed: a date (the boost ends as that day begins in the
+    organization's time zone) or a date and time (in that zone unless it names one)."""
     text = day.strip()
     try:
         if "T" in text:
