@@ -8,8 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import select
 
+from tests.client_support import async_client
 from tests.helpers import Api, funded_org
 from tests.scenarios import entries_since, error_of, get_user, last_entry_id, org_api
 from tokenadmin.clock import FakeClock
@@ -18,6 +20,7 @@ from tokenadmin.database import Database
 from tokenadmin.jobs.scheduler import Scheduler
 from tokenadmin.models import Event
 from tokenadmin.policy import service as policy_service
+from tokenadmin.policy.schemas import KindPolicyIn
 
 MAX = 2**53
 
@@ -342,3 +345,36 @@ async def test_a_dry_run_of_new_settings_previews_without_saving(api: Api) -> No
     dry = await api.post(policy_path(org, "/run"), {"dry_run": True}, expect=200)
     assert dry["moves"] == []
     assert dry["applied"] is False
+
+
+async def test_the_client_sets_previews_runs_and_reads_the_policy_and_boosts(
+    app: FastAPI, operator_key: str, clock: FakeClock
+) -> None:
+    async with async_client(app, operator_key) as tokens:
+        org = await tokens.create_organization("Acme")
+        await tokens.record_purchase(org.id, inference_amount=5_000_000)
+        ana = await tokens.create_user(org.id, "ana@example.com", "Ana", max_tokens=1_000_000)
+        await tokens.record_usage(ana.email, "inference", 850_000)
+        assert (await tokens.get_policy(org.id)).inference.saved is False
+
+        previewed = await tokens.set_policy(
+            org.id, inference={"preset": "standard", "enabled": True}, dry_run=True
+        )
+        assert [(m.rule, m.after) for m in previewed.preview.moves] == [("increase", 1_250_000)]
+        saved = await tokens.set_policy(
+            org.id, inference=KindPolicyIn(preset="standard", enabled=True)
+        )
+        assert saved.applied
+        assert saved.inference.preset == "standard"
+        assert [m.after for m in (await tokens.preview_policy(org.id)).moves] == [1_250_000]
+        ran = await tokens.run_policy(org.id)
+        assert ran.applied
+        log = await tokens.get_policy_log(org.id, limit=10)
+        assert [(m.email, m.rule) for m in log.moves] == [("ana@example.com", "increase")]
+
+        boost = await tokens.add_boost(
+            org.id, ana.email, "inference", 100_000, clock.now() + timedelta(days=1)
+        )
+        assert [b.id for b in (await tokens.list_boosts(org.id)).boosts] == [boost.id]
+        ended = await tokens.end_boost(org.id, boost.id)
+        assert (ended.state, ended.taken_back) == ("ended", 100_000)
