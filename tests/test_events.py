@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.cli.conftest import Tokenadmin
 from tests.helpers import Api, funded_org
 from tests.scenarios import error_of, org_api, run_sweeper
 from tests.servers import running_servers
@@ -402,3 +403,25 @@ async def test_1000_concurrent_requests_to_three_processes_give_one_alert(
     (alert,) = listed["events"]
     assert alert["data"]["percent"] == 80
     assert 800_000 <= alert["data"]["used"] < 900_000
+
+
+def test_the_cli_lists_events_and_sets_the_alert_settings(database_url: str, db: Database) -> None:
+    tokenadmin = Tokenadmin(database_url)
+    org_id = tokenadmin.org()
+    tokenadmin.user(org_id, "ana@example.com", "--max-tokens", "200K")
+    updated = tokenadmin.json("org", "update", org_id, "--alert-thresholds", "90, 50")
+    assert updated["alert_thresholds"] == [50, 90]
+    tokenadmin("usage", "record", "--user", "ana@example.com", "--tokens", "120K")
+    listed = tokenadmin.json("events", "--org", org_id, "--kind", "allowance.threshold")
+    assert [e["message"] for e in listed["events"]] == [
+        "Ana has used 50% of their Max Tokens (120,000 of 200,000)."
+    ]
+    shown = tokenadmin("events", "--org", org_id).stdout
+    assert "Ana has used 50%" in shown
+    assert "1 event." in shown
+    tokenadmin("events", "--kind", "nonsense", expect=2)
+    tokenadmin("org", "update", org_id, "--alert-thresholds", "80,eighty", expect=2)
+    tokenadmin("org", "update", org_id, "--alert-thresholds", "80,80", expect=2)
+    assert (
+        tokenadmin.json("org", "update", org_id, "--alert-thresholds", "")["alert_thresholds"] == []
+    )

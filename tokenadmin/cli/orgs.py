@@ -25,6 +25,7 @@ from tokenadmin.cli.common import (
 )
 from tokenadmin.database import Database
 from tokenadmin.errors import InvalidRequest, NotFound
+from tokenadmin.events import service as events
 from tokenadmin.models import Organization, Purchase
 from tokenadmin.organization import repository as organization_repository
 from tokenadmin.organization import service as organization_service
@@ -185,6 +186,17 @@ def _auto_approval_words(organization: OrganizationOut) -> str:
     )
 
 
+def _thresholds(cli: Cli, text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return events.parse_thresholds(text)
+    except ValueError as error:
+        cli.fail(
+            InvalidRequest(f"--alert-thresholds: {error}", details={"field": "alert_thresholds"})
+        )
+
+
 def _dump(value: Any) -> Any:
     if isinstance(value, list):
         return [v.model_dump(mode="json") for v in value]
@@ -278,6 +290,20 @@ def org_update(
             help="Nothing is approved at once above this share of the capacity allocated.",
         ),
     ] = None,
+    alert_thresholds: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PERCENTS",
+            help='Alert when a user passes these percents of an allowance ("80,100"; "" for none).',
+        ),
+    ] = None,
+    alert_balance_below: Annotated[
+        int | None,
+        typer.Option(
+            metavar="PERCENT",
+            help="Alert when a kind's balance falls below this percent of its capacity (0: never).",
+        ),
+    ] = None,
     json_output: Json = False,
 ) -> None:
     """Change an organization's name or policy."""
@@ -293,6 +319,8 @@ def org_update(
         "auto_approve_max_amount": cli.amount("--auto-approve-max-amount", auto_approve_max_amount),
         "auto_approve_max_per_period": auto_approve_max_per_period,
         "auto_approve_max_allocated_percent": auto_approve_max_allocated_percent,
+        "alert_thresholds": _thresholds(cli, alert_thresholds),
+        "alert_balance_below_percent": alert_balance_below,
     }
     changes = {k: v for k, v in changes.items() if v is not None}
     if not changes:

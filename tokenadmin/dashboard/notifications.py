@@ -51,13 +51,7 @@ def alert_settings(thresholds: str | None, below: str) -> dict[str, Any]:
     checks the numbers."""
     changes: dict[str, Any] = {}
     if thresholds is not None:
-        parts = [p.strip().rstrip("%").strip() for p in thresholds.replace(";", ",").split(",")]
-        try:
-            changes["alert_thresholds"] = [int(p) for p in parts if p]
-        except ValueError:
-            raise ValueError(
-                "write the thresholds as whole percents separated by commas, such as 80, 100."
-            ) from None
+        changes["alert_thresholds"] = service.parse_thresholds(thresholds)
     if below.strip():
         try:
             changes["alert_balance_below_percent"] = int(below.strip().rstrip("%").strip())

@@ -149,7 +149,7 @@ async def threshold_data(
 
 @dataclass(frozen=True)
 class EventQuery:
-    org_id: uuid.UUID
+    org_id: uuid.UUID | None  # None: every organization's (the CLI of an operator)
     user_id: uuid.UUID | None = None
     kind: str | None = None
     since: datetime | None = None
@@ -159,7 +159,7 @@ class EventQuery:
 
 async def search(session: AsyncSession, query: EventQuery) -> tuple[Sequence[Event], int]:
     """Events newest first, one page of them and how many there are."""
-    conditions = [Event.org_id == query.org_id]
+    conditions = [] if query.org_id is None else [Event.org_id == query.org_id]
     if query.user_id is not None:
         conditions.append(Event.user_id == query.user_id)
     if query.kind is not None:

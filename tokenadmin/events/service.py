@@ -128,6 +128,18 @@ def check_alert_settings(changes: dict[str, Any]) -> None:
         )
 
 
+def parse_thresholds(text: str) -> list[int]:
+    """Thresholds as typed ("80, 100", "80;100%", "" for none); ValueError when not whole
+    numbers. `check_alert_settings` checks their range."""
+    parts = [p.strip().rstrip("%").strip() for p in text.replace(";", ",").split(",")]
+    try:
+        return [int(p) for p in parts if p]
+    except ValueError:
+        raise ValueError(
+            "write the thresholds as whole percents separated by commas, such as 80, 100."
+        ) from None
+
+
 def _day(moment: datetime, org: Organization) -> str:
     local = moment.astimezone(ZoneInfo(org.time_zone))
     return f"{local.day} {local:%B %Y}"
