@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from tests.conftest import START
 from tests.helpers import Api, funded_org
@@ -24,6 +25,7 @@ from tokenadmin.act import Act
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
 from tokenadmin.events import service as events
+from tokenadmin.models import Event, WebhookDelivery
 from tokenadmin.webhooks import delivery
 
 ROOT = Path(__file__).parent.parent
@@ -238,9 +240,7 @@ async def test_a_failing_receiver_is_retried_with_backoff_for_a_day_then_given_u
 
     # A resend is a new sequence of attempts, due at once.
     receiver.status = 204
-    resent = await admin.post(
-        f"{hooks(org_id)}/{hook['id']}/deliveries/{state['id']}/resend", expect=200
-    )
+    resent = await admin.post(f"/v1/webhook-deliveries/{state['id']}/resend", expect=200)
     assert (resent["state"], resent["sequence"], resent["attempts"]) == ("pending", 2, 0)
     assert await delivery.deliver(db, clock) == 1
     [again] = await deliveries(admin, org_id, hook["id"])
@@ -368,13 +368,9 @@ async def test_a_delivery_still_being_tried_is_not_resent_and_removal_takes_its_
     await emit(db, clock, org_id)
     await delivery.deliver(db, clock)
     [state] = await deliveries(admin, org_id, hook["id"])
-    refused = await admin.post(
-        f"{hooks(org_id)}/{hook['id']}/deliveries/{state['id']}/resend", expect=409
-    )
+    refused = await admin.post(f"/v1/webhook-deliveries/{state['id']}/resend", expect=409)
     assert refused["error"]["code"] == "delivery_pending"
-    missing = await admin.post(
-        f"{hooks(org_id)}/{hook['id']}/deliveries/{uuid.uuid4()}/resend", expect=404
-    )
+    missing = await admin.post(f"/v1/webhook-deliveries/{uuid.uuid4()}/resend", expect=404)
     assert missing["error"]["code"] == "delivery_not_found"
 
     removed = await admin.call("DELETE", f"{hooks(org_id)}/{hook['id']}", expect=200)
@@ -405,3 +401,34 @@ async def test_only_the_organizations_administrators_and_operators_manage_its_we
     await stranger.post(f"{hooks(other_org)}/{made['id']}/rotate-secret", expect=404)
     await stranger.call("DELETE", f"{hooks(other_org)}/{made['id']}", expect=404)
     assert (await api.get(f"{hooks(org_id)}/{made['id']}"))["enabled"] is True
+
+
+async def delivered_delivery(db: Database, clock: FakeClock, org_id: str, webhook_id: str) -> str:
+    """A delivered delivery of a new event to the webhook (as if the job had sent it), for
+    the tests that resend one without a receiver; its id."""
+    await emit(db, clock, org_id)
+
+    async def insert(session: Any) -> str:
+        event = (
+            await session.scalars(
+                select(Event).where(Event.org_id == uuid.UUID(org_id)).order_by(Event.id.desc())
+            )
+        ).first()
+        row = WebhookDelivery(
+            endpoint_id=uuid.UUID(webhook_id),
+            org_id=uuid.UUID(org_id),
+            event_id=event.id,
+            state="delivered",
+            sequence=1,
+            attempts=1,
+            first_attempt_at=clock.now(),
+            last_status_code=200,
+            created_at=clock.now(),
+            finished_at=clock.now(),
+        )
+        session.add(row)
+        await session.flush()
+        return str(row.id)
+
+    made: str = await db.write(insert)
+    return made

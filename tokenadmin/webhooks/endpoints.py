@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.auth.audit import AUDITED
 from tokenadmin.deps import DatabaseDep, PrincipalDep, locked_write
+from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization
 from tokenadmin.organization import service as organization_service
 from tokenadmin.webhooks import service
@@ -32,6 +33,10 @@ from tokenadmin.webhooks.schemas import (
 
 router = APIRouter(
     prefix="/v1/organizations/{org_id}/webhooks", tags=["webhooks"], dependencies=AUDITED
+)
+
+deliveries_router = APIRouter(
+    prefix="/v1/webhook-deliveries", tags=["webhooks"], dependencies=AUDITED
 )
 
 Limit = Annotated[int, Query(ge=1, le=500)]
@@ -152,18 +157,18 @@ async def list_deliveries(
     )
 
 
-@router.post("/{webhook_id}/deliveries/{delivery_id}/resend", response_model=DeliveryOut)
+@deliveries_router.post("/{delivery_id}/resend", response_model=DeliveryOut)
 async def resend_delivery(
-    org_id: uuid.UUID,
-    webhook_id: uuid.UUID,
-    delivery_id: uuid.UUID,
-    request: Request,
-    principal: PrincipalDep,
+    delivery_id: uuid.UUID, request: Request, principal: PrincipalDep, db: DatabaseDep
 ) -> JSONResponse:
     """Send a delivered or failed delivery again: a new sequence of attempts, due now."""
-    principal.require(org_id, "admin")
+    org_id = await db.read(lambda session: service.org_of_delivery(session, delivery_id))
+    try:
+        principal.require(org_id, "admin")
+    except NotFound as error:
+        raise NotFound("Delivery not found.", code="delivery_not_found") from error
 
     async def work(session: AsyncSession, act: Act, org: Organization) -> DeliveryOut:
-        return await service.resend(session, act, org.id, webhook_id, delivery_id)
+        return await service.resend(session, act, org.id, delivery_id)
 
     return await locked_write(request, principal, org_id, work)

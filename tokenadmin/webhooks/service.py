@@ -276,17 +276,28 @@ async def deliveries(
     )
 
 
+async def org_of_delivery(session: AsyncSession, delivery_id: uuid.UUID) -> uuid.UUID:
+    found = await repository.get_delivery(session, delivery_id)
+    if found is None:
+        raise NotFound("Delivery not found.", code="delivery_not_found")
+    return found[0].org_id
+
+
+async def endpoint_of_delivery(
+    session: AsyncSession, org_id: uuid.UUID, delivery_id: uuid.UUID
+) -> uuid.UUID:
+    found = await repository.get_delivery(session, delivery_id)
+    if found is None or found[0].org_id != org_id:
+        raise NotFound("Delivery not found.", code="delivery_not_found")
+    return found[0].endpoint_id
+
+
 async def resend(
-    session: AsyncSession,
-    act: Act,
-    org_id: uuid.UUID,
-    endpoint_id: uuid.UUID,
-    delivery_id: uuid.UUID,
+    session: AsyncSession, act: Act, org_id: uuid.UUID, delivery_id: uuid.UUID
 ) -> DeliveryOut:
     """Send a delivered or failed delivery again: a new sequence of attempts, due now."""
-    await get(session, org_id, endpoint_id)
     delivery = await repository.lock_delivery(session, delivery_id)
-    if delivery is None or delivery.endpoint_id != endpoint_id:
+    if delivery is None or delivery.org_id != org_id:
         raise NotFound("Delivery not found.", code="delivery_not_found")
     if delivery.state == "pending":
         raise DeliveryPending(
