@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import select
 
+from tests.client_support import async_client, funded
 from tests.conftest import START
 from tests.helpers import Api, funded_org
 from tokenadmin.act import Act
+from tokenadmin.client import Conflict, InvalidRequest
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
 from tokenadmin.events import service as events
@@ -432,3 +435,36 @@ async def delivered_delivery(db: Database, clock: FakeClock, org_id: str, webhoo
 
     made: str = await db.write(insert)
     return made
+
+
+async def test_the_client_manages_webhooks_and_resends_a_delivery(
+    app: FastAPI, operator_key: str, db: Database, clock: FakeClock, receiver: Receiver
+) -> None:
+    async with async_client(app, operator_key) as tokens:
+        org = await funded(tokens)
+        made = await tokens.create_webhook(org.id, receiver.url, kinds=["balance.low"])
+        assert made.secret.startswith("whsec_")
+        assert [h.id for h in await tokens.list_webhooks(org.id)] == [made.id]
+        changed = await tokens.update_webhook(org.id, made.id, description="ops", kinds=[])
+        assert (changed.description, changed.kinds) == ("ops", None)
+        assert (await tokens.get_webhook(org.id, made.id)).description == "ops"
+        rotated = await tokens.rotate_webhook_secret(org.id, made.id)
+        assert rotated.secret != made.secret
+
+        await emit(db, clock, str(org.id))
+        await delivery.deliver(db, clock)
+        page = await tokens.list_webhook_deliveries(org.id, made.id, state="delivered")
+        [sent] = page.deliveries
+        assert sent.attempt_log[0].status_code == 200
+        again = await tokens.resend_webhook_delivery(sent.id)
+        assert (again.state, again.sequence) == ("pending", 2)
+        with pytest.raises(Conflict) as refused:
+            await tokens.resend_webhook_delivery(sent.id)
+        assert refused.value.code == "delivery_pending"
+        with pytest.raises(InvalidRequest) as bad:
+            await tokens.create_webhook(org.id, "http://hooks.example.com/")
+        assert bad.value.code == "invalid_webhook_url"
+
+        removed = await tokens.delete_webhook(org.id, made.id)
+        assert removed.id == made.id
+        assert await tokens.list_webhooks(org.id) == []
