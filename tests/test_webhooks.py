@@ -12,7 +12,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from tests.cli.conftest import Tokenadmin
 from tests.client_support import async_client, funded
 from tests.conftest import START
 from tests.helpers import Api, funded_org
@@ -468,3 +469,68 @@ async def test_the_client_manages_webhooks_and_resends_a_delivery(
         removed = await tokens.delete_webhook(org.id, made.id)
         assert removed.id == made.id
         assert await tokens.list_webhooks(org.id) == []
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def test_the_command_line_adds_lists_resends_and_removes_webhooks(
+    database_url: str, db: Database
+) -> None:
+    tokenadmin = Tokenadmin(database_url)
+    org = tokenadmin.org()
+    added = tokenadmin(
+        "webhooks", "add", "--org", "Acme", "--url", "https://hooks.example.com/t",
+        "--kind", "balance.low", "--kind", "period.began", "--description", "ops",
+    )  # fmt: skip
+    secret = re.search(r"whsec_[A-Za-z0-9_-]{43}", added.stdout)
+    assert secret is not None
+    assert "shown only this once" in added.stdout
+    [hook] = tokenadmin.json("webhooks", "list", "--org", org)
+    assert (hook["kinds"], hook["description"], hook["enabled"]) == (
+        ["balance.low", "period.began"],
+        "ops",
+        True,
+    )
+    listed = tokenadmin("webhooks", "list", "--org", "Acme")
+    assert "https://hooks.example.com/t" in listed.stdout
+    assert secret.group(0) not in listed.stdout
+
+    rotated = tokenadmin.json("webhooks", "rotate-secret", hook["id"], "--org", org)
+    assert rotated["secret"] != secret.group(0)
+
+    clock = FakeClock(datetime.now(UTC))
+    delivered = asyncio.run(_delivered(database_url, clock, org, hook["id"]))
+    page = tokenadmin.json("webhooks", "deliveries", hook["id"], "--org", org)
+    assert [d["id"] for d in page["deliveries"]] == [delivered]
+    shown = tokenadmin("webhooks", "deliveries", hook["id"], "--org", org)
+    assert "balance.low" in shown.stdout
+    resent = tokenadmin.json("webhooks", "resend", delivered, "--org", org)
+    assert (resent["state"], resent["sequence"]) == ("pending", 2)
+    again = tokenadmin("webhooks", "resend", delivered, "--org", org, expect=2)
+    assert "delivery_pending" in again.stderr
+
+    bad = tokenadmin(
+        "webhooks", "add", "--org", org, "--url", "http://hooks.example.com/", expect=2
+    )
+    assert "invalid_webhook_url" in bad.stderr
+    unknown = tokenadmin(
+        "webhooks", "add", "--org", org, "--url", "https://h.example.com", "--kind", "nope",
+        expect=2,
+    )  # fmt: skip
+    assert "unknown_event_kind" in unknown.stderr
+    assert (
+        "not a webhook id" in tokenadmin("webhooks", "remove", "x", "--org", org, expect=2).stderr
+    )
+
+    removed = tokenadmin("webhooks", "remove", hook["id"], "--org", org)
+    assert "Removed webhook" in removed.stdout
+    assert tokenadmin.json("webhooks", "list", "--org", org) == []
+
+
+async def _delivered(database_url: str, clock: FakeClock, org_id: str, webhook_id: str) -> str:
+    database = Database(database_url, pool_size=1)
+    try:
+        return await delivered_delivery(database, clock, org_id, webhook_id)
+    finally:
+        await database.dispose()
