@@ -10,7 +10,7 @@ import itertools
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests.cli.conftest import Tokenadmin
 from tests.client_support import async_client, funded
@@ -29,7 +29,7 @@ from tokenadmin.client import Conflict, InvalidRequest
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
 from tokenadmin.events import service as events
-from tokenadmin.models import Event, WebhookDelivery
+from tokenadmin.models import Event, WebhookAttempt, WebhookDelivery
 from tokenadmin.webhooks import delivery
 
 ROOT = Path(__file__).parent.parent
@@ -51,6 +51,8 @@ class Receiver:
     requests: list[Received] = field(default_factory=list)
     port: int = 0
     server: asyncio.Server | None = None
+    meanwhile: Callable[[], Awaitable[object]] | None = None
+    """Run before each answer: what happens while a POST waits for its answer."""
 
     @property
     def url(self) -> str:
@@ -76,6 +78,8 @@ class Receiver:
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 self.requests.append(Received(request_line.split(" ")[1], headers, body))
+                if self.meanwhile is not None:
+                    await self.meanwhile()
                 answer = b"thanks" if self.status < 300 else b"x" * 5000
                 writer.write(
                     f"HTTP/1.1 {self.status} Whatever\r\nContent-Type: text/plain\r\n"
@@ -383,6 +387,24 @@ async def test_a_delivery_still_being_tried_is_not_resent_and_removal_takes_its_
     assert gone["error"]["code"] == "webhook_not_found"
     clock.advance(minutes=1)
     assert await delivery.deliver(db, clock) == 0  # its pending delivery went with it
+
+
+async def test_an_endpoint_removed_while_its_post_waits_for_the_answer_logs_nothing(
+    api: Api, db: Database, clock: FakeClock, receiver: Receiver
+) -> None:
+    org_id = await funded_org(api)
+    admin = await admin_api(api, org_id)
+    hook = await admin.post(hooks(org_id), {"url": receiver.url}, expect=201)
+    await emit(db, clock, org_id)
+
+    async def remove() -> None:
+        await admin.call("DELETE", f"{hooks(org_id)}/{hook['id']}", expect=200)
+
+    receiver.meanwhile = remove
+    assert await delivery.deliver(db, clock) == 1
+    assert len(receiver.requests) == 1
+    count = await db.read(lambda s: s.scalar(select(func.count()).select_from(WebhookAttempt)))
+    assert count == 0
 
 
 async def test_only_the_organizations_administrators_and_operators_manage_its_webhooks(

@@ -103,10 +103,15 @@ async def post(
     """One POST of the event to the endpoint, and what came back."""
     body = body_of(event)
     started = time.perf_counter()
+    headers = headers_of(event, endpoint.secret, body, at)
     try:
-        response = await client.post(
-            endpoint.url, content=body, headers=headers_of(event, endpoint.secret, body, at)
-        )
+        # Streamed, to read no more of an answer than the log keeps.
+        async with client.stream("POST", endpoint.url, content=body, headers=headers) as response:
+            start = b""
+            async for chunk in response.aiter_bytes():
+                start += chunk
+                if len(start) >= EXCERPT_BYTES:
+                    break
     except httpx.HTTPError as error:
         reason = str(error) or type(error).__name__
         return Outcome(
@@ -116,7 +121,7 @@ async def post(
             f"{type(error).__name__}: {reason}"[:1000],
             time.perf_counter() - started,
         )
-    excerpt = response.content[:EXCERPT_BYTES].decode("utf-8", "replace")
+    excerpt = start[:EXCERPT_BYTES].decode("utf-8", "replace")
     return Outcome(at, response.status_code, excerpt, None, time.perf_counter() - started)
 
 
@@ -212,10 +217,13 @@ async def _record(db: Database, results: list[tuple[WebhookDelivery, Outcome]]) 
         for delivery, outcome in results:
             columns, result = _after(delivery, outcome)
             # A resend meanwhile started another sequence: this attempt's answer is kept
-            # in the log, but the delivery is the new sequence's.
+            # in the log, but the delivery is the new sequence's. A removed endpoint took
+            # its deliveries with it: nothing is left to log.
             if not await repository.update_delivery(
                 session, delivery.id, delivery.sequence, **columns
             ):
+                if not await repository.delivery_exists(session, delivery.id):
+                    continue
                 result = "superseded"
             await repository.add_attempt(
                 session,

@@ -161,10 +161,11 @@ async def update_delivery(
     return bool(result.rowcount == 1)
 
 
-async def pending_count(session: AsyncSession) -> int:
-    return int(
-        await session.scalar(select(func.count()).where(WebhookDelivery.state == "pending")) or 0
+async def delivery_exists(session: AsyncSession, delivery_id: uuid.UUID) -> bool:
+    found = await session.scalar(
+        select(WebhookDelivery.id).where(WebhookDelivery.id == delivery_id)
     )
+    return found is not None
 
 
 # --- the delivery log -----------------------------------------------------------------------
@@ -311,14 +312,3 @@ async def update_email(session: AsyncSession, email_id: uuid.UUID, **columns: An
         .where(and_(EmailNotification.id == email_id, EmailNotification.state == "pending"))
         .values(**columns)
     )
-
-
-async def emails_of_event(
-    session: AsyncSession, event_id: uuid.UUID
-) -> Sequence[EmailNotification]:
-    found = await session.scalars(
-        select(EmailNotification)
-        .where(EmailNotification.event_id == event_id)
-        .order_by(EmailNotification.recipient)
-    )
-    return found.all()

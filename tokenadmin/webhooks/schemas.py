@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from tokenadmin.schemas import Answer, Input, Text
 
@@ -24,7 +24,7 @@ class WebhookCreate(Input):
     kinds: Kinds | None = Field(
         default=None, description="The event kinds sent; leave out (or null) for every kind."
     )
-    enabled: bool = True
+    enabled: StrictBool = True
     description: Description | None = None
 
 
@@ -33,7 +33,7 @@ class WebhookUpdate(Input):
     kinds: Kinds | None = Field(
         default=None, description="The event kinds sent; an empty list sends every kind."
     )
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
     description: Description | None = None
 
 
