@@ -15,11 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, ViewportSize, expect
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.browser.conftest import Site, screenshot, sign_in, write
+from tests.browser.conftest import DESKTOP, PHONE, Site, screenshot, sign_in, write
+from tests.browser.test_layout import WIDER_THAN_THE_WINDOW
 from tokenadmin.act import Act
 from tokenadmin.database import Database
 from tokenadmin.events import service as events
@@ -156,3 +157,36 @@ def test_an_admin_adds_a_webhook_sees_the_secret_once_and_resends_a_delivery(
     expect(row).to_have_attribute("data-state", "delivered")
     expect(row.locator("[data-role=attempt]")).to_have_count(2)
     expect(row.locator("[data-role=attempt]").nth(1)).to_contain_text("(resend 1)")
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1440x900", "390x844"])
+def test_the_webhook_pages_fit_the_window(
+    browser: Browser, site: Site, receiver: Receiver, viewport: ViewportSize
+) -> None:
+    context = browser.new_context(viewport=viewport)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    try:
+        sign_in(page, site, site.admin_email)
+        page.goto(f"{site.url}/orgs/{site.org_id}/webhooks")
+        long_url = receiver.url + "/" + "a-rather-long-path-segment" * 4
+        page.get_by_label("URL").fill(long_url)
+        page.get_by_label("Description").fill("the operations channel of a long name")
+        page.get_by_role("button", name="Add webhook").click()
+        expect(page.locator("#new-secret")).to_be_visible()
+        _emit(site)
+        receiver.wait_for(1)
+        _settled(site, 1)
+        pages = {
+            "webhooks": f"/orgs/{site.org_id}/webhooks",
+            "delivery log": page.locator("#webhooks a").first.get_attribute("href") or "",
+        }
+        for name, path in pages.items():
+            page.goto(site.url + path)
+            measured = page.evaluate(WIDER_THAN_THE_WINDOW)
+            assert measured["scroll"] <= measured["width"], (name, measured)
+        expect(page.locator("#deliveries tbody tr").first).to_have_attribute(
+            "data-state", "delivered"
+        )
+    finally:
+        context.close()
