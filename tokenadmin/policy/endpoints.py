@@ -34,6 +34,7 @@ from tokenadmin.policy.schemas import (
     RunOut,
 )
 from tokenadmin.tokens import Kind
+from tokenadmin.user import repository as user_repository
 
 router = APIRouter(
     prefix="/v1/organizations/{org_id}", tags=["allocation policy"], dependencies=AUDITED
@@ -181,11 +182,17 @@ async def list_boosts(
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> BoostPage:
-    """Boosts, active ones first by their end. A member's own key lists their own."""
+    """Boosts, active ones first by their end; of one user with `user_id` (404
+    user_not_found for someone not in the organization). A member's own key lists their
+    own."""
     own = _own_boosts_only(principal, org_id)
 
     async def work(session: AsyncSession) -> BoostPage:
         org = await organization_service.get(session, org_id)
+        if user_id is not None and own is None:
+            named = await user_repository.get(session, user_id)
+            if named is None or named.org_id != org.id:
+                raise NotFound("No such user in this organization.", code="user_not_found")
         rows, total = await service.boosts(
             session,
             org,

@@ -59,7 +59,7 @@ class KindPolicyIn(Input):
 class PolicyIn(Input):
     inference: KindPolicyIn | None = None
     training: KindPolicyIn | None = None
-    dry_run: bool = Field(
+    dry_run: StrictBool = Field(
         default=False, description="Only preview what the new policy would do now."
     )
 
@@ -136,7 +136,7 @@ class PolicyUpdateOut(PolicyOut):
 
 
 class RunIn(Input):
-    dry_run: bool = False
+    dry_run: StrictBool = Field(default=False, description="Only preview; change nothing.")
 
 
 class LogEntryOut(BaseModel):

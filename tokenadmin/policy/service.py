@@ -220,8 +220,9 @@ def settle(
 ) -> dict[str, Any]:
     """A kind's settings after `changes` (fields not given stay as in `base`), checked.
 
-    A preset (not `custom`) fills in every number; numbers given with it are then applied
-    over it, and the policy is `custom` when one differs from the preset. Refusals, each a
+    A preset (not `custom`) fills in every number (and turns both rules on); numbers given
+    with it are then applied over it, and the policy is `custom` when a number differs
+    from the preset's (a rule switched off keeps the preset's name). Refusals, each a
     422 with its code and the field: unknown_field, invalid_policy (a preset or a switch),
     invalid_amount (rule 8: floor 0 to 2^53; ceiling and bump_amount 1 to 2^53),
     invalid_percent (1 to 100), invalid_policy (hours and days out of range), invalid_bump
@@ -267,9 +268,10 @@ def settle(
     if "bump_amount" in given:
         values["bump_percent"] = None
     values.update(given)
-    if values["preset"] != "custom" and any(
-        values[name] != value for name, value in preset_values(org, kind, values["preset"]).items()
-    ):
+    preset_numbers = (
+        preset_values(org, kind, values["preset"]) if values["preset"] != "custom" else {}
+    )
+    if any(values[name] != preset_numbers[name] for name in NUMBERS if preset_numbers):
         values["preset"] = "custom"
     label = ALLOWANCE_LABEL[kind]
     if values["floor"] > values["ceiling"]:
