@@ -39,6 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers import Api, funded_org
 from tests.scenarios import reserve
+from tests.test_webhooks import delivered_delivery
 from tokenadmin.app import AMOUNT_FIELDS, UPLOADS
 from tokenadmin.auth import service as auth_service
 from tokenadmin.clock import FakeClock
@@ -67,6 +68,7 @@ def documented_codes() -> dict[str, int]:
 
 
 DOCUMENTED = documented_codes()
+BOOST_ENDS = "2026-06-01T00:00:00Z"
 
 
 # --- the world every write is tried in ---------------------------------------------------
@@ -90,9 +92,14 @@ class World:
     """A personal key of the dashboard's signed-in member, when there is one."""
     batch: str = ""
     """A saved allowance change (of cy's, whom no other write touches), to revert."""
+    webhook: str = ""
+    webhook_delivery: str = ""
+    boost: str = ""
+    """An active boost of ana's, to end."""
+    """A delivered delivery of the webhook, to resend."""
 
 
-async def make_world(api: Api) -> World:
+async def make_world(api: Api, db: Database, clock: FakeClock) -> World:
     org = await funded_org(api)
     ana = await api.user(org, "ana@example.com", max_train_tokens=50_000)
     bo = await api.user(org, "bo@example.com")
@@ -114,7 +121,18 @@ async def make_world(api: Api) -> World:
     cy = await api.user(org, "cy@example.com")
     await api.allowances(org, {"user": cy["id"], "max_train_tokens": 1_000}, expect=200)
     saved = await api.get(f"/v1/organizations/{org}/allowance-batches", params={"limit": 1})
+    hook = await api.post(
+        f"/v1/organizations/{org}/webhooks", {"url": "https://hooks.example.com/t"}, expect=201
+    )
+    boost = await api.post(
+        f"/v1/organizations/{org}/boosts",
+        {"user": ana["id"], "kind": "inference", "amount": 1_000, "ends_at": BOOST_ENDS},
+        expect=201,
+    )
     return World(
+        webhook=hook["id"],
+        webhook_delivery=await delivered_delivery(db, clock, org, hook["id"]),
+        boost=boost["id"],
         batch=saved["batches"][0]["id"],
         personal_key=personal["id"],
         org=org,
@@ -289,8 +307,51 @@ API_WRITES: dict[tuple[str, str], Write] = {
             "min_inference": 150_000,
             "min_training": 0,
             "overallocation": True,
+            "alert_thresholds": [50, 90],
+            "alert_balance_below_percent": 20,
         },
         200,
+    ),
+    ("PUT", "/v1/organizations/{org_id}/policy"): Write(
+        lambda w: f"/v1/organizations/{w.org}/policy",
+        lambda w: {
+            "inference": {
+                "preset": "custom",
+                "enabled": True,
+                "floor": 200_000,
+                "ceiling": 2_000_000,
+                "increase_enabled": True,
+                "trigger_percent": 80,
+                "bump_percent": 25,
+                "cooldown_hours": 24,
+                "reclaim_enabled": True,
+                "idle_days": 30,
+                "reclaim_every_hours": 24,
+            },
+            "training": {"preset": "standard", "bump_amount": 10_000},
+            "dry_run": False,
+        },
+        200,
+    ),
+    ("POST", "/v1/organizations/{org_id}/policy/run"): Write(
+        lambda w: f"/v1/organizations/{w.org}/policy/run",
+        lambda w: {"dry_run": True},
+        200,
+        writes=False,
+    ),
+    ("POST", "/v1/organizations/{org_id}/boosts"): Write(
+        lambda w: f"/v1/organizations/{w.org}/boosts",
+        lambda w: {
+            "user": w.ana_email,
+            "kind": "inference",
+            "amount": 5_000,
+            "ends_at": BOOST_ENDS,
+            "reason": "launch week",
+        },
+        201,
+    ),
+    ("POST", "/v1/organizations/{org_id}/boosts/{boost_id}/end"): Write(
+        lambda w: f"/v1/organizations/{w.org}/boosts/{w.boost}/end", lambda w: None, 200
     ),
     ("POST", "/v1/organizations/{org_id}/purchases"): Write(
         lambda w: f"/v1/organizations/{w.org}/purchases",
@@ -316,6 +377,37 @@ API_WRITES: dict[tuple[str, str], Write] = {
     ),
     ("DELETE", "/v1/organizations/{org_id}/api-keys/{key_id}"): Write(
         lambda w: f"/v1/organizations/{w.org}/api-keys/{w.key}", lambda w: None, 200
+    ),
+    ("POST", "/v1/organizations/{org_id}/webhooks"): Write(
+        lambda w: f"/v1/organizations/{w.org}/webhooks",
+        lambda w: {
+            "url": "https://hooks.example.com/new",
+            "kinds": ["balance.low", "token_request.made"],
+            "enabled": True,
+            "description": "ops",
+        },
+        201,
+    ),
+    ("PATCH", "/v1/organizations/{org_id}/webhooks/{webhook_id}"): Write(
+        lambda w: f"/v1/organizations/{w.org}/webhooks/{w.webhook}",
+        lambda w: {
+            "url": "https://hooks.example.com/moved",
+            "kinds": [],
+            "enabled": False,
+            "description": "moved",
+        },
+        200,
+    ),
+    ("DELETE", "/v1/organizations/{org_id}/webhooks/{webhook_id}"): Write(
+        lambda w: f"/v1/organizations/{w.org}/webhooks/{w.webhook}", lambda w: None, 200
+    ),
+    ("POST", "/v1/organizations/{org_id}/webhooks/{webhook_id}/rotate-secret"): Write(
+        lambda w: f"/v1/organizations/{w.org}/webhooks/{w.webhook}/rotate-secret",
+        lambda w: None,
+        200,
+    ),
+    ("POST", "/v1/webhook-deliveries/{delivery_id}/resend"): Write(
+        lambda w: f"/v1/webhook-deliveries/{w.webhook_delivery}/resend", lambda w: None, 200
     ),
     ("POST", "/v1/organizations/{org_id}/users"): Write(
         lambda w: f"/v1/organizations/{w.org}/users",
@@ -806,7 +898,7 @@ async def dashboard_world(
     session's CSRF token. The session is stored as /login stores one: a password hash costs
     a quarter of a second, and signing in is what the rendering tests below go through (and
     tests/test_dashboard_auth.py covers). For "anonymous", ada has a password to sign in with."""
-    world = await make_world(api)
+    world = await make_world(api, db, clock)
     email = ROLE_EMAILS.get(role, ROLE_EMAILS["admin"])
     ids: dict[str, uuid.UUID] = {}
     if role == "operator":
@@ -948,6 +1040,57 @@ DASHBOARD_WRITES: dict[tuple[str, str], Page] = {
         lambda w: f"/orgs/{w.org}/batches/{w.batch}/revert",
         lambda w: {"preview_token": ""},
         {"preview_token": "text"},
+    ),
+    ("POST", "/orgs/{org_id}/policy"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/policy",
+        lambda w: {
+            "action": "save",
+            "inference_preset": "custom",
+            "inference_enabled": "true",
+            "inference_floor": "200K",
+            "inference_ceiling": "2M",
+            "inference_trigger_percent": "80",
+            "inference_bump": "25%",
+            "inference_cooldown_hours": "24",
+            "inference_idle_days": "30",
+            "training_preset": "standard",
+        },
+        {
+            "action": "choice",
+            "inference_preset": "choice",
+            "inference_floor": "amount",
+            "inference_ceiling": "positive",
+            "inference_trigger_percent": "choice",
+            "inference_bump": "positive",
+            "inference_cooldown_hours": "choice",
+            "inference_idle_days": "choice",
+            "training_preset": "choice",
+        },
+    ),
+    ("POST", "/orgs/{org_id}/policy/run"): Page(
+        "admin", lambda w: f"/orgs/{w.org}/policy/run", lambda w: {}, {}, writes=False
+    ),
+    ("POST", "/orgs/{org_id}/boosts"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/boosts",
+        lambda w: {
+            "user": w.ana_email,
+            "kind": "inference",
+            "amount": "5K",
+            "ends_at": "2026-05-01",
+            "reason": "launch week",
+        },
+        {
+            "user": "text",
+            "kind": "choice",
+            "amount": "positive",
+            "ends_at": "date",
+            "reason": "text",
+        },
+    ),
+    ("POST", "/orgs/{org_id}/boosts/{boost_id}/end"): Page(
+        "admin", lambda w: f"/orgs/{w.org}/boosts/{w.boost}/end", lambda w: {}, {}
     ),
     ("POST", "/orgs/{org_id}/distribute"): Page(
         "admin",
@@ -1099,6 +1242,39 @@ DASHBOARD_WRITES: dict[tuple[str, str], Page] = {
         lambda w: {"note": "not now"},
         {"note": "text"},
     ),
+    ("POST", "/orgs/{org_id}/webhooks"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/webhooks",
+        lambda w: {
+            "url": "https://hooks.example.com/p",
+            "description": "ops",
+            "kind": "balance.low",
+        },
+        {"url": "url", "description": "text", "kind": "choice"},
+        status=200,
+    ),
+    ("POST", "/orgs/{org_id}/webhooks/{webhook_id}/enabled"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/webhooks/{w.webhook}/enabled",
+        lambda w: {"enabled": "false"},
+        {"enabled": "choice"},
+    ),
+    ("POST", "/orgs/{org_id}/webhooks/{webhook_id}/rotate-secret"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/webhooks/{w.webhook}/rotate-secret",
+        lambda w: {},
+        {},
+        status=200,
+    ),
+    ("POST", "/orgs/{org_id}/webhooks/{webhook_id}/remove"): Page(
+        "admin", lambda w: f"/orgs/{w.org}/webhooks/{w.webhook}/remove", lambda w: {}, {}
+    ),
+    ("POST", "/orgs/{org_id}/webhook-deliveries/{delivery_id}/resend"): Page(
+        "admin",
+        lambda w: f"/orgs/{w.org}/webhook-deliveries/{w.webhook_delivery}/resend",
+        lambda w: {},
+        {},
+    ),
 }
 
 TYPED_AMOUNTS = [
@@ -1201,8 +1377,8 @@ def dashboard_corpus(
 
 
 @pytest.fixture
-async def world(api: Api) -> World:
-    return await make_world(api)
+async def world(api: Api, db: Database, clock: FakeClock) -> World:
+    return await make_world(api, db, clock)
 
 
 def test_every_write_route_has_its_bad_inputs(app: FastAPI) -> None:

@@ -18,10 +18,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers import Api, funded_org
+from tests.test_webhooks import delivered_delivery
+from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
 from tokenadmin.models import Base
 
 PUBLIC = {("GET", "/healthz")}
+BOOST_ENDS = "2026-06-01T00:00:00Z"
 
 
 @dataclass
@@ -36,6 +39,9 @@ class World:
     a_batch: str
     b_org: str
     b_user: str
+    a_webhook: str = ""
+    a_delivery: str = ""
+    a_boost: str = ""
 
 
 Request = tuple[str, str, Any]
@@ -161,6 +167,38 @@ ROUTES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
             {"csv": f"email,name,max_tokens\n{w.a_email},Alice,300000\n", "dry_run": True},
         )
     ],
+    ("GET", "/v1/organizations/{org_id}/policy"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/policy", None)
+    ],
+    ("PUT", "/v1/organizations/{org_id}/policy"): lambda w: [
+        ("PUT", f"/v1/organizations/{w.a_org}/policy", {"inference": {"enabled": True}})
+    ],
+    ("GET", "/v1/organizations/{org_id}/policy/preview"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/policy/preview", None)
+    ],
+    ("POST", "/v1/organizations/{org_id}/policy/run"): lambda w: [
+        ("POST", f"/v1/organizations/{w.a_org}/policy/run", {})
+    ],
+    ("GET", "/v1/organizations/{org_id}/policy/log"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/policy/log", None)
+    ],
+    ("POST", "/v1/organizations/{org_id}/boosts"): lambda w: [
+        (
+            "POST",
+            f"/v1/organizations/{org}/boosts",
+            {"user": user, "kind": "inference", "amount": 1_000, "ends_at": BOOST_ENDS},
+        )
+        for org in (w.a_org, w.b_org)
+        for user in (w.a_user, w.a_email)
+    ],
+    ("GET", "/v1/organizations/{org_id}/boosts"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/boosts?state=any", None),
+        ("GET", f"/v1/organizations/{w.b_org}/boosts?state=any&user_id={w.a_user}", None),
+    ],
+    ("POST", "/v1/organizations/{org_id}/boosts/{boost_id}/end"): lambda w: [
+        ("POST", f"/v1/organizations/{org}/boosts/{w.a_boost}/end", None)
+        for org in (w.a_org, w.b_org)
+    ],
     ("POST", "/v1/token-requests"): lambda w: [
         (
             "POST",
@@ -174,6 +212,13 @@ ROUTES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
     ],
     ("GET", "/v1/users/{user_id}/token-requests"): lambda w: [
         ("GET", f"/v1/users/{w.a_user}/token-requests", None)
+    ],
+    ("GET", "/v1/organizations/{org_id}/events"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/events", None),
+        ("GET", f"/v1/organizations/{w.a_org}/events?user_id={w.a_user}", None),
+    ],
+    ("GET", "/v1/users/{user_id}/events"): lambda w: [
+        ("GET", f"/v1/users/{w.a_user}/events", None)
     ],
     ("GET", "/v1/token-requests/{request_id}"): lambda w: [
         ("GET", f"/v1/token-requests/{w.a_request}", None)
@@ -243,6 +288,36 @@ ROUTES: dict[tuple[str, str], Callable[[World], list[Request]]] = {
     ("POST", "/v1/reservations/{reservation_id}/release"): lambda w: [
         ("POST", f"/v1/reservations/{w.a_reservation}/release", None)
     ],
+    ("POST", "/v1/organizations/{org_id}/webhooks"): lambda w: [
+        ("POST", f"/v1/organizations/{w.a_org}/webhooks", {"url": "https://hooks.b.example/"})
+    ],
+    ("GET", "/v1/organizations/{org_id}/webhooks"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/webhooks", None)
+    ],
+    ("GET", "/v1/organizations/{org_id}/webhooks/{webhook_id}"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/webhooks/{w.a_webhook}", None),
+        # A's endpoint through the caller's own organization: no such endpoint there.
+        ("GET", f"/v1/organizations/{w.b_org}/webhooks/{w.a_webhook}", None),
+    ],
+    ("PATCH", "/v1/organizations/{org_id}/webhooks/{webhook_id}"): lambda w: [
+        ("PATCH", f"/v1/organizations/{w.a_org}/webhooks/{w.a_webhook}", {"enabled": False}),
+        ("PATCH", f"/v1/organizations/{w.b_org}/webhooks/{w.a_webhook}", {"enabled": False}),
+    ],
+    ("DELETE", "/v1/organizations/{org_id}/webhooks/{webhook_id}"): lambda w: [
+        ("DELETE", f"/v1/organizations/{w.a_org}/webhooks/{w.a_webhook}", None),
+        ("DELETE", f"/v1/organizations/{w.b_org}/webhooks/{w.a_webhook}", None),
+    ],
+    ("POST", "/v1/organizations/{org_id}/webhooks/{webhook_id}/rotate-secret"): lambda w: [
+        ("POST", f"/v1/organizations/{w.a_org}/webhooks/{w.a_webhook}/rotate-secret", None),
+        ("POST", f"/v1/organizations/{w.b_org}/webhooks/{w.a_webhook}/rotate-secret", None),
+    ],
+    ("GET", "/v1/organizations/{org_id}/webhooks/{webhook_id}/deliveries"): lambda w: [
+        ("GET", f"/v1/organizations/{w.a_org}/webhooks/{w.a_webhook}/deliveries", None),
+        ("GET", f"/v1/organizations/{w.b_org}/webhooks/{w.a_webhook}/deliveries", None),
+    ],
+    ("POST", "/v1/webhook-deliveries/{delivery_id}/resend"): lambda w: [
+        ("POST", f"/v1/webhook-deliveries/{w.a_delivery}/resend", None)
+    ],
 }
 
 
@@ -272,7 +347,7 @@ async def snapshot(db: Database) -> dict[str, list[tuple[Any, ...]]]:
 
 
 @pytest.fixture
-async def world(api: Api) -> World:
+async def world(api: Api, db: Database, clock: FakeClock) -> World:
     a_org = await funded_org(api)
     a_user = await api.user(a_org, "alice@a.example")
     purchase = await api.purchase(a_org, 100_000)
@@ -293,7 +368,18 @@ async def world(api: Api) -> World:
     batches = await api.get(f"/v1/organizations/{a_org}/allowance-batches")
     b_org = await funded_org(api)
     b_user = await api.user(b_org, "bob@b.example")
+    hook = await api.post(
+        f"/v1/organizations/{a_org}/webhooks", {"url": "https://hooks.a.example/"}, expect=201
+    )
+    boost = await api.post(
+        f"/v1/organizations/{a_org}/boosts",
+        {"user": a_user["id"], "kind": "inference", "amount": 1_000, "ends_at": BOOST_ENDS},
+        expect=201,
+    )
     return World(
+        a_webhook=hook["id"],
+        a_boost=boost["id"],
+        a_delivery=await delivered_delivery(db, clock, a_org, hook["id"]),
         a_org=a_org,
         a_user=a_user["id"],
         a_email=a_user["email"],

@@ -28,7 +28,9 @@ from tests.test_route_matrix import MODEL, Caller, Req, World, build_world, send
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
 from tokenadmin.models import (
+    AllocationPolicy,
     ApiKey,
+    Boost,
     JournalEntry,
     LlmModel,
     Organization,
@@ -36,6 +38,8 @@ from tokenadmin.models import (
     Reservation,
     TokenRequest,
     User,
+    WebhookDelivery,
+    WebhookEndpoint,
 )
 
 FIXED_ID = "00000000-0000-4000-8000-000000000001"
@@ -134,6 +138,27 @@ JSON_WRITES: dict[Route, Write] = {
         "a-admin-key",
         lambda w: f"/v1/users/{w.alice}/api-keys/{w.personal_key_to_revoke}",
         None,
+    ),
+    ("PUT", "/v1/organizations/{org_id}/policy"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/policy",
+        lambda w: {"inference": {"preset": "standard"}},
+    ),
+    ("POST", "/v1/organizations/{org_id}/policy/run"): Write(
+        "a-admin-key", lambda w: f"/v1/organizations/{w.a_org}/policy/run", lambda w: {}
+    ),
+    ("POST", "/v1/organizations/{org_id}/boosts"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/boosts",
+        lambda w: {
+            "user": w.alice,
+            "kind": "inference",
+            "amount": 1_000,
+            "ends_at": "2026-05-01T00:00:00Z",
+        },
+    ),
+    ("POST", "/v1/organizations/{org_id}/boosts/{boost_id}/end"): Write(
+        "a-admin-key", lambda w: f"/v1/organizations/{w.a_org}/boosts/{w.boost_to_end}/end", None
     ),
     ("POST", "/v1/token-requests"): Write(
         "a-admin-key",
@@ -247,6 +272,29 @@ JSON_WRITES: dict[Route, Write] = {
     ),
     ("POST", "/v1/reservations/{reservation_id}/release"): Write(
         "a-usage-key", lambda w: f"/v1/reservations/{w.to_release}/release", None
+    ),
+    ("POST", "/v1/organizations/{org_id}/webhooks"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/webhooks",
+        lambda w: {"url": "https://hooks.a.example/m", "kinds": ["balance.low"]},
+    ),
+    ("PATCH", "/v1/organizations/{org_id}/webhooks/{webhook_id}"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/webhooks/{w.webhook}",
+        lambda w: {"description": "patched"},
+    ),
+    ("DELETE", "/v1/organizations/{org_id}/webhooks/{webhook_id}"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/webhooks/{w.webhook_to_remove}",
+        None,
+    ),
+    ("POST", "/v1/organizations/{org_id}/webhooks/{webhook_id}/rotate-secret"): Write(
+        "a-admin-key",
+        lambda w: f"/v1/organizations/{w.a_org}/webhooks/{w.webhook}/rotate-secret",
+        None,
+    ),
+    ("POST", "/v1/webhook-deliveries/{delivery_id}/resend"): Write(
+        "a-admin-key", lambda w: f"/v1/webhook-deliveries/{w.delivery_to_resend}/resend", None
     ),
     ("POST", "/orgs/{org_id}/allowances"): Write(
         "a-admin-session",
@@ -834,7 +882,115 @@ async def _user_allowances(page: Page) -> None:
     assert alice.max_tokens != 260_000
 
 
+async def _endpoints(session: AsyncSession) -> list[WebhookEndpoint]:
+    return list((await session.scalars(select(WebhookEndpoint))).all())
+
+
+async def _webhooks(page: Page) -> None:
+    # Each webhook form does what it says; the organization, ids, secret and times sent
+    # beside it are ignored.
+    w = page.world
+    base = f"/orgs/{w.a_org}/webhooks"
+    planted = {"secret": "whsec_planted", "sends_since": LONG_AGO, "enabled": "false"}
+    form = {"url": "https://hooks.a.example/f", "description": "ops"} | planted
+    response = await page.post("a-admin-session", base, form)
+    assert response.status_code == 200, response.text
+    assert "whsec_planted" not in response.text
+    hooks = {str(h.id): h for h in await page.db.read(_endpoints)}
+    [made] = [h for h in hooks.values() if h.url == "https://hooks.a.example/f"]
+    assert (str(made.org_id), made.created_by, made.secret != "whsec_planted") == (
+        w.a_org,
+        "user:ada@a.example",
+        True,
+    )
+    assert (made.enabled, made.sends_since) == (True, made.created_at)
+    assert str(made.id) != FIXED_ID
+
+    kept = hooks[w.webhook]
+    off = {"enabled": "false"}
+    response = await page.post("a-admin-session", f"{base}/{w.webhook}/enabled", off)
+    assert response.status_code == 303, response.text
+    response = await page.post("a-admin-session", f"{base}/{w.webhook}/rotate-secret", {})
+    assert response.status_code == 200, response.text
+    now = await _row(page.db, WebhookEndpoint, w.webhook)
+    assert (now.enabled, now.url, now.org_id, now.created_at) == (
+        False,
+        kept.url,
+        kept.org_id,
+        kept.created_at,
+    )
+    assert now.secret != kept.secret
+    assert now.secret != "whsec_planted"
+    resend = f"/orgs/{w.a_org}/webhook-deliveries/{w.delivery_to_resend}/resend"
+    response = await page.post("a-admin-session", resend, {})
+    assert response.status_code == 303, response.text
+    delivery = await _row(page.db, WebhookDelivery, w.delivery_to_resend)
+    assert (delivery.state, delivery.sequence, str(delivery.org_id)) == ("pending", 2, w.a_org)
+    response = await page.post("a-admin-session", f"{base}/{w.webhook_to_remove}/remove", {})
+    assert response.status_code == 303, response.text
+    left = {str(h.id) for h in await page.db.read(_endpoints)}
+    assert w.webhook_to_remove not in left
+    assert w.webhook in left
+
+
+async def _allocation_policy(page: Page) -> None:
+    w = page.world
+    base = f"/orgs/{w.a_org}/policy"
+    form = {
+        "action": "save",
+        "inference_preset": "conservative",
+        "inference_enabled": "true",
+        "training_preset": "standard",
+    }
+    response = await page.post("a-admin-session", base, form)
+    assert response.status_code == 303, response.text
+
+    async def read(session: AsyncSession) -> dict[str, AllocationPolicy]:
+        org_id = uuid.UUID(w.a_org)
+        rows = await session.scalars(
+            select(AllocationPolicy).where(AllocationPolicy.org_id == org_id)
+        )
+        return {row.kind: row for row in rows}
+
+    saved = await page.db.read(read)
+    assert (saved["inference"].preset, saved["inference"].enabled) == ("conservative", True)
+    assert saved["inference"].version == 1
+    assert saved["inference"].updated_by != "operator:root"
+    assert str(saved["inference"].id) != FIXED_ID
+    response = await page.post("a-admin-session", f"{base}/run", {})
+    assert response.status_code == 303, response.text
+
+    alice = await _row(page.db, User, w.alice)
+    response = await page.post(
+        "a-admin-session",
+        f"/orgs/{w.a_org}/boosts",
+        {"user": w.alice_email, "kind": "inference", "amount": "1K", "ends_at": "2026-05-01"},
+    )
+    assert response.status_code == 303, response.text
+    after = await _row(page.db, User, w.alice)
+    assert (after.max_tokens, after.role, after.status) == (
+        alice.max_tokens + 1_000,
+        alice.role,
+        alice.status,
+    )
+    end = f"/orgs/{w.a_org}/boosts/{w.boost_to_end}/end"
+    response = await page.post("a-admin-session", end, {})
+    assert response.status_code == 303, response.text
+    boost = await _row(page.db, Boost, w.boost_to_end)
+    assert (boost.state, str(boost.org_id)) == ("ended", w.a_org)
+    assert boost.ended_by != "operator:root"
+
+
 FORMS: dict[Route, Callable[[Page], Awaitable[None]]] = {
+    ("POST", "/orgs/{org_id}/policy"): _allocation_policy,
+    ("POST", "/orgs/{org_id}/policy/run"): _allocation_policy,
+    ("POST", "/orgs/{org_id}/boosts"): _allocation_policy,
+    ("POST", "/orgs/{org_id}/boosts/{boost_id}/end"): _allocation_policy,
+    ("POST", "/orgs/{org_id}/webhooks"): _webhooks,
+    ("POST", "/orgs/{org_id}/webhooks/{webhook_id}/enabled"): _webhooks,
+    ("POST", "/orgs/{org_id}/webhooks/{webhook_id}/rotate-secret"): _webhooks,
+    ("POST", "/orgs/{org_id}/webhooks/{webhook_id}/remove"): _webhooks,
+    ("POST", "/orgs/{org_id}/webhook-deliveries/{delivery_id}/resend"): _webhooks,
     ("POST", "/orgs/{org_id}/batches/{batch}/revert"): _revert,
     ("POST", "/orgs/{org_id}/users/{user_id}/allowances"): _user_allowances,
     ("POST", "/orgs/{org_id}/models/rates"): _model_rates,

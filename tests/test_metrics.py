@@ -25,12 +25,14 @@ from tests.conftest import POSTGRES_ADMIN_URL
 from tests.helpers import Api, funded_org
 from tests.scenarios import reserve
 from tests.servers import Server
+from tests.test_webhooks import Receiver, emit
 from tokenadmin import logs
 from tokenadmin.app import create_app
 from tokenadmin.clock import FakeClock
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
 from tokenadmin.migrate import alembic_config, upgrade
+from tokenadmin.webhooks import delivery
 
 TOKEN = "metrics-" + uuid.uuid4().hex
 SCRAPER = {"Authorization": f"Bearer {TOKEN}"}
@@ -159,6 +161,38 @@ async def test_job_runs_and_lag_come_from_the_job_leases(
     late = await scrape(scraper)
     interval = metered_app.state.jobs.jobs["reservations.expire"].interval.total_seconds()
     assert value(late, "tokenadmin_job_lag_seconds", **job) == 3600 - interval
+
+
+async def test_webhook_counters_move_by_each_attempts_result_and_pending_is_read_from_the_db(
+    scraper: httpx.AsyncClient, operator_key: str, db: Database, clock: FakeClock
+) -> None:
+    receiver = Receiver(status=500)
+    await receiver.start()
+    try:
+        api = Api(scraper, operator_key)
+        org = await funded_org(api)
+        await api.post(f"/v1/organizations/{org}/webhooks", {"url": receiver.url}, expect=201)
+        await emit(db, clock, org)
+        before = await scrape(scraper)
+        await delivery.deliver(db, clock)  # refused: tried again in 30 s
+        failing = await scrape(scraper)
+        receiver.status = 200
+        clock.advance(seconds=30)
+        await delivery.deliver(db, clock)
+        after = await scrape(scraper)
+    finally:
+        await receiver.stop()
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("tokenadmin_webhook_deliveries_total", result="failed_attempt") == 1
+    assert moved("tokenadmin_webhook_deliveries_total", result="delivered") == 1
+    assert moved("tokenadmin_webhook_deliveries_total", result="gave_up") == 0
+    assert moved("tokenadmin_webhook_delivery_seconds_count") == 2
+    assert value(failing, "tokenadmin_notifications_pending", channel="webhook") == 1
+    assert value(after, "tokenadmin_notifications_pending", channel="webhook") == 0
+    assert value(after, "tokenadmin_notifications_pending", channel="email") == 0
 
 
 def _bearer(secret: str) -> dict[str, str]:

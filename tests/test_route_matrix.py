@@ -29,6 +29,7 @@ from starlette.routing import Mount
 
 from tests.helpers import Api, funded_org
 from tests.scenarios import org_api
+from tests.test_webhooks import delivered_delivery
 from tokenadmin.auth import service as auth_service
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
@@ -88,6 +89,14 @@ GET    /v1/organizations/{org_id}/allowance-batches          -  Y -  Y - Y - -  
 POST   /v1/organizations/{org_id}/allowance-batches/{batch}/revert -  Y -  Y - - - -  - - - - -
 POST   /v1/organizations/{org_id}/distribution/preview       -  Y -  Y - - - -  - - - - -
 POST   /v1/organizations/{org_id}/distribution               -  Y -  Y - - - -  - - - - -
+GET    /v1/organizations/{org_id}/policy                     -  Y -  Y - - - -  - - - - -
+PUT    /v1/organizations/{org_id}/policy                     -  Y -  Y - - - -  - - - - -
+GET    /v1/organizations/{org_id}/policy/preview             -  Y -  Y - - - -  - - - - -
+POST   /v1/organizations/{org_id}/policy/run                 -  Y -  Y - - - -  - - - - -
+GET    /v1/organizations/{org_id}/policy/log                 -  Y -  Y - - - -  - - - - -
+POST   /v1/organizations/{org_id}/boosts                     -  Y -  Y - - - -  - - - - -
+GET    /v1/organizations/{org_id}/boosts                     -  Y -  Y - - - -  - - - - -
+POST   /v1/organizations/{org_id}/boosts/{boost_id}/end      -  Y -  Y - - - -  - - - - -
 GET    /v1/organizations/{org_id}/journal                    -  Y -  Y - Y - -  - - - - -
 GET    /v1/users/{user_id}                                   -  Y -  Y - Y - -  - - - - -
 PATCH  /v1/users/{user_id}                                   -  Y -  Y - - - -  - - - - -
@@ -111,6 +120,8 @@ POST   /v1/token-requests/{request_id}/deny                  -  Y -  Y - - - -  
 POST   /v1/token-requests/{request_id}/withdraw              -  Y -  Y Y - - -  - - - - -
 GET    /v1/organizations/{org_id}/token-requests             -  Y -  Y Y Y - -  - - - - -
 GET    /v1/users/{user_id}/token-requests                    -  Y -  Y Y Y - -  - - - - -
+GET    /v1/organizations/{org_id}/events                     -  Y -  Y - Y - -  - - - - -
+GET    /v1/users/{user_id}/events                            -  Y -  Y Y Y - -  - - - - -
 GET    /v1/models                                            -  Y -  - - - - -  - - - - -
 PUT    /v1/models/{name:path}                                -  Y -  - - - - -  - - - - -
 DELETE /v1/models/{name:path}                                -  Y -  - - - - -  - - - - -
@@ -123,6 +134,14 @@ PUT    /v1/organizations/{org_id}/upstream                   -  Y -  Y - - - -  
 POST   /v1/users/{user_id}/api-keys                          -  Y -  Y - - - -  - - - - -
 GET    /v1/users/{user_id}/api-keys                          -  Y -  Y - - - -  - - - - -
 DELETE /v1/users/{user_id}/api-keys/{key_id}                 -  Y -  Y - - - -  - - - - -
+POST   /v1/organizations/{org_id}/webhooks                   -  Y -  Y - - - -  - - - - -
+GET    /v1/organizations/{org_id}/webhooks                   -  Y -  Y - - - -  - - - - -
+GET    /v1/organizations/{org_id}/webhooks/{webhook_id}      -  Y -  Y - - - -  - - - - -
+PATCH  /v1/organizations/{org_id}/webhooks/{webhook_id}      -  Y -  Y - - - -  - - - - -
+DELETE /v1/organizations/{org_id}/webhooks/{webhook_id}      -  Y -  Y - - - -  - - - - -
+POST   /v1/organizations/{org_id}/webhooks/{webhook_id}/rotate-secret -  Y -  Y - - - -  - - - - -
+GET    /v1/organizations/{org_id}/webhooks/{webhook_id}/deliveries -  Y -  Y - - - -  - - - - -
+POST   /v1/webhook-deliveries/{delivery_id}/resend           -  Y -  Y - - - -  - - - - -
 GET    /                                                     Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
 GET    /login                                                Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
 POST   /login                                                Y  Y Y  Y Y Y Y Y  Y Y Y Y Y
@@ -146,11 +165,17 @@ POST   /orgs/{org_id}/users/{user_id}/allowances             -  - Y  - - - Y -  
 GET    /orgs/{org_id}/users/{user_id}/usage-per-{bucket}.csv -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/distribute                             -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/distribute                             -  - Y  - - - Y -  - - - - -
+GET    /orgs/{org_id}/policy                                 -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/policy                                 -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/policy/run                             -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/boosts                                 -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/boosts/{boost_id}/end                  -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/import                                 -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/import                                 -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/export.csv                             -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/journal                                -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/journal.csv                            -  - Y  - - - Y -  - - - - -
+GET    /orgs/{org_id}/notifications                          -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/batches/{batch}/revert                 -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/batches/{batch}/revert                 -  - Y  - - - Y -  - - - - -
 GET    /orgs/{org_id}/settings                               -  - Y  - - - Y -  - - - - -
@@ -164,6 +189,13 @@ POST   /orgs/{org_id}/models/rates                           -  - Y  - - - Y -  
 POST   /orgs/{org_id}/models/reset                           -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/models/access                          -  - Y  - - - Y -  - - - - -
 POST   /orgs/{org_id}/models/upstream                        -  - Y  - - - Y -  - - - - -
+GET    /orgs/{org_id}/webhooks                               -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/webhooks                               -  - Y  - - - Y -  - - - - -
+GET    /orgs/{org_id}/webhooks/{webhook_id}                  -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/webhooks/{webhook_id}/enabled          -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/webhooks/{webhook_id}/rotate-secret    -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/webhooks/{webhook_id}/remove           -  - Y  - - - Y -  - - - - -
+POST   /orgs/{org_id}/webhook-deliveries/{delivery_id}/resend -  - Y  - - - Y -  - - - - -
 """
 
 Route = tuple[str, str]
@@ -240,7 +272,11 @@ class World:
     to_withdraw: str
     personal_key_to_revoke: str
     my_key_to_revoke: str
+    webhook: str
+    webhook_to_remove: str
+    delivery_to_resend: str
     batch_to_revert: str
+    boost_to_end: str
     b_org: str
     b_user: str
     operator_email: str
@@ -253,6 +289,7 @@ class World:
 
 OPERATOR_PASSWORD = "operator password 1"
 MODEL = "matrix-model"
+BOOST_ENDS = "2026-06-01T00:00:00Z"
 """A model of the platform's catalog, with organization A's own rates of it."""
 
 
@@ -334,6 +371,32 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
         f"/v1/organizations/{w.a_org}/distribution/preview",
         {"inference": {"method": "equal"}, "training": {"method": "percent", "percent": 10}},
     ),
+    ("GET", "/v1/organizations/{org_id}/policy"): lambda w: Req(
+        "GET", f"/v1/organizations/{w.a_org}/policy"
+    ),
+    ("PUT", "/v1/organizations/{org_id}/policy"): lambda w: Req(
+        "PUT", f"/v1/organizations/{w.a_org}/policy", {"inference": {"preset": "standard"}}
+    ),
+    ("GET", "/v1/organizations/{org_id}/policy/preview"): lambda w: Req(
+        "GET", f"/v1/organizations/{w.a_org}/policy/preview"
+    ),
+    ("POST", "/v1/organizations/{org_id}/policy/run"): lambda w: Req(
+        "POST", f"/v1/organizations/{w.a_org}/policy/run", {}
+    ),
+    ("GET", "/v1/organizations/{org_id}/policy/log"): lambda w: Req(
+        "GET", f"/v1/organizations/{w.a_org}/policy/log"
+    ),
+    ("POST", "/v1/organizations/{org_id}/boosts"): lambda w: Req(
+        "POST",
+        f"/v1/organizations/{w.a_org}/boosts",
+        {"user": w.alice, "kind": "inference", "amount": 1_000, "ends_at": BOOST_ENDS},
+    ),
+    ("GET", "/v1/organizations/{org_id}/boosts"): lambda w: Req(
+        "GET", f"/v1/organizations/{w.a_org}/boosts"
+    ),
+    ("POST", "/v1/organizations/{org_id}/boosts/{boost_id}/end"): lambda w: Req(
+        "POST", f"/v1/organizations/{w.a_org}/boosts/{w.boost_to_end}/end"
+    ),
     ("POST", "/v1/organizations/{org_id}/distribution"): lambda w: Req(
         "POST",
         f"/v1/organizations/{w.a_org}/distribution",
@@ -409,6 +472,10 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
     ("GET", "/v1/users/{user_id}/token-requests"): lambda w: Req(
         "GET", f"/v1/users/{w.alice}/token-requests"
     ),
+    ("GET", "/v1/organizations/{org_id}/events"): lambda w: Req(
+        "GET", f"/v1/organizations/{w.a_org}/events"
+    ),
+    ("GET", "/v1/users/{user_id}/events"): lambda w: Req("GET", f"/v1/users/{w.alice}/events"),
     ("GET", "/v1/models"): lambda w: Req("GET", "/v1/models"),
     ("PUT", "/v1/models/{name:path}"): lambda w: Req(
         "PUT", "/v1/models/made-here", {"prompt_rate": "0.5", "completion_rate": 2}
@@ -492,6 +559,25 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
         form={"action": "deactivate", "user": [w.to_act_on]},
         page=True,
     ),
+    ("GET", "/orgs/{org_id}/policy"): lambda w: Req("GET", f"/orgs/{w.a_org}/policy", page=True),
+    ("POST", "/orgs/{org_id}/policy"): lambda w: Req(
+        "POST",
+        f"/orgs/{w.a_org}/policy",
+        form={"action": "preview", "inference_preset": "standard", "training_preset": "standard"},
+        page=True,
+    ),
+    ("POST", "/orgs/{org_id}/policy/run"): lambda w: Req(
+        "POST", f"/orgs/{w.a_org}/policy/run", form={}, page=True
+    ),
+    ("POST", "/orgs/{org_id}/boosts"): lambda w: Req(
+        "POST",
+        f"/orgs/{w.a_org}/boosts",
+        form={"user": w.alice_email, "kind": "inference", "amount": "1K", "ends_at": "2026-05-01"},
+        page=True,
+    ),
+    ("POST", "/orgs/{org_id}/boosts/{boost_id}/end"): lambda w: Req(
+        "POST", f"/orgs/{w.a_org}/boosts/{w.boost_to_end}/end", form={}, page=True
+    ),
     ("POST", "/orgs/{org_id}/token-requests/{request_id}/approve"): lambda w: Req(
         "POST",
         f"/orgs/{w.a_org}/token-requests/{w.to_approve}/approve",
@@ -540,6 +626,9 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
     ("GET", "/orgs/{org_id}/export.csv"): lambda w: Req("GET", f"/orgs/{w.a_org}/export.csv"),
     ("GET", "/orgs/{org_id}/journal"): lambda w: Req("GET", f"/orgs/{w.a_org}/journal", page=True),
     ("GET", "/orgs/{org_id}/journal.csv"): lambda w: Req("GET", f"/orgs/{w.a_org}/journal.csv"),
+    ("GET", "/orgs/{org_id}/notifications"): lambda w: Req(
+        "GET", f"/orgs/{w.a_org}/notifications", page=True
+    ),
     ("GET", "/orgs/{org_id}/batches/{batch}/revert"): lambda w: Req(
         "GET", f"/orgs/{w.a_org}/batches/{w.batch_to_revert}/revert", page=True
     ),
@@ -576,6 +665,52 @@ REQUESTS: dict[Route, Callable[[World], Req]] = {
     ),
     ("POST", "/me/api-keys/{key_id}/revoke"): lambda w: Req(
         "POST", f"/me/api-keys/{w.my_key_to_revoke}/revoke", form={}, page=True
+    ),
+    # --- webhooks
+    ("POST", "/v1/organizations/{org_id}/webhooks"): lambda w: Req(
+        "POST", f"/v1/organizations/{w.a_org}/webhooks", {"url": "https://hooks.a.example/new"}
+    ),
+    ("GET", "/v1/organizations/{org_id}/webhooks"): lambda w: Req(
+        "GET", f"/v1/organizations/{w.a_org}/webhooks"
+    ),
+    ("GET", "/v1/organizations/{org_id}/webhooks/{webhook_id}"): lambda w: Req(
+        "GET", f"/v1/organizations/{w.a_org}/webhooks/{w.webhook}"
+    ),
+    ("PATCH", "/v1/organizations/{org_id}/webhooks/{webhook_id}"): lambda w: Req(
+        "PATCH", f"/v1/organizations/{w.a_org}/webhooks/{w.webhook}", {"enabled": False}
+    ),
+    ("DELETE", "/v1/organizations/{org_id}/webhooks/{webhook_id}"): lambda w: Req(
+        "DELETE", f"/v1/organizations/{w.a_org}/webhooks/{w.webhook_to_remove}"
+    ),
+    ("POST", "/v1/organizations/{org_id}/webhooks/{webhook_id}/rotate-secret"): lambda w: Req(
+        "POST", f"/v1/organizations/{w.a_org}/webhooks/{w.webhook}/rotate-secret"
+    ),
+    ("GET", "/v1/organizations/{org_id}/webhooks/{webhook_id}/deliveries"): lambda w: Req(
+        "GET", f"/v1/organizations/{w.a_org}/webhooks/{w.webhook}/deliveries"
+    ),
+    ("POST", "/v1/webhook-deliveries/{delivery_id}/resend"): lambda w: Req(
+        "POST", f"/v1/webhook-deliveries/{w.delivery_to_resend}/resend"
+    ),
+    ("GET", "/orgs/{org_id}/webhooks"): lambda w: Req(
+        "GET", f"/orgs/{w.a_org}/webhooks", page=True
+    ),
+    ("POST", "/orgs/{org_id}/webhooks"): lambda w: Req(
+        "POST", f"/orgs/{w.a_org}/webhooks", form={"url": "https://hooks.a.example/p"}, page=True
+    ),
+    ("GET", "/orgs/{org_id}/webhooks/{webhook_id}"): lambda w: Req(
+        "GET", f"/orgs/{w.a_org}/webhooks/{w.webhook}", page=True
+    ),
+    ("POST", "/orgs/{org_id}/webhooks/{webhook_id}/enabled"): lambda w: Req(
+        "POST", f"/orgs/{w.a_org}/webhooks/{w.webhook}/enabled", form={"enabled": "false"}
+    ),
+    ("POST", "/orgs/{org_id}/webhooks/{webhook_id}/rotate-secret"): lambda w: Req(
+        "POST", f"/orgs/{w.a_org}/webhooks/{w.webhook}/rotate-secret", form={}, page=True
+    ),
+    ("POST", "/orgs/{org_id}/webhooks/{webhook_id}/remove"): lambda w: Req(
+        "POST", f"/orgs/{w.a_org}/webhooks/{w.webhook_to_remove}/remove", form={}
+    ),
+    ("POST", "/orgs/{org_id}/webhook-deliveries/{delivery_id}/resend"): lambda w: Req(
+        "POST", f"/orgs/{w.a_org}/webhook-deliveries/{w.delivery_to_resend}/resend", form={}
     ),
     ("GET", "/orgs/{org_id}/models"): lambda w: Req("GET", f"/orgs/{w.a_org}/models", page=True),
     ("POST", "/orgs/{org_id}/models/rates"): lambda w: Req(
@@ -677,6 +812,12 @@ async def build_world(api: Api, db: Database, clock: FakeClock) -> World:
         name: (await api.user(a_org, f"{name}@a.example"))["id"]
         for name in ("patch", "deactivate", "reactivate", "act-on", "revert")
     }
+    # A boost to end (before the save to revert: that stays the newest batch).
+    boost = await api.post(
+        f"/v1/organizations/{a_org}/boosts",
+        {"user": a_member["id"], "kind": "inference", "amount": 1_000, "ends_at": BOOST_ENDS},
+        expect=201,
+    )
     # A save of a user no other request touches, so that reverting it always works.
     await api.allowances(a_org, {"user": users["revert"], "max_tokens": 300_000}, expect=200)
     saved = await api.get(f"/v1/organizations/{a_org}/allowance-batches", params={"limit": 1})
@@ -719,6 +860,14 @@ async def build_world(api: Api, db: Database, clock: FakeClock) -> World:
         name: (await api.post(f"/v1/users/{user}/api-keys", {"name": "victim"}, expect=201))["id"]
         for name, user in (("alice", alice["id"]), ("member", a_member["id"]))
     }
+    webhooks = [
+        (
+            await api.post(
+                f"/v1/organizations/{a_org}/webhooks", {"url": f"https://hooks.a.example/{n}"}
+            )
+        )["id"]
+        for n in ("kept", "removed")
+    ]
     b_org = await funded_org(api)
     b_user = await api.user(b_org, "bob@b.example", name="Bob Bee")
     b_admin = await api.user(b_org, "bea@b.example", role="admin")
@@ -762,7 +911,11 @@ async def build_world(api: Api, db: Database, clock: FakeClock) -> World:
         to_withdraw=asked["withdraw"],
         personal_key_to_revoke=personal["alice"],
         my_key_to_revoke=personal["member"],
+        webhook=webhooks[0],
+        webhook_to_remove=webhooks[1],
+        delivery_to_resend=await delivered_delivery(db, clock, a_org, webhooks[0]),
         batch_to_revert=saved["batches"][0]["id"],
+        boost_to_end=boost["id"],
         b_org=b_org,
         b_user=b_user["id"],
         operator_email="olga@ops.example",

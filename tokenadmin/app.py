@@ -37,6 +37,8 @@ from tokenadmin.dashboard.web import SignInRequired, error_page, sign_in_url, wa
 from tokenadmin.database import Database
 from tokenadmin.distribution.endpoints import router as distribution_router
 from tokenadmin.errors import TokenAdminError
+from tokenadmin.events import endpoints as events_endpoints
+from tokenadmin.events import jobs as events_jobs
 from tokenadmin.gateway.endpoints import create_openai_app, ingest_router
 from tokenadmin.gateway.service import Gateway
 from tokenadmin.idempotency.service import KeysInFlight
@@ -45,6 +47,8 @@ from tokenadmin.jobs.endpoints import router as jobs_router
 from tokenadmin.jobs.scheduler import Scheduler
 from tokenadmin.journal.endpoints import router as journal_router
 from tokenadmin.organization.endpoints import router as organization_router
+from tokenadmin.policy import service as policy_service
+from tokenadmin.policy.endpoints import router as policy_router
 from tokenadmin.report.endpoints import router as report_router
 from tokenadmin.schemas import FieldRule, error_answers
 from tokenadmin.token_request import endpoints as token_request_endpoints
@@ -53,6 +57,10 @@ from tokenadmin.usage.endpoints import router as usage_router
 from tokenadmin.user.endpoints import org_router as org_user_router
 from tokenadmin.user.endpoints import router as user_router
 from tokenadmin.user.endpoints import table_router as user_table_router
+from tokenadmin.webhooks import delivery as webhook_delivery
+from tokenadmin.webhooks import email as webhook_email
+from tokenadmin.webhooks.endpoints import deliveries_router as webhook_deliveries_router
+from tokenadmin.webhooks.endpoints import router as webhooks_router
 
 log = logging.getLogger("tokenadmin")
 HERE = Path(__file__).parent
@@ -175,6 +183,10 @@ AMOUNT_FIELDS = frozenset(
         "min_training",
         "prompt_tokens",
         "completion_tokens",
+        "amount",  # token requests' and boosts' amounts
+        "floor",  # allocation policies (policy/schemas.py)
+        "ceiling",
+        "bump_amount",
     }
 )
 
@@ -340,6 +352,10 @@ def create_app(
     db = database or Database(settings.database_url, pool_size=settings.db_pool_size)
     scheduler = Scheduler(db, clock, lease=timedelta(seconds=settings.job_lease_seconds))
     sweeper.register(scheduler, settings)  # later jobs register here the same way
+    policy_service.register(scheduler, settings)
+    events_jobs.register(scheduler, settings)
+    webhook_delivery.register(scheduler, settings)
+    webhook_email.register(scheduler, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -461,15 +477,20 @@ def create_app(
         user_router,
         allowance_router,
         distribution_router,
+        policy_router,
         journal_router,
         report_router,
         token_request_endpoints.router,
         token_request_endpoints.org_router,
         token_request_endpoints.user_router,
+        events_endpoints.org_router,
+        events_endpoints.user_router,
         catalog_endpoints.router,
         catalog_endpoints.org_router,
         api_key_endpoints.router,
         jobs_router,
+        webhooks_router,
+        webhook_deliveries_router,
     ):
         app.include_router(router, responses=API_ERRORS)
     _declare_what_deps_check(app)

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     """How long an access token of the Ask Sage API (`/user/get-token-with-api-key`) lasts,
     in minutes."""
 
+    smtp_url: SecretStr | None = None
+    """The SMTP server notification emails go through: smtp://[user:password@]host[:port],
+    `?starttls=true` to upgrade the connection, or smtps://... for TLS from the start. Unset
+    (or without `smtp_from`), no email is sent."""
+    smtp_from: str | None = None
+    """The From address of notification emails (with `smtp_url`)."""
+
     session_hours: int = Field(default=12, ge=1, le=720)
     """How long a dashboard sign-in lasts, in hours."""
     sign_in_attempts: int = Field(default=5, ge=1, le=100)
@@ -81,6 +88,15 @@ class Settings(BaseSettings):
         for name, seconds in value.items():
             if not seconds > 0:
                 raise ValueError(f"job_intervals: {name} needs a number of seconds above 0")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            scheme, _, rest = value.get_secret_value().partition("://")
+            if scheme not in ("smtp", "smtps") or not rest.strip("/"):
+                raise ValueError("smtp_url must be smtp://host[:port] or smtps://host[:port]")
         return value
 
     @field_validator("log_level")

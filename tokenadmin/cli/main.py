@@ -22,14 +22,17 @@ from tokenadmin.api_key import service as api_key_service
 from tokenadmin.cli.allowances import allowance_app
 from tokenadmin.cli.common import Cli, Json, PasswordStdin, emit_json, out, progress_bar, say
 from tokenadmin.cli.distribute import distribute
+from tokenadmin.cli.events import events
 from tokenadmin.cli.jobs import jobs
 from tokenadmin.cli.models import models_app, personal_key_app
 from tokenadmin.cli.orgs import org_app, purchase_app
+from tokenadmin.cli.policy import boost_app, policy_app
 from tokenadmin.cli.report import report_app
 from tokenadmin.cli.requests import requests_app
 from tokenadmin.cli.revert import batches, revert
 from tokenadmin.cli.usage import journal_app, key_app, usage_app
 from tokenadmin.cli.users import user_app, users_app
+from tokenadmin.cli.webhooks import webhooks_app
 from tokenadmin.config import get_settings
 from tokenadmin.database import Database
 from tokenadmin.errors import InvalidRequest, TokenAdminError
@@ -52,6 +55,10 @@ app.command("distribute")(distribute)
 app.command("batches")(batches)
 app.command("revert")(revert)
 app.command("jobs")(jobs)
+app.command("events")(events)
+app.add_typer(policy_app, name="policy")
+app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(boost_app, name="boost")
 app.add_typer(usage_app, name="usage")
 app.add_typer(journal_app, name="journal")
 app.add_typer(key_app, name="key")

@@ -43,6 +43,7 @@ from tokenadmin.distribution.schemas import (
     KindDistribution,
     KindRule,
 )
+from tokenadmin.events.schemas import EventOut, EventPage
 from tokenadmin.journal.schemas import JournalEntryOut, JournalPage
 from tokenadmin.organization.schemas import (
     ApiKeyCreated,
@@ -51,6 +52,7 @@ from tokenadmin.organization.schemas import (
     OrganizationOut,
     PurchaseOut,
 )
+from tokenadmin.policy.schemas import BoostOut, BoostPage, KindPolicyIn, PolicyOut, PolicyUpdateOut
 from tokenadmin.report.schemas import (
     KindForecastOut,
     ListedUserForecast,
@@ -81,11 +83,15 @@ __all__ = [
     "AsyncClient",
     "BalanceOut",
     "BatchOut",
+    "BoostOut",
+    "BoostPage",
     "CatalogModelOut",
     "Client",
     "Conflict",
     "DistributionOut",
     "DistributionRow",
+    "EventOut",
+    "EventPage",
     "FieldChange",
     "Forbidden",
     "IdempotencyKeyReused",
@@ -97,6 +103,7 @@ __all__ = [
     "Kind",
     "KindDistribution",
     "KindForecastOut",
+    "KindPolicyIn",
     "KindRule",
     "ListedUserForecast",
     "ModelOut",
@@ -108,6 +115,8 @@ __all__ = [
     "Period",
     "PersonalKeyCreated",
     "PersonalKeyOut",
+    "PolicyOut",
+    "PolicyUpdateOut",
     "PurchaseOut",
     "RateLimited",
     "ReservationOut",

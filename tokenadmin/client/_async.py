@@ -51,6 +51,7 @@ from tokenadmin.client._core import (
     write,
 )
 from tokenadmin.distribution.schemas import DistributionOut
+from tokenadmin.events.schemas import EventKindName, EventPage
 from tokenadmin.jobs.schemas import JobOut
 from tokenadmin.journal.schemas import JournalPage
 from tokenadmin.organization.schemas import (
@@ -60,6 +61,16 @@ from tokenadmin.organization.schemas import (
     OrganizationOut,
     PurchaseOut,
 )
+from tokenadmin.policy.schemas import (
+    BoostOut,
+    BoostPage,
+    BoostState,
+    KindPolicyIn,
+    PolicyOut,
+    PolicyUpdateOut,
+)
+from tokenadmin.policy.schemas import LogPage as PolicyLogPage
+from tokenadmin.policy.schemas import RunOut as PolicyRunOut
 from tokenadmin.report.schemas import OrgForecastOut, UsageReportOut, UserForecastOut
 from tokenadmin.token_request.schemas import RequestState, TokenRequestOut, TokenRequestPage
 from tokenadmin.usage.schemas import BatchOut, ReservationOut, UsageAccepted
@@ -72,6 +83,13 @@ from tokenadmin.user.schemas import (
     UserOut,
     UserPage,
 )
+from tokenadmin.webhooks.schemas import (
+    DeliveryOut,
+    DeliveryPage,
+    DeliveryState,
+    WebhookOut,
+    WebhookSecretOut,
+)
 
 T = TypeVar("T")
 
@@ -79,6 +97,9 @@ ORGANIZATION = "/v1/organizations/{}"
 USER = "/v1/users/{}"
 RESERVATION = "/v1/reservations/{}"
 TOKEN_REQUEST = "/v1/token-requests/{}"
+WEBHOOK = ORGANIZATION + "/webhooks/{}"
+path_of = url
+"""`url`, for the webhook methods whose `url` argument (the endpoint's) hides it."""
 MODEL = "/v1/models/{}"
 
 
@@ -186,10 +207,12 @@ class AsyncClient:
         auto_approve_max_amount: int | None = None,
         auto_approve_max_per_period: int | None = None,
         auto_approve_max_allocated_percent: int | None = None,
+        alert_thresholds: Sequence[int] | None = None,
+        alert_balance_below_percent: int | None = None,
         idempotency_key: str | None = None,
     ) -> OrganizationOut:
         """Change an organization's name or policy (the auto-approval rule of token requests
-        included); what you leave None stays."""
+        and the alert settings included); what you leave None stays."""
         body = fields(locals(), "org_id")
         path = url(ORGANIZATION, org_id)
         return await self._send(write("PATCH", path, OrganizationOut, idempotency_key, body))
@@ -763,6 +786,197 @@ class AsyncClient:
         """Release a reservation without using it."""
         path = url(RESERVATION + "/release", reservation_id)
         return await self._send(write("POST", path, ReservationOut, idempotency_key))
+
+    # --- events (notifications) -------------------------------------------------------------
+
+    async def list_events(
+        self,
+        org_id: Id,
+        *,
+        kind: EventKindName | None = None,
+        user_id: Id | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> EventPage:
+        """An organization's events, newest first: of a kind, of a user, since a time."""
+        params = query(locals(), "org_id")
+        return await self._send(read(url(ORGANIZATION + "/events", org_id), EventPage, params))
+
+    async def list_user_events(
+        self,
+        user_id: Id,
+        *,
+        kind: EventKindName | None = None,
+        since: datetime | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> EventPage:
+        """A user's events, newest first (a member's own key: theirs)."""
+        params = query(locals(), "user_id")
+        return await self._send(read(url(USER + "/events", user_id), EventPage, params))
+
+    # --- allocation policy and boosts ---------------------------------------------------------
+
+    async def get_policy(self, org_id: Id) -> PolicyOut:
+        """The allocation policy of both kinds (the defaults, off, for a kind never set), and
+        what each preset fills in."""
+        return await self._send(read(url(ORGANIZATION + "/policy", org_id), PolicyOut))
+
+    async def set_policy(
+        self,
+        org_id: Id,
+        *,
+        inference: KindPolicyIn | Mapping[str, Any] | None = None,
+        training: KindPolicyIn | Mapping[str, Any] | None = None,
+        dry_run: bool | None = None,
+        idempotency_key: str | None = None,
+    ) -> PolicyUpdateOut:
+        """Set one kind's policy or both: a preset fills in every number, numbers given apply
+        over it. The answer previews what it would do now; dry_run only previews. Refusals:
+        InvalidRequest `invalid_amount`, `invalid_percent`, `invalid_policy`, `invalid_bump`;
+        RuleRefused `floor_above_ceiling`, `floor_below_minimum`."""
+        body = fields(locals(), "org_id")
+        path = url(ORGANIZATION + "/policy", org_id)
+        return await self._send(write("PUT", path, PolicyUpdateOut, idempotency_key, body))
+
+    async def preview_policy(self, org_id: Id) -> PolicyRunOut:
+        """What the saved policy would do if run now: each move and each user left as is."""
+        return await self._send(read(url(ORGANIZATION + "/policy/preview", org_id), PolicyRunOut))
+
+    async def run_policy(
+        self, org_id: Id, *, dry_run: bool | None = None, idempotency_key: str | None = None
+    ) -> PolicyRunOut:
+        """Run the policy now (reclamation included, whatever its schedule), in one change."""
+        body = fields(locals(), "org_id")
+        path = url(ORGANIZATION + "/policy/run", org_id)
+        return await self._send(write("POST", path, PolicyRunOut, idempotency_key, body))
+
+    async def get_policy_log(
+        self, org_id: Id, *, limit: int | None = None, offset: int | None = None
+    ) -> PolicyLogPage:
+        """What the policy did, newest first: its moves, boosts and their ends."""
+        params = query(locals(), "org_id")
+        path = url(ORGANIZATION + "/policy/log", org_id)
+        return await self._send(read(path, PolicyLogPage, params))
+
+    async def add_boost(
+        self,
+        org_id: Id,
+        user: UserRef,
+        kind: KindName,
+        amount: int,
+        ends_at: datetime,
+        *,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> BoostOut:
+        """Raise a user's allowance of one kind until `ends_at`, at once; taken back by itself
+        then (never below what they used). RuleRefused `exceeds_balance`; InvalidRequest
+        `boost_end_in_past`, `boost_too_long`."""
+        body = fields(locals(), "org_id")
+        path = url(ORGANIZATION + "/boosts", org_id)
+        return await self._send(write("POST", path, BoostOut, idempotency_key, body))
+
+    async def list_boosts(
+        self,
+        org_id: Id,
+        *,
+        state: BoostState | Literal["any"] | None = None,
+        user_id: Id | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> BoostPage:
+        """Boosts, active ones first by their end (a member's own key: theirs)."""
+        params = query(locals(), "org_id")
+        return await self._send(read(url(ORGANIZATION + "/boosts", org_id), BoostPage, params))
+
+    async def end_boost(
+        self, org_id: Id, boost_id: Id, *, idempotency_key: str | None = None
+    ) -> BoostOut:
+        """End a boost now: taken back as at its end. Conflict `boost_already_ended`."""
+        path = url(ORGANIZATION + "/boosts/{}/end", org_id, boost_id)
+        return await self._send(write("POST", path, BoostOut, idempotency_key))
+
+    # --- webhooks ---------------------------------------------------------------------------
+
+    async def create_webhook(
+        self,
+        org_id: Id,
+        url: str,
+        *,
+        kinds: Sequence[str] | None = None,
+        enabled: bool | None = None,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> WebhookSecretOut:
+        """Add a webhook endpoint; the answer holds its signing `secret`, shown this once.
+        InvalidRequest `invalid_webhook_url`, `unknown_event_kind`; Conflict
+        `too_many_webhooks`."""
+        body = fields(locals(), "org_id")
+        path = path_of(ORGANIZATION + "/webhooks", org_id)
+        return await self._send(write("POST", path, WebhookSecretOut, idempotency_key, body))
+
+    async def list_webhooks(self, org_id: Id) -> list[WebhookOut]:
+        """The organization's webhook endpoints (never their secrets)."""
+        return await self._send(read(url(ORGANIZATION + "/webhooks", org_id), list[WebhookOut]))
+
+    async def get_webhook(self, org_id: Id, webhook_id: Id) -> WebhookOut:
+        """One webhook endpoint (never its secret)."""
+        return await self._send(read(url(WEBHOOK, org_id, webhook_id), WebhookOut))
+
+    async def update_webhook(
+        self,
+        org_id: Id,
+        webhook_id: Id,
+        *,
+        url: str | None = None,
+        kinds: Sequence[str] | None = None,
+        enabled: bool | None = None,
+        description: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> WebhookOut:
+        """Change a webhook's URL, kinds (an empty list: every kind), description or whether
+        it is enabled; None leaves a field as it is."""
+        body = fields(locals(), "org_id", "webhook_id")
+        path = path_of(WEBHOOK, org_id, webhook_id)
+        return await self._send(write("PATCH", path, WebhookOut, idempotency_key, body))
+
+    async def delete_webhook(
+        self, org_id: Id, webhook_id: Id, *, idempotency_key: str | None = None
+    ) -> WebhookOut:
+        """Remove a webhook endpoint and its delivery log."""
+        path = url(WEBHOOK, org_id, webhook_id)
+        return await self._send(write("DELETE", path, WebhookOut, idempotency_key))
+
+    async def rotate_webhook_secret(
+        self, org_id: Id, webhook_id: Id, *, idempotency_key: str | None = None
+    ) -> WebhookSecretOut:
+        """A new signing secret for the webhook, shown this once."""
+        path = url(WEBHOOK + "/rotate-secret", org_id, webhook_id)
+        return await self._send(write("POST", path, WebhookSecretOut, idempotency_key))
+
+    async def list_webhook_deliveries(
+        self,
+        org_id: Id,
+        webhook_id: Id,
+        *,
+        state: DeliveryState | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> DeliveryPage:
+        """A webhook's deliveries, newest first, each with every attempt and its answer."""
+        params = query(locals(), "org_id", "webhook_id")
+        path = url(WEBHOOK + "/deliveries", org_id, webhook_id)
+        return await self._send(read(path, DeliveryPage, params))
+
+    async def resend_webhook_delivery(
+        self, delivery_id: Id, *, idempotency_key: str | None = None
+    ) -> DeliveryOut:
+        """Send a delivered or failed delivery again (a new sequence of attempts, due now).
+        Conflict `delivery_pending`."""
+        path = url("/v1/webhook-deliveries/{}/resend", delivery_id)
+        return await self._send(write("POST", path, DeliveryOut, idempotency_key))
 
     # --- health ----------------------------------------------------------------------------
 

@@ -11,13 +11,16 @@ from tokenadmin.dashboard import (
     journal_pages,
     member,
     models_page,
+    notifications,
     operator,
     personal_keys,
+    policy,
     requests,
     settings_pages,
     transfer,
     user_page,
     users,
+    webhooks,
 )
 
 router = APIRouter(include_in_schema=False, dependencies=AUDITED)
@@ -26,6 +29,7 @@ for module in (
     home,
     users,
     distribute,
+    policy,
     transfer,
     journal_pages,
     settings_pages,
@@ -36,6 +40,8 @@ for module in (
     personal_keys,
     models_page,
     user_page,
+    webhooks,
+    notifications,
 ):
     router.include_router(module.router)
 

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.auth.service import Viewer
+from tokenadmin.dashboard.notifications import member_events
 from tokenadmin.dashboard.requests import member_requests
 from tokenadmin.dashboard.user_page import for_user, usage_csv, user_view
 from tokenadmin.dashboard.web import ViewerDep, render
@@ -52,6 +53,7 @@ async def my_page_response(
         view = await user_view(session, org, user, now)
         view["my_requests"] = await member_requests(session, user.id)
         view["my_keys"] = await api_key_service.list_personal(session, user.id)
+        view["my_events"] = await member_events(session, org.id, user.id)
         return view
 
     data = await _as_me(request, viewer, work)

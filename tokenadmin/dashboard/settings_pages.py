@@ -16,6 +16,7 @@ from tokenadmin.amounts import parse_amount
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.auth.principal import SCOPES
 from tokenadmin.auth.service import Viewer
+from tokenadmin.dashboard.notifications import alert_settings
 from tokenadmin.dashboard.web import ViewerDep, WriterDep, render, require_org, up_to_date
 from tokenadmin.deps import clock_of, db_of
 from tokenadmin.errors import InvalidRequest, TokenAdminError
@@ -90,6 +91,8 @@ async def save_policy(
     auto_approve_max_amount: Annotated[str, Form(max_length=64)] = "",
     auto_approve_max_per_period: Annotated[str, Form(max_length=64)] = "",
     auto_approve_max_allocated_percent: Annotated[str, Form(max_length=64)] = "",
+    alert_thresholds: Annotated[str | None, Form(max_length=200)] = None,
+    alert_balance_below_percent: Annotated[str, Form(max_length=64)] = "",
 ) -> Response:
     require_org(viewer, org_id, "admin")
     try:
@@ -134,6 +137,12 @@ async def save_policy(
                 status_code=422,
                 policy_error=f"{words}: write a whole number, such as 2.",
             )
+    try:
+        changes |= alert_settings(alert_thresholds, alert_balance_below_percent)
+    except ValueError as error:
+        return await _settings_page(
+            request, org_id, viewer, status_code=422, policy_error=f"Alerts: {error}"
+        )
 
     async def work(session: AsyncSession) -> None:
         act = Act(viewer.principal.actor, clock_of(request).now())

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, CheckConstraint, Integer, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
@@ -16,6 +17,9 @@ AUTO_APPROVE_DEFAULTS = {
     "auto_approve_max_allocated_percent": 90,
 }
 """The rule's numbers until an administrator sets them (it is off until enabled)."""
+
+ALERT_DEFAULTS: dict[str, Any] = {"alert_thresholds": [80, 100], "alert_balance_below_percent": 10}
+"""The alert settings until an administrator sets them."""
 
 
 class Organization(Base):
@@ -71,6 +75,15 @@ class Organization(Base):
     )
     auto_approve_max_allocated_percent: Mapped[int] = mapped_column(
         Integer, default=AUTO_APPROVE_DEFAULTS["auto_approve_max_allocated_percent"]
+    )
+
+    # Alerts (events/service.py): the percents of an allowance whose passing is an event, and
+    # the percent of a kind's capacity below which its balance is low.
+    alert_thresholds: Mapped[list[int]] = mapped_column(
+        JSON, default=lambda: list(ALERT_DEFAULTS["alert_thresholds"])
+    )
+    alert_balance_below_percent: Mapped[int] = mapped_column(
+        Integer, default=ALERT_DEFAULTS["alert_balance_below_percent"]
     )
 
     def capacity(self, kind: Kind) -> int:
