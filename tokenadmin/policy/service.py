@@ -13,6 +13,7 @@ organization's enabled policy and ends due boosts, one transaction per organizat
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from tokenadmin.amounts import check_amount
 from tokenadmin.clock import Clock
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
-from tokenadmin.errors import Conflict, InvalidRequest, NotFound, RuleRefused
+from tokenadmin.errors import Conflict, InvalidRequest, NotFound, RuleRefused, TokenAdminError
 from tokenadmin.events import service as events
 from tokenadmin.jobs.scheduler import Scheduler
 from tokenadmin.journal.service import record
@@ -42,6 +43,7 @@ from tokenadmin.user import repository as user_repository
 from tokenadmin.user.service import find_by_ref
 
 JOB = "policies.run"
+logger = logging.getLogger("tokenadmin.policy")
 PRESET_NAMES = ("conservative", "standard", "aggressive")
 PRESETS_AND_CUSTOM = (*PRESET_NAMES, "custom")
 RULES = ("boost_end", "reclaim", "increase")
@@ -847,9 +849,22 @@ async def run_all(db: Database, clock: Clock) -> int:
     now = clock.now()
     act = Act("system:policy", now)
     moved = 0
+    refused = 0
     for org_id in await db.read(lambda session: repository.orgs_with_work(session, now)):
-        result = await db.write(partial(run_org, act=act, org_id=org_id))
+        try:
+            result = await db.write(partial(run_org, act=act, org_id=org_id))
+        except TokenAdminError:
+            # One organization's run refused (its transaction rolled back) must not keep
+            # the others' from running; the job reports it once all have run.
+            logger.exception("the allocation policy of organization %s could not run", org_id)
+            refused += 1
+            continue
         moved += len(result.moves)
+    if refused:
+        raise RuleRefused(
+            f"The allocation policy of {refused} organization(s) could not run; see the log.",
+            code="policy_run_failed",
+        )
     return moved
 
 
