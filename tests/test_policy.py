@@ -21,6 +21,7 @@ from tokenadmin.jobs.scheduler import Scheduler
 from tokenadmin.models import Event
 from tokenadmin.policy import service as policy_service
 from tokenadmin.policy.schemas import KindPolicyIn
+from tokenadmin.tokens import Kind
 
 MAX = 2**53
 
@@ -378,3 +379,11 @@ async def test_the_client_sets_previews_runs_and_reads_the_policy_and_boosts(
         assert [b.id for b in (await tokens.list_boosts(org.id)).boosts] == [boost.id]
         ended = await tokens.end_boost(org.id, boost.id)
         assert (ended.state, ended.taken_back) == ("ended", 100_000)
+
+
+def test_a_percent_bump_is_whole_tokens_rounded_up_exactly_up_to_2_to_the_53() -> None:
+    policy = policy_service.KindPolicy(Kind.inference, {"bump_percent": 33, "bump_amount": None})
+    # 33 % of 2^53 - 1 is 2,972,375,754,064,527.03: a float rounds it to ...527.
+    assert policy.bump(MAX - 1) == 2_972_375_754_064_528
+    assert policy.bump(1) == 1
+    assert policy.bump(1_000_000) == 330_000

@@ -14,7 +14,6 @@ organization's enabled policy and ends due boosts, one transaction per organizat
 from __future__ import annotations
 
 import logging
-import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -178,7 +177,8 @@ class KindPolicy:
         """The raise auto-increase gives an allowance, before the ceiling and the balance."""
         if self.values["bump_amount"] is not None:
             return int(self.values["bump_amount"])
-        return max(1, math.ceil(allowance * int(self.values["bump_percent"]) / 100))
+        # Whole-number arithmetic, rounded up: a float would lose tokens above 2^53 / 100.
+        return max(1, -(-allowance * int(self.values["bump_percent"]) // 100))
 
     def out(self) -> dict[str, Any]:
         return {
