@@ -12,10 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.cli.conftest import Tokenadmin
+from tests.client_support import async_client, funded
 from tests.helpers import Api, funded_org
 from tests.scenarios import error_of, org_api, run_sweeper
 from tests.servers import running_servers
@@ -425,3 +427,19 @@ def test_the_cli_lists_events_and_sets_the_alert_settings(database_url: str, db:
     assert (
         tokenadmin.json("org", "update", org_id, "--alert-thresholds", "")["alert_thresholds"] == []
     )
+
+
+async def test_the_client_lists_events_and_sets_the_alert_settings(
+    app: FastAPI, operator_key: str, clock: FakeClock
+) -> None:
+    async with async_client(app, operator_key) as tokens:
+        org = await funded(tokens)
+        updated = await tokens.update_organization(org.id, alert_thresholds=[90, 60])
+        assert updated.alert_thresholds == [60, 90]
+        ana = await tokens.create_user(org.id, "ana@example.com", "Ana", max_tokens=200_000)
+        await tokens.record_usage(ana.id, "inference", 130_000)
+        page = await tokens.list_events(org.id, kind="allowance.threshold", since=clock.now())
+        assert [(e.data["percent"], e.user_id) for e in page.events] == [(60, ana.id)]
+        mine = await tokens.list_user_events(ana.id)
+        assert mine.total == 1
+        assert (await tokens.list_events(org.id, kind="balance.low")).events == []
