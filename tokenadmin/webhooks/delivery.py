@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -126,30 +127,36 @@ async def post(
 
 
 async def fan_out(db: Database, clock: Clock) -> int:
-    """Deliveries for the events each enabled endpoint has not had yet; how many."""
-    made = 0
-    for endpoint in await db.read(repository.enabled_endpoints):
+    """Deliveries for the events each enabled endpoint has not had yet; how many. What is
+    new is found in one read; only endpoints with new events take a write."""
 
-        async def insert(session: AsyncSession, endpoint: WebhookEndpoint = endpoint) -> int:
-            now = clock.now()
+    async def find(session: AsyncSession) -> list[tuple[WebhookEndpoint, list[uuid.UUID]]]:
+        found = []
+        for endpoint in await repository.enabled_endpoints(session):
             events = await repository.unsent_events(session, endpoint, FAN_OUT_BATCH)
-            rows = [
-                {
-                    "id": uuid7(),
-                    "endpoint_id": endpoint.id,
-                    "org_id": endpoint.org_id,
-                    "event_id": event_id,
-                    "state": "pending",
-                    "sequence": 1,
-                    "attempts": 0,
-                    "next_attempt_at": now,
-                    "created_at": now,
-                }
-                for event_id in events
-            ]
-            return await repository.insert_deliveries(session, rows)
+            if events:
+                found.append((endpoint, list(events)))
+        return found
 
-        made += await db.write(insert)
+    made = 0
+    for endpoint, events in await db.read(find):
+        now = clock.now()
+        rows = [
+            {
+                "id": uuid7(),
+                "endpoint_id": endpoint.id,
+                "org_id": endpoint.org_id,
+                "event_id": event_id,
+                "state": "pending",
+                "sequence": 1,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            }
+            for event_id in events
+        ]
+        # Once per (endpoint, event): a row another run inserted meanwhile is left as is.
+        made += await db.write(partial(repository.insert_deliveries, rows=rows))
     return made
 
 
