@@ -5,14 +5,26 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
-from playwright.sync_api import Page, expect
+import pytest
+from playwright.sync_api import Browser, Page, ViewportSize, expect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.browser.conftest import Site, screenshot, sign_in, write
+from tests.browser.conftest import (
+    DESKTOP,
+    PHONE,
+    REQUIRE_BROWSER,
+    Site,
+    screenshot,
+    sign_in,
+    write,
+)
 from tokenadmin.act import Act
 from tokenadmin.tokens import Kind
 from tokenadmin.usage import service as usage_service
+
+AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
 
 
 def _use(site: Site, email: str, tokens: int) -> None:
@@ -70,3 +82,36 @@ def test_an_admin_previews_a_preset_before_saving_then_runs_it_and_reads_the_log
     expect(logged).to_contain_text("200,000 → 220,000")
     expect(page.locator("#saved-preview-table")).to_contain_text("No allowance would change")
     screenshot(page, "policy-log")
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1440x900", "390x844"])
+def test_the_policy_page_with_a_preview_fits_the_window_and_passes_axe(
+    browser: Browser, site: Site, viewport: ViewportSize
+) -> None:
+    if not AXE.exists():
+        message = f"axe-core not found at {AXE} (npm ci --prefix tests/browser)"
+        if REQUIRE_BROWSER:
+            pytest.fail(message)
+        pytest.skip(message)
+    _use(site, "ben@acme.example", 180_000)
+    context = browser.new_context(viewport=viewport)
+    try:
+        page = context.new_page()
+        sign_in(page, site, site.admin_email)
+        page.goto(f"{site.url}/orgs/{site.org_id}/policy")
+        inference = page.get_by_role("group", name="Max Tokens · inference tokens")
+        inference.get_by_role("checkbox", name="The policy runs for Max Tokens").check()
+        page.get_by_role("button", name="Preview").click()
+        expect(page.locator("#preview-table tr[data-email='ben@acme.example']")).to_be_visible()
+        width = page.evaluate("() => document.documentElement.scrollWidth")
+        assert width <= viewport["width"], (width, viewport)
+        page.add_script_tag(path=str(AXE))
+        result = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
+        severe = [
+            f"{v['id']}: {v['help']} — {[n['target'] for n in v['nodes'][:3]]}"
+            for v in result["violations"]
+            if v["impact"] in ("serious", "critical")
+        ]
+        assert not severe, severe
+    finally:
+        context.close()
