@@ -27,7 +27,7 @@ from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
 from tokenadmin.events import jobs
 from tokenadmin.events import service as events
-from tokenadmin.models import Event
+from tokenadmin.models import Event, User
 
 
 async def _events(api: Api, org_id: str, **params: Any) -> list[dict[str, Any]]:
@@ -385,18 +385,29 @@ async def test_1000_concurrent_requests_to_three_processes_give_one_alert(
             ).json()
 
             async def use(index: int, tokens: int) -> int:
-                response = await http.post(
-                    f"{urls[index % len(urls)]}/v1/usage",
-                    json={"user": user["id"], "kind": "inference", "tokens": tokens},
-                    headers={"Idempotency-Key": uuid.uuid4().hex},
-                )
-                return response.status_code
+                # A connection the server closed meanwhile (keep-alive) is tried again with
+                # the same key: the usage is recorded once either way.
+                key = uuid.uuid4().hex
+                for attempt in range(3):
+                    try:
+                        response = await http.post(
+                            f"{urls[index % len(urls)]}/v1/usage",
+                            json={"user": user["id"], "kind": "inference", "tokens": tokens},
+                            headers={"Idempotency-Key": key},
+                        )
+                    except httpx.TransportError:
+                        if attempt == 2:
+                            raise
+                        continue
+                    return response.status_code
+                raise AssertionError("unreachable")
 
             assert await use(0, 700_000) == 200
             statuses = await asyncio.gather(*(use(i, 200) for i in range(1_000)))
             assert set(statuses) == {200}
+        async with httpx.AsyncClient(headers=headers, timeout=60) as fresh:
             listed = (
-                await http.get(
+                await fresh.get(
                     f"{urls[1]}/v1/organizations/{org['id']}/events",
                     params={"kind": "allowance.threshold"},
                 )
@@ -405,6 +416,8 @@ async def test_1000_concurrent_requests_to_three_processes_give_one_alert(
     (alert,) = listed["events"]
     assert alert["data"]["percent"] == 80
     assert 800_000 <= alert["data"]["used"] < 900_000
+    used = await pg.read(lambda s: s.scalar(select(User.inference_used)))
+    assert used == 900_000, "every request recorded once"
 
 
 def test_the_cli_lists_events_and_sets_the_alert_settings(database_url: str, db: Database) -> None:
