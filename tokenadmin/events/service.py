@@ -427,7 +427,8 @@ async def token_request_decided(
     if request.state == "withdrawn":
         message = f"{user.name} withdrew their request for {asked}."
     else:
-        who = "The auto-approval rule" if automatic else act.actor
+        # "user:ada@example.com" reads "ada@example.com"; a key reads by its name.
+        who = "The auto-approval rule" if automatic else act.actor.split(":", 1)[-1]
         message = f"{who} {request.state} {user.name}'s request for {asked}"
         granted = request.approved_amount
         if granted is not None and granted != request.amount:
