@@ -43,6 +43,9 @@ UPKEEP = (
     "reservations.expire",
     "sessions.end",
 )
+SERVER_JOBS = tuple(sorted((*UPKEEP, "events.evaluate", "policies.run", "webhooks.deliver")))
+"""The jobs a server runs: the upkeep, and alert evaluation, policy runs, webhook delivery
+(email.send only with SMTP configured)."""
 
 
 @pytest.fixture
@@ -237,11 +240,11 @@ async def test_operators_read_each_jobs_last_run_lag_and_holder_others_are_refus
     app: FastAPI, api: Api, clock: FakeClock
 ) -> None:
     scheduler: Scheduler = app.state.jobs
-    assert sorted(await scheduler.run_due()) == list(UPKEEP)
+    assert sorted(await scheduler.run_due()) == list(SERVER_JOBS)
     clock.advance(seconds=65)  # due 5 s after each run; late by 60 s
 
     listed = await api.get("/v1/jobs")
-    assert [job["name"] for job in listed] == list(UPKEEP)
+    assert [job["name"] for job in listed] == list(SERVER_JOBS)
     job = listed[0]
     assert (job["state"], job["lag_seconds"], job["runs"]) == ("due", 60.0, 1)
     assert (job["interval_seconds"], job["last_ok"], job["last_error"]) == (5.0, True, None)
@@ -307,7 +310,7 @@ def rows_text(rows: dict[str, JobLease]) -> str:
 
 def settled(runs: int) -> Callable[[dict[str, JobLease]], bool]:
     def ready(rows: dict[str, JobLease]) -> bool:
-        return sorted(rows) == list(UPKEEP) and all(
+        return sorted(rows) == list(SERVER_JOBS) and all(
             row.runs >= runs and row.lease_until is None for row in rows.values()
         )
 
@@ -334,7 +337,7 @@ async def test_three_servers_run_each_job_once_per_due_time_and_take_over_a_kill
         rows = await wait_for_leases(pg, settled(1))
         clock.set(START + MINUTE)
         rows = await wait_for_leases(pg, settled(2))
-        assert {name: row.runs for name, row in rows.items()} == dict.fromkeys(UPKEEP, 2)
+        assert {name: row.runs for name, row in rows.items()} == dict.fromkeys(SERVER_JOBS, 2)
         assert all(row.last_ok for row in rows.values()), rows_text(rows)
 
         # The server that takes idempotency.purge next gets stuck in it (the table is
@@ -415,7 +418,7 @@ async def test_the_operators_jobs_page_shows_each_jobs_state_lag_and_last_failur
         page = await operator.get("/operator/jobs", headers=HTML)
         assert page.status_code == 200
         rows = dict(re.findall(r'<tr data-job="([^"]+)" data-state="([^"]+)"', page.text))
-        assert rows == {name: "due" for name in (*UPKEEP, "test.failing")}
+        assert rows == {name: "due" for name in (*SERVER_JOBS, "test.failing")}
         assert "1 job failed on its last run: test.failing." in page.text
         assert "the mail server said no" in page.text
         assert page.text.count("1 min</td>") == len(rows)  # late by a minute, each

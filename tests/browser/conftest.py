@@ -241,9 +241,12 @@ def main_pages(site: Site, role: str) -> list[tuple[str, str]]:
     return [
         ("users", org),
         ("journal", f"{org}/journal"),
+        ("notifications", f"{org}/notifications"),
         ("distribute", f"{org}/distribute"),
         ("import & export", f"{org}/import"),
         ("settings", f"{org}/settings"),
+        ("policy", f"{org}/policy"),
+        ("webhooks", f"{org}/webhooks"),
         ("models", f"{org}/models"),
         ("user page", f"{org}/users/{site.users[site.member_email]}"),
         ("my tokens", "/me"),

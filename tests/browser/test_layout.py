@@ -64,7 +64,18 @@ FIGURES_OUTSIDE_THEIR_CARDS = """() => [...document.querySelectorAll(".balance .
   })"""
 
 
-NAV = ["Users", "Distribute", "Import & export", "Journal", "Models", "Settings", "My tokens"]
+NAV = [
+    "Users",
+    "Distribute",
+    "Import & export",
+    "Policy",
+    "Journal",
+    "Notifications",
+    "Models",
+    "Webhooks",
+    "Settings",
+    "My tokens",
+]
 """An administrator's main links, in order."""
 
 OWN_TEXT = """(e) => [...e.childNodes].filter((n) => n.nodeType === Node.TEXT_NODE)
