@@ -47,8 +47,13 @@ lint: $(DEV) $(SYNC)
 types: $(DEV) $(SYNC)
 	$(BIN)/mypy tokenadmin tests
 
+# The tests in PYTEST_WORKERS processes (pytest-xdist), each with its own databases and
+# servers; the tests that load the whole machine share one xdist_group, so they run one after
+# another (--dist loadgroup, in pyproject.toml). PYTEST_WORKERS=0 runs them all in this process.
+PYTEST_WORKERS ?= 2
+
 pytest: $(DEV) $(SYNC)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test: lint types pytest
 

@@ -16,6 +16,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import httpx
+import pytest
+
+WHOLE_MACHINE = pytest.mark.xdist_group("whole_machine")
+"""For tests that load every core (several server processes under load, crashes, the
+benchmark's smoke run): under pytest-xdist (`make test`, --dist loadgroup) they all run in
+one worker, one after another, so two of them never compete for the machine (and for the
+PostgreSQL server's connections)."""
 
 
 def free_port() -> int:

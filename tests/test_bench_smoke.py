@@ -19,6 +19,7 @@ from bench import admin, growth, metering, reservations, usage
 from bench.data import seal, seed_metering, verify
 from bench.load import Plan
 from bench.user_table import _throwaway_database
+from tests.servers import WHOLE_MACHINE
 from tokenadmin.migrate import upgrade
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -46,7 +47,7 @@ TINY_SIZES = growth.Sizes(
 )
 TINY_SCALE = admin.Scale(changed_users=20, new_users=50, import_on=("sqlite",))
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, WHOLE_MACHINE]
 
 
 def _needs(tool: str) -> None:

@@ -11,13 +11,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.servers import running_servers
+from tests.servers import WHOLE_MACHINE, running_servers
 from tests.traffic import operator_key
 from tokenadmin.database import Database
 from tokenadmin.journal.service import verify
 from tokenadmin.models import JournalEntry, User
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, WHOLE_MACHINE]
 
 
 async def test_200_concurrent_debits_from_three_processes_never_overshoot(

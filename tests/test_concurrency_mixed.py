@@ -24,11 +24,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import running_servers
+from tests.servers import WHOLE_MACHINE, running_servers
 from tests.traffic import Ledger, Run, check_ledger, create_organization, operator_key
 from tokenadmin.database import Database
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres_only]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres_only, WHOLE_MACHINE]
 
 USERS = 8
 CAPACITY = 2_400_000  # room for some raises, not for all of them

@@ -32,12 +32,18 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import PrivatePostgres, Server, postgres_bin, started_servers
+from tests.servers import (
+    WHOLE_MACHINE,
+    PrivatePostgres,
+    Server,
+    postgres_bin,
+    started_servers,
+)
 from tests.traffic import Answer, Ledger, Run, check_ledger, create_organization, operator_key
 from tokenadmin.database import Database
 from tokenadmin.migrate import upgrade
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.slow, WHOLE_MACHINE]
 
 REQUIRE_POSTGRES = os.environ.get("TOKENADMIN_REQUIRE_POSTGRES") == "1"
 SEED = int(os.environ.get("TOKENADMIN_CRASH_SEED", "20261127"))
