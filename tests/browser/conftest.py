@@ -8,6 +8,7 @@ where they fail.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import uuid
@@ -142,18 +143,31 @@ async def _seed(database_url: str) -> Site:
     )
 
 
-@pytest.fixture
-def site(tmp_path: Path, sqlite_template: Path) -> Iterator[Site]:
-    """A fresh database and server for each test, so tests never share state."""
-    path = tmp_path / "browser.db"
+@pytest.fixture(scope="session")
+def seeded_template(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path
+) -> tuple[Path, Site]:
+    """The seeded database, made once (five argon2 password hashes and the writes took a
+    second or more of each test's set-up); each test runs on a copy of its own."""
+    path = tmp_path_factory.mktemp("browser") / "seeded.db"
     shutil.copy(sqlite_template, path)
-    database_url = f"sqlite:///{path}"
-    # Playwright's sync API runs an event loop in this thread: seed from another one.
+    # Playwright's sync API may run an event loop in this thread: seed from another one.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        seeded = pool.submit(asyncio.run, _seed(database_url)).result()
-    with running_servers(database_url, 1) as urls:
-        seeded.url = urls[0]
-        yield seeded
+        seeded = pool.submit(asyncio.run, _seed(f"sqlite:///{path}")).result()
+    return path, seeded
+
+
+@pytest.fixture
+def site(tmp_path: Path, seeded_template: tuple[Path, Site]) -> Iterator[Site]:
+    """A fresh copy of the seeded database and a server of its own for each test, so tests
+    never share state."""
+    template, seeded = seeded_template
+    path = tmp_path / "browser.db"
+    shutil.copy(template, path)
+    site = dataclasses.replace(seeded, database_url=f"sqlite:///{path}", users=dict(seeded.users))
+    with running_servers(site.database_url, 1) as urls:
+        site.url = urls[0]
+        yield site
 
 
 # Package scope, not session: Playwright's sync API keeps an event loop running in this
