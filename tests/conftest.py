@@ -49,6 +49,12 @@ def _without_pip_system_certs_patch() -> None:
 
 _without_pip_system_certs_patch()
 
+# pytest-xdist's workers start with COLUMNS=80 and LINES=24 in their environment, where a
+# plain pytest run has neither: the command's tables (rich reads COLUMNS) would fold to 80
+# columns there and their text tests fail. The tests read the output a pipe gets.
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
+
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
