@@ -397,21 +397,17 @@ async def _run(db: Database, sql: str) -> None:
 
 
 async def test_on_postgresql_the_service_cannot_change_or_remove_journal_entries(
-    postgres_url: str,
+    pg: Database,
 ) -> None:
-    db = Database(postgres_url, pool_size=1)
-    try:
-        act = Act("test", utc("2026-03-15 12:00"))
-        await db.write(lambda s: organization_service.create(s, act, name="Ledger"))
-        for statement in (
-            "UPDATE journal_entries SET amount = amount + 1",
-            "DELETE FROM journal_entries",
-            "TRUNCATE journal_entries",
-        ):
-            with pytest.raises(DBAPIError, match="journal entries are never changed or removed"):
-                await _run(db, statement)
-    finally:
-        await db.dispose()
+    act = Act("test", utc("2026-03-15 12:00"))
+    await pg.write(lambda s: organization_service.create(s, act, name="Ledger"))
+    for statement in (
+        "UPDATE journal_entries SET amount = amount + 1",
+        "DELETE FROM journal_entries",
+        "TRUNCATE journal_entries",
+    ):
+        with pytest.raises(DBAPIError, match="journal entries are never changed or removed"):
+            await _run(pg, statement)
 
 
 def test_every_action_recorded_anywhere_is_listed_in_actions() -> None:
