@@ -9,6 +9,7 @@ import asyncio
 import itertools
 import json
 import re
+import textwrap
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -101,14 +102,17 @@ async def receiver() -> AsyncIterator[Receiver]:
     await server.stop()
 
 
-def documented_verify() -> Callable[..., bool]:
-    """The `verify` of docs/webhooks.md's Python snippet, as a reader copies it."""
-    text = (ROOT / "docs" / "webhooks.md").read_text()
-    section = text.split("### Verifying", 1)[1]
+def documented_verify(
+    path: str = "docs/webhooks.md", after: str = "### Verifying"
+) -> Callable[..., bool]:
+    """The `verify` of a document's Python snippet (the first after `after`), as a reader
+    copies it: docs/webhooks.md's, or the README's."""
+    text = (ROOT / path).read_text()
+    section = text.split(after, 1)[1]
     snippet = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert snippet is not None
     scope: dict[str, Any] = {}
-    exec(snippet.group(1), scope)
+    exec(textwrap.dedent(snippet.group(1)), scope)
     verify: Callable[..., bool] = scope["verify"]
     return verify
 
@@ -189,11 +193,11 @@ async def test_a_signed_event_reaches_the_receiver_and_verifies_with_the_documen
     signed = received.headers["tokenadmin-signature"]
     assert signed.startswith(f"t={timestamp},v1=")
 
-    verify = documented_verify()
-    assert verify(secret, received.body, signed, now=timestamp + 10)
-    assert not verify(secret, received.body + b" ", signed, now=timestamp)
-    assert not verify("whsec_another", received.body, signed, now=timestamp)
-    assert not verify(secret, received.body, signed, now=timestamp + 301)  # replayed later
+    for verify in (documented_verify(), documented_verify("README.md", "**Signed webhooks**")):
+        assert verify(secret, received.body, signed, now=timestamp + 10)
+        assert not verify(secret, received.body + b" ", signed, now=timestamp)
+        assert not verify("whsec_another", received.body, signed, now=timestamp)
+        assert not verify(secret, received.body, signed, now=timestamp + 301)  # replayed later
 
     [sent] = await deliveries(admin, org_id, created["id"])
     assert (sent["state"], sent["attempts"], sent["last_status_code"]) == ("delivered", 1, 200)
