@@ -93,10 +93,11 @@ class World:
     batch: str = ""
     """A saved allowance change (of cy's, whom no other write touches), to revert."""
     webhook: str = ""
+    """A webhook endpoint of the organization."""
     webhook_delivery: str = ""
-    boost: str = ""
-    """An active boost of ana's, to end."""
     """A delivered delivery of the webhook, to resend."""
+    boost: str = ""
+    """An active boost of dee's, to end."""
 
 
 async def make_world(api: Api, db: Database, clock: FakeClock) -> World:
@@ -124,9 +125,13 @@ async def make_world(api: Api, db: Database, clock: FakeClock) -> World:
     hook = await api.post(
         f"/v1/organizations/{org}/webhooks", {"url": "https://hooks.example.com/t"}, expect=201
     )
+    # A boost of dee's, whom no other write touches (a boost changes the user's version),
+    # paid by a purchase of its own, so every other write has the balance it had.
+    await api.purchase(org, 201_000)
+    dee = await api.user(org, "dee@example.com")
     boost = await api.post(
         f"/v1/organizations/{org}/boosts",
-        {"user": ana["id"], "kind": "inference", "amount": 1_000, "ends_at": BOOST_ENDS},
+        {"user": dee["id"], "kind": "inference", "amount": 1_000, "ends_at": BOOST_ENDS},
         expect=201,
     )
     return World(

@@ -11,7 +11,6 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.auth.audit import AUDITED
@@ -20,6 +19,7 @@ from tokenadmin.deps import DatabaseDep, PrincipalDep
 from tokenadmin.errors import NotFound
 from tokenadmin.events import service
 from tokenadmin.events.schemas import EventKindName, EventPage
+from tokenadmin.schemas import Moment
 from tokenadmin.user import repository as user_repository
 
 org_router = APIRouter(
@@ -33,7 +33,7 @@ USER_READERS = ("admin", "usage", "read")
 Limit = Annotated[int, Query(ge=1, le=500)]
 Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 Since = Annotated[
-    AwareDatetime | None, Query(description="Only events at or after this time (with offset).")
+    Moment | None, Query(description="Only events at or after this time (with offset).")
 ]
 
 
