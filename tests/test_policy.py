@@ -4,9 +4,11 @@ the log, refusals that change nothing, and the job that runs once across process
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
@@ -14,6 +16,7 @@ from sqlalchemy import select
 from tests.client_support import async_client
 from tests.helpers import Api, funded_org
 from tests.scenarios import entries_since, error_of, get_user, last_entry_id, org_api
+from tests.test_bad_inputs import HTML, PASSWORD, sign_in
 from tokenadmin.clock import FakeClock
 from tokenadmin.config import Settings
 from tokenadmin.database import Database
@@ -387,3 +390,40 @@ def test_a_percent_bump_is_whole_tokens_rounded_up_exactly_up_to_2_to_the_53() -
     assert policy.bump(MAX - 1) == 2_972_375_754_064_528
     assert policy.bump(1) == 1
     assert policy.bump(1_000_000) == 330_000
+
+
+async def test_a_member_sees_their_own_active_boost_on_my_tokens_until_it_ends(
+    api: Api, app: FastAPI
+) -> None:
+    org = await funded_org(api, inference=10_000_000, training=1_000_000)
+    await api.user(org, "mia@example.com", password=PASSWORD)
+    bo = await api.user(org, "bo@example.com")
+    ends = "2026-04-01T00:00:00Z"
+    mine = await api.post(
+        boosts_path(org),
+        {
+            "user": "mia@example.com",
+            "kind": "inference",
+            "amount": 150_000,
+            "ends_at": ends,
+            "reason": "launch week",
+        },
+        expect=201,
+    )
+    await api.post(
+        boosts_path(org),
+        {"user": bo["id"], "kind": "training", "amount": 70_000, "ends_at": ends},
+        expect=201,
+    )
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://tokenadmin.test") as mia:
+        await sign_in(mia, "mia@example.com")
+        page = (await mia.get("/me", headers=HTML)).text
+        boosts = re.search(r'<section[^>]*id="my-boosts".*?</section>', page, re.DOTALL)
+        assert boosts is not None
+        assert "+150,000</strong> Max Tokens until 01 Apr 2026 00:00: “launch week”" in boosts[0]
+        assert "70,000" not in boosts[0]  # bo's is not hers
+
+        await api.post(boosts_path(org, f"/{mine['id']}/end"), expect=200)
+        page = (await mia.get("/me", headers=HTML)).text
+        assert 'id="my-boosts"' not in page

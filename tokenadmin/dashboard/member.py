@@ -20,6 +20,7 @@ from tokenadmin.dashboard.user_page import for_user, usage_csv, user_view
 from tokenadmin.dashboard.web import ViewerDep, render
 from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization, User
+from tokenadmin.policy import service as policy_service
 
 router = APIRouter(include_in_schema=False)
 NOTICES = {
@@ -54,6 +55,8 @@ async def my_page_response(
         view["my_requests"] = await member_requests(session, user.id)
         view["my_keys"] = await api_key_service.list_personal(session, user.id)
         view["my_events"] = await member_events(session, org.id, user.id)
+        active, _ = await policy_service.boosts(session, org, user_id=user.id, state="active")
+        view["my_boosts"] = [boost for boost, _ in active]
         return view
 
     data = await _as_me(request, viewer, work)
