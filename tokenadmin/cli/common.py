@@ -238,6 +238,17 @@ class Cli:
             self.fail(InvalidRequest("Names are 1 to 200 characters."))
         return text.strip()
 
+    def id_of(self, text: str, what: str, *, code: str | None = None) -> uuid.UUID:
+        """An id given on the command line (a request, a webhook, a boost, a key), or the
+        command fails: "'x' is not a <what> id." (`code`: a refusal's own, such as
+        boost_not_found; else invalid_request)."""
+        try:
+            return uuid.UUID(text.strip())
+        except ValueError:
+            self.fail(
+                InvalidRequest(f"'{text}' is not a {what} id.", details={what: text}, code=code)
+            )
+
     def email(self, text: str) -> str:
         try:
             return _emails.validate_python(text.strip())

@@ -335,10 +335,7 @@ def personal_key_revoke(
 ) -> None:
     """Revoke one of a user's keys; it stops working at once."""
     cli = Cli.of(ctx, json_output)
-    try:
-        kid = uuid.UUID(key_id.strip())
-    except ValueError:
-        cli.fail(InvalidRequest(f"'{key_id}' is not a key id."))
+    kid = cli.id_of(key_id, "key")
 
     async def work(session: AsyncSession, act: Act) -> PersonalKeyOut:
         owner = await find_user(session, user)

@@ -4,7 +4,6 @@ policy.service as the API and the dashboard do."""
 
 from __future__ import annotations
 
-import uuid
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -364,10 +363,7 @@ def boost_end(
 ) -> None:
     """End a boost now: taken back (never below what the user used)."""
     cli = Cli.of(ctx, json_output)
-    try:
-        wanted = uuid.UUID(boost_id.strip())
-    except ValueError:
-        cli.fail(InvalidRequest(f"'{boost_id}' is not a boost id.", code="boost_not_found"))
+    wanted = cli.id_of(boost_id, "boost", code="boost_not_found")
 
     async def work(session: AsyncSession, act: Act) -> BoostOut:
         result = await service.end_boost(session, act, await lock_org(session, act, org), wanted)

@@ -42,13 +42,6 @@ class State(StrEnum):
     any = "any"
 
 
-def _request_id(cli: Cli, text: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text.strip())
-    except ValueError:
-        cli.fail(InvalidRequest(f"'{text}' is not a request id.", details={"request": text}))
-
-
 def _show(cli: Cli, found: TokenRequestOut, message: str) -> None:
     if not cli.emit_if_json(found):
         say(message)
@@ -174,7 +167,7 @@ def requests_approve(
 ) -> None:
     """Grant a pending request: the user's allowance of its kind rises by the amount."""
     cli = Cli.of(ctx, json_output)
-    rid = _request_id(cli, request_id)
+    rid = cli.id_of(request_id, "request")
     granted = cli.amount("--amount", amount, positive=True)
 
     async def decide(session: AsyncSession, act: Act, org: Organization) -> TokenRequestOut:
@@ -198,7 +191,7 @@ def requests_deny(
 ) -> None:
     """Refuse a pending request with a note."""
     cli = Cli.of(ctx, json_output)
-    rid = _request_id(cli, request_id)
+    rid = cli.id_of(request_id, "request")
 
     async def decide(session: AsyncSession, act: Act, org: Organization) -> TokenRequestOut:
         return await service.deny(session, act, org, rid, note=note)
@@ -211,7 +204,7 @@ def requests_deny(
 def requests_withdraw(ctx: typer.Context, request_id: RequestId, json_output: Json = False) -> None:
     """Take back a pending request for its user."""
     cli = Cli.of(ctx, json_output)
-    rid = _request_id(cli, request_id)
+    rid = cli.id_of(request_id, "request")
 
     async def decide(session: AsyncSession, act: Act, org: Organization) -> TokenRequestOut:
         return await service.withdraw(session, act, org, rid)

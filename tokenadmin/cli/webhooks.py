@@ -4,7 +4,6 @@ once, by `add` and `rotate-secret`."""
 
 from __future__ import annotations
 
-import uuid
 from enum import StrEnum
 from typing import Annotated
 
@@ -13,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.cli.common import Cli, Json, OrgOption, find_org, lock_org, out, say, table
-from tokenadmin.errors import InvalidRequest
 from tokenadmin.webhooks import service
 from tokenadmin.webhooks.schemas import DeliveryOut, DeliveryPage, WebhookOut, WebhookSecretOut
 
@@ -30,13 +28,6 @@ class State(StrEnum):
     pending = "pending"
     delivered = "delivered"
     failed = "failed"
-
-
-def _id(cli: Cli, text: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text.strip())
-    except ValueError:
-        cli.fail(InvalidRequest(f"'{text}' is not a {what} id.", details={what: text}))
 
 
 def _print_secret(made: WebhookSecretOut) -> None:
@@ -121,7 +112,7 @@ def webhooks_rotate(
 ) -> None:
     """Give a webhook a new signing secret, printed only this once."""
     cli = Cli.of(ctx, json_output)
-    webhook_id = _id(cli, webhook, "webhook")
+    webhook_id = cli.id_of(webhook, "webhook")
 
     async def work(session: AsyncSession, act: Act) -> WebhookSecretOut:
         found = await lock_org(session, act, org)
@@ -139,7 +130,7 @@ def webhooks_remove(
 ) -> None:
     """Remove a webhook endpoint and its delivery log."""
     cli = Cli.of(ctx, json_output)
-    webhook_id = _id(cli, webhook, "webhook")
+    webhook_id = cli.id_of(webhook, "webhook")
 
     async def work(session: AsyncSession, act: Act) -> WebhookOut:
         found = await lock_org(session, act, org)
@@ -169,7 +160,7 @@ def webhooks_deliveries(
 ) -> None:
     """A webhook's deliveries, newest first, with every attempt and its answer."""
     cli = Cli.of(ctx, json_output)
-    webhook_id = _id(cli, webhook, "webhook")
+    webhook_id = cli.id_of(webhook, "webhook")
 
     async def work(session: AsyncSession) -> DeliveryPage:
         found = await find_org(session, org)
@@ -191,7 +182,7 @@ def webhooks_resend(
 ) -> None:
     """Send a delivered or failed delivery again: a new sequence of attempts, due now."""
     cli = Cli.of(ctx, json_output)
-    delivery_id = _id(cli, delivery, "delivery")
+    delivery_id = cli.id_of(delivery, "delivery")
 
     async def work(session: AsyncSession, act: Act) -> DeliveryOut:
         found = await lock_org(session, act, org)
