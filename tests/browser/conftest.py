@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from playwright.sync_api import (
@@ -266,6 +266,33 @@ def main_pages(site: Site, role: str) -> list[tuple[str, str]]:
         ("my tokens", "/me"),
         ("not found", f"{org}/users/{uuid.UUID(int=0)}"),
     ]
+
+
+AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
+"""axe-core, the accessibility checker: package.json pins it, `npm ci --prefix
+tests/browser` installs it."""
+SEVERE = {"serious", "critical"}
+
+
+def describe_violation(violation: dict[str, Any]) -> str:
+    """One axe-core finding: its rule, impact and help, and the elements it was found on."""
+    targets = ", ".join(" ".join(node["target"]) for node in violation["nodes"][:5])
+    more = len(violation["nodes"]) - 5
+    return (
+        f"{violation['id']} ({violation['impact']}) {violation['help']}"
+        f" — {targets}{f' and {more} more' if more > 0 else ''}"
+    )
+
+
+def severe_violations(page: Page) -> list[str]:
+    """axe-core's serious and critical findings on the page, described; none to find
+    without axe-core, outside CI (TOKENADMIN_REQUIRE_BROWSER=1 fails instead)."""
+    if not AXE.exists():
+        assert not REQUIRE_BROWSER, f"axe-core not found at {AXE} (npm ci --prefix tests/browser)"
+        return []
+    page.add_script_tag(path=str(AXE))
+    result: dict[str, Any] = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
+    return [describe_violation(v) for v in result["violations"] if v["impact"] in SEVERE]
 
 
 def screenshot(page: Page, name: str) -> None:

@@ -9,23 +9,21 @@ TOKENADMIN_REQUIRE_BROWSER=1 (as in CI), where they fail.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize
+from playwright.sync_api import Browser, ViewportSize
 
 from tests.browser.conftest import (
+    AXE,
     DESKTOP,
     PHONE,
     REQUIRE_BROWSER,
     Site,
     deactivate,
     main_pages,
+    severe_violations,
     sign_in,
 )
-
-AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
-SEVERE = {"serious", "critical"}
 
 
 @pytest.fixture(scope="module")
@@ -36,21 +34,6 @@ def axe_script() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return AXE
-
-
-def _violations(page: Page, axe: Path) -> list[dict[str, Any]]:
-    page.add_script_tag(path=str(axe))
-    result: dict[str, Any] = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
-    return [v for v in result["violations"] if v["impact"] in SEVERE]
-
-
-def _describe(where: str, violation: dict[str, Any]) -> str:
-    targets = ", ".join(" ".join(node["target"]) for node in violation["nodes"][:5])
-    more = len(violation["nodes"]) - 5
-    return (
-        f"{where}: {violation['id']} ({violation['impact']}) {violation['help']}"
-        f" — {targets}{f' and {more} more' if more > 0 else ''}"
-    )
 
 
 @pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["1440x900", "390x844"])
@@ -74,7 +57,7 @@ def test_no_page_has_a_serious_or_critical_accessibility_violation(
                 sign_in(page, site, email)
             for name, path in main_pages(site, role):
                 page.goto(site.url + path)
-                found += [_describe(f"{role} · {name}", v) for v in _violations(page, axe_script)]
+                found += [f"{role} · {name}: {v}" for v in severe_violations(page)]
     finally:
         context.close()
     assert not found, "axe-core found:\n" + "\n".join(found)

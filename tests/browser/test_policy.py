@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, ViewportSize, expect
@@ -14,17 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tests.browser.conftest import (
     DESKTOP,
     PHONE,
-    REQUIRE_BROWSER,
     Site,
     screenshot,
+    severe_violations,
     sign_in,
     write,
 )
 from tokenadmin.act import Act
 from tokenadmin.tokens import Kind
 from tokenadmin.usage import service as usage_service
-
-AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
 
 
 def _use(site: Site, email: str, tokens: int) -> None:
@@ -88,11 +85,6 @@ def test_an_admin_previews_a_preset_before_saving_then_runs_it_and_reads_the_log
 def test_the_policy_page_with_a_preview_fits_the_window_and_passes_axe(
     browser: Browser, site: Site, viewport: ViewportSize
 ) -> None:
-    if not AXE.exists():
-        message = f"axe-core not found at {AXE} (npm ci --prefix tests/browser)"
-        if REQUIRE_BROWSER:
-            pytest.fail(message)
-        pytest.skip(message)
     _use(site, "ben@acme.example", 180_000)
     context = browser.new_context(viewport=viewport)
     try:
@@ -105,13 +97,6 @@ def test_the_policy_page_with_a_preview_fits_the_window_and_passes_axe(
         expect(page.locator("#preview-table tr[data-email='ben@acme.example']")).to_be_visible()
         width = page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= viewport["width"], (width, viewport)
-        page.add_script_tag(path=str(AXE))
-        result = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
-        severe = [
-            f"{v['id']}: {v['help']} — {[n['target'] for n in v['nodes'][:3]]}"
-            for v in result["violations"]
-            if v["impact"] in ("serious", "critical")
-        ]
-        assert not severe, severe
+        assert severe_violations(page) == []
     finally:
         context.close()

@@ -6,30 +6,19 @@ from __future__ import annotations
 
 import re
 import uuid
-from pathlib import Path
 
 from playwright.sync_api import Page, expect
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.browser.conftest import REQUIRE_BROWSER, Site, deactivate, screenshot, sign_in, write
+from tests.browser.conftest import (
+    Site,
+    deactivate,
+    screenshot,
+    severe_violations,
+    sign_in,
+    write,
+)
 from tokenadmin.models import User
-
-AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
-
-
-def severe_violations(page: Page) -> list[str]:
-    """axe-core's serious and critical findings on the page (none to find without axe-core,
-    outside CI)."""
-    if not AXE.exists():
-        assert not REQUIRE_BROWSER, f"axe-core not found at {AXE}"
-        return []
-    page.add_script_tag(path=str(AXE))
-    found = page.evaluate("() => axe.run(document, {resultTypes: ['violations']})")
-    return [
-        f"{v['id']}: {v['help']}"
-        for v in found["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 def allowances(site: Site, *emails: str) -> dict[str, tuple[int, int]]:
