@@ -10,7 +10,7 @@ from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import text
@@ -100,6 +100,11 @@ async def remembered_principal(request: Request) -> Principal:
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+Limit = Annotated[int, Query(ge=1, le=500)]
+"""How many items a list answers at most, in one page."""
+Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+"""How many items of a list to pass over before the page."""
 
 
 def act_of(principal: Principal, clock: Clock) -> Act:

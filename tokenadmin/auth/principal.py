@@ -47,6 +47,16 @@ class Principal:
             return
         raise Forbidden(f"This key lacks the '{scope}' scope.", details={"scope": scope})
 
+    def require_any(self, org_id: uuid.UUID, scopes: tuple[str, ...], what: str) -> None:
+        """Allow a caller with one of `scopes` in the organization; refuse with the first
+        scope's refusal (403), or, to another organization's caller, as "<what> not found"."""
+        if any(self.may(org_id, scope) for scope in scopes):
+            return
+        try:
+            self.require(org_id, scopes[0])
+        except NotFound as error:
+            raise NotFound(f"{what} not found.") from error
+
     def may(self, org_id: uuid.UUID, scope: str) -> bool:
         try:
             self.require(org_id, scope)

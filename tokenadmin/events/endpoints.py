@@ -14,8 +14,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.auth.audit import AUDITED
-from tokenadmin.auth.principal import Principal
-from tokenadmin.deps import DatabaseDep, PrincipalDep
+from tokenadmin.deps import DatabaseDep, Limit, Offset, PrincipalDep
 from tokenadmin.errors import NotFound
 from tokenadmin.events import service
 from tokenadmin.events.schemas import EventKindName, EventPage
@@ -30,22 +29,9 @@ user_router = APIRouter(prefix="/v1/users/{user_id}/events", tags=["events"], de
 ORG_READERS = ("admin", "read")
 USER_READERS = ("admin", "usage", "read")
 
-Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 Since = Annotated[
     Moment | None, Query(description="Only events at or after this time (with offset).")
 ]
-
-
-def _allow(principal: Principal, org_id: uuid.UUID, scopes: tuple[str, ...], what: str) -> None:
-    """Allow a caller with one of `scopes`; refuse with the first scope's refusal (403), or
-    as not found for another organization's caller."""
-    if any(principal.may(org_id, scope) for scope in scopes):
-        return
-    try:
-        principal.require(org_id, scopes[0])
-    except NotFound as error:
-        raise NotFound(f"{what} not found.") from error
 
 
 @org_router.get("", response_model=EventPage)
@@ -60,7 +46,7 @@ async def list_organization_events(
     offset: Offset = 0,
 ) -> EventPage:
     """An organization's events, newest first: of a kind, of a user, since a time."""
-    _allow(principal, org_id, ORG_READERS, "Organization")
+    principal.require_any(org_id, ORG_READERS, "Organization")
     query = service.EventQuery(
         org_id=org_id,
         user_id=user_id,
@@ -89,7 +75,7 @@ async def list_user_events(
         if user is None:
             raise NotFound("User not found.")
         if principal.user_id != user.id:
-            _allow(principal, user.org_id, USER_READERS, "User")
+            principal.require_any(user.org_id, USER_READERS, "User")
         query = service.EventQuery(
             org_id=user.org_id,
             user_id=user.id,

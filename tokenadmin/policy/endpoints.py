@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.auth.audit import AUDITED
 from tokenadmin.auth.principal import Principal
-from tokenadmin.deps import ClockDep, DatabaseDep, PrincipalDep, act_of, locked_write
+from tokenadmin.deps import ClockDep, DatabaseDep, Limit, Offset, PrincipalDep, act_of, locked_write
 from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization
 from tokenadmin.organization import service as organization_service
@@ -39,9 +39,6 @@ from tokenadmin.user import repository as user_repository
 router = APIRouter(
     prefix="/v1/organizations/{org_id}", tags=["allocation policy"], dependencies=AUDITED
 )
-
-Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 
 
 def policy_out(org: Organization, policies: dict[Kind, service.KindPolicy]) -> PolicyOut:

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tokenadmin.act import Act
 from tokenadmin.auth.audit import AUDITED
 from tokenadmin.auth.principal import Principal
-from tokenadmin.deps import DatabaseDep, PrincipalDep, db_of, idempotent_write
+from tokenadmin.deps import DatabaseDep, Limit, Offset, PrincipalDep, db_of, idempotent_write
 from tokenadmin.errors import InvalidRequest, NotFound
 from tokenadmin.models import TokenRequest, User
 from tokenadmin.organization import service as organization_service
@@ -50,24 +50,10 @@ FOR_USERS = ("admin", "usage")
 """Scopes of keys that act for the organization's users: an admin, the platform's back end."""
 READERS = ("read", "usage", "admin")
 
-Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0, le=10_000_000)]
-
-
-def _allow(principal: Principal, org_id: uuid.UUID, scopes: tuple[str, ...], what: str) -> None:
-    """Allow a caller with one of `scopes` in the organization; refuse with the first
-    scope's refusal (403), or as not found for another organization's caller."""
-    if any(principal.may(org_id, scope) for scope in scopes):
-        return
-    try:
-        principal.require(org_id, scopes[0])
-    except NotFound as error:
-        raise NotFound(f"{what} not found.") from error
-
 
 def _allow_self_or(principal: Principal, user: User, scopes: tuple[str, ...], what: str) -> None:
     if principal.user_id != user.id:
-        _allow(principal, user.org_id, scopes, what)
+        principal.require_any(user.org_id, scopes, what)
 
 
 async def _asker(session: AsyncSession, principal: Principal, ref: str | None) -> User:
@@ -112,7 +98,7 @@ async def list_organization_requests(
     offset: Offset = 0,
 ) -> TokenRequestPage:
     """An organization's requests, newest first: pending ones unless `state` says otherwise."""
-    _allow(principal, org_id, READERS, "Organization")
+    principal.require_any(org_id, READERS, "Organization")
     query = service.RequestQuery(
         org_id=org_id,
         user_id=user_id,
@@ -172,7 +158,7 @@ async def get_request(
 async def _decider(request_id: uuid.UUID, principal: PrincipalDep, db: DatabaseDep) -> Principal:
     """The caller, once allowed to decide this request (before `idempotent_write`)."""
     found, _ = await db.read(lambda session: service.get(session, request_id))
-    _allow(principal, found.org_id, ("admin",), "Token request")
+    principal.require_any(found.org_id, ("admin",), "Token request")
     return principal
 
 

@@ -8,15 +8,14 @@ create and rotate-secret only.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin.act import Act
 from tokenadmin.auth.audit import AUDITED
-from tokenadmin.deps import DatabaseDep, PrincipalDep, locked_write
+from tokenadmin.deps import DatabaseDep, Limit, Offset, PrincipalDep, locked_write
 from tokenadmin.errors import NotFound
 from tokenadmin.models import Organization
 from tokenadmin.organization import service as organization_service
@@ -38,9 +37,6 @@ router = APIRouter(
 deliveries_router = APIRouter(
     prefix="/v1/webhook-deliveries", tags=["webhooks"], dependencies=AUDITED
 )
-
-Limit = Annotated[int, Query(ge=1, le=500)]
-Offset = Annotated[int, Query(ge=0, le=10_000_000)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookSecretOut)
