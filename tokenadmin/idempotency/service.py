@@ -115,21 +115,46 @@ def in_flight(key: str) -> IdempotencyKeyInFlight:
 # --- the records ----------------------------------------------------------------------------
 
 
-async def find(
-    session: AsyncSession, scope: str, keys: Sequence[str]
-) -> dict[str, IdempotencyRecord]:
+class Stored(NamedTuple):
+    """A kept answer, as `find` reads it."""
+
+    key: str
+    fingerprint: str
+    status_code: int
+    response: str
+
+
+# One index probe per key (a nested loop over the keys), whatever the planner's statistics
+# say: with stale statistics `key IN (…)`, or a join, may become a scan of every key of the
+# scope. The LIMIT keeps the planner from flattening the LATERAL subquery into a join.
+PROBE = text(
+    "SELECT r.key, r.fingerprint, r.status_code, r.response"
+    " FROM unnest(CAST(:keys AS text[])) AS k(key)"
+    " CROSS JOIN LATERAL (SELECT s.key, s.fingerprint, s.status_code, s.response"
+    " FROM idempotency_records AS s WHERE s.scope = :scope AND s.key = k.key LIMIT 1) AS r"
+)
+_SELECT_STORED = select(
+    RECORDS.c.key, RECORDS.c.fingerprint, RECORDS.c.status_code, RECORDS.c.response
+)
+
+
+async def find(session: AsyncSession, scope: str, keys: Sequence[str]) -> dict[str, Stored]:
+    """The kept answers of these keys of `scope`, by key."""
     if not keys:
         return {}
-    found: dict[str, IdempotencyRecord] = {}
+    if session.get_bind().dialect.name == "postgresql":
+        rows = await session.execute(PROBE, {"keys": list(keys), "scope": scope})
+        return {row[0]: Stored(*row) for row in rows}
+    found: dict[str, Stored] = {}
     for start in range(0, len(keys), 1000):
-        statement = select(IdempotencyRecord).where(
-            IdempotencyRecord.scope == scope, IdempotencyRecord.key.in_(keys[start : start + 1000])
+        statement = _SELECT_STORED.where(
+            RECORDS.c.scope == scope, RECORDS.c.key.in_(keys[start : start + 1000])
         )
-        found.update({r.key: r for r in (await session.scalars(statement)).all()})
+        found.update({row[0]: Stored(*row) for row in await session.execute(statement)})
     return found
 
 
-def replay(record: IdempotencyRecord, print_: str) -> Answer:
+def replay(record: Stored, print_: str) -> Answer:
     if record.fingerprint != print_:
         raise reused(record.key)
     return Answer(record.status_code, json.loads(record.response), replayed=True)
@@ -290,7 +315,7 @@ async def write_group(
     return final
 
 
-def _replayed(record: IdempotencyRecord, print_: str) -> Answer:
+def _replayed(record: Stored, print_: str) -> Answer:
     try:
         return replay(record, print_)
     except IdempotencyKeyReused as error:
