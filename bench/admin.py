@@ -1,15 +1,15 @@
 """Administration at scale, timed on the database bench/growth.py grew (100,000 users,
-1,000,000 journal entries and more), through the paths an administrator uses:
+3,000,000 journal rows and more), through the paths an administrator uses:
 
 - one atomic allowance change of 10,000 users through the API
-  (POST /v1/organizations/{org_id}/allowances, an `admin` key; target ≤ 2 s);
+  (POST /v1/organizations/{org_id}/allowances, an `admin` key; target, issue 14: ≤ 0.5 s);
 - CSV export of the 100,000 users (`tokenadmin users export`; the dashboard's export
   streams the same `user.csv_io.export_chunks`);
 - creating 100,000 users (`tokenadmin users import` of a CSV file into a new organization:
   the administrator's bulk path, one atomic change, the same `user.csv_io.import_users`
   as the dashboard's import page);
-- `tokenadmin verify` over every journal entry (target ≤ 30 s), which is also the
-  exactness check of everything the database went through.
+- `tokenadmin verify` over every journal entry (target, issue 14: ≤ 10 s per 1,000,000
+  entries), which is also the exactness check of everything the database went through.
 
 Each is a client's wall-clock time: the HTTP round trip, or the command from start to
 exit (the Python interpreter's start included, about a second).
@@ -42,6 +42,8 @@ from tokenadmin.bulk import EMAIL_DOMAIN
 RAISE = 1_000  # tokens added to each changed user's Max Tokens
 CAPACITY_ROOM = 100_000 * RAISE  # what the growth organization bought beyond its users
 IMPORT_DOMAIN = "import.example"
+ALLOWANCE_TARGET_SECONDS = 0.5  # issue 14, 10,000 users
+VERIFY_TARGET_SECONDS_PER_MILLION = 10.0  # issue 14
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,22 @@ class Step:
     ok: bool  # did what it says (the check in `detail`)
     detail: str
     target_seconds: float | None = None
+    entries: int = 0  # verify: the entries it replayed (its target is per 1,000,000)
+
+    @property
+    def per_million(self) -> float:
+        return self.seconds * 1_000_000 / self.entries if self.entries else 0.0
+
+    @property
+    def measured(self) -> float:
+        """What the target is about: seconds, or seconds per 1,000,000 entries."""
+        return self.per_million if self.entries else self.seconds
+
+    @property
+    def met(self) -> bool | None:
+        if self.target_seconds is None:
+            return None
+        return self.measured <= self.target_seconds
 
 
 @dataclass
@@ -79,8 +97,10 @@ class AdminRun:
 
 
 def _show(step: Step) -> Step:
+    per_million = f" ({step.per_million:.1f} s per million)" if step.entries else ""
     print(
-        f"  {step.what:42} {step.seconds:7.2f} s  {'ok' if step.ok else 'NOT OK'} ({step.detail})",
+        f"  {step.what:42} {step.seconds:7.2f} s{per_million}"
+        f"  {'ok' if step.ok else 'NOT OK'} ({step.detail})",
         flush=True,
     )
     return step
@@ -119,7 +139,7 @@ def change_allowances(seeded: Seeded, base: str, count: int) -> Step:
         seconds,
         answer.status_code == 200 and applied == count,
         f"HTTP {answer.status_code}, {applied:,} changes applied",
-        target_seconds=2.0,
+        target_seconds=ALLOWANCE_TARGET_SECONDS,
     )
 
 
@@ -169,13 +189,15 @@ def verify_journal(url: str) -> Step:
     clean, summary = verify(url)
     seconds = time.perf_counter() - started
     entries = summary.split(" entries", 1)[0]
+    count = int(entries.replace(",", "")) if entries.replace(",", "").isdigit() else 0
     return Step(
         f"verify {entries} journal entries",
         "tokenadmin verify",
         seconds,
         clean,
         ("clean: " if clean else "NOT CLEAN: ") + summary,
-        target_seconds=30.0,
+        target_seconds=VERIFY_TARGET_SECONDS_PER_MILLION,
+        entries=count,
     )
 
 
@@ -200,7 +222,7 @@ def run(
 
 def table(runs: list[AdminRun]) -> list[str]:
     lines = [
-        "| database | what | how | seconds | target | target met | done |",
+        "| database | what | how | seconds | target (issue 14) | target met | done |",
         "|---|---|---|---:|---:|---|---|",
     ]
     for run in runs:
@@ -208,7 +230,9 @@ def table(runs: list[AdminRun]) -> list[str]:
             target = met = ""
             if step.target_seconds is not None:
                 target = f"≤ {step.target_seconds:g} s"
-                met = yes_no(step.seconds <= step.target_seconds)
+                if step.entries:
+                    target += f" per 1,000,000 ({step.per_million:.1f} s per 1,000,000)"
+                met = yes_no(bool(step.met))
             done = ("yes: " if step.ok else "**NO**: ") + step.detail
             lines.append(
                 f"| {run.database} | {step.what} | {step.how} | {step.seconds:.2f}"

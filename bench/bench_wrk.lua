@@ -9,9 +9,12 @@
 --   BENCH_FIRST    the first user's number, BENCH_USERS how many users
 --   BENCH_TOKENS   tokens per request (per event in a batch)
 --   BENCH_RUN      makes the idempotency keys unique across runs
---   BENCH_SECONDS  how long requests are sent; wrk's -d is longer, so the requests in
---                  flight at that time are answered and counted (the exactness checks
---                  compare what is counted here with the tokens in the database)
+--   BENCH_SECONDS  how long requests are sent; wrk's -d is longer (by wrk's --timeout, the
+--                  longest a request may take), so the requests in flight at that time are
+--                  answered and counted (the exactness checks compare what is counted here
+--                  with the tokens in the database). A thread whose every request is answered
+--                  after that time writes "BENCH-DRAINED <thread>" on stderr: once every
+--                  thread has, bench/load.py stops wrk (SIGINT) instead of waiting out -d.
 
 local ffi = require("ffi")
 ffi.cdef [[
@@ -49,7 +52,8 @@ function bench.start(counters)
   for _, name in ipairs(counters) do
     _G[name] = 0
   end
-  sent, other = 0, 0
+  sent, other, answers = 0, 0, 0
+  drained = false
   started = bench.now()
   cutoff = started + tonumber(os.getenv("BENCH_SECONDS") or "10")
   last = started
@@ -64,10 +68,23 @@ function bench.stopped()
   return bench.now() >= cutoff
 end
 
+-- Once, when past the cutoff every request this thread sent is answered and `more` (the
+-- script has a request still to send, such as a commit) is not true: "BENCH-DRAINED".
+-- (wrk calls request() once on the first thread to check the script, without sending it.)
+function bench.check_drained(more)
+  local owed = sent - answers - (tid == 1 and 1 or 0)
+  if not drained and not more and owed <= 0 and bench.stopped() then
+    drained = true
+    io.stderr:write(string.format("BENCH-DRAINED %d\n", tid))
+    io.stderr:flush()
+  end
+end
+
 -- delay() for scripts without pending work: after the cutoff a connection waits out the
 -- run, so no request is cut off by wrk's end.
 function bench.delay()
   if bench.stopped() then
+    bench.check_drained(false)
     return bench.WAIT_MS
   end
   return 0
@@ -93,19 +110,24 @@ function bench.usage_body()
   )
 end
 
--- Every answer: when it came, and the first few unexpected ones on stderr.
-function bench.answered(expected, status, body)
+-- Every answer: when it came, and the first few unexpected ones on stderr. `more`: this
+-- connection has another request to send (see check_drained).
+function bench.answered(expected, status, body, more)
   last = bench.now()
+  answers = answers + 1
   if not expected then
     other = other + 1
     if other <= 3 then
       io.stderr:write("unexpected answer " .. status .. ": " .. string.sub(body, 1, 300) .. "\n")
     end
   end
+  bench.check_drained(more)
 end
 
 -- done(): the counters summed over threads, the time from the first start to the last
--- answer, and wrk's latencies, as one line.
+-- answer, wrk's latencies and its errors, as one line. wrk counts a "timeout" for every
+-- connection whose last request is older than --timeout at each of its 2-second checks,
+-- idle ones included: the requests sent and not answered are `sent` less the answers.
 function bench.report(summary, latency, counters)
   local names = { "sent", "other" }
   for _, name in ipairs(counters) do
@@ -123,7 +145,7 @@ function bench.report(summary, latency, counters)
     begin = math.min(begin, thread:get("started"))
     finish = math.max(finish, thread:get("last"))
   end
-  -- wrk calls request() once on the first thread to check the script, without sending it.
+  -- The request() wrk called on the first thread to check the script was not sent.
   totals.sent = totals.sent - 1
   local errors = summary.errors
   local fields = {}
@@ -132,10 +154,10 @@ function bench.report(summary, latency, counters)
   end
   io.write(string.format(
     'BENCH {%s, "seconds": %.4f, "p50_us": %d, "p99_us": %d, "max_us": %d, '
-      .. '"socket_errors": %d}\n',
+      .. '"socket_errors": %d, "timeouts": %d}\n',
     table.concat(fields, ", "), math.max(finish - begin, 1e-9),
     latency:percentile(50), latency:percentile(99), latency.max,
-    errors.connect + errors.read + errors.write + errors.timeout
+    errors.connect + errors.read + errors.write, errors.timeout
   ))
 end
 

@@ -143,6 +143,58 @@ def balances(url: str, prefix: str) -> Balances:
     return asyncio.run(_with_database(url, lambda db: db.read(work)))
 
 
+@dataclass(frozen=True)
+class Trace:
+    """What the database holds of one wrk run (its keys begin with the run's id): the
+    idempotency records of its keys by status code, and the journal entries of the
+    organization written since `Mark`, by action. A request the server committed but
+    whose answer the client never got is in both, once."""
+
+    records: dict[int, int]
+    entries: dict[str, int]
+
+    def recorded(self, *statuses: int) -> int:
+        return sum(self.records.get(status, 0) for status in statuses)
+
+
+def journal_mark(url: str) -> int:
+    """The journal's last id: `trace` counts the entries after it."""
+
+    async def work(session: AsyncSession) -> int:
+        return int(
+            await session.scalar(text("SELECT coalesce(max(id), 0) FROM journal_entries")) or 0
+        )
+
+    return asyncio.run(_with_database(url, lambda db: db.read(work)))
+
+
+def trace(url: str, org_id: uuid.UUID, run: str, mark: int) -> Trace:
+    """The idempotency records of the run's keys, and the journal entries since `mark`."""
+
+    async def work(session: AsyncSession) -> Trace:
+        records = await session.execute(
+            text(
+                "SELECT status_code, count(*) FROM idempotency_records"
+                " WHERE scope = :scope AND key LIKE :keys GROUP BY status_code"
+            ),
+            {"scope": f"org:{org_id}", "keys": f"{run}-%"},
+        )
+        org = org_id if session.get_bind().dialect.name == "postgresql" else org_id.hex
+        entries = await session.execute(
+            text(
+                "SELECT action, count(*) FROM journal_entries"
+                " WHERE id > :mark AND org_id = :org GROUP BY action"
+            ),
+            {"mark": mark, "org": org},
+        )
+        return Trace(
+            {int(status): int(n) for status, n in records},
+            {str(action): int(n) for action, n in entries},
+        )
+
+    return asyncio.run(_with_database(url, lambda db: db.read(work)))
+
+
 def seal(url: str) -> int:
     """Chain the journal entries the limits wrote (bare SQL: no hashes) into their users'
     hash chains, as the service would have; how many. The limits leave the hashing out

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from bench.data import Trace
 from bench.load import Memory, Timings
 from bench.user_table import RESULTS
 
@@ -68,6 +69,57 @@ def grew_by(before: int, after: int, accepted: int, tokens: int) -> tuple[bool, 
     if grew == expected:
         return True, f"used grew {grew:,} = {accepted:,} accepted × {tokens}"
     return False, f"used grew {grew:,} but {accepted:,} accepted × {tokens} = {expected:,}"
+
+
+def reconcile(
+    grew: int,
+    tokens: int,
+    answered: int,
+    trace: Trace,
+    *,
+    statuses: tuple[int, ...],
+    actions: tuple[str, ...],
+    unanswered: int,
+    per_request: int = 1,
+    what: str = "accepted",
+) -> tuple[bool, str]:
+    """Whether the tokens used grew by exactly the operations the database committed, each
+    once: the accepted answers the client counted, plus those the server committed whose
+    answer never came (a request unanswered within wrk's timeout: a timeout, never an
+    inexactness). The committed operations are read from the database: the idempotency
+    records of the run's keys with an accepting status (one per key) and the journal
+    entries written meanwhile (one per operation). Exact when used grew = recorded ×
+    tokens, the journal has one entry per recorded operation, and the operations committed
+    but unanswered are no more than the unanswered requests could hold."""
+    recorded = trace.recorded(*statuses)
+    journal = sum(trace.entries.get(action, 0) for action in actions)
+    late = recorded - answered
+    if late == 0:
+        text = f"used grew {grew:,} = {answered:,} {what} × {tokens}"
+    else:
+        text = (
+            f"used grew {grew:,} = ({answered:,} {what} + {late:,} committed but unanswered)"
+            f" × {tokens}"
+        )
+    problems = []
+    if grew != recorded * tokens:
+        problems.append(f"used grew {grew:,} but {recorded:,} recorded × {tokens}")
+    if journal != recorded:
+        problems.append(f"{journal:,} journal entries for {recorded:,} recorded")
+    if late < 0:
+        problems.append(f"{-late:,} answered {what} but not recorded")
+    if late > unanswered * per_request:
+        problems.append(f"{late:,} committed but unanswered, from {unanswered:,} requests")
+    if problems:
+        return False, "; ".join(problems) + f" ({text})"
+    return True, f"{text}; {recorded:,} recorded under their keys, {journal:,} journal entries"
+
+
+def unanswered_note(unanswered: int, timeout: float) -> list[str]:
+    """A note of the requests wrk sent and got no answer to (not an inexactness)."""
+    if not unanswered:
+        return []
+    return [f"{unanswered:,} requests unanswered within wrk's timeout of {timeout:g} s"]
 
 
 def show(result: Result) -> Result:

@@ -20,6 +20,7 @@ end
 
 function delay()
   if pending == nil and bench.stopped() then
+    bench.check_drained(false)
     return bench.WAIT_MS
   end
   return 0
@@ -48,7 +49,7 @@ function response(status, response_headers, body)
   else
     ok = false
   end
-  bench.answered(ok, status, body)
+  bench.answered(ok, status, body, pending ~= nil)
 end
 
 function done(summary, latency, requests)

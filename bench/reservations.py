@@ -20,9 +20,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bench.data import KEY_NAME, Balances, Seeded, balances, seal
-from bench.figures import Result, grew_by, limit_result
-from bench.load import Plan, pgbench, server_memory, timed_loop, wrk, wrk_problems
+from bench.data import KEY_NAME, Balances, Seeded, balances, journal_mark, seal, trace
+from bench.figures import Result, grew_by, limit_result, reconcile, unanswered_note
+from bench.load import (
+    Plan,
+    pgbench,
+    server_memory,
+    timed_loop,
+    unanswered,
+    wrk,
+    wrk_problems,
+)
 from bench.usage import (
     PG_ACTIVITY,
     SQLITE_ACTIVITY,
@@ -230,24 +238,54 @@ def limit(database: str, seeded: Seeded, plan: Plan, workdir: Path) -> Result:
 
 def api_run(seeded: Seeded, database: str, plan: Plan, base: str, pid: int) -> Result:
     """Reserve-then-commit pairs through wrk and reservations.lua for `plan.seconds`, one
-    connection per wrk thread (so each connection commits what it reserved)."""
+    connection per wrk thread (so each connection commits what it reserved). Exact when the
+    tokens used grew by the commits the server made, each once (`figures.reconcile`), and
+    what is still reserved is exactly the reservations whose reserve or commit went
+    unanswered within the timeout (none, normally): they expire by their TTL."""
     before = balances(seeded.url, PREFIX)
+    mark = journal_mark(seeded.url)
     figures = wrk(
         base,
         "reservations.lua",
         wrk_env(seeded, PREFIX, plan.users, TOKENS),
         seconds=plan.seconds,
-        drain=plan.drain,
+        timeout=plan.timeout,
         threads=plan.connections,
         connections=plan.connections,
     )
     after = balances(seeded.url, PREFIX)
     reserved, committed = figures["reserved"], figures["committed"]
     answered = reserved + committed + figures["refused"] + figures["other"]
-    notes = wrk_problems(figures, answered)
-    exact, exactness = _exactness(before, after, committed)
-    if reserved != committed:
-        notes.append(f"{reserved:,} reserved but {committed:,} committed")
+    problems = wrk_problems(figures, answered)
+    missing = unanswered(figures, answered)
+    kept = trace(seeded.url, seeded.org_id, figures["run"], mark)
+    exact, exactness = reconcile(
+        after.used - before.used,
+        TOKENS,
+        committed,
+        kept,
+        statuses=(200,),
+        actions=("commit",),
+        unanswered=missing,
+        what="committed",
+    )
+    held = kept.recorded(201) - kept.recorded(200)  # reserved, never committed
+    late = kept.recorded(201) - reserved + kept.recorded(200) - committed
+    settled = (
+        kept.entries.get("reserve", 0) == kept.recorded(201)
+        and after.reserved - before.reserved == held * TOKENS
+        and after.open_reservations - before.open_reservations == held
+        and 0 <= held <= missing
+        and late <= missing
+    )
+    exactness += (
+        f"; reserved {before.reserved:,} → {after.reserved:,},"
+        f" {after.open_reservations:,} open reservations"
+    )
+    if held:
+        exactness += (
+            f" (held by {held:,} reservations whose commit never came: their TTL ends them)"
+        )
     return Result(
         database,
         "reservations",
@@ -257,9 +295,9 @@ def api_run(seeded: Seeded, database: str, plan: Plan, base: str, pid: int) -> R
         figures["seconds"],
         figures["p50_us"] / 1000,
         figures["p99_us"] / 1000,
-        exact and not notes,
+        exact and settled and not problems,
         exactness,
         unit="pairs",
         memory=server_memory(pid),
-        notes=notes,
+        notes=problems + unanswered_note(missing, plan.timeout),
     )

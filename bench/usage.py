@@ -11,9 +11,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.data import KEY_NAME, Seeded, add_users, balances, seal
-from bench.figures import Result, grew_by, limit_result
-from bench.load import Plan, pgbench, server_memory, timed_loop, wrk, wrk_problems
+from bench.data import KEY_NAME, Seeded, add_users, balances, journal_mark, seal, trace
+from bench.figures import Result, grew_by, limit_result, reconcile, unanswered_note
+from bench.load import (
+    Plan,
+    pgbench,
+    server_memory,
+    timed_loop,
+    unanswered,
+    wrk,
+    wrk_problems,
+)
 from tokenadmin.bulk import EMAIL_DOMAIN
 from tokenadmin.usage.service import ACTIVITY_RESOLUTION
 
@@ -191,7 +199,7 @@ def send(
         "usage.lua",
         wrk_env(seeded, prefix, users, tokens),
         seconds=seconds,
-        drain=plan.drain,
+        timeout=plan.timeout,
         threads=plan.threads,
         connections=plan.connections,
     )
@@ -215,19 +223,31 @@ def api_run(
     tokens: int = TOKENS,
     allowance: int | None = None,
 ) -> Result:
-    """POST /v1/usage for `plan.seconds`; exact when the tokens used grew by the accepted
-    requests (and, with `allowance`, when they used it up exactly)."""
+    """POST /v1/usage for `plan.seconds`; exact when the tokens used grew by the requests
+    the server accepted, each once (`figures.reconcile`), and, with `allowance`, when they
+    used it up exactly."""
     before = balances(seeded.url, prefix).used
+    mark = journal_mark(seeded.url)
     figures = send(
         base, seeded, plan, prefix=prefix, users=users, tokens=tokens, seconds=plan.seconds
     )
     after = balances(seeded.url, prefix).used
     accepted, refused = figures["accepted"], figures["refused"]
     answered = accepted + refused + figures["other"]
-    exact, exactness = grew_by(before, after, accepted, tokens)
-    notes = wrk_problems(figures, answered)
+    missing = unanswered(figures, answered)
+    kept = trace(seeded.url, seeded.org_id, figures["run"], mark)
+    exact, exactness = reconcile(
+        after - before,
+        tokens,
+        accepted,
+        kept,
+        statuses=(200,),
+        actions=("usage",),
+        unanswered=missing,
+    )
+    problems = wrk_problems(figures, answered)
     if allowance is not None:
-        total = accepted * tokens
+        total = kept.recorded(200) * tokens
         exact = exact and total == allowance and after == allowance and refused > 0
         exactness += (
             f"; accepted tokens {total:,} {'=' if total == allowance else '≠'} allowance"
@@ -242,10 +262,10 @@ def api_run(
         figures["seconds"],
         figures["p50_us"] / 1000,
         figures["p99_us"] / 1000,
-        exact and not notes,
+        exact and not problems,
         exactness,
         memory=server_memory(pid),
-        notes=notes,
+        notes=problems + unanswered_note(missing, plan.timeout),
     )
 
 
