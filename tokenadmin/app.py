@@ -54,6 +54,8 @@ from tokenadmin.schemas import FieldRule, error_answers
 from tokenadmin.token_request import endpoints as token_request_endpoints
 from tokenadmin.usage.endpoints import KEY, metering
 from tokenadmin.usage.endpoints import router as usage_router
+from tokenadmin.usage.fast import PATHS as FAST_PATHS
+from tokenadmin.usage.fast import FastMetering, FastSwitch
 from tokenadmin.user.endpoints import org_router as org_user_router
 from tokenadmin.user.endpoints import router as user_router
 from tokenadmin.user.endpoints import table_router as user_table_router
@@ -494,6 +496,16 @@ def create_app(
     ):
         app.include_router(router, responses=API_ERRORS)
     _declare_what_deps_check(app)
+    # Innermost: the metering routes' lean path sees bodies BodyLimit has read and limited,
+    # and its answers get their request id and access line from RequestLog.
+    app.state.fast_metering = FastSwitch()
+    metering_routes = {
+        context.path: context.original_route
+        for context in iter_route_contexts(app.router.routes)
+        if context.path in FAST_PATHS and context.methods == {"POST"}
+    }
+    assert set(metering_routes) == set(FAST_PATHS), "a metering route is missing"
+    app.add_middleware(FastMetering, switch=app.state.fast_metering, routes=metering_routes)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, uploads=UPLOADS)
     app.add_middleware(logs.RequestLog)  # added last, so outermost: every answer has an id
     return app

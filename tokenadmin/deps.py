@@ -16,6 +16,8 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.background import BackgroundTask
+from starlette.datastructures import State
+from starlette.types import Scope
 
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
@@ -66,15 +68,22 @@ ClockDep = Annotated[Clock, Depends(get_clock)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization", "")
+def bearer_of(header: str) -> str | None:
+    """The key of an Authorization header's value, if it is a bearer token."""
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
+        return None
+    return secret.strip()
+
+
+def _bearer(request: Request) -> str:
+    secret = bearer_of(request.headers.get("authorization", ""))
+    if secret is None:
         raise Unauthenticated(
             "Send an API key as 'Authorization: Bearer <key>'.",
             details={"hint": "Operators create keys with `tokenadmin operator-key --name NAME`."},
         )
-    return secret.strip()
+    return secret
 
 
 async def get_principal(request: Request, db: DatabaseDep) -> Principal:
@@ -87,15 +96,22 @@ async def get_principal(request: Request, db: DatabaseDep) -> Principal:
 async def remembered_principal(request: Request) -> Principal:
     """The caller, from the key cache when it can: only for routes that confirm the key
     in their own transaction (`api_key.service.is_live`), as metering does."""
-    key_hash = api_key_service.hash_key(_bearer(request))
-    cache: KeyCache = request.app.state.key_cache
+    return await remembered_key(request.app.state, request.scope, _bearer(request))
+
+
+async def remembered_key(state: State, scope: Scope, secret: str) -> Principal:
+    """`remembered_principal` of a key already read from its request (the metering routes'
+    lean path, tokenadmin.usage.fast, reads it from the ASGI scope)."""
+    key_hash = api_key_service.hash_key(secret)
+    cache: KeyCache = state.key_cache
     principal = cache.get(key_hash)
     if principal is None:
-        principal = await db_of(request).read(
+        db: Database = state.db
+        principal = await db.read(
             lambda session: api_key_service.authenticate_hash(session, key_hash)
         )
         cache.put(key_hash, principal)
-    note_actor(request.scope, principal.actor)
+    note_actor(scope, principal.actor)
     return principal
 
 
