@@ -111,7 +111,11 @@ def reconcile(
     if late > unanswered * per_request:
         problems.append(f"{late:,} committed but unanswered, from {unanswered:,} requests")
     if problems:
-        return False, "; ".join(problems) + f" ({text})"
+        counted = (
+            f"{answered:,} {what} answered, {recorded:,} recorded, {journal:,} journal entries,"
+            f" {unanswered:,} requests unanswered"
+        )
+        return False, "; ".join(problems) + f" ({counted})"
     return True, f"{text}; {recorded:,} recorded under their keys, {journal:,} journal entries"
 
 

@@ -180,7 +180,10 @@ def pgbench(
         raise RuntimeError(f"pgbench failed: {answer.stderr[-1500:]}")
     output = answer.stdout
     processed = int(_field(r"number of transactions actually processed: (\d+)", output))
-    tps = float(_field(r"tps = ([\d.]+) \(without initial connection time\)", output))
+    # No tps line when nothing was processed (64 clients still connecting on a loaded
+    # machine): 0 transactions, which the tables show as such.
+    found = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output)
+    tps = float(found.group(1)) if found else 0.0
     latencies: list[float] = []
     failed = 0
     for log in logs.iterdir():

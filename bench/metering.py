@@ -179,7 +179,7 @@ def table(runs: list[DatabaseRun]) -> list[str]:
         limits = {r.scenario: r for r in run.results if r.is_limit}
         for r in run.results:
             limit = None if r.is_limit else limits.get(r.scenario)
-            ratio = f"{r.per_second / limit.per_second:.2f}" if limit else ""
+            ratio = f"{r.per_second / limit.per_second:.2f}" if limit and limit.per_second else ""
             exact = ("yes: " if r.exact else "**NO**: ") + r.exactness
             exact += "".join(f"; {note}" for note in r.notes)
             lines.append(

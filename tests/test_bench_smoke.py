@@ -16,7 +16,8 @@ import asyncpg
 import pytest
 
 from bench import admin, growth, metering, reservations, targets, usage
-from bench.data import seal, seed_metering, verify
+from bench.data import Trace, seal, seed_metering, verify
+from bench.figures import reconcile
 from bench.load import Plan
 from bench.user_table import _throwaway_database
 from tests.servers import WHOLE_MACHINE
@@ -69,6 +70,23 @@ def postgres_url() -> Iterator[str]:
         if os.environ.get("TOKENADMIN_REQUIRE_POSTGRES") == "1":
             pytest.fail(f"PostgreSQL is required but unreachable: {error}")
         pytest.skip(f"PostgreSQL unreachable ({error})")
+
+
+def test_a_batch_committed_but_unanswered_is_counted_as_such_not_as_inexact() -> None:
+    def check(grew: int, recorded: int, journal: int, unanswered: int) -> tuple[bool, str]:
+        kept = Trace({200: recorded, 402: 5}, {"usage": journal})
+        return reconcile(
+            grew, 1, 16_000, kept, statuses=(200,), actions=("usage",),
+            unanswered=unanswered, per_request=1_000,
+        )  # fmt: skip
+
+    exact, text = check(17_000, 17_000, 17_000, 1)
+    assert exact
+    assert "(16,000 accepted + 1,000 committed but unanswered) × 1" in text
+    assert not check(17_000, 16_000, 17_000, 1)[0]  # a debit without its record
+    assert not check(17_000, 17_000, 16_000, 1)[0]  # a debit without its journal entry
+    assert not check(17_000, 17_000, 17_000, 0)[0]  # more committed than was unanswered
+    assert not check(18_000, 17_000, 17_000, 1)[0]  # counted twice
 
 
 def test_metering_on_sqlite_is_exact_under_load() -> None:
