@@ -307,6 +307,23 @@ async def debit_wal_bytes(seeded: Seeded, samples: int = 20) -> float:
     return statistics.fmean(wal)
 
 
+async def bytes_per_row(url: str) -> dict[str, tuple[int, float, float]]:
+    """Rows, and bytes per row of the table and of its indexes, of the tables that grow
+    with every metered event (on the throwaway database, after the measures)."""
+    connection = await asyncpg.connect(url, timeout=10)
+    sizes = {}
+    try:
+        await connection.execute("ANALYZE journal_entries, idempotency_records, users")
+        for table in ("journal_entries", "idempotency_records", "users"):
+            rows = await connection.fetchval(f"SELECT count(*) FROM {table}")
+            heap = await connection.fetchval("SELECT pg_table_size($1::regclass)", table)
+            indexes = await connection.fetchval("SELECT pg_indexes_size($1::regclass)", table)
+            sizes[table] = (rows, heap / max(rows, 1), indexes / max(rows, 1))
+    finally:
+        await connection.close()
+    return sizes
+
+
 def _pgbench_load(
     url: str, script: str, variables: dict[str, object], clients: int, seconds: float, work: Path
 ) -> Callable[[], Any]:
@@ -394,6 +411,11 @@ def _options() -> argparse.Namespace:
         ),
         help="an administrator's URL of the PostgreSQL server on this machine",
     )
+    parser.add_argument(
+        "--code",
+        default=None,
+        help="the commit measured, when run from an export of it (default: git's HEAD here)",
+    )
     parser.add_argument("--skip-api", action="store_true", help="PostgreSQL and fsync only")
     options = parser.parse_args()
     if not 3 <= options.seconds <= 30 or not 100 <= options.users <= 100_000:
@@ -429,7 +451,7 @@ def main() -> None:
     started = datetime.now(UTC)
     load_before = os.getloadavg()[0]
     print(
-        f"## Capacity: {started:%Y-%m-%d %H:%M} UTC, commit {_state_of_the_code()},"
+        f"## Capacity: {started:%Y-%m-%d %H:%M} UTC, commit {options.code or _state_of_the_code()},"
         f" {os.cpu_count()} cores\n",
         flush=True,
     )
@@ -454,12 +476,16 @@ def main() -> None:
         if not options.skip_api:
             measure_tokenadmin(admin_url, url, seeded, options.seconds, options.users)
         wal = asyncio.run(debit_wal_bytes(seeded))
+        sizes = asyncio.run(bytes_per_row(url))
     print(
         f"\nWAL of one bare metered event's statement alone (EXPLAIN (ANALYZE, WAL), 20"
         f" users): {wal:,.0f} bytes, the commit record aside. Load average (1 min) at the"
         f" start {load_before:.1f}, at the end {os.getloadavg()[0]:.1f}.",
         flush=True,
     )
+    print("\nSize per row after the measures (table; its indexes), bytes:")
+    for table, (rows, heap, indexes) in sizes.items():
+        print(f"- {table}: {rows:,} rows, {heap:,.0f}; {indexes:,.0f}")
 
 
 if __name__ == "__main__":
