@@ -12,8 +12,10 @@ The functions take a synchronous `Session`: call them from async code with
 
 from __future__ import annotations
 
+import gc
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import cache
 from typing import Any
 
@@ -97,3 +99,20 @@ def _parameters(columns: Sequence[Column[Any]], rows: Sequence[Row]) -> dict[str
             values = [None if v is None else json.dumps(v) for v in values]
         parameters[column.name] = values
     return parameters
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a step makes objects by the ten thousand
+    (rows, entries): each collection walks every object the process holds, and a big step
+    triggers dozens, several times the step's own work. Nothing made here is a cycle that
+    must be freed meanwhile; the collector runs again when the step ends (a step within
+    another leaves it to the outer one)."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

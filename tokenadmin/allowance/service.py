@@ -18,9 +18,11 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from uuid6 import uuid7
 
 from tokenadmin.act import Act
+from tokenadmin.allowance import repository
 from tokenadmin.errors import (
     AllowanceChangeRefused,
     Conflict,
@@ -30,9 +32,10 @@ from tokenadmin.errors import (
     TokenAdminError,
     VersionConflict,
 )
-from tokenadmin.journal.service import record
+from tokenadmin.journal.service import append as journal_append
 from tokenadmin.models import JournalEntry, Organization, User
 from tokenadmin.organization.service import current_period, lock_for_change
+from tokenadmin.rows import gc_paused
 from tokenadmin.tokens import ALLOWANCE_FIELD, ALLOWANCE_LABEL, MAX_AMOUNT, Kind, balance, fmt
 from tokenadmin.user import repository as user_repository
 from tokenadmin.user.periods import start_current_period
@@ -725,45 +728,103 @@ async def apply(
 
     Returns the batch's id: every entry of the change carries it (`details.batch`), so the
     change can be listed, and reverted, as the one save it was. `details` adds keys to
-    every entry's details (a revert's `reverts`: the batch it reverts)."""
+    every entry's details (a revert's `reverts`: the batch it reverts).
+
+    Set-based: the entries are made in one pass over plain values (what `journal.record`
+    would make, change after change), inserted in one statement, and every changed user
+    is written in one more; new users are added to the session, written at its flush.
+    """
     if not plan_.accepted:
         raise refusal(plan_)
     batch = str(uuid7())
     start = current_period(org, act.now)
-    touched: dict[uuid.UUID, User] = {}
-    created: set[uuid.UUID] = set()
+    users: dict[uuid.UUID, User] = {}
     for change in plan_.changes:
-        user = change.user
-        if change.new:
-            created.add(user.id)
-            session.add(user)
-        elif user.id not in touched:
-            start_current_period(session, act, org, user, start)
-        record(
-            session,
-            act,
-            org,
-            "user_created" if change.new else action,
-            kind=change.kind,
-            user=user,
-            amount=change.after,
-            allowance=change.delta,
-            allocated=change.delta,
-            reason=reason,
-            details={
-                **(details or {}),
-                "before": change.before,
-                "after": change.after,
-                "batch": batch,
-                # The user's version after this change (`changes_since` reads it).
-                "version": user.version if change.new else user.version + 1,
-            },
+        user = users.setdefault(change.user.id, change.user)
+        if not change.new and user.period_start != start:
+            start_current_period(session, act, org, user, start)  # rare: recorded first
+    # One pass: the balances as each entry leaves them.
+    allocated = {kind: org.allocated(kind) for kind in Kind}
+    capacity = {kind: org.capacity(kind) for kind in Kind}
+    allowances = {
+        user_id: [user.max_tokens, user.max_train_tokens] for user_id, user in users.items()
+    }
+    rows: list[dict[str, Any]] = []
+    extra = dict(details or {})
+    at, actor, org_id = act.now, act.actor, org.id
+    for change in plan_.changes:
+        user, kind, delta = change.user, change.kind, change.delta
+        inference = kind is Kind.inference
+        held = allowances[user.id]
+        if delta:
+            allocated[kind] += delta
+            held[0 if inference else 1] += delta
+        rows.append(
+            {
+                "org_id": org_id,
+                "user_id": user.id,
+                "purchase_id": None,
+                "reservation_id": None,
+                "created_at": at,
+                "actor": actor,
+                "action": "user_created" if change.new else action,
+                "kind": kind.value,
+                "amount": change.after,
+                "reason": reason,
+                "capacity_delta": 0,
+                "allocated_delta": delta,
+                "allowance_delta": delta,
+                "used_delta": 0,
+                "reserved_delta": 0,
+                "capacity_after": capacity[kind] if delta else None,
+                "allocated_after": allocated[kind] if delta else None,
+                "allowance_after": held[0 if inference else 1],
+                "used_after": user.inference_used if inference else user.training_used,
+                "reserved_after": user.inference_reserved if inference else user.training_reserved,
+                "details": {
+                    **extra,
+                    "before": change.before,
+                    "after": change.after,
+                    "batch": batch,
+                    # The user's version after this change (`changes_since` reads it).
+                    "version": user.version if change.new else user.version + 1,
+                },
+            }
         )
-        touched[user.id] = user
-    for user in touched.values():
-        user.updated_at = act.now
-        if user.id not in created:
-            user.version += 1
+    heads = await session.run_sync(journal_append, rows)
+    created = {change.user.id for change in plan_.changes if change.new}
+    saved: list[dict[str, Any]] = []
+    for user_id, user in users.items():
+        max_tokens, max_train_tokens = allowances[user_id]
+        values = {
+            "max_tokens": max_tokens,
+            "max_train_tokens": max_train_tokens,
+            "version": user.version if user_id in created else user.version + 1,
+            "updated_at": at,
+            "journal_head": heads[("user", user_id)],
+        }
+        if user_id in created:
+            for name, value in values.items():
+                setattr(user, name, value)
+            session.add(user)  # inserted at the session's flush, as it stands now
+            continue
+        saved.append(
+            {
+                "id": user_id,
+                **values,
+                "inference_used": user.inference_used,
+                "training_used": user.training_used,
+                "period_start": user.period_start,
+            }
+        )
+        if instance_state(user).persistent:
+            for name, value in values.items():
+                set_committed_value(user, name, value)  # as written: nothing left to flush
+        else:
+            user.__dict__.update(values)  # a row read by `_name_users`: no session's
+    await session.run_sync(repository.save_users, saved)
+    for kind in Kind:
+        org.add_allocated(kind, allocated[kind] - org.allocated(kind))
     org.updated_at = act.now
     return batch
 
@@ -799,7 +860,7 @@ async def _name_users(
     """Rows naming users by id or email become requests; a user unknown here or named
     twice is refused with its row."""
     refs = [row.user for row in rows if not isinstance(row, Request)]
-    by_ref = await user_repository.find_by_refs(session, org.id, refs) if refs else {}
+    by_ref = await repository.users_by_refs(session, org.id, refs) if refs else {}
     named = _Named()
     seen: dict[uuid.UUID, int] = {}
     for index, row in enumerate(rows):
@@ -876,6 +937,34 @@ async def change(
     with `refuse=False`, is returned unapplied for the caller to report (the CLI's
     preview, the CSV import's rows). Nothing is written unless every row is accepted.
     """
+    with gc_paused():  # thousands of rows: see rows.gc_paused
+        return await _change(
+            session,
+            act,
+            org,
+            rows,
+            dry_run=dry_run,
+            reason=reason,
+            one_user=one_user,
+            refuse=refuse,
+            action=action,
+            details=details,
+        )
+
+
+async def _change(
+    session: AsyncSession,
+    act: Act,
+    org: Organization | uuid.UUID,
+    rows: Sequence[RowLike | Request],
+    *,
+    dry_run: bool,
+    reason: str | None,
+    one_user: bool,
+    refuse: bool,
+    action: str,
+    details: Mapping[str, Any] | None,
+) -> ChangeResult:
     if not isinstance(org, Organization):
         org = await lock_for_change(session, act, org)
     named = await _name_users(session, org, rows)

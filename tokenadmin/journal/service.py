@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, event, select, text
+from sqlalchemy import Table, any_, bindparam, event, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -186,6 +187,28 @@ def _write_pending(session: Session) -> None:
     _save_heads(session, heads)
 
 
+def append(session: Session, rows: list[dict[str, Any]]) -> dict[chain.Chain, str]:
+    """Write entries made by the caller in one pass (rows with the keys `record` gives,
+    already applied to the balances), in order, after any still pending: ids in that order,
+    each chained after its chain's head as stored now (the caller holds the locks of those
+    chains). Returns the chains' new heads, for the caller to store with the rows it writes
+    (users.journal_head, organizations.journal_head)."""
+    _write_pending(session)
+    if not rows:
+        return {}
+    heads = _heads(session, {chain.chain_of(row) for row in rows})
+    link = chain.link
+    for row, entry_id in zip(rows, _next_ids(session, len(rows)), strict=True):
+        user_id = row["user_id"]
+        key = ("user", user_id) if user_id is not None else ("organization", row["org_id"])
+        previous = heads.get(key)
+        row["id"] = entry_id
+        row["prev_hash"] = previous
+        row["hash"] = heads[key] = link(previous, row)
+    insert_many(session, JOURNAL, rows)
+    return heads
+
+
 def _link(session: Session, pending: list[Entry]) -> dict[chain.Chain, str]:
     """Chain the entries after their chains' heads, read now: this transaction holds the
     lock every writer of those chains takes (the user's row or the organization's)."""
@@ -203,8 +226,18 @@ HEADS_PER_QUERY = 10_000  # PostgreSQL's protocol takes at most 32,767 parameter
 
 def _heads(session: Session, chains: set[chain.Chain]) -> dict[chain.Chain, str]:
     heads: dict[chain.Chain, str] = {}
+    postgresql = session.get_bind().dialect.name == "postgresql"
     for kind, table in (("user", USERS), ("organization", ORGANIZATIONS)):
         ids = [owner for chain_kind, owner in chains if chain_kind == kind]
+        if postgresql and ids:
+            # One array parameter: no statement of thousands of parameters to build.
+            statement = select(table.c.id, table.c.journal_head).where(
+                table.c.id == any_(bindparam("ids", type_=ARRAY(table.c.id.type)))
+            )
+            for owner, head in session.execute(statement, {"ids": ids}):
+                if head is not None:
+                    heads[(kind, owner)] = head
+            continue
         for start in range(0, len(ids), HEADS_PER_QUERY):
             some = ids[start : start + HEADS_PER_QUERY]
             statement = select(table.c.id, table.c.journal_head).where(table.c.id.in_(some))

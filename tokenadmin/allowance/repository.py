@@ -1,0 +1,103 @@
+"""The reads and writes of an allowance change at scale: users as plain rows, and all of
+their new values in one statement."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, any_, bindparam, or_, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session, configure_mappers
+
+from tokenadmin.models import User
+from tokenadmin.rows import update_many
+from tokenadmin.schemas import storable
+
+USERS = cast(Table, User.__table__)
+_COLUMNS = tuple(USERS.c)
+_NAMES = tuple(column.key for column in _COLUMNS)
+_new_user = User._sa_class_manager.new_instance  # type: ignore[attr-defined]
+PER_QUERY = 5_000  # SQLite: ids and emails bound one by one
+
+
+def user_of(values: Iterable[Any]) -> User:
+    """A User object holding a row's values, made without the ORM's per-attribute work
+    (about 50 times faster than `User(**row)`). It belongs to no session: it is read from,
+    never flushed; `apply` writes its changes itself."""
+    user: User = _new_user()
+    user.__dict__.update(zip(_NAMES, values, strict=True))
+    return user
+
+
+def _storable(email: str) -> bool:
+    # An ASCII email (nearly every one) only needs the check for NUL.
+    return "\x00" not in email if email.isascii() else storable(email)
+
+
+def _ref_keys(refs: Iterable[str]) -> dict[str, uuid.UUID | str]:
+    """Each reference as `user.repository.find_by_refs` reads it: an id, or an email in
+    any case with blanks around it ignored."""
+    wanted: dict[str, uuid.UUID | str] = {}
+    for ref in refs:
+        key = ref.strip()
+        try:
+            # An email (it has an @) is never an id: no exception to raise for it.
+            wanted[ref] = uuid.UUID(key) if "@" not in key else key.lower()
+        except ValueError:
+            wanted[ref] = key.lower()
+    return wanted
+
+
+async def users_by_refs(
+    session: AsyncSession, org_id: uuid.UUID, refs: Iterable[str]
+) -> dict[str, User]:
+    """The users of one organization named by `refs` (ids or emails), by the reference as
+    given, read as rows and locked in id order (on PostgreSQL, FOR UPDATE: the same order
+    the metering path locks users in); a reference that names no one is left out."""
+    wanted = _ref_keys(refs)
+    ids = list({key for key in wanted.values() if isinstance(key, uuid.UUID)})
+    emails = list({key for key in wanted.values() if isinstance(key, str) and _storable(key)})
+    found: dict[uuid.UUID | str, User] = {}
+    configure_mappers()  # once per process: the attributes of a User work from then on
+    for row in await session.run_sync(_rows_named, org_id, ids, emails):
+        user = user_of(row)
+        found[user.id] = found[user.email] = user
+    return {ref: found[key] for ref, key in wanted.items() if key in found}
+
+
+def _rows_named(
+    session: Session, org_id: uuid.UUID, ids: list[uuid.UUID], emails: list[str]
+) -> list[Any]:
+    if not ids and not emails:
+        return []
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        statement = (
+            select(*_COLUMNS)
+            .where(
+                USERS.c.org_id == org_id,
+                or_(
+                    USERS.c.id == any_(bindparam("ids", type_=ARRAY(USERS.c.id.type))),
+                    USERS.c.email == any_(bindparam("emails", type_=ARRAY(USERS.c.email.type))),
+                ),
+            )
+            .order_by(USERS.c.id)
+            .with_for_update()
+        )
+        return list(connection.execute(statement, {"ids": ids, "emails": emails}))
+    rows: dict[uuid.UUID, Any] = {}
+    for start in range(0, max(len(ids), len(emails)), PER_QUERY):
+        some_ids, some_emails = ids[start : start + PER_QUERY], emails[start : start + PER_QUERY]
+        condition = or_(USERS.c.id.in_(some_ids), USERS.c.email.in_(some_emails))
+        statement = select(*_COLUMNS).where(and_(USERS.c.org_id == org_id, condition))
+        rows |= {row[0]: row for row in connection.execute(statement)}
+    return [rows[key] for key in sorted(rows)]
+
+
+def save_users(session: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """UPDATE the users' changed columns (each row: its `id` and the same columns), in one
+    statement on PostgreSQL."""
+    update_many(session, USERS, "id", rows)
