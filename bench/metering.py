@@ -204,7 +204,10 @@ def record(runs: list[DatabaseRun], plan: Plan, code: str, load: tuple[float, fl
         " WAL, synchronous=FULL): the debit and its journal entry; for reservations the"
         " reserve and the commit, counted in pairs (latency per pair; the API's per"
         " request). The API is driven by wrk and the Lua scripts of bench/, on the same"
-        f" data. Load average (1 min) at the start {load[0]:.1f}, at the end {load[1]:.1f};"
+        f" data; wrk waits up to {plan.timeout:g} s (its --timeout) for the answers due when"
+        " sending stops, and a request committed but unanswered is counted as such from the"
+        " idempotency records and the journal (bench/README.md). Load average (1 min) at"
+        f" the start {load[0]:.1f}, at the end {load[1]:.1f};"
         " wrk, pgbench and the servers share the machine.",
         "",
         TARGETS,
