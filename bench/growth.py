@@ -92,7 +92,7 @@ class Sizes:
 
 QUICK = Sizes(
     users=(200, 1_000, 5_000),
-    journal_rows=(50_000, 100_000),
+    journal_rows=(100_000,),
     seconds=2.0,
     batch_seconds=2.0,
     query_requests=10,

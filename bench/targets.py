@@ -56,12 +56,12 @@ def _ratio_row(database: str, scenario: str, results: Sequence[Result]) -> Row:
     figure = f"{scenario}, API ÷ {limit_name}"
     before = BEFORE.get(f"{scenario} ratio {database}", "")
     if api is None or limit is None or not limit.per_second:
-        return Row(figure, database, "", f"≥ {target:g}", None, before)
+        return Row(figure, database, "", f"≥ {target:.1f}", None, before)
     ratio = api.per_second / limit.per_second
     measured = (
         f"{ratio:.2f} ({api.per_second:,.0f} ÷ {limit.per_second:,.0f} {api.unit}/s; {api.system})"
     )
-    return Row(figure, database, measured, f"≥ {target:g}", ratio >= target, before)
+    return Row(figure, database, measured, f"≥ {target:.1f}", ratio >= target, before)
 
 
 def _p99_row(database: str, results: Sequence[Result], connections: int) -> Row:
