@@ -71,9 +71,11 @@ SHARED = {
 TABLES = dict(Base.metadata.tables)
 BY_ORG_ID = {name for name, table in TABLES.items() if "org_id" in table.c and name not in SHARED}
 _TABLE = re.compile(r'\b(?:FROM|JOIN|UPDATE|INTO)\s+"?(\w+)"?', re.IGNORECASE)
-_ORG_ID_COMPARED = re.compile(r"\borg_id\"?\s*(?:=|IN\b)", re.IGNORECASE)
+# A condition on the column: it follows a WHERE or an ON (`org_id = $1`, `org_id = ANY
+# ($1)`, `(t.org_id, t.id) = (v.org_id, v.id)`, `ON CONFLICT (org_id, key)`).
+_ORG_ID_COMPARED = re.compile(r"\b(?:WHERE|ON)\b.*\borg_id\b", re.IGNORECASE | re.DOTALL)
 _ID_COMPARED = re.compile(r"(?:^|[\s.(\"])id\"?\s*(?:=|IN\b)", re.IGNORECASE)
-_SCOPE_COMPARED = re.compile(r"\bscope\"?\s*(?:=|IN\b)", re.IGNORECASE)
+_SCOPE_COMPARED = re.compile(r"\b(?:WHERE|ON)\b.*\bscope\b", re.IGNORECASE | re.DOTALL)
 _INSERT_INTO = re.compile(
     r'\bINSERT\s+(?:OR\s+\w+\s+)?INTO\s+"?(\w+)"?\s*\(([^)]*)\)', re.IGNORECASE
 )
@@ -396,9 +398,17 @@ def test_the_check_refuses_a_statement_without_its_organization() -> None:
         "WITH debited AS (UPDATE users SET inference_used = inference_used + 1"
         " WHERE org_id = $1 AND id = ANY($2) RETURNING id)"
         " INSERT INTO idempotency_records (scope, key) SELECT $3, unnest($4::text[])",
-        [[org, [uuid.uuid4()], f"org:{org}", ["a", "b"]]],
+        [[org, uuid.uuid4(), f"org:{org}", "a", "b"]],
     )
     assert problems(cte, org, {other}) == []
+    pairs = Statement(
+        "UPDATE users AS t SET inference_used = v.used FROM unnest($1::uuid[], $2::uuid[],"
+        " $3::bigint[]) AS v(org_id, id, used) WHERE (t.org_id, t.id) = (v.org_id, v.id)",
+        [[org, org, uuid.uuid4(), uuid.uuid4(), 1, 2]],
+    )
+    assert problems(pairs, org, {other}) == []
+    listed = Statement("SELECT users.org_id FROM users WHERE users.id = $1", [[org]])
+    assert problems(listed, org, {other}) == ["users: no org_id condition"]
     next_ids = Statement("SELECT coalesce(max(id), 0) FROM journal_entries", [[]])
     assert problems(next_ids, org, {other}, "sqlite") == []
     assert problems(next_ids, org, {other}, "postgresql") == [
