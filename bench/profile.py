@@ -276,16 +276,20 @@ def read_samples(raw: Path) -> Samples | None:
         if not count_text.isdigit():
             continue
         count = int(count_text)
-        process = re.match(r"process (\d+)", stack)
-        if process:
-            processes.add(process.group(1))
+        # --subprocesses: the supervisor's "process <pid>:…" frame, then the worker's.
+        if pids := re.findall(r"(?:^|;)process (\d+):", stack):
+            processes.add(pids[-1])
         frames = _frames(stack)
         if not frames:
             continue
         total += count
         layers[layer(frames[-1][1])] += count
         ours = [(f, path) for f, path in frames if "tokenadmin/" in path]
-        where = f"{ours[-1][0]} ({_short(ours[-1][1])})" if ours else "(no tokenadmin frame)"
+        where = (
+            f"{ours[-1][0]} ({_short(ours[-1][1])})"
+            if ours
+            else "(no tokenadmin frame: the event loop, uvicorn, driver callbacks)"
+        )
         functions[where] += count
     return Samples(total, layers, functions, len(processes))
 
