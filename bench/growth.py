@@ -355,9 +355,9 @@ def run_database(
             for rows in sizes.journal_rows:
                 started = time.perf_counter()
                 entries = add_history(url, rows - journal_size(url), have)
-                added[f"{entries:,} journal entries (chained, inserted in bulk)"] = (
-                    time.perf_counter() - started
-                )
+                seconds = time.perf_counter() - started
+                added[f"{entries:,} journal entries (chained, inserted in bulk)"] = seconds
+                print(f"  added {entries:,} journal entries in {seconds:.1f} s", flush=True)
                 points.append(measure(at, sizes, have, batches=True))
             admin_run = admin.run(database, at.seeded, base, have, scale, Path(scratch))
     return RunAtScale(GrowthRun(database, points, added), admin_run)
