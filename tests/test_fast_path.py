@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from random import Random
 from typing import Any
 
 import httpx
@@ -492,3 +493,67 @@ async def test_a_refusal_raised_by_the_metering_has_the_handlers_shape(
     assert response.headers["retry-after"] == "1"
     assert response.json()["error"]["code"] == "unavailable"
     assert isinstance(Unavailable("x"), TokenAdminError)
+
+
+VALUES: dict[str, list[Any]] = {
+    "user": ["ana@example.com", "ANA@x", "", "a" * 320, "a" * 321, "a\x00", 5, None, ["a"], "é"],
+    "kind": ["inference", "training", "Training", "", None, 1, {"a": 1}],
+    "tokens": [1, 0, -1, 2**53, 2**53 + 1, 1.0, 1.5, True, "1", None, 10**30],
+    "model": ["m", "", "m" * 200, "m" * 201, None, 3, "a\x00"],
+    "prompt_tokens": [0, 1, 999, -1, 2.0, None, False, 2**53],
+    "completion_tokens": [0, 1, 1, -5, None, "2"],
+    "dataset": ["d", "", None, "d" * 201, []],
+    "metadata": [{}, None, {"a": 1}, [], "x", {"a": {"b": [1, 2.5, None]}}, {"k": "v" * 5000}],
+    "ttl_seconds": [1, 86400, 0, 86401, None, 60.0, "60"],
+    "idempotency_key": ["k", "", "k" * 255, "k" * 256, "a\nb", 5, None],
+    "colour": ["red"],
+}
+
+
+def _fuzzed(random: Random, allowed: Sequence[str]) -> dict[str, Any]:
+    body: dict[str, Any] = {"user": "ana@example.com", "kind": "inference", "tokens": 5}
+    if "idempotency_key" in allowed:
+        body["idempotency_key"] = f"e-{random.randrange(10**6)}"
+    for _ in range(random.randrange(4)):
+        name = random.choice([*allowed, "colour"])
+        if random.random() < 0.2:
+            body.pop(name, None)
+        else:
+            body[name] = random.choice(VALUES[name])
+    return body
+
+
+@SQLITE_ONLY
+async def test_random_bodies_get_the_same_answer_on_both_paths(
+    app: FastAPI, client: httpx.AsyncClient, operator_key: str
+) -> None:
+    random = Random(14)
+    fields = ["user", "kind", "tokens", "model", "prompt_tokens", "completion_tokens"]
+    fields += ["dataset", "metadata"]
+    served = left = 0
+    for _ in range(300):
+        path = random.choice([USAGE, BATCH, RESERVE, COMMIT])
+        if path == USAGE:
+            body: Any = _fuzzed(random, fields)
+        elif path == RESERVE:
+            body = _fuzzed(random, [*fields, "ttl_seconds"])
+        elif path == BATCH:
+            count = random.choice([1, 2, 5])
+            body = {"events": [_fuzzed(random, [*fields, "idempotency_key"]) for _ in range(count)]}
+        else:
+            body = random.choice([{}, {"tokens": 5}, {"tokens": None}, {"tokens": -1}, [], None])
+        headers = _headers(operator_key, {})
+        raw = _json(body)
+        fast = await _send(app, client, path, raw, headers, fast=True, mode="mixed")
+        routed = await _send(app, client, path, raw, headers, fast=False, mode="mixed")
+
+        assert fast.operations == routed.operations, raw
+        assert (fast.status, fast.headers, fast.body) == (
+            routed.status,
+            routed.headers,
+            routed.body,
+        ), raw
+        served += fast.served
+        left += not fast.served
+    assert served > 50
+    assert left > 50
