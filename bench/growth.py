@@ -212,8 +212,9 @@ RECORD_COLUMNS = (
 
 def _record(entry: dict[str, Any], now: datetime, postgres: bool) -> tuple[Any, ...]:
     """The idempotency record of a history entry, as a batch event with a key leaves one."""
-    key = f"history-{entry['user_id'].hex}-{entry['used_after']}"
-    answer = json.dumps({"user_id": str(entry["user_id"]), "used": entry["used_after"]})
+    used = entry["used_after"]
+    key = f"history-{entry['user_id'].hex}-{used}"
+    answer = f'{{"used": {used}, "remaining": {entry["allowance_after"] - used}}}'
     times: tuple[Any, Any] = (now, now + HISTORY_TTL)
     if not postgres:  # SQLite: UTCDateTime is naive UTC text
         times = (usage.sqlite_time(now), usage.sqlite_time(now + HISTORY_TTL))
