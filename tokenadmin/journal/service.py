@@ -13,7 +13,6 @@ needs the entries' ids sooner (metering answers with them) calls it itself.
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from tokenadmin.act import Act
-from tokenadmin.journal import chain, repository
+from tokenadmin.journal import chain
+from tokenadmin.journal import verify as verify_module
 from tokenadmin.models import JournalEntry, Organization, User
 from tokenadmin.rows import insert_many, update_many
 from tokenadmin.tokens import Kind
@@ -287,19 +287,6 @@ def _after_rollback(session: Session) -> None:
 
 
 @dataclass
-class _Totals:
-    capacity: int = 0
-    allocated: int = 0
-
-
-@dataclass
-class _UserTotals:
-    allowance: int = 0
-    used: int = 0
-    reserved: int = 0
-
-
-@dataclass
 class VerifyReport:
     organizations: int = 0
     users: int = 0
@@ -312,167 +299,27 @@ class VerifyReport:
 
 
 async def verify(
-    session: AsyncSession, *, progress: Callable[[int], None] | None = None
+    session: AsyncSession,
+    *,
+    progress: Callable[[int], None] | None = None,
+    workers: int | None = None,
 ) -> VerifyReport:
     """Replay the whole journal and compare it with every stored balance.
 
     Checks, for every organization and kind: capacity (= sum of unexpired purchases) and
     allocated (= sum of its users' allowances); for every user and kind: allowance, used
-    and reserved (= sum of open reservations); and that every entry's balances-after equal
-    the replay at that entry.
+    and reserved (= sum of open reservations); that every entry's balances-after equal
+    the replay at that entry; and every hash chain (journal/chain.py). On PostgreSQL a big
+    journal's chains are checked by `workers` processes (journal/verify.py), all in the
+    snapshot of `session`'s transaction.
     """
-    report = VerifyReport()
-    differ = report.differences.append
-    entries = _Replay(report, differ, progress)
-    await session.run_sync(entries.run)
-    orgs, users, chains = entries.orgs, entries.users, entries.chains
-
-    for org in await repository.all_organizations(session):
-        report.organizations += 1
-        chains.check_head(("organization", org.id), org.journal_head)
-        totals = orgs.pop(org.id, {k: _Totals() for k in Kind})
-        sums = await repository.organization_sums(session, org.id)
-        for kind in Kind:
-            label = f"organization {org.id} ({org.name}) {kind}"
-            _compare(differ, f"{label} capacity", org.capacity(kind), totals[kind].capacity)
-            _compare(differ, f"{label} allocated", org.allocated(kind), totals[kind].allocated)
-            _compare(
-                differ, f"{label} capacity vs purchases", org.capacity(kind), sums.capacity[kind]
-            )
-            _compare(
-                differ,
-                f"{label} allocated vs allowances",
-                org.allocated(kind),
-                sums.allowances[kind],
-            )
-    for org_id in orgs:
-        differ(f"journal names organization {org_id}, which is not stored")
-
-    reserved = await repository.open_reservation_sums(session)
-    async for user in repository.stream_users(session):
-        report.users += 1
-        chains.check_head(("user", user.id), user.journal_head)
-        totals_by_kind = users.pop(user.id, {k: _UserTotals() for k in Kind})
-        for kind in Kind:
-            label = f"user {user.id} ({user.email}) {kind}"
-            replay = totals_by_kind[kind]
-            _compare(differ, f"{label} allowance", user.allowance(kind), replay.allowance)
-            _compare(differ, f"{label} used", user.used(kind), replay.used)
-            _compare(differ, f"{label} reserved", user.reserved(kind), replay.reserved)
-            _compare(
-                differ,
-                f"{label} reserved vs open reservations",
-                user.reserved(kind),
-                reserved.get((user.id, kind), 0),
-            )
-    for user_id in users:
-        differ(f"journal names user {user_id}, who is not stored")
-    return report
-
-
-class _Replay:
-    """Replays every entry, oldest first: balances per organization and user, and the
-    hash chains."""
-
-    def __init__(
-        self,
-        report: VerifyReport,
-        differ: Callable[[str], None],
-        progress: Callable[[int], None] | None,
-    ) -> None:
-        self.report = report
-        self.differ = differ
-        self.progress = progress
-        self.orgs: dict[uuid.UUID, dict[Kind, _Totals]] = defaultdict(
-            lambda: {k: _Totals() for k in Kind}
-        )
-        self.users: dict[uuid.UUID, dict[Kind, _UserTotals]] = defaultdict(
-            lambda: {k: _UserTotals() for k in Kind}
-        )
-        self.chains = _ChainCheck(differ)
-
-    def run(self, session: Session) -> None:
-        report, progress = self.report, self.progress
-        for row in repository.entries_in_order(session):
-            report.entries += 1
-            if progress is not None and report.entries % 10_000 == 0:
-                progress(report.entries)
-            self.chains.check(row)
-            if row.kind is not None:
-                self.entry(row)
-        if progress is not None:
-            progress(report.entries)
-
-    def entry(self, row: Any) -> None:
-        differ = self.differ
-        kind = Kind(row.kind)
-        org_totals = self.orgs[row.org_id][kind]
-        org_totals.capacity += row.capacity_delta
-        org_totals.allocated += row.allocated_delta
-        if row.capacity_after is not None and row.capacity_after != org_totals.capacity:
-            differ(
-                f"entry {row.id}: capacity_after {row.capacity_after}"
-                f" != replay {org_totals.capacity}"
-            )
-        if row.allocated_after is not None and row.allocated_after != org_totals.allocated:
-            differ(
-                f"entry {row.id}: allocated_after {row.allocated_after}"
-                f" != replay {org_totals.allocated}"
-            )
-        if row.user_id is None:
-            return
-        user_totals = self.users[row.user_id][kind]
-        user_totals.allowance += row.allowance_delta
-        user_totals.used += row.used_delta
-        user_totals.reserved += row.reserved_delta
-        for name, after, replayed in (
-            ("allowance", row.allowance_after, user_totals.allowance),
-            ("used", row.used_after, user_totals.used),
-            ("reserved", row.reserved_after, user_totals.reserved),
-        ):
-            if after is not None and after != replayed:
-                differ(
-                    f"entry {row.id}: {name}_after {after}"
-                    f" != replay {replayed} (user {row.user_id}, {kind})"
-                )
-
-
-class _ChainCheck:
-    """Follows every hash chain through the entries in id order (see journal/chain.py)."""
-
-    def __init__(self, differ: Callable[[str], None]) -> None:
-        self.differ = differ
-        self.last: dict[chain.Chain, tuple[int, str | None]] = {}  # entry id, its hash
-
-    def check(self, row: Any) -> None:
-        entry = row._mapping
-        key = ("user", row.user_id) if row.user_id is not None else ("organization", row.org_id)
-        last_id, last_hash = self.last.get(key, (None, None))
-        if row.prev_hash != last_hash:
-            after = "its start" if last_id is None else f"entry {last_id}"
-            self.differ(
-                f"entry {row.id}: the journal of {key[0]} {key[1]} does not continue from"
-                f" {after}: an entry was removed or inserted there"
-            )
-        elif row.hash != chain.link(last_hash, entry):
-            self.differ(
-                f"entry {row.id}: changed since it was written (it no longer matches its hash)"
-            )
-        self.last[key] = (row.id, row.hash)
-
-    def check_head(self, key: chain.Chain, head: str | None) -> None:
-        last_id, last_hash = self.last.get(key, (None, None))
-        if head != last_hash:
-            newest = "no entry" if last_id is None else f"entry {last_id}"
-            self.differ(
-                f"the journal of {key[0]} {key[1]} ends at {newest}, which is not its newest"
-                " entry: entries were removed from its end"
-            )
-
-
-def _compare(differ: Callable[[str], None], label: str, stored: int, expected: int) -> None:
-    if stored != expected:
-        differ(f"{label}: stored {stored:,}, expected {expected:,}")
+    outcome = await verify_module.run(session, progress=progress, workers=workers)
+    return VerifyReport(
+        organizations=outcome.organizations,
+        users=outcome.users,
+        entries=outcome.entries,
+        differences=outcome.differences,
+    )
 
 
 @dataclass
