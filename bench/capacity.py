@@ -8,10 +8,10 @@ PostgreSQL core and one core of tokenadmin each carry of metered events.
   "write, fdatasync" test): how many durable flushes the disk takes per second.
 - **PostgreSQL**: on a throwaway database seeded as `make bench` seeds it (10,000 users),
   pgbench (`-M prepared`) runs (1) the smallest durable commit (one row updated) with one
-  client and with 64, and (2) the bare metered event (`bench.usage.PGBENCH_SCRIPT`: the
-  conditional debit of a user and its journal entry, one transaction) with 64 clients, spread
+  client and with `--clients` (64), and (2) the bare metered event (`bench.usage.PGBENCH_SCRIPT`:
+  the conditional debit of a user and its journal entry, one transaction) with `--clients`, spread
   over the users, with `synchronous_commit` on and off, and all on one user.
-- **tokenadmin**: one server process (`uvicorn`, one worker) with 64 connections of
+- **tokenadmin**: one server process (`uvicorn`, one worker) with `--clients` connections of
   `wrk` and `bench/usage.lua` (POST /v1/usage, a random user each), then batches of 1,000
   events (`bench/batch.lua`, 8 connections).
 
@@ -337,7 +337,7 @@ def _used(prefix: str) -> str:
 
 
 def measure_postgresql(
-    admin_url: str, url: str, seeded: Seeded, seconds: float, users: int, work: Path
+    admin_url: str, url: str, seeded: Seeded, seconds: float, users: int, clients: int, work: Path
 ) -> list[Measure]:
     database = url.rsplit("/", 1)[1]
     probe = Observer(admin_url, database, "SELECT sum(n) FROM capacity_probe")
@@ -346,43 +346,49 @@ def measure_postgresql(
     spread_variables = pgbench_variables(seeded, "user", users)
     hot_variables = pgbench_variables(seeded, "hot", HOT_SCRIPT_USERS)
     measures = []
-    for clients in (1, 64):
-        load = _pgbench_load(url, PROBE_SCRIPT, {}, clients, seconds, work)
-        name = f"smallest durable commit (one row), pgbench, {clients} client{'s' * (clients > 1)}"
+    for count in (1, clients):
+        load = _pgbench_load(url, PROBE_SCRIPT, {}, count, seconds, work)
+        name = f"smallest durable commit (one row), pgbench, {count} client{'s' * (count > 1)}"
         measures.append(observed(name, probe, load, seconds))
-    load = _pgbench_load(url, PGBENCH_SCRIPT, spread_variables, 64, seconds, work)
-    name = "bare metered event (debit + journal entry), pgbench, 64 clients, spread"
+    load = _pgbench_load(url, PGBENCH_SCRIPT, spread_variables, clients, seconds, work)
+    name = f"bare metered event (debit + journal entry), pgbench, {clients} clients, spread"
     measures.append(observed(name, spread, load, seconds))
     os.environ["PGOPTIONS"] = "-c synchronous_commit=off"
     try:
-        load = _pgbench_load(url, PGBENCH_SCRIPT, spread_variables, 64, seconds, work)
+        load = _pgbench_load(url, PGBENCH_SCRIPT, spread_variables, clients, seconds, work)
         name = "the same, synchronous_commit off (not durable: the CPU ceiling)"
         measures.append(observed(name, spread, load, seconds))
     finally:
         del os.environ["PGOPTIONS"]
-    load = _pgbench_load(url, PGBENCH_SCRIPT, hot_variables, 64, seconds, work)
-    name = "bare metered event, pgbench, 64 clients, one user (its row lock)"
+    load = _pgbench_load(url, PGBENCH_SCRIPT, hot_variables, clients, seconds, work)
+    name = f"bare metered event, pgbench, {clients} clients, one user (its row lock)"
     measures.append(observed(name, hot, load, seconds))
     return measures
 
 
 def measure_tokenadmin(
-    admin_url: str, url: str, seeded: Seeded, seconds: float, users: int
+    admin_url: str, url: str, seeded: Seeded, seconds: float, users: int, clients: int
 ) -> list[Measure]:
     database = url.rsplit("/", 1)[1]
     spread = Observer(admin_url, database, _used("user"))
-    plan = Plan(users=users, seconds=seconds, connections=64, threads=2, timeout=20.0)
+    plan = Plan(users=users, seconds=seconds, connections=clients, threads=2, timeout=20.0)
     env = wrk_env(seeded, "user", users, TOKENS)
     measures = []
     with server(url, 1) as (base, pid):
 
         def usage(duration: float) -> Any:
             return wrk(
-                base, "usage.lua", env, seconds=duration, timeout=20.0, threads=2, connections=64
+                base,
+                "usage.lua",
+                env,
+                seconds=duration,
+                timeout=20.0,
+                threads=2,
+                connections=clients,
             )
 
         usage(1.0)  # warm-up
-        name = "POST /v1/usage, 1 tokenadmin process, 64 connections, spread"
+        name = f"POST /v1/usage, 1 tokenadmin process, {clients} connections, spread"
         measures.append(observed(name, spread, lambda: usage(seconds), seconds, pid))
 
         def batches() -> Any:
@@ -403,6 +409,9 @@ def measure_tokenadmin(
 def _options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.capacity", description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0, help="per measure (3 to 30)")
+    parser.add_argument(
+        "--clients", type=int, default=64, help="pgbench clients and wrk connections (8 to 64)"
+    )
     parser.add_argument("--users", type=int, default=10_000, help="seeded users (100 to 100,000)")
     parser.add_argument(
         "--postgres-url",
@@ -420,6 +429,8 @@ def _options() -> argparse.Namespace:
     options = parser.parse_args()
     if not 3 <= options.seconds <= 30 or not 100 <= options.users <= 100_000:
         parser.error("--seconds is 3 to 30 and --users 100 to 100,000")
+    if not 8 <= options.clients <= 64:
+        parser.error("--clients is 8 to 64")
     host = urlsplit(options.postgres_url.replace("+asyncpg", "")).hostname
     if host not in LOOPBACK:
         parser.error(f"the PostgreSQL server must be on this machine (127.0.0.1), not {host}")
@@ -472,9 +483,13 @@ def main() -> None:
         upgrade(url)
         seeded = seed_metering(url, options.users)
         asyncio.run(_prepare_probe(url))
-        measure_postgresql(admin_url, url, seeded, options.seconds, options.users, Path(work))
+        measure_postgresql(
+            admin_url, url, seeded, options.seconds, options.users, options.clients, Path(work)
+        )
         if not options.skip_api:
-            measure_tokenadmin(admin_url, url, seeded, options.seconds, options.users)
+            measure_tokenadmin(
+                admin_url, url, seeded, options.seconds, options.users, options.clients
+            )
         wal = asyncio.run(debit_wal_bytes(seeded))
         sizes = asyncio.run(bytes_per_row(url))
     print(
