@@ -27,7 +27,8 @@ from multiprocessing import get_context
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import Table, func, select, text
+from sqlalchemy import Table, Text, func, select, text
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -81,6 +82,7 @@ PARALLEL_FROM = 200_000
 starting them costs more than it saves."""
 WORKERS = min(4, max(2, os.cpu_count() or 2))
 FETCH = 5_000  # rows per round trip of a worker's cursor
+DETAILS_KEPT = 10_000
 
 # Where a difference goes in the report: entries (by id, then what of the entry), then
 # organizations (in id order), those the journal names but which are not stored (by the
@@ -121,13 +123,14 @@ class Chains:
     def __init__(self, found: Found, mapping: Callable[[Any], Mapping[str, Any]]) -> None:
         self.found = found
         self.mapping = mapping  # a row as the mapping `chain.link` reads
+        self.details: dict[str | None, str] = {}  # stored details -> as the hash spells them
         self.user_last: dict[uuid.UUID, tuple[int, str | None]] = {}
         self.totals: dict[tuple[uuid.UUID, str], list[int]] = {}
         self.user_first: dict[uuid.UUID, int] = {}
 
     def entries(self, rows: Iterable[Any]) -> None:
         found, differ = self.found, self.found.differences.append
-        link, mapping = chain.link, self.mapping
+        link, mapping, spelled = chain.link_encoded, self.mapping, self.details
         user_last, org_last, totals = self.user_last, found.org_last, self.totals
         org_first, user_first = found.org_first, self.user_first
         count = 0
@@ -147,7 +150,9 @@ class Chains:
                         f" continue from {after}: an entry was removed or inserted there",
                     )
                 )
-            elif row[23] != link(last_hash, mapping(row)):
+            elif row[23] != link(
+                last_hash, mapping(row), spelled.get(row[21]) or self.spell(row[21])
+            ):
                 differ(
                     (
                         (ENTRY, entry_id, CHAIN),
@@ -180,6 +185,15 @@ class Chains:
                         )
                     )
         found.entries += count
+
+    def spell(self, stored: str | None) -> str:
+        """Details as stored (JSON text, or None) as the hash spells them; remembered, as
+        entries often say the same (up to DETAILS_KEPT different ones)."""
+        spelled = chain.details_json(None if stored is None else json.loads(stored))
+        if len(self.details) >= DETAILS_KEPT:
+            self.details.clear()
+        self.details[stored] = spelled
+        return spelled
 
     def users(self, rows: Iterable[Any], reserved: Mapping[tuple[uuid.UUID, str], int]) -> None:
         """Compare every stored user (rows of USER_COLUMNS, in id order) with the replay;
@@ -352,7 +366,14 @@ def _one_pass(
 ) -> None:
     """Every entry in id order, in this process (SQLite, or a small journal)."""
     connection = session.connection()
-    statement = select(*(_ENTRIES.c[name] for name in COLUMNS)).order_by(_ENTRIES.c.id)
+    # The details as stored (JSON text): each different one is decoded once (Chains.spell).
+    columns = [
+        sql_cast(_ENTRIES.c.details, Text).label("details")
+        if name == "details"
+        else _ENTRIES.c[name]
+        for name in COLUMNS
+    ]
+    statement = select(*columns).order_by(_ENTRIES.c.id)
     rows = connection.execute(statement.execution_options(yield_per=10_000))
     chains = Chains(found, lambda row: row._mapping)
     org_rows: list[tuple[Any, ...]] = []
@@ -477,9 +498,6 @@ async def _part(
     chains = Chains(found, lambda row: cast(Mapping[str, Any], row))
     connection = await asyncpg.connect(url)
     try:
-        await connection.set_type_codec(
-            "json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-        )
         async with connection.transaction(isolation="repeatable_read", readonly=True):
             await connection.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
             arguments = [bound for bound in (low, high) if bound is not None]
