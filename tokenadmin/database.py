@@ -227,7 +227,7 @@ class Database:
             yield session
 
 
-def _lock_key(org_id: uuid.UUID) -> int:
+def lock_key(org_id: uuid.UUID) -> int:
     return int.from_bytes(org_id.bytes[8:], "big", signed=True)
 
 
@@ -242,4 +242,4 @@ async def lock_organization(session: AsyncSession, org_id: uuid.UUID, *, shared:
     if session.get_bind().dialect.name != "postgresql":
         return
     function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
-    await session.execute(text(f"SELECT {function}(:key)"), {"key": _lock_key(org_id)})
+    await session.execute(text(f"SELECT {function}(:key)"), {"key": lock_key(org_id)})

@@ -24,7 +24,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -187,7 +187,20 @@ async def thresholds(
                 await threshold_passed(session, act, org, user, kind, percent, start)
 
 
-def threshold_key(user: User, kind: Kind, start: datetime, percent: int) -> str:
+class Counted(Protocol):
+    """What a threshold event says of a user: a `User`, or the metering engine's row of one."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    def allowance(self, kind: Kind) -> int: ...
+    def used_in(self, kind: Kind, period_start: datetime) -> int: ...
+
+
+def threshold_key(user: Counted, kind: Kind, start: datetime, percent: int) -> str:
     return (
         f"{EventKind.allowance_threshold}:{user.id}:{kind.value}:{_stamp(start)}"
         f":{percent}:{user.allowance(kind)}"
@@ -198,7 +211,19 @@ async def threshold_passed(
     session: AsyncSession,
     act: Act,
     org: Organization,
-    user: User,
+    user: Counted,
+    kind: Kind,
+    percent: int,
+    start: datetime,
+) -> bool:
+    return await user_threshold_passed(session, act, org.id, user, kind, percent, start)
+
+
+async def user_threshold_passed(
+    session: AsyncSession,
+    act: Act,
+    org_id: uuid.UUID,
+    user: Counted,
     kind: Kind,
     percent: int,
     start: datetime,
@@ -207,7 +232,7 @@ async def threshold_passed(
     return await emit(
         session,
         act,
-        org.id,
+        org_id,
         EventKind.allowance_threshold,
         key=threshold_key(user, kind, start, percent),
         user_id=user.id,

@@ -18,7 +18,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, NamedTuple, TypeAlias, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar, cast
 
 from sqlalchemy import Table, delete, select, text
 from sqlalchemy.exc import IntegrityError
@@ -225,7 +225,7 @@ class KeysInFlight:
 
 
 # PostgreSQL advisory locks (two-key form, their own space) that mark keys in flight.
-_KEY_LOCKS = 0x1DE4
+KEY_LOCKS = 0x1DE4
 _CLAIM = text(
     "SELECT k FROM unnest(CAST(:keys AS text[])) AS k"
     " WHERE NOT pg_try_advisory_xact_lock(:space, hashtext(:scope || ' ' || k))"
@@ -242,11 +242,80 @@ async def claim(session: AsyncSession, scope: str, keys: Sequence[str]) -> set[s
     harmless 409 that the client retries."""
     if not keys or session.get_bind().dialect.name != "postgresql":
         return set()
-    parameters = {"keys": list(keys), "space": _KEY_LOCKS, "scope": scope}
+    parameters = {"keys": list(keys), "space": KEY_LOCKS, "scope": scope}
     return set((await session.scalars(_CLAIM, parameters)).all())
 
 
 # --- the one path ---------------------------------------------------------------------------
+
+
+@dataclass
+class Group(Generic[T]):
+    """A group of requests sorted against the stored answers and the keys in flight: what
+    is answered already, and which requests (`todo`, by index, in order) are to apply."""
+
+    requests: Sequence[Keyed | None]
+    answers: list[Answer | None]
+    first: dict[str, int]  # the index of the request that applies each key
+    todo: list[int]
+    busy: set[str]
+
+    @classmethod
+    def sort(cls, requests: Sequence[Keyed | None], stored: dict[str, Stored]) -> Group[T]:
+        """A stored key answers its answer again (or `idempotency_key_reused`), a key seen
+        earlier in the group answers the first one's answer; the rest are to apply."""
+        group: Group[T] = cls(requests, [None] * len(requests), {}, [], set())
+        for index, request in enumerate(requests):
+            if request is None:
+                group.todo.append(index)
+                continue
+            key = request.key
+            if key in stored:
+                group.answers[index] = _replayed(stored[key], request.fingerprint)
+            elif key in group.first:
+                first_print = cast(Keyed, requests[group.first[key]]).fingerprint
+                if first_print != request.fingerprint:
+                    group.answers[index] = refused(reused(key))
+                # else: answered with the first one's answer (`finish`)
+            else:
+                group.first[key] = index
+                group.todo.append(index)
+        return group
+
+    def mark_busy(self, busy: set[str]) -> None:
+        """Keys another transaction has in flight (`claim`): answered 409, not applied."""
+        self.busy = busy
+        for key in busy:
+            self.answers[self.first[key]] = refused(in_flight(key))
+            self.todo.remove(self.first[key])
+
+    def settle(self, outcomes: Sequence[Outcome[T]], answer: Render[T]) -> None:
+        """The outcomes of the `todo` requests, in order."""
+        for index, outcome in zip(self.todo, outcomes, strict=True):
+            if isinstance(outcome, TokenAdminError):
+                self.answers[index] = refused(outcome)
+            else:
+                self.answers[index] = answer(outcome)
+
+    def finish(
+        self, scope: str, now: datetime, ttl: timedelta
+    ) -> tuple[list[Answer], list[dict[str, Any]]]:
+        """Every request's answer, and the records to keep (for `remember`)."""
+        final: list[Answer] = []
+        for index, request in enumerate(self.requests):
+            given = self.answers[index]
+            if given is None:
+                assert request is not None
+                applied = self.answers[self.first[request.key]]
+                assert applied is not None
+                given = Answer(applied.status_code, applied.body, replayed=True)
+            final.append(given)
+        rows = [
+            remembered(scope, key, cast(Keyed, self.requests[i]).fingerprint, final[i], now, ttl)
+            for key, i in self.first.items()
+            if key not in self.busy and kept(final[i].status_code)
+        ]
+        return final, rows
 
 
 async def write_group(
@@ -267,50 +336,13 @@ async def write_group(
     one's answer, a key in flight elsewhere answers 409. `apply` gets the indices of the
     rest, in order, and gives each a result (answered by `answer`) or a refusal; one
     statement then stores the answers to keep."""
-    answers: list[Answer | None] = [None] * len(requests)
-    first: dict[str, int] = {}  # the index of the request that applies each key
     stored = await find(session, scope, [r.key for r in requests if r is not None])
-    todo: list[int] = []
-    for index, request in enumerate(requests):
-        if request is None:
-            todo.append(index)
-            continue
-        key = request.key
-        if key in stored:
-            answers[index] = _replayed(stored[key], request.fingerprint)
-        elif key in first:
-            first_print = cast(Keyed, requests[first[key]]).fingerprint
-            if first_print != request.fingerprint:
-                answers[index] = refused(reused(key))
-            # else: answered below with the first one's answer
-        else:
-            first[key] = index
-            todo.append(index)
-    busy = await claim(session, scope, list(first)) if claiming else set()
-    for key in busy:
-        answers[first[key]] = refused(in_flight(key))
-        todo.remove(first[key])
-    if todo:
-        for index, outcome in zip(todo, await apply(todo), strict=True):
-            if isinstance(outcome, TokenAdminError):
-                answers[index] = refused(outcome)
-            else:
-                answers[index] = answer(outcome)
-
-    final: list[Answer] = []
-    for index, request in enumerate(requests):
-        given = answers[index]
-        if given is None:
-            assert request is not None
-            applied = answers[first[request.key]]
-            assert applied is not None
-            given = Answer(applied.status_code, applied.body, replayed=True)
-        final.append(given)
-    rows = [
-        remembered(scope, key, cast(Keyed, requests[i]).fingerprint, final[i], now, ttl)
-        for key, i in first.items()
-        if key not in busy and kept(final[i].status_code)
-    ]
+    group: Group[T] = Group.sort(requests, stored)
+    if claiming:
+        group.mark_busy(await claim(session, scope, list(group.first)))
+    if group.todo:
+        group.settle(await apply(group.todo), answer)
+    final, rows = group.finish(scope, now, ttl)
     await remember(session, rows)
     return final
 

@@ -47,7 +47,7 @@ async def reservations(
     return list((await session.scalars(statement.execution_options(populate_existing=True))).all())
 
 
-def _named(ids: Sequence[uuid.UUID], emails: Sequence[str]) -> ColumnElement[bool]:
+def named(ids: Sequence[uuid.UUID], emails: Sequence[str]) -> ColumnElement[bool]:
     # Not `id IN … OR email IN …`: SQLite answers an OR of two indexes by reading every
     # user of the organization (30 ms at 100,000 users, against 0.3 ms for one IN).
     if not emails:
@@ -65,7 +65,7 @@ async def users_for_refs(
     Not the users themselves: `lock_users` loads those, once their organizations are locked."""
     if not ids and not emails:
         return []
-    statement = select(User.id, User.org_id).where(_named(ids, emails))
+    statement = select(User.id, User.org_id).where(named(ids, emails))
     return [(user_id, org_id) for user_id, org_id in await session.execute(statement)]
 
 
@@ -82,7 +82,7 @@ async def lock_users(
     sort hands them out), so concurrent batches never wait on each other in a cycle."""
     if not ids and not emails:
         return []
-    statement = select(User).where(_named(ids, emails))
+    statement = select(User).where(named(ids, emails))
     if org_id is not None:
         statement = statement.where(User.org_id == org_id)
     statement = (

@@ -50,7 +50,7 @@ from tokenadmin.organization.service import (
     maintenance_due,
 )
 from tokenadmin.tokens import MAX_AMOUNT, Kind
-from tokenadmin.usage import repository
+from tokenadmin.usage import engine, repository
 from tokenadmin.user.periods import start_current_period
 
 ACTIVITY_RESOLUTION = timedelta(minutes=1)
@@ -552,7 +552,8 @@ async def run(
 ) -> list[idempotency.Answer]:
     """Meter in one transaction through the one idempotent-write path, each operation
     answered by `answer` (its caller's choice of status and body, kept for replays).
-    Organizations due for upkeep are brought up to date first (`MaintenanceDue`)."""
+    Organizations due for upkeep are brought up to date first (`MaintenanceDue`). The
+    groups `engine.takes` are metered as sets (usage/engine.py), by the same rules."""
     requests = [operation.keyed() for operation in operations]
 
     async def work(session: AsyncSession) -> list[idempotency.Answer]:
@@ -575,7 +576,22 @@ async def run(
             ttl=idempotency_ttl,
         )
 
-    return await db.write(work)
+    if not engine.takes(caller, operations):
+        return await db.write(work)
+
+    async def metered_as_a_set(session: AsyncSession) -> list[idempotency.Answer]:
+        return await engine.meter_group(
+            session,
+            act=Act(caller.actor, clock.now()),
+            caller=caller,
+            operations=operations,
+            requests=requests,
+            answer=answer,
+            idempotency_ttl=idempotency_ttl,
+            fallback=work,
+        )
+
+    return await db.write(metered_as_a_set)
 
 
 async def maintain(session: AsyncSession, act: Act, org_ids: Sequence[uuid.UUID]) -> None:

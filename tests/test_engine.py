@@ -1,0 +1,233 @@
+"""The metering engine (usage/engine.py): the same answers as the ORM path, in fewer
+statements."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tests.helpers import Api, funded_org
+from tokenadmin.act import Act
+from tokenadmin.api_key import service as api_key_service
+from tokenadmin.clock import FakeClock
+from tokenadmin.database import Database
+from tokenadmin.idempotency.service import Answer
+from tokenadmin.models import JournalEntry, User
+from tokenadmin.tokens import Kind
+from tokenadmin.usage import engine, service
+from tokenadmin.usage.endpoints import answer_of
+from tokenadmin.usage.service import Caller, Operation
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class Org:
+    """An organization with three users (ana, bo deactivated, cy), metered by its key."""
+
+    def __init__(self, db: Database, clock: FakeClock, org_id: str, caller: Caller) -> None:
+        self.db, self.clock, self.org_id, self.caller = db, clock, org_id, caller
+        self.users: dict[str, str] = {}  # name -> id
+
+    async def run(self, *operations: Operation) -> list[Answer]:
+        return await service.run(
+            self.db,
+            self.clock,
+            self.caller,
+            operations,
+            answer=answer_of,
+            default_ttl=600,
+            idempotency_ttl=timedelta(hours=24),
+        )
+
+
+async def _org(api: Api, db: Database, clock: FakeClock) -> Org:
+    org_id = await funded_org(api, inference=10_000_000)
+    key, _ = await db.write(
+        lambda s: api_key_service.create(
+            s, Act("test", clock.now()), org_id=uuid.UUID(org_id), name="k", scopes=["usage"]
+        )
+    )
+    org = Org(db, clock, org_id, Caller("key:k", key.org_id, f"org:{org_id}", key.id))
+    tag = uuid.uuid4().hex[:6]
+    for name, allowance in (("ana", 1_000_000), ("bo", 500_000), ("cy", 300_000)):
+        user = await api.user(org_id, f"{name}-{tag}@example.com", max_tokens=allowance)
+        org.users[name] = user["id"]
+    await api.post(f"/v1/users/{org.users['bo']}/deactivate", expect=200)
+    return org
+
+
+def usage(user: str, tokens: int, key: str | None = None, **details: Any) -> Operation:
+    return Operation(
+        "usage", user, Kind.inference, tokens, details=details or None, idempotency_key=key
+    )
+
+
+def reserve(user: str, tokens: int, key: str | None = None) -> Operation:
+    return Operation("reserve", user, Kind.inference, tokens, ttl_seconds=60, idempotency_key=key)
+
+
+async def _scenario(org: Org) -> list[list[Answer]]:
+    """Groups touching every rule the engine decides, and some it hands over."""
+    ana, bo, cy = (org.users[name] for name in ("ana", "bo", "cy"))
+    email = await org.db.read(lambda s: s.get(User, uuid.UUID(ana)))
+    assert email is not None
+    groups = [
+        await org.run(usage(ana, 100_000, "k1", dataset="docs"), usage(cy, 200_000, "k2")),
+        await org.run(
+            usage(ana, 100_000, "k1", dataset="docs"),  # replayed
+            usage(ana, 99_900, "k1"),  # the same key for another request
+            usage(email.email.upper(), 700_000, "k3"),  # by email: reaches 80% and 90%...
+            usage(ana, 250_000, "k4"),  # ...insufficient
+            usage(bo, 1_000, "k5"),  # deactivated
+            usage(str(uuid.uuid4()), 10, "k6"),  # no such user
+            usage("nobody@example.com", 10),
+            usage(cy, 50_000, "k7"),
+            usage(cy, 50_000, "k7"),  # the same key twice in a group
+        ),
+        await org.run(
+            reserve(cy, 40_000, "r1"), reserve(cy, 10_000, "r2"), reserve(ana, 500_000, "r3")
+        ),
+    ]
+    held = [answer.body.get("id") for answer in groups[-1] if answer.status_code == 201]
+    first, second = (uuid.UUID(h) for h in held)
+    groups += [
+        await org.run(
+            Operation("commit", reservation_id=first, tokens=45_000, idempotency_key="c0"),  # over
+            Operation("commit", reservation_id=first, tokens=35_000, idempotency_key="c1"),
+            Operation("release", reservation_id=second, idempotency_key="c2"),
+            Operation("release", reservation_id=first, idempotency_key="c3"),  # closed
+            Operation("commit", reservation_id=uuid.uuid4(), idempotency_key="c4"),
+        ),
+        await org.run(usage(cy, 10_000, "k8"), reserve(cy, 100, "r4"), usage(ana, 1)),
+        # more than cy has while holding a reservation: the ORM path (expiries first)
+        await org.run(usage(cy, 50_000, "k9"), usage(ana, 1)),
+        # charged at the rates (the ORM path), then usage while holding a reservation
+        await org.run(
+            Operation(
+                "usage",
+                ana,
+                Kind.inference,
+                None,
+                details={"prompt_tokens": 10, "completion_tokens": 5},
+            ),
+        ),
+    ]
+    return groups
+
+
+def _normalized(org: Org, groups: list[list[Answer]], entry_ids: list[int]) -> str:
+    """The answers, with what differs between two organizations named by position."""
+    text = json.dumps(
+        [[(a.status_code, a.replayed, a.body) for a in group] for group in groups], sort_keys=True
+    )
+    for name, user_id in org.users.items():
+        text = text.replace(user_id, name)
+    text = re.sub(r"(ana|bo|cy)-[0-9a-f]{6}@example\.com", r"\1@", text, flags=re.IGNORECASE)
+    position = {entry_id: n for n, entry_id in enumerate(entry_ids)}
+    text = re.sub(r'"journal_entry_id": (\d+)', lambda m: f'"#{position[int(m.group(1))]}"', text)
+    seen: dict[str, str] = {}
+    return UUID.sub(lambda m: seen.setdefault(m.group(0), f"R{len(seen)}"), text)
+
+
+async def _journal(db: Database, org_id: str) -> list[tuple[Any, ...]]:
+    async def read(session: AsyncSession) -> list[tuple[Any, ...]]:
+        statement = (
+            select(JournalEntry)
+            .where(JournalEntry.org_id == uuid.UUID(org_id))
+            .order_by(JournalEntry.id)
+        )
+        return [
+            (
+                e.id,
+                e.action,
+                e.kind,
+                e.amount,
+                e.used_delta,
+                e.reserved_delta,
+                e.used_after,
+                e.reserved_after,
+                e.allowance_after,
+                e.details,
+                e.actor,
+            )
+            for e in (await session.scalars(statement)).all()
+        ]
+
+    return await db.read(read)
+
+
+@contextmanager
+def orm_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    with monkeypatch.context() as patched:
+        patched.setattr(engine, "takes", lambda caller, operations: False)
+        yield
+
+
+async def test_the_engine_answers_and_journals_as_the_orm_path(
+    api: Api, db: Database, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    by_engine = await _org(api, db, clock)
+    by_orm = await _org(api, db, clock)
+
+    engine_answers = await _scenario(by_engine)
+    with orm_only(monkeypatch):
+        orm_answers = await _scenario(by_orm)
+
+    engine_journal = await _journal(db, by_engine.org_id)
+    orm_journal = await _journal(db, by_orm.org_id)
+    metering = {"usage", "reserve", "commit", "release", "reservation_expired"}
+    assert [row[1:] for row in engine_journal if row[1] in metering] == [
+        row[1:] for row in orm_journal if row[1] in metering
+    ]
+    engine_text = _normalized(by_engine, engine_answers, [row[0] for row in engine_journal])
+    orm_text = _normalized(by_orm, orm_answers, [row[0] for row in orm_journal])
+    assert engine_text == orm_text
+    for code in (
+        "insufficient_tokens",
+        "user_deactivated",
+        "user_not_found",
+        "reservation_closed",
+        "reservation_not_found",
+        "idempotency_key_reused",
+    ):
+        assert code in engine_text
+
+
+@contextmanager
+def statements(db: Database) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", note)
+
+
+async def test_a_group_is_metered_in_four_statements(
+    api: Api, db: Database, clock: FakeClock
+) -> None:
+    org = await _org(api, db, clock)
+    ana, cy = org.users["ana"], org.users["cy"]
+    await org.run(usage(ana, 1))  # statements prepared
+
+    with statements(db) as seen:
+        answers = await org.run(*(usage(ana if n % 2 else cy, 1, f"n{n}") for n in range(50)))
+
+    assert {a.status_code for a in answers} == {200}
+    # Lock, key and idempotency keys; users; journal ids; every write (SQLite: the key and
+    # the idempotency keys apart, and one executemany per table written).
+    counted = [statement for statement in seen if not statement.startswith("BEGIN")]
+    assert len(counted) == (4 if db.dialect == "postgresql" else 7), seen
