@@ -5,7 +5,7 @@ batch)."""
 
 from __future__ import annotations
 
-from bench.data import Seeded, balances, journal_mark, trace
+from bench.data import Seeded, balances, journal_mark, settled, trace
 from bench.figures import Result, reconcile, unanswered_note
 from bench.load import Plan, server_memory, unanswered, wrk, wrk_problems
 from bench.usage import TOKENS, api_system, wrk_env
@@ -31,10 +31,10 @@ def api_run(
         threads=min(plan.threads, plan.batch_connections),
         connections=plan.batch_connections,
     )
-    after = balances(seeded.url, "user").used
     answered = figures["batches"] + figures["other"]
     problems = wrk_problems(figures, answered)
     missing = unanswered(figures, answered)
+    after = (settled if missing else balances)(seeded.url, "user").used
     accepted, refused = figures["accepted"], figures["refused"]
     exact, exactness = reconcile(
         after - before,

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -141,6 +142,21 @@ def balances(url: str, prefix: str) -> Balances:
         return Balances(int(row[0]), int(row[1]), int(open_count or 0))
 
     return asyncio.run(_with_database(url, lambda db: db.read(work)))
+
+
+def settled(url: str, prefix: str, *, quiet: float = 1.0, limit: float = 60.0) -> Balances:
+    """The balances once they stop changing (no change for `quiet` seconds, `limit` at
+    most): after a run with unanswered requests, the server may still be committing them,
+    and they belong to this run, not to the next."""
+    last = balances(url, prefix)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = balances(url, prefix)
+        if now == last:
+            break
+        last = now
+    return last
 
 
 @dataclass(frozen=True)

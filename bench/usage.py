@@ -11,7 +11,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.data import KEY_NAME, Seeded, add_users, balances, journal_mark, seal, trace
+from bench.data import (
+    KEY_NAME,
+    Seeded,
+    add_users,
+    balances,
+    journal_mark,
+    seal,
+    settled,
+    trace,
+)
 from bench.figures import Result, grew_by, limit_result, reconcile, unanswered_note
 from bench.load import (
     Plan,
@@ -232,10 +241,10 @@ def api_run(
     figures = send(
         base, seeded, plan, prefix=prefix, users=users, tokens=tokens, seconds=plan.seconds
     )
-    after = balances(seeded.url, prefix).used
     accepted, refused = figures["accepted"], figures["refused"]
     answered = accepted + refused + figures["other"]
     missing = unanswered(figures, answered)
+    after = (settled if missing else balances)(seeded.url, prefix).used
     kept = trace(seeded.url, seeded.org_id, figures["run"], mark)
     exact, exactness = reconcile(
         after - before,
