@@ -12,6 +12,7 @@ needs the entries' ids sooner (metering answers with them) calls it itself.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from sqlalchemy import Table, any_, bindparam, event, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.util import await_only
 
 from tokenadmin.act import Act
 from tokenadmin.journal import chain
@@ -205,8 +207,27 @@ def append(session: Session, rows: list[dict[str, Any]]) -> dict[chain.Chain, st
         row["id"] = entry_id
         row["prev_hash"] = previous
         row["hash"] = heads[key] = link(previous, row)
-    insert_many(session, JOURNAL, rows)
+    if session.get_bind().dialect.name == "postgresql":
+        _copy(session, rows)
+    else:
+        insert_many(session, JOURNAL, rows)
     return heads
+
+
+def _copy(session: Session, rows: list[dict[str, Any]]) -> None:
+    """COPY the rows into the journal, in this transaction: several times faster than an
+    INSERT of as many rows (no arrays to parse, no plan). Called within `run_sync`."""
+    columns = list(rows[0])
+    details = columns.index("details")
+    records = []
+    for row in rows:
+        values = list(row.values())
+        if values[details] is not None:
+            values[details] = json.dumps(values[details])  # as the JSON column stores it
+        records.append(values)
+    driver = session.connection().connection.driver_connection
+    assert driver is not None
+    await_only(driver.copy_records_to_table(JOURNAL.name, records=records, columns=columns))
 
 
 def _link(session: Session, pending: list[Entry]) -> dict[chain.Chain, str]:
