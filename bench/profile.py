@@ -9,8 +9,8 @@ For each database it seeds a throwaway one as `make bench` does (bench/data.py: 
 users of one organization, a `usage` key), starts the server as `make bench` does
 (`uvicorn --workers 2` on PostgreSQL, one process on SQLite), warms it up, and for each
 scenario ("spread": POST /v1/usage for a random user, bench/usage.lua, 64 connections;
-"batch": POST /v1/usage/batch of 1,000 events, bench/batch.lua, 8 connections) runs wrk
-twice:
+"batch": POST /v1/usage/batch of 1,000 events, bench/batch.lua, 8 connections; "hot", on
+request: every request for one user, 64 connections) runs wrk twice:
 
 1. unprofiled: the CPU time of each party over the run, read from /proc (the server's
    processes; the PostgreSQL backends serving the throwaway database, found by its name
@@ -63,6 +63,8 @@ class Scenario:
     unit: str  # one request
     units: str
     per_request: int  # operations (events) per request
+    prefix: str = "user"  # the seeded users it meters (bench/data.py)
+    users: int | None = None  # None: every seeded user
 
 
 SCENARIOS = {
@@ -77,6 +79,17 @@ SCENARIOS = {
     ),
     "batch": Scenario(
         "batch", "POST /v1/usage/batch, 1,000 events", "batch.lua", 8, "batch", "batches", 1_000
+    ),
+    "hot": Scenario(
+        "hot",
+        "POST /v1/usage, every request for one user",
+        "usage.lua",
+        64,
+        "request",
+        "requests",
+        1,
+        prefix="hot",
+        users=1,
     ),
 }
 
@@ -316,7 +329,8 @@ class Run:
 def load(
     base: str, seeded: Seeded, plan: Plan, scenario: Scenario, pid: int, database: str | None
 ) -> Run:
-    env = {**wrk_env(seeded, "user", plan.users, TOKENS), "BENCH_EVENTS": "1000"}
+    users = scenario.users or plan.users
+    env = {**wrk_env(seeded, scenario.prefix, users, TOKENS), "BENCH_EVENTS": "1000"}
     before = snapshot(pid, database)
     figures: dict[str, Any] = wrk(
         base,
