@@ -3,7 +3,8 @@ administration at scale.
 
     .venv/bin/python -m bench.metering [--quick] [--databases postgresql,sqlite]
                                        [--parts metering,growth] [--users 10000]
-                                       [--seconds 10] [--no-record]
+                                       [--seconds 10] [--journal-rows 1000000,3000000]
+                                       [--no-record]
 
 Part "metering": for each database it makes a throwaway one (a PostgreSQL database it
 creates and drops; a SQLite file in a temporary directory), seeds one organization with
@@ -27,8 +28,11 @@ accepted operations times their tokens (reservations: nothing is left reserved);
 each database, `tokenadmin verify` is clean.
 
 Part "growth" (bench/growth.py): the spread scenario and the user table's query at 1,000,
-10,000 and 100,000 users and with 1,000,000 journal entries, then, on that database,
-administration at scale (bench/admin.py).
+10,000 and 100,000 users and with the journal grown to 1,000,000 and 3,000,000 rows
+(--journal-rows), a round of batches at 100,000 users and at each journal size; then, on
+that database, administration at scale (bench/admin.py).
+
+Last, issue 14's targets beside the figures of this run (bench/targets.py).
 
 Everything is on loopback, bounded in time, and cleaned up even on failure. Results are
 appended to bench/RESULTS.md (not with --quick or --no-record).
@@ -246,6 +250,11 @@ def _options() -> argparse.Namespace:
         ),
         help="A PostgreSQL server where a throwaway database may be created.",
     )
+    parser.add_argument(
+        "--journal-rows",
+        default=None,
+        help="growth: the journal sizes measured at 100,000 users (default 1000000,3000000)",
+    )
     parser.add_argument("--no-record", action="store_true", help="Don't append to RESULTS.md.")
     options = parser.parse_args()
     problems = []
@@ -259,6 +268,13 @@ def _options() -> argparse.Namespace:
         problems.append(f"unknown parts {sorted(unknown)}")
     if missing := [tool for tool in ("wrk", "pgbench") if shutil.which(tool) is None]:
         problems.append(f"needs {' and '.join(missing)} (apt-get install wrk postgresql-contrib)")
+    if options.journal_rows is not None:
+        try:
+            rows = [int(size) for size in options.journal_rows.split(",")]
+        except ValueError:
+            rows = []
+        if not rows or rows != sorted(rows) or not all(0 < n <= 10_000_000 for n in rows):
+            problems.append("--journal-rows is increasing sizes of 1 to 10,000,000, by commas")
     if problems:
         parser.error("; ".join(problems))
     return options
@@ -293,6 +309,9 @@ def main() -> None:
         clean = all(run.verify_clean and all(r.exact for r in run.results) for run in runs)
     if "growth" in parts:
         sizes = growth.QUICK if options.quick else growth.Sizes()
+        if options.journal_rows is not None:
+            rows = tuple(int(size) for size in options.journal_rows.split(","))
+            sizes = replace(sizes, journal_rows=rows)
         scale = admin.QUICK if options.quick else admin.Scale()
         runs_at_scale = [
             growth.run_database(database, sizes, scale, options.postgres_url)
