@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import greenlet  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy import event
@@ -70,14 +71,14 @@ SHARED = {
 
 TABLES = dict(Base.metadata.tables)
 BY_ORG_ID = {name for name, table in TABLES.items() if "org_id" in table.c and name not in SHARED}
-_TABLE = re.compile(r'\b(?:FROM|JOIN|UPDATE|INTO)\s+"?(\w+)"?', re.IGNORECASE)
+_TABLE = re.compile(r'\b(?:FROM|JOIN|UPDATE|INTO|COPY)\s+"?(\w+)"?', re.IGNORECASE)
 # A condition on the column: it follows a WHERE or an ON (`org_id = $1`, `org_id = ANY
 # ($1)`, `(t.org_id, t.id) = (v.org_id, v.id)`, `ON CONFLICT (org_id, key)`).
 _ORG_ID_COMPARED = re.compile(r"\b(?:WHERE|ON)\b.*\borg_id\b", re.IGNORECASE | re.DOTALL)
 _ID_COMPARED = re.compile(r"(?:^|[\s.(\"])id\"?\s*(?:=|IN\b)", re.IGNORECASE)
 _SCOPE_COMPARED = re.compile(r"\b(?:WHERE|ON)\b.*\bscope\b", re.IGNORECASE | re.DOTALL)
 _INSERT_INTO = re.compile(
-    r'\bINSERT\s+(?:OR\s+\w+\s+)?INTO\s+"?(\w+)"?\s*\(([^)]*)\)', re.IGNORECASE
+    r'\b(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|COPY)\s+"?(\w+)"?\s*\(([^)]*)\)', re.IGNORECASE
 )
 
 ALLOWED = [
@@ -141,7 +142,9 @@ def _origin() -> str:
 
 @contextmanager
 def captured(database: Database) -> Iterator[list[Statement]]:
-    """Every statement the driver runs on the database's engines while the block runs."""
+    """Every statement the driver runs on the database's engines while the block runs, and
+    every COPY into a table through asyncpg (`copy_records_to_table`, which SQLAlchemy's
+    events do not see), as `COPY table (columns)` with one row per record."""
     statements: list[Statement] = []
 
     def before_cursor_execute(
@@ -162,12 +165,29 @@ def captured(database: Database) -> Iterator[list[Statement]]:
         ]
         statements.append(Statement(sql, rows, _origin()))
 
+    copy_records = asyncpg.Connection.copy_records_to_table
+
+    async def copy_records_to_table(
+        connection: Any, table_name: str, *, records: Any, columns: Any = None, **options: Any
+    ) -> Any:
+        if isinstance(records, list | tuple):
+            rows = [list(_flat(record)) for record in records]
+        else:  # an iterator or an async iterator: not read here, so nothing is seen bound
+            rows = [[]]
+        copied = f"COPY {table_name} ({', '.join(columns or [])}) FROM STDIN"
+        statements.append(Statement(copied, rows, _origin()))
+        return await copy_records(
+            connection, table_name, records=records, columns=columns, **options
+        )
+
     engines = {id(e): e.sync_engine for e in (database.engine, database.read_engine)}
     for engine in engines.values():
         event.listen(engine, "before_cursor_execute", before_cursor_execute)
+    asyncpg.Connection.copy_records_to_table = copy_records_to_table
     try:
         yield statements
     finally:
+        asyncpg.Connection.copy_records_to_table = copy_records
         for engine in engines.values():
             event.remove(engine, "before_cursor_execute", before_cursor_execute)
 
@@ -413,6 +433,11 @@ def test_the_check_refuses_a_statement_without_its_organization() -> None:
     assert problems(next_ids, org, {other}, "sqlite") == []
     assert problems(next_ids, org, {other}, "postgresql") == [
         "journal_entries: no org_id condition"
+    ]
+    copied = Statement("COPY journal_entries (id, org_id) FROM STDIN", [[1, org], [2, other]])
+    assert problems(copied, org, {other}) == [
+        "binds another organization's id",
+        "journal_entries: this organization's id is not bound",
     ]
     lock = Statement("SELECT pg_advisory_xact_lock_shared($1)", [[12345]])
     assert problems(lock, org, {other}) == []
