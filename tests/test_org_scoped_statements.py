@@ -4,12 +4,13 @@ No transaction of metering or of an allowance change spans two organizations, an
 statement in it says which one it is for, so each table can be distributed by organization
 (docs/SCALING.md: Citus, every table distributed by `org_id`, a statement routed to the
 one node that holds its organization). This test keeps that true: it captures every
-statement the database driver is given (SQLAlchemy's `before_cursor_execute`) while an
+statement the database driver is given (SQLAlchemy's `before_cursor_execute`, and
+asyncpg's `copy_records_to_table`, by which the journal is written on PostgreSQL) while an
 organization's key meters usage, a batch, reservations committed and released, and
 changes one allowance and many, and checks each statement against the table it touches:
 
-- a table with an `org_id` column: the statement compares `org_id` (or, an INSERT, names
-  the column) and binds this organization's id, and no other organization's; each row of
+- a table with an `org_id` column: the statement compares `org_id` (or, an INSERT or a
+  COPY, names the column) and binds this organization's id, and no other organization's; each row of
   an executemany carries it;
 - `organizations`: compared by `id`, bound to this organization's id;
 - `idempotency_records`: compared by `scope`, bound to `org:<id>`, and no other scope;
