@@ -908,12 +908,13 @@ class ChangeResult:
 
     def preview(self) -> dict[str, Any]:
         """The result in the shape of `allowance.schemas.AllowancePreview`."""
-        return {
-            "applied": self.applied,
-            "dry_run": self.dry_run,
-            **preview(self.plan),
-            "batch": self.batch,
-        }
+        with gc_paused():  # a dict per change: see rows.gc_paused
+            return {
+                "applied": self.applied,
+                "dry_run": self.dry_run,
+                **preview(self.plan),
+                "batch": self.batch,
+            }
 
 
 async def change(

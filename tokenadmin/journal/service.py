@@ -16,7 +16,7 @@ import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, any_, bindparam, event, select, text
@@ -210,8 +210,51 @@ def append(session: Session, rows: list[dict[str, Any]]) -> dict[chain.Chain, st
     if session.get_bind().dialect.name == "postgresql":
         _copy(session, rows)
     else:
-        insert_many(session, JOURNAL, rows)
+        _insert_sqlite(session, rows)
     return heads
+
+
+def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
+    """One executemany of the rows in the form SQLite stores them (ids as 32 hex digits,
+    times as naive UTC text, details as JSON text), without the per-value processing of
+    the column types, which would be most of the time."""
+    columns = list(rows[0])
+    converters = [_SQLITE_FORM.get(name, _as_is) for name in columns]
+    records = [
+        tuple(convert(value) for convert, value in zip(converters, row.values(), strict=True))
+        for row in rows
+    ]
+    placeholders = ", ".join("?" * len(columns))
+    session.connection().exec_driver_sql(
+        f"INSERT INTO {JOURNAL.name} ({', '.join(columns)}) VALUES ({placeholders})", records
+    )
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _sqlite_uuid(value: uuid.UUID | None) -> str | None:
+    return None if value is None else value.hex  # Uuid: CHAR(32)
+
+
+def _sqlite_time(value: datetime) -> str:
+    # UTCDateTime on SQLite: naive UTC, in SQLAlchemy's DATETIME text form.
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _sqlite_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+_SQLITE_FORM: dict[str, Callable[[Any], Any]] = {
+    "org_id": _sqlite_uuid,
+    "user_id": _sqlite_uuid,
+    "purchase_id": _sqlite_uuid,
+    "reservation_id": _sqlite_uuid,
+    "created_at": _sqlite_time,
+    "details": _sqlite_json,
+}
 
 
 def _copy(session: Session, rows: list[dict[str, Any]]) -> None:
