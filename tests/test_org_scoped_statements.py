@@ -352,9 +352,9 @@ def _check(
 
 NOT_YET = pytest.mark.xfail(
     strict=True,
-    reason="statements that name a user, a reservation or a journal chain by its id alone"
-    " (docs/SCALING.md, What the test guarantees): remove this mark once they name the"
-    " organization too",
+    reason="statements that read or write users (their counters, their journal heads,"
+    " their allowances) by id alone (docs/SCALING.md, What the test guarantees): remove"
+    " this mark once they name the organization too",
 )
 
 
