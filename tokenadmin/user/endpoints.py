@@ -156,7 +156,7 @@ async def _locked(
 ) -> tuple[User, Organization]:
     user, _ = await service.visible(session, principal, user_id, "admin")
     org = await organization_service.lock_for_change(session, act, user.org_id)
-    fresh = await repository.get(session, user_id)
+    fresh = await repository.get(session, user_id, org_id=org.id)
     assert fresh is not None
     return fresh, org
 

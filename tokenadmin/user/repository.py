@@ -26,8 +26,18 @@ from tokenadmin.models import User
 from tokenadmin.schemas import storable
 
 
-async def get(session: AsyncSession, user_id: uuid.UUID, *, lock: bool = False) -> User | None:
+async def get(
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    *,
+    lock: bool = False,
+    org_id: uuid.UUID | None = None,
+) -> User | None:
+    """The user, if any; with `org_id`, only a user of that organization (the statement then
+    names one organization, see docs/SCALING.md)."""
     statement = select(User).where(User.id == user_id).execution_options(populate_existing=True)
+    if org_id is not None:
+        statement = statement.where(User.org_id == org_id)
     if lock:
         statement = statement.with_for_update()
     return await session.scalar(statement)

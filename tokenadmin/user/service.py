@@ -136,8 +136,9 @@ async def visible(
     session: AsyncSession, principal: Principal, user_id: uuid.UUID, scope: str
 ) -> tuple[User, Organization]:
     """A user and their organization, when the caller is that user or has `scope` in the
-    user's organization; to anyone else the user does not exist (404)."""
-    user = await repository.get(session, user_id)
+    user's organization; to anyone else the user does not exist (404). An organization's
+    caller looks only in its own organization."""
+    user = await repository.get(session, user_id, org_id=principal.org_id)
     if user is None:
         raise NotFound("User not found.")
     if principal.user_id != user.id:
