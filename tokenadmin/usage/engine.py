@@ -1,33 +1,37 @@
-"""The metering engine: a group of an organization's usage operations decided as a set.
+"""The metering engine: a group of an organization's metering operations decided as a set.
 
-`service.meter` decides a group through the ORM, about a dozen statements per group. The
-engine does the same work in four statements and plain rows, by the same rules, under
-the same locks taken in the same order:
+`service.meter` decides a group through the ORM, a dozen statements or more per group.
+The engine does the same work with plain rows, by the same rules, under the same locks
+taken in the same order, in four statements on PostgreSQL (besides BEGIN and COMMIT):
 
-1. (PostgreSQL) one statement takes the organization's metering lock (shared), checks
-   that the caller's key is live, probes the group's idempotency keys one by one on their
-   index and claims them (`idempotency.claim`);
-2. one statement locks the named users of the organization in id order (FOR UPDATE) and
-   reads them with their organization, journal heads included;
-3. Python decides each operation in order (`service._debit`'s rules: the user deactivated,
-   the allowance, thresholds crossed) and chains each user's journal entries from the head
-   it read; one statement takes the entries' ids, in order;
-4. one statement writes the users' counters and heads, the journal entries and the
-   idempotency records (PostgreSQL: data-modifying CTEs over arrays; SQLite: executemany,
-   which costs no round trip).
+1. one statement takes the organization's metering lock (shared), checks that the
+   caller's key is live, probes the group's idempotency keys one by one on their index and
+   claims them (`database.lock_organization`, `idempotency.find` and `claim`);
+2. one statement locks the named users of the organization (and the owners of the
+   reservations named) in id order, FOR UPDATE, and reads them with their organization,
+   journal heads included; a group that commits or releases reservations then locks them;
+3. Python decides each operation in order (`service._debit`'s and `service._close`'s
+   rules: unknown user or reservation, deactivated, allowance, closed reservation,
+   thresholds crossed) and chains each user's journal entries from the head it read; one
+   statement takes the entries' ids, in order;
+4. one statement writes the users' counters and heads, the reservations made and closed,
+   the journal entries and the idempotency records (data-modifying CTEs over arrays;
+   SQLite: executemany, which costs no round trip).
 
 The answers are given after the commit, as before.
 
 The engine takes a group when its caller is an organization's key and every operation is
-usage with its tokens given. Anything else goes to `service.meter` (`fallback`), in the
-same transaction and before anything is written, so its answers are the ORM path's own:
-- reservations, commits, releases and expiries; usage charged at a model's rates;
-  operator (platform) callers, whose organization is known only from the users named;
+usage or a reservation with its tokens given, or a commit or release (`takes`). Anything
+else goes to `service.meter` (`fallback`), in the same transaction and before anything
+is written, so its answers are the ORM path's own:
+- expiries (the sweeper), usage charged at a model's rates, and operator (platform)
+  callers, whose organization is known only from the users named;
 - an organization due for upkeep (a purchase expired, a new period), or whose capacity
   binds (SPEC rule 3: usage must also fit the organization's period usage);
-- a user whose counters belong to an earlier period (the reset is journaled first);
-- usage that does not fit while the user holds reservations (overdue ones expire first);
-- a group naming no user of the organization.
+- a group naming a user whose counters belong to an earlier period (the reset is
+  journaled first), or naming no user of the organization at all;
+- usage or a reservation that does not fit while the user holds reservations (overdue
+  ones expire first), and a commit or release of a reservation past its expiry.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Column, Table, TextClause, bindparam, insert, select, text, update
+from sqlalchemy import Column, Table, TextClause, bindparam, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -52,6 +56,8 @@ from tokenadmin.errors import (
     Conflict,
     InsufficientTokens,
     NotFound,
+    ReservationClosed,
+    ReservationExpired,
     TokenAdminError,
     Unauthenticated,
 )
@@ -59,7 +65,14 @@ from tokenadmin.events import service as events
 from tokenadmin.idempotency import service as idempotency
 from tokenadmin.journal import chain
 from tokenadmin.journal.service import Entry
-from tokenadmin.models import ApiKey, IdempotencyRecord, JournalEntry, Organization, User
+from tokenadmin.models import (
+    ApiKey,
+    IdempotencyRecord,
+    JournalEntry,
+    Organization,
+    Reservation,
+    User,
+)
 from tokenadmin.tokens import Kind, current_period
 from tokenadmin.usage import repository, service
 
@@ -67,6 +80,7 @@ USERS = cast(Table, User.__table__)
 ORGANIZATIONS = cast(Table, Organization.__table__)
 JOURNAL = cast(Table, JournalEntry.__table__)
 RECORDS = cast(Table, IdempotencyRecord.__table__)
+RESERVATIONS = cast(Table, Reservation.__table__)
 ACTIVITY_RESOLUTION = timedelta(minutes=1)  # as service.ACTIVITY_RESOLUTION
 
 Fallback = Callable[[AsyncSession], Awaitable[list[idempotency.Answer]]]
@@ -117,6 +131,29 @@ class _User:
         else:
             self.training_used += delta
 
+    def add_reserved(self, kind: Kind, delta: int) -> None:
+        if kind is Kind.inference:
+            self.inference_reserved += delta
+        else:
+            self.training_reserved += delta
+
+
+@dataclass(slots=True)
+class _Reservation:
+    """A reservation's row: read locked, or made by this group (`new`)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    kind: str
+    amount: int
+    status: str
+    committed_amount: int | None
+    expires_at: datetime
+    created_at: datetime
+    closed_at: datetime | None
+    details: dict[str, Any] | None
+    new: bool = False
+
 
 @dataclass(frozen=True, slots=True)
 class _Org:
@@ -143,10 +180,13 @@ def takes(caller: service.Caller, operations: Sequence[service.Operation]) -> bo
     """Whether the engine takes this group (else `service.meter` does, as always)."""
     if caller.org_id is None:
         return False
-    return all(
-        op.action == "usage" and op.tokens is not None and op.user is not None and op.kind
-        for op in operations
-    )
+    for op in operations:
+        if op.action in ("usage", "reserve"):
+            if op.tokens is None or op.user is None or op.kind is None:
+                return False
+        elif op.action not in ("commit", "release") or op.reservation_id is None:
+            return False
+    return True
 
 
 async def meter_group(
@@ -157,6 +197,7 @@ async def meter_group(
     operations: Sequence[service.Operation],
     requests: Sequence[idempotency.Keyed | None],
     answer: idempotency.Render[service.Metered],
+    default_ttl: int,
     idempotency_ttl: timedelta,
     fallback: Fallback,
 ) -> list[idempotency.Answer]:
@@ -178,22 +219,23 @@ async def meter_group(
     group: idempotency.Group[service.Metered] = idempotency.Group.sort(requests, stored)
     group.mark_busy(busy & group.first.keys())
     try:
-        decided = await _decide(session, act, org_id, [operations[i] for i in group.todo])
+        chosen = [operations[i] for i in group.todo]
+        decided = await _decide(session, act, org_id, chosen, default_ttl)
     except _Fallback:
         return await fallback(session)
-    outcomes, users, entries, counted = decided
-    await _take_ids(session, entries, postgres)
-    group.settle(outcomes, answer)
+    await _take_ids(session, decided.entries, postgres)
+    group.settle(decided.outcomes, answer)
     final, records = group.finish(scope, act.now, idempotency_ttl)
-    changed = [user for user in users if user.changed]
+    changed = [user for user in decided.users if user.changed]
+    reservations, entries = decided.reservations, decided.entries
     try:
         if postgres:
-            await _write_postgres(session, org_id, changed, entries, records)
+            await _write_postgres(session, org_id, changed, reservations, entries, records)
         else:
-            await _write_sqlite(session, org_id, changed, entries, records)
+            await _write_sqlite(session, org_id, changed, reservations, entries, records)
     except IntegrityError as error:
         raise Retry("an idempotency key was stored by another transaction first") from error
-    for action, kind, tokens, refusal in counted:
+    for action, kind, tokens, refusal in decided.counted:
         metrics.metered(session, action, org_id, kind, tokens, refusal)
     return final
 
@@ -283,17 +325,31 @@ _SPLIT = len(_USER_COLUMNS)
 
 
 async def _lock_users(
-    session: AsyncSession, org_id: uuid.UUID, ids: list[uuid.UUID], emails: list[str]
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    ids: list[uuid.UUID],
+    emails: list[str],
+    reservation_ids: list[uuid.UUID],
 ) -> tuple[list[_User], _Org | None]:
-    """Lock the named users of the organization in id order and read them, with their
-    organization (read after its metering lock was taken: this statement's snapshot is)."""
+    """Lock the named users of the organization, and the owners of the reservations named,
+    in id order and read them, with their organization (read after its metering lock was
+    taken: this statement's snapshot is)."""
+    named = repository.named(ids, emails) if ids or emails else None
+    if reservation_ids:
+        owners = USERS.c.id.in_(
+            select(RESERVATIONS.c.user_id).where(
+                RESERVATIONS.c.id.in_(reservation_ids), RESERVATIONS.c.org_id == org_id
+            )
+        )
+        named = owners if named is None else or_(named, owners)
+    assert named is not None
     statement = (
         select(
             *(USERS.c[name] for name in _USER_COLUMNS),
             *(ORGANIZATIONS.c[name] for name in _ORG_COLUMNS),
         )
         .join_from(USERS, ORGANIZATIONS, ORGANIZATIONS.c.id == USERS.c.org_id)
-        .where(USERS.c.org_id == org_id, repository.named(ids, emails))
+        .where(USERS.c.org_id == org_id, named)
         .order_by(USERS.c.id)
         .with_for_update(of=USERS)
     )
@@ -304,6 +360,33 @@ async def _lock_users(
         if org is None:
             org = _Org(*row[_SPLIT:])
     return users, org
+
+
+_RESERVATION_COLUMNS = (
+    "id",
+    "user_id",
+    "kind",
+    "amount",
+    "status",
+    "committed_amount",
+    "expires_at",
+    "created_at",
+    "closed_at",
+    "details",
+)
+
+
+async def _lock_reservations(
+    session: AsyncSession, org_id: uuid.UUID, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, _Reservation]:
+    """Lock and read the organization's reservations named, after their users."""
+    statement = (
+        select(*(RESERVATIONS.c[name] for name in _RESERVATION_COLUMNS))
+        .where(RESERVATIONS.c.id.in_(ids), RESERVATIONS.c.org_id == org_id)
+        .order_by(RESERVATIONS.c.id)
+        .with_for_update()
+    )
+    return {row[0]: _Reservation(*row) for row in await session.execute(statement)}
 
 
 def _parse_user_ref(ref: str) -> uuid.UUID | str:
@@ -320,21 +403,34 @@ def _parse_user_ref(ref: str) -> uuid.UUID | str:
 _Counted = tuple[str, str | None, int | None, TokenAdminError | None]
 
 
+@dataclass
+class _Decided:
+    outcomes: list[service.Outcome]
+    users: list[_User]
+    reservations: list[_Reservation]  # made or closed by the group
+    entries: list[Entry]
+    counted: list[_Counted]
+
+
 async def _decide(
     session: AsyncSession,
     act: Act,
     org_id: uuid.UUID,
     operations: Sequence[service.Operation],
-) -> tuple[list[service.Outcome], list[_User], list[Entry], list[_Counted]]:
-    """Each operation's outcome, in order, by `service._debit`'s rules; the users (changed
-    in place), the journal entries (chained, ids not yet given) and the metrics to count.
-    Raises `_Fallback` before anything is written when the group needs the ORM path."""
-    refs = [_parse_user_ref(cast(str, op.user)) for op in operations]
-    if not refs:
-        return [], [], [], []
+    default_ttl: int,
+) -> _Decided:
+    """Each operation's outcome, in order, by `service._debit`'s and `service._close`'s
+    rules; the users and reservations (changed in place), the journal entries (chained,
+    ids not yet given) and the metrics to count. Raises `_Fallback` before anything is
+    written when the group needs the ORM path."""
+    decided = _Decided([], [], [], [], [])
+    if not operations:
+        return decided
+    refs = [_parse_user_ref(op.user) if op.user else None for op in operations]
     ids = [r for r in refs if isinstance(r, uuid.UUID)]
     emails = [r for r in refs if isinstance(r, str)]
-    users, org = await _lock_users(session, org_id, ids, emails)
+    reservation_ids = sorted({op.reservation_id for op in operations if op.reservation_id})
+    users, org = await _lock_users(session, org_id, ids, emails, reservation_ids)
     if org is None or org.binds():
         raise _Fallback
     start = current_period(org, act.now)
@@ -343,54 +439,26 @@ async def _decide(
     ):
         raise _Fallback  # maintenance due: `service.MaintenanceDue`
     by_ref: dict[uuid.UUID | str, _User] = {}
+    by_id: dict[uuid.UUID, _User] = {}
     for locked in users:
         if locked.period_start != start:
             raise _Fallback  # the counters of an earlier period are reset first
-        by_ref[locked.id] = by_ref[locked.email] = locked
+        by_ref[locked.id] = by_ref[locked.email] = by_id[locked.id] = locked
+    reservations = (
+        await _lock_reservations(session, org_id, reservation_ids) if reservation_ids else {}
+    )
     used_before = {(user.id, kind): user.used(kind) for user in users for kind in Kind}
-
-    outcomes: list[service.Outcome] = []
-    entries: list[Entry] = []
-    counted: list[_Counted] = []
-    heads = {user.id: user.journal_head for user in users}
+    group = _Group(act, org_id, default_ttl, decided, {u.id: u.journal_head for u in users})
     for op, ref in zip(operations, refs, strict=True):
-        kind, tokens = cast(Kind, op.kind), cast(int, op.tokens)
-        user = by_ref.get(ref)
-        refusal: TokenAdminError | None = None
-        if user is None:
-            refusal = NotFound(f"No user '{op.user}' in this organization.", code="user_not_found")
-        elif user.status != "active":
-            refusal = Conflict(
-                f"{user.email} is deactivated and can't use tokens.", code="user_deactivated"
-            )
+        if op.reservation_id is None:
+            group.debit(op, by_ref.get(cast(uuid.UUID | str, ref)))
         else:
-            left = user.remaining(kind)
-            if tokens > left and user.reserved(kind):
-                raise _Fallback  # overdue reservations expire first
-            if tokens > left:
-                refusal = _insufficient(user, kind, tokens, left)
-        if refusal is not None:
-            outcomes.append(refusal)
-            counted.append((op.action, kind.value, tokens, refusal))
-            continue
-        assert user is not None
-        user.add_used(kind, tokens)
-        user.changed = True
-        last = user.last_activity_at
-        if last is None or act.now - last >= ACTIVITY_RESOLUTION or act.now < last:
-            user.last_activity_at = act.now
-        row = _entry(act, org.id, user, "usage", kind, tokens, op.details)
-        row["prev_hash"] = heads[user.id]
-        row["hash"] = heads[user.id] = chain.link(heads[user.id], row)
-        entry = Entry(row)
-        entries.append(entry)
-        balance = service.Balance(
-            user.allowance(kind), user.used(kind), user.reserved(kind), user.remaining(kind)
-        )
-        outcomes.append(service.Used(user.id, user.email, kind, tokens, balance, entry))
-        counted.append((op.action, kind.value, tokens, None))
+            reservation = reservations.get(op.reservation_id)
+            user = None if reservation is None else by_id[reservation.user_id]
+            group.close(op, reservation, user)
+    decided.users = users
     for user in users:
-        user.journal_head = heads[user.id]
+        user.journal_head = group.heads[user.id]
     # Under the users' row locks: one transaction sees each crossing of a threshold.
     for user in users:
         for kind in Kind:
@@ -399,10 +467,178 @@ async def _decide(
                 continue
             for percent in events.crossed(was, after, user.allowance(kind), org.alert_thresholds):
                 await events.user_threshold_passed(session, act, org.id, user, kind, percent, start)
-    return outcomes, users, entries, counted
+    return decided
 
 
-def _insufficient(user: _User, kind: Kind, tokens: int, left: int) -> InsufficientTokens:
+@dataclass
+class _Group:
+    """The operations of a group decided in order, with what they did so far."""
+
+    act: Act
+    org_id: uuid.UUID
+    default_ttl: int
+    decided: _Decided
+    heads: dict[uuid.UUID, str | None]
+
+    def refuse(self, op: service.Operation, refusal: TokenAdminError, counted: _Counted) -> None:
+        self.decided.outcomes.append(refusal)
+        self.decided.counted.append(counted)
+
+    def record(self, user: _User, row: dict[str, Any]) -> Entry:
+        row["prev_hash"] = self.heads[user.id]
+        row["hash"] = self.heads[user.id] = chain.link(self.heads[user.id], row)
+        entry = Entry(row)
+        self.decided.entries.append(entry)
+        return entry
+
+    def touch(self, user: _User) -> None:
+        user.changed = True
+        now, last = self.act.now, user.last_activity_at
+        if last is None or now - last >= ACTIVITY_RESOLUTION or now < last:
+            user.last_activity_at = now
+
+    def debit(self, op: service.Operation, user: _User | None) -> None:
+        """Usage or a reservation (`service._debit`)."""
+        kind, tokens = cast(Kind, op.kind), cast(int, op.tokens)
+        counted = (op.action, kind.value, tokens)
+        refusal: TokenAdminError
+        if user is None:
+            refusal = NotFound(f"No user '{op.user}' in this organization.", code="user_not_found")
+            return self.refuse(op, refusal, (*counted, refusal))
+        if user.status != "active":
+            refusal = Conflict(
+                f"{user.email} is deactivated and can't use tokens.", code="user_deactivated"
+            )
+            return self.refuse(op, refusal, (*counted, refusal))
+        left = user.remaining(kind)
+        if tokens > left and user.reserved(kind):
+            raise _Fallback  # overdue reservations expire first
+        if tokens > left:
+            refusal = _insufficient(user, kind, tokens, left)
+            return self.refuse(op, refusal, (*counted, refusal))
+        self.touch(user)
+        self.decided.counted.append((*counted, None))
+        if op.action == "usage":
+            user.add_used(kind, tokens)
+            entry = self.record(
+                user, _entry(self.act, self.org_id, user, "usage", kind, tokens, op.details)
+            )
+            balance = _balance(user, kind)
+            self.decided.outcomes.append(
+                service.Used(user.id, user.email, kind, tokens, balance, entry)
+            )
+            return None
+        now = self.act.now
+        reservation = _Reservation(
+            id=uuid.uuid4(),
+            user_id=user.id,
+            kind=kind.value,
+            amount=tokens,
+            status="open",
+            committed_amount=None,
+            expires_at=now + timedelta(seconds=op.ttl_seconds or self.default_ttl),
+            created_at=now,
+            closed_at=None,
+            details=op.details,
+            new=True,
+        )
+        self.decided.reservations.append(reservation)
+        user.add_reserved(kind, tokens)
+        row = _entry(
+            self.act, self.org_id, user, "reserve", kind, tokens, op.details,
+            used=0, reserved=tokens, reservation_id=reservation.id,
+        )  # fmt: skip
+        self.decided.outcomes.append(_held(reservation, user, self.record(user, row)))
+        return None
+
+    def close(
+        self, op: service.Operation, reservation: _Reservation | None, user: _User | None
+    ) -> None:
+        """A commit or a release (`service._close`)."""
+        refusal: TokenAdminError
+        if reservation is None or user is None:
+            refusal = NotFound("Reservation not found.", code="reservation_not_found")
+            kind = op.kind.value if op.kind else None
+            return self.refuse(op, refusal, (op.action, kind, op.tokens, refusal))
+        counted = (op.action, reservation.kind, op.tokens or reservation.amount)
+        if reservation.status == "expired" and op.action == "commit":
+            refusal = _expired(reservation)
+            return self.refuse(op, refusal, (*counted, refusal))
+        if reservation.status != "open":
+            refusal = ReservationClosed(
+                f"This reservation is already {reservation.status}.",
+                details={"id": str(reservation.id), "status": reservation.status},
+            )
+            return self.refuse(op, refusal, (*counted, refusal))
+        if op.action == "commit" and reservation.expires_at <= self.act.now:
+            raise _Fallback  # an overdue reservation expires instead
+        kind, held, now = Kind(reservation.kind), reservation.amount, self.act.now
+        if op.action == "release":
+            user.add_reserved(kind, -held)
+            user.changed = True
+            row = _entry(
+                self.act, self.org_id, user, "release", kind, held, None,
+                used=0, reserved=-held, reservation_id=reservation.id,
+            )  # fmt: skip
+            entry = self.record(user, row)
+            reservation.status, reservation.closed_at = "released", now
+        else:
+            actual = op.tokens if op.tokens is not None else held
+            extra = actual - held
+            if extra > 0:
+                left = user.remaining(kind)
+                if extra > left:
+                    refusal = _insufficient(user, kind, actual, held + left, reserved=held)
+                    return self.refuse(op, refusal, (*counted, refusal))
+            self.touch(user)
+            user.add_used(kind, actual)
+            user.add_reserved(kind, -held)
+            row = _entry(
+                self.act, self.org_id, user, "commit", kind, actual,
+                {"reserved": held, **(op.details or {})},
+                used=actual, reserved=-held, reservation_id=reservation.id,
+            )  # fmt: skip
+            entry = self.record(user, row)
+            reservation.status, reservation.closed_at = "committed", now
+            reservation.committed_amount = actual
+        self.decided.reservations.append(reservation)
+        self.decided.counted.append((op.action, reservation.kind, held, None))
+        self.decided.outcomes.append(_held(reservation, user, entry))
+        return None
+
+
+def _balance(user: _User, kind: Kind) -> service.Balance:
+    return service.Balance(
+        user.allowance(kind), user.used(kind), user.reserved(kind), user.remaining(kind)
+    )
+
+
+def _held(reservation: _Reservation, user: _User, entry: Entry) -> service.Held:
+    kind = Kind(reservation.kind)
+    return service.Held(
+        user.id,
+        user.email,
+        kind,
+        reservation.amount,
+        _balance(user, kind),
+        id=reservation.id,
+        status=reservation.status,
+        committed=reservation.committed_amount,
+        expires_at=reservation.expires_at,
+        entry=entry,
+    )
+
+
+def _expired(reservation: _Reservation) -> ReservationExpired:
+    return ReservationExpired(
+        "This reservation expired before it was committed; its tokens were released.",
+        details={"id": str(reservation.id), "expires_at": reservation.expires_at.isoformat()},
+    )
+
+
+def _insufficient(
+    user: _User, kind: Kind, tokens: int, left: int, *, reserved: int = 0
+) -> InsufficientTokens:
     # `service._insufficient` when the organization's capacity does not bind.
     return InsufficientTokens(
         f"{tokens:,} {kind} tokens requested but {user.email} has only {left:,} left this period.",
@@ -412,6 +648,7 @@ def _insufficient(user: _User, kind: Kind, tokens: int, left: int) -> Insufficie
             "requested": tokens,
             "remaining": left,
             "limited_by": "user",
+            **({"reserved": reserved} if reserved else {}),
         },
     )
 
@@ -507,9 +744,15 @@ def _arrays(table: Table, names: Sequence[str], prefix: str) -> str:
     )
 
 
+_CLOSED = ("status", "committed_amount", "closed_at")
+
+
 @cache
-def _write_statement(users: bool, journal: bool, records: bool) -> TextClause:
-    """One statement writing the group: users' counters and heads, journal, records."""
+def _write_statement(
+    users: bool, made: bool, closed: bool, journal: bool, records: bool
+) -> TextClause:
+    """One statement writing the group: users' counters and heads, reservations made and
+    closed, journal entries, idempotency records."""
     parts = []
     if users:
         assignments = ", ".join(f"{name} = v.{name}" for name in _COUNTERS)
@@ -517,6 +760,18 @@ def _write_statement(users: bool, journal: bool, records: bool) -> TextClause:
             f"u AS (UPDATE users AS t SET {assignments}"
             f" FROM unnest({_arrays(USERS, ('id', *_COUNTERS), 'u_')})"
             f" AS v(id, {', '.join(_COUNTERS)}) WHERE t.org_id = :org AND t.id = v.id)"
+        )
+    if made:
+        parts.append(
+            f"r AS (INSERT INTO reservations ({', '.join(_MADE_COLUMNS)})"
+            f" SELECT * FROM unnest({_arrays(RESERVATIONS, _MADE_COLUMNS, 'r_')}))"
+        )
+    if closed:
+        assignments = ", ".join(f"{name} = v.{name}" for name in _CLOSED)
+        parts.append(
+            f"c AS (UPDATE reservations AS t SET {assignments}"
+            f" FROM unnest({_arrays(RESERVATIONS, ('id', *_CLOSED), 'c_')})"
+            f" AS v(id, {', '.join(_CLOSED)}) WHERE t.org_id = :org AND t.id = v.id)"
         )
     if journal:
         parts.append(
@@ -531,33 +786,48 @@ def _write_statement(users: bool, journal: bool, records: bool) -> TextClause:
     return text(f"WITH {', '.join(parts)} SELECT 1")
 
 
+_MADE_COLUMNS = ("org_id", *_RESERVATION_COLUMNS)
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
 async def _write_postgres(
     session: AsyncSession,
     org_id: uuid.UUID,
     users: list[_User],
+    reservations: list[_Reservation],
     entries: list[Entry],
     records: list[dict[str, Any]],
 ) -> None:
-    if not (users or entries or records):
+    made = [r for r in reservations if r.new]
+    closed = [r for r in reservations if not r.new]
+    if not (users or reservations or entries or records):
         return
     parameters: dict[str, Any] = {"org": org_id}
     if users:
         parameters["u_id"] = [user.id for user in users]
         for name in _COUNTERS:
             parameters[f"u_{name}"] = [getattr(user, name) for user in users]
+    if made:
+        parameters["r_org_id"] = [org_id] * len(made)
+        for name in _RESERVATION_COLUMNS:
+            parameters[f"r_{name}"] = [getattr(r, name) for r in made]
+        parameters["r_details"] = [_json(r.details) for r in made]
+    if closed:
+        for name in ("id", *_CLOSED):
+            parameters[f"c_{name}"] = [getattr(r, name) for r in closed]
     if entries:
         parameters["j_id"] = [entry.id for entry in entries]
         for name in _JOURNAL_COLUMNS[1:]:
             parameters[f"j_{name}"] = [entry.row[name] for entry in entries]
-        parameters["j_details"] = [
-            None if entry.row["details"] is None else json.dumps(entry.row["details"])
-            for entry in entries
-        ]
+        parameters["j_details"] = [_json(entry.row["details"]) for entry in entries]
     if records:
         for name in _RECORD_COLUMNS:
             parameters[f"i_{name}"] = [record[name] for record in records]
-    statement = _write_statement(bool(users), bool(entries), bool(records))
-    await session.execute(statement, parameters)
+    shape = (bool(users), bool(made), bool(closed), bool(entries), bool(records))
+    await session.execute(_write_statement(*shape), parameters)
 
 
 _UPDATE_USERS = (
@@ -565,12 +835,18 @@ _UPDATE_USERS = (
     .where(USERS.c.id == bindparam("_id"), USERS.c.org_id == bindparam("_org"))
     .values({name: bindparam(f"_{name}") for name in _COUNTERS})
 )
+_CLOSE_RESERVATIONS = (
+    update(RESERVATIONS)
+    .where(RESERVATIONS.c.id == bindparam("_id"), RESERVATIONS.c.org_id == bindparam("_org"))
+    .values({name: bindparam(f"_{name}") for name in _CLOSED})
+)
 
 
 async def _write_sqlite(
     session: AsyncSession,
     org_id: uuid.UUID,
     users: list[_User],
+    reservations: list[_Reservation],
     entries: list[Entry],
     records: list[dict[str, Any]],
 ) -> None:
@@ -580,6 +856,20 @@ async def _write_sqlite(
             for user in users
         ]
         await session.execute(_UPDATE_USERS, rows)
+    made = [
+        {"org_id": org_id, **{name: getattr(r, name) for name in _RESERVATION_COLUMNS}}
+        for r in reservations
+        if r.new
+    ]
+    if made:
+        await session.execute(insert(RESERVATIONS), made)
+    closed = [
+        {"_id": r.id, "_org": org_id, **{f"_{n}": getattr(r, n) for n in _CLOSED}}
+        for r in reservations
+        if not r.new
+    ]
+    if closed:
+        await session.execute(_CLOSE_RESERVATIONS, closed)
     if entries:
         await session.execute(insert(JOURNAL), [{"id": e.id, **e.row} for e in entries])
     if records:

@@ -1,14 +1,15 @@
 """Metering: usage, reservations, commits, releases and expiries, exact under concurrency.
 
-All metering goes through `meter`, which takes any number of operations and applies them
-in one transaction, each accepted or refused on its own: its outcome is a typed result
+`meter` holds the rules: it takes any number of operations and applies them in one
+transaction, each accepted or refused on its own: its outcome is a typed result
 (`Used`, `Held`) or the refusal (a TokenAdminError). It locks what it touches in one
 order (organization advisory lock shared, then users by id, then reservations, then the
 rows of organizations whose capacity binds), so concurrent requests on any number of
 processes can never let used + reserved exceed an allowance, nor (SPEC rule 3) an
 organization's period usage exceed its capacity. `run` meters a group through the one
 idempotent-write path (`idempotency.write_group`); its caller says how outcomes are
-answered.
+answered. Most groups of an organization's key are decided as sets by usage/engine.py,
+by these same rules in a few statements; it hands everything else to `meter`.
 """
 
 from __future__ import annotations
@@ -587,6 +588,7 @@ async def run(
             operations=operations,
             requests=requests,
             answer=answer,
+            default_ttl=default_ttl,
             idempotency_ttl=idempotency_ttl,
             fallback=work,
         )
