@@ -42,8 +42,16 @@ def insert_many(session: Session, table: Table, rows: Sequence[Row]) -> None:
     session.execute(text(statement), _parameters(columns, rows))
 
 
-def update_many(session: Session, table: Table, key: str, rows: Sequence[Row]) -> None:
-    """UPDATE `table` SET the rows' other columns WHERE `key` is the row's `key`."""
+def update_many(
+    session: Session,
+    table: Table,
+    key: str,
+    rows: Sequence[Row],
+    *,
+    org_id: Any = None,
+) -> None:
+    """UPDATE `table` SET the rows' other columns WHERE `key` is the row's `key` (and, with
+    `org_id`, the row's org_id is that organization's: the statement names it)."""
     if not rows:
         return
     names = [name for name in rows[0] if name != key]
@@ -53,10 +61,17 @@ def update_many(session: Session, table: Table, key: str, rows: Sequence[Row]) -
             .where(table.c[key] == bindparam(f"_{key}"))
             .values({name: bindparam(f"_{name}") for name in names})
         )
+        if org_id is not None:
+            by_key = by_key.where(table.c.org_id == org_id)
         session.execute(by_key, [{f"_{k}": v for k, v in row.items()} for row in rows])
         return
     columns = [table.c[key]] + [table.c[name] for name in names]
-    session.execute(_unnest_update(table, key, tuple(names)), _parameters(columns, rows))
+    parameters: dict[str, Any] = _parameters(columns, rows)
+    statement = _unnest_update(table, key, tuple(names))
+    if org_id is not None:
+        statement = _unnest_update_in_org(table, key, tuple(names))
+        parameters["_org_id"] = org_id
+    session.execute(statement, parameters)
 
 
 # The statements are made once per table and columns: building them costs more than the
@@ -78,6 +93,12 @@ def _unnest_update(table: Table, key: str, names: tuple[str, ...]) -> TextClause
         f"FROM unnest({arrays}) AS v({key}, {', '.join(names)}) "
         f"WHERE t.{key} = v.{key}"
     )
+
+
+@cache
+def _unnest_update_in_org(table: Table, key: str, names: tuple[str, ...]) -> TextClause:
+    statement = _unnest_update(table, key, names).text + " AND t.org_id = :_org_id"
+    return text(statement).bindparams(bindparam("_org_id", type_=table.c.org_id.type))
 
 
 def _is_postgresql(session: Session) -> bool:

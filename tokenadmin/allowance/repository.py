@@ -97,7 +97,7 @@ def _rows_named(
     return [rows[key] for key in sorted(rows)]
 
 
-def save_users(session: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """UPDATE the users' changed columns (each row: its `id` and the same columns), in one
-    statement on PostgreSQL."""
-    update_many(session, USERS, "id", rows)
+def save_users(session: Session, org_id: uuid.UUID, rows: Sequence[dict[str, Any]]) -> None:
+    """UPDATE the users' changed columns (each row: its `id` and the same columns), users
+    of the organization `org_id`, in one statement on PostgreSQL."""
+    update_many(session, USERS, "id", rows, org_id=org_id)

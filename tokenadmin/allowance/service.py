@@ -822,7 +822,7 @@ async def apply(
                 set_committed_value(user, name, value)  # as written: nothing left to flush
         else:
             user.__dict__.update(values)  # a row read by `_name_users`: no session's
-    await session.run_sync(repository.save_users, saved)
+    await session.run_sync(repository.save_users, org.id, saved)
     for kind in Kind:
         org.add_allocated(kind, allocated[kind] - org.allocated(kind))
     org.updated_at = act.now

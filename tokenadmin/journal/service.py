@@ -198,7 +198,9 @@ def append(session: Session, rows: list[dict[str, Any]]) -> dict[chain.Chain, st
     _write_pending(session)
     if not rows:
         return {}
-    heads = _heads(session, {chain.chain_of(row) for row in rows})
+    orgs = {row["org_id"] for row in rows}
+    org_id = next(iter(orgs)) if len(orgs) == 1 else None
+    heads = _heads(session, {chain.chain_of(row) for row in rows}, org_id)
     link = chain.link
     for row, entry_id in zip(rows, _next_ids(session, len(rows)), strict=True):
         user_id = row["user_id"]
@@ -288,7 +290,11 @@ def _link(session: Session, pending: list[Entry]) -> dict[chain.Chain, str]:
 HEADS_PER_QUERY = 10_000  # PostgreSQL's protocol takes at most 32,767 parameters
 
 
-def _heads(session: Session, chains: set[chain.Chain]) -> dict[chain.Chain, str]:
+def _heads(
+    session: Session, chains: set[chain.Chain], org_id: uuid.UUID | None = None
+) -> dict[chain.Chain, str]:
+    """The chains' heads as stored; with `org_id`, chains of that organization only (the
+    statements name it)."""
     heads: dict[chain.Chain, str] = {}
     postgresql = session.get_bind().dialect.name == "postgresql"
     for kind, table in (("user", USERS), ("organization", ORGANIZATIONS)):
@@ -298,6 +304,9 @@ def _heads(session: Session, chains: set[chain.Chain]) -> dict[chain.Chain, str]
             statement = select(table.c.id, table.c.journal_head).where(
                 table.c.id == any_(bindparam("ids", type_=ARRAY(table.c.id.type)))
             )
+            if org_id is not None:
+                owner_org = table.c.org_id if table is USERS else table.c.id
+                statement = statement.where(owner_org == org_id)
             for owner, head in session.execute(statement, {"ids": ids}):
                 if head is not None:
                     heads[(kind, owner)] = head
@@ -305,6 +314,9 @@ def _heads(session: Session, chains: set[chain.Chain]) -> dict[chain.Chain, str]
         for start in range(0, len(ids), HEADS_PER_QUERY):
             some = ids[start : start + HEADS_PER_QUERY]
             statement = select(table.c.id, table.c.journal_head).where(table.c.id.in_(some))
+            if org_id is not None:
+                owner_org = table.c.org_id if table is USERS else table.c.id
+                statement = statement.where(owner_org == org_id)
             for owner, head in session.execute(statement):
                 if head is not None:
                     heads[(kind, owner)] = head
