@@ -3,13 +3,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, inspect, select
+from sqlalchemy import ColumnElement, Table, bindparam, inspect, select, text, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
 
 from tokenadmin.models import Organization, Reservation, User
-from tokenadmin.rows import update_many
 
 USERS = cast(Table, User.__table__)
 # What metering changes on a user: this period's counters, and when they were last used.
@@ -131,7 +132,8 @@ async def user_open_reservation_ids(
 async def save_counters(session: AsyncSession, users: Iterable[User]) -> None:
     """Write what metering changed on these users in one statement rather than the ORM's
     unit of work, which costs more than the metering itself. Users with other changes, or
-    none, are left to the ORM."""
+    none, are left to the ORM. Each row is matched by organization and id, so the statement
+    names the organization it is for (docs/SCALING.md)."""
     saved = []
     for user in users:
         changed = inspect(user).committed_state.keys()
@@ -139,8 +141,34 @@ async def save_counters(session: AsyncSession, users: Iterable[User]) -> None:
             saved.append(user)
     if not saved:
         return
-    rows = [{"id": user.id, **{name: getattr(user, name) for name in COUNTERS}} for user in saved]
+    rows = [{"id": u.id, "org_id": u.org_id, **{n: getattr(u, n) for n in _SAVED}} for u in saved]
     with session.no_autoflush:  # else the ORM would write them first
-        await session.run_sync(update_many, USERS, "id", rows)
+        await session.run_sync(_save_counters, rows)
     for user in saved:
         session.expunge(user)  # written: the ORM must not write it again
+
+
+_SAVED = tuple(sorted(COUNTERS))
+_POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]
+_SAVE_POSTGRESQL = text(
+    f"UPDATE users AS t SET {', '.join(f'{n} = v.{n}' for n in _SAVED)}"
+    " FROM unnest("
+    + ", ".join(
+        f"CAST(:{n} AS {USERS.c[n].type.compile(dialect=_POSTGRESQL)}[])"
+        for n in ("id", "org_id", *_SAVED)
+    )
+    + f") AS v(id, org_id, {', '.join(_SAVED)}) WHERE t.org_id = v.org_id AND t.id = v.id"
+)
+_SAVE_SQLITE = (
+    update(USERS)
+    .where(USERS.c.id == bindparam("_id"), USERS.c.org_id == bindparam("_org_id"))
+    .values({n: bindparam(f"_{n}") for n in _SAVED})
+)
+
+
+def _save_counters(session: Session, rows: list[dict[str, Any]]) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        names = ("id", "org_id", *_SAVED)
+        session.execute(_SAVE_POSTGRESQL, {n: [row[n] for row in rows] for n in names})
+        return
+    session.execute(_SAVE_SQLITE, [{f"_{k}": v for k, v in row.items()} for row in rows])
