@@ -371,7 +371,6 @@ async def test_metering_statements_name_one_organization(db: Database, api: Api)
     _check(statements, org, others, db.dialect)
 
 
-@NOT_YET
 async def test_allowance_change_statements_name_one_organization(db: Database, api: Api) -> None:
     org, others, admin, users = await _world(api)
 
