@@ -37,7 +37,6 @@ from typing import Any
 
 import asyncpg
 import greenlet  # type: ignore[import-untyped]
-import pytest
 from sqlalchemy import event
 
 import tokenadmin
@@ -350,15 +349,6 @@ def _check(
     )
 
 
-NOT_YET = pytest.mark.xfail(
-    strict=True,
-    reason="statements that read or write users (their counters, their journal heads,"
-    " their allowances) by id alone (docs/SCALING.md, What the test guarantees): remove"
-    " this mark once they name the organization too",
-)
-
-
-@NOT_YET
 async def test_metering_statements_name_one_organization(db: Database, api: Api) -> None:
     org, others, admin, users = await _world(api)
 

@@ -184,9 +184,11 @@ def _write_pending(session: Session) -> None:
     # `verify` replays entries in; then one insert of all the rows, with no RETURNING.
     for entry, entry_id in zip(pending, _next_ids(session, len(pending)), strict=True):
         entry.id = entry_id
-    heads = _link(session, pending)
+    orgs = {entry.row["org_id"] for entry in pending}
+    org_id = next(iter(orgs)) if len(orgs) == 1 else None  # then every statement names it
+    heads = _link(session, pending, org_id)
     insert_many(session, JOURNAL, [{"id": entry.id, **entry.row} for entry in pending])
-    _save_heads(session, heads)
+    _save_heads(session, heads, org_id)
 
 
 def append(session: Session, rows: list[dict[str, Any]]) -> dict[chain.Chain, str]:
@@ -275,10 +277,12 @@ def _copy(session: Session, rows: list[dict[str, Any]]) -> None:
     await_only(driver.copy_records_to_table(JOURNAL.name, records=records, columns=columns))
 
 
-def _link(session: Session, pending: list[Entry]) -> dict[chain.Chain, str]:
+def _link(
+    session: Session, pending: list[Entry], org_id: uuid.UUID | None
+) -> dict[chain.Chain, str]:
     """Chain the entries after their chains' heads, read now: this transaction holds the
     lock every writer of those chains takes (the user's row or the organization's)."""
-    heads = _heads(session, {chain.chain_of(entry.row) for entry in pending})
+    heads = _heads(session, {chain.chain_of(entry.row) for entry in pending}, org_id)
     for entry in pending:
         key = chain.chain_of(entry.row)
         previous = heads.get(key)
@@ -323,14 +327,18 @@ def _heads(
     return heads
 
 
-def _save_heads(session: Session, heads: dict[chain.Chain, str]) -> None:
+def _save_heads(
+    session: Session, heads: dict[chain.Chain, str], org_id: uuid.UUID | None = None
+) -> None:
+    """Store the chains' new heads; with `org_id`, the users' update names that organization
+    (an organization's own row is found by its id, which is the organization)."""
     for kind, table in (("user", USERS), ("organization", ORGANIZATIONS)):
         rows = [
             {"id": owner, "journal_head": head}
             for (chain_kind, owner), head in heads.items()
             if chain_kind == kind
         ]
-        update_many(session, table, "id", rows)
+        update_many(session, table, "id", rows, org_id=org_id if table is USERS else None)
 
 
 _NEXT_IDS = text(
