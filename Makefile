@@ -65,7 +65,7 @@ bench-dashboard: $(DEV) $(SYNC)
 # Metering (usage, batch, reservations) under load against the limit of each database
 # (pgbench; a bare sqlite3 loop), how its cost grows to 100,000 users and 3,000,000 journal
 # rows (batches at each), administration at scale, and issue 14's targets beside the
-# figures, with exactness checks; needs wrk and pgbench; about fifteen minutes. Then the
+# figures, with exactness checks; needs wrk and pgbench; about twenty minutes. Then the
 # gateway's overhead per request against the fake upstream called directly
 # (bench/gateway.py, under a minute). Appends its figures to bench/RESULTS.md.
 # BENCH_ARGS=--quick for a short run that records nothing.
