@@ -225,7 +225,7 @@ def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
     columns = list(rows[0])
     converters = [_SQLITE_FORM.get(name, _as_is) for name in columns]
     records = [
-        tuple(convert(value) for convert, value in zip(converters, row.values(), strict=True))
+        tuple(convert(row[name]) for convert, name in zip(converters, columns, strict=True))
         for row in rows
     ]
     placeholders = ", ".join("?" * len(columns))
@@ -268,7 +268,7 @@ def _copy(session: Session, rows: list[dict[str, Any]]) -> None:
     details = columns.index("details")
     records = []
     for row in rows:
-        values = list(row.values())
+        values = [row[name] for name in columns]  # by name: rows need not share key order
         if values[details] is not None:
             values[details] = json.dumps(values[details])  # as the JSON column stores it
         records.append(values)

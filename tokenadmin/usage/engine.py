@@ -234,6 +234,10 @@ async def meter_group(
         else:
             await _write_sqlite(session, org_id, changed, reservations, entries, records)
     except IntegrityError as error:
+        # Only a key another transaction stored first is worth running again; any other
+        # constraint (an allowance's CHECK) is a fault, raised as such.
+        if "idempotency_records" not in str(error.orig):
+            raise
         raise Retry("an idempotency key was stored by another transaction first") from error
     for action, kind, tokens, refusal in decided.counted:
         metrics.metered(session, action, org_id, kind, tokens, refusal)
