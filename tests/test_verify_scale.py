@@ -26,6 +26,9 @@ from tokenadmin.journal import chain
 from tokenadmin.journal import verify as verify_module
 from tokenadmin.journal.service import verify
 
+# Only PostgreSQL verifies in several processes; SQLite is verified in one.
+POSTGRESQL_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
 
 def _link_as_it_was(previous: str | None, entry: dict[str, Any]) -> str:
     """chain.link before it was made faster, verbatim in what it hashes."""
@@ -166,10 +169,9 @@ async def _some_history(api: Api) -> tuple[str, list[dict[str, Any]]]:
     return org, users
 
 
+@POSTGRESQL_ONLY
 @pytest.mark.tampers
 async def test_verify_in_processes_reports_what_one_process_reports(api: Api, db: Database) -> None:
-    if db.dialect != "postgresql":
-        pytest.skip("SQLite is verified in one process")
     org, users = await _some_history(api)
     split = await db.read(partial(verify, workers=3), snapshot=True)
     assert split.clean, split.differences
@@ -199,11 +201,10 @@ async def test_verify_in_processes_reports_what_one_process_reports(api: Api, db
     assert (split.entries, split.users) == (alone.entries, alone.users)
 
 
+@POSTGRESQL_ONLY
 async def test_verify_splits_a_big_journal_across_processes_by_itself(
     api: Api, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if db.dialect != "postgresql":
-        pytest.skip("SQLite is verified in one process")
     await _some_history(api)
     split_into: list[int] = []
     bounds = verify_module._bounds
