@@ -16,6 +16,8 @@ from hashlib import sha256
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,7 +26,8 @@ from tests.scenarios import journal
 from tokenadmin.database import Database
 from tokenadmin.journal import chain
 from tokenadmin.journal import verify as verify_module
-from tokenadmin.journal.service import verify
+from tokenadmin.journal.schemas import CHANGES
+from tokenadmin.journal.service import append, verify
 
 # Only PostgreSQL verifies in several processes; SQLite is verified in one.
 POSTGRESQL_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -221,3 +224,88 @@ async def test_verify_splits_a_big_journal_across_processes_by_itself(
     assert split_into == [verify_module.WORKERS]
     assert seen
     assert seen[-1] == report.entries
+
+
+# --- verify's own spelling of the hashed text, against chain.link -----------------------
+
+# What a database stores: no NUL (neither text nor jsonb takes it), no lone surrogate (not
+# UTF-8), integers of BIGINT.
+_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12)
+_BIGINT = st.integers(-(2**63), 2**63 - 1)
+_ODD_TEXT = st.one_of(
+    _TEXT, st.sampled_from(["\\N", "\\", "a\tb\nc\r", '"quoted"', "\u2028\x1f\x7f", "é中🚀"])
+)
+_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**30), 10**30) | _ODD_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_ODD_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+_DETAILS = st.none() | st.dictionaries(_ODD_TEXT, _VALUE, max_size=4)  # as entries have them
+_CREATED = st.builds(
+    lambda moment, micro, zone: moment.replace(microsecond=micro, tzinfo=UTC).astimezone(zone),
+    st.datetimes(datetime(2000, 1, 1), datetime(2099, 12, 31)),
+    st.sampled_from([0, 1, 10, 120_000, 999_999]),
+    st.sampled_from(ZONES),
+)
+
+
+def _odd_entries(org_id: uuid.UUID, user_ids: list[uuid.UUID]) -> list[dict[str, Any]]:
+    """Entries of every odd value, from hypothesis (deterministic), as `append` takes them."""
+    entry = st.fixed_dictionaries(
+        {
+            "org_id": st.just(org_id),
+            "user_id": st.sampled_from([None, *user_ids]),
+            "purchase_id": st.none() | st.uuids(),
+            "reservation_id": st.none() | st.uuids(),
+            "created_at": _CREATED,
+            "actor": _ODD_TEXT,
+            "action": _ODD_TEXT,
+            "kind": st.sampled_from([None, "inference", "training"]),
+            "amount": _BIGINT,
+            "reason": st.none() | _ODD_TEXT,
+            **{name: _BIGINT for name in CHANGES if name.endswith("_delta")},
+            **{name: st.none() | _BIGINT for name in CHANGES if name.endswith("_after")},
+            "details": _DETAILS,
+        }
+    )
+    entries: list[dict[str, Any]] = []
+
+    @settings(max_examples=300, database=None, derandomize=True, deadline=None)
+    @given(entry)
+    def collect(made: dict[str, Any]) -> None:
+        entries.append(made)
+
+    collect()
+    return entries
+
+
+async def _chain_findings(db: Database, workers: int) -> tuple[int, list[str]]:
+    report = await db.read(partial(verify, workers=workers), snapshot=True)
+    chained = [
+        difference
+        for difference in report.differences
+        if "changed since it was written" in difference or "does not continue" in difference
+    ]
+    return report.entries, chained
+
+
+@pytest.mark.tampers  # the balances after of these entries are made up: only chains check
+async def test_verify_checks_every_odd_value_as_chain_link_hashed_it(
+    api: Api, db: Database
+) -> None:
+    org = await funded_org(api, inference=10_000_000, training=1_000_000)
+    users = [uuid.UUID((await api.user(org, f"odd{i}@example.com"))["id"]) for i in range(3)]
+    rows = _odd_entries(uuid.UUID(org), users)
+    await db.write(lambda session: session.run_sync(lambda sync: append(sync, rows)))
+    entries, chained = await _chain_findings(db, workers=1)
+    assert entries >= len(rows)
+    assert chained == []  # verify's text of each entry hashes as chain.link's did
+    if db.dialect == "postgresql":
+        assert await _chain_findings(db, workers=2) == (entries, [])
+
+    # And a change of any one of them shows.
+    changed = rows[7]["id"]
+    await _tamper(db, "UPDATE journal_entries SET actor = actor || 'x' WHERE id = :id", id=changed)
+    assert (await _chain_findings(db, workers=1))[1] == [
+        f"entry {changed}: changed since it was written (it no longer matches its hash)"
+    ]

@@ -19,51 +19,102 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
+from hashlib import sha256
 from multiprocessing import get_context
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import Table, Text, func, select, text
-from sqlalchemy import cast as sql_cast
+from sqlalchemy import Table, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from tokenadmin.journal import chain, repository
+from tokenadmin.journal.schemas import CHANGES
 from tokenadmin.models import JournalEntry, Reservation, User
 from tokenadmin.rows import gc_paused
 from tokenadmin.tokens import Kind
 
-# The entry's columns in the order the checks read them (by position).
-COLUMNS = (
-    "id",
-    "org_id",
-    "user_id",
-    "kind",
-    "capacity_delta",
-    "allocated_delta",
-    "allowance_delta",
-    "used_delta",
-    "reserved_delta",
-    "capacity_after",
-    "allocated_after",
-    "allowance_after",
-    "used_after",
-    "reserved_after",
-    "purchase_id",
-    "reservation_id",
-    "created_at",
-    "actor",
-    "action",
-    "amount",
-    "reason",
-    "details",
-    "prev_hash",
-    "hash",
-)
+# What the chains' replay reads of each entry (by position), as the driver gives it: the
+# columns as stored, but for the numbers of the hashed text (chain.link), which SQL spells
+# as one cell as Python's encoder would, so each entry costs Python a few lookups, one
+# format and one SHA-256 (see `Chains.entries`).
+_ID, _ORG_ID, _USER_ID, _KIND = 0, 1, 2, 3
+_DELTAS, _AFTERS = 4, 7  # allowance, used, reserved: deltas, then afters
+_PURCHASE_ID, _RESERVATION_ID, _CREATED, _ACTOR, _ACTION, _AMOUNT, _REASON = range(10, 17)
+_NUMBERS, _DETAILS, _PREV_HASH, _HASH = range(17, 21)
+
+
+def _entry_columns(dialect: str) -> list[str]:
+    """The columns of the replay, in that order, in `dialect`'s SQL."""
+    postgres = dialect == "postgresql"
+
+    def number(column: str) -> str:
+        return f"coalesce({column}::text, 'null')" if postgres else f"coalesce({column}, 'null')"
+
+    balances = ("allowance", "used", "reserved")
+    return [
+        "id",
+        "org_id",
+        "user_id",
+        "kind",
+        *(f"{name}_delta" for name in balances),
+        *(f"{name}_after" for name in balances),
+        "purchase_id",
+        "reservation_id",
+        # As SQLite stores it (UTCDateTime): naive UTC, six decimals.
+        "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')"
+        if postgres
+        else "created_at",
+        "actor",
+        "action",
+        number("amount"),
+        "reason",
+        " || ',' || ".join(number(column) for column in CHANGES),
+        "details::text" if postgres else "CAST(details AS TEXT)",  # SQLite: JSON is NUMERIC
+        "prev_hash",
+        "hash",
+    ]
+
+
+@dataclass(frozen=True)
+class Cells:
+    """How a driver gives the replay's cells: what stands for NULL, a text cell's value,
+    a uuid cell's str(uuid.UUID), and a UUID's cell."""
+
+    null: str | None
+    value: Callable[[Any], Any]
+    uuid_text: Callable[[Any], str]
+    cell_of: Callable[[uuid.UUID], Any]
+
+
+def _copied(cell: str) -> str | None:
+    """A cell of PostgreSQL's COPY text format as the value it stands for (COPY writes
+    NULL as a backslash and N, and puts a backslash before a backslash or a control
+    character it spells)."""
+    if cell == "\\N":
+        return None
+    if "\\" not in cell:
+        return cell
+    return re.sub(r"\\(.)", lambda match: _COPY_ESCAPES.get(match[1], match[1]), cell)
+
+
+_COPY_ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def _dashed(cell: str) -> str:
+    """SQLite's Uuid (32 hex digits) as str(uuid.UUID) spells it."""
+    return str(uuid.UUID(cell))
+
+
+POSTGRESQL_CELLS = Cells("\\N", _copied, str, str)  # COPY's text format
+SQLITE_CELLS = Cells(None, lambda cell: cell, _dashed, lambda value: value.hex)
+
 USER_COLUMNS = (
     "id",
     "email",
@@ -83,6 +134,7 @@ starting them costs more than it saves."""
 WORKERS = min(4, max(2, os.cpu_count() or 2))
 FETCH = 5_000  # rows per round trip of a worker's cursor
 DETAILS_KEPT = 10_000
+IDS_KEPT = 200_000
 
 # Where a difference goes in the report: entries (by id, then what of the entry), then
 # organizations (in id order), those the journal names but which are not stored (by the
@@ -118,95 +170,160 @@ class Found:
 
 class Chains:
     """Replays the chains of a part of the journal: each chain's hashes, and each user's
-    balances after each entry. Entries come in id order within each chain."""
+    balances after each entry. Entries come in id order within each chain, as rows of
+    `_entry_columns` in the driver's `cells`."""
 
-    def __init__(self, found: Found, mapping: Callable[[Any], Mapping[str, Any]]) -> None:
+    def __init__(self, found: Found, cells: Cells) -> None:
         self.found = found
-        self.mapping = mapping  # a row as the mapping `chain.link` reads
-        self.details: dict[str | None, str] = {}  # stored details -> as the hash spells them
-        self.user_last: dict[uuid.UUID, tuple[int, str | None]] = {}
-        self.totals: dict[tuple[uuid.UUID, str], list[int]] = {}
-        self.user_first: dict[uuid.UUID, int] = {}
+        self.cells = cells
+        self.texts: dict[Any, str] = {cells.null: "null"}  # a text cell -> its JSON
+        self.ids: dict[Any, str] = {cells.null: "null"}  # a uuid cell -> its JSON
+        self.details: dict[Any, str] = {}  # stored details -> as the hash spells them
+        self.user_last: dict[Any, tuple[Any, Any]] = {}
+        self.org_last: dict[Any, tuple[Any, Any]] = {}
+        self.totals: dict[tuple[Any, Any], list[int]] = {}
+        self.org_first: dict[Any, int] = {}
+        self.user_first: dict[Any, int] = {}
 
-    def entries(self, rows: Iterable[Any]) -> None:
-        found, differ = self.found, self.found.differences.append
-        link, mapping, spelled = chain.link_encoded, self.mapping, self.details
-        user_last, org_last, totals = self.user_last, found.org_last, self.totals
-        org_first, user_first = found.org_first, self.user_first
+    def entries(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Check each entry's place in its chain and its hash, and replay its user's
+        balances. The hashed text is `chain.link`'s, put together from the spelled parts
+        (tests/test_verify_scale.py holds it to `chain.link`, byte for byte)."""
+        found, differ, null = self.found, self.found.differences.append, self.cells.null
+        texts, ids, details = self.texts, self.ids, self.details
+        spell, spell_id, spell_details = self.spell, self.spell_id, self.spell_details
+        user_last, org_last, totals = self.user_last, self.org_last, self.totals
+        org_first, user_first = self.org_first, self.user_first
+        start = (None, null)
         count = 0
         for row in rows:
             count += 1
-            entry_id, org_id, user_id, kind = row[0], row[1], row[2], row[3]
-            lasts = org_last if user_id is None else user_last
-            owner = org_id if user_id is None else user_id
-            last_id, last_hash = lasts.get(owner, (None, None))
-            if row[22] != last_hash:
+            entry_id, org_id, user_id, kind = row[_ID], row[_ORG_ID], row[_USER_ID], row[_KIND]
+            lasts, owner = (org_last, org_id) if user_id == null else (user_last, user_id)
+            last_id, last_hash = lasts.get(owner, start)
+            previous = row[_PREV_HASH]
+            if previous != last_hash:
                 after = "its start" if last_id is None else f"entry {last_id}"
                 differ(
                     (
-                        (ENTRY, entry_id, CHAIN),
+                        (ENTRY, int(entry_id), CHAIN),
                         f"entry {entry_id}: the journal of"
-                        f" {'organization' if user_id is None else 'user'} {owner} does not"
-                        f" continue from {after}: an entry was removed or inserted there",
+                        f" {'organization' if user_id == null else 'user'}"
+                        f" {self.cells.uuid_text(owner)} does not continue from {after}:"
+                        " an entry was removed or inserted there",
                     )
                 )
-            elif row[23] != link(
-                last_hash, mapping(row), spelled.get(row[21]) or self.spell(row[21])
-            ):
-                differ(
-                    (
-                        (ENTRY, entry_id, CHAIN),
-                        f"entry {entry_id}: changed since it was written (it no longer"
-                        " matches its hash)",
-                    )
+            else:
+                if previous == null:
+                    previous = '""'
+                elif previous.isalnum():  # a hash: nothing to escape in JSON or in COPY
+                    previous = f'"{previous}"'
+                else:
+                    previous = spell(previous)
+                created = row[_CREATED]
+                if len(created) != 26:
+                    created = _as_stored(created)
+                hashed = (
+                    f"[{previous},{ids.get(org_id) or spell_id(org_id)},"
+                    f"{ids.get(user_id) or spell_id(user_id)},"
+                    f"{ids.get(row[_PURCHASE_ID]) or spell_id(row[_PURCHASE_ID])},"
+                    f"{ids.get(row[_RESERVATION_ID]) or spell_id(row[_RESERVATION_ID])},"
+                    f'"{created[:10]}T{created[11:]}+00:00",'
+                    f"{texts.get(row[_ACTOR]) or spell(row[_ACTOR])},"
+                    f"{texts.get(row[_ACTION]) or spell(row[_ACTION])},"
+                    f"{texts.get(kind) or spell(kind)},{row[_AMOUNT]},"
+                    f"{texts.get(row[_REASON]) or spell(row[_REASON])},{row[_NUMBERS]},"
+                    f"{details.get(row[_DETAILS]) or spell_details(row[_DETAILS])}]"
                 )
-            lasts[owner] = (entry_id, row[23])
-            if kind is None:
+                if row[_HASH] != sha256(hashed.encode()).hexdigest():
+                    differ(
+                        (
+                            (ENTRY, int(entry_id), CHAIN),
+                            f"entry {entry_id}: changed since it was written (it no longer"
+                            " matches its hash)",
+                        )
+                    )
+            lasts[owner] = (entry_id, row[_HASH])
+            if kind == null:
                 continue
             if org_id not in org_first:
-                org_first[org_id] = entry_id
-            if user_id is None:
+                org_first[org_id] = int(entry_id)
+            if user_id == null:
                 continue
             replay = totals.get((user_id, kind))
             if replay is None:
                 replay = totals[(user_id, kind)] = [0, 0, 0]
-                user_first.setdefault(user_id, entry_id)
-            replay[0] += row[6]
-            replay[1] += row[7]
-            replay[2] += row[8]
+                user_first.setdefault(user_id, int(entry_id))
+            replay[0] += int(row[_DELTAS])
+            replay[1] += int(row[_DELTAS + 1])
+            replay[2] += int(row[_DELTAS + 2])
             for index, (name, place) in enumerate(USER_BALANCES):
-                after_value = row[11 + index]
-                if after_value is not None and after_value != replay[index]:
+                after_value = row[_AFTERS + index]
+                if after_value != null and int(after_value) != replay[index]:
                     differ(
                         (
-                            (ENTRY, entry_id, place),
+                            (ENTRY, int(entry_id), place),
                             f"entry {entry_id}: {name}_after {after_value}"
-                            f" != replay {replay[index]} (user {user_id}, {kind})",
+                            f" != replay {replay[index]}"
+                            f" (user {self.cells.uuid_text(user_id)}, {kind})",
                         )
                     )
         found.entries += count
 
-    def spell(self, stored: str | None) -> str:
+    def spell(self, cell: Any) -> str:
+        """A text cell (not NULL) as JSON; remembered, as actors, actions and reasons
+        repeat (up to DETAILS_KEPT different ones)."""
+        spelled = chain.details_json(self.cells.value(cell))
+        self.texts[cell] = spelled
+        if len(self.texts) > DETAILS_KEPT:
+            self.texts = {self.cells.null: "null"}
+        return spelled
+
+    def spell_id(self, cell: Any) -> str:
+        """A uuid cell (not NULL) as JSON; remembered, as users have many entries (up to
+        IDS_KEPT different ones)."""
+        spelled = f'"{self.cells.uuid_text(cell)}"'
+        self.ids[cell] = spelled
+        if len(self.ids) > IDS_KEPT:
+            self.ids = {self.cells.null: "null"}
+        return spelled
+
+    def spell_details(self, stored: Any) -> str:
         """Details as stored (JSON text, or None) as the hash spells them; remembered, as
         entries often say the same (up to DETAILS_KEPT different ones)."""
-        spelled = chain.details_json(None if stored is None else json.loads(stored))
+        value = self.cells.value(stored)
+        spelled = chain.details_json(None if value is None else json.loads(value))
         if len(self.details) >= DETAILS_KEPT:
             self.details.clear()
         self.details[stored] = spelled
         return spelled
+
+    def finish(self) -> None:
+        """The organizations' chains and first entries, keyed by UUID and with their
+        stored values, for the caller to merge and compare."""
+        value = self.cells.value
+        self.found.org_last = {
+            uuid.UUID(org_id): (int(last_id), value(last_hash))
+            for org_id, (last_id, last_hash) in self.org_last.items()
+        }
+        self.found.org_first = {
+            uuid.UUID(org_id): first for org_id, first in self.org_first.items()
+        }
 
     def users(self, rows: Iterable[Any], reserved: Mapping[tuple[uuid.UUID, str], int]) -> None:
         """Compare every stored user (rows of USER_COLUMNS, in id order) with the replay;
         then name the users the journal names but who are not stored."""
         found, differ = self.found, self.found.differences.append
         totals, user_last = self.totals, self.user_last
+        null, value, cell_of = self.cells.null, self.cells.value, self.cells.cell_of
         for row in rows:
             user_id, email = row[0], row[1]
+            cell = cell_of(user_id)
             found.users += 1
             compare = _Compare(differ, (USER, user_id.int))
 
-            last_id, last_hash = user_last.get(user_id, (None, None))
-            if row[8] != last_hash:
+            last_id, last_hash = user_last.get(cell, (None, null))
+            if row[8] != value(last_hash):
                 newest = "no entry" if last_id is None else f"entry {last_id}"
                 compare.head(
                     f"the journal of user {user_id} ends at {newest}, which is not its"
@@ -214,7 +331,7 @@ class Chains:
                 )
             for index, kind in enumerate(KINDS):
                 label = f"user {user_id} ({email}) {kind}"
-                replay = totals.pop((user_id, kind), None) or [0, 0, 0]
+                replay = totals.pop((cell, kind), None) or [0, 0, 0]
                 stored_reserved = row[6 + index]
                 compare(f"{label} allowance", row[2 + index], replay[0])
                 compare(f"{label} used", row[4 + index], replay[1])
@@ -224,9 +341,20 @@ class Chains:
                     stored_reserved,
                     reserved.get((user_id, kind), 0),
                 )
-            self.user_first.pop(user_id, None)
-        for user_id, first in self.user_first.items():
-            differ(((USER_UNKNOWN, first), f"journal names user {user_id}, who is not stored"))
+            self.user_first.pop(cell, None)
+        for cell, first in self.user_first.items():
+            differ(
+                (
+                    (USER_UNKNOWN, first),
+                    f"journal names user {self.cells.uuid_text(cell)}, who is not stored",
+                )
+            )
+
+
+def _as_stored(created: str) -> str:
+    """A time SQLite stores in another form than UTCDateTime writes (no fraction, say), in
+    that form, as SQLAlchemy would read it."""
+    return datetime.fromisoformat(created).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 class _Compare:
@@ -341,7 +469,7 @@ async def run(
         if session.get_bind().dialect.name == "postgresql":
             await _postgresql(session, found, organizations, progress, workers)
         else:
-            await session.run_sync(_one_pass, found, organizations, progress)
+            await session.run_sync(_sqlite, found, organizations, progress)
         await organizations.stored(session)
     found.differences.sort(key=lambda difference: difference[0])
     return Outcome(
@@ -356,46 +484,64 @@ async def run(
 
 _ENTRIES = cast(Table, JournalEntry.__table__)
 _USERS = cast(Table, User.__table__)
+_ORG_ENTRIES = (
+    select(
+        *(
+            _ENTRIES.c[name]
+            for name in (
+                "id",
+                "org_id",
+                "kind",
+                "capacity_delta",
+                "allocated_delta",
+                "capacity_after",
+                "allocated_after",
+            )
+        )
+    )
+    .where(
+        _ENTRIES.c.kind.is_not(None),
+        or_(
+            _ENTRIES.c.capacity_delta != 0,
+            _ENTRIES.c.allocated_delta != 0,
+            _ENTRIES.c.capacity_after.is_not(None),
+            _ENTRIES.c.allocated_after.is_not(None),
+        ),
+    )
+    .order_by(_ENTRIES.c.id)
+)
+SQLITE_FETCH = 10_000  # rows per hand-off to aiosqlite's thread
 
 
-def _one_pass(
+def _sqlite(
     session: Session,
     found: Found,
     organizations: Organizations,
     progress: Callable[[int], None] | None,
 ) -> None:
-    """Every entry in id order, in this process (SQLite, or a small journal)."""
+    """Every entry in id order, in this process, read from the driver's own cursor (rows
+    of plain values, no SQLAlchemy row or type conversion per entry)."""
     connection = session.connection()
-    # The details as stored (JSON text): each different one is decoded once (Chains.spell).
-    columns = [
-        sql_cast(_ENTRIES.c.details, Text).label("details")
-        if name == "details"
-        else _ENTRIES.c[name]
-        for name in COLUMNS
-    ]
-    statement = select(*columns).order_by(_ENTRIES.c.id)
-    rows = connection.execute(statement.execution_options(yield_per=10_000))
-    chains = Chains(found, lambda row: row._mapping)
-    org_rows: list[tuple[Any, ...]] = []
-
-    def counted() -> Iterable[Any]:
-        for count, row in enumerate(rows, 1):
-            if row[3] is not None and (
-                row[4] or row[5] or row[9] is not None or row[10] is not None
-            ):
-                org_rows.append((row[0], row[1], row[3], row[4], row[5], row[9], row[10]))
-            if progress is not None and count % 10_000 == 0:
-                progress(count)
-            yield row
-
-    chains.entries(counted())
-    if progress is not None:
-        progress(found.entries)
-    organizations.entries(org_rows)
+    chains = Chains(found, SQLITE_CELLS)
+    cursor = connection.connection.dbapi_connection.cursor(server_side=True)  # type: ignore[union-attr]
+    try:
+        cursor.execute(
+            f"SELECT {', '.join(_entry_columns('sqlite'))} FROM journal_entries ORDER BY id"
+        )
+        while rows := cursor.fetchmany(SQLITE_FETCH):
+            chains.entries(rows)
+            if progress is not None:
+                progress(found.entries)
+    finally:
+        cursor.close()
+    chains.finish()
+    organizations.entries(connection.execute(_ORG_ENTRIES))
     users = select(*(_USERS.c[name] for name in USER_COLUMNS)).order_by(_USERS.c.id)
     chains.users(
         connection.execute(users.execution_options(yield_per=10_000)), _reservations(connection)
     )
+    if progress is not None:
+        progress(found.entries)
 
 
 def _reservations(connection: Any) -> dict[tuple[uuid.UUID, str], int]:
@@ -409,13 +555,6 @@ def _reservations(connection: Any) -> dict[tuple[uuid.UUID, str], int]:
 
 
 # --- PostgreSQL, in parallel --------------------------------------------------------------
-
-_ORG_ENTRIES = (
-    "SELECT id, org_id, kind, capacity_delta, allocated_delta, capacity_after, allocated_after"
-    " FROM journal_entries WHERE kind IS NOT NULL AND (capacity_delta <> 0"
-    " OR allocated_delta <> 0 OR capacity_after IS NOT NULL OR allocated_after IS NOT NULL)"
-    " ORDER BY id"
-)
 
 
 async def _postgresql(
@@ -433,7 +572,10 @@ async def _postgresql(
     if workers is None:
         workers = WORKERS if span >= PARALLEL_FROM else 1
     if workers <= 1:
-        await session.run_sync(_one_pass, found, organizations, progress)
+        # This process, on the session's own connection (its transaction and snapshot).
+        raw = await (await session.connection()).get_raw_connection()
+        found.merge(await _replay(raw.driver_connection, None, None, True, progress))
+        organizations.entries((await session.execute(_ORG_ENTRIES)).all())
         return
     snapshot = (await session.execute(text("SELECT pg_export_snapshot()"))).scalar_one()
     bounds = await _bounds(session, workers)
@@ -444,8 +586,7 @@ async def _postgresql(
     with ProcessPoolExecutor(max_workers=len(parts), mp_context=get_context("fork")) as pool:
         futures = [loop.run_in_executor(pool, _check_part, *part) for part in parts]
         # Meanwhile, here: the organizations' totals, from the entries that move them.
-        org_rows = (await session.execute(text(_ORG_ENTRIES))).all()
-        organizations.entries(org_rows)
+        organizations.entries((await session.execute(_ORG_ENTRIES)).all())
         for part in await asyncio.gather(*futures):
             found.merge(part)
             if progress is not None:
@@ -494,41 +635,62 @@ def _check_part(
 async def _part(
     url: str, snapshot: str, low: uuid.UUID | None, high: uuid.UUID | None, nulls: bool
 ) -> Found:
-    found = Found()
-    chains = Chains(found, lambda row: cast(Mapping[str, Any], row))
     connection = await asyncpg.connect(url)
     try:
         async with connection.transaction(isolation="repeatable_read", readonly=True):
             await connection.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-            arguments = [bound for bound in (low, high) if bound is not None]
-            numbered = _numbered(low, high)
-            entries = (
-                f"SELECT {', '.join(COLUMNS)} FROM journal_entries"
-                f" WHERE {numbered(_range('user_id', low, high, nulls))} ORDER BY id"
-            )
-            cursor = await connection.cursor(entries, *arguments)
-            while rows := await cursor.fetch(FETCH):
-                chains.entries(rows)
-            reserved = {
-                (user_id, kind): int(total)
-                for user_id, kind, total in await connection.fetch(
-                    "SELECT user_id, kind, sum(amount) FROM reservations WHERE status = 'open'"
-                    f" AND {numbered(_range('user_id', low, high, False))}"
-                    " GROUP BY user_id, kind",
-                    *arguments,
-                )
-            }
-            users = await connection.fetch(
-                f"SELECT {', '.join(USER_COLUMNS)} FROM users"
-                f" WHERE {numbered(_range('id', low, high, False))} ORDER BY id",
-                *arguments,
-            )
-            chains.users(users, reserved)
+            return await _replay(connection, low, high, nulls, None)
     finally:
         await connection.close()
-    # Plain UUIDs back to the caller (asyncpg's own would need asyncpg to be read back).
-    found.org_first = {uuid.UUID(bytes=o.bytes): f for o, f in found.org_first.items()}
-    found.org_last = {uuid.UUID(bytes=o.bytes): last for o, last in found.org_last.items()}
+
+
+async def _replay(
+    connection: asyncpg.Connection,
+    low: uuid.UUID | None,
+    high: uuid.UUID | None,
+    nulls: bool,
+    progress: Callable[[int], None] | None,
+) -> Found:
+    """The chains of the users with ids in [low, high) (and, with `nulls`, the
+    organizations'), and those users, read on `connection` in its transaction. The entries
+    come as COPY's text: no driver decoding of each row into a record."""
+    found = Found()
+    chains = Chains(found, POSTGRESQL_CELLS)
+    arguments = [bound for bound in (low, high) if bound is not None]
+    numbered = _numbered(low, high)
+    entries = (
+        f"SELECT {', '.join(_entry_columns('postgresql'))} FROM journal_entries"
+        f" WHERE {numbered(_range('user_id', low, high, nulls))} ORDER BY id"
+    )
+    tail = b""
+
+    async def take(data: bytes) -> None:
+        nonlocal tail
+        data = tail + data
+        end = data.rfind(b"\n") + 1
+        tail = data[end:]
+        if end:
+            chains.entries(line.split("\t") for line in data[: end - 1].decode().split("\n"))
+            if progress is not None:
+                progress(found.entries)
+
+    await connection.copy_from_query(entries, *arguments, output=take, format="text")
+    chains.finish()
+    reserved = {
+        (user_id, kind): int(total)
+        for user_id, kind, total in await connection.fetch(
+            "SELECT user_id, kind, sum(amount) FROM reservations WHERE status = 'open'"
+            f" AND {numbered(_range('user_id', low, high, False))}"
+            " GROUP BY user_id, kind",
+            *arguments,
+        )
+    }
+    users = await connection.fetch(
+        f"SELECT {', '.join(USER_COLUMNS)} FROM users"
+        f" WHERE {numbered(_range('id', low, high, False))} ORDER BY id",
+        *arguments,
+    )
+    chains.users(users, reserved)
     return found
 
 
