@@ -226,6 +226,23 @@ async def test_verify_splits_a_big_journal_across_processes_by_itself(
     assert seen[-1] == report.entries
 
 
+@POSTGRESQL_ONLY
+async def test_verify_in_processes_connects_with_the_query_of_the_url(
+    api: Api, database_url: str
+) -> None:
+    """The workers connect as the service does: the URL's query (here `ssl`, which asyncpg
+    takes as an argument and PostgreSQL would refuse as a setting) reaches them too."""
+    await _some_history(api)
+    with_query = Database(f"{database_url}?ssl=disable")
+    try:
+        alone = await with_query.read(partial(verify, workers=1), snapshot=True)
+        split = await with_query.read(partial(verify, workers=2), snapshot=True)
+    finally:
+        await with_query.dispose()
+    assert split.clean, split.differences
+    assert (split.entries, split.users) == (alone.entries, alone.users)
+
+
 # --- verify's own spelling of the hashed text, against chain.link -----------------------
 
 # What a database stores: no NUL (neither text nor jsonb takes it), no lone surrogate (not

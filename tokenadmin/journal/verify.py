@@ -579,11 +579,12 @@ async def _postgresql(
         return
     snapshot = (await session.execute(text("SELECT pg_export_snapshot()"))).scalar_one()
     bounds = await _bounds(session, workers)
-    engine_url = session.get_bind().engine.url
-    url = engine_url.set(drivername="postgresql").render_as_string(hide_password=False)
-    parts = [(url, snapshot, bounds[i], bounds[i + 1], i == 0) for i in range(len(bounds) - 1)]
+    options = _connect_options(session)
+    parts = [(options, snapshot, bounds[i], bounds[i + 1], i == 0) for i in range(len(bounds) - 1)]
     loop = asyncio.get_running_loop()
-    with ProcessPoolExecutor(max_workers=len(parts), mp_context=get_context("fork")) as pool:
+    # Started afresh rather than forked: a fork copies this process's threads' locks as they
+    # are (the CLI's progress bar draws from a thread), and a child may wait on one forever.
+    with ProcessPoolExecutor(max_workers=len(parts), mp_context=get_context("spawn")) as pool:
         futures = [loop.run_in_executor(pool, _check_part, *part) for part in parts]
         # Meanwhile, here: the organizations' totals, from the entries that move them.
         organizations.entries((await session.execute(_ORG_ENTRIES)).all())
@@ -623,19 +624,38 @@ def _range(column: str, low: uuid.UUID | None, high: uuid.UUID | None, nulls: bo
     return f"({where} OR {column} IS NULL)" if nulls else f"({where})"
 
 
+def _connect_options(session: AsyncSession) -> dict[str, Any]:
+    """asyncpg.connect's arguments for the session's database, as SQLAlchemy's asyncpg
+    dialect makes them from its URL: its query (`?ssl=require`, say) becomes the arguments
+    asyncpg takes, which a DSN of the same URL would pass to the server as settings."""
+    engine = session.get_bind().engine
+    _, options = engine.dialect.create_connect_args(engine.url)
+    for dialect_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+        options.pop(dialect_only, None)
+    return cast(dict[str, Any], options)
+
+
 def _check_part(
-    url: str, snapshot: str, low: uuid.UUID | None, high: uuid.UUID | None, nulls: bool
+    options: dict[str, Any],
+    snapshot: str,
+    low: uuid.UUID | None,
+    high: uuid.UUID | None,
+    nulls: bool,
 ) -> Found:
     """A worker: the chains of the users with ids in [low, high) (and, with `nulls`, the
     organizations' chains), with their stored users, in the snapshot `snapshot`."""
     with gc_paused():
-        return asyncio.run(_part(url, snapshot, low, high, nulls))
+        return asyncio.run(_part(options, snapshot, low, high, nulls))
 
 
 async def _part(
-    url: str, snapshot: str, low: uuid.UUID | None, high: uuid.UUID | None, nulls: bool
+    options: dict[str, Any],
+    snapshot: str,
+    low: uuid.UUID | None,
+    high: uuid.UUID | None,
+    nulls: bool,
 ) -> Found:
-    connection = await asyncpg.connect(url)
+    connection = await asyncpg.connect(**options)
     try:
         async with connection.transaction(isolation="repeatable_read", readonly=True):
             await connection.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
