@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, any_, bindparam, or_, select
+from sqlalchemy import Table, and_, any_, bindparam, literal_column, or_, select, type_coerce
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, configure_mappers
@@ -88,11 +88,15 @@ def _rows_named(
             .with_for_update()
         )
         return list(connection.execute(statement, {"ids": ids, "emails": emails}))
+    # Unary + rules out an index for org_id: SQLite would otherwise walk all of the
+    # organization's users in an (org_id, ...) index, where the primary key and the unique
+    # emails find exactly the users named.
+    in_org = type_coerce(literal_column("+users.org_id"), USERS.c.org_id.type) == org_id
     rows: dict[uuid.UUID, Any] = {}
     for start in range(0, max(len(ids), len(emails)), PER_QUERY):
         some_ids, some_emails = ids[start : start + PER_QUERY], emails[start : start + PER_QUERY]
         condition = or_(USERS.c.id.in_(some_ids), USERS.c.email.in_(some_emails))
-        statement = select(*_COLUMNS).where(and_(USERS.c.org_id == org_id, condition))
+        statement = select(*_COLUMNS).where(and_(in_org, condition))
         rows |= {row[0]: row for row in connection.execute(statement)}
     return [rows[key] for key in sorted(rows)]
 
