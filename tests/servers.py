@@ -84,9 +84,9 @@ class Server:
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=1) as client:
             while True:
-                if self.process is None or self.process.poll() is not None:
-                    code = None if self.process is None else self.process.returncode
-                    raise RuntimeError(f"server {self.url} exited with {code}")
+                if not self.running():
+                    code = "" if self.process is None else f" with {self.process.returncode}"
+                    raise RuntimeError(f"server {self.url} exited{code}")
                 try:
                     if client.get(f"{self.url}/healthz").status_code == 200:
                         return
@@ -95,6 +95,9 @@ class Server:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"server {self.url} did not start in {timeout} s")
                 time.sleep(0.05)
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
         """SIGKILL: no shutdown hook runs, open transactions die with their connections."""
@@ -112,12 +115,92 @@ class Server:
             self.kill()
 
 
+class PreloadedServer(Server):
+    """A Server forked from a process of its own that imported the server's code once
+    (tests/preload.py): each start after the first costs create_app and uvicorn's start
+    only, for tests that kill and start servers many times. `kill` and `stop` are the same
+    signals, to the server's own process."""
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        environment: dict[str, str] | None = None,
+        log: Path | None = None,
+    ) -> None:
+        super().__init__(database_url, environment=environment, log=log)
+        self.preloader: subprocess.Popen[str] | None = None
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        if self.preloader is None:
+            # From the checkout's root, as the test's own servers import the code under test.
+            command = [sys.executable, "-m", "tests.preload", str(self.log or "")]
+            self.preloader = subprocess.Popen(
+                command,
+                cwd=ROOT,
+                env=self.environment,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        assert self.preloader.stdin is not None
+        assert self.preloader.stdout is not None
+        self.preloader.stdin.write(f"{self.port}\n")
+        self.preloader.stdin.flush()
+        self.pid = int(self.preloader.stdout.readline())
+
+    def running(self) -> bool:
+        """The preloader waits for its servers as they end, so a dead one's pid is gone."""
+        if self.pid is None:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL, timeout=None)
+
+    def stop(self) -> None:
+        if not self._signal(signal.SIGTERM, timeout=10):
+            self._signal(signal.SIGKILL, timeout=None)
+        if self.preloader is not None:
+            self.preloader.communicate(timeout=10)  # it exits at the end of its input
+            self.preloader = None
+
+    def _signal(self, signum: int, *, timeout: float | None) -> bool:
+        """Send `signum` to the server and wait until it has ended (within `timeout` s, or
+        for as long as it takes); whether it ended."""
+        if not self.running():
+            return True
+        assert self.pid is not None
+        os.kill(self.pid, signum)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.running():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+
+ROOT = Path(__file__).parent.parent
+
+
 @contextmanager
 def started_servers(
-    database_url: str, count: int, *, timeout: float = 30, log: Path | None = None
+    database_url: str,
+    count: int,
+    *,
+    timeout: float = 30,
+    log: Path | None = None,
+    preloaded: bool = False,
 ) -> Iterator[list[Server]]:
-    """`count` server processes on loopback sharing one database."""
-    servers = [Server(database_url, log=log) for _ in range(count)]
+    """`count` server processes on loopback sharing one database; `preloaded`: forked from
+    processes that imported the server's code once (PreloadedServer), to restart quickly."""
+    kind = PreloadedServer if preloaded else Server
+    servers = [kind(database_url, log=log) for _ in range(count)]
     try:
         for server in servers:
             server.start()
