@@ -254,21 +254,36 @@ class Chains:
             if replay is None:
                 replay = totals[(user_id, kind)] = [0, 0, 0]
                 user_first.setdefault(user_id, int(entry_id))
-            replay[0] += int(row[_DELTAS])
-            replay[1] += int(row[_DELTAS + 1])
-            replay[2] += int(row[_DELTAS + 2])
-            for index, (name, place) in enumerate(USER_BALANCES):
-                after_value = row[_AFTERS + index]
-                if after_value != null and int(after_value) != replay[index]:
-                    differ(
-                        (
-                            (ENTRY, int(entry_id), place),
-                            f"entry {entry_id}: {name}_after {after_value}"
-                            f" != replay {replay[index]}"
-                            f" (user {self.cells.uuid_text(user_id)}, {kind})",
-                        )
-                    )
+            allowance, used, reserved = row[_DELTAS : _DELTAS + 3]
+            if allowance != "0":  # most entries move one balance: int() of the others skipped
+                replay[0] += int(allowance)
+            if used != "0":
+                replay[1] += int(used)
+            if reserved != "0":
+                replay[2] += int(reserved)
+            allowance, used, reserved = row[_AFTERS : _AFTERS + 3]
+            if (
+                (allowance != null and int(allowance) != replay[0])
+                or (used != null and int(used) != replay[1])
+                or (reserved != null and int(reserved) != replay[2])
+            ):
+                self.differ_after(row, replay)
         found.entries += count
+
+    def differ_after(self, row: Sequence[Any], replay: list[int]) -> None:
+        """Name each balance after `row` that differs from the replay up to it."""
+        entry_id, null = row[_ID], self.cells.null
+        for index, (name, place) in enumerate(USER_BALANCES):
+            after_value = row[_AFTERS + index]
+            if after_value != null and int(after_value) != replay[index]:
+                self.found.differences.append(
+                    (
+                        (ENTRY, int(entry_id), place),
+                        f"entry {entry_id}: {name}_after {after_value}"
+                        f" != replay {replay[index]}"
+                        f" (user {self.cells.uuid_text(row[_USER_ID])}, {row[_KIND]})",
+                    )
+                )
 
     def spell(self, cell: Any) -> str:
         """A text cell (not NULL) as JSON; remembered, as actors, actions and reasons
