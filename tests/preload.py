@@ -1,9 +1,10 @@
 """A process that imports the server's code once, then forks a server from it for each
 port read on its standard input, answering the server's pid on its standard output
-(tests.servers.PreloadedServer). A server started so skips Python's start and every import,
-about two thirds of a start's CPU time, which the crash tests pay at each of their restarts.
-The server itself is as `python -m uvicorn tokenadmin.app:create_app --factory` makes it:
-create_app runs in the forked process, with the environment this one was started with.
+(tests.servers.PreloadedServer). A server started so skips Python's start, every import and
+create_app, nearly all of a start's CPU time, which the crash tests pay at each of their
+restarts. The app each server runs is made by create_app, with the environment this process
+was started with, before the fork (the next one's right after it): an app that never
+served, as `python -m uvicorn tokenadmin.app:create_app --factory` makes it.
 
 Run as `python -m tests.preload LOG`: the servers' output is appended to LOG, or goes to
 this process's standard error when LOG is empty. Exits at the end of its input."""
@@ -16,8 +17,9 @@ import sys
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
-import tokenadmin.app  # noqa: F401  # the cost paid here once instead of at every start
+from tokenadmin.app import create_app
 
 
 def _reap(signum: int, frame: FrameType | None) -> None:
@@ -32,7 +34,7 @@ def _reap(signum: int, frame: FrameType | None) -> None:
             return
 
 
-def _serve(port: int, log: str) -> None:
+def _serve(app: FastAPI, port: int, log: str) -> None:
     """In the forked process: serve on `port` until killed or stopped, never returning to
     the loop that forks."""
     code = 1
@@ -42,13 +44,7 @@ def _serve(port: int, log: str) -> None:
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(output, 1)  # not the pipe the pids are answered on
         os.dup2(output, 2)
-        uvicorn.run(
-            "tokenadmin.app:create_app",
-            factory=True,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-        )
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
         code = 0
     finally:
         sys.stdout.flush()
@@ -59,11 +55,13 @@ def _serve(port: int, log: str) -> None:
 def main() -> None:
     log = sys.argv[1]
     signal.signal(signal.SIGCHLD, _reap)
+    app = create_app()
     for line in sys.stdin:
         pid = os.fork()
         if pid == 0:
-            _serve(int(line), log)
+            _serve(app, int(line), log)
         print(pid, flush=True)
+        app = create_app()
 
 
 if __name__ == "__main__":
