@@ -116,10 +116,10 @@ class Server:
 
 
 class PreloadedServer(Server):
-    """A Server forked from a process of its own that imported the server's code once
-    (tests/preload.py): each start after the first costs create_app and uvicorn's start
-    only, for tests that kill and start servers many times. `kill` and `stop` are the same
-    signals, to the server's own process."""
+    """A Server forked from a process of its own that imported the server's code once and
+    makes each app before it is asked for (tests/preload.py): each start after the first
+    costs uvicorn's start only, for tests that kill and start servers many times. `kill`
+    and `stop` are the same signals, to the server's own process."""
 
     def __init__(
         self,

@@ -2,10 +2,10 @@
 meter, reserve, commit, release and change allowances; on PostgreSQL the database is also
 stopped at once (`pg_ctl stop -m immediate`: no checkpoint, recovery from its WAL), on the
 SQLite default the one server process is killed mid-write. Killed processes are started
-again on the same port, forked from a process that imported the server's code once
-(tests.servers.PreloadedServer): a restart costs the server's own start, not Python's
-imports too, which were two thirds of it. Clients send every request whose answer they did
-not get again with the same Idempotency-Key, as the API asks.
+again on the same port, forked from a process that imported the server's code once and made
+its app beforehand (tests.servers.PreloadedServer): a restart costs uvicorn's start, not
+Python's start, the imports and create_app, which were nearly all of it. Clients send every
+request whose answer they did not get again with the same Idempotency-Key, as the API asks.
 
 Afterwards: every acknowledged request is still there (each is sent once more and must come
 back as the same answer, replayed), none was applied twice (one fresh answer per key; every
