@@ -204,15 +204,25 @@ async def test_the_engine_answers_and_journals_as_the_orm_path(
 
 @contextmanager
 def statements(db: Database) -> Iterator[list[str]]:
+    """The statements sent while inside: through SQLAlchemy, and those the engine sends on
+    PostgreSQL's asyncpg connection itself (`engine._Raw`)."""
     seen: list[str] = []
 
     def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         seen.append(statement)
 
+    fetch = engine._Raw.fetch
+
+    async def noted(raw: engine._Raw, statement: str, parameters: dict[str, Any]) -> list[Any]:
+        seen.append(statement)
+        return await fetch(raw, statement, parameters)
+
     event.listen(db.engine.sync_engine, "before_cursor_execute", note)
+    engine._Raw.fetch = noted  # type: ignore[method-assign,assignment]
     try:
         yield seen
     finally:
+        engine._Raw.fetch = fetch  # type: ignore[method-assign]
         event.remove(db.engine.sync_engine, "before_cursor_execute", note)
 
 

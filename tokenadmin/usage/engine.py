@@ -37,6 +37,7 @@ is written, so its answers are the ORM path's own:
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -44,9 +45,19 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Column, Table, TextClause, bindparam, insert, or_, select, text, update
+from sqlalchemy import (
+    Column,
+    Select,
+    Table,
+    bindparam,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin import metrics
@@ -117,6 +128,13 @@ class _User:
 
     def reserved(self, kind: Kind) -> int:
         return self.inference_reserved if kind is Kind.inference else self.training_reserved
+
+    def balance(self, kind: Kind) -> tuple[int, int, int]:
+        """The allowance, used and reserved of a kind in one look: what deciding an
+        operation reads, up to five times."""
+        if kind is Kind.inference:
+            return self.max_tokens, self.inference_used, self.inference_reserved
+        return self.max_train_tokens, self.training_used, self.training_reserved
 
     def used_in(self, kind: Kind, period_start: datetime) -> int:
         return self.used(kind) if self.period_start == period_start else 0
@@ -204,12 +222,13 @@ async def meter_group(
     """Meter a group (`takes`) in this transaction; `fallback` meters it if the engine
     can't (the module's docstring says when)."""
     postgres = session.get_bind().dialect.name == "postgresql"
+    raw = await _Raw.of(session) if postgres else None
     assert caller.org_id is not None
     org_id = caller.org_id
     scope = caller.idempotency_scope
     keys = list(dict.fromkeys(r.key for r in requests if r is not None))
-    if postgres:
-        live, busy, stored = await _begin_postgres(session, caller, org_id, keys)
+    if raw is not None:
+        live, busy, stored = await _begin_postgres(raw, caller, org_id, keys)
     else:
         live = caller.key_id is None or await _key_live(session, caller.key_id, org_id)
         busy, stored = set(), await idempotency.find(session, scope, keys)
@@ -220,17 +239,17 @@ async def meter_group(
     group.mark_busy(busy & group.first.keys())
     try:
         chosen = [operations[i] for i in group.todo]
-        decided = await _decide(session, act, org_id, chosen, default_ttl)
+        decided = await _decide(session, raw, act, org_id, chosen, default_ttl)
     except _Fallback:
         return await fallback(session)
-    await _take_ids(session, decided.entries, postgres)
+    await _take_ids(session, raw, decided.entries)
     group.settle(decided.outcomes, answer)
     final, records = group.finish(scope, act.now, idempotency_ttl)
     changed = [user for user in decided.users if user.changed]
     reservations, entries = decided.reservations, decided.entries
     try:
-        if postgres:
-            await _write_postgres(session, org_id, changed, reservations, entries, records)
+        if raw is not None:
+            await _write_postgres(raw, org_id, changed, reservations, entries, records)
         else:
             await _write_sqlite(session, org_id, changed, reservations, entries, records)
     except IntegrityError as error:
@@ -248,10 +267,81 @@ def _revoked() -> TokenAdminError:
     return Unauthenticated("The API key is not valid or was revoked.")
 
 
+# --- the PostgreSQL connection ----------------------------------------------------------
+
+
+_PARAMETER = re.compile(r"(?<!:):(\w+)")  # not a cast (::text)
+
+
+@cache
+def _numbered(statement: str) -> tuple[str, tuple[str, ...]]:
+    """A statement with named parameters (`:org`) as asyncpg takes it ($1), and the names
+    in their numbers' order (a name used twice is one number)."""
+    names: dict[str, int] = {}
+
+    def number(match: re.Match[str]) -> str:
+        return f"${names.setdefault(match[1], len(names) + 1)}"
+
+    return _PARAMETER.sub(number, statement), tuple(names)
+
+
+@dataclass(frozen=True, slots=True)
+class _Raw:
+    """The asyncpg connection of a PostgreSQL transaction.
+
+    The engine's statements go to asyncpg directly: each is prepared once per connection
+    (asyncpg's statement cache), its arrays are bound as they are and its rows read as
+    Records, where SQLAlchemy would compile, process each bound value and wrap each row,
+    which cost as much CPU per group as the engine's own deciding. The transaction stays
+    the session's: it commits or rolls back with it, and a failure is raised as SQLAlchemy
+    raises it (`DBAPIError`), so `Database.write` retries, or answers 503, as before."""
+
+    adapted: Any  # SQLAlchemy's adapter of the asyncpg connection
+    session: AsyncSession
+
+    @classmethod
+    async def of(cls, session: AsyncSession) -> _Raw:
+        connection = await session.connection()
+        adapted: Any = (await connection.get_raw_connection()).dbapi_connection
+        # The adapter begins its transaction on its first statement; this may be it.
+        if adapted._transaction is None:
+            await adapted._start_transaction()
+        return cls(adapted, session)
+
+    async def fetch(self, statement: str, parameters: dict[str, Any]) -> list[Any]:
+        sql, names = _numbered(statement)
+        values = [parameters[name] for name in names]
+        try:
+            return cast(list[Any], await self.adapted.driver_connection.fetch(sql, *values))
+        except Exception as error:
+            raise self._wrapped(error, sql) from error
+
+    def _wrapped(self, error: Exception, sql: str) -> BaseException:
+        """`error` as SQLAlchemy raises it: the driver's error, translated by the adapter,
+        in a `DBAPIError` of the matching class."""
+        try:
+            self.adapted._handle_exception(error)
+        except Exception as translated:
+            dbapi_error = self.adapted.dbapi.Error
+            if not isinstance(translated, dbapi_error):
+                return translated
+            dialect = self.session.get_bind().dialect
+            wrapped: BaseException = DBAPIError.instance(
+                sql,
+                None,
+                translated,
+                dbapi_error,
+                connection_invalidated=dialect.is_disconnect(translated, None, None),
+                dialect=dialect,
+            )
+            return wrapped
+        raise AssertionError("the adapter raises")
+
+
 # --- reading and locking ----------------------------------------------------------------
 
 
-_BEGIN = text(
+_BEGIN = (
     "WITH head AS MATERIALIZED ("
     " SELECT pg_advisory_xact_lock_shared(:lock)::text AS locked,"
     " EXISTS (SELECT 1 FROM api_keys WHERE id = :key_id AND org_id = :org"
@@ -267,7 +357,7 @@ _BEGIN = text(
 
 
 async def _begin_postgres(
-    session: AsyncSession, caller: service.Caller, org_id: uuid.UUID, keys: list[str]
+    raw: _Raw, caller: service.Caller, org_id: uuid.UUID, keys: list[str]
 ) -> tuple[bool, set[str], dict[str, idempotency.Stored]]:
     """The organization's metering lock (shared), whether the caller's key is live, the
     keys another transaction has in flight, and the stored answers of the keys: one
@@ -280,7 +370,7 @@ async def _begin_postgres(
         "space": idempotency.KEY_LOCKS,
         "scope": caller.idempotency_scope,
     }
-    rows = (await session.execute(_BEGIN, parameters)).all()
+    rows = await raw.fetch(_BEGIN, parameters)
     live = caller.key_id is None or bool(rows[0][0])
     busy = set(rows[0][1] or ())
     stored = {
@@ -328,8 +418,25 @@ _ORG_COLUMNS = (
 _SPLIT = len(_USER_COLUMNS)
 
 
+_LOCK_USERS = (
+    f"SELECT {', '.join(f'u.{name}' for name in _USER_COLUMNS)},"
+    f" {', '.join(f'o.{name}' for name in _ORG_COLUMNS)}"
+    " FROM users AS u JOIN organizations AS o ON o.id = u.org_id"
+    " WHERE u.org_id = :org AND u.id = ANY(ARRAY("
+    " SELECT unnest(CAST(:ids AS uuid[]))"
+    " UNION ALL SELECT e.id FROM users AS e"
+    " WHERE e.org_id = :org AND e.email = ANY(CAST(:emails AS text[]))"
+    " UNION ALL SELECT r.user_id FROM reservations AS r"
+    " WHERE r.org_id = :org AND r.id = ANY(CAST(:reservations AS uuid[]))))"
+    " ORDER BY u.id FOR UPDATE OF u"
+)
+"""The users named (by id or email, or owning a reservation named): one probe of the
+primary key for the set, whatever the planner's statistics say."""
+
+
 async def _lock_users(
     session: AsyncSession,
+    raw: _Raw | None,
     org_id: uuid.UUID,
     ids: list[uuid.UUID],
     emails: list[str],
@@ -338,6 +445,26 @@ async def _lock_users(
     """Lock the named users of the organization, and the owners of the reservations named,
     in id order and read them, with their organization (read after its metering lock was
     taken: this statement's snapshot is)."""
+    if raw is not None:
+        parameters = {"org": org_id, "ids": ids, "emails": emails, "reservations": reservation_ids}
+        rows: Sequence[Sequence[Any]] = await raw.fetch(_LOCK_USERS, parameters)
+    else:
+        rows = (
+            await session.execute(_lock_users_statement(org_id, ids, emails, reservation_ids))
+        ).all()
+    users: list[_User] = []
+    org = None
+    for row in rows:
+        values = tuple(row)
+        users.append(_User(*values[:_SPLIT]))
+        if org is None:
+            org = _Org(*values[_SPLIT:])
+    return users, org
+
+
+def _lock_users_statement(
+    org_id: uuid.UUID, ids: list[uuid.UUID], emails: list[str], reservation_ids: list[uuid.UUID]
+) -> Select[Any]:
     named = repository.named(ids, emails) if ids or emails else None
     if reservation_ids:
         owners = USERS.c.id.in_(
@@ -347,7 +474,7 @@ async def _lock_users(
         )
         named = owners if named is None else or_(named, owners)
     assert named is not None
-    statement = (
+    return (
         select(
             *(USERS.c[name] for name in _USER_COLUMNS),
             *(ORGANIZATIONS.c[name] for name in _ORG_COLUMNS),
@@ -357,13 +484,6 @@ async def _lock_users(
         .order_by(USERS.c.id)
         .with_for_update(of=USERS)
     )
-    users: list[_User] = []
-    org = None
-    for row in await session.execute(statement):
-        users.append(_User(*row[:_SPLIT]))
-        if org is None:
-            org = _Org(*row[_SPLIT:])
-    return users, org
 
 
 _RESERVATION_COLUMNS = (
@@ -380,10 +500,19 @@ _RESERVATION_COLUMNS = (
 )
 
 
+_LOCK_RESERVATIONS = (
+    f"SELECT {', '.join(_RESERVATION_COLUMNS)} FROM reservations"
+    " WHERE org_id = :org AND id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"
+)
+
+
 async def _lock_reservations(
-    session: AsyncSession, org_id: uuid.UUID, ids: list[uuid.UUID]
+    session: AsyncSession, raw: _Raw | None, org_id: uuid.UUID, ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, _Reservation]:
     """Lock and read the organization's reservations named, after their users."""
+    if raw is not None:
+        rows = await raw.fetch(_LOCK_RESERVATIONS, {"org": org_id, "ids": ids})
+        return {row[0]: _Reservation(*row) for row in rows}
     statement = (
         select(*(RESERVATIONS.c[name] for name in _RESERVATION_COLUMNS))
         .where(RESERVATIONS.c.id.in_(ids), RESERVATIONS.c.org_id == org_id)
@@ -418,6 +547,7 @@ class _Decided:
 
 async def _decide(
     session: AsyncSession,
+    raw: _Raw | None,
     act: Act,
     org_id: uuid.UUID,
     operations: Sequence[service.Operation],
@@ -434,7 +564,7 @@ async def _decide(
     ids = [r for r in refs if isinstance(r, uuid.UUID)]
     emails = [r for r in refs if isinstance(r, str)]
     reservation_ids = sorted({op.reservation_id for op in operations if op.reservation_id})
-    users, org = await _lock_users(session, org_id, ids, emails, reservation_ids)
+    users, org = await _lock_users(session, raw, org_id, ids, emails, reservation_ids)
     if org is None or org.binds():
         raise _Fallback
     start = current_period(org, act.now)
@@ -449,9 +579,9 @@ async def _decide(
             raise _Fallback  # the counters of an earlier period are reset first
         by_ref[locked.id] = by_ref[locked.email] = by_id[locked.id] = locked
     reservations = (
-        await _lock_reservations(session, org_id, reservation_ids) if reservation_ids else {}
+        await _lock_reservations(session, raw, org_id, reservation_ids) if reservation_ids else {}
     )
-    used_before = {(user.id, kind): user.used(kind) for user in users for kind in Kind}
+    used_before = [(user, user.inference_used, user.training_used) for user in users]
     group = _Group(act, org_id, default_ttl, decided, {u.id: u.journal_head for u in users})
     for op, ref in zip(operations, refs, strict=True):
         if op.reservation_id is None:
@@ -464,9 +594,9 @@ async def _decide(
     for user in users:
         user.journal_head = group.heads[user.id]
     # Under the users' row locks: one transaction sees each crossing of a threshold.
-    for user in users:
-        for kind in Kind:
-            after, was = user.used(kind), used_before[(user.id, kind)]
+    for user, inference, training in used_before:
+        for kind, was in ((Kind.inference, inference), (Kind.training, training)):
+            after = user.used(kind)
             if after <= was:
                 continue
             for percent in events.crossed(was, after, user.allowance(kind), org.alert_thresholds):
@@ -514,8 +644,9 @@ class _Group:
                 f"{user.email} is deactivated and can't use tokens.", code="user_deactivated"
             )
             return self.refuse(op, refusal, (*counted, refusal))
-        left = user.remaining(kind)
-        if tokens > left and user.reserved(kind):
+        allowance, used, reserved = user.balance(kind)
+        left = allowance - used - reserved
+        if tokens > left and reserved:
             raise _Fallback  # overdue reservations expire first
         if tokens > left:
             refusal = _insufficient(user, kind, tokens, left)
@@ -612,9 +743,8 @@ class _Group:
 
 
 def _balance(user: _User, kind: Kind) -> service.Balance:
-    return service.Balance(
-        user.allowance(kind), user.used(kind), user.reserved(kind), user.remaining(kind)
-    )
+    allowance, used, reserved = user.balance(kind)
+    return service.Balance(allowance, used, reserved, allowance - used - reserved)
 
 
 def _held(reservation: _Reservation, user: _User, entry: Entry) -> service.Held:
@@ -671,6 +801,7 @@ def _entry(
     reservation_id: uuid.UUID | None = None,
 ) -> dict[str, Any]:
     """The journal row `journal.record` makes for a change of a user's balance, after it."""
+    allowance, used_after, reserved_after = user.balance(kind)
     return {
         "org_id": org_id,
         "user_id": user.id,
@@ -689,29 +820,29 @@ def _entry(
         "reserved_delta": reserved,
         "capacity_after": None,
         "allocated_after": None,
-        "allowance_after": user.allowance(kind),
-        "used_after": user.used(kind),
-        "reserved_after": user.reserved(kind),
+        "allowance_after": allowance,
+        "used_after": used_after,
+        "reserved_after": reserved_after,
         "details": details,
     }
 
 
 # --- writing ----------------------------------------------------------------------------
 
-_NEXT_IDS = text(
+_NEXT_IDS = (
     "SELECT nextval(pg_get_serial_sequence('journal_entries', 'id'))"
     " FROM generate_series(1, :count)"
 )
 _LAST_ID = text("SELECT coalesce(max(id), 0) FROM journal_entries")
 
 
-async def _take_ids(session: AsyncSession, entries: list[Entry], postgres: bool) -> None:
+async def _take_ids(session: AsyncSession, raw: _Raw | None, entries: list[Entry]) -> None:
     """Give the entries their ids, in order: taken now, with the users' rows locked, so a
     user's entries are in id order in the order they were written."""
     if not entries:
         return
-    if postgres:
-        ids = sorted((await session.execute(_NEXT_IDS, {"count": len(entries)})).scalars())
+    if raw is not None:
+        ids = sorted(row[0] for row in await raw.fetch(_NEXT_IDS, {"count": len(entries)}))
     else:
         # The writer lock is held (BEGIN IMMEDIATE) and entries are never deleted.
         last: int = (await session.execute(_LAST_ID)).scalar_one()
@@ -741,20 +872,50 @@ _RECORD_COLUMNS = (
 _POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]
 
 
+# Arrays of these types are bound as the text of an array literal, which PostgreSQL reads
+# in C: asyncpg's encoding of a list asks of every item whether it is itself a list, which
+# costs more than the whole literal. Text, JSON and UUIDs stay lists (text would need
+# quoting; a UUID's text costs as much as asyncpg's encoding of it).
+_AS_LITERAL = {"BIGINT": False, "INTEGER": False, "TIMESTAMP WITH TIME ZONE": True}  # quoted?
+
+
 def _arrays(table: Table, names: Sequence[str], prefix: str) -> str:
     columns: list[Column[Any]] = [table.c[name] for name in names]
-    return ", ".join(
-        f"CAST(:{prefix}{c.name} AS {c.type.compile(dialect=_POSTGRESQL)}[])" for c in columns
-    )
+    casts = []
+    for column in columns:
+        sql_type = column.type.compile(dialect=_POSTGRESQL)
+        bound = f":{prefix}{column.name}"
+        if sql_type in _AS_LITERAL:
+            bound = f"CAST({bound} AS text)"
+        casts.append(f"CAST({bound} AS {sql_type}[])")
+    return ", ".join(casts)
+
+
+def _literal(values: Sequence[Any], quoted: bool) -> str:
+    """An array literal of integers or datetimes (`str` of an aware datetime is a
+    timestamptz PostgreSQL reads, with its offset)."""
+    if quoted:
+        items = ["NULL" if value is None else f'"{value}"' for value in values]
+    else:
+        items = ["NULL" if value is None else str(value) for value in values]
+    return "{" + ",".join(items) + "}"
+
+
+def _literals(table: Table, names: Sequence[str], prefix: str) -> dict[str, bool]:
+    """The parameters of `_arrays(table, names, prefix)` bound as literals: quoted or not."""
+    found = {}
+    for name in names:
+        sql_type = table.c[name].type.compile(dialect=_POSTGRESQL)
+        if sql_type in _AS_LITERAL:
+            found[f"{prefix}{name}"] = _AS_LITERAL[sql_type]
+    return found
 
 
 _CLOSED = ("status", "committed_amount", "closed_at")
 
 
 @cache
-def _write_statement(
-    users: bool, made: bool, closed: bool, journal: bool, records: bool
-) -> TextClause:
+def _write_statement(users: bool, made: bool, closed: bool, journal: bool, records: bool) -> str:
     """One statement writing the group: users' counters and heads, reservations made and
     closed, journal entries, idempotency records."""
     parts = []
@@ -787,10 +948,17 @@ def _write_statement(
             f"i AS (INSERT INTO idempotency_records ({', '.join(_RECORD_COLUMNS)})"
             f" SELECT * FROM unnest({_arrays(RECORDS, _RECORD_COLUMNS, 'i_')}))"
         )
-    return text(f"WITH {', '.join(parts)} SELECT 1")
+    return f"WITH {', '.join(parts)} SELECT 1"
 
 
 _MADE_COLUMNS = ("org_id", *_RESERVATION_COLUMNS)
+_LITERALS = {
+    **_literals(USERS, ("id", *_COUNTERS), "u_"),
+    **_literals(RESERVATIONS, _MADE_COLUMNS, "r_"),
+    **_literals(RESERVATIONS, ("id", *_CLOSED), "c_"),
+    **_literals(JOURNAL, _JOURNAL_COLUMNS, "j_"),
+    **_literals(RECORDS, _RECORD_COLUMNS, "i_"),
+}
 
 
 def _json(value: Any) -> str | None:
@@ -798,7 +966,7 @@ def _json(value: Any) -> str | None:
 
 
 async def _write_postgres(
-    session: AsyncSession,
+    raw: _Raw,
     org_id: uuid.UUID,
     users: list[_User],
     reservations: list[_Reservation],
@@ -830,8 +998,11 @@ async def _write_postgres(
     if records:
         for name in _RECORD_COLUMNS:
             parameters[f"i_{name}"] = [record[name] for record in records]
+    for name, quoted in _LITERALS.items():
+        if name in parameters:
+            parameters[name] = _literal(parameters[name], quoted)
     shape = (bool(users), bool(made), bool(closed), bool(entries), bool(records))
-    await session.execute(_write_statement(*shape), parameters)
+    await raw.fetch(_write_statement(*shape), parameters)
 
 
 _UPDATE_USERS = (
