@@ -15,7 +15,7 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar, cast
@@ -43,11 +43,15 @@ MAX_KEY_LENGTH = 255
 
 @dataclass(frozen=True)
 class Answer:
-    """What a request was answered, as it is kept for replays: its status and its body."""
+    """What a request was answered, as it is kept for replays: its status and its body.
+
+    `encoded`, when its maker gives it, is the body as compact JSON: the same bytes are then
+    sent and kept (`remembered`) instead of being written twice."""
 
     status_code: int
     body: dict[str, Any]
     replayed: bool = False
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
 
 class Keyed(NamedTuple):
@@ -164,12 +168,15 @@ def remembered(
     scope: str, key: str, print_: str, answer: Answer, now: datetime, ttl: timedelta
 ) -> dict[str, Any]:
     """The record that keeps `answer` for replays of `key`, as a row for `remember`."""
+    encoded = answer.encoded
     return {
         "scope": scope,
         "key": key,
         "fingerprint": print_,
         "status_code": answer.status_code,
-        "response": json.dumps(answer.body, separators=(",", ":")),
+        "response": (
+            json.dumps(answer.body, separators=(",", ":")) if encoded is None else encoded.decode()
+        ),
         "created_at": now,
         "expires_at": now + ttl,
     }

@@ -295,7 +295,7 @@ def _body_of(answer: Answer) -> bytes:
     # msgspec writes as json.dumps does. Anything else (a refusal, a replay read back from
     # the database) is written by json.dumps itself, as JSONResponse writes it.
     if answer.status_code < 400 and not answer.replayed:
-        return _encode(answer.body)
+        return _encode(answer.body) if answer.encoded is None else answer.encoded
     return _starlette_json(answer.body)
 
 
