@@ -8,6 +8,8 @@ split into ranges of ids, and each range is checked by a process of its own (Pos
 its own connection, in the snapshot of the caller's transaction, `SET TRANSACTION
 SNAPSHOT`), while this process replays the organizations' totals from the few entries
 that move them. On SQLite, or for a small journal, one process does all of it in one pass.
+Entries are read as the driver gives them, without a row object or type conversion each:
+PostgreSQL's COPY text, the sqlite3 cursor's tuples (see `Chains.entries`).
 
 Each difference carries the place it has in the report `verify` has always given (entries
 in id order, each entry's chain before its balances; then organizations; then users), so
@@ -132,7 +134,6 @@ PARALLEL_FROM = 200_000
 """Entries from which PostgreSQL's journal is checked by several processes: below it,
 starting them costs more than it saves."""
 WORKERS = min(4, max(2, os.cpu_count() or 2))
-FETCH = 5_000  # rows per round trip of a worker's cursor
 DETAILS_KEPT = 10_000
 IDS_KEPT = 200_000
 
