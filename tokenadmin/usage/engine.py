@@ -895,7 +895,9 @@ def _literal(values: Sequence[Any], quoted: bool) -> str:
     """An array literal of integers or datetimes (`str` of an aware datetime is a
     timestamptz PostgreSQL reads, with its offset)."""
     if quoted:
-        items = ["NULL" if value is None else f'"{value}"' for value in values]
+        # A group's datetimes are mostly one (its moment): each distinct one is written once.
+        spelled = {value: f'"{value}"' for value in set(values) if value is not None}
+        items = ["NULL" if value is None else spelled[value] for value in values]
     else:
         items = ["NULL" if value is None else str(value) for value in values]
     return "{" + ",".join(items) + "}"
