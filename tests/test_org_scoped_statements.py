@@ -144,7 +144,9 @@ def _origin() -> str:
 def captured(database: Database) -> Iterator[list[Statement]]:
     """Every statement the driver runs on the database's engines while the block runs, and
     every COPY into a table through asyncpg (`copy_records_to_table`, which SQLAlchemy's
-    events do not see), as `COPY table (columns)` with one row per record."""
+    events do not see), as `COPY table (columns)` with one row per record, and every
+    statement sent on asyncpg's connection directly (`Connection.fetch`: the metering
+    engine's, `usage.engine._Raw`)."""
     statements: list[Statement] = []
 
     def before_cursor_execute(
@@ -180,14 +182,22 @@ def captured(database: Database) -> Iterator[list[Statement]]:
             connection, table_name, records=records, columns=columns, **options
         )
 
+    fetch = asyncpg.Connection.fetch
+
+    async def fetch_raw(connection: Any, query: str, *args: Any, **options: Any) -> Any:
+        statements.append(Statement(query, [list(_flat(args))], _origin()))
+        return await fetch(connection, query, *args, **options)
+
     engines = {id(e): e.sync_engine for e in (database.engine, database.read_engine)}
     for engine in engines.values():
         event.listen(engine, "before_cursor_execute", before_cursor_execute)
     asyncpg.Connection.copy_records_to_table = copy_records_to_table
+    asyncpg.Connection.fetch = fetch_raw
     try:
         yield statements
     finally:
         asyncpg.Connection.copy_records_to_table = copy_records
+        asyncpg.Connection.fetch = fetch
         for engine in engines.values():
             event.remove(engine, "before_cursor_execute", before_cursor_execute)
 
