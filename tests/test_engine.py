@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +21,7 @@ from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
+from tokenadmin.errors import Unavailable
 from tokenadmin.idempotency.service import Answer
 from tokenadmin.models import JournalEntry, User
 from tokenadmin.tokens import Kind
@@ -241,3 +243,27 @@ async def test_a_group_is_metered_in_four_statements(
     # the idempotency keys apart, and one executemany per table written).
     counted = [statement for statement in seen if not statement.startswith("BEGIN")]
     assert len(counted) == (4 if db.dialect == "postgresql" else 7), seen
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_begin_that_fails_for_a_lost_database_answers_unavailable(
+    api: Api, db: Database, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine begins its transaction on asyncpg's connection itself: a BEGIN cut off
+    from the database is raised as SQLAlchemy raises it, so it answers 503, never 500."""
+    org = await _org(api, db, clock)
+    adapter = type(await _raw_adapter(db))
+
+    async def lost(connection: Any) -> None:
+        connection._handle_exception(asyncpg.exceptions.ConnectionDoesNotExistError("gone"))
+
+    monkeypatch.setattr(adapter, "_start_transaction", lost)
+    with pytest.raises(Unavailable):
+        await org.run(usage(org.users["ana"], 1, "lost"))
+    monkeypatch.undo()
+    assert [a.status_code for a in await org.run(usage(org.users["ana"], 1, "lost"))] == [200]
+
+
+async def _raw_adapter(db: Database) -> Any:
+    async with db.engine.connect() as connection:
+        return (await connection.get_raw_connection()).dbapi_connection

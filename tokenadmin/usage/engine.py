@@ -303,10 +303,16 @@ class _Raw:
     async def of(cls, session: AsyncSession) -> _Raw:
         connection = await session.connection()
         adapted: Any = (await connection.get_raw_connection()).dbapi_connection
-        # The adapter begins its transaction on its first statement; this may be it.
+        raw = cls(adapted, session)
+        # The adapter begins its transaction on its first statement; this may be it. Its
+        # BEGIN fails as the driver's error (say, the database went down since the
+        # connection was pooled): raised as SQLAlchemy raises it, so it answers 503.
         if adapted._transaction is None:
-            await adapted._start_transaction()
-        return cls(adapted, session)
+            try:
+                await adapted._start_transaction()
+            except Exception as error:
+                raise raw._wrapped(error, "BEGIN") from error
+        return raw
 
     async def fetch(self, statement: str, parameters: dict[str, Any]) -> list[Any]:
         sql, names = _numbered(statement)
