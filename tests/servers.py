@@ -121,16 +121,8 @@ class PreloadedServer(Server):
     costs uvicorn's start only, for tests that kill and start servers many times. `kill`
     and `stop` are the same signals, to the server's own process."""
 
-    def __init__(
-        self,
-        database_url: str,
-        *,
-        environment: dict[str, str] | None = None,
-        log: Path | None = None,
-    ) -> None:
-        super().__init__(database_url, environment=environment, log=log)
-        self.preloader: subprocess.Popen[str] | None = None
-        self.pid: int | None = None
+    preloader: subprocess.Popen[str] | None = None
+    pid: int | None = None
 
     def start(self) -> None:
         if self.preloader is None:
