@@ -22,14 +22,13 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers import Api, funded_org
-from tests.scenarios import journal
+from tests.scenarios import journal, reserve
 from tokenadmin.database import Database
 from tokenadmin.journal import chain
 from tokenadmin.journal import verify as verify_module
 from tokenadmin.journal.schemas import CHANGES
 from tokenadmin.journal.service import append, verify
 
-# Only PostgreSQL verifies in several processes; SQLite is verified in one.
 POSTGRESQL_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
@@ -160,6 +159,11 @@ async def _tamper(db: Database, sql: str, **params: Any) -> None:
     await db.write(work)
 
 
+def _stored_id(db: Database, id_: str) -> str:
+    """A uuid as the database stores it (SQLite: 32 hex digits), for bare SQL."""
+    return uuid.UUID(id_).hex if db.dialect == "sqlite" else id_
+
+
 async def _some_history(api: Api) -> tuple[str, list[dict[str, Any]]]:
     org = await funded_org(api, inference=10_000_000, training=1_000_000)
     users = [await api.user(org, f"v{i}@example.com") for i in range(8)]
@@ -172,7 +176,6 @@ async def _some_history(api: Api) -> tuple[str, list[dict[str, Any]]]:
     return org, users
 
 
-@POSTGRESQL_ONLY
 @pytest.mark.tampers
 async def test_verify_in_processes_reports_what_one_process_reports(api: Api, db: Database) -> None:
     org, users = await _some_history(api)
@@ -192,7 +195,9 @@ async def test_verify_in_processes_reports_what_one_process_reports(api: Api, db
     await _tamper(db, "UPDATE journal_entries SET actor = 'x' WHERE id = :id", id=usage[0]["id"])
     await _tamper(db, "UPDATE journal_entries SET used_delta = 7 WHERE id = :id", id=usage[3]["id"])
     await _tamper(db, "DELETE FROM journal_entries WHERE id = :id", id=usage[5]["id"])
-    await _tamper(db, "UPDATE users SET inference_used = 0 WHERE id = :id", id=users[6]["id"])
+    await _tamper(
+        db, "UPDATE users SET inference_used = 0 WHERE id = :id", id=_stored_id(db, users[6]["id"])
+    )
     await _tamper(db, "UPDATE organizations SET allocated_inference = allocated_inference + 1")
     purchase = [e for e in entries if e["user_id"] is None][-1]
     await _tamper(db, "DELETE FROM journal_entries WHERE id = :id", id=purchase["id"])
@@ -204,7 +209,6 @@ async def test_verify_in_processes_reports_what_one_process_reports(api: Api, db
     assert (split.entries, split.users) == (alone.entries, alone.users)
 
 
-@POSTGRESQL_ONLY
 async def test_verify_splits_a_big_journal_across_processes_by_itself(
     api: Api, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -212,7 +216,7 @@ async def test_verify_splits_a_big_journal_across_processes_by_itself(
     split_into: list[int] = []
     bounds = verify_module._bounds
 
-    async def recorded(session: AsyncSession, workers: int) -> list[uuid.UUID | None]:
+    async def recorded(session: AsyncSession, workers: int) -> list[Any]:
         split_into.append(workers)
         return await bounds(session, workers)
 
@@ -224,6 +228,48 @@ async def test_verify_splits_a_big_journal_across_processes_by_itself(
     assert split_into == [verify_module.WORKERS]
     assert seen
     assert seen[-1] == report.entries
+
+
+@pytest.mark.tampers
+async def test_verify_in_processes_beside_writes_reports_no_false_difference_nor_misses_one(
+    api: Api, db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers read after the caller's snapshot was taken (SQLite: in snapshots of their
+    own, taken later), while the service writes in every way verify checks: new entries
+    of checked users, an open reservation, allowances moving an organization's allocated,
+    a purchase in an organization's chain, a new user, a new organization. verify reports
+    the damage made before it, and only that."""
+    org, users = await _some_history(api)
+    entries = await journal(api, org)
+    first = next(e for e in entries if e["action"] == "usage" and e["user_id"] == users[0]["id"])
+    await _tamper(db, "UPDATE journal_entries SET actor = 'x' WHERE id = :id", id=first["id"])
+    await _tamper(
+        db, "UPDATE users SET inference_used = 0 WHERE id = :id", id=_stored_id(db, users[1]["id"])
+    )
+    damage = (await db.read(partial(verify, workers=1), snapshot=True)).differences
+    assert len(damage) >= 2, damage
+
+    bounds = verify_module._bounds
+    written: list[str] = []
+
+    async def after_the_snapshot(session: AsyncSession, workers: int) -> list[Any]:
+        await api.use(users[2]["id"], 5, expect=200)
+        await reserve(api, users[3]["id"], 50)
+        await api.allowances(org, {"user": users[4]["id"], "max_tokens": 400_000}, expect=200)
+        await api.purchase(org, 1_000, 0)
+        newcomer = await api.user(org, "late@example.com")
+        await api.use(newcomer["id"], 3, expect=200)
+        other = await funded_org(api)
+        await api.use((await api.user(other, "elsewhere@example.com"))["id"], 2, expect=200)
+        written.append(other)
+        return await bounds(session, workers)
+
+    monkeypatch.setattr(verify_module, "_bounds", after_the_snapshot)
+    split = await db.read(partial(verify, workers=2), snapshot=True)
+    assert written
+    assert split.differences == damage
+    monkeypatch.undo()
+    assert (await db.read(partial(verify, workers=1), snapshot=True)).differences == damage
 
 
 @POSTGRESQL_ONLY
@@ -317,8 +363,7 @@ async def test_verify_checks_every_odd_value_as_chain_link_hashed_it(
     entries, chained = await _chain_findings(db, workers=1)
     assert entries >= len(rows)
     assert chained == []  # verify's text of each entry hashes as chain.link's did
-    if db.dialect == "postgresql":
-        assert await _chain_findings(db, workers=2) == (entries, [])
+    assert await _chain_findings(db, workers=2) == (entries, [])
 
     # And a change of any one of them shows.
     changed = rows[7]["id"]
