@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
@@ -22,6 +23,7 @@ from tokenadmin.allowance.schemas import (
 from tokenadmin.auth.audit import log_denials
 from tokenadmin.deps import DatabaseDep, PrincipalDep, idempotent_write
 from tokenadmin.organization import service as organization_service
+from tokenadmin.rows import gc_paused
 
 router = APIRouter(
     prefix="/v1/organizations/{org_id}",
@@ -30,18 +32,35 @@ router = APIRouter(
 )
 
 
-@router.post("/allowances", response_model=AllowancePreview)
+async def _collector_paused() -> AsyncIterator[None]:
+    """Python's cyclic garbage collector off from the body's validation to the answer: a
+    change of 10,000 users makes a model per row and a dict per change, and the collections
+    they trigger walk every object of the process (0.1 to 0.3 s of such a change, most of
+    it one full collection during the validation). See rows.gc_paused."""
+    with gc_paused():
+        yield
+
+
+@router.post(
+    "/allowances",
+    response_model=AllowancePreview,
+    # Solved before the body: FastAPI validates the body after the route's dependencies.
+    dependencies=[Depends(_collector_paused)],
+)
 async def change_allowances(
     org_id: uuid.UUID, body: AllowanceChange, request: Request, principal: PrincipalDep
 ) -> JSONResponse:
     """Change Max Tokens and Max Train Tokens of many users at once: all rows or none."""
     principal.require(org_id, "admin")
 
-    async def work(session: AsyncSession, act: Act) -> AllowancePreview:
+    async def work(session: AsyncSession, act: Act) -> dict[str, Any]:
         result = await service.change(
             session, act, org_id, body.changes, dry_run=body.dry_run, reason=body.reason
         )
-        return AllowancePreview(**result.preview())
+        # `preview` is already the answer's JSON, in AllowancePreview's shape and key order
+        # (plain strings, numbers and booleans): a model of it and its dump again cost
+        # 0.05 s for 10,000 changes and changed nothing.
+        return result.preview()
 
     return await idempotent_write(request, principal, work)
 

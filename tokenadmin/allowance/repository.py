@@ -4,13 +4,15 @@ their new values in one statement."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, any_, bindparam, literal_column, or_, select, type_coerce
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, configure_mappers
+from sqlalchemy.types import NullType
 
 from tokenadmin.models import User
 from tokenadmin.rows import update_many
@@ -21,6 +23,12 @@ _COLUMNS = tuple(USERS.c)
 _NAMES = tuple(column.key for column in _COLUMNS)
 _new_user = User._sa_class_manager.new_instance  # type: ignore[attr-defined]
 PER_QUERY = 5_000  # SQLite: ids and emails bound one by one
+# The columns as the driver gives them (no result processing by SQLAlchemy): `_processed`
+# converts them with the columns' own result processors.
+_RAW = tuple(type_coerce(column, NullType()).label(column.key) for column in _COLUMNS)
+_SHARED = {"org_id", "period_start", "created_at", "updated_at", "last_activity_at"}
+"""Columns whose values the users of one change mostly share (one organization, one period,
+users made or changed together): each distinct value is converted once."""
 
 
 def user_of(values: Iterable[Any]) -> User:
@@ -76,7 +84,7 @@ def _rows_named(
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         statement = (
-            select(*_COLUMNS)
+            select(*_RAW)
             .where(
                 USERS.c.org_id == org_id,
                 or_(
@@ -87,18 +95,48 @@ def _rows_named(
             .order_by(USERS.c.id)
             .with_for_update()
         )
-        return list(connection.execute(statement, {"ids": ids, "emails": emails}))
+        found = connection.execute(statement, {"ids": ids, "emails": emails})
+        return _processed(list(found), connection.dialect)
     # Unary + rules out an index for org_id: SQLite would otherwise walk all of the
     # organization's users in an (org_id, ...) index, where the primary key and the unique
     # emails find exactly the users named.
     in_org = type_coerce(literal_column("+users.org_id"), USERS.c.org_id.type) == org_id
-    rows: dict[uuid.UUID, Any] = {}
+    # By the id as stored (32 hex digits: they sort as the ids do).
+    rows: dict[Any, Any] = {}
     for start in range(0, max(len(ids), len(emails)), PER_QUERY):
         some_ids, some_emails = ids[start : start + PER_QUERY], emails[start : start + PER_QUERY]
         condition = or_(USERS.c.id.in_(some_ids), USERS.c.email.in_(some_emails))
-        statement = select(*_COLUMNS).where(and_(in_org, condition))
+        statement = select(*_RAW).where(and_(in_org, condition))
         rows |= {row[0]: row for row in connection.execute(statement)}
-    return [rows[key] for key in sorted(rows)]
+    return _processed([rows[key] for key in sorted(rows)], connection.dialect)
+
+
+def _processed(rows: Sequence[Any], dialect: Dialect) -> list[list[Any]]:
+    """The rows' values as SQLAlchemy's result processing would give them (the same
+    processors, column by column), each distinct value of a `_SHARED` column converted
+    once: on SQLite, where every id and time is text to convert, SQLAlchemy's processing
+    of each value was 0.1 s of 10,000 users' 0.15 s read."""
+    steps: list[tuple[int, Callable[[Any], Any], dict[Any, Any] | None]] = []
+    for index, column in enumerate(_COLUMNS):
+        processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
+        if processor is not None:
+            steps.append((index, processor, {} if column.key in _SHARED else None))
+    processed = []
+    for row in rows:
+        values = list(row)
+        for index, process, memo in steps:
+            value = values[index]
+            if value is None:
+                continue
+            if memo is None:
+                values[index] = process(value)
+                continue
+            done = memo.get(value)
+            if done is None:
+                done = memo[value] = process(value)
+            values[index] = done
+        processed.append(values)
+    return processed
 
 
 def save_users(session: Session, org_id: uuid.UUID, rows: Sequence[dict[str, Any]]) -> None:

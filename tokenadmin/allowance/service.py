@@ -739,10 +739,12 @@ async def apply(
     batch = str(uuid7())
     start = current_period(org, act.now)
     users: dict[uuid.UUID, User] = {}
+    restarted = False
     for change in plan_.changes:
         user = users.setdefault(change.user.id, change.user)
         if not change.new and user.period_start != start:
             start_current_period(session, act, org, user, start)  # rare: recorded first
+            restarted = True
     # One pass: the balances as each entry leaves them.
     allocated = {kind: org.allocated(kind) for kind in Kind}
     capacity = {kind: org.capacity(kind) for kind in Kind}
@@ -793,6 +795,11 @@ async def apply(
         )
     heads = await session.run_sync(journal_append, rows)
     created = {change.user.id for change in plan_.changes if change.new}
+    # The UPDATE writes only the columns this change can move: a column more is one array
+    # more to send to PostgreSQL, and on SQLite one index more to rewrite in every row
+    # (both allowances are indexed) though its values stay as they are. The counters move
+    # only when a user's period restarted (above).
+    kinds = {change.kind for change in plan_.changes}
     saved: list[dict[str, Any]] = []
     for user_id, user in users.items():
         max_tokens, max_train_tokens = allowances[user_id]
@@ -808,15 +815,21 @@ async def apply(
                 setattr(user, name, value)
             session.add(user)  # inserted at the session's flush, as it stands now
             continue
-        saved.append(
-            {
-                "id": user_id,
-                **values,
-                "inference_used": user.inference_used,
-                "training_used": user.training_used,
-                "period_start": user.period_start,
-            }
-        )
+        row = {
+            "id": user_id,
+            "version": values["version"],
+            "updated_at": at,
+            "journal_head": values["journal_head"],
+        }
+        if Kind.inference in kinds:
+            row["max_tokens"] = max_tokens
+        if Kind.training in kinds:
+            row["max_train_tokens"] = max_train_tokens
+        if restarted:
+            row["inference_used"] = user.inference_used
+            row["training_used"] = user.training_used
+            row["period_start"] = user.period_start
+        saved.append(row)
         if instance_state(user).persistent:
             for name, value in values.items():
                 set_committed_value(user, name, value)  # as written: nothing left to flush
