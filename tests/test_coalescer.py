@@ -153,3 +153,36 @@ async def test_a_revoked_key_meters_nothing_even_while_remembered(api: Api) -> N
     for response in refused:
         error_of(response, 401, "unauthenticated")
     assert (await get_user(api, ana["id"]))["inference"]["used"] == 10
+
+
+async def test_a_callers_transactions_run_one_at_a_time_and_other_callers_alongside() -> None:
+    """Batches and groups of one caller wait for each other (they would wait on each other's
+    row locks, in a chain); another caller's do not wait for them."""
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    together = 0
+
+    async def run(caller: Caller, operations: Sequence[Operation]) -> list[Answer]:
+        nonlocal together
+        running[caller.actor] = running.get(caller.actor, 0) + 1
+        most[caller.actor] = max(most.get(caller.actor, 0), running[caller.actor])
+        together = max(together, sum(running.values()))
+        await asyncio.sleep(0.01)
+        running[caller.actor] -= 1
+        return [Answer(200, {"user": op.user}) for op in operations]
+
+    coalescer = Coalescer(run)
+    batches = [coalescer.run(CALLER, [_usage(f"b{i}"), _usage(f"c{i}")]) for i in range(3)]
+    lone = asyncio.create_task(coalescer.submit(CALLER, _usage("u0")))
+    answers = await asyncio.gather(*batches, coalescer.run(OTHER, [_usage("o0")]))
+
+    assert [[a.body["user"] for a in batch] for batch in answers] == [
+        ["b0", "c0"],
+        ["b1", "c1"],
+        ["b2", "c2"],
+        ["o0"],
+    ]
+    assert (await lone).body["user"] == "u0"
+    assert most == {"key:test": 1, "key:other": 1}
+    assert together == 2
+    assert not coalescer._turns  # nothing kept once no transaction waits

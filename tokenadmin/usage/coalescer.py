@@ -12,6 +12,13 @@ of the queue. Every operation is still accepted or refused on its own, with its 
 idempotency key and journal entry, and its answer is given only after the commit: an
 acknowledged request is on disk.
 
+`Coalescer.run` meters a batch (a request's operations) in one transaction of its own. A
+caller's transactions, its groups and its batches alike, run one at a time per process:
+concurrent transactions of one organization name the same users (a batch names up to a
+thousand), and each locks them in id order, holding those it has while it waits for the
+next; with many in flight they wait on each other in a chain. One at a time, a process's
+transaction waits at most on those of the other processes.
+
 If a group's transaction fails with an unexpected error, its operations are retried one
 transaction each, so one bad operation cannot fail the requests that shared its
 transaction.
@@ -40,15 +47,36 @@ class _Queue:
     draining: asyncio.Task[None] | None = None
 
 
+@dataclass
+class _Turn:
+    """A caller's turn at the database: its transaction under way, and how many wait."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiting: int = 0
+
+
 class Coalescer:
     def __init__(
         self, run: Run, *, in_flight: KeysInFlight | None = None, max_batch: int = 500
     ) -> None:
-        self.run = run
-        """Meters operations in one transaction of their own (the batch of a request)."""
+        self._run = run
         self._in_flight = in_flight or KeysInFlight()
         self._max_batch = max_batch
         self._queues: dict[Caller, _Queue] = {}
+        self._turns: dict[Caller, _Turn] = {}
+
+    async def run(self, caller: Caller, operations: Sequence[Operation]) -> list[Answer]:
+        """Meter operations in one transaction of their own (the batch of a request), once
+        the caller's transaction under way in this process, if any, has ended."""
+        turn = self._turns.setdefault(caller, _Turn())
+        turn.waiting += 1
+        try:
+            async with turn.lock:
+                return await self._run(caller, operations)
+        finally:
+            turn.waiting -= 1
+            if not turn.waiting:
+                self._turns.pop(caller, None)
 
     async def submit(self, caller: Caller, operation: Operation) -> Answer:
         """Meter `operation` in the next transaction of its caller; its answer once committed."""
