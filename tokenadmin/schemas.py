@@ -59,6 +59,8 @@ def _storable_text(value: object) -> object:
 
 
 def _has_surrogate(text: str) -> bool:
+    if text.isascii():  # the usual case, answered at C speed
+        return False
     return any("\ud800" <= c <= "\udfff" for c in text)
 
 
