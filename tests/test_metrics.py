@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import POSTGRES_ADMIN_URL
 from tests.helpers import Api, funded_org
-from tests.scenarios import reserve
+from tests.scenarios import event, reserve
 from tests.servers import Server
 from tests.test_webhooks import Receiver, emit
 from tokenadmin import logs
@@ -126,16 +126,20 @@ async def test_usage_counters_move_by_exactly_what_was_accepted_and_refused(
     await api.use(ana["id"], 1_000, key="first", expect=200)  # a replay counts nothing more
     await api.use(ana["id"], 900_000, expect=402)
     await reserve(api, ana["id"], 7_000)
+    # One transaction of five events, four accepted and one refused: each counted once.
+    events = [event(ana["id"], tokens) for tokens in (100, 200, 300, 400, 900_000)]
+    result = await api.post("/v1/usage/batch", {"events": events}, expect=200)
+    assert (result["accepted"], result["refused"]) == (4, 1)
     after = await scrape(scraper)
 
     def moved(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
     ok = {**accepted, "outcome": "accepted", "code": ""}
-    assert moved("tokenadmin_usage_requests_total", **ok) == 2
-    assert moved("tokenadmin_usage_tokens_total", **ok) == 3_500
-    assert moved("tokenadmin_usage_requests_total", **refused) == 1
-    assert moved("tokenadmin_usage_tokens_total", **refused) == 900_000
+    assert moved("tokenadmin_usage_requests_total", **ok) == 2 + 4
+    assert moved("tokenadmin_usage_tokens_total", **ok) == 3_500 + 1_000
+    assert moved("tokenadmin_usage_requests_total", **refused) == 1 + 1
+    assert moved("tokenadmin_usage_tokens_total", **refused) == 900_000 * 2
     held = {**ok, "action": "reserve"}
     assert moved("tokenadmin_usage_requests_total", **held) == 1
     assert value(after, "tokenadmin_reservations_open", org_id=org, kind="inference") == 1
