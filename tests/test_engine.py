@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from itertools import pairwise
 from typing import Any
 
 import asyncpg
@@ -228,7 +229,7 @@ def statements(db: Database) -> Iterator[list[str]]:
         event.remove(db.engine.sync_engine, "before_cursor_execute", note)
 
 
-async def test_a_group_is_metered_in_four_statements(
+async def test_a_group_is_metered_in_three_statements_on_postgresql_seven_on_sqlite(
     api: Api, db: Database, clock: FakeClock
 ) -> None:
     org = await _org(api, db, clock)
@@ -239,18 +240,59 @@ async def test_a_group_is_metered_in_four_statements(
         answers = await org.run(*(usage(ana if n % 2 else cy, 1, f"n{n}") for n in range(50)))
 
     assert {a.status_code for a in answers} == {200}
-    # Lock, key and idempotency keys; users; journal ids; every write (SQLite: the key and
-    # the idempotency keys apart, and one executemany per table written).
+    # Lock, key and idempotency keys; users and journal ids; every write (SQLite: the key
+    # and the idempotency keys apart, the last journal id, and one executemany per table
+    # written).
     counted = [statement for statement in seen if not statement.startswith("BEGIN")]
-    assert len(counted) == (4 if db.dialect == "postgresql" else 7), seen
+    assert len(counted) == (3 if db.dialect == "postgresql" else 7), seen
+
+
+async def test_entries_are_chained_in_id_order_and_refusals_leave_only_gaps(
+    api: Api, db: Database, clock: FakeClock
+) -> None:
+    """Ids are taken for every operation of a group with its users' locks (PostgreSQL);
+    those of refused operations stay unused, and each user's chain still runs in id order."""
+    org = await _org(api, db, clock)
+    ana, cy = org.users["ana"], org.users["cy"]
+    answers = await org.run(
+        usage(ana, 1, "g1"),
+        usage(ana, 10**9, "g2"),  # insufficient
+        usage(cy, 1, "g3"),
+        usage(str(uuid.uuid4()), 1, "g4"),  # no such user
+        usage(ana, 2, "g5"),
+    )
+    assert [a.status_code for a in answers] == [200, 402, 200, 404, 200]
+    ids = [answers[n].body["journal_entry_id"] for n in (0, 2, 4)]
+    assert ids == sorted(ids)
+    later = (await org.run(usage(cy, 3, "g6")))[0].body["journal_entry_id"]
+    assert later > ids[-1]
+    if db.dialect == "postgresql":
+        assert later - ids[0] == 5  # the two refused operations' ids were not used
+
+    async def chains(session: AsyncSession) -> dict[uuid.UUID, list[tuple[str | None, str | None]]]:
+        statement = (
+            select(JournalEntry.user_id, JournalEntry.prev_hash, JournalEntry.hash)
+            .where(JournalEntry.org_id == uuid.UUID(org.org_id))
+            .order_by(JournalEntry.id)
+        )
+        found: dict[uuid.UUID, list[tuple[str | None, str | None]]] = {}
+        for user_id, prev_hash, entry_hash in await session.execute(statement):
+            if user_id is not None:
+                found.setdefault(user_id, []).append((prev_hash, entry_hash))
+        return found
+
+    for user_id, links in (await db.read(chains)).items():
+        for (_, before), (prev_hash, _) in pairwise(links):
+            assert prev_hash == before, user_id
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_a_begin_that_fails_for_a_lost_database_answers_unavailable(
     api: Api, db: Database, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The engine begins its transaction on asyncpg's connection itself: a BEGIN cut off
-    from the database is raised as SQLAlchemy raises it, so it answers 503, never 500."""
+    """A transaction begins on asyncpg's connection as the pool gives it out (the engine
+    would begin it itself otherwise): a BEGIN cut off from the database is raised as
+    SQLAlchemy raises it, so it answers 503, never 500."""
     org = await _org(api, db, clock)
     adapter = type(await _raw_adapter(db))
 
@@ -262,6 +304,23 @@ async def test_a_begin_that_fails_for_a_lost_database_answers_unavailable(
         await org.run(usage(org.users["ana"], 1, "lost"))
     monkeypatch.undo()
     assert [a.status_code for a in await org.run(usage(org.users["ana"], 1, "lost"))] == [200]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_pooled_connection_is_not_pinged_before_its_transaction(
+    api: Api, db: Database, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy's pre-ping costs three round trips on asyncpg; the transaction's own
+    BEGIN checks the connection instead (test_outage: cut connections are replaced)."""
+    org = await _org(api, db, clock)
+    adapter = type(await _raw_adapter(db))
+
+    def ping(connection: Any) -> None:
+        raise AssertionError("pinged")
+
+    monkeypatch.setattr(adapter, "ping", ping)
+    answers = [await org.run(usage(org.users["ana"], 1, f"p{n}")) for n in range(3)]
+    assert [a.status_code for group in answers for a in group] == [200, 200, 200]
 
 
 async def _raw_adapter(db: Database) -> Any:

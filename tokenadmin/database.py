@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 from sqlalchemy import event, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.util import await_
 
 from tokenadmin.errors import Conflict, Unavailable
 
@@ -134,9 +135,8 @@ class Database:
             self.engine = self._sqlite_engine(write=True)
             self.read_engine = self._sqlite_engine(write=False)
         else:
-            self.engine = create_async_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-            )
+            self.engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size)
+            _begin_on_checkout(self.engine)
             self.read_engine = self.engine
         self._write_sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self._read_sessions = async_sessionmaker(self.read_engine, expire_on_commit=False)
@@ -225,6 +225,42 @@ class Database:
         """A bare session for scripts and tests that manage their own transaction."""
         async with self._write_sessions() as session:
             yield session
+
+
+_FRESH = "tokenadmin.fresh"
+
+
+def _begin_on_checkout(engine: AsyncEngine) -> None:
+    """Begin each PostgreSQL transaction as its connection is taken from the pool, and let
+    that BEGIN be the check that the pooled connection still works.
+
+    A connection the database cut (a restart, a failover) must be replaced, not answered
+    with: SQLAlchemy's pre-ping does it, but on asyncpg its ping is a BEGIN, a statement
+    and a ROLLBACK, three round trips before every transaction's own BEGIN, where a
+    metering transaction's own are five. The transaction's own BEGIN tells as much: one
+    that fails because the connection is closed has the pool drop its connections and
+    reconnect, as a failed ping does, and the work never sees it. A new connection is not
+    checked (as the pre-ping does not): its BEGIN's failure is raised as connecting's is,
+    so it answers 503. The adapter then sends no BEGIN of its own; a connection set to
+    another isolation level (a snapshot read, autocommit) rolls this one back first.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_FRESH] = True
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        fresh = record.info.pop(_FRESH, False)
+        if dbapi_connection._transaction is not None:
+            return
+        try:
+            await_(dbapi_connection._start_transaction())
+        except dbapi_connection.dbapi.Error as error:
+            dialect = engine.sync_engine.dialect
+            if not fresh and dialect.is_disconnect(error, dbapi_connection, None):
+                raise InvalidatePoolError() from error
+            raise
 
 
 def lock_key(org_id: uuid.UUID) -> int:

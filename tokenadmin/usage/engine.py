@@ -2,18 +2,21 @@
 
 `service.meter` decides a group through the ORM, a dozen statements or more per group.
 The engine does the same work with plain rows, by the same rules, under the same locks
-taken in the same order, in four statements on PostgreSQL (besides BEGIN and COMMIT):
+taken in the same order, in three statements on PostgreSQL (besides BEGIN and COMMIT; a
+group that commits or releases reservations sends one more):
 
 1. one statement takes the organization's metering lock (shared), checks that the
    caller's key is live, probes the group's idempotency keys one by one on their index and
    claims them (`database.lock_organization`, `idempotency.find` and `claim`);
 2. one statement locks the named users of the organization (and the owners of the
    reservations named) in id order, FOR UPDATE, and reads them with their organization,
-   journal heads included; a group that commits or releases reservations then locks them;
+   journal heads included, then takes as many journal ids as the group has operations
+   (one entry each at most); a group that commits or releases reservations then locks
+   them;
 3. Python decides each operation in order (`service._debit`'s and `service._close`'s
    rules: unknown user or reservation, deactivated, allowance, closed reservation,
-   thresholds crossed) and chains each user's journal entries from the head it read; one
-   statement takes the entries' ids, in order;
+   thresholds crossed), chains each user's journal entries from the head it read and
+   gives them their ids in order (SQLite: one statement reads the last id);
 4. one statement writes the users' counters and heads, the reservations made and closed,
    the journal entries and the idempotency records (data-modifying CTEs over arrays;
    SQLite: executemany, which costs no round trip).
@@ -242,7 +245,7 @@ async def meter_group(
         decided = await _decide(session, raw, act, org_id, chosen, default_ttl)
     except _Fallback:
         return await fallback(session)
-    await _take_ids(session, raw, decided.entries)
+    await _take_ids(session, decided.entries, decided.ids)
     group.settle(decided.outcomes, answer)
     final, records = group.finish(scope, act.now, idempotency_ttl)
     changed = [user for user in decided.users if user.changed]
@@ -304,9 +307,10 @@ class _Raw:
         connection = await session.connection()
         adapted: Any = (await connection.get_raw_connection()).dbapi_connection
         raw = cls(adapted, session)
-        # The adapter begins its transaction on its first statement; this may be it. Its
-        # BEGIN fails as the driver's error (say, the database went down since the
-        # connection was pooled): raised as SQLAlchemy raises it, so it answers 503.
+        # The pool began the transaction as it gave the connection out (`database`'s
+        # `_begin_on_checkout`); should it not have, the adapter would begin it on its
+        # first statement, and this is it. A BEGIN that fails (say, the database went down
+        # since the connection was pooled) is raised as SQLAlchemy raises it: 503.
         if adapted._transaction is None:
             try:
                 await adapted._start_transaction()
@@ -425,8 +429,9 @@ _SPLIT = len(_USER_COLUMNS)
 
 
 _LOCK_USERS = (
-    f"SELECT {', '.join(f'u.{name}' for name in _USER_COLUMNS)},"
-    f" {', '.join(f'o.{name}' for name in _ORG_COLUMNS)}"
+    "WITH locked AS MATERIALIZED ("
+    f" SELECT {', '.join(f'u.{name}' for name in _USER_COLUMNS)},"
+    f" {', '.join(f'o.{name} AS o_{name}' for name in _ORG_COLUMNS)}"
     " FROM users AS u JOIN organizations AS o ON o.id = u.org_id"
     " WHERE u.org_id = :org AND u.id = ANY(ARRAY("
     " SELECT unnest(CAST(:ids AS uuid[]))"
@@ -434,10 +439,21 @@ _LOCK_USERS = (
     " WHERE e.org_id = :org AND e.email = ANY(CAST(:emails AS text[]))"
     " UNION ALL SELECT r.user_id FROM reservations AS r"
     " WHERE r.org_id = :org AND r.id = ANY(CAST(:reservations AS uuid[]))))"
-    " ORDER BY u.id FOR UPDATE OF u"
+    " ORDER BY u.id FOR UPDATE OF u),"
+    " taken AS MATERIALIZED (SELECT h.first, ARRAY("
+    " SELECT nextval(pg_get_serial_sequence('journal_entries', 'id'))"
+    " FROM generate_series(1, :count) WHERE h.first IS NOT NULL) AS ids"
+    " FROM (SELECT (array_agg(id ORDER BY id))[1] AS first FROM locked) AS h)"
+    " SELECT locked.*, taken.ids FROM locked LEFT JOIN taken ON taken.first = locked.id"
+    " ORDER BY locked.id"
 )
 """The users named (by id or email, or owning a reservation named): one probe of the
-primary key for the set, whatever the planner's statistics say."""
+primary key for the set, whatever the planner's statistics say; and, in the same round
+trip, as many journal ids as the group can write (`_take_ids`). The ids are taken once
+every user is locked (the first of the locked ids, an aggregate of them all, comes first,
+and the ids' subquery depends on it), so a user's entries are in id order in the order
+they were written, as when they were taken by a statement of their own. They come on the
+first row only: on every row, sorting the rows would move the array once per user."""
 
 
 async def _lock_users(
@@ -447,13 +463,26 @@ async def _lock_users(
     ids: list[uuid.UUID],
     emails: list[str],
     reservation_ids: list[uuid.UUID],
-) -> tuple[list[_User], _Org | None]:
+    count: int,
+) -> tuple[list[_User], _Org | None, list[int] | None]:
     """Lock the named users of the organization, and the owners of the reservations named,
     in id order and read them, with their organization (read after its metering lock was
-    taken: this statement's snapshot is)."""
+    taken: this statement's snapshot is). On PostgreSQL, also `count` journal ids taken
+    under those locks (none when no user was locked); on SQLite, None: `_take_ids` takes
+    them when they are known."""
+    taken: list[int] | None = None
     if raw is not None:
-        parameters = {"org": org_id, "ids": ids, "emails": emails, "reservations": reservation_ids}
+        parameters = {
+            "org": org_id,
+            "ids": ids,
+            "emails": emails,
+            "reservations": reservation_ids,
+            "count": count,
+        }
         rows: Sequence[Sequence[Any]] = await raw.fetch(_LOCK_USERS, parameters)
+        if rows:
+            taken = rows[0][-1]
+        rows = [tuple(row)[:-1] for row in rows]
     else:
         rows = (
             await session.execute(_lock_users_statement(org_id, ids, emails, reservation_ids))
@@ -465,7 +494,7 @@ async def _lock_users(
         users.append(_User(*values[:_SPLIT]))
         if org is None:
             org = _Org(*values[_SPLIT:])
-    return users, org
+    return users, org, taken
 
 
 def _lock_users_statement(
@@ -549,6 +578,7 @@ class _Decided:
     reservations: list[_Reservation]  # made or closed by the group
     entries: list[Entry]
     counted: list[_Counted]
+    ids: list[int] | None = None  # journal ids taken with the users' locks (PostgreSQL)
 
 
 async def _decide(
@@ -570,7 +600,10 @@ async def _decide(
     ids = [r for r in refs if isinstance(r, uuid.UUID)]
     emails = [r for r in refs if isinstance(r, str)]
     reservation_ids = sorted({op.reservation_id for op in operations if op.reservation_id})
-    users, org = await _lock_users(session, raw, org_id, ids, emails, reservation_ids)
+    # Each operation writes one journal entry at most: its ids are taken with the locks.
+    users, org, decided.ids = await _lock_users(
+        session, raw, org_id, ids, emails, reservation_ids, len(operations)
+    )
     if org is None or org.binds():
         raise _Fallback
     start = current_period(org, act.now)
@@ -835,20 +868,19 @@ def _entry(
 
 # --- writing ----------------------------------------------------------------------------
 
-_NEXT_IDS = (
-    "SELECT nextval(pg_get_serial_sequence('journal_entries', 'id'))"
-    " FROM generate_series(1, :count)"
-)
 _LAST_ID = text("SELECT coalesce(max(id), 0) FROM journal_entries")
 
 
-async def _take_ids(session: AsyncSession, raw: _Raw | None, entries: list[Entry]) -> None:
-    """Give the entries their ids, in order: taken now, with the users' rows locked, so a
-    user's entries are in id order in the order they were written."""
+async def _take_ids(session: AsyncSession, entries: list[Entry], taken: list[int] | None) -> None:
+    """Give the entries their ids, in order: taken with the users' rows locked, so a user's
+    entries are in id order in the order they were written. On PostgreSQL they were taken
+    by the locking statement, one per operation; those of refused operations are left
+    unused, gaps as a rolled back transaction's ids already leave (nothing reads the ids as
+    a count)."""
     if not entries:
         return
-    if raw is not None:
-        ids = sorted(row[0] for row in await raw.fetch(_NEXT_IDS, {"count": len(entries)}))
+    if taken is not None:
+        ids = sorted(taken)[: len(entries)]
     else:
         # The writer lock is held (BEGIN IMMEDIATE) and entries are never deleted.
         last: int = (await session.execute(_LAST_ID)).scalar_one()
