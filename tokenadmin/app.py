@@ -19,7 +19,7 @@ from fastapi.routing import iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute, Match
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenadmin import __version__, health, logs, metrics, sweeper
@@ -342,6 +342,13 @@ def _included(*routers: APIRouter, responses: dict[int | str, dict[str, Any]]) -
 
 # Routes are matched in order: metering, the most frequent request by far, goes first.
 METERING_ROUTES = _included(usage_router, ingest_router, responses=API_ERRORS)
+FAST_ROUTES = {
+    context.path: context.original_route
+    for context in iter_route_contexts(METERING_ROUTES.routes)
+    if context.path in FAST_PATHS and context.methods == {"POST"}
+}
+"""The routes the metering routes' lean path (usage/fast.py) stands in front of."""
+assert set(FAST_ROUTES) == set(FAST_PATHS), "a metering route is missing"
 DASHBOARD_ROUTES = _included(dashboard_router, responses={})
 API_ROUTES = _included(
     organization_router,
@@ -514,16 +521,7 @@ def create_app(
     # Innermost: the metering routes' lean path sees bodies BodyLimit has read and limited,
     # and its answers get their request id and access line from RequestLog.
     app.state.fast_metering = FastSwitch()
-    # The metering routers were included first: the walk stops past them, since resolving
-    # every route's context (FastAPI does it lazily, per router) costs half a second.
-    metering_routes: dict[str, BaseRoute] = {}
-    for context in iter_route_contexts(app.router.routes):
-        if context.path in FAST_PATHS and context.methods == {"POST"}:
-            metering_routes[context.path] = context.original_route
-            if len(metering_routes) == len(FAST_PATHS):
-                break
-    assert set(metering_routes) == set(FAST_PATHS), "a metering route is missing"
-    app.add_middleware(FastMetering, switch=app.state.fast_metering, routes=metering_routes)
+    app.add_middleware(FastMetering, switch=app.state.fast_metering, routes=FAST_ROUTES)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, uploads=UPLOADS)
     app.add_middleware(logs.RequestLog)  # added last, so outermost: every answer has an id
     return app

@@ -265,12 +265,7 @@ async def _sqlite(
     committed before it)."""
     path = _sqlite_file(session)
     if workers is None:
-        span = (
-            await session.execute(
-                text("SELECT coalesce(max(id) - min(id) + 1, 0) FROM journal_entries")
-            )
-        ).scalar_one()
-        workers = WORKERS if span >= PARALLEL_FROM else 1
+        workers = await _workers(session)
     if workers <= 1 or path is None:
         await session.run_sync(_sqlite_alone, found, organizations, progress)
         return
@@ -334,13 +329,8 @@ async def _postgresql(
     progress: Callable[[int], None] | None,
     workers: int | None,
 ) -> None:
-    span = (
-        await session.execute(
-            text("SELECT coalesce(max(id) - min(id) + 1, 0) FROM journal_entries")
-        )
-    ).scalar_one()
     if workers is None:
-        workers = WORKERS if span >= PARALLEL_FROM else 1
+        workers = await _workers(session)
     if workers <= 1:
         # This process, on the session's own connection (its transaction and snapshot).
         raw = await (await session.connection()).get_raw_connection()
@@ -362,6 +352,17 @@ async def _postgresql(
             found.merge(part)
             if progress is not None:
                 progress(found.entries)
+
+
+async def _workers(session: AsyncSession) -> int:
+    """How many processes check the users' chains: several when the journal is big (its
+    span of ids, read from the primary key's ends), else this one."""
+    span = (
+        await session.execute(
+            text("SELECT coalesce(max(id) - min(id) + 1, 0) FROM journal_entries")
+        )
+    ).scalar_one()
+    return WORKERS if span >= PARALLEL_FROM else 1
 
 
 async def _bounds(session: AsyncSession, workers: int) -> list[Any]:
