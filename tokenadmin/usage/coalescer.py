@@ -68,6 +68,8 @@ class Coalescer:
     async def run(self, caller: Caller, operations: Sequence[Operation]) -> list[Answer]:
         """Meter operations in one transaction of their own (the batch of a request), once
         the caller's transaction under way in this process, if any, has ended."""
+        for operation in operations:
+            operation.keyed()  # outside the turn: see Operation.keyed
         turn = self._turns.setdefault(caller, _Turn())
         turn.waiting += 1
         try:
@@ -80,6 +82,7 @@ class Coalescer:
 
     async def submit(self, caller: Caller, operation: Operation) -> Answer:
         """Meter `operation` in the next transaction of its caller; its answer once committed."""
+        operation.keyed()  # outside the transaction: see Operation.keyed
         if operation.idempotency_key is not None:
             # Waiting or being applied: told at once (`KeysInFlight`), given back once answered.
             self._in_flight.take(caller.idempotency_scope, operation.idempotency_key)

@@ -70,21 +70,26 @@ class Operation:
     ttl_seconds: int | None = None
     details: dict[str, Any] | None = None
     idempotency_key: str | None = None
+    _keyed: idempotency.Keyed | None = field(default=None, init=False, repr=False, compare=False)
 
     def keyed(self) -> idempotency.Keyed | None:
-        """Its key and the fingerprint of what it asks, if sent with a key."""
+        """Its key and the fingerprint of what it asks, if sent with a key. Made once: the
+        coalescer makes it before the operation waits for its transaction, so the
+        transaction, which holds its users' row locks, does not spend its time on it."""
         if self.idempotency_key is None:
             return None
-        print_ = idempotency.fingerprint(
-            self.action,
-            self.user,
-            self.kind,
-            self.tokens,
-            self.reservation_id,
-            self.ttl_seconds,
-            self.details,
-        )
-        return idempotency.Keyed(self.idempotency_key, print_)
+        if self._keyed is None:
+            print_ = idempotency.fingerprint(
+                self.action,
+                self.user,
+                self.kind,
+                self.tokens,
+                self.reservation_id,
+                self.ttl_seconds,
+                self.details,
+            )
+            self._keyed = idempotency.Keyed(self.idempotency_key, print_)
+        return self._keyed
 
 
 @dataclass(frozen=True, slots=True)
