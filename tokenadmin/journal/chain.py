@@ -13,11 +13,14 @@ one chain per organization would make every metered request of an organization w
 the one before it, on one row.
 
 `verify` checks the chains by replaying them from the columns as the database driver gives
-them (`Chains`, at the end), in processes of its own for a big journal (journal/verify.py).
+them (`Chains`, at the end), in processes of its own for a big journal (journal/verify.py):
+each process reads its part of the journal with `check_sqlite_part` or
+`check_postgresql_part`, with no more than this module and the database's driver.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import re
@@ -27,11 +30,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from hashlib import sha256
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from tokenadmin.journal.schemas import CHANGES
 from tokenadmin.tokens import Kind
+
+if TYPE_CHECKING:
+    import asyncpg
 
 # What an entry says, in a fixed order; its id is not part of it (the chain orders it).
 CONTENT = (
@@ -583,3 +589,106 @@ def _sqlite_part(connection: sqlite3.Connection, low: str | None, high: str | No
     )
     chains.users(((uuid.UUID(row[0]), *row[1:]) for row in users), reserved)
     return found
+
+
+def _range(column: str, low: uuid.UUID | None, high: uuid.UUID | None, nulls: bool) -> str:
+    """The condition of a range of user ids ($1 and $2 its bounds, unused when None)."""
+    conditions = []
+    if low is not None:
+        conditions.append(f"{column} >= $1::uuid")
+    if high is not None:
+        conditions.append(f"{column} < $2::uuid")
+    where = " AND ".join(conditions) or f"{column} IS NOT NULL"
+    return f"({where} OR {column} IS NULL)" if nulls else f"({where})"
+
+
+def check_postgresql_part(
+    options: dict[str, Any],
+    snapshot: str,
+    low: uuid.UUID | None,
+    high: uuid.UUID | None,
+    nulls: bool,
+) -> Found:
+    """A worker: the chains of the users with ids in [low, high) (and, with `nulls`, the
+    organizations' chains), with their stored users, in the snapshot `snapshot` (exported
+    by verify's transaction)."""
+    gc.disable()  # as check_sqlite_part
+    try:
+        return asyncio.run(_postgresql_part(options, snapshot, low, high, nulls))
+    finally:
+        gc.enable()
+
+
+async def _postgresql_part(
+    options: dict[str, Any],
+    snapshot: str,
+    low: uuid.UUID | None,
+    high: uuid.UUID | None,
+    nulls: bool,
+) -> Found:
+    import asyncpg  # here: a SQLite reader imports this module too
+
+    connection = await asyncpg.connect(**options)
+    try:
+        async with connection.transaction(isolation="repeatable_read", readonly=True):
+            await connection.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+            return await replay_postgresql(connection, low, high, nulls, None)
+    finally:
+        await connection.close()
+
+
+async def replay_postgresql(
+    connection: asyncpg.Connection,
+    low: uuid.UUID | None,
+    high: uuid.UUID | None,
+    nulls: bool,
+    progress: Callable[[int], None] | None,
+) -> Found:
+    """The chains of the users with ids in [low, high) (and, with `nulls`, the
+    organizations'), and those users, read on `connection` in its transaction. The entries
+    come as COPY's text: no driver decoding of each row into a record."""
+    found = Found()
+    chains = Chains(found, POSTGRESQL_CELLS)
+    arguments = [bound for bound in (low, high) if bound is not None]
+    numbered = _numbered(low, high)
+    entries = (
+        f"SELECT {', '.join(entry_columns('postgresql'))} FROM journal_entries"
+        f" WHERE {numbered(_range('user_id', low, high, nulls))} ORDER BY id"
+    )
+    tail = b""
+
+    async def take(data: bytes) -> None:
+        nonlocal tail
+        data = tail + data
+        end = data.rfind(b"\n") + 1
+        tail = data[end:]
+        if end:
+            chains.entries(line.split("\t") for line in data[: end - 1].decode().split("\n"))
+            if progress is not None:
+                progress(found.entries)
+
+    await connection.copy_from_query(entries, *arguments, output=take, format="text")
+    chains.finish()
+    reserved = {
+        (user_id, kind): int(total)
+        for user_id, kind, total in await connection.fetch(
+            "SELECT user_id, kind, sum(amount) FROM reservations WHERE status = 'open'"
+            f" AND {numbered(_range('user_id', low, high, False))}"
+            " GROUP BY user_id, kind",
+            *arguments,
+        )
+    }
+    users = await connection.fetch(
+        f"SELECT {', '.join(USER_COLUMNS)} FROM users"
+        f" WHERE {numbered(_range('id', low, high, False))} ORDER BY id",
+        *arguments,
+    )
+    chains.users(users, reserved)
+    return found
+
+
+def _numbered(low: uuid.UUID | None, high: uuid.UUID | None) -> Callable[[str], str]:
+    """$2 becomes $1 when there is no low bound (asyncpg numbers only what it is given)."""
+    if low is None:
+        return lambda condition: condition.replace("$2", "$1")
+    return lambda condition: condition

@@ -10,9 +10,9 @@ TRANSACTION SNAPSHOT`; on SQLite, which cannot share a snapshot, in one of its o
 `_sqlite`), while this process replays the organizations' totals from the entries that
 move them. For a small journal, one process does all of it in one pass. Entries are read
 as the driver gives them, without a row object or type conversion each: PostgreSQL's COPY
-text, the sqlite3 cursor's tuples (see `chain.Chains.entries`: the replay of the chains is
-in journal/chain.py, which a worker reading SQLite imports without this module's
-SQLAlchemy, models and asyncpg).
+text, the sqlite3 cursor's tuples (see `chain.Chains.entries`). The replay of the chains,
+and each worker's reading, are in journal/chain.py, which a worker imports without this
+module's SQLAlchemy and models: half a second of CPU less at each worker's start.
 
 Each difference carries the place it has in the report `verify` has always given (entries
 in id order, each entry's chain before its balances; then organizations; then users), so
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from typing import Any, cast
 
-import asyncpg
 from sqlalchemy import Table, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
@@ -42,7 +41,6 @@ from tokenadmin.journal.chain import (
     ENTRY,
     ORGANIZATION,
     ORGANIZATION_UNKNOWN,
-    POSTGRESQL_CELLS,
     SQLITE_CELLS,
     SQLITE_FETCH,
     USER_COLUMNS,
@@ -334,7 +332,9 @@ async def _postgresql(
     if workers <= 1:
         # This process, on the session's own connection (its transaction and snapshot).
         raw = await (await session.connection()).get_raw_connection()
-        found.merge(await _replay(raw.driver_connection, None, None, True, progress))
+        found.merge(
+            await chain.replay_postgresql(raw.driver_connection, None, None, True, progress)
+        )
         organizations.entries((await session.execute(_ORG_ENTRIES)).all())
         return
     snapshot = (await session.execute(text("SELECT pg_export_snapshot()"))).scalar_one()
@@ -345,7 +345,7 @@ async def _postgresql(
     # Started afresh rather than forked: a fork copies this process's threads' locks as they
     # are (the CLI's progress bar draws from a thread), and a child may wait on one forever.
     with ProcessPoolExecutor(max_workers=len(parts), mp_context=get_context("spawn")) as pool:
-        futures = [loop.run_in_executor(pool, _check_part, *part) for part in parts]
+        futures = [loop.run_in_executor(pool, chain.check_postgresql_part, *part) for part in parts]
         # Meanwhile, here: the organizations' totals, from the entries that move them.
         organizations.entries((await session.execute(_ORG_ENTRIES)).all())
         for part in await asyncio.gather(*futures):
@@ -385,17 +385,6 @@ async def _bounds(session: AsyncSession, workers: int) -> list[Any]:
     return bounds
 
 
-def _range(column: str, low: uuid.UUID | None, high: uuid.UUID | None, nulls: bool) -> str:
-    """The condition of a range of user ids ($1 and $2 its bounds, unused when None)."""
-    conditions = []
-    if low is not None:
-        conditions.append(f"{column} >= $1::uuid")
-    if high is not None:
-        conditions.append(f"{column} < $2::uuid")
-    where = " AND ".join(conditions) or f"{column} IS NOT NULL"
-    return f"({where} OR {column} IS NULL)" if nulls else f"({where})"
-
-
 def _connect_options(session: AsyncSession) -> dict[str, Any]:
     """asyncpg.connect's arguments for the session's database, as SQLAlchemy's asyncpg
     dialect makes them from its URL: its query (`?ssl=require`, say) becomes the arguments
@@ -405,89 +394,3 @@ def _connect_options(session: AsyncSession) -> dict[str, Any]:
     for dialect_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
         options.pop(dialect_only, None)
     return cast(dict[str, Any], options)
-
-
-def _check_part(
-    options: dict[str, Any],
-    snapshot: str,
-    low: uuid.UUID | None,
-    high: uuid.UUID | None,
-    nulls: bool,
-) -> Found:
-    """A worker: the chains of the users with ids in [low, high) (and, with `nulls`, the
-    organizations' chains), with their stored users, in the snapshot `snapshot`."""
-    with gc_paused():
-        return asyncio.run(_part(options, snapshot, low, high, nulls))
-
-
-async def _part(
-    options: dict[str, Any],
-    snapshot: str,
-    low: uuid.UUID | None,
-    high: uuid.UUID | None,
-    nulls: bool,
-) -> Found:
-    connection = await asyncpg.connect(**options)
-    try:
-        async with connection.transaction(isolation="repeatable_read", readonly=True):
-            await connection.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
-            return await _replay(connection, low, high, nulls, None)
-    finally:
-        await connection.close()
-
-
-async def _replay(
-    connection: asyncpg.Connection,
-    low: uuid.UUID | None,
-    high: uuid.UUID | None,
-    nulls: bool,
-    progress: Callable[[int], None] | None,
-) -> Found:
-    """The chains of the users with ids in [low, high) (and, with `nulls`, the
-    organizations'), and those users, read on `connection` in its transaction. The entries
-    come as COPY's text: no driver decoding of each row into a record."""
-    found = Found()
-    chains = Chains(found, POSTGRESQL_CELLS)
-    arguments = [bound for bound in (low, high) if bound is not None]
-    numbered = _numbered(low, high)
-    entries = (
-        f"SELECT {', '.join(chain.entry_columns('postgresql'))} FROM journal_entries"
-        f" WHERE {numbered(_range('user_id', low, high, nulls))} ORDER BY id"
-    )
-    tail = b""
-
-    async def take(data: bytes) -> None:
-        nonlocal tail
-        data = tail + data
-        end = data.rfind(b"\n") + 1
-        tail = data[end:]
-        if end:
-            chains.entries(line.split("\t") for line in data[: end - 1].decode().split("\n"))
-            if progress is not None:
-                progress(found.entries)
-
-    await connection.copy_from_query(entries, *arguments, output=take, format="text")
-    chains.finish()
-    reserved = {
-        (user_id, kind): int(total)
-        for user_id, kind, total in await connection.fetch(
-            "SELECT user_id, kind, sum(amount) FROM reservations WHERE status = 'open'"
-            f" AND {numbered(_range('user_id', low, high, False))}"
-            " GROUP BY user_id, kind",
-            *arguments,
-        )
-    }
-    users = await connection.fetch(
-        f"SELECT {', '.join(USER_COLUMNS)} FROM users"
-        f" WHERE {numbered(_range('id', low, high, False))} ORDER BY id",
-        *arguments,
-    )
-    chains.users(users, reserved)
-    return found
-
-
-def _numbered(low: uuid.UUID | None, high: uuid.UUID | None) -> Callable[[str], str]:
-    """$2 becomes $1 when there is no low bound (asyncpg numbers only what it is given)."""
-    if low is None:
-        return lambda condition: condition.replace("$2", "$1")
-    return lambda condition: condition
