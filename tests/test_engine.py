@@ -5,28 +5,32 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from itertools import pairwise
 from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import Row, Select, create_engine, event, insert, select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers import Api, funded_org
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.clock import FakeClock
-from tokenadmin.database import Database
+from tokenadmin.database import Database, is_transient
 from tokenadmin.errors import Unavailable
 from tokenadmin.idempotency.service import Answer
-from tokenadmin.models import JournalEntry, User
+from tokenadmin.models import Base, JournalEntry, User
 from tokenadmin.tokens import Kind
-from tokenadmin.usage import engine, service
+from tokenadmin.usage import engine, service, sqlite_raw
 from tokenadmin.usage.endpoints import answer_of
 from tokenadmin.usage.service import Caller, Operation
 
@@ -205,46 +209,189 @@ async def test_the_engine_answers_and_journals_as_the_orm_path(
         assert code in engine_text
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_rows_written_on_sqlite_are_stored_as_sqlalchemy_stores_them(
+    api: Api, db: Database, clock: FakeClock
+) -> None:
+    """The engine writes SQLite's rows itself (`sqlite_raw`): each is stored as SQLAlchemy
+    stores the values the ORM reads back from it (a UUID's hex digits, a datetime's text,
+    JSON's `null`), so the two paths store the same bytes and `verify` reads both alike."""
+    org = await _org(api, db, clock)
+    await _scenario(org)
+    org_id = uuid.UUID(org.org_id)
+    tables: dict[str, tuple[str, uuid.UUID | str, str]] = {
+        "journal_entries": ("org_id", org_id, "id"),
+        "reservations": ("org_id", org_id, "id"),
+        "users": ("org_id", org_id, "id"),
+        "idempotency_records": ("scope", f"org:{org_id}", "key"),
+    }
+    path = db.engine.url.database
+    assert path is not None
+    copy = create_engine("sqlite://")
+    Base.metadata.create_all(copy)
+    for name, (column, value, order) in tables.items():
+        table = Base.metadata.tables[name]
+        columns = ", ".join(table.c.keys())
+        query = f"SELECT {columns} FROM {name} WHERE {column} = ? ORDER BY {order}"
+        bound = value.hex if isinstance(value, uuid.UUID) else value
+        with closing(sqlite3.connect(path)) as stored:
+            written = stored.execute(query, (bound,)).fetchall()
+
+        chosen = select(table).where(table.c[column] == value).order_by(table.c[order])
+        read_back = [dict(row._mapping) for row in await db.read(partial(_rows, chosen))]
+        with copy.begin() as connection:
+            connection.execute(insert(table), read_back)
+            again = connection.exec_driver_sql(query, (bound,)).fetchall()
+        assert len(written) >= 3, name
+        assert written == again, name
+
+
+async def _rows(statement: Select[Any], session: AsyncSession) -> Sequence[Row[Any]]:
+    return (await session.execute(statement)).all()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_failure_on_sqlites_own_connection_is_raised_as_sqlalchemy_raises_it(
+    db: Database,
+) -> None:
+    """The engine's statements on sqlite3's connection fail as they would through
+    SQLAlchemy, so `Database.write` retries a busy file and the engine tells a key stored
+    first; its own Python errors pass as they are."""
+    lease = "INSERT INTO job_leases (name, next_due_at, runs) VALUES ('x', '2026-01-01', 0)"
+
+    def twice(statements: sqlite_raw.Statements) -> None:
+        statements.execute(lease)
+        statements.execute(lease)
+
+    def busy(statements: sqlite_raw.Statements) -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    def broken(statements: sqlite_raw.Statements) -> None:
+        raise KeyError("a bug")
+
+    async with db.session() as session, session.begin():
+        lite = await sqlite_raw.Connection.of(session)
+        with pytest.raises(IntegrityError) as duplicate:
+            await lite.run(twice)
+        assert isinstance(duplicate.value.orig, sqlite3.IntegrityError)
+        assert "job_leases" in str(duplicate.value.orig)
+        assert duplicate.value.statement == lease
+        with pytest.raises(OperationalError) as locked:
+            await lite.run(busy)
+        assert is_transient(locked.value)
+        with pytest.raises(KeyError):
+            await lite.run(broken)
+        await session.rollback()
+
+
+@dataclass
+class Sent:
+    """What the metering path sent: the statements through SQLAlchemy, and those the engine
+    sends itself (PostgreSQL: on asyncpg's connection, `engine._Raw`; SQLite: on sqlite3's,
+    in aiosqlite's thread, `sqlite_raw.Statements`), and its hand-offs to aiosqlite's thread
+    (`sqlite_raw.Connection.run`)."""
+
+    through_sqlalchemy: list[str] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+    hand_offs: int = 0
+
+
 @contextmanager
-def statements(db: Database) -> Iterator[list[str]]:
-    """The statements sent while inside: through SQLAlchemy, and those the engine sends on
-    PostgreSQL's asyncpg connection itself (`engine._Raw`)."""
-    seen: list[str] = []
+def statements(db: Database) -> Iterator[Sent]:
+    sent = Sent()
 
     def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        seen.append(statement)
+        sent.through_sqlalchemy.append(statement)
 
     fetch = engine._Raw.fetch
 
     async def noted(raw: engine._Raw, statement: str, parameters: dict[str, Any]) -> list[Any]:
-        seen.append(statement)
+        sent.raw.append(statement)
         return await fetch(raw, statement, parameters)
+
+    execute, executemany = sqlite_raw.Statements.execute, sqlite_raw.Statements.executemany
+
+    def executed(self: sqlite_raw.Statements, sql: str, parameters: Any = ()) -> Any:
+        sent.raw.append(sql)
+        return execute(self, sql, parameters)
+
+    def executed_many(self: sqlite_raw.Statements, sql: str, rows: Any) -> None:
+        sent.raw.append(sql)
+        executemany(self, sql, rows)
+
+    run = sqlite_raw.Connection.run
+
+    async def handed_off(self: sqlite_raw.Connection, work: Any, *args: Any) -> Any:
+        sent.hand_offs += 1
+        return await run(self, work, *args)
 
     event.listen(db.engine.sync_engine, "before_cursor_execute", note)
     engine._Raw.fetch = noted  # type: ignore[method-assign,assignment]
+    sqlite_raw.Statements.execute = executed  # type: ignore[method-assign]
+    sqlite_raw.Statements.executemany = executed_many  # type: ignore[method-assign]
+    sqlite_raw.Connection.run = handed_off  # type: ignore[method-assign]
     try:
-        yield seen
+        yield sent
     finally:
         engine._Raw.fetch = fetch  # type: ignore[method-assign]
+        sqlite_raw.Statements.execute = execute  # type: ignore[method-assign]
+        sqlite_raw.Statements.executemany = executemany  # type: ignore[method-assign]
+        sqlite_raw.Connection.run = run  # type: ignore[method-assign]
         event.remove(db.engine.sync_engine, "before_cursor_execute", note)
 
 
-async def test_a_group_is_metered_in_three_statements_on_postgresql_seven_on_sqlite(
+async def test_a_group_is_metered_in_three_statements_on_postgresql_two_hand_offs_on_sqlite(
     api: Api, db: Database, clock: FakeClock
 ) -> None:
     org = await _org(api, db, clock)
     ana, cy = org.users["ana"], org.users["cy"]
-    await org.run(usage(ana, 1))  # statements prepared
+    # Statements prepared; both users active this minute, so neither's last activity moves
+    # (SQLite writes it in a statement of its own when it does).
+    await org.run(usage(ana, 1), usage(cy, 1))
 
-    with statements(db) as seen:
+    with statements(db) as sent:
         answers = await org.run(*(usage(ana if n % 2 else cy, 1, f"n{n}") for n in range(50)))
 
     assert {a.status_code for a in answers} == {200}
-    # Lock, key and idempotency keys; users and journal ids; every write (SQLite: the key
-    # and the idempotency keys apart, the last journal id, and one executemany per table
-    # written).
-    counted = [statement for statement in seen if not statement.startswith("BEGIN")]
-    assert len(counted) == (3 if db.dialect == "postgresql" else 7), seen
+    through_sqlalchemy = [s for s in sent.through_sqlalchemy if not s.startswith("BEGIN")]
+    if db.dialect == "postgresql":
+        # Lock, key and idempotency keys; users and journal ids; every write.
+        assert len(through_sqlalchemy + sent.raw) == 3, sent
+        return
+    # The key, the idempotency keys and the users in one hand-off to aiosqlite's thread;
+    # the last journal id and one executemany per table written in another.
+    assert through_sqlalchemy == [], sent
+    assert len(sent.raw) == 7, sent
+    assert sent.hand_offs == 2, sent
+
+
+async def test_a_users_last_activity_moves_at_most_once_a_minute(
+    api: Api, db: Database, clock: FakeClock
+) -> None:
+    """In one group, a user whose last activity moves and one whose does not (SQLite
+    writes the two in different statements): both counters are written, and the last
+    activity only where a minute has passed."""
+    org = await _org(api, db, clock)
+    ana, cy = org.users["ana"], org.users["cy"]
+    start = clock.now()
+    await org.run(usage(ana, 1), usage(cy, 1))
+    clock.advance(seconds=61)
+    await org.run(usage(ana, 1))
+    clock.advance(seconds=29)
+    await org.run(usage(ana, 1), usage(cy, 1))
+
+    async def read(session: AsyncSession) -> dict[str, tuple[int, Any]]:
+        found = {}
+        for name, user_id in (("ana", ana), ("cy", cy)):
+            user = await session.get(User, uuid.UUID(user_id))
+            assert user is not None
+            found[name] = (user.inference_used, user.last_activity_at)
+        return found
+
+    assert await db.read(read) == {
+        "ana": (3, start + timedelta(seconds=61)),
+        "cy": (2, start + timedelta(seconds=90)),
+    }
 
 
 async def test_entries_are_chained_in_id_order_and_refusals_leave_only_gaps(

@@ -4,10 +4,11 @@ No transaction of metering or of an allowance change spans two organizations, an
 statement in it says which one it is for, so each table can be distributed by organization
 (docs/SCALING.md: Citus, every table distributed by `org_id`, a statement routed to the
 one node that holds its organization). This test keeps that true: it captures every
-statement the database driver is given (SQLAlchemy's `before_cursor_execute`, and
-asyncpg's `copy_records_to_table`, by which the journal is written on PostgreSQL) while an
-organization's key meters usage, a batch, reservations committed and released, and
-changes one allowance and many, and checks each statement against the table it touches:
+statement the database driver is given (SQLAlchemy's `before_cursor_execute`, asyncpg's
+`copy_records_to_table` and `fetch`, and sqlite3's statements sent by the metering engine
+in aiosqlite's thread, `usage.sqlite_raw.Statements`) while an organization's key meters
+usage, a batch, reservations committed and released, and changes one allowance and many,
+and checks each statement against the table it touches:
 
 - a table with an `org_id` column: the statement compares `org_id` (or, an INSERT or a
   COPY, names the column) and binds this organization's id, and no other organization's; each row of
@@ -45,6 +46,7 @@ from tests.scenarios import event as usage_event
 from tests.scenarios import org_api
 from tokenadmin.database import Database
 from tokenadmin.models import Base
+from tokenadmin.usage import sqlite_raw
 
 PACKAGE = str(Path(tokenadmin.__file__).parent)
 ROOT = Path(PACKAGE).parent
@@ -146,7 +148,8 @@ def captured(database: Database) -> Iterator[list[Statement]]:
     every COPY into a table through asyncpg (`copy_records_to_table`, which SQLAlchemy's
     events do not see), as `COPY table (columns)` with one row per record, and every
     statement sent on asyncpg's connection directly (`Connection.fetch`: the metering
-    engine's, `usage.engine._Raw`)."""
+    engine's, `usage.engine._Raw`) or on sqlite3's in aiosqlite's thread (the metering
+    engine's, `usage.sqlite_raw.Statements`), with their bound values."""
     statements: list[Statement] = []
 
     def before_cursor_execute(
@@ -188,16 +191,31 @@ def captured(database: Database) -> Iterator[list[Statement]]:
         statements.append(Statement(query, [list(_flat(args))], _origin()))
         return await fetch(connection, query, *args, **options)
 
+    execute, executemany = sqlite_raw.Statements.execute, sqlite_raw.Statements.executemany
+
+    def execute_raw(self: sqlite_raw.Statements, sql: str, parameters: Any = ()) -> Any:
+        statements.append(Statement(sql, [list(_flat(parameters))], _origin()))
+        return execute(self, sql, parameters)
+
+    def executemany_raw(self: sqlite_raw.Statements, sql: str, rows: Any) -> None:
+        rows = [list(row) for row in rows]
+        statements.append(Statement(sql, [list(_flat(row)) for row in rows], _origin()))
+        executemany(self, sql, rows)
+
     engines = {id(e): e.sync_engine for e in (database.engine, database.read_engine)}
     for engine in engines.values():
         event.listen(engine, "before_cursor_execute", before_cursor_execute)
     asyncpg.Connection.copy_records_to_table = copy_records_to_table
     asyncpg.Connection.fetch = fetch_raw
+    sqlite_raw.Statements.execute = execute_raw  # type: ignore[method-assign]
+    sqlite_raw.Statements.executemany = executemany_raw  # type: ignore[method-assign]
     try:
         yield statements
     finally:
         asyncpg.Connection.copy_records_to_table = copy_records
         asyncpg.Connection.fetch = fetch
+        sqlite_raw.Statements.execute = execute  # type: ignore[method-assign]
+        sqlite_raw.Statements.executemany = executemany  # type: ignore[method-assign]
         for engine in engines.values():
             event.remove(engine, "before_cursor_execute", before_cursor_execute)
 

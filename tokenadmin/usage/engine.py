@@ -16,10 +16,16 @@ group that commits or releases reservations sends one more):
 3. Python decides each operation in order (`service._debit`'s and `service._close`'s
    rules: unknown user or reservation, deactivated, allowance, closed reservation,
    thresholds crossed), chains each user's journal entries from the head it read and
-   gives them their ids in order (SQLite: one statement reads the last id);
+   gives them their ids in order;
 4. one statement writes the users' counters and heads, the reservations made and closed,
-   the journal entries and the idempotency records (data-modifying CTEs over arrays;
-   SQLite: executemany, which costs no round trip).
+   the journal entries and the idempotency records (data-modifying CTEs over arrays).
+
+On SQLite the same statements, one per step and table, are sent on sqlite3's connection
+in aiosqlite's thread (usage/sqlite_raw.py), in two hand-offs to that thread per group
+instead of one per statement: the first checks the key, reads the stored answers of the
+keys and the users and reservations the operations left to apply name (the writer lock,
+held since BEGIN IMMEDIATE, stands for the row locks); the second reads the last journal
+id, gives the entries theirs, and writes the group, one executemany per table.
 
 The answers are given after the commit, as before.
 
@@ -46,19 +52,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
+from operator import itemgetter
 from typing import Any, cast
 
-from sqlalchemy import (
-    Column,
-    Select,
-    Table,
-    bindparam,
-    insert,
-    or_,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import Column, Table, Uuid
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -80,7 +77,6 @@ from tokenadmin.idempotency import service as idempotency
 from tokenadmin.journal import chain
 from tokenadmin.journal.service import Entry
 from tokenadmin.models import (
-    ApiKey,
     IdempotencyRecord,
     JournalEntry,
     Organization,
@@ -88,7 +84,7 @@ from tokenadmin.models import (
     User,
 )
 from tokenadmin.tokens import Kind, current_period
-from tokenadmin.usage import repository, service
+from tokenadmin.usage import service, sqlite_raw
 
 USERS = cast(Table, User.__table__)
 ORGANIZATIONS = cast(Table, Organization.__table__)
@@ -122,6 +118,7 @@ class _User:
     last_activity_at: datetime | None
     journal_head: str | None
     changed: bool = False
+    active_changed: bool = False  # last_activity_at moved (SQLite writes it only then)
 
     def allowance(self, kind: Kind) -> int:
         return self.max_tokens if kind is Kind.inference else self.max_train_tokens
@@ -226,35 +223,49 @@ async def meter_group(
     can't (the module's docstring says when)."""
     postgres = session.get_bind().dialect.name == "postgresql"
     raw = await _Raw.of(session) if postgres else None
+    lite = None if postgres else await sqlite_raw.Connection.of(session)
     assert caller.org_id is not None
     org_id = caller.org_id
     scope = caller.idempotency_scope
     keys = list(dict.fromkeys(r.key for r in requests if r is not None))
+    group: idempotency.Group[service.Metered] | None
+    read: _Read | None = None
     if raw is not None:
         live, busy, stored = await _begin_postgres(raw, caller, org_id, keys)
+        group = idempotency.Group.sort(requests, stored)
+        group.mark_busy(busy & group.first.keys())
     else:
-        live = caller.key_id is None or await _key_live(session, caller.key_id, org_id)
-        busy, stored = set(), await idempotency.find(session, scope, keys)
-    if not live:
+        assert lite is not None
+        live, group, read = await lite.run(
+            _begin_sqlite, caller, org_id, keys, requests, operations
+        )
+    if not live or group is None:
         revoked = idempotency.refused(_revoked())
         return [revoked] * len(operations)
-    group: idempotency.Group[service.Metered] = idempotency.Group.sort(requests, stored)
-    group.mark_busy(busy & group.first.keys())
     try:
         chosen = [operations[i] for i in group.todo]
-        decided = await _decide(session, raw, act, org_id, chosen, default_ttl)
+        decided = await _decide(session, raw, act, org_id, chosen, default_ttl, read)
     except _Fallback:
         return await fallback(session)
-    await _take_ids(session, decided.entries, decided.ids)
-    group.settle(decided.outcomes, answer)
-    final, records = group.finish(scope, act.now, idempotency_ttl)
+    answered: list[list[idempotency.Answer]] = []
+
+    def finish() -> list[dict[str, Any]]:
+        """Answer the group once its entries have their ids; the records to keep."""
+        assert group is not None
+        group.settle(decided.outcomes, answer)
+        final, records = group.finish(scope, act.now, idempotency_ttl)
+        answered.append(final)
+        return records
+
     changed = [user for user in decided.users if user.changed]
     reservations, entries = decided.reservations, decided.entries
     try:
         if raw is not None:
-            await _write_postgres(raw, org_id, changed, reservations, entries, records)
+            _take_ids(entries, decided.ids)
+            await _write_postgres(raw, org_id, changed, reservations, entries, finish())
         else:
-            await _write_sqlite(session, org_id, changed, reservations, entries, records)
+            assert lite is not None
+            await lite.run(_write_sqlite, org_id, changed, reservations, entries, finish)
     except IntegrityError as error:
         # Only a key another transaction stored first is worth running again; any other
         # constraint (an allowance's CHECK) is a fault, raised as such.
@@ -263,7 +274,7 @@ async def meter_group(
         raise Retry("an idempotency key was stored by another transaction first") from error
     for action, kind, tokens, refusal in decided.counted:
         metrics.metered(session, action, org_id, kind, tokens, refusal)
-    return final
+    return answered[0]
 
 
 def _revoked() -> TokenAdminError:
@@ -391,13 +402,6 @@ async def _begin_postgres(
     return live, busy, stored
 
 
-async def _key_live(session: AsyncSession, key_id: uuid.UUID, org_id: uuid.UUID) -> bool:
-    statement = select(ApiKey.id).where(
-        ApiKey.id == key_id, ApiKey.org_id == org_id, ApiKey.revoked_at.is_(None)
-    )
-    return await session.scalar(statement) is not None
-
-
 _USER_COLUMNS = (
     "id",
     "email",
@@ -457,8 +461,7 @@ first row only: on every row, sorting the rows would move the array once per use
 
 
 async def _lock_users(
-    session: AsyncSession,
-    raw: _Raw | None,
+    raw: _Raw,
     org_id: uuid.UUID,
     ids: list[uuid.UUID],
     emails: list[str],
@@ -467,26 +470,20 @@ async def _lock_users(
 ) -> tuple[list[_User], _Org | None, list[int] | None]:
     """Lock the named users of the organization, and the owners of the reservations named,
     in id order and read them, with their organization (read after its metering lock was
-    taken: this statement's snapshot is). On PostgreSQL, also `count` journal ids taken
-    under those locks (none when no user was locked); on SQLite, None: `_take_ids` takes
-    them when they are known."""
+    taken: this statement's snapshot is), and `count` journal ids taken under those locks
+    (none when no user was locked)."""
     taken: list[int] | None = None
-    if raw is not None:
-        parameters = {
-            "org": org_id,
-            "ids": ids,
-            "emails": emails,
-            "reservations": reservation_ids,
-            "count": count,
-        }
-        rows: Sequence[Sequence[Any]] = await raw.fetch(_LOCK_USERS, parameters)
-        if rows:
-            taken = rows[0][-1]
-        rows = [tuple(row)[:-1] for row in rows]
-    else:
-        rows = (
-            await session.execute(_lock_users_statement(org_id, ids, emails, reservation_ids))
-        ).all()
+    parameters = {
+        "org": org_id,
+        "ids": ids,
+        "emails": emails,
+        "reservations": reservation_ids,
+        "count": count,
+    }
+    rows: Sequence[Sequence[Any]] = await raw.fetch(_LOCK_USERS, parameters)
+    if rows:
+        taken = rows[0][-1]
+    rows = [tuple(row)[:-1] for row in rows]
     users: list[_User] = []
     org = None
     for row in rows:
@@ -495,30 +492,6 @@ async def _lock_users(
         if org is None:
             org = _Org(*values[_SPLIT:])
     return users, org, taken
-
-
-def _lock_users_statement(
-    org_id: uuid.UUID, ids: list[uuid.UUID], emails: list[str], reservation_ids: list[uuid.UUID]
-) -> Select[Any]:
-    named = repository.named(ids, emails) if ids or emails else None
-    if reservation_ids:
-        owners = USERS.c.id.in_(
-            select(RESERVATIONS.c.user_id).where(
-                RESERVATIONS.c.id.in_(reservation_ids), RESERVATIONS.c.org_id == org_id
-            )
-        )
-        named = owners if named is None else or_(named, owners)
-    assert named is not None
-    return (
-        select(
-            *(USERS.c[name] for name in _USER_COLUMNS),
-            *(ORGANIZATIONS.c[name] for name in _ORG_COLUMNS),
-        )
-        .join_from(USERS, ORGANIZATIONS, ORGANIZATIONS.c.id == USERS.c.org_id)
-        .where(USERS.c.org_id == org_id, named)
-        .order_by(USERS.c.id)
-        .with_for_update(of=USERS)
-    )
 
 
 _RESERVATION_COLUMNS = (
@@ -542,19 +515,159 @@ _LOCK_RESERVATIONS = (
 
 
 async def _lock_reservations(
-    session: AsyncSession, raw: _Raw | None, org_id: uuid.UUID, ids: list[uuid.UUID]
+    raw: _Raw, org_id: uuid.UUID, ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, _Reservation]:
     """Lock and read the organization's reservations named, after their users."""
-    if raw is not None:
-        rows = await raw.fetch(_LOCK_RESERVATIONS, {"org": org_id, "ids": ids})
-        return {row[0]: _Reservation(*row) for row in rows}
-    statement = (
-        select(*(RESERVATIONS.c[name] for name in _RESERVATION_COLUMNS))
-        .where(RESERVATIONS.c.id.in_(ids), RESERVATIONS.c.org_id == org_id)
-        .order_by(RESERVATIONS.c.id)
-        .with_for_update()
-    )
-    return {row[0]: _Reservation(*row) for row in await session.execute(statement)}
+    rows = await raw.fetch(_LOCK_RESERVATIONS, {"org": org_id, "ids": ids})
+    return {row[0]: _Reservation(*row) for row in rows}
+
+
+# --- SQLite: reading, in one hand-off to aiosqlite's thread -------------------------------
+
+_KEY_LIVE = "SELECT 1 FROM api_keys WHERE id = ? AND org_id = ? AND revoked_at IS NULL"
+_STORED = (
+    "SELECT key, fingerprint, status_code, response FROM idempotency_records"
+    " WHERE scope = ? AND key IN ({})"
+)
+_STORED_CHUNK = 1000  # as `idempotency.find`
+_SQLITE_USERS = (
+    f"SELECT {', '.join(f'u.{name}' for name in _USER_COLUMNS)},"
+    f" {', '.join(f'o.{name}' for name in _ORG_COLUMNS)}"
+    " FROM users AS u JOIN organizations AS o ON o.id = u.org_id"
+    " WHERE +u.org_id = ? AND u.id IN ({}) ORDER BY u.id"
+)
+"""The unary + keeps the organization a condition on the rows found, never the index the
+search starts from: without statistics (SQLite's are never gathered) the planner reads
+every user of the organization through an (org_id, …) index as soon as a dozen ids are
+named, 3 ms at 10,000 users, where probing the primary key for each costs 5 µs."""
+_SQLITE_RESERVATIONS = (
+    f"SELECT {', '.join(_RESERVATION_COLUMNS)} FROM reservations"
+    " WHERE org_id = ? AND id IN ({}) ORDER BY id"
+)
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def _begin_sqlite(
+    statements: sqlite_raw.Statements,
+    caller: service.Caller,
+    org_id: uuid.UUID,
+    keys: list[str],
+    requests: Sequence[idempotency.Keyed | None],
+    operations: Sequence[service.Operation],
+) -> tuple[bool, idempotency.Group[service.Metered] | None, _Read | None]:
+    """In aiosqlite's thread: whether the caller's key is live, the group sorted against
+    the stored answers of its keys (`idempotency.find`; no key is ever in flight in another
+    transaction on SQLite, see `idempotency.claim`), and the users and reservations the
+    operations left to apply name, with their organization (`_Read`)."""
+    org = org_id.hex
+    key = caller.key_id
+    if key is not None and statements.execute(_KEY_LIVE, (key.hex, org)).fetchone() is None:
+        return False, None, None
+    scope = caller.idempotency_scope
+    stored: dict[str, idempotency.Stored] = {}
+    for start in range(0, len(keys), _STORED_CHUNK):
+        chunk = keys[start : start + _STORED_CHUNK]
+        rows = statements.execute(_STORED.format(_marks(len(chunk))), (scope, *chunk))
+        stored.update({row[0]: idempotency.Stored(*row) for row in rows})
+    group: idempotency.Group[service.Metered] = idempotency.Group.sort(requests, stored)
+    named = _Named.by([operations[i] for i in group.todo])
+    if not named.refs:
+        return True, group, None
+    users, found = _read_users(statements, org, named)
+    reservations: dict[uuid.UUID, _Reservation] = {}
+    if named.reservation_ids:
+        ids = [r.hex for r in named.reservation_ids]
+        sql = _SQLITE_RESERVATIONS.format(_marks(len(ids)))
+        for row in statements.execute(sql, (org, *ids)):
+            reservation = _Reservation(
+                uuid.UUID(row[0]),
+                uuid.UUID(row[1]),
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                sqlite_raw.to_datetime(row[6]),
+                sqlite_raw.to_datetime(row[7]),
+                sqlite_raw.to_datetime(row[8]),
+                sqlite_raw.from_json(row[9]),
+            )
+            reservations[reservation.id] = reservation
+    return True, group, _Read(users, found, reservations)
+
+
+def _read_users(
+    statements: sqlite_raw.Statements, org: str, named: _Named
+) -> tuple[list[_User], _Org | None]:
+    """The users named (by id or email, or owning a reservation named) and their
+    organization: one probe of the primary key for the set. Ids only are the list itself;
+    else the union of the ids, of the users found by email and of the reservations'
+    owners (not an OR of two indexes, which SQLite answers by reading every user of the
+    organization: `repository.named`)."""
+    # The ids named are UUIDs already: their text finds them again.
+    known = {i.hex: i for i in named.ids}
+    ids = list(known)
+    parameters: list[str] = [org]
+    if not named.emails and not named.reservation_ids:
+        listed = _marks(len(ids))
+        parameters += ids
+    else:
+        parts = []
+        if ids:
+            parts.append(f"SELECT e.id FROM users AS e WHERE e.id IN ({_marks(len(ids))})")
+            parameters += ids
+        if named.emails:
+            emails = _marks(len(named.emails))
+            parts.append(f"SELECT e.id FROM users AS e WHERE e.email IN ({emails})")
+            parameters += named.emails
+        if named.reservation_ids:
+            held = _marks(len(named.reservation_ids))
+            parts.append(
+                f"SELECT r.user_id FROM reservations AS r WHERE r.org_id = ? AND r.id IN ({held})"
+            )
+            parameters += [org, *(r.hex for r in named.reservation_ids)]
+        listed = " UNION ALL ".join(parts)
+    users: list[_User] = []
+    found: _Org | None = None
+    to_datetime = sqlite_raw.to_datetime
+    starts: dict[str, datetime] = {}  # the users' periods are mostly one
+    for row in statements.execute(_SQLITE_USERS.format(listed), parameters):
+        start = starts.get(row[10])
+        if start is None:
+            start = starts[row[10]] = to_datetime(row[10])
+        users.append(
+            _User(
+                known.get(row[0]) or uuid.UUID(row[0]),
+                row[1],
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                row[7],
+                row[8],
+                row[9],
+                start,
+                to_datetime(row[11]),
+                row[12],
+            )
+        )
+        if found is None:
+            found = _Org(
+                uuid.UUID(row[13]),
+                row[14],
+                row[15],
+                to_datetime(row[16]),
+                to_datetime(row[17]),
+                row[18],
+                row[19],
+                row[20],
+                row[21],
+                sqlite_raw.from_json(row[22]),
+            )
+    return users, found
 
 
 def _parse_user_ref(ref: str) -> uuid.UUID | str:
@@ -581,6 +694,37 @@ class _Decided:
     ids: list[int] | None = None  # journal ids taken with the users' locks (PostgreSQL)
 
 
+@dataclass(frozen=True, slots=True)
+class _Named:
+    """The users and reservations a group's operations name."""
+
+    refs: list[uuid.UUID | str | None]  # each operation's user, parsed
+    ids: list[uuid.UUID]
+    emails: list[str]
+    reservation_ids: list[uuid.UUID]
+
+    @classmethod
+    def by(cls, operations: Sequence[service.Operation]) -> _Named:
+        refs = [_parse_user_ref(op.user) if op.user else None for op in operations]
+        return cls(
+            refs,
+            [r for r in refs if isinstance(r, uuid.UUID)],
+            [r for r in refs if isinstance(r, str)],
+            sorted({op.reservation_id for op in operations if op.reservation_id}),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """The users named, their organization and the reservations named, as SQLite's first
+    hand-off read them (`_begin_sqlite`): the writer lock, held since BEGIN IMMEDIATE,
+    stands for PostgreSQL's row locks."""
+
+    users: list[_User]
+    org: _Org | None
+    reservations: dict[uuid.UUID, _Reservation]
+
+
 async def _decide(
     session: AsyncSession,
     raw: _Raw | None,
@@ -588,22 +732,25 @@ async def _decide(
     org_id: uuid.UUID,
     operations: Sequence[service.Operation],
     default_ttl: int,
+    read: _Read | None,
 ) -> _Decided:
     """Each operation's outcome, in order, by `service._debit`'s and `service._close`'s
     rules; the users and reservations (changed in place), the journal entries (chained,
     ids not yet given) and the metrics to count. Raises `_Fallback` before anything is
-    written when the group needs the ORM path."""
+    written when the group needs the ORM path. On SQLite (`raw` None) the rows were read
+    already (`read`)."""
     decided = _Decided([], [], [], [], [])
     if not operations:
         return decided
-    refs = [_parse_user_ref(op.user) if op.user else None for op in operations]
-    ids = [r for r in refs if isinstance(r, uuid.UUID)]
-    emails = [r for r in refs if isinstance(r, str)]
-    reservation_ids = sorted({op.reservation_id for op in operations if op.reservation_id})
-    # Each operation writes one journal entry at most: its ids are taken with the locks.
-    users, org, decided.ids = await _lock_users(
-        session, raw, org_id, ids, emails, reservation_ids, len(operations)
-    )
+    named = _Named.by(operations)
+    if raw is not None:
+        # Each operation writes one journal entry at most: its ids are taken with the locks.
+        users, org, decided.ids = await _lock_users(
+            raw, org_id, named.ids, named.emails, named.reservation_ids, len(operations)
+        )
+    else:
+        assert read is not None
+        users, org = read.users, read.org
     if org is None or org.binds():
         raise _Fallback
     start = current_period(org, act.now)
@@ -617,12 +764,16 @@ async def _decide(
         if locked.period_start != start:
             raise _Fallback  # the counters of an earlier period are reset first
         by_ref[locked.id] = by_ref[locked.email] = by_id[locked.id] = locked
-    reservations = (
-        await _lock_reservations(session, raw, org_id, reservation_ids) if reservation_ids else {}
-    )
+    if raw is None:
+        assert read is not None
+        reservations = read.reservations
+    elif named.reservation_ids:
+        reservations = await _lock_reservations(raw, org_id, named.reservation_ids)
+    else:
+        reservations = {}
     used_before = [(user, user.inference_used, user.training_used) for user in users]
     group = _Group(act, org_id, default_ttl, decided, {u.id: u.journal_head for u in users})
-    for op, ref in zip(operations, refs, strict=True):
+    for op, ref in zip(operations, named.refs, strict=True):
         if op.reservation_id is None:
             group.debit(op, by_ref.get(cast(uuid.UUID | str, ref)))
         else:
@@ -669,6 +820,7 @@ class _Group:
         now, last = self.act.now, user.last_activity_at
         if last is None or now - last >= ACTIVITY_RESOLUTION or now < last:
             user.last_activity_at = now
+            user.active_changed = True
 
     def debit(self, op: service.Operation, user: _User | None) -> None:
         """Usage or a reservation (`service._debit`)."""
@@ -868,24 +1020,17 @@ def _entry(
 
 # --- writing ----------------------------------------------------------------------------
 
-_LAST_ID = text("SELECT coalesce(max(id), 0) FROM journal_entries")
 
-
-async def _take_ids(session: AsyncSession, entries: list[Entry], taken: list[int] | None) -> None:
-    """Give the entries their ids, in order: taken with the users' rows locked, so a user's
-    entries are in id order in the order they were written. On PostgreSQL they were taken
-    by the locking statement, one per operation; those of refused operations are left
-    unused, gaps as a rolled back transaction's ids already leave (nothing reads the ids as
-    a count)."""
+def _take_ids(entries: list[Entry], taken: list[int] | None) -> None:
+    """Give the entries their ids, in order, from those taken by the locking statement
+    (PostgreSQL), one per operation: so a user's entries are in id order in the order they
+    were written. Those of refused operations are left unused, gaps as a rolled back
+    transaction's ids already leave (nothing reads the ids as a count). SQLite takes them
+    as it writes (`_write_sqlite`)."""
     if not entries:
         return
-    if taken is not None:
-        ids = sorted(taken)[: len(entries)]
-    else:
-        # The writer lock is held (BEGIN IMMEDIATE) and entries are never deleted.
-        last: int = (await session.execute(_LAST_ID)).scalar_one()
-        ids = list(range(last + 1, last + 1 + len(entries)))
-    for entry, entry_id in zip(entries, ids, strict=True):
+    assert taken is not None
+    for entry, entry_id in zip(entries, sorted(taken)[: len(entries)], strict=True):
         entry.id = entry_id
 
 
@@ -1045,47 +1190,146 @@ async def _write_postgres(
     await raw.fetch(_write_statement(*shape), parameters)
 
 
-_UPDATE_USERS = (
-    update(USERS)
-    .where(USERS.c.id == bindparam("_id"), USERS.c.org_id == bindparam("_org"))
-    .values({name: bindparam(f"_{name}") for name in _COUNTERS})
-)
-_CLOSE_RESERVATIONS = (
-    update(RESERVATIONS)
-    .where(RESERVATIONS.c.id == bindparam("_id"), RESERVATIONS.c.org_id == bindparam("_org"))
-    .values({name: bindparam(f"_{name}") for name in _CLOSED})
-)
+# --- SQLite: writing, in one hand-off to aiosqlite's thread -------------------------------
+
+_LAST_ID = "SELECT coalesce(max(id), 0) FROM journal_entries"
 
 
-async def _write_sqlite(
-    session: AsyncSession,
+def _updating(table: Table, names: Sequence[str]) -> str:
+    assignments = ", ".join(f"{name} = ?" for name in names)
+    return f"UPDATE {table.name} SET {assignments} WHERE id = ? AND org_id = ?"
+
+
+_UPDATE_USERS = _updating(USERS, _COUNTERS)
+_UPDATE_COUNTERS = _updating(USERS, [name for name in _COUNTERS if name != "last_activity_at"])
+_CLOSE_RESERVATIONS = _updating(RESERVATIONS, _CLOSED)
+
+
+def _inserting(table: Table, names: Sequence[str]) -> str:
+    return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({_marks(len(names))})"
+
+
+_MAKE_RESERVATIONS = _inserting(RESERVATIONS, _MADE_COLUMNS)
+_INSERT_JOURNAL = _inserting(JOURNAL, _JOURNAL_COLUMNS)
+_INSERT_RECORDS = _inserting(RECORDS, _RECORD_COLUMNS)
+
+
+def _write_sqlite(
+    statements: sqlite_raw.Statements,
     org_id: uuid.UUID,
     users: list[_User],
     reservations: list[_Reservation],
     entries: list[Entry],
-    records: list[dict[str, Any]],
+    finish: Callable[[], list[dict[str, Any]]],
 ) -> None:
-    if users:
-        rows = [
-            {"_id": user.id, "_org": org_id, **{f"_{n}": getattr(user, n) for n in _COUNTERS}}
-            for user in users
-        ]
-        await session.execute(_UPDATE_USERS, rows)
-    made = [
-        {"org_id": org_id, **{name: getattr(r, name) for name in _RESERVATION_COLUMNS}}
-        for r in reservations
-        if r.new
-    ]
-    if made:
-        await session.execute(insert(RESERVATIONS), made)
-    closed = [
-        {"_id": r.id, "_org": org_id, **{f"_{n}": getattr(r, n) for n in _CLOSED}}
-        for r in reservations
-        if not r.new
-    ]
-    if closed:
-        await session.execute(_CLOSE_RESERVATIONS, closed)
+    """In aiosqlite's thread: give the entries their ids, answer the group (`finish`: the
+    answers name the ids) and write it, one executemany per table written.
+
+    The ids follow the last one: the writer lock is held (BEGIN IMMEDIATE) and entries are
+    never deleted, so a user's entries are in id order in the order they were written."""
     if entries:
-        await session.execute(insert(JOURNAL), [{"id": e.id, **e.row} for e in entries])
+        last: int = statements.execute(_LAST_ID).fetchone()[0]
+        for entry_id, entry in enumerate(entries, last + 1):
+            entry.id = entry_id
+    records = finish()
+    org = org_id.hex
+    stamps = sqlite_raw.Stamps()
+    hex_of = sqlite_raw.hex_of
+    # A user's last activity moves at most once a minute: the others' rows are written
+    # without it, so its index entry is left alone (rewriting it cost a third of the update).
+    active = [user for user in users if user.active_changed]
+    if active:
+        statements.executemany(
+            _UPDATE_USERS,
+            [
+                (
+                    user.inference_used,
+                    user.training_used,
+                    user.inference_reserved,
+                    user.training_reserved,
+                    stamps[user.last_activity_at],
+                    user.journal_head,
+                    user.id.hex,
+                    org,
+                )
+                for user in active
+            ],
+        )
+    if len(active) < len(users):
+        statements.executemany(
+            _UPDATE_COUNTERS,
+            [
+                (
+                    user.inference_used,
+                    user.training_used,
+                    user.inference_reserved,
+                    user.training_reserved,
+                    user.journal_head,
+                    user.id.hex,
+                    org,
+                )
+                for user in users
+                if not user.active_changed
+            ],
+        )
+    made = [r for r in reservations if r.new]
+    if made:
+        statements.executemany(
+            _MAKE_RESERVATIONS,
+            [
+                (
+                    org,
+                    r.id.hex,
+                    r.user_id.hex,
+                    r.kind,
+                    r.amount,
+                    r.status,
+                    r.committed_amount,
+                    stamps[r.expires_at],
+                    stamps[r.created_at],
+                    stamps[r.closed_at],
+                    sqlite_raw.json_text(r.details),
+                )
+                for r in made
+            ],
+        )
+    closed = [r for r in reservations if not r.new]
+    if closed:
+        statements.executemany(
+            _CLOSE_RESERVATIONS,
+            [(r.status, r.committed_amount, stamps[r.closed_at], r.id.hex, org) for r in closed],
+        )
+    if entries:
+        rows = []
+        for entry in entries:
+            row = [entry.id, *_JOURNAL_CONTENT(entry.row)]
+            for position in _JOURNAL_UUIDS:
+                row[position] = hex_of(row[position])
+            row[_JOURNAL_CREATED_AT] = stamps[row[_JOURNAL_CREATED_AT]]
+            row[_JOURNAL_DETAILS] = sqlite_raw.json_text(row[_JOURNAL_DETAILS])
+            rows.append(row)
+        statements.executemany(_INSERT_JOURNAL, rows)
     if records:
-        await session.execute(insert(RECORDS), records)
+        statements.executemany(
+            _INSERT_RECORDS,
+            [
+                (
+                    record["scope"],
+                    record["key"],
+                    record["fingerprint"],
+                    record["status_code"],
+                    record["response"],
+                    stamps[record["created_at"]],
+                    stamps[record["expires_at"]],
+                )
+                for record in records
+            ],
+        )
+
+
+_JOURNAL_CONTENT = itemgetter(*_JOURNAL_COLUMNS[1:])
+_JOURNAL_UUIDS = tuple(
+    n for n, name in enumerate(_JOURNAL_COLUMNS) if isinstance(JOURNAL.c[name].type, Uuid)
+)
+_JOURNAL_CREATED_AT = _JOURNAL_COLUMNS.index("created_at")
+_JOURNAL_DETAILS = _JOURNAL_COLUMNS.index("details")
