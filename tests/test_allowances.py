@@ -7,6 +7,8 @@ from typing import Any
 from tests.helpers import Api, funded_org
 from tests.scenarios import entries_since, error_of, get_user, last_entry_id, utc
 from tokenadmin.clock import FakeClock
+from tokenadmin.database import Database
+from tokenadmin.journal.service import verify
 
 
 async def _two_users(api: Api, **policy: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -510,3 +512,22 @@ async def test_new_users_count_like_raises_of_the_balance(api: Api) -> None:
     assert created.json()["error"]["message"] == (
         "Only 100,000 inference tokens left; Bo Li's Max Tokens of 300,000 needs 300,000 more."
     )
+
+
+async def test_a_change_that_starts_a_users_new_period_chains_after_its_reset(
+    api: Api, db: Database, clock: FakeClock
+) -> None:
+    # The change reads the user's journal head with the user; the reset it records first
+    # moves that head, and the change's own entry must chain after the reset.
+    org = await funded_org(api, inference=2_000_000)
+    ana = await api.user(org, "ana@example.com", max_tokens=300_000)
+    await api.use(ana["id"], 100_000, expect=200)
+    clock.set(utc("2026-04-02 00:00"))
+    mark = await last_entry_id(api, org)
+
+    await api.allowances(org, {"user": "ana@example.com", "max_tokens": 400_000}, expect=200)
+
+    written = [(e["action"], e["user_id"]) for e in await entries_since(api, org, mark)]
+    assert written[-2:] == [("period_reset", ana["id"]), ("allowance_changed", ana["id"])]
+    report = await db.read(verify)
+    assert report.clean, report.differences

@@ -32,6 +32,7 @@ from tokenadmin.errors import (
     TokenAdminError,
     VersionConflict,
 )
+from tokenadmin.journal.chain import Chain
 from tokenadmin.journal.service import append as journal_append
 from tokenadmin.models import JournalEntry, Organization, User
 from tokenadmin.organization.service import current_period, lock_for_change
@@ -146,24 +147,30 @@ def plan(org: Organization, requests: list[Request], act: Act) -> Plan:
     refused: list[Refusal] = []
     changes: list[Change] = []
     raises: dict[Kind, list[Raise]] = {kind: [] for kind in Kind}
+    deltas = dict.fromkeys(Kind, 0)
     for index, request in enumerate(requests):
         row_refusals = _check_row(org, index, request, start, act.now)
-        refused.extend(row_refusals)
-        refused_kinds = {r.details.get("kind") for r in row_refusals}
-        if None in refused_kinds:
-            continue  # refused as a whole
+        refused_kinds: set[Any] = set()
+        if row_refusals:
+            refused.extend(row_refusals)
+            refused_kinds = {r.details.get("kind") for r in row_refusals}
+            if None in refused_kinds:
+                continue  # refused as a whole
+        user, new = request.user, request.new
         for kind, after in request.allowances.items():
-            before = 0 if request.new else request.user.allowance(kind)
-            if kind.value in refused_kinds or (after == before and not request.new):
+            before = 0 if new else user.allowance(kind)
+            if (after == before and not new) or kind.value in refused_kinds:
                 continue
-            change = Change(request.user, kind, before, after, request.new)
+            change = Change(user, kind, before, after, new)
             changes.append(change)
-            if change.delta > 0:
+            delta = after - before
+            deltas[kind] += delta
+            if delta > 0:
                 raises[kind].append((index, request, change))
 
     totals: dict[Kind, KindAfter] = {}
     for kind in Kind:
-        delta = sum(c.delta for c in changes if c.kind is kind)
+        delta = deltas[kind]
         totals[kind] = total = KindAfter(org.capacity(kind), org.allocated(kind) + delta)
         # Rows that lower an allowance may always go ahead: they are how an administrator
         # resolves a shortfall. Of the rows that raise this kind, only those that cause a
@@ -695,6 +702,10 @@ def _after_dict(plan_: Plan) -> dict[str, Any]:
     }
 
 
+_KIND_FIELD = {kind: (kind.value, ALLOWANCE_FIELD[kind]) for kind in Kind}
+"""Each kind's name and its user's column, looked up once (an enum's `value` is a call)."""
+
+
 def preview(plan_: Plan) -> dict[str, Any]:
     return {
         "accepted": plan_.accepted,
@@ -702,8 +713,8 @@ def preview(plan_: Plan) -> dict[str, Any]:
             {
                 "user_id": str(c.user.id),
                 "email": c.user.email,
-                "kind": c.kind.value,
-                "field": ALLOWANCE_FIELD[c.kind],
+                "kind": _KIND_FIELD[c.kind][0],
+                "field": _KIND_FIELD[c.kind][1],
                 "before": c.before,
                 "after": c.after,
             }
@@ -723,12 +734,14 @@ async def apply(
     reason: str | None = None,
     action: str = "allowance_changed",
     details: Mapping[str, Any] | None = None,
+    heads: Mapping[Chain, str | None] | None = None,
 ) -> str:
     """Write an accepted plan: every change with its journal entry, in this transaction.
 
     Returns the batch's id: every entry of the change carries it (`details.batch`), so the
     change can be listed, and reverted, as the one save it was. `details` adds keys to
-    every entry's details (a revert's `reverts`: the batch it reverts).
+    every entry's details (a revert's `reverts`: the batch it reverts). `heads`: journal
+    heads of users read under their locks in this transaction (`journal.append`).
 
     Set-based: the entries are made in one pass over plain values (what `journal.record`
     would make, change after change), inserted in one statement, and every changed user
@@ -738,29 +751,38 @@ async def apply(
         raise refusal(plan_)
     batch = str(uuid7())
     start = current_period(org, act.now)
-    users: dict[uuid.UUID, User] = {}
+    # Each user's values are read once, as plain values (an ORM attribute costs a call):
+    # user id → [user, Max Tokens, Max Train Tokens, version].
+    users: dict[uuid.UUID, list[Any]] = {}
     restarted = False
     for change in plan_.changes:
-        user = users.setdefault(change.user.id, change.user)
+        user = change.user
+        if user.id in users:
+            continue
         if not change.new and user.period_start != start:
             start_current_period(session, act, org, user, start)  # rare: recorded first
             restarted = True
+        users[user.id] = [user, user.max_tokens, user.max_train_tokens, user.version]
     # One pass: the balances as each entry leaves them.
     allocated = {kind: org.allocated(kind) for kind in Kind}
     capacity = {kind: org.capacity(kind) for kind in Kind}
-    allowances = {
-        user_id: [user.max_tokens, user.max_train_tokens] for user_id, user in users.items()
-    }
     rows: list[dict[str, Any]] = []
     extra = dict(details or {})
     at, actor, org_id = act.now, act.actor, org.id
     for change in plan_.changes:
-        user, kind, delta = change.user, change.kind, change.delta
+        user, kind, before, after, new = (
+            change.user,
+            change.kind,
+            change.before,
+            change.after,
+            change.new,
+        )
+        delta = after - before
         inference = kind is Kind.inference
-        held = allowances[user.id]
+        held = users[user.id]
         if delta:
             allocated[kind] += delta
-            held[0 if inference else 1] += delta
+            held[1 if inference else 2] += delta
         rows.append(
             {
                 "org_id": org_id,
@@ -769,9 +791,9 @@ async def apply(
                 "reservation_id": None,
                 "created_at": at,
                 "actor": actor,
-                "action": "user_created" if change.new else action,
-                "kind": kind.value,
-                "amount": change.after,
+                "action": "user_created" if new else action,
+                "kind": _KIND_FIELD[kind][0],
+                "amount": after,
                 "reason": reason,
                 "capacity_delta": 0,
                 "allocated_delta": delta,
@@ -780,20 +802,20 @@ async def apply(
                 "reserved_delta": 0,
                 "capacity_after": capacity[kind] if delta else None,
                 "allocated_after": allocated[kind] if delta else None,
-                "allowance_after": held[0 if inference else 1],
+                "allowance_after": held[1 if inference else 2],
                 "used_after": user.inference_used if inference else user.training_used,
                 "reserved_after": user.inference_reserved if inference else user.training_reserved,
                 "details": {
                     **extra,
-                    "before": change.before,
-                    "after": change.after,
+                    "before": before,
+                    "after": after,
                     "batch": batch,
                     # The user's version after this change (`changes_since` reads it).
-                    "version": user.version if change.new else user.version + 1,
+                    "version": held[3] if new else held[3] + 1,
                 },
             }
         )
-    heads = await session.run_sync(journal_append, rows)
+    heads = await session.run_sync(journal_append, rows, heads)
     created = {change.user.id for change in plan_.changes if change.new}
     # The UPDATE writes only the columns this change can move: a column more is one array
     # more to send to PostgreSQL, and on SQLite one index more to rewrite in every row
@@ -801,12 +823,11 @@ async def apply(
     # only when a user's period restarted (above).
     kinds = {change.kind for change in plan_.changes}
     saved: list[dict[str, Any]] = []
-    for user_id, user in users.items():
-        max_tokens, max_train_tokens = allowances[user_id]
+    for user_id, (user, max_tokens, max_train_tokens, version) in users.items():
         values = {
             "max_tokens": max_tokens,
             "max_train_tokens": max_train_tokens,
-            "version": user.version if user_id in created else user.version + 1,
+            "version": version if user_id in created else version + 1,
             "updated_at": at,
             "journal_head": heads[("user", user_id)],
         }
@@ -865,6 +886,8 @@ class _Named:
     requests: list[Request] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
+    heads: dict[Chain, str | None] = field(default_factory=dict)
+    """The journal heads of the users read here, locked: `apply` needn't read them again."""
 
 
 async def _name_users(
@@ -885,6 +908,7 @@ async def _name_users(
                 message = f"No user '{row.user}' in this organization."
                 named.refused.append(Refusal(index, None, "user_not_found", message, ref=row.user))
                 continue
+            named.heads[("user", found.id)] = found.journal_head
             allowances = allowances_of(row.max_tokens, row.max_train_tokens)
             request = Request(found, allowances, row.expected_version)
         if request.user.id in seen:
@@ -1006,7 +1030,7 @@ async def _change(
     if not plan_.accepted:
         raise refusal(plan_, one_user=one_user)
     result.batch = await apply(
-        session, act, org, plan_, reason=reason, action=action, details=details
+        session, act, org, plan_, reason=reason, action=action, details=details, heads=named.heads
     )
     result.applied = True
     return result
