@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from functools import partial
 from itertools import pairwise
 from typing import Any
@@ -215,9 +215,14 @@ async def test_rows_written_on_sqlite_are_stored_as_sqlalchemy_stores_them(
 ) -> None:
     """The engine writes SQLite's rows itself (`sqlite_raw`): each is stored as SQLAlchemy
     stores the values the ORM reads back from it (a UUID's hex digits, a datetime's text,
-    JSON's `null`), so the two paths store the same bytes and `verify` reads both alike."""
+    JSON's `null`), so the two paths store the same bytes and `verify` reads both alike;
+    and what it stores is what was metered (a moment's microseconds, text beyond ASCII)."""
     org = await _org(api, db, clock)
     await _scenario(org)
+    moment = clock.advance(microseconds=123_457)
+    note = {"note": "café ☕", "none": None, "nested": {"list": [1, None, "ü"]}}
+    [answer] = await org.run(usage(org.users["ana"], 7, "k-details", **note))
+    assert answer.status_code == 200, answer.body
     org_id = uuid.UUID(org.org_id)
     tables: dict[str, tuple[str, uuid.UUID | str, str]] = {
         "journal_entries": ("org_id", org_id, "id"),
@@ -244,6 +249,16 @@ async def test_rows_written_on_sqlite_are_stored_as_sqlalchemy_stores_them(
             again = connection.exec_driver_sql(query, (bound,)).fetchall()
         assert len(written) >= 3, name
         assert written == again, name
+    # The stored text itself, against what the values spell: not only its format.
+    entry_id = answer.body["journal_entry_id"]
+    with closing(sqlite3.connect(path)) as stored:
+        created, details = stored.execute(
+            "SELECT created_at, details FROM journal_entries WHERE id = ?", (entry_id,)
+        ).fetchone()
+    assert created == moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    assert created.endswith(".123457")
+    assert json.loads(details) == note
+    assert details == json.dumps(note)  # as SQLAlchemy's JSON type writes it: ASCII escapes
 
 
 async def _rows(statement: Select[Any], session: AsyncSession) -> Sequence[Row[Any]]:

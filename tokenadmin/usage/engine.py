@@ -23,9 +23,10 @@ group that commits or releases reservations sends one more):
 On SQLite the same statements, one per step and table, are sent on sqlite3's connection
 in aiosqlite's thread (usage/sqlite_raw.py), in two hand-offs to that thread per group
 instead of one per statement: the first checks the key, reads the stored answers of the
-keys and the users and reservations the operations left to apply name (the writer lock,
-held since BEGIN IMMEDIATE, stands for the row locks); the second reads the last journal
-id, gives the entries theirs, and writes the group, one executemany per table.
+keys, the users and reservations the operations left to apply name, and the journal's
+last id (the writer lock, held since BEGIN IMMEDIATE, stands for the row locks); the
+entries take the ids after it and the group is answered on the event loop; the second
+writes the group, one executemany per table.
 
 The answers are given after the commit, as before.
 
@@ -247,25 +248,19 @@ async def meter_group(
         decided = await _decide(session, raw, act, org_id, chosen, default_ttl, read)
     except _Fallback:
         return await fallback(session)
-    answered: list[list[idempotency.Answer]] = []
-
-    def finish() -> list[dict[str, Any]]:
-        """Answer the group once its entries have their ids; the records to keep."""
-        assert group is not None
-        group.settle(decided.outcomes, answer)
-        final, records = group.finish(scope, act.now, idempotency_ttl)
-        answered.append(final)
-        return records
-
     changed = [user for user in decided.users if user.changed]
     reservations, entries = decided.reservations, decided.entries
+    _take_ids(entries, decided.ids)
+    # Answered once the entries have their ids (the answers name them), here on the event
+    # loop, not in aiosqlite's thread: `answer` is the caller's.
+    group.settle(decided.outcomes, answer)
+    final, records = group.finish(scope, act.now, idempotency_ttl)
     try:
         if raw is not None:
-            _take_ids(entries, decided.ids)
-            await _write_postgres(raw, org_id, changed, reservations, entries, finish())
+            await _write_postgres(raw, org_id, changed, reservations, entries, records)
         else:
             assert lite is not None
-            await lite.run(_write_sqlite, org_id, changed, reservations, entries, finish)
+            await lite.run(_write_sqlite, org_id, changed, reservations, entries, records)
     except IntegrityError as error:
         # Only a key another transaction stored first is worth running again; any other
         # constraint (an allowance's CHECK) is a fault, raised as such.
@@ -274,7 +269,7 @@ async def meter_group(
         raise Retry("an idempotency key was stored by another transaction first") from error
     for action, kind, tokens, refusal in decided.counted:
         metrics.metered(session, action, org_id, kind, tokens, refusal)
-    return answered[0]
+    return final
 
 
 def _revoked() -> TokenAdminError:
@@ -595,7 +590,8 @@ def _begin_sqlite(
                 sqlite_raw.from_json(row[9]),
             )
             reservations[reservation.id] = reservation
-    return True, group, _Read(users, found, reservations)
+    last_id: int = statements.execute(_LAST_ID).fetchone()[0]
+    return True, group, _Read(users, found, reservations, last_id)
 
 
 def _read_users(
@@ -717,12 +713,15 @@ class _Named:
 @dataclass(frozen=True, slots=True)
 class _Read:
     """The users named, their organization and the reservations named, as SQLite's first
-    hand-off read them (`_begin_sqlite`): the writer lock, held since BEGIN IMMEDIATE,
-    stands for PostgreSQL's row locks."""
+    hand-off read them (`_begin_sqlite`), and the journal's last id: the writer lock, held
+    since BEGIN IMMEDIATE, stands for PostgreSQL's row locks, and no other transaction
+    writes an entry until this one ends (nor does this one between its two hand-offs: only
+    `events` may write there), so the group's entries take the ids after it."""
 
     users: list[_User]
     org: _Org | None
     reservations: dict[uuid.UUID, _Reservation]
+    last_id: int
 
 
 async def _decide(
@@ -751,6 +750,7 @@ async def _decide(
     else:
         assert read is not None
         users, org = read.users, read.org
+        decided.ids = list(range(read.last_id + 1, read.last_id + 1 + len(operations)))
     if org is None or org.binds():
         raise _Fallback
     start = current_period(org, act.now)
@@ -1022,11 +1022,11 @@ def _entry(
 
 
 def _take_ids(entries: list[Entry], taken: list[int] | None) -> None:
-    """Give the entries their ids, in order, from those taken by the locking statement
-    (PostgreSQL), one per operation: so a user's entries are in id order in the order they
-    were written. Those of refused operations are left unused, gaps as a rolled back
-    transaction's ids already leave (nothing reads the ids as a count). SQLite takes them
-    as it writes (`_write_sqlite`)."""
+    """Give the entries their ids, in order, from those taken with the users' locks, one
+    per operation: so a user's entries are in id order in the order they were written. On
+    PostgreSQL the locking statement took them from the sequence, and those of refused
+    operations are left unused, gaps as a rolled back transaction's ids already leave
+    (nothing reads the ids as a count); on SQLite they follow the last one (`_Read`)."""
     if not entries:
         return
     assert taken is not None
@@ -1220,18 +1220,9 @@ def _write_sqlite(
     users: list[_User],
     reservations: list[_Reservation],
     entries: list[Entry],
-    finish: Callable[[], list[dict[str, Any]]],
+    records: list[dict[str, Any]],
 ) -> None:
-    """In aiosqlite's thread: give the entries their ids, answer the group (`finish`: the
-    answers name the ids) and write it, one executemany per table written.
-
-    The ids follow the last one: the writer lock is held (BEGIN IMMEDIATE) and entries are
-    never deleted, so a user's entries are in id order in the order they were written."""
-    if entries:
-        last: int = statements.execute(_LAST_ID).fetchone()[0]
-        for entry_id, entry in enumerate(entries, last + 1):
-            entry.id = entry_id
-    records = finish()
+    """In aiosqlite's thread: write the group, one executemany per table written."""
     org = org_id.hex
     stamps = sqlite_raw.Stamps()
     hex_of = sqlite_raw.hex_of

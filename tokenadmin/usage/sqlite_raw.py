@@ -76,7 +76,10 @@ class Connection:
 
     async def run(self, work: Callable[..., T], *args: Any) -> T:
         """`work(statements, *args)` in aiosqlite's thread, on its sqlite3 connection: one
-        hand-off, however many statements `work` sends."""
+        hand-off, however many statements `work` sends. Not behind the adapter's lock of
+        its statements (SQLAlchemy's own use of the connection), which this needs no more
+        than the adapter does: the write engine has one connection, its session's
+        transaction is one task's, and aiosqlite runs what it is given in order."""
         aio = self.aio
         statements: Statements | None = None
         try:
