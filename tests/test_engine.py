@@ -262,7 +262,8 @@ async def test_rows_written_on_sqlite_are_stored_as_sqlalchemy_stores_them(
 
 
 async def _rows(statement: Select[Any], session: AsyncSession) -> Sequence[Row[Any]]:
-    return (await session.execute(statement)).all()
+    rows: Sequence[Row[Any]] = (await session.execute(statement)).all()
+    return rows
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
