@@ -310,8 +310,12 @@ class _Raw:
 
     @classmethod
     async def of(cls, session: AsyncSession) -> _Raw:
-        connection = await session.connection()
-        adapted: Any = (await connection.get_raw_connection()).dbapi_connection
+        # Once checked out, the pooled connection is at hand without I/O: read as it is,
+        # not through `get_raw_connection`, which spawns a greenlet to read it (as
+        # `sqlite_raw.Connection.of`).
+        connection = (await session.connection()).sync_connection
+        assert connection is not None
+        adapted: Any = connection.connection.dbapi_connection
         raw = cls(adapted, session)
         # The pool began the transaction as it gave the connection out (`database`'s
         # `_begin_on_checkout`); should it not have, the adapter would begin it on its
