@@ -227,6 +227,30 @@ class Database:
             yield session
 
 
+def as_sqlalchemy_raises(adapted: Any, dialect: Any, error: Exception, sql: str) -> BaseException:
+    """A driver's `error`, met on a connection used around SQLAlchemy (the metering
+    engine's asyncpg and sqlite3 statements), as SQLAlchemy raises it: translated by its
+    adapter of the connection (`adapted`), in a `DBAPIError` of the matching class, so
+    `Database.write` retries or answers 503 as it would. Any other exception (the
+    caller's own Python) is returned as it is."""
+    try:
+        adapted._handle_exception(error)
+    except Exception as translated:
+        dbapi_error = adapted.dbapi.Error
+        if not isinstance(translated, dbapi_error):
+            return translated
+        wrapped: BaseException = DBAPIError.instance(
+            sql,
+            None,
+            translated,
+            dbapi_error,
+            connection_invalidated=dialect.is_disconnect(translated, None, None),
+            dialect=dialect,
+        )
+        return wrapped
+    raise AssertionError("the adapter raises")
+
+
 _FRESH = "tokenadmin.fresh"
 
 

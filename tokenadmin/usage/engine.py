@@ -58,12 +58,12 @@ from typing import Any, cast
 
 from sqlalchemy import Column, Table, Uuid
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tokenadmin import metrics
 from tokenadmin.act import Act
-from tokenadmin.database import Retry, lock_key
+from tokenadmin.database import Retry, as_sqlalchemy_raises, lock_key
 from tokenadmin.errors import (
     Conflict,
     InsufficientTokens,
@@ -337,25 +337,7 @@ class _Raw:
             raise self._wrapped(error, sql) from error
 
     def _wrapped(self, error: Exception, sql: str) -> BaseException:
-        """`error` as SQLAlchemy raises it: the driver's error, translated by the adapter,
-        in a `DBAPIError` of the matching class."""
-        try:
-            self.adapted._handle_exception(error)
-        except Exception as translated:
-            dbapi_error = self.adapted.dbapi.Error
-            if not isinstance(translated, dbapi_error):
-                return translated
-            dialect = self.session.get_bind().dialect
-            wrapped: BaseException = DBAPIError.instance(
-                sql,
-                None,
-                translated,
-                dbapi_error,
-                connection_invalidated=dialect.is_disconnect(translated, None, None),
-                dialect=dialect,
-            )
-            return wrapped
-        raise AssertionError("the adapter raises")
+        return as_sqlalchemy_raises(self.adapted, self.session.get_bind().dialect, error, sql)
 
 
 # --- reading and locking ----------------------------------------------------------------

@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast, overload
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.database import as_sqlalchemy_raises
 
 T = TypeVar("T")
 
@@ -95,26 +96,7 @@ class Connection:
             raise wrapped from error
 
     def _wrapped(self, error: Exception, sql: str) -> BaseException:
-        """`error` as SQLAlchemy raises it: translated by the adapter (aiosqlite's "no
-        active connection" is sqlite3's OperationalError), in a `DBAPIError` of the
-        matching class. Any other exception (of `work`'s own Python) is left as it is."""
-        try:
-            self.adapted._handle_exception(error)
-        except Exception as translated:
-            dbapi_error = self.adapted.dbapi.Error
-            if not isinstance(translated, dbapi_error):
-                return translated
-            dialect = self.session.get_bind().dialect
-            wrapped: BaseException = DBAPIError.instance(
-                sql,
-                None,
-                translated,
-                dbapi_error,
-                connection_invalidated=dialect.is_disconnect(translated, None, None),
-                dialect=dialect,
-            )
-            return wrapped
-        raise AssertionError("the adapter raises")
+        return as_sqlalchemy_raises(self.adapted, self.session.get_bind().dialect, error, sql)
 
 
 # --- values, as SQLAlchemy's column types store and read them on SQLite -------------------
