@@ -438,7 +438,11 @@ def section(
 
 
 def profile_database(
-    database: str, plan: Plan, scenarios: list[Scenario], postgres_admin_url: str
+    database: str,
+    plan: Plan,
+    scenarios: list[Scenario],
+    postgres_admin_url: str,
+    keep: Path | None = None,
 ) -> list[str]:
     workers = plan.postgres_workers if database == "postgresql" else 1
     lines: list[str] = []
@@ -459,6 +463,9 @@ def profile_database(
                 with sampling(pid, plan.seconds, raw):
                     sampled = load(base, seeded, plan, scenario, pid, name)
                 lines += section(database, scenario, workers, plain, sampled, read_samples(raw))
+                if keep is not None and raw.exists():
+                    keep.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(raw, keep / f"{database}-{scenario.name}.txt")
     return lines
 
 
@@ -469,6 +476,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--users", type=int, default=10_000)
     parser.add_argument("--output", type=Path, default=None, help="Also write the section here.")
+    parser.add_argument(
+        "--samples", type=Path, default=None, help="Keep py-spy's raw stacks in this folder."
+    )
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get(
@@ -490,7 +500,7 @@ def main() -> None:
     load_at_start = os.getloadavg()[0]
     body: list[str] = []
     for database in databases:
-        body += profile_database(database, plan, scenarios, options.postgres_url)
+        body += profile_database(database, plan, scenarios, options.postgres_url, options.samples)
     lines = [
         f"## Where a metering request's time goes: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC,"
         f" commit {_state_of_the_code()}, {os.cpu_count() or 0} cores",

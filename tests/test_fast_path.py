@@ -495,6 +495,56 @@ async def test_a_refusal_raised_by_the_metering_has_the_handlers_shape(
     assert isinstance(Unavailable("x"), TokenAdminError)
 
 
+async def test_a_fault_on_the_fast_path_is_answered_500_with_its_request_id(
+    app: FastAPI, api: Api
+) -> None:
+    # A metering POST enters the app at RequestLog (app.TokenAdminApp), inside a
+    # ServerErrorMiddleware of its own: a fault there is answered as anywhere else.
+    class Faulty:
+        async def submit(self, caller: service.Caller, operation: service.Operation) -> Answer:
+            raise RuntimeError("a fault of ours")
+
+        async def close(self) -> None:
+            pass
+
+    org = await funded_org(api)
+    await api.user(org, "ana@example.com")
+    app.state.coalescer = Faulty()
+    served = _switch(app).served
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t.test") as client:
+        answer = await client.post(
+            "/v1/usage",
+            json={"user": "ana@example.com", "kind": "inference", "tokens": 5},
+            headers={**api.headers(), "Idempotency-Key": "fault-1", "X-Request-ID": "fault-1"},
+        )
+    assert _switch(app).served == served + 1  # the lean path took it
+    assert answer.status_code == 500
+    assert answer.json()["error"]["code"] == "internal_error"
+    assert answer.headers["X-Request-ID"] == "fault-1"
+
+
+async def test_a_metering_post_skips_fastapis_own_layers_and_others_do_not(
+    app: FastAPI, client: httpx.AsyncClient, api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    org = await funded_org(api)
+    await api.user(org, "ana@example.com")
+    checked: list[str] = []
+
+    def enabled() -> bool:
+        checked.append("checked")
+        return False
+
+    telemetry: Any = app._native_telemetry  # FastAPI's check, once per request it handles
+    monkeypatch.setattr(telemetry, "enabled", enabled)
+    assert (await api.use("ana@example.com", 5)).status_code == 200
+    assert (await client.post("/v1/usage/batch", headers=api.headers(), json={})).status_code
+    assert checked == []
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/v1/usage", headers=api.headers())).status_code == 405
+    assert checked == ["checked", "checked"]
+
+
 VALUES: dict[str, list[Any]] = {
     "user": ["ana@example.com", "ANA@x", "", "a" * 320, "a" * 321, "a\x00", 5, None, ["a"], "é"],
     "kind": ["inference", "training", "Training", "", None, 1, {"a": 1}],

@@ -20,6 +20,7 @@ from fastapi.routing import iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -387,6 +388,53 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+class TokenAdminApp(FastAPI):
+    """FastAPI, entered at the metering routes' lean path for a POST to one of its paths.
+
+    Every other request goes through FastAPI's whole stack, as any FastAPI app's. A metering
+    POST enters the same middleware objects from RequestLog inwards (RequestLog, BodyLimit,
+    FastMetering, then FastAPI's routes for what the lean path leaves to them), inside a
+    ServerErrorMiddleware with the app's own 500 handler. What it skips are the layers
+    around them that do nothing for tokenadmin and cost per request as much as the lean
+    path's own reading: FastAPI's check of OpenTelemetry's global providers (three lookups
+    through `os.environ`) and its two telemetry and body-size middlewares (tokenadmin sets
+    no `max_body_size`; BodyLimit limits every body). An installation that configures an
+    OpenTelemetry provider gets FastAPI's spans for every other request."""
+
+    _metering: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and scope["path"].startswith(_METERING_PREFIXES)
+            and not self.root_path
+            and not scope.get("root_path")
+        ):
+            metering = self._metering or self._metering_entry()
+            scope["app"] = self
+            await metering(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+    def _metering_entry(self) -> ASGIApp:
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        outermost = self.middleware_stack
+        assert isinstance(outermost, ServerErrorMiddleware)
+        layer: Any = outermost
+        while not isinstance(layer, logs.RequestLog):
+            layer = layer.app  # each middleware holds the next one as `app`
+        self._metering = ServerErrorMiddleware(
+            layer, handler=outermost.handler, debug=outermost.debug
+        )
+        return self._metering
+
+
+_METERING_PREFIXES = ("/v1/usage", "/v1/reservations")
+assert all(path.startswith(_METERING_PREFIXES) for path in FAST_PATHS)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -433,7 +481,7 @@ def create_app(
                 await db.dispose()
             metrics.process_ended()
 
-    app = FastAPI(
+    app = TokenAdminApp(
         title="tokenadmin",
         version=__version__,
         summary="Token allowances, exact metering and an append-only journal.",
