@@ -415,9 +415,8 @@ _SPLIT = len(_USER_COLUMNS)
 
 _LOCK_USERS = (
     "WITH locked AS MATERIALIZED ("
-    f" SELECT {', '.join(f'u.{name}' for name in _USER_COLUMNS)},"
-    f" {', '.join(f'o.{name} AS o_{name}' for name in _ORG_COLUMNS)}"
-    " FROM users AS u JOIN organizations AS o ON o.id = u.org_id"
+    f" SELECT {', '.join(f'u.{name}' for name in _USER_COLUMNS)}"
+    " FROM users AS u"
     " WHERE u.org_id = :org AND u.id = ANY(ARRAY("
     " SELECT unnest(CAST(:ids AS uuid[]))"
     " UNION ALL SELECT e.id FROM users AS e"
@@ -429,7 +428,9 @@ _LOCK_USERS = (
     " SELECT nextval(pg_get_serial_sequence('journal_entries', 'id'))"
     " FROM generate_series(1, :count) WHERE h.first IS NOT NULL) AS ids"
     " FROM (SELECT (array_agg(id ORDER BY id))[1] AS first FROM locked) AS h)"
-    " SELECT locked.*, taken.ids FROM locked LEFT JOIN taken ON taken.first = locked.id"
+    f" SELECT locked.*, {', '.join(f'o.{name}' for name in _ORG_COLUMNS)}, taken.ids"
+    " FROM locked LEFT JOIN taken ON taken.first = locked.id"
+    " LEFT JOIN organizations AS o ON o.id = :org AND taken.first IS NOT NULL"
     " ORDER BY locked.id"
 )
 """The users named (by id or email, or owning a reservation named): one probe of the
@@ -438,7 +439,8 @@ trip, as many journal ids as the group can write (`_take_ids`). The ids are take
 every user is locked (the first of the locked ids, an aggregate of them all, comes first,
 and the ids' subquery depends on it), so a user's entries are in id order in the order
 they were written, as when they were taken by a statement of their own. They come on the
-first row only: on every row, sorting the rows would move the array once per user."""
+first row only, with the organization: on every row, sorting the rows would move the array
+once per user, and the driver would decode the organization's JSON once per user."""
 
 
 async def _lock_users(
@@ -453,7 +455,6 @@ async def _lock_users(
     in id order and read them, with their organization (read after its metering lock was
     taken: this statement's snapshot is), and `count` journal ids taken under those locks
     (none when no user was locked)."""
-    taken: list[int] | None = None
     parameters = {
         "org": org_id,
         "ids": ids,
@@ -461,18 +462,12 @@ async def _lock_users(
         "reservations": reservation_ids,
         "count": count,
     }
-    rows: Sequence[Sequence[Any]] = await raw.fetch(_LOCK_USERS, parameters)
-    if rows:
-        taken = rows[0][-1]
-    rows = [tuple(row)[:-1] for row in rows]
-    users: list[_User] = []
-    org = None
-    for row in rows:
-        values = tuple(row)
-        users.append(_User(*values[:_SPLIT]))
-        if org is None:
-            org = _Org(*values[_SPLIT:])
-    return users, org, taken
+    rows: Sequence[Any] = await raw.fetch(_LOCK_USERS, parameters)
+    if not rows:
+        return [], None, None
+    first = rows[0]
+    org = _Org(*first[_SPLIT:-1])
+    return [_User(*row[:_SPLIT]) for row in rows], org, first[-1]
 
 
 _RESERVATION_COLUMNS = (
