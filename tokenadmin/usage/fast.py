@@ -3,7 +3,8 @@
 POST /v1/usage, /v1/usage/batch, /v1/reservations and a reservation's /commit and /release
 are the service's hot path: FastAPI's routing, dependencies and pydantic cost more per
 request than the metering itself. `FastMetering`, a plain ASGI middleware inside RequestLog
-and BodyLimit, answers the requests it fully understands: a JSON body (read with msgspec)
+and BodyLimit (a POST to these paths enters the app there: app.TokenAdminApp), answers the
+requests it fully understands: a JSON body (read with msgspec)
 whose every field passes checks at least as strict as the pydantic models of
 usage/schemas.py, a bearer key that authenticates (the same remembered lookup as the
 routes, `deps.remembered_key`) and holds the `usage` scope, and well-formed idempotency
