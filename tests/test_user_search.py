@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.conftest import START
@@ -137,3 +138,42 @@ async def test_pages_of_a_search_or_the_whole_table_add_up_to_one_ordered_list(
             assert page_total == total
             paged += page
         assert paged == whole
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_no_equality_on_email_is_answered_from_the_trigram_index(
+    db: Database, clock: FakeClock
+) -> None:
+    """pg_trgm's operator class answers `=` as well as LIKE: on `email`, the planner could
+    answer a lookup by email from it (migration 0015), reading most of the organization's
+    entries since emails share most of their trigrams. On lower(email) it can't, and the
+    search still reads it. Both shown with every other way out made as costly as it gets:
+    the email btrees dropped (in a transaction rolled back) and sequential scans off."""
+    await _org_with_users(db, clock)
+    emails = [email for email, _ in NAMED]
+    lookups = (
+        "SELECT id FROM users WHERE email = ANY(CAST(:emails AS text[]))",
+        "SELECT id FROM users WHERE email = :email",
+    )
+    search = select(User.id).where(repository.search_condition("oneil", "postgresql"))
+
+    async def plans(session: AsyncSession) -> list[str]:
+        await session.execute(sql_text("ALTER TABLE users DROP CONSTRAINT uq_users_email"))
+        await session.execute(sql_text("DROP INDEX ix_users_org_id_email"))
+        await session.execute(sql_text("SET LOCAL enable_seqscan = off"))
+        found = []
+        for sql in lookups:
+            rows = await session.execute(
+                sql_text(f"EXPLAIN {sql}"), {"emails": emails, "email": emails[0]}
+            )
+            found.append("\n".join(row[0] for row in rows))
+        compiled = search.compile(session.get_bind(), compile_kwargs={"literal_binds": True})
+        rows = await session.execute(sql_text(f"EXPLAIN {compiled}"))
+        found.append("\n".join(row[0] for row in rows))
+        await session.rollback()
+        return found
+
+    *by_email, searched = await db.write(plans)
+    for plan in by_email:
+        assert "ix_users_email_trgm" not in plan, plan
+    assert "ix_users_email_trgm" in searched, searched

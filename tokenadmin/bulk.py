@@ -15,7 +15,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from uuid6 import uuid7
 
@@ -111,7 +111,9 @@ async def _next_index(session: AsyncSession, prefix: str) -> int:
     pattern = prefix + "%@" + EMAIL_DOMAIN  # the prefix has no LIKE wildcards
     shape = re.compile(rf"{re.escape(prefix)}(\d+)@{re.escape(EMAIL_DOMAIN)}")
     highest = -1
-    for email in await session.scalars(select(User.email).where(User.email.like(pattern))):
+    # lower(email), as stored: the trigram index's expression on PostgreSQL (migration 0015)
+    found = select(User.email).where(func.lower(User.email).like(pattern))
+    for email in await session.scalars(found):
         match = shape.fullmatch(email)
         if match:
             highest = max(highest, int(match.group(1)))

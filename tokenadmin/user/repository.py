@@ -175,10 +175,11 @@ def search_condition(text: str, dialect: str) -> ColumnElement[bool]:
     """A case-insensitive substring of the name or the email (emails are stored lowercase),
     in a shape the database can answer from an index (migration 0003).
 
-    PostgreSQL's trigram GIN indexes serve `LIKE '%text%'` directly. SQLite first narrows
-    to the matches of its FTS5 trigram table and then applies the same LIKE, so the
-    results are exactly the LIKE's on both. Below 3 characters no trigram index can help:
-    a plain substring test then, which no planner mistakes for an indexable LIKE.
+    PostgreSQL's trigram GIN indexes (on lower(name) and lower(email)) serve
+    `LIKE '%text%'` directly. SQLite first narrows to the matches of its FTS5 trigram table
+    and then applies the same LIKE, so the results are exactly the LIKE's on both. Below 3
+    characters no trigram index can help: a plain substring test then, which no planner
+    mistakes for an indexable LIKE.
     """
     if not storable(text):
         # No name or email holds NUL or an unpaired surrogate; PostgreSQL can't compare
@@ -191,7 +192,9 @@ def search_condition(text: str, dialect: str) -> ColumnElement[bool]:
     escaped = lowered.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     pattern = f"%{escaped}%"
     condition = or_(
-        User.email.like(pattern, escape="\\"),
+        # lower(email): the trigram index's expression (migration 0015), so that no
+        # equality on email can be answered from it; emails are stored lowercase.
+        func.lower(User.email).like(pattern, escape="\\"),
         func.lower(User.name).like(pattern, escape="\\"),
     )
     if dialect == "sqlite":
