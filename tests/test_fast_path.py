@@ -477,17 +477,24 @@ async def test_fast_answers_carry_the_request_id_and_are_logged_by_route(
     assert getattr(line, "actor")  # noqa: B009
 
 
+@dataclass
+class _Raising:
+    """A coalescer whose every submit raises `error`."""
+
+    error: Exception
+
+    async def submit(self, caller: service.Caller, operation: service.Operation) -> Answer:
+        raise self.error
+
+    async def close(self) -> None:
+        pass
+
+
 async def test_a_refusal_raised_by_the_metering_has_the_handlers_shape(
     app: FastAPI, client: httpx.AsyncClient, api: Api
 ) -> None:
-    class Stopping:
-        async def submit(self, caller: service.Caller, operation: service.Operation) -> Answer:
-            raise Unavailable("The service is stopping and did not apply this request.")
-
-        async def close(self) -> None:
-            pass
-
-    app.state.coalescer = Stopping()
+    stopping = Unavailable("The service is stopping and did not apply this request.")
+    app.state.coalescer = _Raising(stopping)
     response = await api.use("ana@example.com", 5)
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
@@ -500,16 +507,9 @@ async def test_a_fault_on_the_fast_path_is_answered_500_with_its_request_id(
 ) -> None:
     # A metering POST enters the app at RequestLog (app.TokenAdminApp), inside a
     # ServerErrorMiddleware of its own: a fault there is answered as anywhere else.
-    class Faulty:
-        async def submit(self, caller: service.Caller, operation: service.Operation) -> Answer:
-            raise RuntimeError("a fault of ours")
-
-        async def close(self) -> None:
-            pass
-
     org = await funded_org(api)
     await api.user(org, "ana@example.com")
-    app.state.coalescer = Faulty()
+    app.state.coalescer = _Raising(RuntimeError("a fault of ours"))
     served = _switch(app).served
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t.test") as client:
