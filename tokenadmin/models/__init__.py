@@ -14,7 +14,7 @@ from tokenadmin.models.policy import AllocationPolicy, Boost, PolicyMove
 from tokenadmin.models.purchase import Purchase
 from tokenadmin.models.reservation import Reservation
 from tokenadmin.models.token_request import TokenRequest
-from tokenadmin.models.user import User
+from tokenadmin.models.user import AllowanceOrder, User
 from tokenadmin.models.webhook import (
     EmailNotification,
     NotificationCursor,
@@ -27,6 +27,7 @@ __all__ = [
     "AccessToken",
     "AlertState",
     "AllocationPolicy",
+    "AllowanceOrder",
     "ApiKey",
     "Base",
     "Boost",

@@ -37,14 +37,12 @@ class User(Base):
         Index("ix_users_org_id_email", "org_id", "email"),
         Index("ix_users_org_id_last_activity_at", "org_id", "last_activity_at"),
         Index("ix_users_org_id_status", "org_id", "status"),
-        # Sort orders of the user table, ties broken by id (migration 0003, which also adds
-        # the search indexes: pg_trgm on PostgreSQL, an FTS5 trigram table on SQLite). They
-        # also serve every lookup by their first two columns: no (org_id, name) or
-        # (org_id, max_tokens) index besides them (migration 0014), one index fewer to
-        # write on each update that is not in place (an allowance change).
+        # The user table's sort by name, ties broken by id (migration 0003, which also adds
+        # the search indexes: pg_trgm on PostgreSQL, an FTS5 trigram table on SQLite); it
+        # also serves every lookup by (org_id, name) (migration 0014). The sorts by an
+        # allowance are AllowanceOrder's: no index of this table holds an allowance, so an
+        # allowance change updates users in place (migration 0016).
         Index("ix_users_org_id_name_id", "org_id", "name", "id"),
-        Index("ix_users_org_id_max_tokens_id", "org_id", "max_tokens", "id"),
-        Index("ix_users_org_id_max_train_tokens_id", "org_id", "max_train_tokens", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid7)
@@ -105,3 +103,34 @@ class User(Base):
             self.inference_reserved += delta
         else:
             self.training_reserved += delta
+
+
+class AllowanceOrder(Base):
+    """The user table's sort orders by allowance: each user's allowances, a row per user,
+    kept equal to `users` by triggers of migration 0016 (a row inserted with the user, its
+    allowances copied when they change, deleted with the user). Never written by
+    tokenadmin itself.
+
+    On `users` these indexes would make every allowance change rewrite every index of the
+    user's row (an update that changes an indexed column can't be made in place); here an
+    allowance change rewrites only this narrow row and its three index entries.
+    """
+
+    __tablename__ = "allowance_order"
+    __table_args__ = (
+        Index("ix_allowance_order_org_id_max_tokens_user_id", "org_id", "max_tokens", "user_id"),
+        Index(
+            "ix_allowance_order_org_id_max_train_tokens_user_id",
+            "org_id",
+            "max_train_tokens",
+            "user_id",
+        ),
+        {"sqlite_with_rowid": False},
+    )
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    org_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    max_tokens: Mapped[int] = mapped_column(BigInteger)
+    max_train_tokens: Mapped[int] = mapped_column(BigInteger)

@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
-from tokenadmin.models import User
+from tokenadmin.models import AllowanceOrder, User
 from tokenadmin.schemas import storable
 
 
@@ -208,11 +208,22 @@ def search_condition(text: str, dialect: str) -> ColumnElement[bool]:
     return condition
 
 
-def _ordering(query: UserQuery) -> list[ColumnElement[Any]]:
-    order: ColumnElement[Any] | InstrumentedAttribute[Any]
-    if query.sort in ("inference_used", "training_used"):
+ALLOWANCE_ORDER: dict[str, InstrumentedAttribute[int]] = {
+    "max_tokens": AllowanceOrder.max_tokens,
+    "max_train_tokens": AllowanceOrder.max_train_tokens,
+}
+"""The sorts read from AllowanceOrder's indexes (migration 0016): no index of `users` holds
+an allowance, so that an allowance change updates users in place."""
+
+
+def _ordering(
+    query: UserQuery,
+    order: ColumnElement[Any] | InstrumentedAttribute[Any] | None = None,
+    tie: InstrumentedAttribute[uuid.UUID] = User.id,
+) -> list[ColumnElement[Any]]:
+    if order is None and query.sort in ("inference_used", "training_used"):
         order = used_column(query.sort.split("_")[0], query.period_start)
-    else:
+    elif order is None:
         order = SORTABLE[query.sort]
     if query.sort in NULLABLE:
         # Never active sorts as least recent, on every database.
@@ -222,7 +233,7 @@ def _ordering(query: UserQuery) -> list[ColumnElement[Any]]:
         direction = order.desc() if query.descending else order.asc()
     # Ties go by id in the same direction, so an index (org_id, column, id) read forwards
     # or backwards gives the whole order.
-    return [direction, User.id.desc() if query.descending else User.id.asc()]
+    return [direction, tie.desc() if query.descending else tie.asc()]
 
 
 async def search(session: AsyncSession, query: UserQuery) -> tuple[Sequence[User], int]:
@@ -230,13 +241,16 @@ async def search(session: AsyncSession, query: UserQuery) -> tuple[Sequence[User
     statement = _filtered(query, dialect)
     ordering = _ordering(query)
     # The page's ids first (from an index, for a deep page too), then only their rows.
-    page_ids = (
-        statement.with_only_columns(User.id)
-        .order_by(*ordering)
-        .limit(query.limit)
-        .offset(query.offset)
-        .subquery()
-    )
+    ids = statement.with_only_columns(User.id).order_by(*ordering)
+    if query.sort in ALLOWANCE_ORDER:
+        # The same order, from AllowanceOrder's index: its allowances are the users' own.
+        ids = (
+            statement.with_only_columns(User.id)
+            .join(AllowanceOrder, AllowanceOrder.user_id == User.id)
+            .where(AllowanceOrder.org_id == query.org_id)
+            .order_by(*_ordering(query, ALLOWANCE_ORDER[query.sort], AllowanceOrder.user_id))
+        )
+    page_ids = ids.limit(query.limit).offset(query.offset).subquery()
     page = select(User).join(page_ids, User.id == page_ids.c.id).order_by(*ordering)
     users = (await session.scalars(page)).all()
     if query.offset == 0 and len(users) < query.limit:
