@@ -10,7 +10,9 @@ trigram (GIN) indexes among them: 400-600 ms of the change.
 The sort orders move to `allowance_order` (user, organization, both allowances; its two
 sort indexes and its key), kept equal to `users` by triggers, so no writer can forget it:
 a row per user inserted, its allowances copied when they change, deleted with the user.
-Metering's updates never name the allowances, so they never fire a trigger. The user
+Metering's updates never name the allowances, so they never fire a trigger. Each of the
+triggers' statements names the user's organization, as every statement of the metering
+and allowance paths does (docs/SCALING.md: a distributed PostgreSQL routes by it). The user
 table sorted by an allowance reads the new table's index and then the page's users.
 
 `users` keeps half of each page free (fillfactor 50, was 70): users created together lie
@@ -69,7 +71,7 @@ POSTGRESQL_TRIGGERS = [
         UPDATE allowance_order
         SET org_id = NEW.org_id, max_tokens = NEW.max_tokens,
             max_train_tokens = NEW.max_train_tokens
-        WHERE user_id = NEW.id;
+        WHERE user_id = NEW.id AND org_id = OLD.org_id;
         RETURN NULL;
     END $$
     """,
@@ -99,7 +101,7 @@ SQLITE_TRIGGERS = [
         UPDATE allowance_order
         SET org_id = new.org_id, max_tokens = new.max_tokens,
             max_train_tokens = new.max_train_tokens
-        WHERE user_id = new.id;
+        WHERE user_id = new.id AND org_id = old.org_id;
     END
     """,
     # SQLite cascades a user's deletion only with foreign keys on (tokenadmin turns them
