@@ -2,7 +2,10 @@ from __future__ import annotations
 
 import json
 import logging
+import pathlib
 import re
+import subprocess
+import sys
 from functools import partial
 
 import httpx
@@ -155,3 +158,61 @@ async def test_the_log_can_be_json_lines_each_with_the_request_id(
         "status": 401,
         "actor": None,
     }
+
+
+_FIRST_REQUESTS = """
+import asyncio, contextlib, sys
+from unittest import mock
+
+import httpx
+from fastapi import routing
+
+from tokenadmin.app import create_app
+from tokenadmin.config import Settings
+
+resolved = []
+original = routing._EffectiveRouteContext.from_api_route
+
+
+def counted(*args, **kwargs):
+    resolved.append(kwargs.get("original_route"))
+    return original(*args, **kwargs)
+
+
+async def main() -> None:
+    app = create_app(Settings(database_url=sys.argv[1]), run_sweeper=False)
+    started = sys.argv[2] == "started"
+    async with app.router.lifespan_context(app) if started else contextlib.nullcontext():
+        with mock.patch.object(routing._EffectiveRouteContext, "from_api_route", counted):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://x") as client:
+                org = "/v1/organizations/00000000-0000-0000-0000-000000000001"
+                assert (await client.post(f"{org}/allowances", json={})).status_code == 401
+                assert (await client.get("/openai/v1/models")).status_code == 401
+    print(len(resolved))
+
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("state", ["started", "not started"])
+def test_a_started_server_resolves_every_route_before_its_first_request(
+    tmp_path: pathlib.Path, state: str
+) -> None:
+    """FastAPI resolves an included route at the first request that reaches its router: a
+    new process's first requests paid for most of the app's routes (app.resolve_routes).
+    A fresh interpreter, since the routers are made once per process. Not started (no
+    lifespan), the same requests resolve routes: the count can tell."""
+    url = f"sqlite:///{tmp_path / 'unused.db'}"
+    script = tmp_path / "first_requests.py"
+    script.write_text(_FIRST_REQUESTS)
+    answer = subprocess.run(
+        [sys.executable, str(script), url, state.split()[0]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    resolved = int(answer.stdout.strip().splitlines()[-1])
+    assert resolved == 0 if state == "started" else resolved > 0

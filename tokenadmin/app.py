@@ -19,9 +19,10 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.routing import iter_route_contexts
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.errors import ServerErrorMiddleware
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenadmin import __version__, health, logs, metrics, sweeper
@@ -377,6 +378,23 @@ API_ROUTES = _included(
 )
 
 
+def resolve_routes(app: Starlette) -> int:
+    """Have FastAPI resolve every included route of `app` and of the apps mounted in it
+    now; how many routes it resolved.
+
+    FastAPI resolves an included route (its dependencies, its body and answer models) at
+    the first request that reaches its router, and a request walks every router before the
+    one it matches: the first request of a process paid for most of the app's routes (an
+    allowance change of 10,000 users, the first after a start: 90 ms of its server CPU).
+    A server resolves them while it starts instead, before it freezes what it holds.
+    """
+    resolved = 0
+    for route in app.router.routes:
+        if isinstance(route, Mount) and isinstance(route.app, Starlette):
+            resolved += resolve_routes(route.app)
+    return resolved + sum(1 for _ in iter_route_contexts(app.router.routes))
+
+
 def _allowed_methods(request: Request) -> str:
     """The Allow header of a 405 (RFC 9110): the methods of every route of this path. The
     router's own names only the first route that matched the path, and each method of a
@@ -461,6 +479,7 @@ def create_app(
             for name in sorted(set(settings.job_intervals) - set(scheduler.jobs)):
                 log.warning("TOKENADMIN_JOB_INTERVALS names %s, which is no job", name)
             task = asyncio.create_task(scheduler.run_forever())
+        resolve_routes(app)
         # What the process holds once started (modules, routes, models: some 185,000
         # objects) is never garbage: moved out of the cyclic collector's sight, a full
         # collection walks only what requests made since, instead of 0.1 s each, taken
