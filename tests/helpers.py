@@ -1,4 +1,5 @@
-"""A thin test helper over the REST API: every call asserts the status it expects."""
+"""A thin test helper over the REST API: every call asserts the status it expects; and
+an organization with tokens made through the services, for tests below the API."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import uuid
 from typing import Any
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from tokenadmin.act import Act
+from tokenadmin.models import Organization
+from tokenadmin.organization import service as organization_service
 
 
 class Api:
@@ -116,3 +122,29 @@ async def funded_org(
     await api.purchase(org["id"], inference, training)
     org_id: str = org["id"]
     return org_id
+
+
+async def bought_org(
+    session: AsyncSession,
+    act: Act,
+    name: str,
+    *,
+    inference: int,
+    training: int = 0,
+    **policy: Any,
+) -> Organization:
+    """A new organization with one purchase of `inference` and `training` tokens, made
+    through the services in `session`'s transaction."""
+    org = await organization_service.create(session, act, name=name, **policy)
+    await organization_service.record_purchase(
+        session,
+        act,
+        org,
+        inference_amount=inference,
+        training_amount=training,
+        purchased_on=None,
+        expires_at=None,
+        payer="test",
+        note="capacity",
+    )
+    return org

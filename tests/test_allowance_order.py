@@ -12,6 +12,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.conftest import START
+from tests.helpers import bought_org
 from tokenadmin.act import Act
 from tokenadmin.allowance import service as allowance_service
 from tokenadmin.allowance.schemas import AllowanceRow
@@ -29,17 +30,8 @@ SEEDED = 120
 
 async def _organization(db: Database, act: Act, name: str = "Order") -> uuid.UUID:
     async def work(session: AsyncSession) -> uuid.UUID:
-        org = await organization_service.create(session, act, name=name)
-        await organization_service.record_purchase(
-            session,
-            act,
-            org,
-            inference_amount=10_000_000_000,
-            training_amount=10_000_000_000,
-            purchased_on=None,
-            expires_at=None,
-            payer="test",
-            note="capacity",
+        org = await bought_org(
+            session, act, name, inference=10_000_000_000, training=10_000_000_000
         )
         return org.id
 

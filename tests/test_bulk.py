@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tests.helpers import bought_org
 from tokenadmin.act import Act
 from tokenadmin.bulk import seed_users
 from tokenadmin.clock import FakeClock
@@ -26,17 +27,8 @@ async def _org(
     act = Act("test", clock.now())
 
     async def work(session: AsyncSession) -> uuid.UUID:
-        org = await organization_service.create(session, act, name="Bulk", **policy)  # type: ignore[arg-type]
-        await organization_service.record_purchase(
-            session,
-            act,
-            org,
-            inference_amount=inference,
-            training_amount=training,
-            purchased_on=None,
-            expires_at=None,
-            payer="test",
-            note="capacity",
+        org = await bought_org(
+            session, act, "Bulk", inference=inference, training=training, **policy
         )
         return org.id
 

@@ -11,6 +11,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.conftest import START
+from tests.helpers import bought_org
 from tokenadmin.act import Act
 from tokenadmin.bulk import seed_users
 from tokenadmin.clock import FakeClock
@@ -42,18 +43,7 @@ async def _org_with_users(db: Database, clock: FakeClock) -> uuid.UUID:
     act = Act("test", clock.now())
 
     async def work(session: AsyncSession) -> uuid.UUID:
-        org = await organization_service.create(session, act, name="Search")
-        await organization_service.record_purchase(
-            session,
-            act,
-            org,
-            inference_amount=1_000_000_000,
-            training_amount=0,
-            purchased_on=None,
-            expires_at=None,
-            payer="test",
-            note="capacity",
-        )
+        org = await bought_org(session, act, "Search", inference=1_000_000_000)
         for email, name in NAMED:
             await user_service.create(session, act, org, user_service.NewUser(email, name))
         return org.id
