@@ -4,12 +4,12 @@ POST /v1/usage, /v1/usage/batch, /v1/reservations and a reservation's /commit an
 are the service's hot path: FastAPI's routing, dependencies and pydantic cost more per
 request than the metering itself. `FastMetering`, a plain ASGI middleware inside RequestLog
 and BodyLimit (a POST to these paths enters the app there: app.TokenAdminApp), answers the
-requests it fully understands: a JSON body (read with msgspec)
-whose every field passes checks at least as strict as the pydantic models of
-usage/schemas.py, a bearer key that authenticates (the same remembered lookup as the
-routes, `deps.remembered_key`) and holds the `usage` scope, and well-formed idempotency
-keys. It builds the same `service.Operation`s, hands them to the same Coalescer and sends
-the same answers, byte for byte, with the same headers.
+requests it fully understands: a JSON body (read with msgspec) whose every field passes
+checks at least as strict as the pydantic models of usage/schemas.py, a bearer key that
+authenticates (the same remembered lookup as the routes, `deps.remembered_key`) and holds
+the `usage` scope, and well-formed idempotency keys. It builds the same
+`service.Operation`s, hands them to the same Coalescer and sends the same answers, byte
+for byte, with the same headers.
 
 Anything else (a body that is not JSON or breaks a rule, another content type, no key or a
 refused one, a missing Idempotency-Key) goes on to the FastAPI routes of

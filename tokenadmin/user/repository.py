@@ -241,16 +241,14 @@ async def search(session: AsyncSession, query: UserQuery) -> tuple[Sequence[User
     statement = _filtered(query, dialect)
     ordering = _ordering(query)
     # The page's ids first (from an index, for a deep page too), then only their rows.
-    ids = statement.with_only_columns(User.id).order_by(*ordering)
+    ids, ids_order = statement.with_only_columns(User.id), ordering
     if query.sort in ALLOWANCE_ORDER:
         # The same order, from AllowanceOrder's index: its allowances are the users' own.
-        ids = (
-            statement.with_only_columns(User.id)
-            .join(AllowanceOrder, AllowanceOrder.user_id == User.id)
-            .where(AllowanceOrder.org_id == query.org_id)
-            .order_by(*_ordering(query, ALLOWANCE_ORDER[query.sort], AllowanceOrder.user_id))
+        ids = ids.join(AllowanceOrder, AllowanceOrder.user_id == User.id).where(
+            AllowanceOrder.org_id == query.org_id
         )
-    page_ids = ids.limit(query.limit).offset(query.offset).subquery()
+        ids_order = _ordering(query, ALLOWANCE_ORDER[query.sort], AllowanceOrder.user_id)
+    page_ids = ids.order_by(*ids_order).limit(query.limit).offset(query.offset).subquery()
     page = select(User).join(page_ids, User.id == page_ids.c.id).order_by(*ordering)
     users = (await session.scalars(page)).all()
     if query.offset == 0 and len(users) < query.limit:
