@@ -16,7 +16,7 @@ from tests.helpers import bought_org
 from tokenadmin.act import Act
 from tokenadmin.allowance import service as allowance_service
 from tokenadmin.allowance.schemas import AllowanceRow
-from tokenadmin.bulk import seed_users
+from tokenadmin.bulk import seed_users, seeded_email
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import Database
 from tokenadmin.models import AllowanceOrder, User
@@ -95,7 +95,7 @@ async def test_the_allowance_order_follows_every_write_of_a_users_allowances(
         )
         rows = [
             AllowanceRow(
-                user=f"user{index:06d}@bulk.example",
+                user=seeded_email("user", index),
                 max_tokens=500_000 + (index * 7919) % 1_000 * 10,
                 max_train_tokens=7_000 + (index * 104_729) % 500 if index % 3 else None,
             )
@@ -107,7 +107,7 @@ async def test_the_allowance_order_follows_every_write_of_a_users_allowances(
 
     async def deactivate(session: AsyncSession) -> None:
         org = await organization_service.lock_for_change(session, act, org_id)
-        user = await user_service.find_by_ref(session, org_id, "user000004@bulk.example")
+        user = await user_service.find_by_ref(session, org_id, seeded_email("user", 4))
         await user_service.deactivate(session, act, org, user)
 
     await db.write(deactivate)
@@ -118,9 +118,9 @@ async def test_the_allowance_order_follows_every_write_of_a_users_allowances(
 
     for sort in ("max_tokens", "max_train_tokens"):
         for descending in (False, True):
-            mine = [(row[2 if sort == "max_tokens" else 3], row[0]) for row in stored]
+            column = 2 if sort == "max_tokens" else 3
             expected = sorted(
-                (pair for pair, row in zip(mine, stored, strict=True) if row[1] == org_id),
+                ((row[column], row[0]) for row in stored if row[1] == org_id),
                 reverse=descending,
             )
             assert await _sorted(db, org_id, sort, descending) == expected
@@ -140,9 +140,7 @@ async def test_an_allowance_change_of_whole_pages_of_users_updates_every_one_in_
 
     async def change(session: AsyncSession) -> tuple[int, int]:
         rows = [
-            AllowanceRow(
-                user=f"user{index:06d}@bulk.example", max_tokens=600_000, max_train_tokens=0
-            )
+            AllowanceRow(user=seeded_email("user", index), max_tokens=600_000, max_train_tokens=0)
             for index in range(SEEDED)
         ]
         await allowance_service.change(session, act, org_id, rows)
