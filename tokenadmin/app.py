@@ -378,9 +378,9 @@ API_ROUTES = _included(
 )
 
 
-def resolve_routes(app: Starlette) -> int:
+def resolve_routes(app: Starlette) -> None:
     """Have FastAPI resolve every included route of `app` and of the apps mounted in it
-    now; how many routes it resolved.
+    now.
 
     FastAPI resolves an included route (its dependencies, its body and answer models) at
     the first request that reaches its router, and a request walks every router before the
@@ -388,11 +388,11 @@ def resolve_routes(app: Starlette) -> int:
     allowance change of 10,000 users, the first after a start: 90 ms of its server CPU).
     A server resolves them while it starts instead, before it freezes what it holds.
     """
-    resolved = 0
     for route in app.router.routes:
         if isinstance(route, Mount) and isinstance(route.app, Starlette):
-            resolved += resolve_routes(route.app)
-    return resolved + sum(1 for _ in iter_route_contexts(app.router.routes))
+            resolve_routes(route.app)
+    for _ in iter_route_contexts(app.router.routes):
+        pass  # each included router resolves its routes as it is walked
 
 
 def _allowed_methods(request: Request) -> str:
