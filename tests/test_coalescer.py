@@ -27,12 +27,16 @@ class Recorder:
 
     def __init__(self, *, delay: float = 0.01, fail_on: str | None = None) -> None:
         self.groups: list[list[str]] = []
+        self.skipping: list[bool] = []
         self.delay = delay
         self.fail_on = fail_on
 
-    async def __call__(self, caller: Caller, operations: Sequence[Operation]) -> list[Answer]:
+    async def __call__(
+        self, caller: Caller, operations: Sequence[Operation], *, skip_locked: bool = False
+    ) -> list[Answer]:
         users = [op.user or "" for op in operations]
         self.groups.append(users)
+        self.skipping.append(skip_locked)
         await asyncio.sleep(self.delay)
         if self.fail_on in users:
             raise RuntimeError("a statement failed")
@@ -51,6 +55,18 @@ async def test_requests_arriving_together_share_a_transaction_and_keep_their_ans
     assert [a.body["user"] for a in answers] == [f"u{i}" for i in range(50)]
     # The first ran at once, alone; the rest arrived while it ran and went in one transaction.
     assert run.groups == [["u0"], [f"u{i}" for i in range(1, 50)]]
+    # Requests grouped wait for their users' locks: a group names few, often the same one.
+    assert run.skipping == [False, False]
+
+
+async def test_a_batch_may_skip_the_users_locked_elsewhere() -> None:
+    run = Recorder()
+    coalescer = Coalescer(run)
+
+    await coalescer.run(CALLER, [_usage("u0"), _usage("u1")])
+
+    assert run.groups == [["u0", "u1"]]
+    assert run.skipping == [True]
 
 
 async def test_a_lone_request_does_not_wait_for_company() -> None:
@@ -96,7 +112,9 @@ async def test_one_failing_operation_does_not_fail_the_others_in_its_group() -> 
 async def test_waiters_hear_when_the_service_stops_under_them() -> None:
     started = asyncio.Event()
 
-    async def never_finishes(caller: Caller, operations: Sequence[Operation]) -> list[Answer]:
+    async def never_finishes(
+        caller: Caller, operations: Sequence[Operation], *, skip_locked: bool = False
+    ) -> list[Answer]:
         started.set()
         await asyncio.sleep(3600)
         raise AssertionError("unreachable")
@@ -162,7 +180,9 @@ async def test_a_callers_transactions_run_one_at_a_time_and_other_callers_alongs
     most: dict[str, int] = {}
     together = 0
 
-    async def run(caller: Caller, operations: Sequence[Operation]) -> list[Answer]:
+    async def run(
+        caller: Caller, operations: Sequence[Operation], *, skip_locked: bool = False
+    ) -> list[Answer]:
         nonlocal together
         running[caller.actor] = running.get(caller.actor, 0) + 1
         most[caller.actor] = max(most.get(caller.actor, 0), running[caller.actor])

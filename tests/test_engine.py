@@ -3,6 +3,7 @@ statements."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sqlite3
@@ -17,11 +18,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import Row, Select, create_engine, event, insert, select
+from sqlalchemy import Row, Select, create_engine, event, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from tests.helpers import Api, funded_org
+from tests.scenarios import get_user
 from tokenadmin.act import Act
 from tokenadmin.api_key import service as api_key_service
 from tokenadmin.clock import FakeClock
@@ -44,7 +46,7 @@ class Org:
         self.db, self.clock, self.org_id, self.caller = db, clock, org_id, caller
         self.users: dict[str, str] = {}  # name -> id
 
-    async def run(self, *operations: Operation) -> list[Answer]:
+    async def run(self, *operations: Operation, skip_locked: bool = False) -> list[Answer]:
         return await service.run(
             self.db,
             self.clock,
@@ -53,6 +55,7 @@ class Org:
             answer=answer_of,
             default_ttl=600,
             idempotency_ttl=timedelta(hours=24),
+            skip_locked=skip_locked,
         )
 
 
@@ -484,6 +487,78 @@ async def test_a_pooled_connection_is_not_pinged_before_its_transaction(
     monkeypatch.setattr(adapter, "ping", ping)
     answers = [await org.run(usage(org.users["ana"], 1, f"p{n}")) for n in range(3)]
     assert [a.status_code for group in answers for a in group] == [200, 200, 200]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_a_batch_leaves_the_users_locked_elsewhere_to_a_later_transaction(
+    api: Api, db: Database, clock: FakeClock
+) -> None:
+    """A batch (`skip_locked`) whose user another transaction has locked commits its other
+    users' events without waiting; that user's events follow, in their order, once the
+    lock is let go. Every event is answered as in one transaction, keys and all."""
+    org, same = await _org(api, db, clock), await _org(api, db, clock)
+    nobody = str(uuid.uuid4())
+
+    async def batch(org: Org, **run: Any) -> list[Answer]:
+        ana, bo, cy = (org.users[name] for name in ("ana", "bo", "cy"))
+        cy_email = (await get_user(api, cy))["email"].upper()
+        return await org.run(
+            usage(cy, 2, "b1"),
+            usage(ana, 1, "b2"),
+            usage(cy_email, 3, "b3"),  # cy by email
+            usage(cy, 2, "b1"),  # the first event again: its answer
+            usage(cy, 5, "b1"),  # its key, another body: refused
+            usage(bo, 1, "b4"),  # deactivated
+            usage(nobody, 1, "b5"),  # no such user
+            usage(ana, 4, "b6"),
+            usage(cy, 10**9, "b7"),  # more than cy has
+            **run,
+        )
+
+    async def used(user_id: str) -> int:
+        return int((await get_user(api, user_id))["inference"]["used"])
+
+    async def waiting_on_a_lock() -> bool:
+        statement = text(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return bool(await db.read(lambda s: s.scalar(statement)))
+
+    async with db.engine.connect() as holder:
+        await holder.execute(
+            text("SELECT 1 FROM users WHERE id = :id FOR UPDATE"), {"id": org.users["cy"]}
+        )
+        metering = asyncio.create_task(batch(org, skip_locked=True))
+        deadline = asyncio.get_running_loop().time() + 60
+        while not await waiting_on_a_lock():  # for cy, its last transaction
+            assert not metering.done(), metering.result()
+            assert asyncio.get_running_loop().time() < deadline, "the batch never waited"
+            await asyncio.sleep(0.01)
+        # ana's events are committed while cy's wait.
+        assert (await used(org.users["ana"]), await used(org.users["cy"])) == (5, 0)
+        await holder.rollback()
+    answers = await metering
+
+    alone = await batch(same)  # in one transaction, nothing locked elsewhere
+    assert _normalized(org, [answers], _entry_ids(answers)) == _normalized(
+        same, [alone], _entry_ids(alone)
+    )
+    assert [a.status_code for a in answers] == [200, 200, 200, 200, 422, 409, 404, 200, 402]
+    assert answers[3].replayed
+    assert answers[3].body == answers[0].body
+    assert (await used(org.users["ana"]), await used(org.users["cy"])) == (5, 5)
+    ids = [answers[n].body["journal_entry_id"] for n in (1, 7, 0, 2)]  # ana's, then cy's
+    assert ids == sorted(ids)
+    again = await batch(org, skip_locked=True)
+    assert [(a.status_code, a.body) for a in again] == [(a.status_code, a.body) for a in answers]
+    assert all(a.replayed for a in again if a.status_code in (200, 402))
+    assert (await used(org.users["ana"]), await used(org.users["cy"])) == (5, 5)
+
+
+def _entry_ids(answers: list[Answer]) -> list[int]:
+    """The journal entries the answers name, in the order they name them."""
+    return [a.body["journal_entry_id"] for a in answers if "journal_entry_id" in a.body]
 
 
 async def _raw_adapter(db: Database) -> Any:

@@ -266,6 +266,7 @@ class Group(Generic[T]):
     first: dict[str, int]  # the index of the request that applies each key
     todo: list[int]
     busy: set[str]
+    deferred: set[int] = field(default_factory=set)
 
     @classmethod
     def sort(cls, requests: Sequence[Keyed | None], stored: dict[str, Stored]) -> Group[T]:
@@ -296,6 +297,21 @@ class Group(Generic[T]):
             self.answers[self.first[key]] = refused(in_flight(key))
             self.todo.remove(self.first[key])
 
+    def defer(self, indexes: Sequence[int]) -> None:
+        """Requests of `todo` left for a later transaction, and with them the requests that
+        would answer their answer (the same key, sent again in the group): not applied,
+        not answered (None), their keys not stored."""
+        keys = {request.key for i in indexes if (request := self.requests[i]) is not None}
+        for key in keys:
+            del self.first[key]
+        self.deferred.update(indexes)
+        self.deferred.update(
+            i
+            for i, request in enumerate(self.requests)
+            if request is not None and request.key in keys and self.answers[i] is None
+        )
+        self.todo = [i for i in self.todo if i not in self.deferred]
+
     def settle(self, outcomes: Sequence[Outcome[T]], answer: Render[T]) -> None:
         """The outcomes of the `todo` requests, in order."""
         for index, outcome in zip(self.todo, outcomes, strict=True):
@@ -306,10 +322,14 @@ class Group(Generic[T]):
 
     def finish(
         self, scope: str, now: datetime, ttl: timedelta
-    ) -> tuple[list[Answer], list[dict[str, Any]]]:
-        """Every request's answer, and the records to keep (for `remember`)."""
-        final: list[Answer] = []
+    ) -> tuple[list[Answer | None], list[dict[str, Any]]]:
+        """Every request's answer (None: deferred), and the records to keep (for
+        `remember`)."""
+        final: list[Answer | None] = []
         for index, request in enumerate(self.requests):
+            if index in self.deferred:
+                final.append(None)
+                continue
             given = self.answers[index]
             if given is None:
                 assert request is not None
@@ -318,9 +338,9 @@ class Group(Generic[T]):
                 given = Answer(applied.status_code, applied.body, replayed=True)
             final.append(given)
         rows = [
-            remembered(scope, key, cast(Keyed, self.requests[i]).fingerprint, final[i], now, ttl)
+            remembered(scope, key, cast(Keyed, self.requests[i]).fingerprint, given, now, ttl)
             for key, i in self.first.items()
-            if key not in self.busy and kept(final[i].status_code)
+            if key not in self.busy and (given := final[i]) is not None and kept(given.status_code)
         ]
         return final, rows
 
@@ -351,7 +371,9 @@ async def write_group(
         group.settle(await apply(group.todo), answer)
     final, rows = group.finish(scope, now, ttl)
     await remember(session, rows)
-    return final
+    answered = [given for given in final if given is not None]
+    assert len(answered) == len(final)  # nothing is deferred here
+    return answered
 
 
 def _replayed(record: Stored, print_: str) -> Answer:

@@ -12,12 +12,14 @@ of the queue. Every operation is still accepted or refused on its own, with its 
 idempotency key and journal entry, and its answer is given only after the commit: an
 acknowledged request is on disk.
 
-`Coalescer.run` meters a batch (a request's operations) in one transaction of its own. A
-caller's transactions, its groups and its batches alike, run one at a time per process:
-concurrent transactions of one organization name the same users (a batch names up to a
-thousand), and each locks them in id order, holding those it has while it waits for the
-next; with many in flight they wait on each other in a chain. One at a time, a process's
-transaction waits at most on those of the other processes.
+`Coalescer.run` meters a batch (a request's operations) in transactions of its own: one,
+unless some of its users are locked by another transaction (on PostgreSQL, `service.run`'s
+`skip_locked`: their operations go to the next one). A caller's transactions, its groups
+and its batches alike, run one at a time per process: concurrent transactions of one
+organization name the same users (a batch names up to a thousand), and each locks them in
+id order, holding those it has while it waits for the next; with many in flight they wait
+on each other in a chain. One at a time, a process's transaction waits at most on those of
+the other processes, and a batch's first transactions not even on those.
 
 If a group's transaction fails with an unexpected error, its operations are retried one
 transaction each, so one bad operation cannot fail the requests that shared its
@@ -28,8 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tokenadmin.errors import Unavailable
 from tokenadmin.idempotency.service import Answer, KeysInFlight
@@ -38,7 +41,15 @@ from tokenadmin.usage.service import Caller, Operation
 log = logging.getLogger("tokenadmin.usage")
 
 STOPPING = "The service is stopping and did not apply this request; send it again."
-Run = Callable[[Caller, Sequence[Operation]], Awaitable[list[Answer]]]
+
+
+class Run(Protocol):
+    """Meters operations (`service.run`): with `skip_locked`, those of users another
+    transaction has locked may go to a transaction of their own, after the rest."""
+
+    async def __call__(
+        self, caller: Caller, operations: Sequence[Operation], *, skip_locked: bool = False
+    ) -> list[Answer]: ...
 
 
 @dataclass
@@ -66,15 +77,21 @@ class Coalescer:
         self._turns: dict[Caller, _Turn] = {}
 
     async def run(self, caller: Caller, operations: Sequence[Operation]) -> list[Answer]:
-        """Meter operations in one transaction of their own (the batch of a request), once
-        the caller's transaction under way in this process, if any, has ended."""
+        """Meter operations in transactions of their own (the batch of a request), once
+        the caller's transaction under way in this process, if any, has ended: those of
+        users locked elsewhere may go after the rest (`Run`)."""
+        return await self._in_turn(caller, operations, skip_locked=True)
+
+    async def _in_turn(
+        self, caller: Caller, operations: Sequence[Operation], *, skip_locked: bool
+    ) -> list[Answer]:
         for operation in operations:
             operation.keyed()  # outside the turn: see Operation.keyed
         turn = self._turns.setdefault(caller, _Turn())
         turn.waiting += 1
         try:
             async with turn.lock:
-                return await self._run(caller, operations)
+                return await self._run(caller, operations, skip_locked=skip_locked)
         finally:
             turn.waiting -= 1
             if not turn.waiting:
@@ -114,7 +131,8 @@ class Coalescer:
         self, caller: Caller, group: list[tuple[Operation, asyncio.Future[Answer]]]
     ) -> None:
         try:
-            answers = await self.run(caller, [operation for operation, _ in group])
+            operations = [operation for operation, _ in group]
+            answers = await self._in_turn(caller, operations, skip_locked=False)
         except BaseException as error:
             if not isinstance(error, Exception):
                 # Cancelled at shutdown: the transaction did not commit.

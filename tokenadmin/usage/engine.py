@@ -12,7 +12,10 @@ group that commits or releases reservations sends one more):
    reservations named) in id order, FOR UPDATE, and reads them with their organization,
    journal heads included, then takes as many journal ids as the group has operations
    (one entry each at most); a group that commits or releases reservations then locks
-   them;
+   them. A batch's transactions (`skip_locked`) skip the users another transaction has
+   locked, and leave their operations to the next (`service.run`): two processes'
+   batches name some of the same users, and waiting for one of them would keep the rest
+   locked meanwhile, so the batches would run one after the other;
 3. Python decides each operation in order (`service._debit`'s and `service._close`'s
    rules: unknown user or reservation, deactivated, allowance, closed reservation,
    thresholds crossed), chains each user's journal entries from the head it read and
@@ -50,9 +53,9 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache
+from functools import cache, partial
 from operator import itemgetter
 from typing import Any, cast
 
@@ -219,9 +222,14 @@ async def meter_group(
     default_ttl: int,
     idempotency_ttl: timedelta,
     fallback: Fallback,
-) -> list[idempotency.Answer]:
+    skip_locked: bool = False,
+) -> list[idempotency.Answer | None]:
     """Meter a group (`takes`) in this transaction; `fallback` meters it if the engine
-    can't (the module's docstring says when)."""
+    can't (the module's docstring says when).
+
+    With `skip_locked`, on PostgreSQL, the operations of users another transaction has
+    locked are left for a later transaction, unanswered (None) and unrecorded, so this one
+    never waits on a row lock while some of its users are free (`service.run`)."""
     postgres = session.get_bind().dialect.name == "postgresql"
     raw = await _Raw.of(session) if postgres else None
     lite = None if postgres else await sqlite_raw.Connection.of(session)
@@ -245,9 +253,13 @@ async def meter_group(
         return [revoked] * len(operations)
     try:
         chosen = [operations[i] for i in group.todo]
-        decided = await _decide(session, raw, act, org_id, chosen, default_ttl, read)
+        decided = await _decide(
+            session, raw, act, org_id, chosen, default_ttl, read, skip=skip_locked
+        )
     except _Fallback:
-        return await fallback(session)
+        return list(await fallback(session))
+    if decided.deferred:
+        group.defer([group.todo[index] for index in decided.deferred])
     changed = [user for user in decided.users if user.changed]
     reservations, entries = decided.reservations, decided.entries
     _take_ids(entries, decided.ids)
@@ -413,25 +425,32 @@ _ORG_COLUMNS = (
 _SPLIT = len(_USER_COLUMNS)
 
 
-_LOCK_USERS = (
-    "WITH locked AS MATERIALIZED ("
-    f" SELECT {', '.join(f'u.{name}' for name in _USER_COLUMNS)}"
-    " FROM users AS u"
-    " WHERE u.org_id = :org AND u.id = ANY(ARRAY("
-    " SELECT unnest(CAST(:ids AS uuid[]))"
+_NAMED = (
+    "SELECT unnest(CAST(:ids AS uuid[]))"
     " UNION ALL SELECT e.id FROM users AS e"
     " WHERE e.org_id = :org AND e.email = ANY(CAST(:emails AS text[]))"
     " UNION ALL SELECT r.user_id FROM reservations AS r"
-    " WHERE r.org_id = :org AND r.id = ANY(CAST(:reservations AS uuid[]))))"
-    " ORDER BY u.id FOR UPDATE OF u),"
+    " WHERE r.org_id = :org AND r.id = ANY(CAST(:reservations AS uuid[]))"
+)
+_TAKEN = (
     " taken AS MATERIALIZED (SELECT h.first, ARRAY("
     " SELECT nextval(pg_get_serial_sequence('journal_entries', 'id'))"
     " FROM generate_series(1, :count) WHERE h.first IS NOT NULL) AS ids"
     " FROM (SELECT (array_agg(id ORDER BY id))[1] AS first FROM locked) AS h)"
-    f" SELECT locked.*, {', '.join(f'o.{name}' for name in _ORG_COLUMNS)}, taken.ids"
-    " FROM locked LEFT JOIN taken ON taken.first = locked.id"
+)
+_LOCKED_COLUMNS = ", ".join(f"u.{name}" for name in _USER_COLUMNS)
+_READ_COLUMNS = f"locked.*, {', '.join(f'o.{name}' for name in _ORG_COLUMNS)}, taken.ids"
+_WITH_ORGANIZATION = (
+    " LEFT JOIN taken ON taken.first = locked.id"
     " LEFT JOIN organizations AS o ON o.id = :org AND taken.first IS NOT NULL"
-    " ORDER BY locked.id"
+)
+
+_LOCK_USERS = (
+    "WITH locked AS MATERIALIZED ("
+    f" SELECT {_LOCKED_COLUMNS} FROM users AS u"
+    f" WHERE u.org_id = :org AND u.id = ANY(ARRAY({_NAMED}))"
+    f" ORDER BY u.id FOR UPDATE OF u),{_TAKEN}"
+    f" SELECT {_READ_COLUMNS} FROM locked{_WITH_ORGANIZATION} ORDER BY locked.id"
 )
 """The users named (by id or email, or owning a reservation named): one probe of the
 primary key for the set, whatever the planner's statistics say; and, in the same round
@@ -442,6 +461,26 @@ they were written, as when they were taken by a statement of their own. They com
 first row only, with the organization: on every row, sorting the rows would move the array
 once per user, and the driver would decode the organization's JSON once per user."""
 
+_LOCK_FREE_USERS = (
+    "WITH named AS MATERIALIZED ("
+    " SELECT u.id, u.email FROM users AS u"
+    f" WHERE u.org_id = :org AND u.id = ANY(ARRAY({_NAMED}))),"
+    " locked AS MATERIALIZED ("
+    f" SELECT {_LOCKED_COLUMNS} FROM users AS u"
+    " WHERE u.org_id = :org AND u.id = ANY(ARRAY(SELECT id FROM named))"
+    f" ORDER BY u.id FOR UPDATE OF u SKIP LOCKED),{_TAKEN},"
+    " skipped AS MATERIALIZED (SELECT array_agg(n.id) AS ids, array_agg(n.email) AS emails"
+    " FROM named AS n WHERE NOT EXISTS (SELECT FROM locked WHERE locked.id = n.id))"
+    f" SELECT {_READ_COLUMNS},"
+    " CASE WHEN locked.id IS NULL OR taken.first IS NOT NULL THEN skipped.ids END,"
+    " CASE WHEN locked.id IS NULL OR taken.first IS NOT NULL THEN skipped.emails END"
+    f" FROM skipped LEFT JOIN locked ON true{_WITH_ORGANIZATION} ORDER BY locked.id"
+)
+"""`_LOCK_USERS`, but a user another transaction has locked is skipped, not waited for:
+the users it locked as above, and, on the first row, the ids and emails of those it
+skipped (they exist in the organization; those that don't are not named here, nor
+locked, and are refused as unknown). With every user skipped, its one row has only them."""
+
 
 async def _lock_users(
     raw: _Raw,
@@ -450,11 +489,14 @@ async def _lock_users(
     emails: list[str],
     reservation_ids: list[uuid.UUID],
     count: int,
-) -> tuple[list[_User], _Org | None, list[int] | None]:
+    *,
+    skip: bool = False,
+) -> tuple[list[_User], _Org | None, list[int] | None, set[uuid.UUID | str]]:
     """Lock the named users of the organization, and the owners of the reservations named,
     in id order and read them, with their organization (read after its metering lock was
     taken: this statement's snapshot is), and `count` journal ids taken under those locks
-    (none when no user was locked)."""
+    (none when no user was locked). With `skip`, the users another transaction has locked
+    are left alone, not waited for: their ids and emails come last."""
     parameters = {
         "org": org_id,
         "ids": ids,
@@ -462,12 +504,16 @@ async def _lock_users(
         "reservations": reservation_ids,
         "count": count,
     }
-    rows: Sequence[Any] = await raw.fetch(_LOCK_USERS, parameters)
+    rows: Sequence[Any] = await raw.fetch(_LOCK_FREE_USERS if skip else _LOCK_USERS, parameters)
+    skipped: set[uuid.UUID | str] = set()
+    if skip:
+        skipped.update(rows[0][-2] or (), rows[0][-1] or ())
+        rows = [row[:-2] for row in rows] if rows[0][0] is not None else []
     if not rows:
-        return [], None, None
+        return [], None, None, skipped
     first = rows[0]
     org = _Org(*first[_SPLIT:-1])
-    return [_User(*row[:_SPLIT]) for row in rows], org, first[-1]
+    return [_User(*row[:_SPLIT]) for row in rows], org, first[-1], skipped
 
 
 _RESERVATION_COLUMNS = (
@@ -669,6 +715,7 @@ class _Decided:
     entries: list[Entry]
     counted: list[_Counted]
     ids: list[int] | None = None  # journal ids taken with the users' locks (PostgreSQL)
+    deferred: list[int] = field(default_factory=list)  # operations left for later (`skip`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -713,21 +760,32 @@ async def _decide(
     operations: Sequence[service.Operation],
     default_ttl: int,
     read: _Read | None,
+    skip: bool = False,
 ) -> _Decided:
     """Each operation's outcome, in order, by `service._debit`'s and `service._close`'s
     rules; the users and reservations (changed in place), the journal entries (chained,
     ids not yet given) and the metrics to count. Raises `_Fallback` before anything is
     written when the group needs the ORM path. On SQLite (`raw` None) the rows were read
-    already (`read`)."""
+    already (`read`).
+
+    With `skip` (PostgreSQL, operations naming no reservation), the operations of users
+    another transaction has locked are not decided but `deferred`, unless every user named
+    is locked elsewhere: then it waits for them, as without."""
     decided = _Decided([], [], [], [], [])
     if not operations:
         return decided
     named = _Named.by(operations)
+    skipped: set[uuid.UUID | str] = set()
     if raw is not None:
         # Each operation writes one journal entry at most: its ids are taken with the locks.
-        users, org, decided.ids = await _lock_users(
-            raw, org_id, named.ids, named.emails, named.reservation_ids, len(operations)
-        )
+        lock = partial(
+            _lock_users,
+            raw, org_id, named.ids, named.emails, named.reservation_ids, len(operations),
+        )  # fmt: skip
+        skip = skip and not named.reservation_ids
+        users, org, decided.ids, skipped = await lock(skip=skip)
+        if skipped and not users:
+            users, org, decided.ids, skipped = await lock()
     else:
         assert read is not None
         users, org = read.users, read.org
@@ -754,8 +812,10 @@ async def _decide(
         reservations = {}
     used_before = [(user, user.inference_used, user.training_used) for user in users]
     group = _Group(act, org_id, default_ttl, decided, {u.id: u.journal_head for u in users})
-    for op, ref in zip(operations, named.refs, strict=True):
-        if op.reservation_id is None:
+    for index, (op, ref) in enumerate(zip(operations, named.refs, strict=True)):
+        if ref in skipped:
+            decided.deferred.append(index)
+        elif op.reservation_id is None:
             group.debit(op, by_ref.get(cast(uuid.UUID | str, ref)))
         else:
             reservation = reservations.get(op.reservation_id)

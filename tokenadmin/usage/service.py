@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -546,6 +546,11 @@ async def _expire_overdue(batch: _Batch, user: User) -> None:
             _expire(batch, batch.orgs[user.org_id], user, reservation)
 
 
+SKIPPING = 2
+"""How many transactions of a batch skip the users other transactions have locked (`run`);
+the next one waits for them."""
+
+
 async def run(
     db: Database,
     clock: Clock,
@@ -555,50 +560,91 @@ async def run(
     answer: idempotency.Render[Metered],
     default_ttl: int,
     idempotency_ttl: timedelta,
+    skip_locked: bool = False,
 ) -> list[idempotency.Answer]:
     """Meter in one transaction through the one idempotent-write path, each operation
     answered by `answer` (its caller's choice of status and body, kept for replays).
     Organizations due for upkeep are brought up to date first (`MaintenanceDue`). The
-    groups `engine.takes` are metered as sets (usage/engine.py), by the same rules."""
+    groups `engine.takes` are metered as sets (usage/engine.py), by the same rules.
+
+    With `skip_locked` (a batch, whose events are each accepted or refused on its own and
+    each carry a key), the engine leaves the operations of users another transaction has
+    locked to a next transaction, rather than holding the rest's locks while it waits for
+    them: up to `SKIPPING` transactions skip, the next waits. A user's operations stay
+    together, in their order. Each transaction commits before the next begins; should one
+    fail, those before it stay applied, and the batch sent again replays them."""
     requests = [operation.keyed() for operation in operations]
-
-    async def work(session: AsyncSession) -> list[idempotency.Answer]:
-        act = Act(caller.actor, clock.now())
-        if caller.key_id is not None and not await api_key_service.is_live(session, caller.key_id):
-            revoked = Unauthenticated("The API key is not valid or was revoked.")
-            return [idempotency.refused(revoked)] * len(operations)
-
-        async def apply(todo: list[int]) -> list[Outcome]:
-            chosen = [operations[index] for index in todo]
-            return await meter(session, act, caller, chosen, default_ttl=default_ttl)
-
-        return await idempotency.write_group(
-            session,
-            caller.idempotency_scope,
-            requests,
-            apply,
-            answer,
-            now=act.now,
-            ttl=idempotency_ttl,
-        )
-
     if not engine.takes(caller, operations):
-        return await db.write(work)
+        return await db.write(
+            partial(_meter, clock, caller, operations, requests, answer, default_ttl,
+                    idempotency_ttl)
+        )  # fmt: skip
+    answers: list[idempotency.Answer | None] = [None] * len(operations)
+    todo = list(range(len(operations)))
+    for transaction in range(SKIPPING + 1):
+        chosen = [operations[index] for index in todo]
+        keyed = [requests[index] for index in todo]
 
-    async def metered_as_a_set(session: AsyncSession) -> list[idempotency.Answer]:
-        return await engine.meter_group(
-            session,
-            act=Act(caller.actor, clock.now()),
-            caller=caller,
-            operations=operations,
-            requests=requests,
-            answer=answer,
-            default_ttl=default_ttl,
-            idempotency_ttl=idempotency_ttl,
-            fallback=work,
-        )
+        async def metered_as_a_set(
+            session: AsyncSession,
+            chosen: list[Operation] = chosen,
+            keyed: list[idempotency.Keyed | None] = keyed,
+            skip: bool = skip_locked and transaction < SKIPPING,
+        ) -> list[idempotency.Answer | None]:
+            return await engine.meter_group(
+                session,
+                act=Act(caller.actor, clock.now()),
+                caller=caller,
+                operations=chosen,
+                requests=keyed,
+                answer=answer,
+                default_ttl=default_ttl,
+                idempotency_ttl=idempotency_ttl,
+                fallback=partial(
+                    _meter, clock, caller, chosen, keyed, answer, default_ttl, idempotency_ttl
+                ),
+                skip_locked=skip,
+            )
 
-    return await db.write(metered_as_a_set)
+        given = await db.write(metered_as_a_set)
+        for index, one in zip(todo, given, strict=True):
+            answers[index] = one
+        todo = [index for index, one in zip(todo, given, strict=True) if one is None]
+        if not todo:
+            break
+    assert not todo  # the last transaction waits for its users: it answers every one
+    return cast(list[idempotency.Answer], answers)
+
+
+async def _meter(
+    clock: Clock,
+    caller: Caller,
+    operations: Sequence[Operation],
+    requests: Sequence[idempotency.Keyed | None],
+    answer: idempotency.Render[Metered],
+    default_ttl: int,
+    idempotency_ttl: timedelta,
+    session: AsyncSession,
+) -> list[idempotency.Answer]:
+    """`run`'s transaction through `meter` (the ORM path)."""
+    act = Act(caller.actor, clock.now())
+    if caller.key_id is not None and not await api_key_service.is_live(session, caller.key_id):
+        revoked = Unauthenticated("The API key is not valid or was revoked.")
+        return [idempotency.refused(revoked)] * len(operations)
+
+    async def apply(todo: list[int]) -> list[Outcome]:
+        chosen = [operations[index] for index in todo]
+        return await meter(session, act, caller, chosen, default_ttl=default_ttl)
+
+    return await idempotency.write_group(
+        session,
+        caller.idempotency_scope,
+        requests,
+        apply,
+        answer,
+        now=act.now,
+        ttl=idempotency_ttl,
+    )
 
 
 async def maintain(session: AsyncSession, act: Act, org_ids: Sequence[uuid.UUID]) -> None:
