@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +30,7 @@ from tokenadmin.clock import FakeClock
 from tokenadmin.database import MAX_ATTEMPTS, Database, Retry
 from tokenadmin.errors import InvalidRequest, TokenAdminError
 from tokenadmin.idempotency import service as idempotency
+from tokenadmin.tokens import Kind
 
 
 def replayed(response: httpx.Response) -> bool:
@@ -404,3 +408,21 @@ async def test_a_retried_transaction_runs_what_it_needs_first_then_gives_up_with
         await db.write(always_raced)
     assert (gave_up.value.status_code, gave_up.value.code) == (409, "retry")
     assert done.count("raced") == MAX_ATTEMPTS
+
+
+def test_a_fingerprint_is_the_hash_of_the_parts_as_json_dumps_writes_them() -> None:
+    """Fingerprints are stored with their keys: a new spelling would refuse the replay of a
+    request sent before an upgrade."""
+    parts = (
+        "usage",
+        "Ana@Example.com",
+        Kind.inference,
+        5,
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        None,
+        {"model": "m", "metadata": {"z": [1, 2.5, True], "a": 'é\n"x"'}},
+    )
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+
+    assert idempotency.fingerprint(*parts) == hashlib.sha256(canonical.encode()).hexdigest()
+    assert idempotency._encode_slowly(parts, 0) == [canonical]

@@ -423,6 +423,8 @@ _ORG_COLUMNS = (
     "alert_thresholds",
 )
 _SPLIT = len(_USER_COLUMNS)
+_TAKEN_IDS = _SPLIT + len(_ORG_COLUMNS)  # the journal ids taken, after the organization
+_SKIPPED = _TAKEN_IDS + 1  # the ids, then the emails, of the users skipped
 
 
 _NAMED = (
@@ -434,7 +436,7 @@ _NAMED = (
 )
 _TAKEN = (
     " taken AS MATERIALIZED (SELECT h.first, ARRAY("
-    " SELECT nextval(pg_get_serial_sequence('journal_entries', 'id'))"
+    " SELECT nextval((SELECT pg_get_serial_sequence('journal_entries', 'id')::regclass))"
     " FROM generate_series(1, :count) WHERE h.first IS NOT NULL) AS ids"
     " FROM (SELECT (array_agg(id ORDER BY id))[1] AS first FROM locked) AS h)"
 )
@@ -463,23 +465,26 @@ once per user, and the driver would decode the organization's JSON once per user
 
 _LOCK_FREE_USERS = (
     "WITH named AS MATERIALIZED ("
-    " SELECT u.id, u.email FROM users AS u"
-    f" WHERE u.org_id = :org AND u.id = ANY(ARRAY({_NAMED}))),"
+    " SELECT unnest(CAST(:ids AS uuid[])) AS id, NULL AS email"
+    " UNION ALL SELECT e.id, e.email FROM users AS e"
+    " WHERE e.org_id = :org AND e.email = ANY(CAST(:emails AS text[]))),"
     " locked AS MATERIALIZED ("
     f" SELECT {_LOCKED_COLUMNS} FROM users AS u"
     " WHERE u.org_id = :org AND u.id = ANY(ARRAY(SELECT id FROM named))"
     f" ORDER BY u.id FOR UPDATE OF u SKIP LOCKED),{_TAKEN},"
-    " skipped AS MATERIALIZED (SELECT array_agg(n.id) AS ids, array_agg(n.email) AS emails"
+    " skipped AS MATERIALIZED (SELECT array_agg(n.id) AS ids,"
+    " array_remove(array_agg(n.email), NULL) AS emails"
     " FROM named AS n WHERE NOT EXISTS (SELECT FROM locked WHERE locked.id = n.id))"
     f" SELECT {_READ_COLUMNS},"
     " CASE WHEN locked.id IS NULL OR taken.first IS NOT NULL THEN skipped.ids END,"
     " CASE WHEN locked.id IS NULL OR taken.first IS NOT NULL THEN skipped.emails END"
     f" FROM skipped LEFT JOIN locked ON true{_WITH_ORGANIZATION} ORDER BY locked.id"
 )
-"""`_LOCK_USERS`, but a user another transaction has locked is skipped, not waited for:
-the users it locked as above, and, on the first row, the ids and emails of those it
-skipped (they exist in the organization; those that don't are not named here, nor
-locked, and are refused as unknown). With every user skipped, its one row has only them."""
+"""`_LOCK_USERS` for operations naming no reservation, but a user another transaction
+has locked is skipped, not waited for: the users it locked as above, and, on the first
+row, the ids and emails of those named and not locked (those locked elsewhere, and ids of
+no user of the organization: reading the named users before locking them would cost a
+second probe of each). With none locked, its one row has only them."""
 
 
 async def _lock_users(
@@ -507,13 +512,14 @@ async def _lock_users(
     rows: Sequence[Any] = await raw.fetch(_LOCK_FREE_USERS if skip else _LOCK_USERS, parameters)
     skipped: set[uuid.UUID | str] = set()
     if skip:
-        skipped.update(rows[0][-2] or (), rows[0][-1] or ())
-        rows = [row[:-2] for row in rows] if rows[0][0] is not None else []
+        skipped.update(rows[0][_SKIPPED] or (), rows[0][_SKIPPED + 1] or ())
+        if rows[0][0] is None:  # none locked: the row only says which were skipped
+            rows = []
     if not rows:
         return [], None, None, skipped
     first = rows[0]
-    org = _Org(*first[_SPLIT:-1])
-    return [_User(*row[:_SPLIT]) for row in rows], org, first[-1], skipped
+    org = _Org(*first[_SPLIT:_TAKEN_IDS])
+    return [_User(*row[:_SPLIT]) for row in rows], org, first[_TAKEN_IDS], skipped
 
 
 _RESERVATION_COLUMNS = (
@@ -769,8 +775,9 @@ async def _decide(
     already (`read`).
 
     With `skip` (PostgreSQL, operations naming no reservation), the operations of users
-    another transaction has locked are not decided but `deferred`, unless every user named
-    is locked elsewhere: then it waits for them, as without."""
+    another transaction has locked are not decided but `deferred` (and those of ids that
+    name no user: the next transaction finds them unknown), unless it could lock none of
+    the users named: then it waits for them, as without."""
     decided = _Decided([], [], [], [], [])
     if not operations:
         return decided
