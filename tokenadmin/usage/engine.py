@@ -1157,7 +1157,8 @@ def _write_statement(users: bool, made: bool, closed: bool, journal: bool, recor
         parts.append(
             f"u AS (UPDATE users AS t SET {assignments}"
             f" FROM unnest({_arrays(USERS, ('id', *_COUNTERS), 'u_')})"
-            f" AS v(id, {', '.join(_COUNTERS)}) WHERE t.org_id = :org AND t.id = v.id)"
+            f" AS v(id, {', '.join(_COUNTERS)}) WHERE t.org_id = :org AND t.id = v.id"
+            " AND t.id = ANY(CAST(:u_id AS uuid[])))"
         )
     if made:
         parts.append(
