@@ -1122,6 +1122,24 @@ def _arrays(table: Table, names: Sequence[str], prefix: str) -> str:
     return ", ".join(casts)
 
 
+def _inserting_arrays(table: Table, names: Sequence[str], prefix: str) -> str:
+    """An INSERT of rows from arrays, one per column, but one value for the columns the
+    group's rows share (`_SHARED`): a thousand copies of the organization's id or the
+    actor would be encoded one by one, and asked each whether it is itself a list."""
+    shared = [name for name in names if f"{prefix}{name}" in _SHARED]
+    apart = [name for name in names if name not in shared]
+    values = [
+        f"CAST(:{prefix}{name} AS {table.c[name].type.compile(dialect=_POSTGRESQL)})"
+        if name in shared
+        else f"v.{name}"
+        for name in names
+    ]
+    return (
+        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT {', '.join(values)}"
+        f" FROM unnest({_arrays(table, apart, prefix)}) AS v({', '.join(apart)})"
+    )
+
+
 def _literal(values: Sequence[Any], quoted: bool) -> str:
     """An array literal of integers or datetimes (`str` of an aware datetime is a
     timestamptz PostgreSQL reads, with its offset)."""
@@ -1145,6 +1163,12 @@ def _literals(table: Table, names: Sequence[str], prefix: str) -> dict[str, bool
 
 
 _CLOSED = ("status", "committed_amount", "closed_at")
+_SHARED = frozenset(
+    {"j_org_id", "j_actor", "j_created_at", "i_scope", "i_created_at", "i_expires_at"}
+)
+"""Columns whose value is one for a group's rows: its entries are the organization's,
+made by one actor at one moment (`_entry`), its records kept in one scope at that moment
+for one time (`idempotency.Group.finish`). Sent once (`_inserting_arrays`)."""
 
 
 @cache
@@ -1173,25 +1197,23 @@ def _write_statement(users: bool, made: bool, closed: bool, journal: bool, recor
             f" AS v(id, {', '.join(_CLOSED)}) WHERE t.org_id = :org AND t.id = v.id)"
         )
     if journal:
-        parts.append(
-            f"j AS (INSERT INTO journal_entries ({', '.join(_JOURNAL_COLUMNS)})"
-            f" SELECT * FROM unnest({_arrays(JOURNAL, _JOURNAL_COLUMNS, 'j_')}))"
-        )
+        parts.append(f"j AS ({_inserting_arrays(JOURNAL, _JOURNAL_COLUMNS, 'j_')})")
     if records:
-        parts.append(
-            f"i AS (INSERT INTO idempotency_records ({', '.join(_RECORD_COLUMNS)})"
-            f" SELECT * FROM unnest({_arrays(RECORDS, _RECORD_COLUMNS, 'i_')}))"
-        )
+        parts.append(f"i AS ({_inserting_arrays(RECORDS, _RECORD_COLUMNS, 'i_')})")
     return f"WITH {', '.join(parts)} SELECT 1"
 
 
 _MADE_COLUMNS = ("org_id", *_RESERVATION_COLUMNS)
 _LITERALS = {
-    **_literals(USERS, ("id", *_COUNTERS), "u_"),
-    **_literals(RESERVATIONS, _MADE_COLUMNS, "r_"),
-    **_literals(RESERVATIONS, ("id", *_CLOSED), "c_"),
-    **_literals(JOURNAL, _JOURNAL_COLUMNS, "j_"),
-    **_literals(RECORDS, _RECORD_COLUMNS, "i_"),
+    name: quoted
+    for name, quoted in {
+        **_literals(USERS, ("id", *_COUNTERS), "u_"),
+        **_literals(RESERVATIONS, _MADE_COLUMNS, "r_"),
+        **_literals(RESERVATIONS, ("id", *_CLOSED), "c_"),
+        **_literals(JOURNAL, _JOURNAL_COLUMNS, "j_"),
+        **_literals(RECORDS, _RECORD_COLUMNS, "i_"),
+    }.items()
+    if name not in _SHARED
 }
 
 
@@ -1227,11 +1249,17 @@ async def _write_postgres(
     if entries:
         parameters["j_id"] = [entry.id for entry in entries]
         for name in _JOURNAL_COLUMNS[1:]:
-            parameters[f"j_{name}"] = [entry.row[name] for entry in entries]
+            if f"j_{name}" in _SHARED:
+                parameters[f"j_{name}"] = entries[0].row[name]
+            else:
+                parameters[f"j_{name}"] = [entry.row[name] for entry in entries]
         parameters["j_details"] = [_json(entry.row["details"]) for entry in entries]
     if records:
         for name in _RECORD_COLUMNS:
-            parameters[f"i_{name}"] = [record[name] for record in records]
+            if f"i_{name}" in _SHARED:
+                parameters[f"i_{name}"] = records[0][name]
+            else:
+                parameters[f"i_{name}"] = [record[name] for record in records]
     for name, quoted in _LITERALS.items():
         if name in parameters:
             parameters[name] = _literal(parameters[name], quoted)
