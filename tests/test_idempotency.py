@@ -26,6 +26,7 @@ from tests.scenarios import (
     reserve,
     run_sweeper,
 )
+from tokenadmin import compact_json
 from tokenadmin.clock import FakeClock
 from tokenadmin.database import MAX_ATTEMPTS, Database, Retry
 from tokenadmin.errors import InvalidRequest, TokenAdminError
@@ -425,4 +426,5 @@ def test_a_fingerprint_is_the_hash_of_the_parts_as_json_dumps_writes_them() -> N
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
 
     assert idempotency.fingerprint(*parts) == hashlib.sha256(canonical.encode()).hexdigest()
-    assert idempotency._encode_slowly(parts, 0) == [canonical]
+    slowly = compact_json.encoder(ensure_ascii=True, default=str, in_c=False)
+    assert slowly(parts, 0) == [canonical]

@@ -24,6 +24,7 @@ from sqlalchemy import Table, delete, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from tokenadmin import compact_json
 from tokenadmin.clock import Clock
 from tokenadmin.database import Database, Retry
 from tokenadmin.errors import (
@@ -101,24 +102,7 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256("".join(_canonical(parts, 0)).encode()).hexdigest()
 
 
-# The standard library's C encoder with json.dumps's arguments above, made once: json.dumps
-# makes an encoder at each call, which cost more than the encoding (a batch fingerprints a
-# thousand events). No check for circular values: the parts come from a request's JSON.
-_FINGERPRINT = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-
-
-def _encode_slowly(value: Any, _level: int) -> list[str]:
-    return [_FINGERPRINT.encode(value)]  # Python without the C encoder: the same text, slower
-
-
-_canonical: Callable[[Any, int], Sequence[str]] = (
-    _encode_slowly
-    if _c_make_encoder is None
-    else _c_make_encoder(
-        None, str, json.encoder.encode_basestring_ascii, None, ":", ",", True, False, True
-    )
-)
+_canonical = compact_json.encoder(ensure_ascii=True, default=str)
 
 
 def reused(key: str) -> IdempotencyKeyReused:

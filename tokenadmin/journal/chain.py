@@ -33,6 +33,7 @@ from hashlib import sha256
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from tokenadmin import compact_json
 from tokenadmin.journal.schemas import CHANGES
 from tokenadmin.tokens import Kind
 
@@ -119,24 +120,8 @@ def details_json(details: Any) -> str:
     return "".join(_encode(details, 0))
 
 
-# The standard library's C encoder, made once rather than at every call (as
-# `json.JSONEncoder.encode` does): sorted keys, "," and ":" without blanks, text as is
-# (not as \u escapes). It has no check for circular values; an entry has none.
-_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
-
-
-def _encode_slowly(value: Any, _level: int) -> list[str]:
-    return [_ENCODER.encode(value)]  # Python without the C encoder: the same text, slower
-
-
-_encode: Callable[[Any, int], Sequence[str]] = (
-    _encode_slowly
-    if _c_make_encoder is None
-    else _c_make_encoder(
-        None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", True, False, True
-    )
-)
+# Text as is (not as \u escapes).
+_encode = compact_json.encoder(ensure_ascii=False)
 
 
 # --- The chains replayed, as verify reads them (journal/verify.py) ----------------------
