@@ -584,29 +584,12 @@ async def run(
     for transaction in range(SKIPPING + 1):
         chosen = [operations[index] for index in todo]
         keyed = [requests[index] for index in todo]
-
-        async def metered_as_a_set(
-            session: AsyncSession,
-            chosen: list[Operation] = chosen,
-            keyed: list[idempotency.Keyed | None] = keyed,
-            skip: bool = skip_locked and transaction < SKIPPING,
-        ) -> list[idempotency.Answer | None]:
-            return await engine.meter_group(
-                session,
-                act=Act(caller.actor, clock.now()),
-                caller=caller,
-                operations=chosen,
-                requests=keyed,
-                answer=answer,
-                default_ttl=default_ttl,
-                idempotency_ttl=idempotency_ttl,
-                fallback=partial(
-                    _meter, clock, caller, chosen, keyed, answer, default_ttl, idempotency_ttl
-                ),
-                skip_locked=skip,
-            )
-
-        given = await db.write(metered_as_a_set)
+        skip = skip_locked and transaction < SKIPPING
+        as_a_set = partial(
+            _meter_as_a_set, clock, caller, chosen, keyed, answer, default_ttl,
+            idempotency_ttl, skip,
+        )  # fmt: skip
+        given = await db.write(as_a_set)
         for index, one in zip(todo, given, strict=True):
             answers[index] = one
         todo = [index for index, one in zip(todo, given, strict=True) if one is None]
@@ -614,6 +597,34 @@ async def run(
             break
     assert not todo  # the last transaction waits for its users: it answers every one
     return cast(list[idempotency.Answer], answers)
+
+
+async def _meter_as_a_set(
+    clock: Clock,
+    caller: Caller,
+    operations: Sequence[Operation],
+    requests: Sequence[idempotency.Keyed | None],
+    answer: idempotency.Render[Metered],
+    default_ttl: int,
+    idempotency_ttl: timedelta,
+    skip_locked: bool,
+    session: AsyncSession,
+) -> list[idempotency.Answer | None]:
+    """`run`'s transaction through the engine (usage/engine.py), `_meter` if it can't."""
+    return await engine.meter_group(
+        session,
+        act=Act(caller.actor, clock.now()),
+        caller=caller,
+        operations=operations,
+        requests=requests,
+        answer=answer,
+        default_ttl=default_ttl,
+        idempotency_ttl=idempotency_ttl,
+        fallback=partial(
+            _meter, clock, caller, operations, requests, answer, default_ttl, idempotency_ttl
+        ),
+        skip_locked=skip_locked,
+    )
 
 
 async def _meter(
