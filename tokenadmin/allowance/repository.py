@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, any_, bindparam, literal_column, or_, select, type_coerce
@@ -21,6 +22,7 @@ from tokenadmin.schemas import storable
 USERS = cast(Table, User.__table__)
 _COLUMNS = tuple(USERS.c)
 _NAMES = tuple(column.key for column in _COLUMNS)
+_ID, _EMAIL = _NAMES.index("id"), _NAMES.index("email")
 _new_user = User._sa_class_manager.new_instance  # type: ignore[attr-defined]
 PER_QUERY = 5_000  # SQLite: ids and emails bound one by one
 # The columns as the driver gives them (no result processing by SQLAlchemy): `_processed`
@@ -38,6 +40,24 @@ def user_of(values: Iterable[Any]) -> User:
     user: User = _new_user()
     user.__dict__.update(zip(_NAMES, values, strict=True))
     return user
+
+
+def reader(*names: str) -> Callable[[User], tuple[Any, ...]]:
+    """A function reading the columns `names` (two or more) of a user in one step: from its
+    `__dict__` when it holds them all (a user made by `user_of`, or one its session
+    loaded), else through its attributes (an expired object loads them). Each attribute
+    read of a mapped object is a call into SQLAlchemy (about 0.3 µs); a change of 10,000
+    users reads a dozen of each."""
+    get = itemgetter(*names)
+
+    def read(user: User) -> tuple[Any, ...]:
+        try:
+            values: tuple[Any, ...] = get(user.__dict__)
+        except KeyError:
+            return tuple(getattr(user, name) for name in names)
+        return values
+
+    return read
 
 
 def _storable(email: str) -> bool:
@@ -71,8 +91,7 @@ async def users_by_refs(
     found: dict[uuid.UUID | str, User] = {}
     configure_mappers()  # once per process: the attributes of a User work from then on
     for row in await session.run_sync(_rows_named, org_id, ids, emails):
-        user = user_of(row)
-        found[user.id] = found[user.email] = user
+        found[row[_ID]] = found[row[_EMAIL]] = user_of(row)
     return {ref: found[key] for ref, key in wanted.items() if key in found}
 
 

@@ -144,21 +144,23 @@ def plan(org: Organization, requests: list[Request], act: Act) -> Plan:
     balance; a row refused as a whole (a deactivated user, a stale version) takes none.
     """
     start = current_period(org, act.now)
+    minimums = {kind: org.minimum(kind) for kind in Kind}
     refused: list[Refusal] = []
     changes: list[Change] = []
     raises: dict[Kind, list[Raise]] = {kind: [] for kind in Kind}
     deltas = dict.fromkeys(Kind, 0)
     for index, request in enumerate(requests):
-        row_refusals = _check_row(org, index, request, start, act.now)
+        user, new = request.user, request.new
+        values = _CHECKED(user)
+        row_refusals = _check_row(org, minimums, index, request, values, start, act.now)
         refused_kinds: set[Any] = set()
         if row_refusals:
             refused.extend(row_refusals)
             refused_kinds = {r.details.get("kind") for r in row_refusals}
             if None in refused_kinds:
                 continue  # refused as a whole
-        user, new = request.user, request.new
         for kind, after in request.allowances.items():
-            before = 0 if new else user.allowance(kind)
+            before = 0 if new else values[_ALLOWANCE[kind]]
             if (after == before and not new) or kind.value in refused_kinds:
                 continue
             change = Change(user, kind, before, after, new)
@@ -301,13 +303,38 @@ def check_many_new_users(org: Organization, allowances: dict[Kind, int], count: 
             )
 
 
+_CHECKED = repository.reader(
+    "status",
+    "version",
+    "period_start",
+    "max_tokens",
+    "max_train_tokens",
+    "inference_used",
+    "training_used",
+    "inference_reserved",
+    "training_reserved",
+)
+"""What `plan` reads of each user, at once (`_check_row`'s `values`): by position."""
+_STATUS, _VERSION, _PERIOD_START = 0, 1, 2
+_ALLOWANCE = {Kind.inference: 3, Kind.training: 4}
+_USED = {Kind.inference: 5, Kind.training: 6}
+_RESERVED = {Kind.inference: 7, Kind.training: 8}
+
+
 def _check_row(
-    org: Organization, index: int, request: Request, start: Any, now: datetime
+    org: Organization,
+    minimums: Mapping[Kind, int],
+    index: int,
+    request: Request,
+    values: tuple[Any, ...],
+    start: Any,
+    now: datetime,
 ) -> list[Refusal]:
-    """The rules of one row on its own: every reason, each kind's with its `kind`."""
+    """The rules of one row on its own: every reason, each kind's with its `kind`.
+    `minimums`: the organization's, by kind; `values`: the user's, as `_CHECKED` reads them."""
     user = request.user
-    if not request.new and not user.active:
-        if all(user.allowance(kind) == value for kind, value in request.allowances.items()):
+    if not request.new and values[_STATUS] != "active":
+        if all(values[_ALLOWANCE[kind]] == value for kind, value in request.allowances.items()):
             return []  # nothing would change (a table saved whole, say): nothing to refuse
         return [
             Refusal(
@@ -318,7 +345,7 @@ def _check_row(
             )
         ]
     stale = None
-    if not request.new and request.expected_version not in (None, user.version):
+    if not request.new and request.expected_version not in (None, values[_VERSION]):
         assert request.expected_version is not None
         stale = conflict_since(
             org, user, request.expected_version, _wanted(request), request.since, now
@@ -326,9 +353,12 @@ def _check_row(
     if stale is not None:
         return [Refusal(index, user, "version_conflict", stale.message, stale.details)]
     refusals = []
+    current = values[_PERIOD_START] == start
     for kind, after in request.allowances.items():
-        minimum = org.minimum(kind)
-        committed = 0 if request.new else user.used_in(kind, start) + user.reserved(kind)
+        minimum = minimums[kind]
+        committed = 0
+        if not request.new:
+            committed = (values[_USED[kind]] if current else 0) + values[_RESERVED[kind]]
         rule: tuple[str, str, dict[str, int]]
         if after > MAX_AMOUNT:
             rule = (
@@ -706,23 +736,44 @@ _KIND_FIELD = {kind: (kind.value, ALLOWANCE_FIELD[kind]) for kind in Kind}
 """Each kind's name and its user's column, looked up once (an enum's `value` is a call)."""
 
 
+_ID_AND_EMAIL = repository.reader("id", "email")
+
+
 def preview(plan_: Plan) -> dict[str, Any]:
-    return {
-        "accepted": plan_.accepted,
-        "changes": [
+    changes = []
+    for c in plan_.changes:
+        user_id, email = _ID_AND_EMAIL(c.user)
+        kind, field_ = _KIND_FIELD[c.kind]
+        changes.append(
             {
-                "user_id": str(c.user.id),
-                "email": c.user.email,
-                "kind": _KIND_FIELD[c.kind][0],
-                "field": _KIND_FIELD[c.kind][1],
+                "user_id": str(user_id),
+                "email": email,
+                "kind": kind,
+                "field": field_,
                 "before": c.before,
                 "after": c.after,
             }
-            for c in plan_.changes
-        ],
+        )
+    return {
+        "accepted": plan_.accepted,
+        "changes": changes,
         "refused": [r.to_dict() for r in plan_.refused],
         "balance_after": _after_dict(plan_),
     }
+
+
+_HELD = repository.reader(
+    "id",
+    "period_start",
+    "max_tokens",
+    "max_train_tokens",
+    "version",
+    "inference_used",
+    "training_used",
+    "inference_reserved",
+    "training_reserved",
+)
+"""What `apply` reads of each user, at once."""
 
 
 async def apply(
@@ -752,41 +803,40 @@ async def apply(
     batch = str(uuid7())
     start = current_period(org, act.now)
     # Each user's values are read once, as plain values (an ORM attribute costs a call):
-    # user id → [user, Max Tokens, Max Train Tokens, version].
+    # user id → [user, Max Tokens, Max Train Tokens, version, inference used, training
+    # used, inference reserved, training reserved], and each change's user id.
     users: dict[uuid.UUID, list[Any]] = {}
+    user_ids: list[uuid.UUID] = []
     restarted = False
     for change in plan_.changes:
         user = change.user
-        if user.id in users:
+        read = _HELD(user)
+        user_ids.append(read[0])
+        if read[0] in users:
             continue
-        if not change.new and user.period_start != start:
+        if not change.new and read[1] != start:
             start_current_period(session, act, org, user, start)  # rare: recorded first
             restarted = True
-        users[user.id] = [user, user.max_tokens, user.max_train_tokens, user.version]
+            read = _HELD(user)
+        users[read[0]] = [user, *read[2:]]
     # One pass: the balances as each entry leaves them.
     allocated = {kind: org.allocated(kind) for kind in Kind}
     capacity = {kind: org.capacity(kind) for kind in Kind}
     rows: list[dict[str, Any]] = []
     extra = dict(details or {})
     at, actor, org_id = act.now, act.actor, org.id
-    for change in plan_.changes:
-        user, kind, before, after, new = (
-            change.user,
-            change.kind,
-            change.before,
-            change.after,
-            change.new,
-        )
+    for change, user_id in zip(plan_.changes, user_ids, strict=True):
+        kind, before, after, new = change.kind, change.before, change.after, change.new
         delta = after - before
         inference = kind is Kind.inference
-        held = users[user.id]
+        held = users[user_id]
         if delta:
             allocated[kind] += delta
             held[1 if inference else 2] += delta
         rows.append(
             {
                 "org_id": org_id,
-                "user_id": user.id,
+                "user_id": user_id,
                 "purchase_id": None,
                 "reservation_id": None,
                 "created_at": at,
@@ -803,8 +853,8 @@ async def apply(
                 "capacity_after": capacity[kind] if delta else None,
                 "allocated_after": allocated[kind] if delta else None,
                 "allowance_after": held[1 if inference else 2],
-                "used_after": user.inference_used if inference else user.training_used,
-                "reserved_after": user.inference_reserved if inference else user.training_reserved,
+                "used_after": held[4] if inference else held[5],
+                "reserved_after": held[6] if inference else held[7],
                 "details": {
                     **extra,
                     "before": before,
@@ -823,7 +873,7 @@ async def apply(
     # only when a user's period restarted (above).
     kinds = {change.kind for change in plan_.changes}
     saved: list[dict[str, Any]] = []
-    for user_id, (user, max_tokens, max_train_tokens, version) in users.items():
+    for user_id, (user, max_tokens, max_train_tokens, version, *_) in users.items():
         values = {
             "max_tokens": max_tokens,
             "max_train_tokens": max_train_tokens,
@@ -890,6 +940,9 @@ class _Named:
     """The journal heads of the users read here, locked: `apply` needn't read them again."""
 
 
+_ID_AND_HEAD = repository.reader("id", "journal_head")
+
+
 async def _name_users(
     session: AsyncSession, org: Organization, rows: Sequence[RowLike | Request]
 ) -> _Named:
@@ -902,24 +955,26 @@ async def _name_users(
     for index, row in enumerate(rows):
         if isinstance(row, Request):
             request = row
+            user_id = request.user.id
         else:
             found = by_ref.get(row.user)
             if found is None:
                 message = f"No user '{row.user}' in this organization."
                 named.refused.append(Refusal(index, None, "user_not_found", message, ref=row.user))
                 continue
-            named.heads[("user", found.id)] = found.journal_head
+            user_id, head = _ID_AND_HEAD(found)
+            named.heads[("user", user_id)] = head
             allowances = allowances_of(row.max_tokens, row.max_train_tokens)
             request = Request(found, allowances, row.expected_version)
-        if request.user.id in seen:
+        if user_id in seen:
             message = (
-                f"{request.user.email} appears in rows {seen[request.user.id]} and {index};"
+                f"{request.user.email} appears in rows {seen[user_id]} and {index};"
                 " put both columns in one row."
             )
             ref = request.user.email if isinstance(row, Request) else row.user
             named.refused.append(Refusal(index, None, "duplicate_user", message, ref=ref))
             continue
-        seen[request.user.id] = index
+        seen[user_id] = index
         named.requests.append(request)
         named.positions.append(index)
     return named
