@@ -73,14 +73,19 @@ def link_encoded(previous: str | None, entry: Mapping[Any, Any], details: str) -
     """`link`, with the entry's details given already as `details_json` writes them (the
     same for the same details: `verify` encodes each distinct details once)."""
     # Spelled out rather than looped over CONTENT: verify runs this for every entry.
+    global _last_time, _last_org
+    # The entries written together share their moment and organization (the same
+    # objects): each is spelled once for them all, not once an entry.
     created_at: datetime = entry["created_at"]
-    if created_at.tzinfo is not UTC:
-        created_at = created_at.astimezone(UTC)
-    # isoformat(timespec="microseconds"), spelled out: the keyword costs three times the
-    # call (the fraction is only left out when it is 0).
-    created = created_at.isoformat()
-    if not created_at.microsecond:
-        created = f"{created[:19]}.000000{created[19:]}"
+    last_time, created = _last_time
+    if created_at is not last_time:
+        created = _spelled_time(created_at)
+        _last_time = (created_at, created)
+    org_id = entry["org_id"]
+    last_org, org = _last_org
+    if org_id is not last_org:
+        org = str(org_id)
+        _last_org = (org_id, org)
     user_id, purchase_id, reservation_id = (
         entry["user_id"],
         entry["purchase_id"],
@@ -88,7 +93,7 @@ def link_encoded(previous: str | None, entry: Mapping[Any, Any], details: str) -
     )
     content = [
         previous or "",
-        str(entry["org_id"]),
+        org,
         None if user_id is None else str(user_id),
         None if purchase_id is None else str(purchase_id),
         None if reservation_id is None else str(reservation_id),
@@ -113,6 +118,23 @@ def link_encoded(previous: str | None, entry: Mapping[Any, Any], details: str) -
     # would spell it: the list without its last item, then "," and the details, then "]".
     text = "".join(_encode(content, 0))
     return sha256(f"{text[:-1]},{details}]".encode()).hexdigest()
+
+
+def _spelled_time(created_at: datetime) -> str:
+    if created_at.tzinfo is not UTC:
+        created_at = created_at.astimezone(UTC)
+    # isoformat(timespec="microseconds"), spelled out: the keyword costs three times the
+    # call (the fraction is only left out when it is 0).
+    created = created_at.isoformat()
+    if not created_at.microsecond:
+        created = f"{created[:19]}.000000{created[19:]}"
+    return created
+
+
+# The last moment and organization spelled, with their spellings (`link_encoded`): each
+# replaced as one tuple, so a reader never pairs one value with another's spelling.
+_last_time: tuple[datetime | None, str] = (None, "")
+_last_org: tuple[uuid.UUID | None, str] = (None, "")
 
 
 def details_json(details: Any) -> str:

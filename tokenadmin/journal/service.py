@@ -12,6 +12,7 @@ needs the entries' ids sooner (metering answers with them) calls it itself.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -228,9 +229,9 @@ def append(
     unread = {key for key in map(chain.chain_of, rows) if key not in known}
     current = _heads(session, unread, org_id)
     current.update(written)
-    # Each entry's details are encoded once, as its hash spells them, and stored in that
-    # spelling: `verify` reads them back as JSON whatever the spacing and key order.
-    link, spell = chain.link_encoded, chain.details_json
+    # The details stored as SQLAlchemy's JSON type would store them (the ORM's entries and
+    # these alike: the same bytes for the same details), and hashed as the chain spells them.
+    link, dumps = chain.link, json.dumps
     details: list[str | None] = []
     for row, entry_id in zip(rows, _next_ids(session, len(rows)), strict=True):
         user_id = row["user_id"]
@@ -238,9 +239,8 @@ def append(
         previous = current[key] if key in current else known.get(key)
         row["id"] = entry_id
         row["prev_hash"] = previous
-        text = None if row["details"] is None else spell(row["details"])
-        details.append(text)
-        row["hash"] = current[key] = link(previous, row, "null" if text is None else text)
+        details.append(None if row["details"] is None else dumps(row["details"]))
+        row["hash"] = current[key] = link(previous, row)
     if session.get_bind().dialect.name == "postgresql":
         _copy(session, rows, details)
     else:
