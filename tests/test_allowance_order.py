@@ -157,3 +157,39 @@ async def test_an_allowance_change_of_whole_pages_of_users_updates_every_one_in_
     updated, in_place = await db.write(change)
     assert updated >= SEEDED
     assert in_place == updated
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_metering_moves_last_activity_and_the_counters_in_place(
+    db: Database, clock: FakeClock
+) -> None:
+    """Metering writes a user's counters, and at most once a minute their last activity
+    (the first use in a minute moves it): with no index holding either (migration 0017),
+    PostgreSQL writes every such update in place, as the allowance change's."""
+    act = Act("test", clock.now())
+    org_id = await _organization(db, act)
+    await seed_users(db, org_id, SEEDED, max_tokens=500_000, act=act)
+
+    async def meter(session: AsyncSession) -> tuple[int, int]:
+        # The columns the metering engine's UPDATE writes (usage.engine), for every user.
+        await session.execute(
+            text(
+                "UPDATE users SET inference_used = inference_used + 1,"
+                " journal_head = md5(id::text), last_activity_at = :now"
+                " WHERE org_id = :org"
+            ),
+            {"now": clock.now(), "org": org_id},
+        )
+        counts = await session.execute(
+            text(
+                "SELECT pg_stat_get_xact_tuples_updated('users'::regclass),"
+                " pg_stat_get_xact_tuples_hot_updated('users'::regclass)"
+            )
+        )
+        updated, in_place = counts.one()
+        await session.rollback()  # counters moved without their journal entries: undone
+        return int(updated), int(in_place)
+
+    updated, in_place = await db.write(meter)
+    assert updated == SEEDED
+    assert in_place == updated

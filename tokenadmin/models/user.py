@@ -35,13 +35,13 @@ class User(Base):
             name="training_within_allowance",
         ),
         Index("ix_users_org_id_email", "org_id", "email"),
-        Index("ix_users_org_id_last_activity_at", "org_id", "last_activity_at"),
         Index("ix_users_org_id_status", "org_id", "status"),
         # The user table's sort by name, ties broken by id (migration 0003, which also adds
         # the search indexes: pg_trgm on PostgreSQL, an FTS5 trigram table on SQLite); it
         # also serves every lookup by (org_id, name) (migration 0014). The sorts by an
         # allowance are AllowanceOrder's: no index of this table holds an allowance, so an
-        # allowance change updates users in place (migration 0016).
+        # allowance change updates users in place (migration 0016). No index holds the last
+        # activity either: metering moves it once a minute a user, in place (0017).
         Index("ix_users_org_id_name_id", "org_id", "name", "id"),
     )
 
