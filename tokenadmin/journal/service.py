@@ -229,43 +229,27 @@ def append(
     unread = {key for key in map(chain.chain_of, rows) if key not in known}
     current = _heads(session, unread, org_id)
     current.update(written)
-    # The details stored as SQLAlchemy's JSON type would store them (the ORM's entries and
-    # these alike: the same bytes for the same details), and hashed as the chain spells them.
-    link, dumps = chain.link, json.dumps
-    details: list[str | None] = []
+    link = chain.link
     for row, entry_id in zip(rows, _next_ids(session, len(rows)), strict=True):
         user_id = row["user_id"]
         key = ("user", user_id) if user_id is not None else ("organization", row["org_id"])
         previous = current[key] if key in current else known.get(key)
         row["id"] = entry_id
         row["prev_hash"] = previous
-        details.append(None if row["details"] is None else dumps(row["details"]))
         row["hash"] = current[key] = link(previous, row)
     if session.get_bind().dialect.name == "postgresql":
-        _copy(session, rows, details)
+        _copy(session, rows)
     else:
-        _insert_sqlite(session, rows, details)
+        _insert_sqlite(session, rows)
     return current
 
 
-def _records(
-    rows: list[dict[str, Any]], details: list[str | None]
-) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """The rows' columns, the details last as given (JSON text), and each row's values in
-    that order: one C call a row (`itemgetter`), rather than a lookup per column and row."""
-    columns = [name for name in rows[0] if name != "details"]
-    values = itemgetter(*columns)
-    return [*columns, "details"], [
-        (*values(row), text) for row, text in zip(rows, details, strict=True)
-    ]
-
-
-def _insert_sqlite(session: Session, rows: list[dict[str, Any]], details: list[str | None]) -> None:
+def _insert_sqlite(session: Session, rows: list[dict[str, Any]]) -> None:
     """One executemany of the rows in the form SQLite stores them (ids as 32 hex digits,
-    times as naive UTC text, details as the JSON text given), without the per-value
-    processing of the column types, which would be most of the time."""
-    columns = [name for name in rows[0] if name != "details"]
-    values: list[list[Any]] = []
+    times as naive UTC text, details as JSON text), without the per-value processing of
+    the column types, which would be most of the time."""
+    columns = list(rows[0])
+    values = []
     for name in columns:  # column by column: one loop of few steps per column
         column = [row[name] for row in rows]
         convert = _SQLITE_FORM.get(name)
@@ -275,8 +259,6 @@ def _insert_sqlite(session: Session, rows: list[dict[str, Any]], details: list[s
         elif convert is not None:
             column = [convert(value) for value in column]
         values.append(column)
-    values.append(details)
-    columns.append("details")
     records = list(zip(*values, strict=True))
     placeholders = ", ".join("?" * len(columns))
     session.connection().exec_driver_sql(
@@ -298,19 +280,32 @@ def _sqlite_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
+def _sqlite_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
 _SQLITE_FORM: dict[str, Callable[[Any], Any]] = {
     "org_id": _sqlite_uuid,
     "user_id": _sqlite_uuid,
     "purchase_id": _sqlite_uuid,
     "reservation_id": _sqlite_uuid,
     "created_at": _sqlite_time,
+    "details": _sqlite_json,
 }
 
 
-def _copy(session: Session, rows: list[dict[str, Any]], details: list[str | None]) -> None:
+def _copy(session: Session, rows: list[dict[str, Any]]) -> None:
     """COPY the rows into the journal, in this transaction: several times faster than an
     INSERT of as many rows (no arrays to parse, no plan). Called within `run_sync`."""
-    columns, records = _records(rows, details)
+    # A record a row, by name (rows need not share key order) in one C call (`itemgetter`)
+    # rather than a lookup per column and row; the details last, as the JSON column
+    # stores them.
+    columns = [name for name in rows[0] if name != "details"]
+    values, dumps = itemgetter(*columns), json.dumps
+    records = [
+        (*values(row), None if row["details"] is None else dumps(row["details"])) for row in rows
+    ]
+    columns.append("details")
     driver = session.connection().connection.driver_connection
     assert driver is not None
     await_only(driver.copy_records_to_table(JOURNAL.name, records=records, columns=columns))
