@@ -151,7 +151,7 @@ def plan(org: Organization, requests: list[Request], act: Act) -> Plan:
     deltas = dict.fromkeys(Kind, 0)
     for index, request in enumerate(requests):
         user, new = request.user, request.new
-        values = _CHECKED(user)
+        values = _VALUES(user)
         row_refusals = _check_row(org, minimums, index, request, values, start, act.now)
         refused_kinds: set[Any] = set()
         if row_refusals:
@@ -303,7 +303,8 @@ def check_many_new_users(org: Organization, allowances: dict[Kind, int], count: 
             )
 
 
-_CHECKED = repository.reader(
+_VALUES = repository.reader(
+    "id",
     "status",
     "version",
     "period_start",
@@ -314,11 +315,11 @@ _CHECKED = repository.reader(
     "inference_reserved",
     "training_reserved",
 )
-"""What `plan` reads of each user, at once (`_check_row`'s `values`): by position."""
-_STATUS, _VERSION, _PERIOD_START = 0, 1, 2
-_ALLOWANCE = {Kind.inference: 3, Kind.training: 4}
-_USED = {Kind.inference: 5, Kind.training: 6}
-_RESERVED = {Kind.inference: 7, Kind.training: 8}
+"""What `plan` and `apply` read of each user, at once; each value by its position."""
+_ID, _STATUS, _VERSION, _PERIOD_START = 0, 1, 2, 3
+_ALLOWANCE = {Kind.inference: 4, Kind.training: 5}
+_USED = {Kind.inference: 6, Kind.training: 7}
+_RESERVED = {Kind.inference: 8, Kind.training: 9}
 
 
 def _check_row(
@@ -331,7 +332,7 @@ def _check_row(
     now: datetime,
 ) -> list[Refusal]:
     """The rules of one row on its own: every reason, each kind's with its `kind`.
-    `minimums`: the organization's, by kind; `values`: the user's, as `_CHECKED` reads them."""
+    `minimums`: the organization's, by kind; `values`: the user's, as `_VALUES` reads them."""
     user = request.user
     if not request.new and values[_STATUS] != "active":
         if all(values[_ALLOWANCE[kind]] == value for kind, value in request.allowances.items()):
@@ -762,20 +763,6 @@ def preview(plan_: Plan) -> dict[str, Any]:
     }
 
 
-_HELD = repository.reader(
-    "id",
-    "period_start",
-    "max_tokens",
-    "max_train_tokens",
-    "version",
-    "inference_used",
-    "training_used",
-    "inference_reserved",
-    "training_reserved",
-)
-"""What `apply` reads of each user, at once."""
-
-
 async def apply(
     session: AsyncSession,
     act: Act,
@@ -803,22 +790,22 @@ async def apply(
     batch = str(uuid7())
     start = current_period(org, act.now)
     # Each user's values are read once, as plain values (an ORM attribute costs a call):
-    # user id → [user, Max Tokens, Max Train Tokens, version, inference used, training
-    # used, inference reserved, training reserved], and each change's user id.
-    users: dict[uuid.UUID, list[Any]] = {}
+    # user id → (user, its `_VALUES`, the allowances moved as the entries are made), and
+    # each change's user id.
+    users: dict[uuid.UUID, tuple[User, list[Any]]] = {}
     user_ids: list[uuid.UUID] = []
     restarted = False
     for change in plan_.changes:
         user = change.user
-        read = _HELD(user)
-        user_ids.append(read[0])
-        if read[0] in users:
+        read = _VALUES(user)
+        user_ids.append(read[_ID])
+        if read[_ID] in users:
             continue
-        if not change.new and read[1] != start:
+        if not change.new and read[_PERIOD_START] != start:
             start_current_period(session, act, org, user, start)  # rare: recorded first
             restarted = True
-            read = _HELD(user)
-        users[read[0]] = [user, *read[2:]]
+            read = _VALUES(user)
+        users[read[_ID]] = (user, list(read))
     # One pass: the balances as each entry leaves them.
     allocated = {kind: org.allocated(kind) for kind in Kind}
     capacity = {kind: org.capacity(kind) for kind in Kind}
@@ -828,11 +815,10 @@ async def apply(
     for change, user_id in zip(plan_.changes, user_ids, strict=True):
         kind, before, after, new = change.kind, change.before, change.after, change.new
         delta = after - before
-        inference = kind is Kind.inference
-        held = users[user_id]
+        held = users[user_id][1]
         if delta:
             allocated[kind] += delta
-            held[1 if inference else 2] += delta
+            held[_ALLOWANCE[kind]] += delta
         rows.append(
             {
                 "org_id": org_id,
@@ -852,16 +838,16 @@ async def apply(
                 "reserved_delta": 0,
                 "capacity_after": capacity[kind] if delta else None,
                 "allocated_after": allocated[kind] if delta else None,
-                "allowance_after": held[1 if inference else 2],
-                "used_after": held[4] if inference else held[5],
-                "reserved_after": held[6] if inference else held[7],
+                "allowance_after": held[_ALLOWANCE[kind]],
+                "used_after": held[_USED[kind]],
+                "reserved_after": held[_RESERVED[kind]],
                 "details": {
                     **extra,
                     "before": before,
                     "after": after,
                     "batch": batch,
                     # The user's version after this change (`changes_since` reads it).
-                    "version": held[3] if new else held[3] + 1,
+                    "version": held[_VERSION] if new else held[_VERSION] + 1,
                 },
             }
         )
@@ -873,7 +859,12 @@ async def apply(
     # only when a user's period restarted (above).
     kinds = {change.kind for change in plan_.changes}
     saved: list[dict[str, Any]] = []
-    for user_id, (user, max_tokens, max_train_tokens, version, *_) in users.items():
+    for user_id, (user, held) in users.items():
+        max_tokens, max_train_tokens = (
+            held[_ALLOWANCE[Kind.inference]],
+            held[_ALLOWANCE[Kind.training]],
+        )
+        version = held[_VERSION]
         values = {
             "max_tokens": max_tokens,
             "max_train_tokens": max_train_tokens,
