@@ -91,7 +91,7 @@ def _batch_row(database: str, results: Sequence[Result]) -> Row:
 def _flat_row(run: growth.GrowthRun | None, database: str) -> Row:
     target = batch.TARGET_EVENTS_PER_SECOND
     figure = "batch as the journal grows"
-    wanted = f"each round ≥ {target:,} and ≥ {growth.FLAT:g}× the first"
+    wanted = f"each size ≥ {target:,} and ≥ {growth.FLAT:g}× the first (median round)"
     rounds = growth.batch_rounds(run) if run is not None else []
     flat = growth.flatness(run) if run is not None else None
     if flat is None:

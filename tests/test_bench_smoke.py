@@ -42,6 +42,7 @@ TINY_SIZES = growth.Sizes(
     journal_rows=(6_000,),
     seconds=1.0,
     batch_seconds=1.0,
+    batch_rounds=2,
     query_requests=3,
     connections=8,
     timeout=10.0,
@@ -150,6 +151,12 @@ def test_growth_and_administration_on_sqlite_are_measured_and_verified() -> None
     assert [p.users for p in points] == [50, 100, 100]
     assert points[2].journal_entries >= 6_000 > points[1].journal_entries
     assert [p.batch is not None for p in points] == [False, True, True]
+    assert [len(p.batch_rounds) for p in points] == [0, 2, 2]
+    for point in points[1:]:
+        assert point.batch is not None
+        slower = min(point.batch_rounds, key=lambda result: result.per_second)
+        assert point.batch.per_second == slower.per_second  # of two, the slower
+        assert any(note.startswith("median of 2 rounds") for note in point.batch.notes)
     for point in points:
         assert point.limit.exact, point.limit.exactness
         assert point.api.exact, (point.api.exactness, point.api.notes)
@@ -164,7 +171,7 @@ def test_growth_and_administration_on_sqlite_are_measured_and_verified() -> None
     assert "20 changes applied" in steps["POST /v1/organizations/{id}/allowances"].detail
     assert run.clean
     growth_lines = growth.table([run.growth])
-    assert len(growth_lines) == 2 + 3 * len(points) + 2  # and two rounds of batches
+    assert len(growth_lines) == 2 + 3 * len(points) + 2  # and the batches of two sizes
     assert admin.table([run.admin])[2].startswith("| sqlite | allowance change of 20 users")
     rows = targets.rows({}, {"sqlite": run}, TINY_SIZES.connections)
     figures = {row.figure: row for row in rows}
