@@ -32,6 +32,17 @@ def free_port() -> int:
         return port
 
 
+def server_environment(database_url: str, more: dict[str, str] | None = None) -> dict[str, str]:
+    """A test server's environment: this process's, its database, a sweep every second."""
+    return {
+        **os.environ,
+        "TOKENADMIN_DATABASE_URL": database_url,
+        "TOKENADMIN_SWEEP_INTERVAL_SECONDS": "1",
+        "TOKENADMIN_LOG_LEVEL": "warning",
+        **(more or {}),
+    }
+
+
 class Server:
     """One server process on a fixed loopback port; `kill` is kill -9, `start` starts it
     again on the same port (clients keep their URL)."""
@@ -45,13 +56,8 @@ class Server:
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.environment = {
-            **os.environ,
-            "TOKENADMIN_DATABASE_URL": database_url,
-            "TOKENADMIN_SWEEP_INTERVAL_SECONDS": "1",
-            "TOKENADMIN_LOG_LEVEL": "warning",
-            **(environment or {}),
-        }
+        self.database_url = database_url
+        self.environment = server_environment(database_url, environment)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = log  # where its output goes (appended to); None: the test's output
 
@@ -115,32 +121,63 @@ class Server:
             self.kill()
 
 
-class PreloadedServer(Server):
-    """A Server forked from a process of its own that imported the server's code once and
-    makes each app before it is asked for (tests/preload.py): each start after the first
-    costs uvicorn's start only, for tests that kill and start servers many times. `kill`
-    and `stop` are the same signals, to the server's own process."""
+class Preloader:
+    """A process that imported the server's code once (tests/preload.py), forking servers:
+    each costs uvicorn's start and create_app, not Python's start and every import. Its
+    servers run with its environment; one forked for a database URL of its own (`fork`'s
+    `database_url`) with that URL in it, its app made after the fork."""
 
-    preloader: subprocess.Popen[str] | None = None
+    def __init__(self, environment: dict[str, str], log: Path | None = None) -> None:
+        # From the checkout's root, as the test's own servers import the code under test.
+        command = [sys.executable, "-m", "tests.preload", str(log or "")]
+        self.process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=environment,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def fork(self, port: int, database_url: str | None = None) -> int:
+        """A server on `port`: its pid."""
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        self.process.stdin.write(f"{port} {database_url}\n" if database_url else f"{port}\n")
+        self.process.stdin.flush()
+        return int(self.process.stdout.readline())
+
+    def close(self) -> None:
+        """It exits at the end of its input (its servers stay as they are)."""
+        self.process.communicate(timeout=10)
+
+
+class PreloadedServer(Server):
+    """A Server forked from a Preloader: each start after the preloader's first costs
+    uvicorn's start only, for tests that kill and start servers many times. Its own
+    preloader, started with its environment, or a `shared` one (its servers have their own
+    database URLs, this server's its own). `kill` and `stop` are the same signals, to the
+    server's own process."""
+
     pid: int | None = None
+
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        environment: dict[str, str] | None = None,
+        log: Path | None = None,
+        shared: Preloader | None = None,
+    ) -> None:
+        super().__init__(database_url, environment=environment, log=log)
+        self.shared = shared
+        self.preloader = shared
 
     def start(self) -> None:
         if self.preloader is None:
-            # From the checkout's root, as the test's own servers import the code under test.
-            command = [sys.executable, "-m", "tests.preload", str(self.log or "")]
-            self.preloader = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=self.environment,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                text=True,
-            )
-        assert self.preloader.stdin is not None
-        assert self.preloader.stdout is not None
-        self.preloader.stdin.write(f"{self.port}\n")
-        self.preloader.stdin.flush()
-        self.pid = int(self.preloader.stdout.readline())
+            self.preloader = Preloader(self.environment, self.log)
+        url = self.database_url if self.shared is not None else None
+        self.pid = self.preloader.fork(self.port, url)
 
     def running(self) -> bool:
         """The preloader waits for its servers as they end, so a dead one's pid is gone."""
@@ -158,8 +195,8 @@ class PreloadedServer(Server):
     def stop(self) -> None:
         if not self._signal(signal.SIGTERM, timeout=10):
             self._signal(signal.SIGKILL, timeout=None)
-        if self.preloader is not None:
-            self.preloader.communicate(timeout=10)  # it exits at the end of its input
+        if self.preloader is not None and self.preloader is not self.shared:
+            self.preloader.close()
             self.preloader = None
 
     def _signal(self, signum: int, *, timeout: float | None) -> bool:
