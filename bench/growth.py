@@ -343,8 +343,9 @@ def measure(at: Server, sizes: Sizes, users: int, *, batches: bool = False) -> P
 
 
 def median_round(rounds: list[Result]) -> Result:
-    """The round of median rate (of an even number, the slower of the middle two), exact
-    only if every round was: the others' rates, and any round's inexactness, in its notes."""
+    """The round of median rate (of an even number, the slower of the middle two), with
+    every round's rate in its notes; exact only if every round was, any other round's
+    inexactness added to its own."""
     ordered = sorted(rounds, key=lambda result: result.per_second)
     middle = ordered[(len(ordered) - 1) // 2]
     if len(rounds) == 1:
