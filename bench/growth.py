@@ -414,7 +414,7 @@ def batch_target(result: Result, first: Result) -> str:
     checks = [f"≥ {target:,} events/s: {yes_no(result.per_second >= target)}"]
     if result is not first:
         flat = result.per_second >= FLAT * first.per_second
-        checks.append(f"≥ {FLAT:g}× the first round: {yes_no(flat)}")
+        checks.append(f"≥ {FLAT:g}× the first size's: {yes_no(flat)}")
     return "; ".join(checks)
 
 
