@@ -225,11 +225,18 @@ def started_servers(
     timeout: float = 30,
     log: Path | None = None,
     preloaded: bool = False,
+    preloader: Preloader | None = None,
 ) -> Iterator[list[Server]]:
     """`count` server processes on loopback sharing one database; `preloaded`: forked from
-    processes that imported the server's code once (PreloadedServer), to restart quickly."""
-    kind = PreloadedServer if preloaded else Server
-    servers = [kind(database_url, log=log) for _ in range(count)]
+    processes that imported the server's code once (PreloadedServer), to restart quickly;
+    `preloader`: forked from that one, shared with other tests (each server's database URL
+    its own)."""
+    servers: list[Server]
+    if preloader is not None:
+        servers = [PreloadedServer(database_url, log=log, shared=preloader) for _ in range(count)]
+    else:
+        kind = PreloadedServer if preloaded else Server
+        servers = [kind(database_url, log=log) for _ in range(count)]
     try:
         for server in servers:
             server.start()

@@ -30,7 +30,7 @@ from playwright.sync_api import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from tests.servers import PreloadedServer, Preloader, server_environment
+from tests.servers import Preloader, server_environment, started_servers
 from tokenadmin.act import Act
 from tokenadmin.auth import service as auth_service
 from tokenadmin.database import Database
@@ -180,14 +180,9 @@ def site(
     path = tmp_path / "browser.db"
     shutil.copy(template, path)
     site = dataclasses.replace(seeded, database_url=f"sqlite:///{path}", users=dict(seeded.users))
-    server = PreloadedServer(site.database_url, shared=preloader)
-    try:
-        server.start()
-        server.wait_ready()
-        site.url = server.url
+    with started_servers(site.database_url, 1, preloader=preloader) as servers:
+        site.url = servers[0].url
         yield site
-    finally:
-        server.stop()
 
 
 # Package scope, not session: Playwright's sync API keeps an event loop running in this
