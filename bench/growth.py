@@ -42,7 +42,7 @@ from typing import Any, cast
 from sqlalchemy import Table, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bench import admin, batch, usage
+from bench import admin, batch, pgstats, usage
 from bench.data import (
     KEY_NAME,
     SPREAD_MAX_TOKENS,
@@ -79,6 +79,9 @@ class Sizes:
     seconds: float = 4.0
     batch_seconds: float = 5.0  # each round of batches, at the largest size
     batch_rounds: int = 3  # rounds of batches at each size; its figure is the median one
+    # On PostgreSQL, what the database did during each size's rounds (bench/pgstats.py):
+    # costs two waits of pgstats.SETTLE seconds a size.
+    database_counters: bool = True
     query_requests: int = 50
     connections: int = 64
     timeout: float = 30.0
@@ -107,6 +110,7 @@ QUICK = Sizes(
     seconds=2.0,
     batch_seconds=2.0,
     batch_rounds=1,
+    database_counters=False,
     query_requests=10,
 )
 
@@ -324,6 +328,8 @@ def measure(at: Server, sizes: Sizes, users: int, *, batches: bool = False) -> P
     query = Timings(len(found), 0.0, sorted(found))
     print(f"    user table ({QUERY}): p50 {query.p50:.1f}  p99 {query.p99:.1f} ms", flush=True)
     rounds: list[Result] = []
+    watch = batches and at.database == "postgresql" and sizes.database_counters
+    before = pgstats.settled(at.seeded.url) if watch else None
     for number in range(sizes.batch_rounds if batches else 0):
         scenario = f"batch at {entries:,} rows, round {number + 1} of {sizes.batch_rounds}"
         rounds.append(
@@ -339,6 +345,11 @@ def measure(at: Server, sizes: Sizes, users: int, *, batches: bool = False) -> P
             )
         )
     median = median_round(rounds) if rounds else None
+    if median is not None and before is not None:
+        events = sum(result.answered for result in rounds)
+        what = pgstats.describe(before, pgstats.settled(at.seeded.url), events)
+        print(f"    {len(rounds)} rounds: {what}", flush=True)
+        median = replace(median, notes=[*median.notes, f"the {len(rounds)} rounds' {what}"])
     return Point(users, entries, limit, api, query.p50, query.p99, median, tuple(rounds))
 
 

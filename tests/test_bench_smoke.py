@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from bench import admin, growth, metering, reservations, targets, usage
+from bench import admin, growth, metering, pgstats, reservations, targets, usage
 from bench.data import Trace, seal, seed_metering, verify
 from bench.figures import reconcile
 from bench.load import Plan
@@ -141,6 +142,26 @@ def test_pgbench_limits_debit_and_reserve_exactly_and_keep_the_journal_clean(
     assert sealed == spread.accepted + 2 * pairs.accepted
     assert added == 1_000
     assert clean, summary
+
+
+def test_postgres_counters_show_the_wal_and_the_pages_a_load_read(postgres_url: str) -> None:
+    seed_metering(postgres_url, TINY.users)
+    before = pgstats.counters(postgres_url)
+    added = growth.add_history(postgres_url, 2_000, TINY.users)  # its backend exits: reported
+    after = before
+    for _ in range(100):  # until the exited backend's statistics are in
+        after = pgstats.counters(postgres_url)
+        if after.reads["journal_entries"][0] > before.reads["journal_entries"][0]:
+            break
+        time.sleep(0.1)
+    said = pgstats.describe(before, after, added)
+
+    assert after.wal_bytes - before.wal_bytes > added * 100  # an entry and its record
+    assert after.reads["users"][1] > 0  # sizes too
+    assert said.startswith(f"PostgreSQL (shared_buffers {after.shared_buffers}) per event: WAL ")
+    assert "pages read into shared buffers: " in said
+    assert "journal_entries" in said.split("pages read into shared buffers: ")[1]
+    assert pgstats.describe(after, after, 0).endswith("pages read into shared buffers: none")
 
 
 def test_growth_and_administration_on_sqlite_are_measured_and_verified() -> None:
