@@ -188,12 +188,16 @@ def trace(url: str, org_id: uuid.UUID, run: str, mark: int) -> Trace:
     """The idempotency records of the run's keys, and the journal entries since `mark`."""
 
     async def work(session: AsyncSession) -> Trace:
+        # The range lets the (scope, key) index find the run's keys (LIKE alone cannot, in a
+        # collation other than C) among every key the organization has; LIKE keeps the
+        # count to them. In any collation, run + "-digits" sorts between run and run + "z".
         records = await session.execute(
             text(
                 "SELECT status_code, count(*) FROM idempotency_records"
-                " WHERE scope = :scope AND key LIKE :keys GROUP BY status_code"
+                " WHERE scope = :scope AND key >= :run AND key < :past AND key LIKE :keys"
+                " GROUP BY status_code"
             ),
-            {"scope": f"org:{org_id}", "keys": f"{run}-%"},
+            {"scope": f"org:{org_id}", "run": run, "past": f"{run}z", "keys": f"{run}-%"},
         )
         org = org_id if session.get_bind().dialect.name == "postgresql" else org_id.hex
         entries = await session.execute(
