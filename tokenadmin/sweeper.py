@@ -79,7 +79,14 @@ async def expire_reservations(db: Database, clock: Clock, *, idempotency_ttl: ti
 
 
 async def purge_idempotency_keys(db: Database, clock: Clock) -> int:
-    return await db.write(lambda session: idempotency.purge(session, clock.now()))
+    """Every expired key, a bounded chunk a transaction (`idempotency.purge`)."""
+    now = clock.now()
+    purged = 0
+    while True:
+        chunk = await db.write(lambda session: idempotency.purge(session, now))
+        purged += chunk
+        if chunk < idempotency.PURGE_CHUNK:
+            return purged
 
 
 async def end_sessions(db: Database, clock: Clock) -> int:

@@ -20,9 +20,10 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Generic, NamedTuple, TypeAlias, TypeVar, cast
 
-from sqlalchemy import Table, delete, select, text
+from sqlalchemy import Delete, Table, any_, delete, func, literal_column, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.expression import ColumnClause
 
 from tokenadmin import compact_json
 from tokenadmin.clock import Clock
@@ -200,11 +201,43 @@ async def remember(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> Non
         raise Retry("an idempotency key was stored by another transaction first") from error
 
 
-async def purge(session: AsyncSession, now: datetime) -> int:
-    result = await session.execute(
-        delete(IdempotencyRecord).where(IdempotencyRecord.expires_at < now)
-    )
+PURGE_CHUNK = 5_000  # expired keys forgotten a transaction
+
+
+async def purge(session: AsyncSession, now: datetime, *, limit: int = PURGE_CHUNK) -> int:
+    """Forget at most `limit` keys whose time to live has passed, the first to expire first;
+    how many. The sweeper calls this until fewer than `limit` are left, so a backlog goes
+    in short transactions."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        await session.execute(PURGE_PLAN)
+    result = await session.execute(purging(now, limit, dialect))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# For the rest of the purge's transaction: a read of the whole table is never the plan. When
+# the statistics are stale (a table analyzed while it was small, or full of dead rows) the
+# planner can believe it tiny and choose to read all of it and sort, however large it is.
+PURGE_PLAN = text("SET LOCAL enable_seqscan = off")
+
+
+def purging(now: datetime, limit: int, dialect: str) -> Delete:
+    """`purge`'s statement: the rows found by reading the index on `expires_at` in order
+    and stopping after `limit` (on PostgreSQL with `PURGE_PLAN`), then deleted by their
+    physical address (PostgreSQL's ctid, SQLite's rowid). A bare
+    `DELETE … WHERE expires_at < now`, or one matching the keys found, can be planned as a
+    read of every remembered key when the statistics are stale."""
+    row: ColumnClause[Any] = literal_column("ctid" if dialect == "postgresql" else "rowid")
+    expired = (
+        select(row)
+        .select_from(RECORDS)
+        .where(RECORDS.c.expires_at < now)
+        .order_by(RECORDS.c.expires_at)
+        .limit(limit)
+    )
+    if dialect == "postgresql":  # a TID scan of the array of addresses
+        return delete(RECORDS).where(row == any_(func.array(expired.scalar_subquery())))
+    return delete(RECORDS).where(row.in_(expired))
 
 
 # --- keys in flight -------------------------------------------------------------------------
