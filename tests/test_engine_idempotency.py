@@ -143,3 +143,33 @@ async def test_the_purge_reads_the_expiry_index_with_stale_statistics(pg: Databa
     assert "Index Scan using ix_idempotency_records_expires_at" in shown, shown
     assert "Seq Scan on idempotency_records" not in shown, shown
     assert await pg.write(lambda session: idempotency.purge(session, now)) == 10
+
+
+async def test_keys_whose_32_bit_hashes_are_equal_are_not_each_others_in_flight(
+    pg: Database,
+) -> None:
+    # Two keys of one scope that a 32-bit hash (hashtext) cannot tell apart, among 200,000.
+    found = await pg.read(
+        lambda session: session.execute(
+            text(
+                "SELECT min(k), max(k) FROM (SELECT 'key-' || g AS k FROM"
+                " generate_series(1, 200000) AS g) AS keys"
+                " GROUP BY hashtext('org:a ' || k) HAVING count(*) > 1 LIMIT 1"
+            )
+        )
+    )
+    first_key, second_key = found.one()
+
+    async with (
+        AsyncSession(pg.engine) as first,
+        first.begin(),
+        AsyncSession(pg.engine) as second,
+        second.begin(),
+    ):
+        held = await idempotency.claim(first, "org:a", [first_key])
+        other = await idempotency.claim(second, "org:a", [second_key])
+        again = await idempotency.claim(second, "org:a", [first_key])
+
+    assert held == set()
+    assert other == set()  # not refused as in flight: another key
+    assert again == {first_key}  # the same key is

@@ -361,7 +361,7 @@ _BEGIN = (
     " EXISTS (SELECT 1 FROM api_keys WHERE id = :key_id AND org_id = :org"
     " AND revoked_at IS NULL) AS live,"
     " ARRAY(SELECT k FROM unnest(CAST(:keys AS text[])) AS k"
-    " WHERE NOT pg_try_advisory_xact_lock(:space, hashtext(:scope || ' ' || k))) AS busy)"
+    f" WHERE NOT {idempotency.KEY_LOCK_TAKEN.format(key='k')}) AS busy)"
     " SELECT head.live, head.busy, r.key, r.fingerprint, r.status_code, r.response"
     " FROM head LEFT JOIN (SELECT p.key, p.fingerprint, p.status_code, p.response"
     " FROM unnest(CAST(:keys AS text[])) AS k(key) CROSS JOIN LATERAL"
