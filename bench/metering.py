@@ -15,7 +15,7 @@ same data, where it has one against its limit:
   schema, one transaction each. On PostgreSQL with `pgbench` (same number of clients,
   `-M prepared`); on SQLite with a bare `sqlite3` loop in one process (WAL,
   synchronous=FULL, as the service opens it).
-- tokenadmin: a real server (`tokenadmin serve --workers 2` on PostgreSQL, one process on
+- tokenadmin: a real server process (`uvicorn --workers 2` on PostgreSQL, one process on
   SQLite) driven by `wrk` with a Lua script of this folder, real requests.
 
 Scenarios: "spread" (a random one of the seeded users per request), "hot" (one user for

@@ -7,7 +7,7 @@ and sampled from inside, on each database; prints a markdown section for bench/P
 
 For each database it seeds a throwaway one as `make bench` does (bench/data.py: 10,000
 users of one organization, a `usage` key), starts the server as `make bench` does
-(`tokenadmin serve --workers 2` on PostgreSQL, one process on SQLite), warms it up, and for each
+(`uvicorn --workers 2` on PostgreSQL, one process on SQLite), warms it up, and for each
 scenario ("spread": POST /v1/usage for a random user, bench/usage.lua, 64 connections;
 "batch": POST /v1/usage/batch of 1,000 events, bench/batch.lua, 8 connections; "hot", on
 request: every request for one user, 64 connections) runs wrk twice:
