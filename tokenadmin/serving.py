@@ -11,8 +11,7 @@ connection's addresses, so no process is skipped (the way nginx's `reuse_port` d
 
 The parent only supervises: it checks the address is free, starts the processes (spawned,
 as uvicorn's are), starts again any that exits, and on SIGINT or SIGTERM stops them all
-(SIGTERM: uvicorn's graceful shutdown, answering the requests in progress) and waits. A
-process whose supervisor dies (killed, so it could not stop them) stops by itself.
+(SIGTERM: uvicorn's graceful shutdown, answering the requests in progress) and waits.
 Where SO_REUSEPORT is missing (Windows) the processes share one socket, as uvicorn's do.
 """
 
@@ -20,11 +19,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import signal
 import socket
 import threading
-import time
 from types import FrameType
 from typing import Any
 
@@ -33,7 +30,6 @@ import uvicorn
 logger = logging.getLogger("tokenadmin.serving")
 
 STOP_SECONDS = 30.0  # how long the processes have to finish their requests on a stop
-ORPHAN_CHECK_SECONDS = 0.5  # how often a process checks that its supervisor is alive
 
 
 def run(app: str, *, host: str, port: int, processes: int, **options: Any) -> None:
@@ -79,21 +75,10 @@ def _reserve(host: str, port: int) -> None:
 
 
 def serve_one(options: dict[str, Any]) -> None:
-    """One process: its own listening socket, then uvicorn's server on it, until stopped or
-    until the supervisor is gone."""
+    """One process: its own listening socket, then uvicorn's server on it."""
     config = uvicorn.Config(**options)
     sock = listening_socket(config.host, config.port, config.backlog)
-    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     uvicorn.Server(config).run(sockets=[sock])
-
-
-def _stop_when_orphaned(supervisor: int) -> None:
-    """SIGTERM to this process (uvicorn's graceful shutdown) once its supervisor has died,
-    even by SIGKILL, which leaves it no chance to stop its processes: a server process
-    left behind would go on accepting on the address."""
-    while os.getppid() == supervisor:
-        time.sleep(ORPHAN_CHECK_SECONDS)
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Supervisor:
