@@ -151,11 +151,10 @@ def server(url: str, workers: int, timeout: float = 60) -> Iterator[tuple[str, i
     """A real server on loopback (`workers` processes); yields its URL and its pid."""
     port = _free_port()
     env = {**os.environ, "TOKENADMIN_DATABASE_URL": url, "TOKENADMIN_LOG_LEVEL": "warning"}
-    # As an installation serves: `tokenadmin serve`, each process on its own socket
-    # (tokenadmin/serving.py).
     command = [
-        sys.executable, "-m", "tokenadmin", "serve",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
+        sys.executable, "-m", "uvicorn", "tokenadmin.app:create_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        "--workers", str(workers),
     ]  # fmt: skip
     process = subprocess.Popen(command, env=env)
     base = f"http://127.0.0.1:{port}"

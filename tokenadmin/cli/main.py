@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.text import Text
@@ -35,7 +35,7 @@ from tokenadmin.cli.users import user_app, users_app
 from tokenadmin.cli.webhooks import webhooks_app
 from tokenadmin.config import get_settings
 from tokenadmin.database import Database
-from tokenadmin.errors import Conflict, InvalidRequest, TokenAdminError
+from tokenadmin.errors import InvalidRequest, TokenAdminError
 from tokenadmin.journal.service import VerifyReport
 from tokenadmin.journal.service import verify as verify_journal
 
@@ -88,9 +88,6 @@ def options(
     ctx.obj = Cli(database_url=database_url)
 
 
-APP = "tokenadmin.app:create_app"  # the ASGI factory every server process makes its app with
-
-
 @app.command()
 def serve(
     ctx: typer.Context,
@@ -109,8 +106,6 @@ def serve(
 ) -> None:
     """Run the API server (uvicorn)."""
     import uvicorn
-
-    from tokenadmin import serving
 
     cli = Cli.of(ctx)
     settings = cli.settings()
@@ -131,18 +126,16 @@ def serve(
     )
     made = _metrics_directory() if processes > 1 and not reload else None
     try:
-        options: dict[str, Any] = {
-            "factory": True,
-            "log_level": settings.log_level,
-            "access_log": False,  # each request is logged once, by tokenadmin.access (logs.py)
-        }
-        if reload:
-            uvicorn.run(APP, host=bind_host, port=bind_port, reload=True, **options)
-        else:  # a socket of its own for each process (serving.py)
-            try:
-                serving.run(APP, host=bind_host, port=bind_port, processes=processes, **options)
-            except serving.AddressInUse as error:
-                cli.fail(Conflict(str(error), code="address_in_use"))
+        uvicorn.run(
+            "tokenadmin.app:create_app",
+            factory=True,
+            host=bind_host,
+            port=bind_port,
+            workers=None if reload else processes,
+            reload=reload,
+            log_level=settings.log_level,
+            access_log=False,  # each request is logged once, by tokenadmin.access (logs.py)
+        )
     finally:
         if made is not None:
             shutil.rmtree(made, ignore_errors=True)
