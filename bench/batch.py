@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from bench.data import Seeded, balances, journal_mark, settled, trace
 from bench.figures import Result, reconcile, unanswered_note
-from bench.load import Plan, server_memory, unanswered, wrk, wrk_problems
+from bench.load import Plan, server_memory, split_midway, unanswered, wrk, wrk_problems
 from bench.usage import TOKENS, api_system, wrk_env
 
 TARGET_EVENTS_PER_SECOND = 15_000
@@ -22,6 +22,7 @@ def api_run(
     and every event answered was accepted (the allowances are far from running out)."""
     before = balances(seeded.url, "user").used
     mark = journal_mark(seeded.url)
+    timer, split = split_midway(pid, base, plan.seconds)
     figures = wrk(
         base,
         "batch.lua",
@@ -31,6 +32,7 @@ def api_run(
         threads=min(plan.threads, plan.batch_connections),
         connections=plan.batch_connections,
     )
+    timer.cancel()
     answered = figures["batches"] + figures["other"]
     problems = wrk_problems(figures, answered)
     missing = unanswered(figures, answered)
@@ -65,5 +67,12 @@ def api_run(
         exactness,
         unit="events",
         memory=server_memory(pid),
-        notes=problems + unanswered_note(missing, plan.timeout),
+        notes=problems + unanswered_note(missing, plan.timeout) + _split_note(split),
     )
+
+
+def _split_note(split: list[list[int]]) -> list[str]:
+    """The connections per server process halfway through, where there are several."""
+    if not split or len(split[0]) < 2:
+        return []
+    return ["connections per server process halfway: " + " + ".join(map(str, split[0]))]

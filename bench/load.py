@@ -271,3 +271,45 @@ def server_memory(pid: int) -> Memory:
         rss.append(int(fields.get("VmRSS", "0 kB").split()[0]) / 1024)
         peak.append(int(fields.get("VmHWM", "0 kB").split()[0]) / 1024)
     return Memory(rss, peak)
+
+
+# --- the server's connections -------------------------------------------------------------
+
+
+def connection_split(pid: int, port: int) -> list[int]:
+    """How many of the established connections to `port` each of the server's processes
+    holds, most first: uvicorn's workers (its spawned processes), or the server itself when
+    it runs alone. The workers accept from one shared socket, and a client's connections
+    opened at once can all land in one of them (docs/SCALING.md)."""
+    established: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                established.add(f"socket:[{fields[9]}]")
+    workers = [p for p in _descendants(pid) if p != pid and _spawned(p)] or [pid]
+    split = []
+    for worker in workers:
+        try:
+            links = [os.readlink(fd) for fd in Path(f"/proc/{worker}/fd").iterdir()]
+        except OSError:
+            continue
+        split.append(sum(1 for link in links if link in established))
+    return sorted(split, reverse=True)
+
+
+def _spawned(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def split_midway(pid: int, base: str, seconds: float) -> tuple[threading.Timer, list[list[int]]]:
+    """A timer, started, that reads `connection_split` halfway through a run of `seconds`
+    into the list returned with it."""
+    port = int(base.rsplit(":", 1)[1])
+    found: list[list[int]] = []
+    timer = threading.Timer(seconds / 2, lambda: found.append(connection_split(pid, port)))
+    timer.start()
+    return timer, found

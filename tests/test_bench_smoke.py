@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,11 +17,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from bench import admin, growth, metering, pgstats, reservations, targets, usage
+from bench import admin, batch, growth, load, metering, pgstats, reservations, targets, usage
 from bench.data import Trace, seal, seed_metering, verify
 from bench.figures import reconcile
 from bench.load import Plan
-from bench.user_table import _throwaway_database
+from bench.user_table import _throwaway_database, server
 from tests.servers import WHOLE_MACHINE
 from tokenadmin.migrate import upgrade
 
@@ -162,6 +163,30 @@ def test_postgres_counters_show_the_wal_and_the_pages_a_load_read(postgres_url: 
     assert "pages read into shared buffers: " in said
     assert "journal_entries" in said.split("pages read into shared buffers: ")[1]
     assert pgstats.describe(after, after, 0).endswith("pages read into shared buffers: none")
+
+
+def test_the_connections_are_counted_per_server_process(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'split.db'}"
+    upgrade(url)
+    with server(url, 2) as (base, pid):
+        port = int(base.rsplit(":", 1)[1])
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(6)]
+        try:
+            split: list[int] = []
+            for _ in range(200):  # until the workers have accepted all six
+                split = load.connection_split(pid, port)
+                if sum(split) == len(clients):
+                    break
+                time.sleep(0.05)
+        finally:
+            for client in clients:
+                client.close()
+
+    assert len(split) == 2  # uvicorn's two workers, not its supervisor
+    assert sum(split) == 6
+    assert split == sorted(split, reverse=True)
+    assert batch._split_note([[5, 1]]) == ["connections per server process halfway: 5 + 1"]
+    assert batch._split_note([[6]]) == []  # one process: nothing to say
 
 
 def test_growth_and_administration_on_sqlite_are_measured_and_verified() -> None:
