@@ -123,6 +123,11 @@ def record(
             user.add_used(kind, used)
         if reserved:
             user.add_reserved(kind, reserved)
+        if used or reserved:
+            # Rule 3's running totals count the used of the organization's current period
+            # only: a reset of an earlier period's counters leaves them as they are.
+            current = user.period_start == org.period_start
+            org.add_usage(kind, used if current else 0, reserved)
     elif allowance or used or reserved:
         raise ValueError("a change of a user's balances needs the user")
     org_level = kind is not None and (capacity or allocated or user is None)

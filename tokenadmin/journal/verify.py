@@ -47,7 +47,8 @@ from tokenadmin.journal.chain import (
     Chains,
     Found,
 )
-from tokenadmin.models import JournalEntry, Reservation, User
+from tokenadmin.models import JournalEntry, Organization, Reservation, User
+from tokenadmin.organization import repository as organization_repository
 from tokenadmin.rows import gc_paused
 from tokenadmin.tokens import Kind
 
@@ -118,12 +119,39 @@ class Organizations:
                 compare(
                     f"{label} allocated vs allowances", org.allocated(kind), sums.allowances[kind]
                 )
+            await _check_counted_usage(session, org, compare)
         for org_id, first in found.org_first.items():
             differ(
                 (
                     (ORGANIZATION_UNKNOWN, first),
                     f"journal names organization {org_id}, which is not stored",
                 )
+            )
+
+
+async def _check_counted_usage(
+    session: AsyncSession, org: Organization, compare: chain.Compare
+) -> None:
+    """Rule 3's running totals, where kept, against the users' sums: kept whole, and only
+    while the capacity binds (`Organization.counted_usage`)."""
+    totals = (org.used_inference, org.used_training, org.reserved_inference, org.reserved_training)
+    if all(total is None for total in totals):
+        return
+    label = f"organization {org.id} ({org.name})"
+    if any(total is None for total in totals):
+        compare.head(f"{label} keeps some of its running totals of usage, not all: {totals}")
+        return
+    if not org.binds():
+        compare.head(f"{label} keeps running totals of usage while its capacity does not bind")
+    usage = await organization_repository.period_usage(session, org.id, org.period_start)
+    for kind in Kind:
+        counted = org.counted_usage(org.period_start)
+        assert counted is not None
+        for index, what in enumerate(("used this period", "reserved")):
+            compare(
+                f"{label} {kind} {what} (running total) vs users",
+                counted[kind][index],
+                usage[kind][index],
             )
 
 

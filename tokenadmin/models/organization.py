@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import JSON, BigInteger, Boolean, CheckConstraint, Integer, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
@@ -56,6 +56,18 @@ class Organization(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # The hash of the newest journal entry without a user (journal/chain.py).
     journal_head: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Rule 3's running totals (SPEC section 3): this period's used and the reserved of the
+    # users, summed per kind, kept only while the capacity binds (`binds`), when every
+    # metering transaction of the organization locks this row anyway and adds what it
+    # changes (`journal.service.record`); all None otherwise, when metering never writes
+    # this row. The first metering transaction that finds them None sums the users once
+    # (`usage.service`); a new period, or a change after which the capacity no longer
+    # binds, sets them back to None (`forget_usage`). `verify` checks them against the
+    # users (migration 0018).
+    used_inference: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    used_training: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reserved_inference: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    reserved_training: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     # The models its users may call (None: every model of the catalog), and where the
     # gateway sends a model's requests when the model names no upstream of its own
     # (catalog/service.py). The upstream key is write-only: no surface returns it.
@@ -103,13 +115,61 @@ class Organization(Base):
             self.capacity_inference += delta
         else:
             self.capacity_training += delta
+        self._binding_changed()
 
     def add_allocated(self, kind: Kind, delta: int) -> None:
         if kind is Kind.inference:
             self.allocated_inference += delta
         else:
             self.allocated_training += delta
+        self._binding_changed()
 
     def over_allocated(self, kind: Kind) -> bool:
         """Whether rule 3 binds: usage must then also fit the organization's capacity."""
         return self.allocated(kind) > self.capacity(kind)
+
+    def binds(self) -> bool:
+        """Whether rule 3 binds for either kind: metering then locks this row."""
+        return self.over_allocated(Kind.inference) or self.over_allocated(Kind.training)
+
+    def counted_usage(self, period_start: datetime) -> dict[Kind, tuple[int, int]] | None:
+        """(used, reserved) per kind over the users in the period starting at
+        `period_start`, from the running totals; None when they are not kept (or are of
+        an earlier period: a new one began and the upkeep that forgets them is due)."""
+        totals = (self.used_inference, self.reserved_inference)
+        more = (self.used_training, self.reserved_training)
+        if None in totals or None in more or period_start != self.period_start:
+            return None
+        return {
+            Kind.inference: cast(tuple[int, int], totals),
+            Kind.training: cast(tuple[int, int], more),
+        }
+
+    def count_usage(self, usage: dict[Kind, tuple[int, int]]) -> None:
+        """Start the running totals from the users' sums (`period_usage`), taken under
+        this row's lock while the capacity binds."""
+        assert self.binds()
+        self.used_inference, self.reserved_inference = usage[Kind.inference]
+        self.used_training, self.reserved_training = usage[Kind.training]
+
+    def add_usage(self, kind: Kind, used: int, reserved: int) -> None:
+        """Add a user's change to the running totals, if they are kept."""
+        counted = self.counted_usage(self.period_start)
+        if counted is None:
+            return
+        was_used, was_reserved = counted[kind]
+        if kind is Kind.inference:
+            self.used_inference, self.reserved_inference = was_used + used, was_reserved + reserved
+        else:
+            self.used_training, self.reserved_training = was_used + used, was_reserved + reserved
+
+    def forget_usage(self) -> None:
+        """Stop keeping the running totals (a new period; the capacity no longer binds)."""
+        if self.used_inference is not None:
+            self.used_inference = self.used_training = None
+            self.reserved_inference = self.reserved_training = None
+
+    def _binding_changed(self) -> None:
+        # Metering adds to the totals only while it locks this row: while the capacity binds.
+        if not self.binds():
+            self.forget_usage()

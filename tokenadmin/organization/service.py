@@ -151,6 +151,7 @@ async def _start_period(
 ) -> None:
     """A new period: deactivated users give back what they used. Active users' counters
     restart lazily, each with its own journal entry, the next time they are written."""
+    org.forget_usage()  # rule 3's totals are of the period that ended
     for user in await repository.users_with_retained_allowance(session, org.id):
         for kind in Kind:
             retained = user.allowance(kind)
@@ -480,10 +481,11 @@ async def _period_usage(
 async def balance(
     session: AsyncSession, org: Organization, now: datetime, *, usage_max_age: float = 0.0
 ) -> Balance:
-    """Capacity and allocated as stored now; used and reserved this period summed over the
-    users (or, with `usage_max_age`, as summed at most that many seconds ago)."""
+    """Capacity and allocated as stored now; used and reserved this period from rule 3's
+    running totals where they are kept, else summed over the users (or, with
+    `usage_max_age`, as summed at most that many seconds ago)."""
     start = current_period(org, now)
-    usage = await _period_usage(session, org.id, start, usage_max_age)
+    usage = org.counted_usage(start) or await _period_usage(session, org.id, start, usage_max_age)
     kinds = {
         kind: KindBalance(
             capacity=org.capacity(kind),

@@ -268,14 +268,19 @@ async def _lock_organizations(batch: _Batch, org_ids: Sequence[uuid.UUID]) -> li
 
 async def _bind_capacity(batch: _Batch, orgs: Sequence[Organization]) -> None:
     session = batch.session
-    binding = sorted(o.id for o in orgs if any(o.over_allocated(kind) for kind in Kind))
+    binding = sorted(o.id for o in orgs if o.binds())
     if binding:
-        # Rule 3 binds: usage of these organizations is serialized on their row.
+        # Rule 3 binds: usage of these organizations is serialized on their row, which
+        # keeps their running totals (`Organization.counted_usage`): summed over the users
+        # once, by the first transaction to find them missing, then added to by each
+        # (`journal.record`).
         for org in await repository.organizations(session, binding, lock=True):
             batch.orgs[org.id] = org
-            usage = await organization_repository.period_usage(
-                session, org.id, batch.starts[org.id]
-            )
+            start = batch.starts[org.id]
+            usage = org.counted_usage(start)
+            if usage is None:
+                usage = await organization_repository.period_usage(session, org.id, start)
+                org.count_usage(usage)
             for kind in Kind:
                 if org.over_allocated(kind):
                     used, reserved = usage[kind]
@@ -684,7 +689,11 @@ async def availability(
     """What a user may still use of each kind: min(user remaining, organization remaining)."""
     start = current_period(org, now)
     binding = [kind for kind in Kind if org.over_allocated(kind)]
-    usage = await organization_repository.period_usage(session, org.id, start) if binding else {}
+    usage: dict[Kind, tuple[int, int]] = {}
+    if binding:
+        usage = org.counted_usage(start) or await organization_repository.period_usage(
+            session, org.id, start
+        )
     result = {}
     for kind in Kind:
         organization_remaining = None
