@@ -205,9 +205,7 @@ async def test_a_new_period_forgets_the_totals_and_counts_from_zero(
     assert sums == [org, org]
 
 
-async def test_operator_calls_keep_the_totals_too(
-    api: Api, db: Database, sums: list[str]
-) -> None:
+async def test_operator_calls_keep_the_totals_too(api: Api, db: Database, sums: list[str]) -> None:
     """The operator's key names users of any organization: the ORM path from the start."""
     org, _, (ana, bo, _) = await binding_org(api)
     await api.use(ana, 4_000, expect=200)
