@@ -31,6 +31,7 @@ from tokenadmin.rows import update_many
 KEY_NAME = "bench"  # the journal's actor is "key:bench", as the API writes it
 SPREAD_MAX_TOKENS = 10_000_000  # never refused in a run
 HOT_MAX_TOKENS = 1_000_000_000_000
+BINDING_MAX_TOKENS = 3 * HOT_MAX_TOKENS  # above the balance the seeding leaves: rule 3 binds
 T = TypeVar("T")
 
 
@@ -104,6 +105,23 @@ def add_users(url: str, org_id: uuid.UUID, count: int, *, max_tokens: int, prefi
 
     async def work(db: Database) -> None:
         await seed_users(db, org_id, count, max_tokens=max_tokens, prefix=prefix, act=_act())
+
+    asyncio.run(_with_database(url, work))
+
+
+def make_binding(url: str, org_id: uuid.UUID) -> None:
+    """Overallocation on and one user more, whose allowance takes the organization's
+    allocated inference tokens above its capacity: from now on rule 3 binds, and every
+    metering transaction must also fit the organization's usage of the period."""
+
+    async def work(db: Database) -> None:
+        async def overallocate(session: AsyncSession) -> None:
+            act = _act()
+            org = await organization_service.lock_for_change(session, act, org_id)
+            await organization_service.update_policy(session, act, org, {"overallocation": True})
+
+        await db.write(overallocate)
+        await seed_users(db, org_id, 1, max_tokens=BINDING_MAX_TOKENS, prefix="bind", act=_act())
 
     asyncio.run(_with_database(url, work))
 

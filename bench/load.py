@@ -40,7 +40,9 @@ class Plan:
     postgres_workers: int = 2
     batch_connections: int = 8  # each request is 1,000 events
     batch_events: int = 1_000
-    scenarios: tuple[str, ...] = ("spread", "hot", "over-demand", "batch", "reservations")
+    scenarios: tuple[str, ...] = (
+        "spread", "hot", "over-demand", "batch", "reservations", "binding",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ same data, where it has one against its limit:
 Scenarios: "spread" (a random one of the seeded users per request), "hot" (one user for
 every connection), "over-demand" (one user whose allowance runs out mid-run; the API
 only: accepted tokens must equal the allowance exactly), "batch" (POST /v1/usage/batch,
-1,000 events a request; the API only) and "reservations" (reserve then commit).
+1,000 events a request; the API only), "reservations" (reserve then commit) and, last,
+"binding" (spread again once the organization's capacity binds, SPEC rule 3: each
+transaction also locks the organization's row and keeps its running totals; the API only).
 
 After each run it checks exactness: the tokens used in the database grew by exactly the
 accepted operations times their tokens (reservations: nothing is left reserved); after
@@ -50,13 +52,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench import admin, batch, growth, reservations, targets, usage
-from bench.data import Seeded, seed_metering, verify
+from bench.data import Seeded, make_binding, seed_metering, verify
 from bench.figures import Result, append_to_results, heading, show, yes_no
 from bench.load import Plan
 from bench.user_table import RESULTS, _state_of_the_code, _throwaway_database, server
 from tokenadmin.migrate import upgrade
 
-SCENARIOS = ("spread", "hot", "over-demand", "batch", "reservations")
+SCENARIOS = ("spread", "hot", "over-demand", "batch", "reservations", "binding")
 TARGETS = (
     "Targets (issue 14): PostgreSQL spread API ÷ pgbench ≥ 1.0 (2 server processes); spread"
     f" p99 ≤ {targets.P99_TARGET_MS:g} ms at 64 connections; PostgreSQL hot API ÷ pgbench"
@@ -125,6 +127,18 @@ def run_api(database: str, seeded: Seeded, plan: Plan, base: str, pid: int) -> l
         results.append(show(batch.api_run(seeded, database, plan, base, pid)))
     if "reservations" in plan.scenarios:
         results.append(show(reservations.api_run(seeded, database, plan, base, pid)))
+    if "binding" in plan.scenarios:
+        # Last: the organization binds from now on (rule 3), for the spread scenario again.
+        make_binding(seeded.url, seeded.org_id)
+        prefix, users = _targets("spread", plan)
+        run = usage.api_run(
+            seeded, database, "binding", plan, base, pid, prefix=prefix, users=users
+        )
+        spread = [r for r in results if r.scenario == "spread"]
+        if spread and spread[0].per_second:
+            ratio = run.per_second / spread[0].per_second
+            run = replace(run, notes=[*run.notes, f"{ratio:.2f}× the spread scenario's rate"])
+        results.append(show(run))
     return results
 
 

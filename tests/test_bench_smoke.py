@@ -37,7 +37,7 @@ TINY = Plan(
     warmup=0.0,
     batch_connections=2,
     batch_events=50,
-    scenarios=("spread", "over-demand", "batch", "reservations"),
+    scenarios=("spread", "over-demand", "batch", "reservations", "binding"),
 )
 TINY_SIZES = growth.Sizes(
     users=(50, 100),
@@ -105,6 +105,7 @@ def test_metering_on_sqlite_is_exact_under_load() -> None:
         ("over-demand", "tokenadmin API"),
         ("batch", "tokenadmin API"),
         ("reservations", "tokenadmin API"),
+        ("binding", "tokenadmin API"),
     }
     for result in run.results:
         assert result.per_second > 0, result
@@ -116,6 +117,7 @@ def test_metering_on_sqlite_is_exact_under_load() -> None:
     assert "= allowance" in systems[("over-demand", "tokenadmin API")].exactness
     assert systems[("batch", "tokenadmin API")].unit == "events"
     assert "0 open reservations" in systems[("reservations", "tokenadmin API")].exactness
+    assert "× the spread scenario's rate" in systems[("binding", "tokenadmin API")].notes[-1]
     lines = metering.table([run])
     assert lines[2].startswith("| sqlite | spread | limit")
     assert "≥ 15,000 events/s" in next(line for line in lines if "| batch |" in line)
