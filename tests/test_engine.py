@@ -59,8 +59,13 @@ class Org:
         )
 
 
-async def _org(api: Api, db: Database, clock: FakeClock) -> Org:
-    org_id = await funded_org(api, inference=10_000_000)
+async def _org(api: Api, db: Database, clock: FakeClock, *, binding: bool = False) -> Org:
+    """With `binding`, 1,100,000 tokens bought for allowances of 1,800,000 (1,300,000 once
+    bo is deactivated): the organization runs out before ana and cy do (SPEC rule 3)."""
+    if binding:
+        org_id = await funded_org(api, inference=1_100_000, overallocation=True)
+    else:
+        org_id = await funded_org(api, inference=10_000_000)
     key, _ = await db.write(
         lambda s: api_key_service.create(
             s, Act("test", clock.now()), org_id=uuid.UUID(org_id), name="k", scopes=["usage"]
@@ -182,13 +187,22 @@ def orm_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
+@pytest.mark.parametrize("binding", [False, True], ids=["within-capacity", "capacity-binds"])
 async def test_the_engine_answers_and_journals_as_the_orm_path(
-    api: Api, db: Database, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    api: Api, db: Database, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, binding: bool
 ) -> None:
-    by_engine = await _org(api, db, clock)
-    by_orm = await _org(api, db, clock)
+    by_engine = await _org(api, db, clock, binding=binding)
+    by_orm = await _org(api, db, clock, binding=binding)
+    by_meter: list[int] = []  # the groups the ORM path metered, of the engine's run
+    meter = service.meter
 
-    engine_answers = await _scenario(by_engine)
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        by_meter.append(1)
+        return await meter(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(service, "meter", counted)
+        engine_answers = await _scenario(by_engine)
     with orm_only(monkeypatch):
         orm_answers = await _scenario(by_orm)
 
@@ -210,6 +224,12 @@ async def test_the_engine_answers_and_journals_as_the_orm_path(
         "idempotency_key_reused",
     ):
         assert code in engine_text
+    # The ORM path took the group charged at the rates and the one whose user holds a
+    # reservation (its overdue ones expire first); where the capacity binds, also the
+    # first group, which sums the users once for the organization's running totals.
+    assert len(by_meter) == (3 if binding else 2)
+    if binding:
+        assert engine_text.count('"limited_by": "organization"') == 3, engine_text
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -17,11 +17,18 @@ group that commits or releases reservations sends one more):
    batches name some of the same users, and waiting for one of them would keep the rest
    locked meanwhile, so the batches would run one after the other;
 3. Python decides each operation in order (`service._debit`'s and `service._close`'s
-   rules: unknown user or reservation, deactivated, allowance, closed reservation,
-   thresholds crossed), chains each user's journal entries from the head it read and
-   gives them their ids in order;
+   rules: unknown user or reservation, deactivated, allowance, what the organization has
+   left where its capacity binds, closed reservation, thresholds crossed), chains each
+   user's journal entries from the head it read and gives them their ids in order;
 4. one statement writes the users' counters and heads, the reservations made and closed,
    the journal entries and the idempotency records (data-modifying CTEs over arrays).
+
+Where the organization's capacity binds (SPEC rule 3), one more statement, after the
+users and reservations are locked, locks the organization's row and reads its running
+totals of the period's usage (`Organization.counted_usage`; `service` locks in the same
+order): the group is decided against what they leave, and step 4 adds what it changed to
+them. Every metering transaction of such an organization so waits for the one before it
+on that row, as every transaction of one user waits on the user's.
 
 On SQLite the same statements, one per step and table, are sent on sqlite3's connection
 in aiosqlite's thread (usage/sqlite_raw.py), in two hand-offs to that thread per group
@@ -40,7 +47,8 @@ is written, so its answers are the ORM path's own:
 - expiries (the sweeper), usage charged at a model's rates, and operator (platform)
   callers, whose organization is known only from the users named;
 - an organization due for upkeep (a purchase expired, a new period), or whose capacity
-  binds (SPEC rule 3: usage must also fit the organization's period usage);
+  binds while its running totals are not kept yet (the ORM path sums the users once and
+  starts them);
 - a group naming a user whose counters belong to an earlier period (the reset is
   journaled first), or naming no user of the organization at all;
 - usage or a reservation that does not fit while the user holds reservations (overdue
@@ -53,7 +61,7 @@ import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cache, partial
 from operator import itemgetter
@@ -189,13 +197,58 @@ class _Org:
     allocated_inference: int
     allocated_training: int
     alert_thresholds: list[int]
+    # Rule 3's running totals (`Organization.counted_usage`), as this read found them: on
+    # PostgreSQL read again under the row's lock where the capacity binds (`_lock_totals`).
+    used_inference: int | None
+    reserved_inference: int | None
+    used_training: int | None
+    reserved_training: int | None
 
     def binds(self) -> bool:
-        """Whether rule 3 binds for a kind (`Organization.over_allocated`)."""
+        """Whether rule 3 binds for either kind (`Organization.binds`)."""
         return (
             self.allocated_inference > self.capacity_inference
             or self.allocated_training > self.capacity_training
         )
+
+    def totals(self) -> _Totals | None:
+        """Rule 3's running totals where the capacity binds; None where they are not kept."""
+        counted = (self.used_inference, self.reserved_inference)
+        more = (self.used_training, self.reserved_training)
+        if None in counted or None in more:
+            return None
+        capacity = {Kind.inference: self.capacity_inference, Kind.training: self.capacity_training}
+        allocated = {
+            Kind.inference: self.allocated_inference,
+            Kind.training: self.allocated_training,
+        }
+        return _Totals(
+            {kind: capacity[kind] for kind in Kind if allocated[kind] > capacity[kind]},
+            {Kind.inference: cast(int, counted[0]), Kind.training: cast(int, more[0])},
+            {Kind.inference: cast(int, counted[1]), Kind.training: cast(int, more[1])},
+        )
+
+
+@dataclass(slots=True)
+class _Totals:
+    """A binding organization's running totals (`Organization.counted_usage`), read under
+    its row's lock, as the group's operations change them, and what the organization has
+    left of each kind whose capacity binds (`service.available`)."""
+
+    capacity: dict[Kind, int]  # of the kinds whose capacity binds
+    used: dict[Kind, int]
+    reserved: dict[Kind, int]
+    added: dict[Kind, tuple[int, int]] = field(default_factory=dict)  # (used, reserved)
+
+    def room(self, kind: Kind) -> int | None:
+        capacity = self.capacity.get(kind)
+        return None if capacity is None else capacity - self.used[kind] - self.reserved[kind]
+
+    def add(self, kind: Kind, used: int, reserved: int) -> None:
+        self.used[kind] += used
+        self.reserved[kind] += reserved
+        was_used, was_reserved = self.added.get(kind, (0, 0))
+        self.added[kind] = (was_used + used, was_reserved + reserved)
 
 
 def takes(caller: service.Caller, operations: Sequence[service.Operation]) -> bool:
@@ -268,11 +321,12 @@ async def meter_group(
     group.settle(decided.outcomes, answer)
     final, records = group.finish(scope, act.now, idempotency_ttl)
     try:
+        write = (org_id, changed, reservations, entries, records, decided.totals)
         if raw is not None:
-            await _write_postgres(raw, org_id, changed, reservations, entries, records)
+            await _write_postgres(raw, *write)
         else:
             assert lite is not None
-            await lite.run(_write_sqlite, org_id, changed, reservations, entries, records)
+            await lite.run(_write_sqlite, *write)
     except IntegrityError as error:
         # Only a key another transaction stored first is worth running again; any other
         # constraint (an allowance's CHECK) is a fault, raised as such.
@@ -421,6 +475,10 @@ _ORG_COLUMNS = (
     "allocated_inference",
     "allocated_training",
     "alert_thresholds",
+    "used_inference",
+    "reserved_inference",
+    "used_training",
+    "reserved_training",
 )
 _SPLIT = len(_USER_COLUMNS)
 _TAKEN_IDS = _SPLIT + len(_ORG_COLUMNS)  # the journal ids taken, after the organization
@@ -548,6 +606,26 @@ async def _lock_reservations(
     """Lock and read the organization's reservations named, after their users."""
     rows = await raw.fetch(_LOCK_RESERVATIONS, {"org": org_id, "ids": ids})
     return {row[0]: _Reservation(*row) for row in rows}
+
+
+_LOCK_TOTALS = (
+    "SELECT used_inference, reserved_inference, used_training, reserved_training"
+    " FROM organizations WHERE id = :org FOR UPDATE"
+)
+
+
+async def _lock_totals(raw: _Raw, org: _Org) -> _Org:
+    """Lock the row of an organization whose capacity binds, after the users and the
+    reservations (`service`'s order), and read its running totals under the lock."""
+    rows = await raw.fetch(_LOCK_TOTALS, {"org": org.id})
+    used_inference, reserved_inference, used_training, reserved_training = rows[0]
+    return replace(
+        org,
+        used_inference=used_inference,
+        reserved_inference=reserved_inference,
+        used_training=used_training,
+        reserved_training=reserved_training,
+    )
 
 
 # --- SQLite: reading, in one hand-off to aiosqlite's thread -------------------------------
@@ -695,6 +773,7 @@ def _read_users(
                 row[20],
                 row[21],
                 sqlite_raw.from_json(row[22]),
+                *row[23:27],
             )
     return users, found
 
@@ -722,6 +801,7 @@ class _Decided:
     counted: list[_Counted]
     ids: list[int] | None = None  # journal ids taken with the users' locks (PostgreSQL)
     deferred: list[int] = field(default_factory=list)  # operations left for later (`skip`)
+    totals: _Totals | None = None  # where the organization's capacity binds
 
 
 @dataclass(frozen=True, slots=True)
@@ -797,7 +877,7 @@ async def _decide(
         assert read is not None
         users, org = read.users, read.org
         decided.ids = list(range(read.last_id + 1, read.last_id + 1 + len(operations)))
-    if org is None or org.binds():
+    if org is None:
         raise _Fallback
     start = current_period(org, act.now)
     if (org.next_expiry_at is not None and org.next_expiry_at <= act.now) or (
@@ -817,8 +897,19 @@ async def _decide(
         reservations = await _lock_reservations(raw, org_id, named.reservation_ids)
     else:
         reservations = {}
+    totals = None
+    if org.binds():
+        # Rule 3: the group must also fit what the organization has left, from the running
+        # totals on its row; where they are not kept yet, the ORM path sums them once.
+        if raw is not None:
+            org = await _lock_totals(raw, org)
+        totals = org.totals()
+        if totals is None:
+            raise _Fallback
+    decided.totals = totals
     used_before = [(user, user.inference_used, user.training_used) for user in users]
-    group = _Group(act, org_id, default_ttl, decided, {u.id: u.journal_head for u in users})
+    heads = {u.id: u.journal_head for u in users}
+    group = _Group(act, org_id, default_ttl, decided, heads, totals)
     for index, (op, ref) in enumerate(zip(operations, named.refs, strict=True)):
         if ref in skipped:
             decided.deferred.append(index)
@@ -851,6 +942,57 @@ class _Group:
     default_ttl: int
     decided: _Decided
     heads: dict[uuid.UUID, str | None]
+    totals: _Totals | None = None  # where the organization's capacity binds
+
+    def available(self, user: _User, kind: Kind) -> int:
+        """What the user may still use: min(user remaining, organization remaining)
+        (`service.available`)."""
+        remaining = user.remaining(kind)
+        room = None if self.totals is None else self.totals.room(kind)
+        return remaining if room is None else max(0, min(remaining, room))
+
+    def balance(self, user: _User, kind: Kind) -> service.Balance:
+        allowance, used, reserved = user.balance(kind)
+        return service.Balance(allowance, used, reserved, self.available(user, kind))
+
+    def held(self, reservation: _Reservation, user: _User, entry: Entry) -> service.Held:
+        kind = Kind(reservation.kind)
+        return service.Held(
+            user.id,
+            user.email,
+            kind,
+            reservation.amount,
+            self.balance(user, kind),
+            id=reservation.id,
+            status=reservation.status,
+            committed=reservation.committed_amount,
+            expires_at=reservation.expires_at,
+            entry=entry,
+        )
+
+    def insufficient(
+        self, user: _User, kind: Kind, tokens: int, left: int, *, reserved: int = 0
+    ) -> InsufficientTokens:
+        """`service._insufficient`: `left` counts what this request may use, its own
+        reservation (`reserved`) included."""
+        room = None if self.totals is None else self.totals.room(kind)
+        by_organization = room is not None and room < user.remaining(kind)
+        who = "the organization" if by_organization else user.email
+        return InsufficientTokens(
+            f"{tokens:,} {kind} tokens requested but {who} has only {left:,} left this period.",
+            details={
+                "user_id": str(user.id),
+                "kind": kind.value,
+                "requested": tokens,
+                "remaining": left,
+                "limited_by": "organization" if by_organization else "user",
+                **({"reserved": reserved} if reserved else {}),
+            },
+        )
+
+    def take(self, kind: Kind, used: int, reserved: int) -> None:
+        if self.totals is not None:
+            self.totals.add(kind, used, reserved)
 
     def refuse(self, op: service.Operation, refusal: TokenAdminError, counted: _Counted) -> None:
         self.decided.outcomes.append(refusal)
@@ -883,21 +1025,21 @@ class _Group:
                 f"{user.email} is deactivated and can't use tokens.", code="user_deactivated"
             )
             return self.refuse(op, refusal, (*counted, refusal))
-        allowance, used, reserved = user.balance(kind)
-        left = allowance - used - reserved
-        if tokens > left and reserved:
+        left = self.available(user, kind)
+        if tokens > left and user.reserved(kind):
             raise _Fallback  # overdue reservations expire first
         if tokens > left:
-            refusal = _insufficient(user, kind, tokens, left)
+            refusal = self.insufficient(user, kind, tokens, left)
             return self.refuse(op, refusal, (*counted, refusal))
         self.touch(user)
         self.decided.counted.append((*counted, None))
         if op.action == "usage":
             user.add_used(kind, tokens)
+            self.take(kind, tokens, 0)
             entry = self.record(
                 user, _entry(self.act, self.org_id, user, "usage", kind, tokens, op.details)
             )
-            balance = _balance(user, kind)
+            balance = self.balance(user, kind)
             self.decided.outcomes.append(
                 service.Used(user.id, user.email, kind, tokens, balance, entry)
             )
@@ -918,11 +1060,12 @@ class _Group:
         )
         self.decided.reservations.append(reservation)
         user.add_reserved(kind, tokens)
+        self.take(kind, 0, tokens)
         row = _entry(
             self.act, self.org_id, user, "reserve", kind, tokens, op.details,
             used=0, reserved=tokens, reservation_id=reservation.id,
         )  # fmt: skip
-        self.decided.outcomes.append(_held(reservation, user, self.record(user, row)))
+        self.decided.outcomes.append(self.held(reservation, user, self.record(user, row)))
         return None
 
     def close(
@@ -949,6 +1092,7 @@ class _Group:
         kind, held, now = Kind(reservation.kind), reservation.amount, self.act.now
         if op.action == "release":
             user.add_reserved(kind, -held)
+            self.take(kind, 0, -held)
             user.changed = True
             row = _entry(
                 self.act, self.org_id, user, "release", kind, held, None,
@@ -960,13 +1104,14 @@ class _Group:
             actual = op.tokens if op.tokens is not None else held
             extra = actual - held
             if extra > 0:
-                left = user.remaining(kind)
+                left = self.available(user, kind)
                 if extra > left:
-                    refusal = _insufficient(user, kind, actual, held + left, reserved=held)
+                    refusal = self.insufficient(user, kind, actual, held + left, reserved=held)
                     return self.refuse(op, refusal, (*counted, refusal))
             self.touch(user)
             user.add_used(kind, actual)
             user.add_reserved(kind, -held)
+            self.take(kind, actual, -held)
             row = _entry(
                 self.act, self.org_id, user, "commit", kind, actual,
                 {"reserved": held, **(op.details or {})},
@@ -977,52 +1122,14 @@ class _Group:
             reservation.committed_amount = actual
         self.decided.reservations.append(reservation)
         self.decided.counted.append((op.action, reservation.kind, held, None))
-        self.decided.outcomes.append(_held(reservation, user, entry))
+        self.decided.outcomes.append(self.held(reservation, user, entry))
         return None
-
-
-def _balance(user: _User, kind: Kind) -> service.Balance:
-    allowance, used, reserved = user.balance(kind)
-    return service.Balance(allowance, used, reserved, allowance - used - reserved)
-
-
-def _held(reservation: _Reservation, user: _User, entry: Entry) -> service.Held:
-    kind = Kind(reservation.kind)
-    return service.Held(
-        user.id,
-        user.email,
-        kind,
-        reservation.amount,
-        _balance(user, kind),
-        id=reservation.id,
-        status=reservation.status,
-        committed=reservation.committed_amount,
-        expires_at=reservation.expires_at,
-        entry=entry,
-    )
 
 
 def _expired(reservation: _Reservation) -> ReservationExpired:
     return ReservationExpired(
         "This reservation expired before it was committed; its tokens were released.",
         details={"id": str(reservation.id), "expires_at": reservation.expires_at.isoformat()},
-    )
-
-
-def _insufficient(
-    user: _User, kind: Kind, tokens: int, left: int, *, reserved: int = 0
-) -> InsufficientTokens:
-    # `service._insufficient` when the organization's capacity does not bind.
-    return InsufficientTokens(
-        f"{tokens:,} {kind} tokens requested but {user.email} has only {left:,} left this period.",
-        details={
-            "user_id": str(user.id),
-            "kind": kind.value,
-            "requested": tokens,
-            "remaining": left,
-            "limited_by": "user",
-            **({"reserved": reserved} if reserved else {}),
-        },
     )
 
 
@@ -1171,11 +1278,20 @@ made by one actor at one moment (`_entry`), its records kept in one scope at tha
 for one time (`idempotency.Group.finish`). Sent once (`_inserting_arrays`)."""
 
 
+_TOTALS = ("used_inference", "reserved_inference", "used_training", "reserved_training")
+
+
 @cache
-def _write_statement(users: bool, made: bool, closed: bool, journal: bool, records: bool) -> str:
+def _write_statement(
+    users: bool, made: bool, closed: bool, journal: bool, records: bool, totals: bool
+) -> str:
     """One statement writing the group: users' counters and heads, reservations made and
-    closed, journal entries, idempotency records."""
+    closed, journal entries, idempotency records, and what it adds to a binding
+    organization's running totals (its row locked by `_lock_totals`)."""
     parts = []
+    if totals:
+        assignments = ", ".join(f"{name} = {name} + CAST(:o_{name} AS bigint)" for name in _TOTALS)
+        parts.append(f"o AS (UPDATE organizations SET {assignments} WHERE id = :org)")
     if users:
         assignments = ", ".join(f"{name} = v.{name}" for name in _COUNTERS)
         parts.append(
@@ -1228,12 +1344,16 @@ async def _write_postgres(
     reservations: list[_Reservation],
     entries: list[Entry],
     records: list[dict[str, Any]],
+    totals: _Totals | None,
 ) -> None:
     made = [r for r in reservations if r.new]
     closed = [r for r in reservations if not r.new]
+    added = _added(totals)
     if not (users or reservations or entries or records):
         return
     parameters: dict[str, Any] = {"org": org_id}
+    if added:
+        parameters.update({f"o_{name}": value for name, value in zip(_TOTALS, added, strict=True)})
     if users:
         parameters["u_id"] = [user.id for user in users]
         for name in _COUNTERS:
@@ -1263,8 +1383,17 @@ async def _write_postgres(
     for name, quoted in _LITERALS.items():
         if name in parameters:
             parameters[name] = _literal(parameters[name], quoted)
-    shape = (bool(users), bool(made), bool(closed), bool(entries), bool(records))
+    shape = (bool(users), bool(made), bool(closed), bool(entries), bool(records), bool(added))
     await raw.fetch(_write_statement(*shape), parameters)
+
+
+def _added(totals: _Totals | None) -> tuple[int, int, int, int] | None:
+    """What the group adds to the running totals (`_TOTALS`' order); None for nothing."""
+    if totals is None or not totals.added:
+        return None
+    inference = totals.added.get(Kind.inference, (0, 0))
+    training = totals.added.get(Kind.training, (0, 0))
+    return (*inference, *training)
 
 
 # --- SQLite: writing, in one hand-off to aiosqlite's thread -------------------------------
@@ -1286,6 +1415,9 @@ def _inserting(table: Table, names: Sequence[str]) -> str:
     return f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({_marks(len(names))})"
 
 
+_ADD_TOTALS = (
+    f"UPDATE organizations SET {', '.join(f'{name} = {name} + ?' for name in _TOTALS)} WHERE id = ?"
+)
 _MAKE_RESERVATIONS = _inserting(RESERVATIONS, _MADE_COLUMNS)
 _INSERT_JOURNAL = _inserting(JOURNAL, _JOURNAL_COLUMNS)
 _INSERT_RECORDS = _inserting(RECORDS, _RECORD_COLUMNS)
@@ -1298,9 +1430,13 @@ def _write_sqlite(
     reservations: list[_Reservation],
     entries: list[Entry],
     records: list[dict[str, Any]],
+    totals: _Totals | None,
 ) -> None:
     """In aiosqlite's thread: write the group, one executemany per table written."""
     org = org_id.hex
+    added = _added(totals)
+    if added:
+        statements.execute(_ADD_TOTALS, (*added, org))
     stamps = sqlite_raw.Stamps()
     hex_of = sqlite_raw.hex_of
     # A user's last activity moves at most once a minute: the others' rows are written
