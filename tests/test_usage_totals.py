@@ -205,6 +205,33 @@ async def test_a_new_period_forgets_the_totals_and_counts_from_zero(
     assert sums == [org, org]
 
 
+async def test_a_zone_change_that_moves_the_start_leaves_an_earlier_periods_usage_out(
+    api: Api, db: Database, sums: list[str]
+) -> None:
+    """The start moves later in the month (a zone where the month began later): counters
+    already labelled with that start are an earlier period's, and restart, not count."""
+    org, meter, (ana, bo, _) = await binding_org(api)
+    await api.patch(f"/v1/organizations/{org}", {"time_zone": "America/New_York"}, expect=200)
+    await meter.use(ana, 100_000, expect=200)  # counted from 03-01 05:00 UTC
+    await api.patch(f"/v1/organizations/{org}", {"period": "none"}, expect=200)
+    back = {"period": "monthly", "time_zone": "UTC"}
+    await api.patch(f"/v1/organizations/{org}", back, expect=200)  # from 03-01 00:00 UTC
+    await meter.use(bo, 1_000, expect=200)
+    assert await totals(db, org) == (1_000, 0, 0, 0)
+
+    await api.patch(f"/v1/organizations/{org}", {"time_zone": "America/New_York"}, expect=200)
+
+    # bo's 1,000 moves to the start of 05:00; ana's 100,000 labelled 05:00 is of the period
+    # that ended when it became `none`: reset, in the journal, not counted again.
+    assert await summed(api, org) == (1_000, 0, 0, 0)
+    resets = await api.get(
+        f"/v1/organizations/{org}/journal", params={"action": "period_reset", "user_id": ana}
+    )
+    assert [e["amount"] for e in resets["entries"]][-1:] == [100_000]
+    await meter.use(ana, 2_000, expect=200)
+    assert await totals(db, org) == (3_000, 0, 0, 0) == await summed(api, org)
+
+
 async def test_operator_calls_keep_the_totals_too(api: Api, db: Database, sums: list[str]) -> None:
     """The operator's key names users of any organization: the ORM path from the start."""
     org, _, (ana, bo, _) = await binding_org(api)

@@ -244,7 +244,7 @@ async def update_policy(
             # period never reaches back over time that a past period already covered.)
             own_start = period_start(org.period, org.time_zone, act.now)
             if own_start > org.period_start:
-                await _move_period_start(session, org, own_start)
+                await _move_period_start(session, act, org, own_start)
     return org
 
 
@@ -310,8 +310,19 @@ def _check_within_capacity(org: Organization) -> None:
             )
 
 
-async def _move_period_start(session: AsyncSession, org: Organization, start: datetime) -> None:
+async def _move_period_start(
+    session: AsyncSession, act: Act, org: Organization, start: datetime
+) -> None:
+    """The current period's start moves later within its month (a time zone change): its
+    counters are relabelled with the new start. Counters already labelled with that start
+    belong to an earlier period that began there (the period changed to `none` and back,
+    say), and restart first, as at a period's start (`_start_period`), rather than count
+    in this one."""
+    for user in await repository.users_with_usage_since(session, org.id, start):
+        reset_usage(session, act, org, user)
+    await session.flush()
     await repository.move_period_start(session, org.id, org.period_start, start)
+    org.forget_usage()  # summed again from the relabelled counters when next needed
     org.period_start = start
 
 
