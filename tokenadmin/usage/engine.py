@@ -282,7 +282,9 @@ async def meter_group(
 
     With `skip_locked`, on PostgreSQL, the operations of users another transaction has
     locked are left for a later transaction, unanswered (None) and unrecorded, so this one
-    never waits on a row lock while some of its users are free (`service.run`)."""
+    never waits on a user's row lock while some of its users are free (`service.run`);
+    where the organization's capacity binds, it still waits for the organization's row,
+    as every transaction of that organization does."""
     postgres = session.get_bind().dialect.name == "postgresql"
     raw = await _Raw.of(session) if postgres else None
     lite = None if postgres else await sqlite_raw.Connection.of(session)
@@ -610,8 +612,10 @@ async def _lock_reservations(
 
 _LOCK_TOTALS = (
     "SELECT used_inference, reserved_inference, used_training, reserved_training"
-    " FROM organizations WHERE id = :org FOR UPDATE"
+    " FROM organizations WHERE id = :org FOR NO KEY UPDATE"
 )
+"""FOR NO KEY UPDATE, as the UPDATE that follows takes: a FOR UPDATE would also hold
+back the foreign-key checks of rows naming the organization (a reservation made)."""
 
 
 async def _lock_totals(raw: _Raw, org: _Org) -> _Org:

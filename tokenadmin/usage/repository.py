@@ -102,7 +102,9 @@ async def organizations(
         .execution_options(populate_existing=True)
     )
     if lock:
-        statement = statement.with_for_update()
+        # FOR NO KEY UPDATE, as an UPDATE of the row takes: the foreign-key checks of rows
+        # naming the organization (a reservation made) are not held back.
+        statement = statement.with_for_update(key_share=True)
     return list((await session.scalars(statement)).all())
 
 
