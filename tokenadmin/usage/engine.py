@@ -981,17 +981,8 @@ class _Group:
         reservation (`reserved`) included."""
         room = None if self.totals is None else self.totals.room(kind)
         by_organization = room is not None and room < user.remaining(kind)
-        who = "the organization" if by_organization else user.email
-        return InsufficientTokens(
-            f"{tokens:,} {kind} tokens requested but {who} has only {left:,} left this period.",
-            details={
-                "user_id": str(user.id),
-                "kind": kind.value,
-                "requested": tokens,
-                "remaining": left,
-                "limited_by": "organization" if by_organization else "user",
-                **({"reserved": reserved} if reserved else {}),
-            },
+        return service.insufficient(
+            user.id, user.email, kind, tokens, left, by_organization, reserved
         )
 
     def take(self, kind: Kind, used: int, reserved: int) -> None:

@@ -413,16 +413,30 @@ def _insufficient(
     """`left` counts what this request may use, its own reservation (`reserved`) included."""
     room = batch.org_room.get((user.org_id, kind))
     user_remaining = user.remaining(kind, batch.starts[user.org_id])
-    limited_by = "organization" if room is not None and room < user_remaining else "user"
-    who = "the organization" if limited_by == "organization" else user.email
+    by_organization = room is not None and room < user_remaining
+    return insufficient(user.id, user.email, kind, tokens, left, by_organization, reserved)
+
+
+def insufficient(
+    user_id: uuid.UUID,
+    email: str,
+    kind: Kind,
+    tokens: int,
+    left: int,
+    by_organization: bool,
+    reserved: int = 0,
+) -> InsufficientTokens:
+    """The refusal of usage that does not fit: `left` is what it may use, limited by the
+    organization's capacity (rule 3) or by the user's allowance (the engine's too)."""
+    who = "the organization" if by_organization else email
     return InsufficientTokens(
         f"{tokens:,} {kind} tokens requested but {who} has only {left:,} left this period.",
         details={
-            "user_id": str(user.id),
+            "user_id": str(user_id),
             "kind": kind.value,
             "requested": tokens,
             "remaining": left,
-            "limited_by": limited_by,
+            "limited_by": "organization" if by_organization else "user",
             **({"reserved": reserved} if reserved else {}),
         },
     )
